@@ -1,0 +1,94 @@
+# ctrain: `make` builds the library and the CLI, `make check` runs every test suite,
+# `make bench` prints one JSON object per benchmark, `make install PREFIX=...` installs.
+# SANITIZE=1 builds everything under ASan+UBSan (in build/san) and runs the tests there.
+
+PREFIX    ?= /usr/local
+SANITIZE  ?= 0
+PKGS      := openblas zlib inih jansson hwloc ompi-c
+DEPS_OK   := build/.deps-ok
+
+ifeq ($(SANITIZE),1)
+  B       := build/san
+  SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  OPT     := -O1 -g
+else
+  B       := build
+  SANFLAGS :=
+  OPT     := -O2 -g
+endif
+
+# pkg-config is only asked once the packages exist (deps.sh runs first).
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
+
+CC      ?= cc
+CFLAGS  := -std=c11 -Wall -Wextra -Werror $(OPT) -march=native -fPIC -D_GNU_SOURCE \
+           -Isrc $(SANFLAGS)
+LDLIBS   = $(PKG_LIBS) -lm -lpthread
+
+LIB_SRC  := $(sort $(wildcard src/*/*.c))
+LIB_SRC  := $(filter-out src/cli/%,$(LIB_SRC))
+CLI_SRC  := $(sort $(wildcard src/cli/*.c))
+LIB_OBJ  := $(LIB_SRC:%.c=$(B)/obj/%.o)
+CLI_OBJ  := $(CLI_SRC:%.c=$(B)/obj/%.o)
+HEADERS  := src/ctrain.h $(wildcard src/*/*.h)
+
+UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
+TEST_UTIL := $(B)/obj/tests/unit/util.o
+BENCH_SRC := $(sort $(wildcard tests/bench/bench_*.c))
+BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(B)/bench/%)
+
+.PHONY: all check bench clean install deps
+.SECONDARY:
+all: $(B)/libctrain.a $(B)/libctrain.so $(B)/ctrain
+
+deps: $(DEPS_OK)
+$(DEPS_OK): scripts/deps.sh
+	@bash scripts/deps.sh
+	@mkdir -p $(dir $@) && touch $@
+
+$(B)/obj/%.o: %.c $(HEADERS) $(wildcard tests/unit/*.h) | $(DEPS_OK)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
+
+$(B)/libctrain.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(B)/libctrain.so: $(LIB_OBJ)
+	$(CC) -shared $(SANFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/ctrain: $(CLI_OBJ) $(B)/libctrain.a
+	$(CC) $(SANFLAGS) -o $@ $(CLI_OBJ) $(B)/libctrain.a $(LDLIBS)
+
+$(B)/tests/%: $(B)/obj/tests/unit/%.o $(TEST_UTIL) $(B)/libctrain.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SANFLAGS) -o $@ $< $(TEST_UTIL) $(B)/libctrain.a $(CHECK_LIBS) $(LDLIBS)
+
+$(B)/bench/%: $(B)/obj/tests/bench/%.o $(B)/libctrain.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SANFLAGS) -o $@ $< $(B)/libctrain.a $(LDLIBS)
+
+# Every suite runs even when an earlier one fails; the target fails if any did.
+# detect_leaks=1 makes LeakSanitizer report anything left allocated at exit.
+check: all $(UNIT_BIN)
+	@SANITIZE=$(SANITIZE) B=$(B) bash scripts/run_tests.sh $(UNIT_BIN)
+
+bench: all $(BENCH_BIN)
+	@B=$(B) bash scripts/bench.sh
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include/ctrain $(DESTDIR)$(PREFIX)/bin
+	install -m 644 $(B)/libctrain.a $(B)/libctrain.so $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(B)/ctrain launcher/ctrun $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 src/ctrain.h $(DESTDIR)$(PREFIX)/include/ctrain/
+	for d in $(sort $(dir $(wildcard src/*/*.h))); do \
+	  install -d $(DESTDIR)$(PREFIX)/include/ctrain/$${d#src/}; \
+	  install -m 644 $$d*.h $(DESTDIR)$(PREFIX)/include/ctrain/$${d#src/}; done
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@REQUIRES@|$(PKGS)|' ctrain.pc.in \
+	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/ctrain.pc
+
+clean:
+	rm -rf build

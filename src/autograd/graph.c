@@ -1,0 +1,175 @@
+/* Grad mode, leaf flags and graph nodes. The node is the one place where an op's
+ * participation in autograd is decided (ct_record). */
+#include "autograd.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static _Thread_local bool grad_enabled = true;
+static _Thread_local uint64_t next_seq;
+
+bool ct_set_grad_enabled(bool on) {
+    bool prev = grad_enabled;
+    grad_enabled = on;
+    return prev;
+}
+
+bool ct_is_grad_enabled(void) { return grad_enabled; }
+
+bool ct_is_leaf(const ct_tensor *t) { return t->grad_fn == NULL; }
+bool ct_requires_grad(const ct_tensor *t) { return t->requires_grad; }
+
+void ct_set_requires_grad(ct_tensor *t, bool on) {
+    CT_ASSERT(ct_is_leaf(t),
+              "set_requires_grad: tensor %s is the result of op '%s', not a leaf; "
+              "requires_grad can only be changed on leaves (use ct_detach first)",
+              CT_SHAPE_STR(t), t->grad_fn->op);
+    t->requires_grad = on;
+}
+
+ct_tensor *ct_grad(const ct_tensor *t) { return t->grad; }
+
+void ct_zero_grad(ct_tensor *t) {
+    if (t->grad) memset(t->grad->data, 0, (size_t)t->grad->numel * sizeof(float));
+}
+
+void ct_clear_grad(ct_tensor *t) {
+    if (!t->grad) return;
+    ct_tensor *g = t->grad;
+    if (ct_tensor_is_external(g)) {
+        ct_zero_grad(t);
+        return;
+    }
+    t->grad = NULL;
+    ct_release(g);
+}
+
+ct_tensor *ct_detach(ct_tensor *t) { return ct_view_raw(t, t->ndim, t->shape); }
+
+void ct_set_grad_hook(ct_tensor *leaf, ct_grad_hook fn, void *ctx) {
+    CT_ASSERT(ct_is_leaf(leaf), "set_grad_hook: tensor %s is not a leaf", CT_SHAPE_STR(leaf));
+    leaf->grad_hook = fn;
+    leaf->grad_hook_ctx = ctx;
+}
+
+void ct_set_grad_storage(ct_tensor *leaf, float *buf) {
+    CT_ASSERT(ct_is_leaf(leaf), "set_grad_storage: tensor %s is not a leaf",
+              CT_SHAPE_STR(leaf));
+    size_t bytes = (size_t)leaf->numel * sizeof(float);
+    if (leaf->grad) {
+        if (leaf->grad->data != buf) memmove(buf, leaf->grad->data, bytes);
+        ct_release(leaf->grad);
+    } else {
+        memset(buf, 0, bytes);
+    }
+    leaf->grad = ct_own(ct_tensor_wrap(leaf->ndim, leaf->shape, buf));
+}
+
+/* ---- node lifetime ----------------------------------------------------------------- */
+
+void ct__node_free_saved(ct_node *n) {
+    for (int k = 0; k < n->nsaved; k++) {
+        ct_release(n->saved[k]);
+        ct__stats.saved_tensors--;
+        n->saved[k] = NULL;
+    }
+    n->nsaved = 0;
+    if (n->aux) ct_free(n->aux, n->aux_bytes);
+    n->aux = NULL;
+    n->aux_bytes = 0;
+}
+
+/* Dropping a node drops its edges; a long chain is freed with an explicit worklist so
+ * deep graphs cannot overflow the C stack. */
+static void node_destroy(ct_node *n) {
+    ct_node *work[64];
+    int top = 0;
+    work[top++] = n;
+    while (top > 0) {
+        ct_node *m = work[--top];
+        ct__node_free_saved(m);
+        if (m->gbuf) ct_release(m->gbuf);
+        for (int k = 0; k < m->ninputs; k++) {
+            if (m->leaf[k]) ct_release(m->leaf[k]);
+            ct_node *c = m->next[k];
+            if (c && --c->ref.refs == 0) {
+                if (top < 64)
+                    work[top++] = c;
+                else
+                    node_destroy(c); /* only recurses once the worklist is full */
+            }
+        }
+        ct__stats.graph_nodes--;
+        ct_free(m, sizeof *m);
+    }
+}
+
+ct_node *ct_record(const char *op, ct_backward_fn bw, ct_tensor *out, int ninputs,
+                   ct_tensor *const *inputs) {
+    if (!grad_enabled) return NULL;
+    bool any = false;
+    for (int k = 0; k < ninputs; k++) any |= inputs[k] && inputs[k]->requires_grad;
+    if (!any) return NULL;
+    CT_ASSERT(ninputs <= CT_NODE_MAX_IN, "%s: too many inputs (%d)", op, ninputs);
+    CT_ASSERT(ct_is_leaf(out) && !out->requires_grad, "%s: output already has a graph", op);
+
+    ct_node *n = ct_alloc(sizeof *n);
+    memset(n, 0, sizeof *n);
+    n->ref.refs = 1; /* held by out->grad_fn */
+    n->ref.destroy = node_destroy;
+    n->op = op;
+    n->backward = bw;
+    n->ninputs = ninputs;
+    n->seq = next_seq++;
+    n->out_ndim = out->ndim;
+    memcpy(n->out_shape, out->shape, sizeof n->out_shape);
+    for (int k = 0; k < ninputs; k++) {
+        ct_tensor *x = inputs[k];
+        if (!x || !x->requires_grad) continue;
+        if (x->grad_fn) {
+            n->next[k] = x->grad_fn;
+            x->grad_fn->ref.refs++;
+        } else {
+            n->leaf[k] = x;
+            ct_retain(x);
+        }
+    }
+    ct__stats.graph_nodes++;
+    out->grad_fn = n;
+    out->requires_grad = true;
+    return n;
+}
+
+ct_tensor *ct_save(ct_node *n, ct_tensor *t) {
+    CT_ASSERT(n->nsaved < CT_NODE_MAX_SAVED, "%s: too many saved tensors", n->op);
+    /* An alias without graph metadata: saving an op's own output would otherwise form a
+     * reference cycle through grad_fn. */
+    ct_tensor *alias = ct_own(ct_view_raw(t, t->ndim, t->shape));
+    n->saved[n->nsaved++] = alias;
+    ct__stats.saved_tensors++;
+    return alias;
+}
+
+void *ct_node_aux(ct_node *n, size_t bytes) {
+    CT_ASSERT(!n->aux, "%s: aux scratch allocated twice", n->op);
+    n->aux = ct_alloc(bytes);
+    n->aux_bytes = bytes;
+    memset(n->aux, 0, bytes);
+    return n->aux;
+}
+
+bool ct_node_needs(const ct_node *n, int i) {
+    return i < n->ninputs && (n->next[i] != NULL || n->leaf[i] != NULL);
+}
+
+ct_tensor *ct_node_grad_in(ct_node *n, int i) {
+    if (!ct_node_needs(n, i)) return NULL;
+    if (n->leaf[i]) {
+        ct_tensor *x = n->leaf[i];
+        if (!x->grad) x->grad = ct_own(ct_zeros(x->ndim, x->shape));
+        return x->grad;
+    }
+    ct_node *c = n->next[i];
+    if (!c->gbuf) c->gbuf = ct_own(ct_zeros(c->out_ndim, c->out_shape));
+    return c->gbuf;
+}

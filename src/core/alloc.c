@@ -1,0 +1,69 @@
+/* Size-class caching allocator. Block sizes are powers of two from 64 B; a freed block
+ * goes onto its class's free list, so once a training step has run, the next one finds
+ * every buffer it needs there and makes no system allocation. Blocks above 1 GiB bypass
+ * the cache. */
+#include "core.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+ct_stats ct__stats;
+
+#define MIN_SHIFT 6
+#define NCLASS 25 /* 64 B .. 1 GiB */
+
+typedef struct block {
+    struct block *next;
+} block;
+
+static block *free_list[NCLASS];
+
+static int size_class(size_t bytes) {
+    int c = 0;
+    size_t sz = (size_t)1 << MIN_SHIFT;
+    while (sz < bytes && c < NCLASS) {
+        sz <<= 1;
+        c++;
+    }
+    return c; /* NCLASS means "too big to cache" */
+}
+
+void *ct_alloc(size_t bytes) {
+    if (bytes == 0) bytes = 1;
+    int c = size_class(bytes);
+    if (c < NCLASS && free_list[c]) {
+        block *b = free_list[c];
+        free_list[c] = b->next;
+        return b;
+    }
+    size_t sz = c < NCLASS ? (size_t)1 << (c + MIN_SHIFT) : (bytes + 63) / 64 * 64;
+    void *p = aligned_alloc(64, sz);
+    CT_ASSERT(p, "ct_alloc: out of memory allocating %zu bytes", sz);
+    ct__stats.mallocs++;
+    return p;
+}
+
+void ct_free(void *p, size_t bytes) {
+    if (!p) return;
+    if (bytes == 0) bytes = 1;
+    int c = size_class(bytes);
+    if (c >= NCLASS) {
+        free(p);
+        return;
+    }
+    block *b = p;
+    b->next = free_list[c];
+    free_list[c] = b;
+}
+
+void ct_alloc_trim(void) {
+    for (int c = 0; c < NCLASS; c++) {
+        while (free_list[c]) {
+            block *b = free_list[c];
+            free_list[c] = b->next;
+            free(b);
+        }
+    }
+}
+
+ct_stats ct_stats_get(void) { return ct__stats; }

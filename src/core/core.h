@@ -1,0 +1,179 @@
+/* ctrain core: status codes, the abort hook, the caching allocator, reference-counted
+ * float32 tensors with automatic release scopes, the RNG and the BLAS wrapper.
+ * Nothing here knows about autograd beyond the opaque node pointer a tensor carries. */
+#ifndef CT_CORE_H
+#define CT_CORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CT_MAX_DIMS 6
+
+/* ---- status and errors ------------------------------------------------------------ */
+
+/* Anything that touches the outside world (files, configs, MPI) returns a ct_status and
+ * leaves a message naming the file/key/rank in ct_last_error(). */
+typedef enum {
+    CT_OK = 0,
+    CT_ERR_IO,     /* open/read/write/rename failed */
+    CT_ERR_FORMAT, /* a file's content is malformed */
+    CT_ERR_CONFIG, /* unknown key or bad value */
+    CT_ERR_SHAPE,  /* names/shapes/dtypes disagree (checkpoints, data) */
+    CT_ERR_MPI,
+    CT_ERR_ARG,
+} ct_status;
+
+/* Records a formatted message for ct_last_error() and returns `st`. */
+ct_status ct_error(ct_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The message of the last failing call on this thread ("" if none). */
+const char *ct_last_error(void);
+
+/* Misuse (shape mismatch, backward without a graph...) is a programmer error: it goes
+ * through one hook, which must not return. The default prints and calls abort(); the
+ * distributed layer installs one that calls MPI_Abort. */
+typedef void (*ct_abort_fn)(const char *msg);
+ct_abort_fn ct_set_abort_hook(ct_abort_fn fn); /* returns the previous hook */
+_Noreturn void ct_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Abort with a message naming the file:line and the failed condition. */
+#define CT_ASSERT(cond, ...)                                                              \
+    do {                                                                                  \
+        if (!(cond)) ct_fatal(__VA_ARGS__);                                               \
+    } while (0)
+
+/* ---- allocator and counters -------------------------------------------------------- */
+
+/* Size-class caching allocator: freed blocks go to a free list and are reused, so a
+ * steady-state training step makes no malloc calls. Memory is 64-byte aligned. */
+void *ct_alloc(size_t bytes);
+void ct_free(void *p, size_t bytes);
+/* Returns every cached block to the system (tests call it before leak checks). */
+void ct_alloc_trim(void);
+
+typedef struct {
+    int64_t live_tensors;  /* ct_tensor handles alive */
+    int64_t live_bytes;    /* bytes of tensor storage alive (requested sizes) */
+    int64_t graph_nodes;   /* autograd nodes alive */
+    int64_t saved_tensors; /* tensors currently held by nodes for backward */
+    int64_t mallocs;       /* system allocations made by the caching allocator, ever */
+    int64_t gemm_calls;    /* ct_gemm calls, ever (tests prove skipped dW/dX GEMMs) */
+    int64_t gemm_flops;    /* 2*m*n*k summed over those calls */
+} ct_stats;
+ct_stats ct_stats_get(void);
+/* The counters themselves; the autograd layer updates graph_nodes and saved_tensors. */
+extern ct_stats ct__stats;
+
+/* ---- tensors ----------------------------------------------------------------------- */
+
+typedef struct ct_node ct_node; /* an autograd graph node, defined by src/autograd */
+
+/* Every node starts with this header so that core can drop a tensor's reference to its
+ * grad_fn without depending on the autograd layer above it. */
+typedef struct {
+    int refs;
+    void (*destroy)(ct_node *n);
+} ct_node_ref;
+
+typedef struct ct_storage ct_storage;
+
+typedef struct ct_tensor ct_tensor;
+typedef void (*ct_grad_hook)(ct_tensor *leaf, void *ctx);
+
+struct ct_tensor {
+    int ndim;
+    int64_t shape[CT_MAX_DIMS];
+    int64_t numel;
+    float *data; /* contiguous, row-major; points into storage */
+    ct_storage *storage;
+    int refs;
+
+    /* autograd metadata (managed by src/autograd) */
+    bool requires_grad;
+    ct_node *grad_fn;      /* NULL for leaves */
+    ct_tensor *grad;       /* leaves only, created lazily */
+    ct_grad_hook grad_hook; /* fires once per backward when this leaf's grad is final */
+    void *grad_hook_ctx;
+    int pending;           /* engine scratch: contributions still to come this backward */
+};
+
+/* Every function that returns a new tensor puts it in the innermost open release scope;
+ * the scope drops it when it closes (outside any scope, at ct_scope_shutdown). ct_retain()
+ * takes an extra reference that the caller gives back with ct_release(). */
+ct_tensor *ct_tensor_new(int ndim, const int64_t *shape); /* uninitialised data */
+ct_tensor *ct_zeros(int ndim, const int64_t *shape);
+ct_tensor *ct_ones(int ndim, const int64_t *shape);
+ct_tensor *ct_full(int ndim, const int64_t *shape, float v);
+ct_tensor *ct_from_data(int ndim, const int64_t *shape, const float *data); /* copies */
+ct_tensor *ct_zeros_like(const ct_tensor *t);
+ct_tensor *ct_empty_like(const ct_tensor *t);
+ct_tensor *ct_clone_data(const ct_tensor *t); /* a copy of the values; no autograd */
+/* A tensor over memory the caller owns (never freed by ctrain), e.g. a DDP bucket. */
+ct_tensor *ct_tensor_wrap(int ndim, const int64_t *shape, float *data);
+bool ct_tensor_is_external(const ct_tensor *t); /* made by ct_tensor_wrap */
+/* A tensor sharing t's storage with a new shape (same numel). No autograd. */
+ct_tensor *ct_view_raw(ct_tensor *t, int ndim, const int64_t *shape);
+
+/* Shape literals: CT_SHAPE(2, 3) expands to `2, (int64_t[]){2, 3}`. */
+#define CT_NARGS_(...) (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t))
+#define CT_SHAPE(...) CT_NARGS_(__VA_ARGS__), (const int64_t[]){__VA_ARGS__}
+
+int64_t ct_numel(const ct_tensor *t);
+int ct_ndim(const ct_tensor *t);
+int64_t ct_size(const ct_tensor *t, int dim); /* negative dims count from the end */
+bool ct_same_shape(const ct_tensor *a, const ct_tensor *b);
+/* Writes "[2, 3, 4]" into buf (for error messages); returns buf. */
+const char *ct_shape_str(const ct_tensor *t, char *buf, size_t n);
+#define CT_SHAPE_STR(t) ct_shape_str((t), (char[96]){0}, 96)
+
+void ct_retain(ct_tensor *t);
+void ct_release(ct_tensor *t);
+
+/* ---- release scopes ---------------------------------------------------------------- */
+
+/* Opens a scope and returns its mark. ct_scope_end drops every tensor that entered the
+ * scope after the mark. ct_scope_keep moves t into the enclosing scope (so it outlives
+ * this one) and returns it. */
+size_t ct_scope_begin(void);
+void ct_scope_end(size_t mark);
+ct_tensor *ct_scope_keep(ct_tensor *t);
+/* Takes t out of the innermost scope and hands that reference to the caller, who gives it
+ * back with ct_release (modules own their parameters this way). */
+ct_tensor *ct_own(ct_tensor *t);
+/* Releases what was created outside any scope and frees the scope lists (end of main). */
+void ct_scope_shutdown(void);
+/* Scope depth, for tests. */
+int ct_scope_depth(void);
+
+/* CT_SCOPE { ... } : everything created in the block is dropped when it ends, except
+ * what was retained or kept. Do not `return` or `break` out of it. */
+#define CT_SCOPE                                                                          \
+    for (size_t ct__m = ct_scope_begin(), ct__once = 1; ct__once; ct_scope_end(ct__m), ct__once = 0)
+
+/* ---- RNG --------------------------------------------------------------------------- */
+
+/* xoshiro256** generator; the state is four words so checkpoints can save it. */
+typedef struct {
+    uint64_t s[4];
+} ct_rng;
+void ct_rng_seed(ct_rng *r, uint64_t seed);
+uint64_t ct_rng_next(ct_rng *r);
+float ct_rng_uniform(ct_rng *r); /* [0, 1) */
+float ct_rng_normal(ct_rng *r);  /* N(0, 1) */
+uint64_t ct_rng_below(ct_rng *r, uint64_t n); /* [0, n) */
+
+ct_tensor *ct_rand_uniform(int ndim, const int64_t *shape, float lo, float hi, ct_rng *r);
+ct_tensor *ct_rand_normal(int ndim, const int64_t *shape, float mean, float std, ct_rng *r);
+
+/* ---- BLAS -------------------------------------------------------------------------- */
+
+/* The only entry point to cblas. Row-major C = alpha * op(A) @ op(B) + beta * C, with
+ * op(A) M x K and op(B) K x N; transposes go through sgemm's flags, never a copy. */
+void ct_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+             const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
+             int64_t ldc);
+/* Sets the BLAS thread count (used by the binding layer). */
+void ct_blas_set_threads(int n);
+int ct_blas_get_threads(void);
+
+#endif

@@ -1,0 +1,43 @@
+/* Status messages for the outside world, and the one abort hook for misuse. */
+#include "core.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static _Thread_local char last_error[1024];
+
+ct_status ct_error(ct_status st, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+const char *ct_last_error(void) { return last_error; }
+
+_Noreturn static void default_abort(const char *msg) {
+    fprintf(stderr, "ctrain: fatal: %s\n", msg);
+    fflush(stderr);
+    abort();
+}
+
+static void default_hook(const char *msg) { default_abort(msg); }
+static ct_abort_fn abort_hook = default_hook;
+
+ct_abort_fn ct_set_abort_hook(ct_abort_fn fn) {
+    ct_abort_fn prev = abort_hook;
+    abort_hook = fn ? fn : default_hook;
+    return prev;
+}
+
+_Noreturn void ct_fatal(const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    abort_hook(msg);
+    default_abort(msg); /* a hook must not return; if it does, still stop here */
+}

@@ -1,0 +1,95 @@
+/* ctrain ops: each returns a new tensor in the innermost release scope and, when grad mode
+ * is on and an input requires grad, records one graph node whose backward computes only
+ * the input gradients that are needed. Misuse aborts through the core abort hook with a
+ * message naming the op and the shapes. One file per family; forward and backward sit
+ * side by side. */
+#ifndef CT_OPS_H
+#define CT_OPS_H
+
+#include "../autograd/autograd.h"
+
+/* ---- elementwise.c: broadcasting binary ops, scalar forms, unary math --------------- */
+/* Binary ops broadcast numpy/PyTorch-style (trailing dims aligned, size-1 dims stretch). */
+ct_tensor *ct_add(ct_tensor *a, ct_tensor *b);
+ct_tensor *ct_sub(ct_tensor *a, ct_tensor *b);
+ct_tensor *ct_mul(ct_tensor *a, ct_tensor *b);
+ct_tensor *ct_div(ct_tensor *a, ct_tensor *b);
+ct_tensor *ct_add_scalar(ct_tensor *a, float s);
+ct_tensor *ct_sub_scalar(ct_tensor *a, float s);
+ct_tensor *ct_mul_scalar(ct_tensor *a, float s);
+ct_tensor *ct_div_scalar(ct_tensor *a, float s);
+ct_tensor *ct_neg(ct_tensor *a);
+ct_tensor *ct_exp(ct_tensor *a);
+ct_tensor *ct_log(ct_tensor *a);
+
+/* ---- matmul.c ------------------------------------------------------------------------ */
+/* a [M, K] @ b [K, N] -> [M, N]. */
+ct_tensor *ct_matmul(ct_tensor *a, ct_tensor *b);
+/* x [..., in] @ w[out, in]^T + b[out] -> [..., out]; b may be NULL. */
+ct_tensor *ct_linear(ct_tensor *x, ct_tensor *w, ct_tensor *b);
+
+/* ---- reduce.c ------------------------------------------------------------------------ */
+ct_tensor *ct_sum(ct_tensor *x);  /* all elements -> 0-d tensor */
+ct_tensor *ct_mean(ct_tensor *x); /* all elements -> 0-d tensor */
+ct_tensor *ct_sum_dim(ct_tensor *x, int dim, bool keepdim);
+ct_tensor *ct_mean_dim(ct_tensor *x, int dim, bool keepdim);
+/* Row-wise argmax of a [N, C] tensor into out[N] (no autograd; for accuracy). */
+void ct_argmax_rows(const ct_tensor *x, int64_t *out);
+
+/* ---- shape.c: views and layout ------------------------------------------------------- */
+/* Views of x's storage. One entry of shape may be -1 (inferred). */
+ct_tensor *ct_reshape(ct_tensor *x, int ndim, const int64_t *shape);
+/* Collapses dims start_dim..end into one (nn.Flatten uses start_dim = 1). */
+ct_tensor *ct_flatten(ct_tensor *x, int start_dim);
+/* 2-d transpose (a copy: tensors are always contiguous). */
+ct_tensor *ct_transpose(ct_tensor *x);
+
+/* ---- activation.c -------------------------------------------------------------------- */
+ct_tensor *ct_relu(ct_tensor *x);
+ct_tensor *ct_leaky_relu(ct_tensor *x, float negative_slope);
+ct_tensor *ct_gelu(ct_tensor *x); /* exact erf form, PyTorch's default */
+ct_tensor *ct_tanh(ct_tensor *x);
+ct_tensor *ct_sigmoid(ct_tensor *x);
+
+/* ---- softmax.c ----------------------------------------------------------------------- */
+ct_tensor *ct_softmax(ct_tensor *x, int dim);
+ct_tensor *ct_log_softmax(ct_tensor *x, int dim);
+
+/* ---- loss.c -------------------------------------------------------------------------- */
+typedef enum { CT_REDUCE_MEAN, CT_REDUCE_SUM } ct_reduction;
+/* logits [N, C], target[N] class indices in [0, C): fused log_softmax + NLL -> 0-d. */
+ct_tensor *ct_cross_entropy(ct_tensor *logits, const int64_t *target, ct_reduction red);
+/* Mean (or sum) of (a - b)^2 over all elements; shapes must match. -> 0-d. */
+ct_tensor *ct_mse_loss(ct_tensor *a, ct_tensor *b, ct_reduction red);
+
+/* ---- conv.c -------------------------------------------------------------------------- */
+/* x [N, C, H, W], w [O, C, kh, kw], b [O] or NULL -> [N, O, OH, OW] (im2col + sgemm). */
+ct_tensor *ct_conv2d(ct_tensor *x, ct_tensor *w, ct_tensor *b, int stride, int padding);
+
+/* ---- pool.c -------------------------------------------------------------------------- */
+/* x [N, C, H, W]; stride 0 means stride = kernel. Padding for max pool is -inf. */
+ct_tensor *ct_max_pool2d(ct_tensor *x, int kernel, int stride, int padding);
+/* avg pool counts padded zeros in the divisor (PyTorch's count_include_pad=True). */
+ct_tensor *ct_avg_pool2d(ct_tensor *x, int kernel, int stride, int padding);
+
+/* ---- norm.c -------------------------------------------------------------------------- */
+/* x [N, C] or [N, C, H, W]; weight/bias [C] or NULL. Training: normalise with the batch
+ * statistics (biased variance) and, when running_mean/var are given, update them in place
+ * as PyTorch does: r = (1 - momentum) * r + momentum * batch_stat, with the unbiased
+ * variance. Inference (training=false): normalise with running_mean/var. */
+ct_tensor *ct_batch_norm(ct_tensor *x, ct_tensor *weight, ct_tensor *bias,
+                         ct_tensor *running_mean, ct_tensor *running_var, bool training,
+                         float momentum, float eps);
+/* Normalises over the last `nlast` dims; weight/bias have that trailing shape or NULL. */
+ct_tensor *ct_layer_norm(ct_tensor *x, int nlast, ct_tensor *weight, ct_tensor *bias, float eps);
+
+/* ---- dropout.c ----------------------------------------------------------------------- */
+/* Training: zero each element with probability p and scale the rest by 1/(1-p), drawing
+ * from rng. Otherwise (or p == 0) the identity: x itself, retained in the scope. */
+ct_tensor *ct_dropout(ct_tensor *x, float p, bool training, ct_rng *rng);
+
+/* ---- embedding.c --------------------------------------------------------------------- */
+/* weight [V, D]; idx has `ndim` dims of `shape` (n = prod(shape) indices) -> [shape..., D]. */
+ct_tensor *ct_embedding(ct_tensor *weight, const int64_t *idx, int ndim, const int64_t *shape);
+
+#endif

@@ -1,0 +1,36 @@
+/* Shared test helpers: finite-difference gradient checks and counter snapshots. */
+#ifndef CT_TEST_UTIL_H
+#define CT_TEST_UTIL_H
+
+#include <check.h>
+#include <math.h>
+#include <signal.h>
+
+#include "ctrain.h"
+
+/* The function under test: builds an output from inputs[0..n) with ops. */
+typedef ct_tensor *(*ct_test_fn)(ct_tensor **inputs, void *ctx);
+
+/* Checks the analytic gradient of every input with requires_grad against central
+ * differences of L = sum(f(inputs) * R), R a fixed random projection. Each element's
+ * error is |analytic - numeric| / (atol + rtol * |numeric|); returns the worst (so a
+ * value <= 1 passes) and prints the worst element when it fails. */
+double ct_test_gradcheck(const char *name, ct_test_fn f, int n, ct_tensor **inputs, void *ctx,
+                         double eps, double atol, double rtol);
+
+/* A tensor of the given shape with values uniform in [lo, hi), from seed. */
+ct_tensor *ct_test_rand(int ndim, const int64_t *shape, float lo, float hi, uint64_t seed);
+
+/* Runs a suite and returns a process exit status (Check prints the summary line). */
+int ct_test_run(Suite *s);
+
+/* Asserts |a - b| <= tol * max(1, |b|). */
+#define ck_assert_close(a, b, tol)                                                        \
+    do {                                                                                  \
+        double ct__a = (a), ct__b = (b);                                                  \
+        double ct__s = fabs(ct__b) > 1 ? fabs(ct__b) : 1;                                 \
+        ck_assert_msg(fabs(ct__a - ct__b) <= (tol) * ct__s, "%s = %g, expected %g (tol %g)", \
+                      #a, ct__a, ct__b, (double)(tol));                                   \
+    } while (0)
+
+#endif
