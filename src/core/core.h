@@ -140,6 +140,8 @@ ct_tensor *ct_scope_keep(ct_tensor *t);
 /* Takes t out of the innermost scope and hands that reference to the caller, who gives it
  * back with ct_release (modules own their parameters this way). */
 ct_tensor *ct_own(ct_tensor *t);
+/* The opposite of ct_own: hands a reference the caller owns to the innermost scope. */
+ct_tensor *ct_scope_adopt(ct_tensor *t);
 /* Releases what was created outside any scope and frees the scope lists (end of main). */
 void ct_scope_shutdown(void);
 /* Scope depth, for tests. */

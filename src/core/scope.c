@@ -26,7 +26,7 @@ static void *grow(void *p, size_t *cap, size_t elem) {
     return p;
 }
 
-void ct__scope_add(ct_tensor *t) {
+static void scope_add(ct_tensor *t) {
     if (n_items == cap_items) items = grow(items, &cap_items, sizeof *items);
     items[n_items++] = t;
 }
@@ -43,7 +43,7 @@ void ct_scope_end(size_t mark) {
     while (n_items > mark) ct_release(items[--n_items]);
     /* Tensors kept in this scope now belong to the enclosing one; the reference taken by
      * ct_scope_keep becomes that scope's reference. */
-    while (n_keeps > 0 && keeps[n_keeps - 1].depth == depth) ct__scope_add(keeps[--n_keeps].t);
+    while (n_keeps > 0 && keeps[n_keeps - 1].depth == depth) scope_add(keeps[--n_keeps].t);
     depth--;
 }
 
@@ -56,6 +56,11 @@ ct_tensor *ct_own(ct_tensor *t) {
         }
     }
     ct_fatal("own: tensor %s is not in the innermost scope", CT_SHAPE_STR(t));
+}
+
+ct_tensor *ct_scope_adopt(ct_tensor *t) {
+    scope_add(t);
+    return t;
 }
 
 void ct_scope_shutdown(void) {

@@ -12,7 +12,6 @@ struct ct_storage {
     bool external; /* memory owned by someone else, e.g. a DDP bucket */
 };
 
-void ct__scope_add(ct_tensor *t); /* scope.c */
 
 static ct_storage *storage_new(size_t bytes, float *external) {
     ct_storage *s = ct_alloc(sizeof *s);
@@ -54,7 +53,7 @@ static ct_tensor *handle_new(int ndim, const int64_t *shape, ct_storage *s, floa
     t->data = data;
     t->refs = 1;
     ct__stats.live_tensors++;
-    ct__scope_add(t);
+    ct_scope_adopt(t);
     return t;
 }
 
