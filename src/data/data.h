@@ -1,0 +1,174 @@
+/* ctrain data: IDX (MNIST family) and NPY readers, an in-memory data set, a batch loader
+ * with normalisation and augmentation, and the distributed sampler. Only core is used.
+ * Every function that reads a file returns a ct_status whose ct_last_error() message names
+ * the file and says what is wrong; misuse of an in-memory object aborts via ct_fatal. */
+#ifndef CT_DATA_H
+#define CT_DATA_H
+
+#include "../core/core.h"
+
+/* ---- raw arrays (what the file readers return) --------------------------------------- */
+
+typedef enum { CT_DTYPE_F32, CT_DTYPE_U8, CT_DTYPE_I64 } ct_dtype;
+
+/* A dense C-order array. Readers fill it with malloc'd data that ct_array_free releases;
+ * the NPY writer only reads it, so it may also describe memory the caller owns. */
+typedef struct {
+    ct_dtype dtype;
+    int ndim;
+    int64_t shape[CT_MAX_DIMS];
+    int64_t numel;
+    void *data;
+} ct_array;
+
+/* Frees a reader's data and zeroes *a (safe on a zeroed or already freed array). */
+void ct_array_free(ct_array *a);
+/* Bytes per element of dtype (4, 1, 8). */
+size_t ct_dtype_size(ct_dtype dtype);
+
+/* ---- IDX (MNIST family) ----------------------------------------------------------------- */
+
+/* Reads an unsigned-byte IDX file with `ndim` dims (1 = labels, 3 = images) into *out as a
+ * CT_DTYPE_U8 array; plain or gzip, detected from the content. Errors: CT_ERR_IO (missing or
+ * unreadable), CT_ERR_FORMAT (wrong magic with expected vs got, truncated header or data
+ * with expected vs got bytes, trailing bytes, zero or oversized dims). *out is untouched on
+ * error. */
+ct_status ct_idx_read(const char *path, int ndim, ct_array *out);
+
+/* ---- NPY -------------------------------------------------------------------------------- */
+
+/* Reads a .npy file (format 1.0 or 2.0; plain or gzip) with dtype '<f4', '|u1' or '<i8'
+ * and C order into *out. CT_ERR_IO if missing/unreadable; CT_ERR_FORMAT for a bad magic,
+ * version, header dict, dtype, fortran_order True, or truncated/trailing data. */
+ct_status ct_npy_read(const char *path, ct_array *out);
+/* Writes a as .npy (format 1.0, header padded so the data is 64-byte aligned, as numpy
+ * does); any ct_dtype. CT_ERR_IO naming the file if it cannot be written. */
+ct_status ct_npy_write(const char *path, const ct_array *a);
+
+/* ---- data set ------------------------------------------------------------------------------ */
+
+typedef enum { CT_SPLIT_TRAIN, CT_SPLIT_TEST } ct_split;
+
+/* n samples of float32 features (sample i at x + i * sample_numel) with int64 labels in
+ * 0..num_classes-1. x and y are malloc'd and owned by the data set. */
+typedef struct {
+    int64_t n;
+    int sample_ndim; /* 1..CT_MAX_DIMS-1, so a batch [B, sample shape] fits in a tensor */
+    int64_t sample_shape[CT_MAX_DIMS - 1];
+    int64_t sample_numel;
+    float *x;
+    int64_t *y;
+    int num_classes; /* max label + 1 when loaded; keep_classes(remap) sets k */
+} ct_dataset;
+
+/* The MNIST-format data set that ships with the system (Fashion-MNIST). */
+#define CT_FASHION_MNIST_DIR "/usr/share/datasets/fashion-mnist"
+
+/* Loads {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] from dir: images become
+ * [1, rows, cols] samples scaled to [0, 1]. CT_ERR_IO names the missing file; CT_ERR_SHAPE
+ * names both files and counts when they differ; otherwise as ct_idx_read. */
+ct_status ct_dataset_from_idx(ct_dataset *ds, const char *dir, ct_split split);
+/* Loads features x (float32, or uint8 scaled to [0, 1]; shape [n, ...], 2..CT_MAX_DIMS
+ * dims) and labels y (int64 or uint8, shape [n], non-negative) from two .npy files.
+ * CT_ERR_SHAPE names both files when the counts differ or a dtype/shape is not allowed. */
+ct_status ct_dataset_from_npy(ct_dataset *ds, const char *x_path, const char *y_path);
+/* A data set holding copies of x (n * numel(sample_shape) floats) and y (n labels >= 0). */
+ct_status ct_dataset_from_data(ct_dataset *ds, int64_t n, int sample_ndim,
+                               const int64_t *sample_shape, const float *x, const int64_t *y);
+/* Changes the per-sample shape (e.g. [1,28,28] <-> [784]); CT_ERR_ARG if numel differs. */
+ct_status ct_dataset_reshape(ct_dataset *ds, int sample_ndim, const int64_t *sample_shape);
+/* Keeps, in order, only samples whose label is one of classes[0..k); with remap, label
+ * classes[i] becomes i and num_classes becomes k. CT_ERR_ARG for a class outside
+ * 0..num_classes-1 or listed twice. */
+ct_status ct_dataset_keep_classes(ct_dataset *ds, const int64_t *classes, int k, bool remap);
+/* Keeps the first k samples of each class (all of them if a class has fewer), in order.
+ * CT_ERR_ARG if k < 1. */
+ct_status ct_dataset_few_shot(ct_dataset *ds, int64_t k);
+/* Frees x and y and zeroes *ds. */
+void ct_dataset_free(ct_dataset *ds);
+
+/* ---- loader -------------------------------------------------------------------------------- */
+
+/* Augmentation (training only, in raw feature space before normalising, as torchvision's
+ * RandomCrop(size, padding=crop_pad) then RandomHorizontalFlip() then Normalize): samples
+ * must be [C, H, W] or [H, W]. Per sample the RNG draws dy, dx in 0..2*crop_pad (when
+ * crop_pad > 0) then a flip bit (when hflip), so a seed fixes every batch. */
+typedef struct {
+    int64_t batch_size; /* > 0 */
+    float mean, std;    /* every feature becomes (x - mean) / std; std > 0 */
+    int crop_pad;       /* > 0: random crop of the original size from the zero-padded sample */
+    bool hflip;         /* mirror the last dim with probability 1/2 */
+    uint64_t seed;      /* seeds the augmentation RNG */
+} ct_loader_opts;
+
+/* mean 0, std 1, no augmentation, seed 0. */
+ct_loader_opts ct_loader_opts_default(int64_t batch_size);
+
+typedef struct ct_loader ct_loader;
+
+/* One batch. x belongs to the release scope open when ct_loader_next is called, so open
+ * the step's scope first: for (i < ct_loader_num_batches(l)) CT_SCOPE { ct_loader_next(l,
+ * &b); ... }. y and idx point into loader buffers valid until the next next/start call. */
+typedef struct {
+    ct_tensor *x;       /* [size, sample shape], normalised (and augmented) */
+    const int64_t *y;   /* size labels */
+    const int64_t *idx; /* the data set indices of this batch, in order */
+    int64_t size;       /* batch_size, or less for the last batch of an epoch */
+} ct_batch;
+
+/* A loader over ds (borrowed; it must outlive the loader). Buffers are allocated here so
+ * that later epochs make no malloc calls. CT_ERR_ARG for bad options (batch_size < 1,
+ * std <= 0, crop_pad < 0, augmentation on samples that are not [C,H,W] or [H,W]). */
+ct_status ct_loader_new(ct_loader **out, const ct_dataset *ds, const ct_loader_opts *opts);
+/* Starts an epoch over indices[0..n) (borrowed until the epoch ends; e.g. a sampler's
+ * shard). Aborts on an index outside 0..ds->n-1. */
+void ct_loader_start(ct_loader *l, const int64_t *indices, int64_t n);
+/* Fills *b with the next batch and returns true, or returns false at the end of the epoch.
+ * The last batch may be partial; dropping it is the caller's choice. */
+bool ct_loader_next(ct_loader *l, ct_batch *b);
+/* Batches in the current epoch: ceil(n / batch_size). */
+int64_t ct_loader_num_batches(const ct_loader *l);
+/* The augmentation RNG (to save or restore its state with a checkpoint). */
+ct_rng *ct_loader_rng(ct_loader *l);
+void ct_loader_free(ct_loader *l);
+
+/* ---- distributed sampler ------------------------------------------------------------------- */
+
+typedef enum {
+    CT_SHARD_DROP,  /* training: floor(n/W) each; the permutation's tail is dropped */
+    CT_SHARD_PAD,   /* training: ceil(n/W) each; padded by wrapping to the permutation's start */
+    CT_SHARD_EXACT, /* evaluation: no shuffle; rank r gets a contiguous range, sizes differ by
+                       at most 1, and the ranks together cover 0..n-1 exactly once */
+} ct_shard_mode;
+
+typedef struct {
+    int64_t n;          /* data set size */
+    int world, rank;    /* 0 <= rank < world */
+    ct_shard_mode mode;
+    bool shuffle;       /* DROP/PAD: permute each epoch (else identity); must be false for EXACT */
+    uint64_t seed;
+} ct_sampler_opts;
+
+typedef struct ct_sampler ct_sampler;
+
+/* The epoch permutation of 0..n-1 into out: Fisher-Yates with ct_rng_below from an RNG
+ * seeded with seed * 1000003 + epoch, so every rank computes the same one. */
+void ct_permutation(int64_t n, uint64_t seed, uint64_t epoch, int64_t *out);
+/* How many indices rank gets per epoch under mode. */
+int64_t ct_shard_size(int64_t n, int world, int rank, ct_shard_mode mode);
+
+/* A sampler for one rank. Training modes deal the epoch's (padded or truncated)
+ * permutation out like PyTorch's DistributedSampler: rank r takes positions r, r+W, ...
+ * CT_ERR_ARG for n < 0, world < 1, rank outside 0..world-1, or shuffle with EXACT. */
+ct_status ct_sampler_new(ct_sampler **out, const ct_sampler_opts *opts);
+/* This rank's indices for epoch (ct_sampler_size of them), in a sampler buffer valid until
+ * the next call or ct_sampler_free. Makes no allocation. */
+const int64_t *ct_sampler_epoch(ct_sampler *s, uint64_t epoch);
+/* Indices this rank gets per epoch. */
+int64_t ct_sampler_size(const ct_sampler *s);
+/* Batches of batch_size the LARGEST shard needs, so that every rank can make the same
+ * number of collective calls (ranks with fewer batches join with empty contributions). */
+int64_t ct_sampler_max_batches(const ct_sampler *s, int64_t batch_size);
+void ct_sampler_free(ct_sampler *s);
+
+#endif

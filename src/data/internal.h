@@ -1,0 +1,24 @@
+/* Helpers shared by the data layer's file readers (not part of the public API). */
+#ifndef CT_DATA_INTERNAL_H
+#define CT_DATA_INTERNAL_H
+
+#include <zlib.h>
+
+#include "data.h"
+
+/* malloc that aborts on failure, like ct_alloc (data buffers are not tensor storage). */
+void *ct__data_malloc(size_t bytes);
+
+/* Opens path for reading through zlib, which reads gzip and plain files alike.
+ * CT_ERR_IO naming the file and the system's reason if it cannot be opened. */
+ct_status ct__gz_open(const char *path, gzFile *out);
+/* Reads up to n bytes; returns how many arrived (fewer only at end of file), or -1 on a
+ * read or decompression error, with the message (naming path) already recorded. */
+int64_t ct__gz_read(gzFile f, const char *path, void *buf, int64_t n);
+/* Reads exactly nbytes of array data (what the header promised) into a malloc'd *out.
+ * The buffer grows as data arrives, so a header claiming more than the file holds fails as
+ * truncated ("expected N bytes of data, got M") rather than allocating it up front; bytes
+ * after the data are an error too. */
+ct_status ct__read_payload(gzFile f, const char *path, int64_t nbytes, void **out);
+
+#endif

@@ -1,0 +1,121 @@
+/* The batch loader: gathers the samples named by an index list (a sampler's shard) into a
+ * [B, sample shape] tensor, augmenting then normalising each sample. Its label buffer is
+ * allocated once, and batch tensors come from the caching allocator, so after the first
+ * epoch it makes no malloc calls. */
+#include "internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct ct_loader {
+    const ct_dataset *ds;
+    ct_loader_opts o;
+    ct_rng rng;
+    const int64_t *idx; /* the epoch's indices (borrowed) */
+    int64_t n, pos;     /* how many, and the next one to serve */
+    int64_t *y;         /* batch_size labels */
+    int64_t C, H, W;    /* sample layout for augmentation ([H, W] is C = 1) */
+};
+
+ct_loader_opts ct_loader_opts_default(int64_t batch_size) {
+    return (ct_loader_opts){.batch_size = batch_size, .mean = 0, .std = 1};
+}
+
+ct_status ct_loader_new(ct_loader **out, const ct_dataset *ds, const ct_loader_opts *opts) {
+    const ct_loader_opts *o = opts;
+    if (o->batch_size < 1)
+        return ct_error(CT_ERR_ARG, "loader: batch_size must be at least 1, got %lld",
+                        (long long)o->batch_size);
+    if (!(o->std > 0) || !isfinite(o->std) || !isfinite(o->mean))
+        return ct_error(CT_ERR_ARG, "loader: normalisation needs a finite mean and std > 0, got "
+                        "mean %g std %g", o->mean, o->std);
+    if (o->crop_pad < 0)
+        return ct_error(CT_ERR_ARG, "loader: crop_pad must be >= 0, got %d", o->crop_pad);
+    bool aug = o->crop_pad > 0 || o->hflip;
+    if (aug && ds->sample_ndim != 2 && ds->sample_ndim != 3)
+        return ct_error(CT_ERR_ARG, "loader: crop/flip augmentation needs [C, H, W] or [H, W] "
+                        "samples, the data set's have %d dims", ds->sample_ndim);
+    ct_loader *l = ct__data_malloc(sizeof *l);
+    *l = (ct_loader){.ds = ds, .o = *o};
+    ct_rng_seed(&l->rng, o->seed);
+    l->y = ct__data_malloc((size_t)o->batch_size * sizeof *l->y);
+    int s = ds->sample_ndim;
+    l->C = s == 3 ? ds->sample_shape[0] : 1;
+    l->H = s >= 2 ? ds->sample_shape[s - 2] : 1;
+    l->W = ds->sample_shape[s - 1];
+    *out = l;
+    return CT_OK;
+}
+
+void ct_loader_start(ct_loader *l, const int64_t *indices, int64_t n) {
+    CT_ASSERT(n >= 0, "loader: negative index count %lld", (long long)n);
+    for (int64_t i = 0; i < n; i++)
+        CT_ASSERT(indices[i] >= 0 && indices[i] < l->ds->n,
+                  "loader: index %lld (position %lld) outside the data set's 0..%lld",
+                  (long long)indices[i], (long long)i, (long long)l->ds->n - 1);
+    l->idx = indices;
+    l->n = n;
+    l->pos = 0;
+}
+
+int64_t ct_loader_num_batches(const ct_loader *l) {
+    return (l->n + l->o.batch_size - 1) / l->o.batch_size;
+}
+
+ct_rng *ct_loader_rng(ct_loader *l) { return &l->rng; }
+
+/* torchvision's RandomCrop(padding=P) then RandomHorizontalFlip(): output pixel (i, j) is
+ * input pixel (i + dy - P, j' + dx - P) with j' = W-1-j when flipped, or 0 (padding) when
+ * that falls outside the image. */
+static void augment(ct_loader *l, const float *src, float *dst) {
+    int64_t P = l->o.crop_pad, H = l->H, W = l->W;
+    int64_t dy = P ? (int64_t)ct_rng_below(&l->rng, (uint64_t)(2 * P + 1)) - P : 0;
+    int64_t dx = P ? (int64_t)ct_rng_below(&l->rng, (uint64_t)(2 * P + 1)) - P : 0;
+    bool flip = l->o.hflip && ct_rng_below(&l->rng, 2);
+    for (int64_t c = 0; c < l->C; c++, src += H * W) {
+        for (int64_t i = 0; i < H; i++, dst += W) {
+            int64_t si = i + dy;
+            if (si < 0 || si >= H) {
+                memset(dst, 0, (size_t)W * sizeof *dst);
+                continue;
+            }
+            for (int64_t j = 0; j < W; j++) {
+                int64_t sj = (flip ? W - 1 - j : j) + dx;
+                dst[j] = sj >= 0 && sj < W ? src[si * W + sj] : 0.0f;
+            }
+        }
+    }
+}
+
+bool ct_loader_next(ct_loader *l, ct_batch *b) {
+    if (l->pos >= l->n) return false;
+    const ct_dataset *ds = l->ds;
+    int64_t B = l->n - l->pos < l->o.batch_size ? l->n - l->pos : l->o.batch_size;
+    int64_t shape[CT_MAX_DIMS] = {B}, F = ds->sample_numel;
+    memcpy(shape + 1, ds->sample_shape, (size_t)ds->sample_ndim * sizeof *shape);
+    ct_tensor *x = ct_tensor_new(ds->sample_ndim + 1, shape);
+    const int64_t *idx = l->idx + l->pos;
+    bool aug = l->o.crop_pad > 0 || l->o.hflip;
+    float mean = l->o.mean, std = l->o.std;
+    for (int64_t k = 0; k < B; k++) {
+        const float *src = ds->x + idx[k] * F;
+        float *dst = x->data + k * F;
+        if (aug)
+            augment(l, src, dst);
+        else
+            memcpy(dst, src, (size_t)F * sizeof *dst);
+        /* subtract then divide, as torchvision's Normalize, so values match it bit for bit */
+        for (int64_t j = 0; j < F; j++) dst[j] = (dst[j] - mean) / std;
+        l->y[k] = ds->y[idx[k]];
+    }
+    l->pos += B;
+    *b = (ct_batch){.x = x, .y = l->y, .idx = idx, .size = B};
+    return true;
+}
+
+void ct_loader_free(ct_loader *l) {
+    if (!l) return;
+    free(l->y);
+    free(l);
+}
