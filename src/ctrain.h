@@ -5,5 +5,7 @@
 #include "core/core.h"
 #include "autograd/autograd.h"
 #include "ops/ops.h"
+#include "nn/nn.h"
+#include "data/data.h"
 
 #endif
