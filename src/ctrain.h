@@ -1,4 +1,5 @@
-/* ctrain: the umbrella public header. */
+/* ctrain: the umbrella public header. Layers, top to bottom; each depends only on those
+ * listed before it. */
 #ifndef CTRAIN_H
 #define CTRAIN_H
 
@@ -6,6 +7,7 @@
 #include "autograd/autograd.h"
 #include "ops/ops.h"
 #include "nn/nn.h"
+#include "optim/optim.h"
 #include "data/data.h"
 
 #endif
