@@ -39,8 +39,10 @@ ct_tensor *ct_cross_entropy(ct_tensor *logits, const int64_t *target, ct_reducti
         /* Copied: the caller's array need not outlive the graph. */
         int64_t *t = ct_node_aux(n, (size_t)rows * sizeof(int64_t));
         for (int64_t r = 0; r < rows; r++) t[r] = target[r];
-        ct_tensor *probs = ct_empty_like(logits); /* freed with the scope; the node's alias */
-        p = ct_save(n, probs)->data;              /* keeps the storage */
+        /* Only the node's alias keeps the storage; no extra handle lingers in the scope. */
+        ct_tensor *probs = ct_own(ct_empty_like(logits));
+        p = ct_save(n, probs)->data;
+        ct_release(probs);
     }
     double total = 0;
     for (int64_t r = 0; r < rows; r++) {

@@ -31,6 +31,27 @@ static const float act_ref[5][6] = {
 };
 static const char *act_names[] = {"relu", "leaky_relu", "gelu", "tanh", "sigmoid", "leaky_neg"};
 
+/* Finite-difference tolerances per op (step 1e-2): |analytic - numeric| must stay within
+ * atol + rtol |numeric|. The piecewise-linear ops are exact up to float rounding; the
+ * curved ones carry the O(step^2) truncation error of central differences. Each leaves
+ * roughly a 3-10x margin over the worst error measured on these inputs. */
+typedef struct {
+    double atol, rtol;
+} tol;
+static const tol act_tol[] = {
+    {1e-5, 1e-3}, /* relu */
+    {1e-5, 1e-3}, /* leaky_relu */
+    {1e-4, 1e-3}, /* gelu */
+    {1e-4, 1e-3}, /* tanh */
+    {1e-5, 1e-3}, /* sigmoid */
+    {1e-5, 1e-3}, /* leaky_relu, negative slope */
+};
+static const tol softmax_tol = {1e-4, 1e-3}, log_softmax_tol = {2e-4, 1e-3};
+static const tol ce_mean_tol = {1e-4, 1e-3};
+static const tol ce_sum_tol = {5e-4, 1e-3}; /* N = 5 times the mean's gradients */
+static const tol mse_mean_tol = {1e-4, 1e-3}, mse_sum_tol = {1e-3, 1e-3};
+#define GC_STEP 1e-2
+
 static ct_tensor *act(int which, ct_tensor *x) {
     switch (which) {
     case 0: return ct_relu(x);
@@ -60,8 +81,8 @@ START_TEST(activation_grad) {
         ct_tensor *x = rand_away_from_zero(CT_SHAPE(3, 7), 30 + (uint64_t)_i);
         for (int64_t i = 0; i < x->numel; i++) x->data[i] *= 2.5f; /* reach saturation */
         ct_set_requires_grad(x, true);
-        double err = ct_test_gradcheck(act_names[_i], act_fn, 1, &x, (void *)(intptr_t)_i, 1e-2,
-                                       1e-3, 1e-2);
+        double err = ct_test_gradcheck(act_names[_i], act_fn, 1, &x, (void *)(intptr_t)_i,
+                                       GC_STEP, act_tol[_i].atol, act_tol[_i].rtol);
         ck_assert_msg(err <= 1, "%s: gradcheck error %g", act_names[_i], err);
     }
 }
@@ -208,8 +229,9 @@ START_TEST(softmax_grad) {
         /* inner sizes 99, 9 and 1: strided and contiguous paths, with 8-wide tails */
         ct_tensor *x = ct_test_rand(CT_SHAPE(3, 11, 9), -2, 2, 60 + (uint64_t)_i);
         ct_set_requires_grad(x, true);
+        const tol *t = c.log ? &log_softmax_tol : &softmax_tol;
         double err = ct_test_gradcheck(c.log ? "log_softmax" : "softmax", softmax_fn, 1, &x, &c,
-                                       1e-2, 1e-3, 1e-2);
+                                       GC_STEP, t->atol, t->rtol);
         ck_assert_msg(err <= 1, "%s(dim=%d): gradcheck error %g", c.log ? "log_softmax" : "softmax",
                       c.dim, err);
     }
@@ -310,8 +332,34 @@ START_TEST(cross_entropy_grad) {
         ct_tensor *l = ct_test_rand(CT_SHAPE(5, 13), -3, 3, 70);
         ct_set_requires_grad(l, true);
         ce_case mean = {target, CT_REDUCE_MEAN}, sum = {target, CT_REDUCE_SUM};
-        ck_assert(ct_test_gradcheck("ce_mean", ce_fn, 1, &l, &mean, 1e-2, 1e-4, 1e-2) <= 1);
-        ck_assert(ct_test_gradcheck("ce_sum", ce_fn, 1, &l, &sum, 1e-2, 1e-3, 1e-2) <= 1);
+        ck_assert(ct_test_gradcheck("ce_mean", ce_fn, 1, &l, &mean, GC_STEP, ce_mean_tol.atol,
+                                    ce_mean_tol.rtol) <= 1);
+        ck_assert(ct_test_gradcheck("ce_sum", ce_fn, 1, &l, &sum, GC_STEP, ce_sum_tol.atol,
+                                    ce_sum_tol.rtol) <= 1);
+    }
+}
+END_TEST
+
+START_TEST(training_step_frees_everything) {
+    /* A step's tensors, nodes and saved aliases are all gone once its scope closes, with or
+     * without backward (the softmax that cross_entropy keeps lives only in its node). */
+    ct_stats before = ct_stats_get();
+    for (int with_backward = 0; with_backward < 2; with_backward++) {
+        CT_SCOPE {
+            ct_tensor *x = ct_test_rand(CT_SHAPE(4, 2, 3), -1, 1, 90);
+            ct_set_requires_grad(x, true);
+            ct_tensor *h = ct_sigmoid(ct_gelu(ct_tanh(ct_relu(ct_flatten(x, 1)))));
+            ct_tensor *logits = ct_log_softmax(ct_leaky_relu(h, 0.1f), 1);
+            ct_tensor *loss = ct_add(ct_cross_entropy(logits, (const int64_t[]){0, 5, 2, 3},
+                                                      CT_REDUCE_MEAN),
+                                     ct_mse_loss(ct_softmax(h, 0), h, CT_REDUCE_SUM));
+            if (with_backward) ct_backward(loss);
+        }
+        ct_stats after = ct_stats_get();
+        ck_assert_int_eq(after.live_tensors, before.live_tensors);
+        ck_assert_int_eq(after.live_bytes, before.live_bytes);
+        ck_assert_int_eq(after.graph_nodes, before.graph_nodes);
+        ck_assert_int_eq(after.saved_tensors, before.saved_tensors);
     }
 }
 END_TEST
@@ -346,17 +394,19 @@ static ct_tensor *mse_fn(ct_tensor **in, void *ctx) {
 
 START_TEST(mse_grad) {
     CT_SCOPE {
-        ct_tensor *a = ct_test_rand(CT_SHAPE(3, 7), -1, 1, 80), *b = ct_test_rand(CT_SHAPE(3, 7), -1, 1, 81);
+        ct_tensor *a = ct_test_rand(CT_SHAPE(3, 7), -1, 1, 80);
+        ct_tensor *b = ct_test_rand(CT_SHAPE(3, 7), -1, 1, 81);
         ct_set_requires_grad(a, true);
         ct_set_requires_grad(b, true);
-        ck_assert(ct_test_gradcheck("mse_mean", mse_fn, 2, (ct_tensor *[]){a, b},
-                                    (void *)(intptr_t)CT_REDUCE_MEAN, 1e-2, 1e-4, 1e-2) <= 1);
-        ck_assert(ct_test_gradcheck("mse_sum", mse_fn, 2, (ct_tensor *[]){a, b},
-                                    (void *)(intptr_t)CT_REDUCE_SUM, 1e-2, 1e-3, 1e-2) <= 1);
+        void *mean = (void *)(intptr_t)CT_REDUCE_MEAN, *sum = (void *)(intptr_t)CT_REDUCE_SUM;
+        ck_assert(ct_test_gradcheck("mse_mean", mse_fn, 2, (ct_tensor *[]){a, b}, mean, GC_STEP,
+                                    mse_mean_tol.atol, mse_mean_tol.rtol) <= 1);
+        ck_assert(ct_test_gradcheck("mse_sum", mse_fn, 2, (ct_tensor *[]){a, b}, sum, GC_STEP,
+                                    mse_sum_tol.atol, mse_sum_tol.rtol) <= 1);
         /* only the target-side input needing a gradient */
         ct_tensor *c = ct_test_rand(CT_SHAPE(3, 7), -1, 1, 82);
-        ck_assert(ct_test_gradcheck("mse_b_only", mse_fn, 2, (ct_tensor *[]){c, b},
-                                    (void *)(intptr_t)CT_REDUCE_MEAN, 1e-2, 1e-4, 1e-2) <= 1);
+        ck_assert(ct_test_gradcheck("mse_b_only", mse_fn, 2, (ct_tensor *[]){c, b}, mean, GC_STEP,
+                                    mse_mean_tol.atol, mse_mean_tol.rtol) <= 1);
         ck_assert_ptr_null(c->grad);
     }
 }
@@ -453,6 +503,7 @@ int main(void) {
     tcase_add_test(tl, cross_entropy_grad_mean_values);
     tcase_add_test(tl, cross_entropy_no_grad_needed);
     tcase_add_test(tl, cross_entropy_grad);
+    tcase_add_test(tl, training_step_frees_everything);
     tcase_add_test(tl, mse_values);
     tcase_add_test(tl, mse_grad);
     tcase_add_test(tl, mse_same_tensor);
