@@ -1,0 +1,125 @@
+/* Activations. Each backward reads the least it can: relu, sigmoid and tanh use their
+ * output (so the input can be freed once the next op is done with it), leaky_relu its
+ * output when the slope keeps signs, gelu its input. The hot loops (relu, leaky_relu and
+ * every backward) are restrict-parameter kernels that GCC vectorises at -O2. */
+#include "internal.h"
+
+#include <math.h>
+
+/* ---- relu and leaky_relu ----------------------------------------------------------- */
+
+static void relu_fwd(float *restrict y, const float *restrict x, int64_t n) {
+    /* x < 0 ? 0 : x keeps NaN as NaN, as PyTorch does. */
+    CT_VFOR(i, n, float v = x[i]; y[i] = v < 0 ? 0.0f : v);
+}
+
+static void relu_bwd(float *restrict gx, const float *restrict y, const float *restrict g,
+                     int64_t n) {
+    /* PyTorch's threshold_backward: zero where y <= 0 (so the gradient at 0 is 0). */
+    CT_VFOR(i, n, float gi = g[i]; gx[i] += y[i] <= 0 ? 0.0f : gi);
+}
+
+static void relu_backward(ct_node *n, const ct_tensor *gout) {
+    relu_bwd(ct_node_grad_in(n, 0)->data, n->saved[0]->data, gout->data, gout->numel);
+}
+
+ct_tensor *ct_relu(ct_tensor *x) {
+    ct_tensor *out = ct_empty_like(x);
+    relu_fwd(out->data, x->data, x->numel);
+    ct_node *n = CT_RECORD("relu", relu_backward, out, x);
+    if (n) ct_save(n, out); /* y > 0 exactly where x > 0 */
+    return out;
+}
+
+static void leaky_fwd(float *restrict y, const float *restrict x, float s, int64_t n) {
+    CT_VFOR(i, n, float v = x[i]; y[i] = v > 0 ? v : v * s);
+}
+
+static void leaky_bwd(float *restrict gx, const float *restrict v, const float *restrict g,
+                      float s, int64_t n) {
+    CT_VFOR(i, n, float gi = g[i]; gx[i] += v[i] > 0 ? gi : gi * s);
+}
+
+static void leaky_relu_backward(ct_node *n, const ct_tensor *gout) {
+    leaky_bwd(ct_node_grad_in(n, 0)->data, n->saved[0]->data, gout->data, n->f[0], gout->numel);
+}
+
+ct_tensor *ct_leaky_relu(ct_tensor *x, float negative_slope) {
+    ct_tensor *out = ct_empty_like(x);
+    leaky_fwd(out->data, x->data, negative_slope, x->numel);
+    ct_node *n = CT_RECORD("leaky_relu", leaky_relu_backward, out, x);
+    if (n) {
+        n->f[0] = negative_slope;
+        /* With slope >= 0, y > 0 exactly where x > 0, so the output will do; a negative
+         * slope flips signs and needs the input. */
+        ct_save(n, negative_slope >= 0 ? out : x);
+    }
+    return out;
+}
+
+/* ---- gelu (exact): x * Phi(x) ------------------------------------------------------ */
+
+static void gelu_backward(ct_node *n, const ct_tensor *gout) {
+    float *gx = ct_node_grad_in(n, 0)->data;
+    const float *x = n->saved[0]->data, *g = gout->data;
+    const float inv_sqrt_2pi = 0.3989422804014327f;
+    /* d/dx x Phi(x) = Phi(x) + x phi(x) */
+    for (int64_t i = 0; i < gout->numel; i++) {
+        float v = x[i];
+        float cdf = 0.5f * (1.0f + erff(v * (float)M_SQRT1_2));
+        float pdf = inv_sqrt_2pi * expf(-0.5f * v * v);
+        gx[i] += g[i] * (cdf + v * pdf);
+    }
+}
+
+ct_tensor *ct_gelu(ct_tensor *x) {
+    ct_tensor *out = ct_empty_like(x);
+    for (int64_t i = 0; i < x->numel; i++) {
+        float v = x->data[i];
+        out->data[i] = 0.5f * v * (1.0f + erff(v * (float)M_SQRT1_2));
+    }
+    ct_node *n = CT_RECORD("gelu", gelu_backward, out, x);
+    if (n) ct_save(n, x);
+    return out;
+}
+
+/* ---- tanh and sigmoid (backward from the output) ------------------------------------ */
+
+static void tanh_bwd(float *restrict gx, const float *restrict y, const float *restrict g,
+                     int64_t n) {
+    CT_VFOR(i, n, gx[i] += g[i] * (1.0f - y[i] * y[i]));
+}
+
+static void tanh_backward(ct_node *n, const ct_tensor *gout) {
+    tanh_bwd(ct_node_grad_in(n, 0)->data, n->saved[0]->data, gout->data, gout->numel);
+}
+
+ct_tensor *ct_tanh(ct_tensor *x) {
+    ct_tensor *out = ct_empty_like(x);
+    for (int64_t i = 0; i < x->numel; i++) out->data[i] = tanhf(x->data[i]);
+    ct_node *n = CT_RECORD("tanh", tanh_backward, out, x);
+    if (n) ct_save(n, out);
+    return out;
+}
+
+static void sigmoid_bwd(float *restrict gx, const float *restrict y, const float *restrict g,
+                        int64_t n) {
+    CT_VFOR(i, n, gx[i] += g[i] * y[i] * (1.0f - y[i]));
+}
+
+static void sigmoid_backward(ct_node *n, const ct_tensor *gout) {
+    sigmoid_bwd(ct_node_grad_in(n, 0)->data, n->saved[0]->data, gout->data, gout->numel);
+}
+
+ct_tensor *ct_sigmoid(ct_tensor *x) {
+    ct_tensor *out = ct_empty_like(x);
+    for (int64_t i = 0; i < x->numel; i++) {
+        /* exp of a non-positive argument only, so large |x| never overflows. */
+        float v = x->data[i];
+        float e = expf(-fabsf(v));
+        out->data[i] = v >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e);
+    }
+    ct_node *n = CT_RECORD("sigmoid", sigmoid_backward, out, x);
+    if (n) ct_save(n, out);
+    return out;
+}
