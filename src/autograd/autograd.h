@@ -40,7 +40,8 @@ ct_tensor *ct_detach(ct_tensor *t);
  * gradients become ready. NULL removes the hook. */
 void ct_set_grad_hook(ct_tensor *leaf, ct_grad_hook fn, void *ctx);
 /* Makes leaf->grad a view of `buf` (numel floats owned by the caller, e.g. a DDP bucket).
- * The current gradient, if any, is copied in; otherwise buf is zeroed. */
+ * The current gradient, if any, is copied in; otherwise buf is zeroed. buf = NULL drops
+ * .grad altogether (a parameter that was frozen). */
 void ct_set_grad_storage(ct_tensor *leaf, float *buf);
 
 /* ---- backward ---------------------------------------------------------------------- */

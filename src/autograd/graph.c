@@ -56,6 +56,11 @@ void ct_set_grad_storage(ct_tensor *leaf, float *buf) {
     CT_ASSERT(ct_is_leaf(leaf), "set_grad_storage: tensor %s is not a leaf",
               CT_SHAPE_STR(leaf));
     size_t bytes = (size_t)leaf->numel * sizeof(float);
+    if (!buf) {
+        ct_release(leaf->grad);
+        leaf->grad = NULL;
+        return;
+    }
     if (leaf->grad) {
         if (leaf->grad->data != buf) memmove(buf, leaf->grad->data, bytes);
         ct_release(leaf->grad);

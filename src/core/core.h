@@ -111,6 +111,9 @@ ct_tensor *ct_clone_data(const ct_tensor *t); /* a copy of the values; no autogr
 /* A tensor over memory the caller owns (never freed by ctrain), e.g. a DDP bucket. */
 ct_tensor *ct_tensor_wrap(int ndim, const int64_t *shape, float *data);
 bool ct_tensor_is_external(const ct_tensor *t); /* made by ct_tensor_wrap */
+/* Copies t's values to dst (numel floats owned by the caller) and makes dst its storage,
+ * e.g. to pack parameters into a slab. t must not share its storage with a view. */
+void ct_tensor_rebind(ct_tensor *t, float *dst);
 /* A tensor sharing t's storage with a new shape (same numel). No autograd. */
 ct_tensor *ct_view_raw(ct_tensor *t, int ndim, const int64_t *shape);
 

@@ -79,6 +79,16 @@ ct_tensor *ct_view_raw(ct_tensor *t, int ndim, const int64_t *shape) {
 
 bool ct_tensor_is_external(const ct_tensor *t) { return t->storage->external; }
 
+void ct_tensor_rebind(ct_tensor *t, float *dst) {
+    CT_ASSERT(t->storage->refs == 1, "rebind: tensor %s shares its storage with %d views",
+              CT_SHAPE_STR(t), t->storage->refs - 1);
+    if (t->data == dst) return;
+    memcpy(dst, t->data, (size_t)t->numel * sizeof(float));
+    storage_release(t->storage);
+    t->storage = storage_new((size_t)t->numel * sizeof(float), dst);
+    t->data = dst;
+}
+
 ct_tensor *ct_full(int ndim, const int64_t *shape, float v) {
     ct_tensor *t = ct_tensor_new(ndim, shape);
     for (int64_t i = 0; i < t->numel; i++) t->data[i] = v;

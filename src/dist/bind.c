@@ -1,0 +1,70 @@
+/* hwloc binding: one share of the node's cores per rank, and BLAS threads to match. */
+#include <hwloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dist.h"
+
+ct_status ct_dist_bind(const ct_dist *d, ct_binding *out) {
+    memset(out, 0, sizeof *out);
+    hwloc_topology_t topo;
+    if (hwloc_topology_init(&topo) != 0 || hwloc_topology_load(topo) != 0)
+        return ct_error(CT_ERR_IO, "rank %d: hwloc could not discover the topology", d->rank);
+    int ncores = hwloc_get_nbobjs_by_type(topo, HWLOC_OBJ_CORE);
+    if (ncores < 1) ncores = hwloc_get_nbobjs_by_type(topo, HWLOC_OBJ_PU);
+    hwloc_bitmap_t cur = hwloc_bitmap_alloc();
+    hwloc_get_cpubind(topo, cur, HWLOC_CPUBIND_PROCESS);
+    const struct hwloc_bitmap_s *all = hwloc_topology_get_allowed_cpuset(topo);
+    /* The launcher bound us if our cpuset is a strict subset of what the node allows. */
+    bool launcher_bound = !hwloc_bitmap_isequal(cur, all) && hwloc_bitmap_isincluded(cur, all);
+    int cores;
+    if (launcher_bound) {
+        cores = hwloc_get_nbobjs_inside_cpuset_by_type(topo, cur, HWLOC_OBJ_CORE);
+        if (cores < 1) cores = 1;
+    } else if (d->local_size > ncores) {
+        cores = 1; /* more ranks than cores: binding would stack ranks, so leave it to the OS */
+    } else {
+        int per = ncores / d->local_size;
+        hwloc_bitmap_t set = hwloc_bitmap_alloc();
+        for (int c = d->local_rank * per; c < (d->local_rank + 1) * per; c++) {
+            hwloc_obj_t core = hwloc_get_obj_by_type(topo, HWLOC_OBJ_CORE, (unsigned)c);
+            if (core) hwloc_bitmap_or(set, set, core->cpuset);
+        }
+        if (!hwloc_bitmap_iszero(set) && hwloc_set_cpubind(topo, set, HWLOC_CPUBIND_PROCESS) == 0) {
+            out->bound_by_us = true;
+            hwloc_bitmap_copy(cur, set);
+        }
+        hwloc_bitmap_free(set);
+        cores = per;
+    }
+    hwloc_bitmap_list_snprintf(out->cpus, sizeof out->cpus, cur);
+    hwloc_bitmap_free(cur);
+    hwloc_topology_destroy(topo);
+
+    int threads = cores;
+    const char *env = getenv("CT_THREADS");
+    if (env && *env) {
+        char *end;
+        long t = strtol(env, &end, 10);
+        if (*end || t < 1) return ct_error(CT_ERR_CONFIG, "CT_THREADS='%s' is not a positive integer", env);
+        threads = (int)t < cores ? (int)t : cores; /* never oversubscribe our cores */
+    }
+    out->cores = cores;
+    out->threads = threads;
+    ct_blas_set_threads(threads);
+    return CT_OK;
+}
+
+void ct_dist_print_bindings(const ct_dist *d, const ct_binding *b) {
+    char line[384];
+    snprintf(line, sizeof line, "rank %d/%d host %s cores %s (%d) threads %d%s", d->rank, d->size,
+             d->host, b->cpus, b->cores, b->threads,
+             b->bound_by_us ? "" : " (binding from the launcher or none)");
+    char *all = d->rank == 0 ? malloc(sizeof line * (size_t)d->size) : NULL;
+    CT_CHECK_MPI(MPI_Gather(line, sizeof line, MPI_CHAR, all, sizeof line, MPI_CHAR, 0, d->world));
+    if (d->rank == 0) {
+        for (int r = 0; r < d->size; r++) fprintf(stderr, "ctrain: %s\n", all + (size_t)r * sizeof line);
+        free(all);
+    }
+}

@@ -1,0 +1,74 @@
+/* MPI set-up and tear-down, and the abort hook that makes one rank's fatal error end the
+ * whole job instead of leaving the others blocked in a collective. */
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "dist.h"
+
+static int abort_rank = -1;
+
+_Noreturn void ct_dist_abort(const ct_dist *d, int code, const char *msg) {
+    fprintf(stderr, "ctrain: rank %d: %s\n", d ? d->rank : abort_rank, msg);
+    fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, code);
+    _exit(code); /* MPI_Abort does not return; this keeps the promise if it ever did */
+}
+
+static void mpi_abort_hook(const char *msg) {
+    fprintf(stderr, "ctrain: rank %d: fatal: %s\n", abort_rank, msg);
+    fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 134);
+    _exit(134);
+}
+
+_Noreturn void ct__mpi_fail(const char *file, int line, const char *call, int rc) {
+    char err[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(rc, err, &len);
+    ct_fatal("%s:%d: %s failed: %s", file, line, call, err);
+}
+
+ct_status ct_dist_from_comm(MPI_Comm comm, ct_dist *d) {
+    memset(d, 0, sizeof *d);
+    if (MPI_Comm_dup(comm, &d->world) != MPI_SUCCESS)
+        return ct_error(CT_ERR_MPI, "MPI_Comm_dup failed");
+    MPI_Comm_rank(d->world, &d->rank);
+    MPI_Comm_size(d->world, &d->size);
+    if (MPI_Comm_split_type(d->world, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &d->local) !=
+        MPI_SUCCESS)
+        return ct_error(CT_ERR_MPI, "rank %d: MPI_Comm_split_type(SHARED) failed", d->rank);
+    MPI_Comm_rank(d->local, &d->local_rank);
+    MPI_Comm_size(d->local, &d->local_size);
+    if (gethostname(d->host, sizeof d->host) != 0) snprintf(d->host, sizeof d->host, "unknown");
+    d->host[sizeof d->host - 1] = 0;
+    return CT_OK;
+}
+
+ct_status ct_dist_init(int *argc, char ***argv, ct_dist *d) {
+    int inited = 0, provided = 0;
+    MPI_Initialized(&inited);
+    if (!inited && MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+        return ct_error(CT_ERR_MPI, "MPI_Init_thread failed");
+    /* Errors come back as codes we report ourselves (with the rank), not MPI's default
+     * handler's terse abort. */
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    ct_status st = ct_dist_from_comm(MPI_COMM_WORLD, d);
+    if (st != CT_OK) return st;
+    abort_rank = d->rank;
+    ct_set_abort_hook(mpi_abort_hook);
+    return CT_OK;
+}
+
+void ct_dist_free(ct_dist *d) {
+    if (d->local != MPI_COMM_NULL && d->local) MPI_Comm_free(&d->local);
+    if (d->world != MPI_COMM_NULL && d->world) MPI_Comm_free(&d->world);
+}
+
+void ct_dist_finalize(ct_dist *d) {
+    ct_dist_free(d);
+    ct_set_abort_hook(NULL);
+    int fin = 0;
+    MPI_Finalized(&fin);
+    if (!fin) MPI_Finalize();
+}

@@ -1,0 +1,340 @@
+/* Data-parallel training. Only trainable parameters are bucketed; their gradients live in
+ * one flat slab (registration order) whose contiguous ranges are the buckets, assigned
+ * from the end so the last layers' gradients, which backward produces first, form the
+ * first bucket. Each leaf's grad-ready hook counts its bucket down; buckets start their
+ * MPI_Iallreduce strictly in bucket order (so every rank issues the same sequence) as soon
+ * as they are complete, and every hook call gives MPI a chance to progress what is in
+ * flight while backward goes on. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dist.h"
+
+typedef struct {
+    ct_ddp *ddp;
+    int bucket;
+} param_slot;
+
+typedef struct {
+    int64_t begin, end; /* float offsets into the slab */
+    int nparams, ready;
+    MPI_Request req;
+    bool started;
+} bucket;
+
+struct ct_ddp {
+    ct_module *m;
+    const ct_dist *d;
+    ct_ddp_config cfg;
+    bool sync;
+    /* the plan for the current trainable set */
+    ct_named params;   /* all parameters, registration order */
+    uint64_t plan_sig; /* signature of the trainable set the plan was built for */
+    bool have_plan;
+    float *slab;
+    int64_t slab_numel;
+    bucket *buckets;
+    int nbuckets, next_start;
+    param_slot *slots; /* one per parameter */
+    ct_ddp_stats stats;
+};
+
+ct_ddp_config ct_ddp_defaults(void) {
+    return (ct_ddp_config){.bucket_bytes = 25u << 20, .first_bucket_bytes = 1u << 20,
+                           .buffers = CT_BUFFERS_AVERAGE};
+}
+
+/* ---- start-up: same model everywhere, then rank 0's values -------------------------------- */
+
+static void describe(ct_module *m, char **out, int *len) {
+    size_t cap = 256, n = 0;
+    char *s = malloc(cap);
+    CT_ASSERT(s, "ddp: out of memory");
+    s[0] = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        ct_named l = pass ? ct_module_buffers(m) : ct_module_params(m, false);
+        for (int i = 0; i < l.n; i++) {
+            char line[512];
+            int k = snprintf(line, sizeof line, "%s %s %s %s\n", pass ? "buffer" : "parameter",
+                             l.names[i], CT_SHAPE_STR(l.tensors[i]),
+                             pass ? "" : l.tensors[i]->requires_grad ? "requires_grad=true" : "requires_grad=false");
+            while (n + (size_t)k + 1 > cap) {
+                cap *= 2;
+                s = realloc(s, cap);
+                CT_ASSERT(s, "ddp: out of memory");
+            }
+            memcpy(s + n, line, (size_t)k + 1);
+            n += (size_t)k;
+        }
+        ct_named_free(&l);
+    }
+    *out = s;
+    *len = (int)n + 1;
+}
+
+/* The first line of `mine` that differs from `ref` (copied into buf), or -1. */
+static int first_diff(const char *ref, const char *mine, char *ref_line, char *my_line, size_t n) {
+    int line = 0;
+    while (*ref || *mine) {
+        const char *re = strchr(ref, '\n'), *me = strchr(mine, '\n');
+        size_t rl = re ? (size_t)(re - ref) : strlen(ref), ml = me ? (size_t)(me - mine) : strlen(mine);
+        if (rl != ml || memcmp(ref, mine, rl) != 0) {
+            snprintf(ref_line, n, "%.*s", (int)rl, rl ? ref : "(nothing)");
+            snprintf(my_line, n, "%.*s", (int)ml, ml ? mine : "(nothing)");
+            if (!rl) snprintf(ref_line, n, "(no such entry)");
+            if (!ml) snprintf(my_line, n, "(no such entry)");
+            return line;
+        }
+        ref += rl + (re ? 1 : 0);
+        mine += ml + (me ? 1 : 0);
+        line++;
+    }
+    return -1;
+}
+
+static ct_status check_same_model(const ct_dist *d, ct_module *m) {
+    char *mine;
+    int len;
+    describe(m, &mine, &len);
+    int rlen = len;
+    CT_CHECK_MPI(MPI_Bcast(&rlen, 1, MPI_INT, 0, d->world));
+    char *ref = malloc((size_t)rlen);
+    CT_ASSERT(ref, "ddp: out of memory");
+    if (d->rank == 0) memcpy(ref, mine, (size_t)len);
+    CT_CHECK_MPI(MPI_Bcast(ref, rlen, MPI_CHAR, 0, d->world));
+    char ref_line[512], my_line[512];
+    int diff = first_diff(ref, mine, ref_line, my_line, sizeof ref_line);
+    /* Everyone learns the lowest rank that differs, so every rank fails the same way. */
+    int bad_rank = diff >= 0 ? d->rank : d->size;
+    CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &bad_rank, 1, MPI_INT, MPI_MIN, d->world));
+    ct_status st = CT_OK;
+    if (bad_rank < d->size) {
+        /* The differing rank shares its view so every rank can print the same message. */
+        char msg[1200];
+        if (d->rank == bad_rank)
+            snprintf(msg, sizeof msg,
+                     "model differs across ranks: entry %d is '%s' on rank 0 but '%s' on rank %d",
+                     diff + 1, ref_line, my_line, bad_rank);
+        CT_CHECK_MPI(MPI_Bcast(msg, sizeof msg, MPI_CHAR, bad_rank, d->world));
+        st = ct_error(CT_ERR_MPI, "%s", msg);
+    }
+    free(ref);
+    free(mine);
+    return st;
+}
+
+void ct_dist_broadcast_module(const ct_dist *d, ct_module *m, int root) {
+    ct_named mods = ct_module_modules(m);
+    for (int i = 0; i < mods.n; i++) {
+        ct_module *mm = mods.owners[i];
+        for (int k = 0; k < mm->nparams; k++)
+            CT_CHECK_MPI(MPI_Bcast(mm->params[k]->data, (int)mm->params[k]->numel, MPI_FLOAT, root, d->world));
+        for (int k = 0; k < mm->nbuffers; k++)
+            CT_CHECK_MPI(MPI_Bcast(mm->buffers[k]->data, (int)mm->buffers[k]->numel, MPI_FLOAT, root, d->world));
+        CT_CHECK_MPI(MPI_Bcast(&mm->num_batches_tracked, 1, MPI_INT64_T, root, d->world));
+    }
+    ct_named_free(&mods);
+}
+
+void ct_dist_average_buffers(const ct_dist *d, ct_module *m) {
+    if (d->size == 1) return;
+    ct_named b = ct_module_buffers(m);
+    for (int i = 0; i < b.n; i++) {
+        ct_tensor *t = b.tensors[i];
+        CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, t->data, (int)t->numel, MPI_FLOAT, MPI_SUM, d->world));
+        for (int64_t k = 0; k < t->numel; k++) t->data[k] /= (float)d->size;
+    }
+    ct_named_free(&b);
+}
+
+/* ---- bucket plan ------------------------------------------------------------------------- */
+
+static uint64_t trainable_sig(const ct_named *p) {
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a over the trainable indices */
+    for (int i = 0; i < p->n; i++)
+        if (p->tensors[i]->requires_grad) h = (h ^ (uint64_t)(i + 1)) * 1099511628211ULL;
+    return h;
+}
+
+static void grad_ready(ct_tensor *leaf, void *ctx);
+
+static void drop_plan(ct_ddp *p) {
+    for (int i = 0; i < p->params.n; i++) {
+        ct_tensor *t = p->params.tensors[i];
+        ct_set_grad_hook(t, NULL, NULL);
+        if (t->grad && ct_tensor_is_external(t->grad)) ct_set_grad_storage(t, NULL);
+    }
+    free(p->slab);
+    free(p->buckets);
+    p->slab = NULL;
+    p->buckets = NULL;
+    p->nbuckets = 0;
+}
+
+static void build_plan(ct_ddp *p, uint64_t sig) {
+    drop_plan(p);
+    const ct_named *ps = &p->params;
+    int64_t total = 0;
+    for (int i = 0; i < ps->n; i++)
+        if (ps->tensors[i]->requires_grad) total += ps->tensors[i]->numel;
+    p->slab = aligned_alloc(64, ((size_t)total * sizeof(float) + 127) / 64 * 64);
+    CT_ASSERT(p->slab, "ddp: out of memory for %lld gradients", (long long)total);
+    p->slab_numel = total;
+    p->buckets = calloc((size_t)ps->n + 1, sizeof *p->buckets);
+    CT_ASSERT(p->buckets, "ddp: out of memory");
+    /* Offsets in registration order; buckets filled walking backwards from the end. */
+    int64_t off = total;
+    bucket *cur = NULL;
+    for (int i = ps->n - 1; i >= 0; i--) {
+        ct_tensor *t = ps->tensors[i];
+        if (!t->requires_grad) continue;
+        off -= t->numel;
+        /* A bucket closes when the next parameter would overflow its cap; a parameter
+         * larger than the cap gets a bucket of its own. */
+        size_t cap = cur == p->buckets ? p->cfg.first_bucket_bytes : p->cfg.bucket_bytes;
+        if (!cur || (size_t)(cur->end - off) * sizeof(float) > cap) {
+            cur = &p->buckets[p->nbuckets++];
+            cur->end = off + t->numel;
+        }
+        cur->begin = off;
+        cur->nparams++;
+        p->slots[i] = (param_slot){p, (int)(cur - p->buckets)};
+        ct_set_grad_storage(t, p->slab + off); /* keeps any gradient accumulated so far */
+        ct_set_grad_hook(t, grad_ready, &p->slots[i]);
+    }
+    p->plan_sig = sig;
+    p->have_plan = true;
+    p->next_start = 0;
+    p->stats.nbuckets = p->nbuckets;
+    p->stats.trainable_numel = total;
+    p->stats.rebuilds++;
+}
+
+ct_status ct_ddp_new(ct_module *m, const ct_dist *d, const ct_ddp_config *cfg, ct_ddp **out) {
+    *out = NULL;
+    ct_status st = check_same_model(d, m);
+    if (st != CT_OK) return st;
+    ct_ddp *p = calloc(1, sizeof *p);
+    CT_ASSERT(p, "ddp: out of memory");
+    p->m = m;
+    p->d = d;
+    p->cfg = cfg ? *cfg : ct_ddp_defaults();
+    if (!p->cfg.bucket_bytes) p->cfg.bucket_bytes = 25u << 20;
+    if (!p->cfg.first_bucket_bytes) p->cfg.first_bucket_bytes = p->cfg.bucket_bytes;
+    p->sync = true;
+    p->params = ct_module_params(m, false);
+    p->slots = calloc((size_t)p->params.n + 1, sizeof *p->slots);
+    CT_ASSERT(p->slots, "ddp: out of memory");
+    ct_dist_broadcast_module(d, m, 0);
+    *out = p;
+    return ct_ddp_prepare(p);
+}
+
+void ct_ddp_free(ct_ddp *p) {
+    if (!p) return;
+    drop_plan(p);
+    ct_named_free(&p->params);
+    free(p->slots);
+    free(p);
+}
+
+static void broadcast_buffers(ct_ddp *p) {
+    if (p->d->size == 1) return;
+    ct_named b = ct_module_buffers(p->m);
+    for (int i = 0; i < b.n; i++)
+        CT_CHECK_MPI(MPI_Bcast(b.tensors[i]->data, (int)b.tensors[i]->numel, MPI_FLOAT, 0, p->d->world));
+    ct_named_free(&b);
+}
+
+ct_status ct_ddp_prepare(ct_ddp *p) {
+    uint64_t sig = trainable_sig(&p->params);
+    if (p->d->size > 1) {
+        /* One tiny collective per step: every rank must agree on the trainable set before
+         * buckets can match, and all of them rebuild at the same step. */
+        uint64_t mm[2] = {sig, ~sig};
+        CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, mm, 2, MPI_UINT64_T, MPI_MAX, p->d->world));
+        if (mm[0] != sig || ~mm[1] != sig)
+            return ct_error(CT_ERR_MPI,
+                            "rank %d: the set of trainable parameters differs across ranks "
+                            "(freeze/unfreeze must happen on every rank at the same step)",
+                            p->d->rank);
+    }
+    if (!p->have_plan || sig != p->plan_sig) build_plan(p, sig);
+    if (p->cfg.buffers == CT_BUFFERS_BROADCAST) broadcast_buffers(p);
+    return CT_OK;
+}
+
+void ct_ddp_set_sync(ct_ddp *p, bool sync) { p->sync = sync; }
+
+/* ---- overlap ------------------------------------------------------------------------------- */
+
+static void start_ready_buckets(ct_ddp *p, bool all) {
+    while (p->next_start < p->nbuckets) {
+        bucket *b = &p->buckets[p->next_start];
+        if (!all && b->ready < b->nparams) break;
+        if (p->d->size > 1)
+            CT_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, p->slab + b->begin, (int)(b->end - b->begin),
+                                        MPI_FLOAT, MPI_SUM, p->d->world, &b->req));
+        else
+            b->req = MPI_REQUEST_NULL;
+        b->started = true;
+        p->next_start++;
+    }
+}
+
+static void grad_ready(ct_tensor *leaf, void *ctx) {
+    (void)leaf;
+    param_slot *s = ctx;
+    ct_ddp *p = s->ddp;
+    if (!p->sync) return;
+    bucket *b = &p->buckets[s->bucket];
+    CT_ASSERT(!b->started, "ddp: a gradient became ready twice in one step; accumulate "
+                           "across backward calls inside no_sync");
+    b->ready++;
+    start_ready_buckets(p, false);
+    /* Drive the oldest request in flight so communication progresses during backward. */
+    for (int i = 0; i < p->next_start; i++) {
+        if (p->buckets[i].req == MPI_REQUEST_NULL) continue;
+        int done = 0;
+        CT_CHECK_MPI(MPI_Test(&p->buckets[i].req, &done, MPI_STATUS_IGNORE));
+        break;
+    }
+}
+
+void ct_ddp_finish(ct_ddp *p) {
+    p->stats.comm_wait_s = 0;
+    if (!p->sync) {
+        for (int i = 0; i < p->nbuckets; i++) p->buckets[i].ready = 0;
+        return;
+    }
+    double t0 = MPI_Wtime();
+    start_ready_buckets(p, true); /* parameters unused this step contribute zeros */
+    for (int i = 0; i < p->nbuckets; i++) {
+        bucket *b = &p->buckets[i];
+        CT_CHECK_MPI(MPI_Wait(&b->req, MPI_STATUS_IGNORE));
+        b->ready = 0;
+        b->started = false;
+    }
+    p->next_start = 0;
+    p->stats.comm_wait_s = MPI_Wtime() - t0;
+    if (p->d->size > 1) {
+        float inv = 1.0f / (float)p->d->size;
+        for (int64_t i = 0; i < p->slab_numel; i++) p->slab[i] *= inv;
+        p->stats.bytes_reduced = p->slab_numel * (int64_t)sizeof(float);
+    } else {
+        p->stats.bytes_reduced = 0;
+    }
+}
+
+void ct_ddp_sync_buffers(ct_ddp *p) {
+    if (p->d->size == 1) return;
+    if (p->cfg.buffers == CT_BUFFERS_AVERAGE) ct_dist_average_buffers(p->d, p->m);
+    if (p->cfg.buffers == CT_BUFFERS_BROADCAST) broadcast_buffers(p);
+}
+
+void ct_ddp_zero_grad(ct_ddp *p) {
+    if (p->slab) memset(p->slab, 0, (size_t)p->slab_numel * sizeof(float));
+}
+
+ct_ddp_stats ct_ddp_get_stats(const ct_ddp *p) { return p->stats; }

@@ -1,0 +1,119 @@
+/* ctrain dist: the MPI communicator, data-parallel training (DDP) with trainable-only
+ * bucketed all-reduce overlapped with backward, BatchNorm buffer policies, exact
+ * distributed evaluation and hwloc binding. */
+#ifndef CT_DIST_H
+#define CT_DIST_H
+
+#include <mpi.h>
+
+#include "../data/data.h"
+#include "../nn/nn.h"
+
+/* ---- communicator ----------------------------------------------------------------------- */
+
+typedef struct {
+    MPI_Comm world;       /* a dup of MPI_COMM_WORLD (or of a sweep group) */
+    MPI_Comm local;       /* ranks on this node (MPI_COMM_TYPE_SHARED) */
+    int rank, size;
+    int local_rank, local_size;
+    char host[64];
+} ct_dist;
+
+/* MPI_Init_thread (FUNNELED) if needed, then fills d and routes the abort hook to
+ * MPI_Abort with the rank in the message, so a fatal error on one rank ends the job. */
+ct_status ct_dist_init(int *argc, char ***argv, ct_dist *d);
+/* Fills d for an existing communicator (e.g. a sweep group); comm is duplicated. */
+ct_status ct_dist_from_comm(MPI_Comm comm, ct_dist *d);
+void ct_dist_free(ct_dist *d);
+/* ct_dist_free plus MPI_Finalize. */
+void ct_dist_finalize(ct_dist *d);
+/* Ends the whole job: prints "rank R: msg" and calls MPI_Abort(code). */
+_Noreturn void ct_dist_abort(const ct_dist *d, int code, const char *msg);
+
+/* Aborts naming file:line, the call and MPI's error string unless rc == MPI_SUCCESS. */
+#define CT_CHECK_MPI(call)                                                                \
+    do {                                                                                  \
+        int ct__rc = (call);                                                              \
+        if (ct__rc != MPI_SUCCESS) ct__mpi_fail(__FILE__, __LINE__, #call, ct__rc);       \
+    } while (0)
+_Noreturn void ct__mpi_fail(const char *file, int line, const char *call, int rc);
+
+/* ---- DDP -------------------------------------------------------------------------------- */
+
+typedef enum { CT_BUFFERS_AVERAGE = 0, CT_BUFFERS_BROADCAST, CT_BUFFERS_NONE } ct_buffer_policy;
+
+typedef struct {
+    size_t bucket_bytes;       /* cap per bucket; default 25 MiB */
+    size_t first_bucket_bytes; /* the first (last layers') bucket, small so communication
+                                  starts early; default 1 MiB */
+    ct_buffer_policy buffers;  /* BatchNorm running statistics */
+} ct_ddp_config;
+ct_ddp_config ct_ddp_defaults(void);
+
+typedef struct ct_ddp ct_ddp;
+
+typedef struct {
+    int64_t bytes_reduced;   /* gradient bytes all-reduced in the last synced step */
+    int nbuckets;
+    int64_t trainable_numel;
+    double comm_wait_s;      /* time blocked in the last ct_ddp_finish */
+    int64_t rebuilds;        /* bucket plans built so far */
+} ct_ddp_stats;
+
+/* Wraps m for data-parallel training over d->world. Checks that every rank has the same
+ * parameter names, shapes and requires_grad flags (CT_ERR_MPI naming the first mismatch
+ * and the ranks), then broadcasts rank 0's parameters and buffers. */
+ct_status ct_ddp_new(ct_module *m, const ct_dist *d, const ct_ddp_config *cfg, ct_ddp **out);
+void ct_ddp_free(ct_ddp *p);
+/* Call before each training forward: rebuilds the buckets (collectively) if the trainable
+ * set changed since the last step, and applies the broadcast buffer policy. Returns
+ * CT_ERR_MPI if ranks disagree on the trainable set. */
+ct_status ct_ddp_prepare(ct_ddp *p);
+/* no_sync: while off, backward accumulates locally and nothing is communicated. */
+void ct_ddp_set_sync(ct_ddp *p, bool sync);
+/* After backward: starts any bucket not yet started, waits for all, averages. */
+void ct_ddp_finish(ct_ddp *p);
+/* Applies the buffer policy before evaluation or a checkpoint (average: all-reduce mean). */
+void ct_ddp_sync_buffers(ct_ddp *p);
+ct_ddp_stats ct_ddp_get_stats(const ct_ddp *p);
+/* Zeroes every trainable gradient (the bucket memory). */
+void ct_ddp_zero_grad(ct_ddp *p);
+
+/* Broadcasts every parameter and buffer (and BatchNorm counters) from root. */
+void ct_dist_broadcast_module(const ct_dist *d, ct_module *m, int root);
+/* All-reduce mean of every buffer (BatchNorm running statistics). */
+void ct_dist_average_buffers(const ct_dist *d, ct_module *m);
+
+/* ---- exact distributed evaluation --------------------------------------------------------- */
+
+typedef struct {
+    double loss;     /* mean cross-entropy over every sample */
+    double accuracy; /* correct / samples */
+    int64_t samples; /* == the data set size: each sample is evaluated exactly once */
+} ct_eval_result;
+
+/* Evaluates m on all of ds, sharded across d's ranks in contiguous ranges (nothing padded
+ * or duplicated), in eval mode under no_grad, then restores both. Loss sum, correct count
+ * and sample count are combined in one all-reduce, the only collective, so uneven shards
+ * cannot hang. opts gives batch size and normalisation (augmentation is ignored). */
+ct_status ct_dist_evaluate(const ct_dist *d, ct_module *m, const ct_dataset *ds,
+                           const ct_loader_opts *opts, ct_eval_result *out);
+
+/* ---- binding ------------------------------------------------------------------------------ */
+
+typedef struct {
+    int cores;        /* cores this rank may use */
+    int threads;      /* BLAS threads set */
+    bool bound_by_us; /* false when mpirun/srun had already bound the rank, or when binding
+                         would oversubscribe */
+    char cpus[128];   /* the bound PU list, e.g. "0-3" */
+} ct_binding;
+
+/* Discovers the node's topology with hwloc and binds this rank to its share of the cores
+ * (ranks per node from d->local). A binding made by the launcher is kept as it is. BLAS
+ * threads = cores per rank unless CT_THREADS is set; never more threads than cores. */
+ct_status ct_dist_bind(const ct_dist *d, ct_binding *out);
+/* Rank 0 prints one line per rank: host, bound cores and threads (collective). */
+void ct_dist_print_bindings(const ct_dist *d, const ct_binding *b);
+
+#endif

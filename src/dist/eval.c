@@ -1,0 +1,48 @@
+/* Exact distributed evaluation. */
+#include <stdlib.h>
+
+#include "dist.h"
+
+ct_status ct_dist_evaluate(const ct_dist *d, ct_module *m, const ct_dataset *ds,
+                           const ct_loader_opts *opts, ct_eval_result *out) {
+    ct_sampler *s = NULL;
+    ct_loader *l = NULL;
+    ct_sampler_opts so = {.n = ds->n, .world = d->size, .rank = d->rank, .mode = CT_SHARD_EXACT};
+    ct_loader_opts lo = *opts;
+    lo.crop_pad = 0;
+    lo.hflip = false;
+    ct_status st = ct_sampler_new(&s, &so);
+    if (st == CT_OK) st = ct_loader_new(&l, ds, &lo);
+    double sums[3] = {0, 0, 0}; /* loss sum, correct, samples */
+    if (st == CT_OK) {
+        ct_loader_start(l, ct_sampler_epoch(s, 0), ct_sampler_size(s));
+        int64_t nb = ct_loader_num_batches(l);
+        int64_t *pred = malloc((size_t)lo.batch_size * sizeof *pred);
+        CT_ASSERT(pred, "evaluate: out of memory");
+        CT_EVALUATE(m) {
+            for (int64_t i = 0; i < nb; i++) CT_SCOPE {
+                ct_batch b;
+                ct_loader_next(l, &b);
+                ct_tensor *logits = ct_module_forward(m, b.x);
+                sums[0] += ct_cross_entropy(logits, b.y, CT_REDUCE_SUM)->data[0];
+                ct_argmax_rows(logits, pred);
+                for (int64_t k = 0; k < b.size; k++) sums[1] += pred[k] == b.y[k];
+                sums[2] += (double)b.size;
+            }
+        }
+        free(pred);
+    }
+    ct_loader_free(l);
+    ct_sampler_free(s);
+    /* Every rank reaches this one collective, even one whose set-up failed, so a local
+     * error cannot leave the others waiting; a negative count marks the failure. */
+    if (st != CT_OK) sums[2] = -1e18;
+    CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_DOUBLE, MPI_SUM, d->world));
+    if (st == CT_OK && sums[2] < 0)
+        st = ct_error(CT_ERR_MPI, "evaluate: another rank failed to set up its shard");
+    if (st != CT_OK) return st;
+    out->samples = (int64_t)sums[2];
+    out->loss = sums[2] > 0 ? sums[0] / sums[2] : 0;
+    out->accuracy = sums[2] > 0 ? sums[1] / sums[2] : 0;
+    return CT_OK;
+}

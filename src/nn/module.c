@@ -1,0 +1,255 @@
+/* The module tree: naming, traversal, modes, freezing, packing and Sequential. */
+#include "nn.h"
+
+#include <fnmatch.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void *xrealloc(void *p, size_t n) {
+    p = realloc(p, n);
+    CT_ASSERT(p || n == 0, "nn: out of memory");
+    return p;
+}
+
+static char *xstrdup(const char *s) {
+    char *d = strdup(s);
+    CT_ASSERT(d, "nn: out of memory");
+    return d;
+}
+
+/* ---- Sequential ------------------------------------------------------------------------ */
+
+/* Each child runs in its own scope; we hold one reference to the current activation, so
+ * the previous one is dropped as soon as the next layer is done with it (unless a graph
+ * node saved it for backward). */
+static ct_tensor *sequential_forward(ct_module *m, ct_tensor *x) {
+    ct_tensor *h = x;
+    ct_retain(h);
+    for (int i = 0; i < m->nchildren; i++) {
+        size_t mark = ct_scope_begin();
+        ct_tensor *y = ct_module_forward(m->children[i], h);
+        ct_retain(y);
+        ct_scope_end(mark);
+        ct_release(h);
+        h = y;
+    }
+    return ct_scope_adopt(h);
+}
+
+ct_module *ct_module_new(const char *type, ct_tensor *(*forward)(ct_module *, ct_tensor *)) {
+    ct_module *m = calloc(1, sizeof *m);
+    CT_ASSERT(m, "nn: out of memory");
+    m->type = type;
+    m->forward = forward;
+    m->training = true;
+    m->frozen_bn_eval = true;
+    return m;
+}
+
+ct_tensor *ct_module_add_param(ct_module *m, const char *name, ct_tensor *t) {
+    CT_ASSERT(m->nparams < CT_MODULE_MAX_TENSORS, "%s: too many parameters", m->type);
+    ct_set_requires_grad(t, true);
+    m->param_names[m->nparams] = name;
+    return m->params[m->nparams++] = t;
+}
+
+ct_tensor *ct_module_add_buffer(ct_module *m, const char *name, ct_tensor *t) {
+    CT_ASSERT(m->nbuffers < CT_MODULE_MAX_TENSORS, "%s: too many buffers", m->type);
+    m->buffer_names[m->nbuffers] = name;
+    return m->buffers[m->nbuffers++] = t;
+}
+
+ct_module *ct_nn_sequential(void) { return ct_module_new("Sequential", sequential_forward); }
+
+ct_module *ct_seq_add(ct_module *seq, const char *name, ct_module *child) {
+    CT_ASSERT(seq->forward == sequential_forward, "seq_add: %s is not a Sequential", seq->type);
+    char idx[24];
+    if (!name) {
+        snprintf(idx, sizeof idx, "%d", seq->nchildren);
+        name = idx;
+    }
+    for (int i = 0; i < seq->nchildren; i++)
+        CT_ASSERT(strcmp(seq->child_names[i], name) != 0, "seq_add: duplicate child name '%s'", name);
+    int n = seq->nchildren + 1;
+    seq->children = xrealloc(seq->children, (size_t)n * sizeof *seq->children);
+    seq->child_names = xrealloc(seq->child_names, (size_t)n * sizeof *seq->child_names);
+    seq->children[n - 1] = child;
+    seq->child_names[n - 1] = xstrdup(name);
+    seq->nchildren = n;
+    child->training = seq->training;
+    return seq;
+}
+
+ct_tensor *ct_module_forward(ct_module *m, ct_tensor *x) { return m->forward(m, x); }
+
+void ct_module_free(ct_module *m) {
+    if (!m) return;
+    for (int i = 0; i < m->nchildren; i++) {
+        ct_module_free(m->children[i]);
+        free(m->child_names[i]);
+    }
+    free(m->children);
+    free(m->child_names);
+    for (int i = 0; i < m->nparams; i++) ct_release(m->params[i]);
+    for (int i = 0; i < m->nbuffers; i++) ct_release(m->buffers[i]);
+    free(m->slab);
+    free(m);
+}
+
+/* ---- traversal -------------------------------------------------------------------------- */
+
+typedef enum { WALK_PARAMS, WALK_TRAINABLE, WALK_BUFFERS, WALK_MODULES } walk_kind;
+
+static void named_push(ct_named *l, const char *prefix, const char *name, ct_tensor *t,
+                       ct_module *owner) {
+    size_t len = strlen(prefix) + strlen(name) + 2;
+    char *full = malloc(len);
+    CT_ASSERT(full, "nn: out of memory");
+    snprintf(full, len, "%s%s%s", prefix, *prefix && *name ? "." : "", name);
+    l->names = xrealloc(l->names, (size_t)(l->n + 1) * sizeof *l->names);
+    l->tensors = xrealloc(l->tensors, (size_t)(l->n + 1) * sizeof *l->tensors);
+    l->owners = xrealloc(l->owners, (size_t)(l->n + 1) * sizeof *l->owners);
+    l->names[l->n] = full;
+    l->tensors[l->n] = t;
+    l->owners[l->n] = owner;
+    l->n++;
+}
+
+static void walk(ct_module *m, const char *prefix, walk_kind kind, ct_named *out) {
+    if (kind == WALK_MODULES) named_push(out, prefix, "", NULL, m);
+    if (kind == WALK_PARAMS || kind == WALK_TRAINABLE)
+        for (int i = 0; i < m->nparams; i++)
+            if (kind == WALK_PARAMS || m->params[i]->requires_grad)
+                named_push(out, prefix, m->param_names[i], m->params[i], m);
+    if (kind == WALK_BUFFERS)
+        for (int i = 0; i < m->nbuffers; i++)
+            named_push(out, prefix, m->buffer_names[i], m->buffers[i], m);
+    for (int i = 0; i < m->nchildren; i++) {
+        size_t len = strlen(prefix) + strlen(m->child_names[i]) + 2;
+        char *p = malloc(len);
+        CT_ASSERT(p, "nn: out of memory");
+        snprintf(p, len, "%s%s%s", prefix, *prefix ? "." : "", m->child_names[i]);
+        walk(m->children[i], p, kind, out);
+        free(p);
+    }
+}
+
+ct_named ct_module_params(ct_module *m, bool trainable_only) {
+    ct_named l = {0};
+    walk(m, "", trainable_only ? WALK_TRAINABLE : WALK_PARAMS, &l);
+    return l;
+}
+
+ct_named ct_module_buffers(ct_module *m) {
+    ct_named l = {0};
+    walk(m, "", WALK_BUFFERS, &l);
+    return l;
+}
+
+ct_named ct_module_modules(ct_module *m) {
+    ct_named l = {0};
+    walk(m, "", WALK_MODULES, &l);
+    return l;
+}
+
+void ct_named_free(ct_named *l) {
+    for (int i = 0; i < l->n; i++) free(l->names[i]);
+    free(l->names);
+    free(l->tensors);
+    free(l->owners);
+    *l = (ct_named){0};
+}
+
+int64_t ct_named_numel(const ct_named *l) {
+    int64_t n = 0;
+    for (int i = 0; i < l->n; i++) n += l->tensors[i]->numel;
+    return n;
+}
+
+ct_tensor *ct_module_find(ct_module *m, const char *name) {
+    ct_tensor *found = NULL;
+    for (int pass = 0; pass < 2 && !found; pass++) {
+        ct_named l = pass ? ct_module_buffers(m) : ct_module_params(m, false);
+        for (int i = 0; i < l.n && !found; i++)
+            if (strcmp(l.names[i], name) == 0) found = l.tensors[i];
+        ct_named_free(&l);
+    }
+    return found;
+}
+
+/* ---- modes ------------------------------------------------------------------------------ */
+
+void ct_module_train(ct_module *m, bool on) {
+    m->training = on;
+    for (int i = 0; i < m->nchildren; i++) ct_module_train(m->children[i], on);
+}
+
+ct_eval_state ct_eval_enter(ct_module *m) {
+    ct_named mods = ct_module_modules(m);
+    ct_eval_state s = {.grad = ct_set_grad_enabled(false), .n = mods.n};
+    s.modes = malloc((size_t)mods.n * sizeof *s.modes);
+    CT_ASSERT(s.modes, "nn: out of memory");
+    for (int i = 0; i < mods.n; i++) s.modes[i] = mods.owners[i]->training;
+    ct_named_free(&mods);
+    ct_module_train(m, false);
+    return s;
+}
+
+void ct_eval_exit(ct_module *m, ct_eval_state *s) {
+    ct_named mods = ct_module_modules(m);
+    CT_ASSERT(mods.n == s->n, "eval_exit: the module tree changed inside the evaluation scope");
+    for (int i = 0; i < mods.n; i++) mods.owners[i]->training = s->modes[i];
+    ct_named_free(&mods);
+    free(s->modes);
+    s->modes = NULL;
+    ct_set_grad_enabled(s->grad);
+}
+
+/* ---- freezing ----------------------------------------------------------------------------- */
+
+static bool match_any(const char *globs, const char *name) {
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", globs);
+    for (char *save = NULL, *g = strtok_r(buf, ", ", &save); g; g = strtok_r(NULL, ", ", &save))
+        if (fnmatch(g, name, 0) == 0) return true;
+    return false;
+}
+
+int ct_module_set_requires_grad(ct_module *m, const char *globs, bool requires_grad) {
+    ct_named l = ct_module_params(m, false);
+    int hits = 0;
+    for (int i = 0; i < l.n; i++) {
+        if (!match_any(globs, l.names[i])) continue;
+        ct_tensor *p = l.tensors[i];
+        ct_set_requires_grad(p, requires_grad);
+        /* A frozen parameter keeps no gradient (it is never touched again). */
+        if (!requires_grad && p->grad && !ct_tensor_is_external(p->grad)) ct_clear_grad(p);
+        hits++;
+    }
+    ct_named_free(&l);
+    return hits;
+}
+
+void ct_module_set_frozen_bn_eval(ct_module *m, bool on) {
+    m->frozen_bn_eval = on;
+    for (int i = 0; i < m->nchildren; i++) ct_module_set_frozen_bn_eval(m->children[i], on);
+}
+
+/* ---- packing ------------------------------------------------------------------------------ */
+
+void ct_module_pack(ct_module *m) {
+    if (m->slab) return;
+    ct_named l = ct_module_params(m, false);
+    /* Back to back, no padding: the optimizer fuses adjacent parameters into one loop. */
+    size_t total = (size_t)ct_named_numel(&l);
+    m->slab = aligned_alloc(64, ((total + 15) / 16 * 16 + 16) * sizeof(float));
+    CT_ASSERT(m->slab, "pack: out of memory for %zu parameters", total);
+    m->slab_floats = total;
+    size_t off = 0;
+    for (int i = 0; i < l.n; i++) {
+        ct_tensor_rebind(l.tensors[i], m->slab + off);
+        off += (size_t)l.tensors[i]->numel;
+    }
+    ct_named_free(&l);
+}

@@ -1,0 +1,131 @@
+/* ctrain nn: a PyTorch-style module tree with named parameters and buffers, train/eval
+ * mode (separate from grad mode), freezing by glob, and the built-in models. State names
+ * and layouts match an nn.Sequential of the same layers ("0.weight" is [out, in]). */
+#ifndef CT_NN_H
+#define CT_NN_H
+
+#include "../ops/ops.h"
+
+typedef struct ct_module ct_module;
+
+#define CT_MODULE_MAX_TENSORS 4
+
+struct ct_module {
+    const char *type; /* PyTorch class name: "Linear", "Conv2d", "Sequential", ... */
+    ct_tensor *(*forward)(ct_module *m, ct_tensor *x);
+    bool training;
+    /* parameters then buffers, in registration order; owned references */
+    int nparams, nbuffers;
+    const char *param_names[CT_MODULE_MAX_TENSORS];
+    ct_tensor *params[CT_MODULE_MAX_TENSORS];
+    const char *buffer_names[CT_MODULE_MAX_TENSORS];
+    ct_tensor *buffers[CT_MODULE_MAX_TENSORS];
+    /* children (Sequential): owned */
+    int nchildren;
+    char **child_names;
+    ct_module **children;
+    /* layer configuration */
+    int64_t cfg[6];
+    float fcfg[2];
+    int64_t num_batches_tracked; /* BatchNorm; int64 in PyTorch's state_dict */
+    bool frozen_bn_eval;         /* BatchNorm: stay in eval while its params are frozen */
+    ct_rng rng;                  /* Dropout's stream (saved in checkpoints) */
+    /* packed parameter slab (root only): every parameter is a view into it */
+    float *slab;
+    size_t slab_floats;
+};
+
+/* ---- building blocks for layers (also for users' own modules) ------------------------- */
+/* A module in train mode with the given forward; free with ct_module_free. */
+ct_module *ct_module_new(const char *type, ct_tensor *(*forward)(ct_module *, ct_tensor *));
+/* Registers a parameter (sets requires_grad) or buffer; takes the caller's reference (use
+ * ct_own on a fresh tensor). name must outlive the module (a string literal). */
+ct_tensor *ct_module_add_param(ct_module *m, const char *name, ct_tensor *t);
+ct_tensor *ct_module_add_buffer(ct_module *m, const char *name, ct_tensor *t);
+
+/* ---- layers (each returns an owned module; free the root with ct_module_free) -------- */
+/* Weights: kaiming-uniform with a = sqrt(5) (bound 1/sqrt(fan_in)); biases uniform within
+ * 1/sqrt(fan_in): PyTorch's defaults, drawn from rng. */
+ct_module *ct_nn_linear(int64_t in, int64_t out, bool bias, ct_rng *rng);
+ct_module *ct_nn_conv2d(int64_t in_ch, int64_t out_ch, int kernel, int stride, int padding,
+                        bool bias, ct_rng *rng);
+/* eps 1e-5, momentum 0.1, affine, tracking running stats (PyTorch's defaults). */
+ct_module *ct_nn_batchnorm1d(int64_t features);
+ct_module *ct_nn_batchnorm2d(int64_t channels);
+ct_module *ct_nn_dropout(float p, uint64_t seed);
+ct_module *ct_nn_relu(void);
+ct_module *ct_nn_gelu(void);
+ct_module *ct_nn_tanh(void);
+ct_module *ct_nn_maxpool2d(int kernel, int stride);
+ct_module *ct_nn_avgpool2d(int kernel, int stride);
+ct_module *ct_nn_flatten(void); /* start_dim = 1 */
+ct_module *ct_nn_sequential(void);
+/* Appends child under `name` (NULL: its index, as nn.Sequential does). Takes ownership;
+ * returns seq. */
+ct_module *ct_seq_add(ct_module *seq, const char *name, ct_module *child);
+
+void ct_module_free(ct_module *m);
+
+/* Runs the module. Sequential runs each child in its own release scope, so under no_grad
+ * an intermediate is freed as soon as the next layer has used it. */
+ct_tensor *ct_module_forward(ct_module *m, ct_tensor *x);
+
+/* ---- modes ---------------------------------------------------------------------------- */
+/* Sets train (true) or eval (false) mode recursively; never touches grad mode. */
+void ct_module_train(ct_module *m, bool on);
+/* Evaluation scope: eval mode and no_grad together, restoring both afterwards. */
+typedef struct {
+    bool grad;
+    bool *modes;
+    int n;
+} ct_eval_state;
+ct_eval_state ct_eval_enter(ct_module *m);
+void ct_eval_exit(ct_module *m, ct_eval_state *s);
+#define CT_EVALUATE(m)                                                                    \
+    for (ct_eval_state ct__es = ct_eval_enter(m), *ct__p = &ct__es; ct__p;                \
+         ct_eval_exit((m), ct__p), ct__p = NULL)
+
+/* ---- named parameters and buffers ----------------------------------------------------- */
+typedef struct {
+    int n;
+    char **names;      /* full dotted names, owned by the list */
+    ct_tensor **tensors; /* borrowed */
+    ct_module **owners;  /* the module each entry belongs to */
+} ct_named;
+/* Parameters in registration order (trainable_only: requires_grad only). */
+ct_named ct_module_params(ct_module *m, bool trainable_only);
+/* Buffers (running_mean, running_var) in registration order. */
+ct_named ct_module_buffers(ct_module *m);
+/* Every module in the tree with its dotted path ("" for the root), pre-order. */
+ct_named ct_module_modules(ct_module *m);
+void ct_named_free(ct_named *l);
+int64_t ct_named_numel(const ct_named *l);
+/* The parameter or buffer with this dotted name, or NULL. */
+ct_tensor *ct_module_find(ct_module *m, const char *name);
+
+/* ---- freezing -------------------------------------------------------------------------- */
+/* Sets requires_grad on every parameter whose dotted name matches the glob (fnmatch, e.g.
+ * "backbone.*"); a comma-separated list of globs is accepted. Returns how many matched.
+ * Unfreezing (requires_grad = true) works the same way. */
+int ct_module_set_requires_grad(ct_module *m, const char *globs, bool requires_grad);
+/* Sets whether frozen BatchNorm layers stay in eval mode (default true). */
+void ct_module_set_frozen_bn_eval(ct_module *m, bool on);
+
+/* Moves every parameter into one contiguous slab in registration order (the optimizer's
+ * fused loop and the checkpoint writer then see flat memory). Idempotent. */
+void ct_module_pack(ct_module *m);
+
+/* ---- built-in models ------------------------------------------------------------------- */
+/* mlp: 784-256-128-10 with ReLU: Sequential(0 Flatten, 1 Linear, 2 ReLU, 3 Linear, 4 ReLU,
+ * 5 Linear). cnn: Sequential(backbone = Sequential(conv3x3 32, BN, ReLU, maxpool2,
+ * conv3x3 64, BN, ReLU, maxpool2, Flatten), head = Sequential(Linear 3136-128, ReLU,
+ * Dropout, Linear 128-classes)). */
+ct_module *ct_nn_mlp(int64_t in, int64_t classes, ct_rng *rng);
+ct_module *ct_nn_cnn(int64_t in_ch, int64_t hw, int64_t classes, float dropout, ct_rng *rng);
+/* Builds a Sequential from a layer list such as "flatten,linear:256,relu,linear:10" for
+ * inputs of shape in_shape (per sample); shapes are inferred layer by layer. Returns
+ * CT_ERR_CONFIG naming the bad item. */
+ct_status ct_nn_from_spec(const char *spec, int ndim, const int64_t *in_shape, float dropout,
+                          ct_rng *rng, ct_module **out);
+
+#endif
