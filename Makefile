@@ -23,7 +23,7 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
 
 CC      ?= cc
-CFLAGS  := -std=c11 -Wall -Wextra -Werror $(OPT) -march=native -fno-math-errno -fPIC -D_GNU_SOURCE \
+CFLAGS  := -std=c11 -Wall -Wextra -Werror $(OPT) -march=native -fvect-cost-model=dynamic -fno-math-errno -fPIC -D_GNU_SOURCE \
            -Isrc $(SANFLAGS)
 LDLIBS   = $(PKG_LIBS) -lm -lpthread
 
