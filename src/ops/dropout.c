@@ -1,0 +1,66 @@
+/* Dropout. The keep mask is one bit per element in the node's aux scratch (1/32 of the
+ * input's bytes); the scale 1/(1-p) is a node parameter. */
+#include "internal.h"
+
+/* gx += g * scale where the mask bit is set; one 64-element word at a time, branch-free. */
+static void masked_axpy(float *restrict gx, const float *restrict g, const uint64_t *mask,
+                        float scale, int64_t numel) {
+    for (int64_t lo = 0; lo < numel; lo += 64) {
+        uint64_t bits = mask[lo >> 6];
+        int64_t cnt = numel - lo < 64 ? numel - lo : 64;
+        for (int64_t j = 0; j < cnt; j++)
+            gx[lo + j] += g[lo + j] * (scale * (float)(bits >> j & 1));
+    }
+}
+
+static void dropout_backward(ct_node *n, const ct_tensor *gout) {
+    masked_axpy(ct_node_grad_in(n, 0)->data, gout->data, n->aux, n->f[0], gout->numel);
+}
+
+ct_tensor *ct_dropout(ct_tensor *x, float p, bool training, ct_rng *rng) {
+    CT_ASSERT(p >= 0 && p < 1, "dropout: probability %g outside [0, 1) (input %s)", (double)p,
+              CT_SHAPE_STR(x));
+    if (!training || p == 0) {
+        /* The identity returns x itself, so autograd sees x's own grad_fn and no node is
+         * added. The caller still gets a result it may treat like any op result: a fresh
+         * reference in the innermost scope. ct_scope_keep inside a throw-away scope does
+         * exactly that (it retains x and hands the reference to the enclosing scope). */
+        size_t m = ct_scope_begin();
+        ct_scope_keep(x);
+        ct_scope_end(m);
+        return x;
+    }
+    CT_ASSERT(rng, "dropout: training with p = %g needs an rng (input %s)", (double)p,
+              CT_SHAPE_STR(x));
+    ct_tensor *out = ct_empty_like(x);
+    ct_node *n = CT_RECORD("dropout", dropout_backward, out, x);
+    int64_t numel = x->numel, words = (numel + 63) / 64;
+    uint64_t *mask = n && words ? ct_node_aux(n, (size_t)words * sizeof(uint64_t)) : NULL;
+    float scale = 1.0f / (1.0f - p);
+    /* An element is dropped when a 32-bit draw falls below p * 2^32; each 64-bit draw
+     * serves two elements. The same draws happen with or without a node, so the rng
+     * advances identically in train and no_grad runs. */
+    uint64_t thr = (uint64_t)((double)p * 4294967296.0);
+    const float *xd = x->data;
+    float *o = out->data;
+    uint64_t r = 0;
+    for (int64_t w = 0; w < words; w++) {
+        int64_t lo = w * 64, hi = lo + 64 < numel ? lo + 64 : numel;
+        uint64_t bits = 0;
+        for (int64_t i = lo; i < hi; i++) {
+            uint64_t u;
+            if ((i & 1) == 0) {
+                r = ct_rng_next(rng);
+                u = r & 0xffffffffu;
+            } else {
+                u = r >> 32;
+            }
+            bool keep = u >= thr;
+            bits |= (uint64_t)keep << (i - lo);
+            o[i] = keep ? xd[i] * scale : 0.0f;
+        }
+        if (mask) mask[w] = bits;
+    }
+    if (n) n->f[0] = scale;
+    return out;
+}

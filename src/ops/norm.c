@@ -1,0 +1,405 @@
+/* Batch norm and layer norm. Both keep only the input (an alias, never a copy) and the
+ * per-channel / per-row mean and inverse std (in the node's aux scratch) for backward,
+ * and recompute x-hat on the fly, as PyTorch does. Batch norm runs every step of a CNN,
+ * so its loops go channel by channel over contiguous H*W planes; [N, C] inputs (H*W = 1)
+ * take row-major loops that vectorise over C instead. Any [N, C, ...] input works (the
+ * trailing dims are the plane), so BatchNorm1d's [N, C, L] form is covered too. */
+#include "internal.h"
+
+#include <math.h>
+#include <string.h>
+
+/* Sums EXPR over k in [b, e) for a contiguous run: eight float lanes let the compiler
+ * vectorise without reassociating, and each 256-element block is flushed into a double so
+ * long planes (e.g. 224x224) keep their precision. */
+#define LANE_SUM(b, e, k, EXPR, out)                                                      \
+    do {                                                                                  \
+        double t_ = 0;                                                                    \
+        for (int64_t b_ = (b); b_ < (e); b_ += 256) {                                     \
+            int64_t e_ = b_ + 256 < (e) ? b_ + 256 : (e);                                 \
+            float a_[8] = {0};                                                            \
+            int64_t k0_ = b_;                                                             \
+            for (; k0_ + 8 <= e_; k0_ += 8)                                               \
+                for (int j_ = 0; j_ < 8; j_++) {                                          \
+                    int64_t k = k0_ + j_;                                                 \
+                    a_[j_] += (EXPR);                                                     \
+                }                                                                         \
+            for (int64_t k = k0_; k < e_; k++) a_[0] += (EXPR);                           \
+            t_ += (double)(((a_[0] + a_[1]) + (a_[2] + a_[3])) +                          \
+                           ((a_[4] + a_[5]) + (a_[6] + a_[7])));                          \
+        }                                                                                 \
+        (out) += t_;                                                                      \
+    } while (0)
+
+/* Runs BODY for k in [0, n) in fixed groups of eight plus a tail. GCC's -O2 cost model
+ * vectorises only loops it can replace without a scalar epilogue; a group of eight is
+ * such a loop, so the elementwise passes get SIMD without changing the build flags. */
+#define LANE_FOR(n, k, BODY)                                                              \
+    do {                                                                                  \
+        int64_t n_ = (n), k0_ = 0;                                                        \
+        for (; k0_ + 8 <= n_; k0_ += 8)                                                   \
+            for (int j_ = 0; j_ < 8; j_++) {                                              \
+                int64_t k = k0_ + j_;                                                     \
+                BODY;                                                                     \
+            }                                                                             \
+        for (int64_t k = k0_; k < n_; k++) {                                              \
+            BODY;                                                                         \
+        }                                                                                 \
+    } while (0)
+
+/* ---- batch norm -------------------------------------------------------------------- */
+
+/* x viewed as [N, C, HW]; cnt = N * HW values per channel. */
+typedef struct {
+    int64_t N, C, HW, cnt;
+} bn_dims;
+
+/* Scratch from the caching allocator (no malloc in steady state). */
+typedef struct {
+    double *s1, *s2;    /* per-channel double accumulators */
+    float *mean, *istd; /* per-channel statistics (when no node keeps them in aux) */
+    float *a, *b;       /* per-channel affine coefficients */
+    size_t bytes;
+    void *base;
+} bn_scratch;
+
+static bn_scratch bn_scratch_new(int64_t C) {
+    bn_scratch s;
+    s.bytes = (size_t)C * (2 * sizeof(double) + 4 * sizeof(float));
+    s.base = ct_alloc(s.bytes ? s.bytes : 1);
+    s.s1 = s.base;
+    s.s2 = s.s1 + C;
+    s.mean = (float *)(s.s2 + C);
+    s.istd = s.mean + C;
+    s.a = s.istd + C;
+    s.b = s.a + C;
+    memset(s.s1, 0, 2 * (size_t)C * sizeof(double));
+    return s;
+}
+
+static void bn_scratch_free(bn_scratch *s) { ct_free(s->base, s->bytes ? s->bytes : 1); }
+
+/* s1[c] += sum of g over channel c; if x is given, s2[c] += sum of g * (x - mean[c]). */
+static void bn_sums(const float *restrict g, const float *restrict x,
+                    const float *restrict mean, bn_dims d, double *restrict s1,
+                    double *restrict s2) {
+    int64_t C = d.C, HW = d.HW;
+    if (HW == 1) {
+        for (int64_t r = 0; r < d.N; r++) {
+            const float *gr = g + r * C;
+            LANE_FOR(C, c, s1[c] += gr[c]);
+            if (!x) continue;
+            const float *xr = x + r * C;
+            LANE_FOR(C, c, s2[c] += gr[c] * (xr[c] - mean[c]));
+        }
+        return;
+    }
+    for (int64_t c = 0; c < C; c++) {
+        for (int64_t r = 0; r < d.N; r++) {
+            const float *gp = g + (r * C + c) * HW;
+            LANE_SUM(0, HW, k, gp[k], s1[c]);
+            if (!x) continue;
+            const float *xp = x + (r * C + c) * HW;
+            float m = mean[c];
+            LANE_SUM(0, HW, k, gp[k] * (xp[k] - m), s2[c]);
+        }
+    }
+}
+
+/* Batch mean and biased variance per channel (two passes: stable for large means). */
+static void bn_batch_stats(const float *x, bn_dims d, bn_scratch *s, float *mean, float *var) {
+    int64_t C = d.C, HW = d.HW;
+    if (HW == 1) {
+        double *restrict s1 = s->s1, *restrict s2 = s->s2;
+        float *restrict mu = mean;
+        for (int64_t r = 0; r < d.N; r++) LANE_FOR(C, c, s1[c] += x[r * C + c]);
+        for (int64_t c = 0; c < C; c++) mu[c] = (float)(s1[c] / (double)d.cnt);
+        for (int64_t r = 0; r < d.N; r++)
+            LANE_FOR(C, c, s2[c] += (x[r * C + c] - mu[c]) * (x[r * C + c] - mu[c]));
+    } else {
+        for (int64_t c = 0; c < C; c++) {
+            for (int64_t r = 0; r < d.N; r++) {
+                const float *xp = x + (r * C + c) * HW;
+                LANE_SUM(0, HW, k, xp[k], s->s1[c]);
+            }
+            mean[c] = (float)(s->s1[c] / (double)d.cnt);
+            float m = mean[c];
+            for (int64_t r = 0; r < d.N; r++) {
+                const float *xp = x + (r * C + c) * HW;
+                LANE_SUM(0, HW, k, (xp[k] - m) * (xp[k] - m), s->s2[c]);
+            }
+        }
+    }
+    for (int64_t c = 0; c < C; c++) var[c] = (float)(s->s2[c] / (double)d.cnt);
+}
+
+/* y (+)= a[c] * u + b[c] (+ v * e[c] when v is given), channel by channel. */
+static void bn_affine(float *restrict y, bool acc, const float *restrict u,
+                      const float *restrict a, const float *restrict b,
+                      const float *restrict v, const float *restrict e, bn_dims d) {
+    int64_t C = d.C, HW = d.HW;
+    for (int64_t r = 0; r < d.N; r++) {
+        if (HW == 1) {
+            float *yr = y + r * C;
+            const float *ur = u + r * C, *vr = v ? v + r * C : NULL;
+            if (vr)
+                LANE_FOR(C, c, yr[c] += a[c] * ur[c] + b[c] + e[c] * vr[c]);
+            else if (acc)
+                LANE_FOR(C, c, yr[c] += a[c] * ur[c] + b[c]);
+            else
+                LANE_FOR(C, c, yr[c] = a[c] * ur[c] + b[c]);
+            continue;
+        }
+        for (int64_t c = 0; c < C; c++) {
+            int64_t o = (r * C + c) * HW;
+            float *yp = y + o;
+            const float *up = u + o;
+            float ac = a[c], bc = b[c];
+            if (v) {
+                const float *vp = v + o;
+                float ec = e[c];
+                LANE_FOR(HW, k, yp[k] += ac * up[k] + bc + ec * vp[k]);
+            } else if (acc) {
+                LANE_FOR(HW, k, yp[k] += ac * up[k] + bc);
+            } else {
+                LANE_FOR(HW, k, yp[k] = ac * up[k] + bc);
+            }
+        }
+    }
+}
+
+/* Node layout: i[0] training, i[1..3] N, C, HW, i[4] saved slot of x, i[5] saved slot of
+ * weight (-1 when not saved); aux holds mean[C] then invstd[C] (batch statistics in
+ * training, running statistics in eval) when x or weight needs a gradient. */
+static void batch_norm_backward(ct_node *n, const ct_tensor *gout) {
+    ct_tensor *gx = ct_node_grad_in(n, 0), *gw = ct_node_grad_in(n, 1), *gb = ct_node_grad_in(n, 2);
+    bool training = n->i[0];
+    bn_dims d = {n->i[1], n->i[2], n->i[3], n->i[1] * n->i[3]};
+    int64_t C = d.C;
+    const float *x = n->i[4] >= 0 ? n->saved[n->i[4]]->data : NULL;
+    const float *w = n->i[5] >= 0 ? n->saved[n->i[5]]->data : NULL;
+    const float *mean = n->aux, *istd = mean ? mean + C : NULL;
+    const float *g = gout->data;
+    bn_scratch s = bn_scratch_new(C);
+    /* s1 = sum(dy), s2 = sum(dy * (x - mean)) per channel; eval-mode dx needs neither. */
+    bool need_s1 = gb || (gx && training), need_s2 = gw || (gx && training);
+    if (need_s1 || need_s2) bn_sums(g, need_s2 ? x : NULL, mean, d, s.s1, s.s2);
+    if (gb)
+        for (int64_t c = 0; c < C; c++) gb->data[c] += (float)s.s1[c];
+    if (gw)
+        for (int64_t c = 0; c < C; c++) gw->data[c] += (float)(s.s2[c] * istd[c]);
+    if (gx) {
+        for (int64_t c = 0; c < C; c++) s.a[c] = (w ? w[c] : 1.0f) * istd[c];
+        if (training) {
+            /* dx = a * (dy - mean(dy) - xhat * mean(dy * xhat)), a = w * invstd, written
+             * as a * dy + e * x + b with per-channel e and b. */
+            float *e = s.mean; /* free scratch here */
+            for (int64_t c = 0; c < C; c++) {
+                double inv_n = 1.0 / (double)d.cnt;
+                double ec = -(double)s.a[c] * istd[c] * istd[c] * s.s2[c] * inv_n;
+                e[c] = (float)ec;
+                s.b[c] = (float)(-(double)s.a[c] * s.s1[c] * inv_n - ec * mean[c]);
+            }
+            bn_affine(gx->data, true, g, s.a, s.b, x, e, d);
+        } else {
+            memset(s.b, 0, (size_t)C * sizeof(float));
+            bn_affine(gx->data, true, g, s.a, s.b, NULL, NULL, d);
+        }
+    }
+    bn_scratch_free(&s);
+}
+
+static void check_channel_vec(const char *what, const ct_tensor *t, const ct_tensor *x, int64_t C) {
+    CT_ASSERT(t->ndim == 1 && t->shape[0] == C,
+              "batch_norm: %s %s does not match the %lld channels of input %s", what,
+              CT_SHAPE_STR(t), (long long)C, CT_SHAPE_STR(x));
+}
+
+ct_tensor *ct_batch_norm(ct_tensor *x, ct_tensor *weight, ct_tensor *bias,
+                         ct_tensor *running_mean, ct_tensor *running_var, bool training,
+                         float momentum, float eps) {
+    CT_ASSERT(x->ndim >= 2, "batch_norm: expected an input [N, C] or [N, C, H, W], got %s",
+              CT_SHAPE_STR(x));
+    bn_dims d = {x->shape[0], x->shape[1], 1, 0};
+    for (int k = 2; k < x->ndim; k++) d.HW *= x->shape[k];
+    d.cnt = d.N * d.HW;
+    int64_t C = d.C;
+    if (weight) check_channel_vec("weight", weight, x, C);
+    if (bias) check_channel_vec("bias", bias, x, C);
+    CT_ASSERT(!running_mean == !running_var,
+              "batch_norm: running_mean and running_var must be given together");
+    if (running_mean) {
+        check_channel_vec("running_mean", running_mean, x, C);
+        check_channel_vec("running_var", running_var, x, C);
+    }
+    CT_ASSERT(training || running_mean,
+              "batch_norm: eval mode needs running_mean and running_var (input %s)",
+              CT_SHAPE_STR(x));
+    CT_ASSERT(!training || d.cnt > 1,
+              "batch_norm: training needs more than 1 value per channel, got input %s",
+              CT_SHAPE_STR(x));
+
+    ct_tensor *out = ct_empty_like(x);
+    bn_scratch s = bn_scratch_new(C);
+    float *mean = s.mean, *istd = s.istd;
+    if (training) {
+        float *var = s.b; /* free until the affine coefficients are formed */
+        bn_batch_stats(x->data, d, &s, mean, var);
+        for (int64_t c = 0; c < C; c++) istd[c] = 1.0f / sqrtf(var[c] + eps);
+        if (running_mean) {
+            /* Buffers, updated in place and never part of the graph; PyTorch blends in
+             * the unbiased variance. */
+            double corr = (double)d.cnt / (double)(d.cnt - 1);
+            float *rm = running_mean->data, *rv = running_var->data;
+            for (int64_t c = 0; c < C; c++) {
+                rm[c] = (1 - momentum) * rm[c] + momentum * mean[c];
+                rv[c] = (1 - momentum) * rv[c] + momentum * (float)(s.s2[c] / d.cnt * corr);
+            }
+        }
+    } else {
+        for (int64_t c = 0; c < C; c++) {
+            mean[c] = running_mean->data[c];
+            istd[c] = 1.0f / sqrtf(running_var->data[c] + eps);
+        }
+    }
+    /* y = x * a + b with a = w * invstd, b = bias - mean * a. */
+    for (int64_t c = 0; c < C; c++) {
+        s.a[c] = (weight ? weight->data[c] : 1.0f) * istd[c];
+        s.b[c] = (bias ? bias->data[c] : 0.0f) - mean[c] * s.a[c];
+    }
+    bn_affine(out->data, false, x->data, s.a, s.b, NULL, NULL, d);
+
+    ct_node *n = CT_RECORD("batch_norm", batch_norm_backward, out, x, weight, bias);
+    if (n) {
+        bool nx = ct_node_needs(n, 0), nw = ct_node_needs(n, 1);
+        n->i[0] = training;
+        n->i[1] = d.N, n->i[2] = C, n->i[3] = d.HW;
+        n->i[4] = n->i[5] = -1;
+        /* dbias needs only dy. The statistics serve dx and dweight; x serves dweight and
+         * the training-mode dx (eval-mode dx is just dy * w * invstd); the weight values
+         * serve dx. */
+        if (nx || nw) {
+            float *st = ct_node_aux(n, 2 * (size_t)C * sizeof(float));
+            memcpy(st, mean, (size_t)C * sizeof(float));
+            memcpy(st + C, istd, (size_t)C * sizeof(float));
+        }
+        if (nw || (nx && training)) {
+            n->i[4] = n->nsaved;
+            ct_save(n, x);
+        }
+        if (nx && weight) {
+            n->i[5] = n->nsaved;
+            ct_save(n, weight);
+        }
+    }
+    bn_scratch_free(&s);
+    return out;
+}
+
+/* ---- layer norm -------------------------------------------------------------------- */
+
+/* Row kernels. restrict parameters (GCC honours them on parameters, not on locals) let
+ * the lane loops vectorise. */
+static void ln_row_forward(float *restrict y, const float *restrict x, const float *restrict w,
+                           const float *restrict b, float m, float is, int64_t D) {
+    if (w && b)
+        LANE_FOR(D, j, y[j] = (x[j] - m) * is * w[j] + b[j]);
+    else if (w)
+        LANE_FOR(D, j, y[j] = (x[j] - m) * is * w[j]);
+    else if (b)
+        LANE_FOR(D, j, y[j] = (x[j] - m) * is + b[j]);
+    else
+        LANE_FOR(D, j, y[j] = (x[j] - m) * is);
+}
+
+/* gw += g * xhat (x given) or gb += g (x NULL). */
+static void ln_row_param_grad(float *restrict acc, const float *restrict g,
+                              const float *restrict x, float m, float is, int64_t D) {
+    if (x)
+        LANE_FOR(D, j, acc[j] += g[j] * (x[j] - m) * is);
+    else
+        LANE_FOR(D, j, acc[j] += g[j]);
+}
+
+/* dx = invstd * (dxh - mean(dxh) - xhat * mean(dxh * xhat)), dxh = dy * w. */
+static void ln_row_input_grad(float *restrict gx, const float *restrict g,
+                              const float *restrict x, const float *restrict w, float m,
+                              float is, int64_t D) {
+    double c1 = 0, c2 = 0;
+    if (w) {
+        LANE_SUM(0, D, k, g[k] * w[k], c1);
+        LANE_SUM(0, D, k, g[k] * w[k] * (x[k] - m), c2);
+    } else {
+        LANE_SUM(0, D, k, g[k], c1);
+        LANE_SUM(0, D, k, g[k] * (x[k] - m), c2);
+    }
+    float k1 = (float)(c1 / (double)D), k2 = (float)(c2 * is / (double)D);
+    if (w)
+        LANE_FOR(D, j, gx[j] += is * (g[j] * w[j] - k1 - (x[j] - m) * is * k2));
+    else
+        LANE_FOR(D, j, gx[j] += is * (g[j] - k1 - (x[j] - m) * is * k2));
+}
+
+/* Node layout: i[0] rows M, i[1] row length D, i[2] saved slot of x, i[3] saved slot of
+ * weight (-1 when not saved); aux holds mean[M] then invstd[M]. */
+static void layer_norm_backward(ct_node *n, const ct_tensor *gout) {
+    ct_tensor *gx = ct_node_grad_in(n, 0), *gw = ct_node_grad_in(n, 1), *gb = ct_node_grad_in(n, 2);
+    int64_t M = n->i[0], D = n->i[1];
+    const float *x = n->i[2] >= 0 ? n->saved[n->i[2]]->data : NULL;
+    const float *w = n->i[3] >= 0 ? n->saved[n->i[3]]->data : NULL;
+    const float *mean = n->aux, *istd = mean ? mean + M : NULL;
+    for (int64_t r = 0; r < M; r++) {
+        const float *g = gout->data + r * D;
+        if (gb) ln_row_param_grad(gb->data, g, NULL, 0, 0, D);
+        if (gw) ln_row_param_grad(gw->data, g, x + r * D, mean[r], istd[r], D);
+        if (gx) ln_row_input_grad(gx->data + r * D, g, x + r * D, w, mean[r], istd[r], D);
+    }
+}
+
+ct_tensor *ct_layer_norm(ct_tensor *x, int nlast, ct_tensor *weight, ct_tensor *bias, float eps) {
+    CT_ASSERT(nlast >= 1 && nlast <= x->ndim,
+              "layer_norm: cannot normalise the last %d dims of input %s", nlast, CT_SHAPE_STR(x));
+    int64_t D = 1;
+    for (int k = x->ndim - nlast; k < x->ndim; k++) D *= x->shape[k];
+    const ct_tensor *pars[2] = {weight, bias};
+    for (int p = 0; p < 2; p++) {
+        const ct_tensor *t = pars[p];
+        if (!t) continue;
+        bool ok = t->ndim == nlast;
+        for (int k = 0; ok && k < nlast; k++) ok = t->shape[k] == x->shape[x->ndim - nlast + k];
+        CT_ASSERT(ok, "layer_norm: %s %s does not match the last %d dims of input %s",
+                  p ? "bias" : "weight", CT_SHAPE_STR(t), nlast, CT_SHAPE_STR(x));
+    }
+    CT_ASSERT(D > 0, "layer_norm: empty normalised shape in input %s", CT_SHAPE_STR(x));
+    int64_t M = x->numel / D;
+
+    ct_tensor *out = ct_empty_like(x);
+    ct_node *n = CT_RECORD("layer_norm", layer_norm_backward, out, x, weight, bias);
+    bool keep = n && M > 0 && (ct_node_needs(n, 0) || ct_node_needs(n, 1));
+    size_t st_bytes = 2 * (size_t)M * sizeof(float);
+    float *st = keep ? ct_node_aux(n, st_bytes) : NULL;
+    const float *w = weight ? weight->data : NULL, *b = bias ? bias->data : NULL;
+    for (int64_t r = 0; r < M; r++) {
+        const float *xr = x->data + r * D;
+        double sum = 0, sq = 0;
+        LANE_SUM(0, D, k, xr[k], sum);
+        float m = (float)(sum / (double)D);
+        LANE_SUM(0, D, k, (xr[k] - m) * (xr[k] - m), sq);
+        float is = 1.0f / sqrtf((float)(sq / (double)D) + eps);
+        if (st) st[r] = m, st[M + r] = is;
+        ln_row_forward(out->data + r * D, xr, w, b, m, is, D);
+    }
+    if (n) {
+        n->i[0] = M, n->i[1] = D;
+        n->i[2] = n->i[3] = -1;
+        if (keep) {
+            n->i[2] = n->nsaved;
+            ct_save(n, x);
+        }
+        if (ct_node_needs(n, 0) && weight) {
+            n->i[3] = n->nsaved;
+            ct_save(n, weight);
+        }
+    }
+    return out;
+}
