@@ -36,6 +36,8 @@ HEADERS  := src/ctrain.h $(wildcard src/*/*.h)
 
 UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
+MPI_SRC  := $(sort $(wildcard tests/mpi/test_*.c))
+MPI_BIN  := $(MPI_SRC:tests/mpi/%.c=$(B)/tests/mpi/%)
 TEST_UTIL := $(B)/obj/tests/unit/util.o
 BENCH_SRC := $(sort $(wildcard tests/bench/bench_*.c))
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(B)/bench/%)
@@ -67,14 +69,18 @@ $(B)/tests/%: $(B)/obj/tests/unit/%.o $(TEST_UTIL) $(B)/libctrain.a
 	@mkdir -p $(dir $@)
 	$(CC) $(SANFLAGS) -o $@ $< $(TEST_UTIL) $(B)/libctrain.a $(CHECK_LIBS) $(LDLIBS)
 
+$(B)/tests/mpi/%: $(B)/obj/tests/mpi/%.o $(B)/libctrain.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SANFLAGS) -o $@ $< $(B)/libctrain.a $(CHECK_LIBS) $(LDLIBS)
+
 $(B)/bench/%: $(B)/obj/tests/bench/%.o $(B)/libctrain.a
 	@mkdir -p $(dir $@)
 	$(CC) $(SANFLAGS) -o $@ $< $(B)/libctrain.a $(LDLIBS)
 
 # Every suite runs even when an earlier one fails; the target fails if any did.
 # detect_leaks=1 makes LeakSanitizer report anything left allocated at exit.
-check: all $(UNIT_BIN)
-	@SANITIZE=$(SANITIZE) B=$(B) bash scripts/run_tests.sh $(UNIT_BIN)
+check: all $(UNIT_BIN) $(MPI_BIN)
+	@SANITIZE=$(SANITIZE) B=$(B) MPI_TESTS="$(MPI_BIN)" bash scripts/run_tests.sh $(UNIT_BIN)
 
 bench: all $(BENCH_BIN)
 	@B=$(B) bash scripts/bench.sh

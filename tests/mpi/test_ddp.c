@@ -1,0 +1,341 @@
+/* DDP under mpirun (-np 2, -np 3). Every assertion is made on values reduced across ranks,
+ * so all ranks pass or fail together and a failure cannot strand a rank in a collective. */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctrain.h"
+#include "dist/dist.h"
+
+static ct_dist D;
+
+/* The largest |a - b| / max(1, |b|) over all ranks' values. */
+static double max_all(double v) {
+    MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_MAX, D.world);
+    return v;
+}
+
+/* True on every rank iff every rank has the same values in every parameter and buffer. */
+static bool identical_across_ranks(ct_module *m) {
+    int same = 1;
+    for (int pass = 0; pass < 2; pass++) {
+        ct_named l = pass ? ct_module_buffers(m) : ct_module_params(m, false);
+        for (int i = 0; i < l.n; i++) {
+            ct_tensor *t = l.tensors[i];
+            float *mx = malloc((size_t)t->numel * sizeof *mx), *mn = malloc((size_t)t->numel * sizeof *mn);
+            MPI_Allreduce(t->data, mx, (int)t->numel, MPI_FLOAT, MPI_MAX, D.world);
+            MPI_Allreduce(t->data, mn, (int)t->numel, MPI_FLOAT, MPI_MIN, D.world);
+            for (int64_t k = 0; k < t->numel; k++) same &= mx[k] == mn[k];
+            free(mx);
+            free(mn);
+        }
+        ct_named_free(&l);
+    }
+    MPI_Allreduce(MPI_IN_PLACE, &same, 1, MPI_INT, MPI_MIN, D.world);
+    return same;
+}
+
+static ct_module *small_mlp(uint64_t seed, int64_t hidden) {
+    ct_rng r;
+    ct_rng_seed(&r, seed);
+    ct_module *m = ct_nn_sequential();
+    ct_seq_add(m, NULL, ct_nn_linear(12, hidden, true, &r));
+    ct_seq_add(m, NULL, ct_nn_tanh());
+    ct_seq_add(m, NULL, ct_nn_linear(hidden, 16, true, &r));
+    ct_seq_add(m, NULL, ct_nn_relu());
+    ct_seq_add(m, NULL, ct_nn_linear(16, 5, true, &r));
+    ct_module_pack(m);
+    return m;
+}
+
+/* The global batch of step s (identical on every rank): x [rows, 12], y [rows]. */
+static ct_tensor *global_batch(int step, int64_t rows, int64_t *y) {
+    ct_rng r;
+    ct_rng_seed(&r, 1000 + (uint64_t)step);
+    ct_tensor *x = ct_rand_normal(CT_SHAPE(rows, 12), 0, 1, &r);
+    for (int64_t i = 0; i < rows; i++) y[i] = (int64_t)ct_rng_below(&r, 5);
+    return x;
+}
+
+/* Adam would make the equivalence test meaningless at 1e-5: it divides by sqrt(v), so a
+ * gradient that is ~1e-9 by rounding (summed in a different order over ranks) becomes a
+ * full lr-sized step. The comparisons use SGD, where rounding stays rounding. */
+static ct_optim *make_optim(ct_module *m, bool nesterov) {
+    ct_optim *o = ct_optim_new(ct_sgd_config(0.1, 0.9, 1e-4, nesterov));
+    ct_named t = ct_module_params(m, false);
+    ct_optim_add_group(o, t.n, (const char *const *)t.names, t.tensors, CT_OPTIM_DEFAULT, CT_OPTIM_DEFAULT);
+    ct_named_free(&t);
+    return o;
+}
+
+/* One training step: DDP on this rank's rows of the global batch, or (ddp == NULL) the
+ * single-process reference on all of it. */
+static double train_step(ct_module *m, ct_ddp *ddp, ct_optim *o, int step, int64_t per_rank) {
+    int64_t rows = per_rank * D.size, y[1024];
+    double lv = 0;
+    CT_SCOPE {
+        ct_tensor *x = global_batch(step, rows, y);
+        int64_t lo = ddp ? D.rank * per_rank : 0, n = ddp ? per_rank : rows;
+        ct_tensor *xs = ct_from_data(CT_SHAPE(n, 12), x->data + lo * 12);
+        if (ddp && ct_ddp_prepare(ddp) != CT_OK) ck_abort_msg("%s", ct_last_error());
+        ct_tensor *loss = ct_cross_entropy(ct_module_forward(m, xs), y + lo, CT_REDUCE_MEAN);
+        ct_backward(loss);
+        if (ddp) ct_ddp_finish(ddp);
+        ct_optim_step(o);
+        ct_optim_zero_grad(o);
+        lv = loss->data[0];
+    }
+    return lv;
+}
+
+static double max_rel_diff(ct_module *a, ct_module *b) {
+    ct_named la = ct_module_params(a, false), lb = ct_module_params(b, false);
+    double worst = 0;
+    for (int i = 0; i < la.n; i++)
+        for (int64_t k = 0; k < la.tensors[i]->numel; k++) {
+            double x = la.tensors[i]->data[k], y = lb.tensors[i]->data[k];
+            double d = fabs(x - y) / fmax(1e-3, fabs(y));
+            if (d > worst) worst = d;
+        }
+    ct_named_free(&la);
+    ct_named_free(&lb);
+    return worst;
+}
+
+START_TEST(broadcast_then_identical_after_steps) {
+    ct_module *m = small_mlp(100 + (uint64_t)D.rank, 32); /* a different init on every rank */
+    ct_ddp *ddp = NULL;
+    ck_assert_int_eq(ct_ddp_new(m, &D, NULL, &ddp), CT_OK);
+    ck_assert(identical_across_ranks(m));
+    ct_optim *o = make_optim(m, true);
+    for (int s = 0; s < 5; s++) train_step(m, ddp, o, s, 8);
+    ck_assert(identical_across_ranks(m));
+    ct_optim_free(o);
+    ct_ddp_free(ddp);
+    ct_module_free(m);
+}
+END_TEST
+
+/* N ranks with a batch of B each == 1 process with a batch of N*B (requirement 5). */
+START_TEST(equivalent_to_one_big_batch) {
+    for (int nesterov = 0; nesterov < 2; nesterov++) {
+        ct_module *m = small_mlp(7, 32), *ref = small_mlp(7, 32);
+        ct_ddp *ddp = NULL;
+        ck_assert_int_eq(ct_ddp_new(m, &D, NULL, &ddp), CT_OK);
+        ct_optim *o = make_optim(m, nesterov), *oref = make_optim(ref, nesterov);
+        for (int s = 0; s < 6; s++) {
+            train_step(m, ddp, o, s, 8);
+            train_step(ref, NULL, oref, s, 8);
+        }
+        double d = max_all(max_rel_diff(m, ref));
+        ck_assert_msg(d <= 1e-5, "%s: DDP differs from the big-batch run by %g relative", nesterov ? "nesterov" : "momentum", d);
+        ct_optim_free(o);
+        ct_optim_free(oref);
+        ct_ddp_free(ddp);
+        ct_module_free(m);
+        ct_module_free(ref);
+    }
+}
+END_TEST
+
+static int64_t trainable_numel(ct_module *m) {
+    ct_named t = ct_module_params(m, true);
+    int64_t n = ct_named_numel(&t);
+    ct_named_free(&t);
+    return n;
+}
+
+START_TEST(frozen_parameters_are_never_sent) {
+    ct_module *m = small_mlp(8, 32);
+    ct_module_set_requires_grad(m, "0.*", false);
+    ct_tensor *w0 = ct_module_find(m, "0.weight");
+    ct_ddp *ddp = NULL;
+    ck_assert_int_eq(ct_ddp_new(m, &D, NULL, &ddp), CT_OK);
+    float *before = malloc((size_t)w0->numel * sizeof *before);
+    memcpy(before, w0->data, (size_t)w0->numel * sizeof *before);
+    ct_optim *o = make_optim(m, true);
+    for (int s = 0; s < 4; s++) {
+        train_step(m, ddp, o, s, 8);
+        /* one rank has nothing to reduce */
+        ck_assert_int_eq(ct_ddp_get_stats(ddp).bytes_reduced, D.size > 1 ? 4 * trainable_numel(m) : 0);
+    }
+    ck_assert_int_eq(trainable_numel(m), 32 * 16 + 16 + 16 * 5 + 5);
+    ck_assert_int_eq(memcmp(before, w0->data, (size_t)w0->numel * sizeof *before), 0);
+    ck_assert_ptr_null(ct_grad(w0));
+    ck_assert_int_eq(ct_optim_state_params(o), 4); /* no state for the frozen layer */
+    ck_assert(identical_across_ranks(m));
+    free(before);
+    ct_optim_free(o);
+    ct_ddp_free(ddp);
+    ct_module_free(m);
+}
+END_TEST
+
+/* Freezing and unfreezing mid-training rebuilds the buckets collectively and still
+ * matches the single-process run with the same schedule. */
+START_TEST(freeze_and_unfreeze_mid_training) {
+    ct_module *m = small_mlp(9, 32), *ref = small_mlp(9, 32);
+    ct_ddp *ddp = NULL;
+    ck_assert_int_eq(ct_ddp_new(m, &D, NULL, &ddp), CT_OK);
+    ct_optim *o = make_optim(m, false), *oref = make_optim(ref, false);
+    int64_t all = trainable_numel(m);
+    for (int s = 0; s < 9; s++) {
+        if (s == 3) {
+            ct_module_set_requires_grad(m, "0.*,2.*", false);
+            ct_module_set_requires_grad(ref, "0.*,2.*", false);
+        }
+        if (s == 6) {
+            ct_module_set_requires_grad(m, "*", true);
+            ct_module_set_requires_grad(ref, "*", true);
+        }
+        train_step(m, ddp, o, s, 8);
+        train_step(ref, NULL, oref, s, 8);
+        int64_t want = s >= 3 && s < 6 ? 4 * (16 * 5 + 5) : 4 * all;
+        ck_assert_int_eq(ct_ddp_get_stats(ddp).bytes_reduced, D.size > 1 ? want : 0);
+    }
+    ck_assert_int_eq(ct_ddp_get_stats(ddp).rebuilds, 3);
+    double d = max_all(max_rel_diff(m, ref));
+    ck_assert_msg(d <= 1e-5, "differs from the reference by %g", d);
+    ck_assert(identical_across_ranks(m));
+    ct_optim_free(o);
+    ct_optim_free(oref);
+    ct_ddp_free(ddp);
+    ct_module_free(m);
+    ct_module_free(ref);
+}
+END_TEST
+
+/* no_sync: two micro-batches accumulated locally, then one synced step == one step on the
+ * two micro-batches together. */
+START_TEST(no_sync_accumulates) {
+    ct_module *m = small_mlp(10, 32), *ref = small_mlp(10, 32);
+    ct_ddp *ddp = NULL;
+    ck_assert_int_eq(ct_ddp_new(m, &D, NULL, &ddp), CT_OK);
+    ct_optim *o = make_optim(m, false), *oref = make_optim(ref, false);
+    int64_t B = 6, rows = 2 * B * D.size, y[1024];
+    CT_SCOPE {
+        ct_tensor *x = global_batch(0, rows, y);
+        /* rank r's micro-batches are rows [2rB, 2rB + B) and [2rB + B, 2(r+1)B) */
+        if (ct_ddp_prepare(ddp) != CT_OK) ck_abort_msg("%s", ct_last_error());
+        for (int k = 0; k < 2; k++) {
+            int64_t lo = (2 * D.rank + k) * B;
+            ct_ddp_set_sync(ddp, k == 1);
+            ct_tensor *xs = ct_from_data(CT_SHAPE(B, 12), x->data + lo * 12);
+            ct_backward(ct_mul_scalar(ct_cross_entropy(ct_module_forward(m, xs), y + lo, CT_REDUCE_MEAN), 0.5f));
+            if (k == 0) ck_assert_int_eq(ct_ddp_get_stats(ddp).bytes_reduced, 0);
+        }
+        ct_ddp_finish(ddp);
+        ct_optim_step(o);
+        ct_backward(ct_cross_entropy(ct_module_forward(ref, x), y, CT_REDUCE_MEAN));
+        ct_optim_step(oref);
+    }
+    double d = max_all(max_rel_diff(m, ref));
+    ck_assert_msg(d <= 1e-5, "no_sync accumulation differs by %g", d);
+    ct_optim_free(o);
+    ct_optim_free(oref);
+    ct_ddp_free(ddp);
+    ct_module_free(m);
+    ct_module_free(ref);
+}
+END_TEST
+
+START_TEST(model_mismatch_is_a_clear_error) {
+    if (D.size == 1) return; /* nothing to differ from */
+    /* rank 1 (the last rank) has a different hidden size */
+    ct_module *m = small_mlp(11, D.rank == D.size - 1 ? 24 : 32);
+    ct_ddp *ddp = NULL;
+    ck_assert_int_eq(ct_ddp_new(m, &D, NULL, &ddp), CT_ERR_MPI);
+    ck_assert_ptr_null(ddp);
+    char want[64];
+    snprintf(want, sizeof want, "on rank %d", D.size - 1);
+    ck_assert_msg(strstr(ct_last_error(), want) && strstr(ct_last_error(), "0.weight [32, 12]"),
+                  "message: %s", ct_last_error());
+    ct_module_free(m);
+    /* a difference in requires_grad alone is caught too */
+    m = small_mlp(11, 32);
+    if (D.rank == D.size - 1) ct_module_set_requires_grad(m, "4.bias", false);
+    ck_assert_int_eq(ct_ddp_new(m, &D, NULL, &ddp), CT_ERR_MPI);
+    ck_assert_msg(strstr(ct_last_error(), "4.bias") && strstr(ct_last_error(), "requires_grad"),
+                  "message: %s", ct_last_error());
+    ct_module_free(m);
+}
+END_TEST
+
+START_TEST(bn_buffer_policies) {
+    for (int pol = 0; pol < 2; pol++) {
+        ct_module *bn = ct_nn_batchnorm1d(4);
+        ct_ddp_config cfg = ct_ddp_defaults();
+        cfg.buffers = pol ? CT_BUFFERS_BROADCAST : CT_BUFFERS_AVERAGE;
+        ct_ddp *ddp = NULL;
+        ck_assert_int_eq(ct_ddp_new(bn, &D, &cfg, &ddp), CT_OK);
+        CT_SCOPE {
+            ct_tensor *x = ct_full(CT_SHAPE(2, 4), 0);
+            x->data[0] = x->data[4] = 0; /* channel 0: mean r on rank r */
+            x->data[0] = (float)D.rank - 1, x->data[4] = (float)D.rank + 1;
+            ct_module_forward(bn, x);
+        }
+        ct_ddp_sync_buffers(ddp);
+        /* running_mean[0] = 0.1 * r on rank r: the average is 0.1 * (size - 1) / 2 */
+        double want = pol ? 0 : 0.1 * (D.size - 1) / 2.0;
+        double err = max_all(fabs(bn->buffers[0]->data[0] - want));
+        ck_assert_msg(err < 1e-6, "policy %d: running_mean %g, want %g", pol, bn->buffers[0]->data[0], want);
+        ct_ddp_free(ddp);
+        ct_module_free(bn);
+    }
+}
+END_TEST
+
+/* Exact evaluation: every sample once, whatever the rank count, and the same numbers as
+ * one process evaluating everything. */
+START_TEST(exact_evaluation) {
+    ct_dataset ds = {0};
+    ck_assert_int_eq(ct_dataset_from_idx(&ds, "/usr/share/datasets/fashion-mnist", CT_SPLIT_TEST), CT_OK);
+    ct_rng r;
+    ct_rng_seed(&r, 12);
+    ct_module *m = ct_nn_mlp(784, 10, &r);
+    ct_loader_opts lo = ct_loader_opts_default(128);
+    ct_eval_result all, one;
+    ck_assert_int_eq(ct_dist_evaluate(&D, m, &ds, &lo, &all), CT_OK);
+    ct_dist self;
+    ck_assert_int_eq(ct_dist_from_comm(MPI_COMM_SELF, &self), CT_OK);
+    ck_assert_int_eq(ct_dist_evaluate(&self, m, &ds, &lo, &one), CT_OK);
+    ct_dist_free(&self);
+    ck_assert_int_eq(all.samples, 10000);
+    ck_assert_int_eq(one.samples, 10000);
+    ck_assert_double_eq(all.accuracy, one.accuracy);
+    ck_assert_double_eq_tol(all.loss, one.loss, 1e-6);
+    ck_assert(ct_is_grad_enabled() && m->training); /* both restored */
+    ct_module_free(m);
+    ct_dataset_free(&ds);
+}
+END_TEST
+
+int main(int argc, char **argv) {
+    if (ct_dist_init(&argc, &argv, &D) != CT_OK) {
+        fprintf(stderr, "%s\n", ct_last_error());
+        return 1;
+    }
+    Suite *s = suite_create("ddp");
+    TCase *tc = tcase_create("ddp");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, broadcast_then_identical_after_steps);
+    tcase_add_test(tc, equivalent_to_one_big_batch);
+    tcase_add_test(tc, frozen_parameters_are_never_sent);
+    tcase_add_test(tc, freeze_and_unfreeze_mid_training);
+    tcase_add_test(tc, no_sync_accumulates);
+    tcase_add_test(tc, model_mismatch_is_a_clear_error);
+    tcase_add_test(tc, bn_buffer_policies);
+    tcase_add_test(tc, exact_evaluation);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    /* Only rank 0 prints the summary line CI counts; every rank's result decides the exit. */
+    srunner_run_all(sr, D.rank == 0 ? CK_NORMAL : CK_SILENT);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, D.world);
+    ct_dist_finalize(&D);
+    ct_scope_shutdown();
+    return failed ? 1 : 0;
+}
