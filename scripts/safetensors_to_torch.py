@@ -1,0 +1,127 @@
+#!/usr/bin/python3
+"""Converts a safetensors file into a PyTorch state_dict (.pt), without the `safetensors`
+package. Tensors keep their dtype and the header's order; metadata is printed, not saved.
+
+usage: safetensors_to_torch.py IN.safetensors OUT.pt
+
+The file is validated like ctrain's reader (src/io/safetensors.c): header length within the
+file, valid JSON object, known dtypes, shapes matching their byte ranges, ranges inside the
+data section and not overlapping.
+"""
+import argparse
+import json
+import os
+import struct
+import sys
+
+NAME = "safetensors_to_torch"
+
+
+def fail(msg):
+    print(f"{NAME}: error: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+try:
+    import torch
+except ImportError as e:
+    fail(f"cannot import torch: {e}")
+
+DTYPES = {  # name -> (torch dtype, element size); torch 1.13 has no U16/U32/U64
+    "F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2),
+    "BF16": (torch.bfloat16, 2), "I64": (torch.int64, 8), "I32": (torch.int32, 4),
+    "I16": (torch.int16, 2), "I8": (torch.int8, 1), "U8": (torch.uint8, 1),
+    "BOOL": (torch.bool, 1),
+}
+
+
+def no_duplicates(pairs):
+    keys = [k for k, _ in pairs]
+    for k in keys:
+        if keys.count(k) > 1:
+            raise ValueError(f"duplicate key {k!r}")
+    return dict(pairs)
+
+
+def is_count(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def read(path):
+    """Returns (state_dict, metadata) of the safetensors file at path."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        fail(f"{path}: cannot read: {e}")
+    if len(raw) < 8:
+        fail(f"{path}: file is too short ({len(raw)} bytes)")
+    (n,) = struct.unpack("<Q", raw[:8])
+    if n > len(raw) - 8:
+        fail(f"{path}: header length {n} exceeds the file size ({len(raw)} bytes)")
+    try:
+        header = json.loads(raw[8:8 + n].decode("utf-8"), object_pairs_hook=no_duplicates)
+    except (UnicodeDecodeError, ValueError) as e:
+        fail(f"{path}: invalid JSON header: {e}")
+    if not isinstance(header, dict):
+        fail(f"{path}: the JSON header is not an object")
+    data = raw[8 + n:]
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        fail(f"{path}: __metadata__ is not an object of strings")
+    state_dict, ranges = {}, []
+    for name, info in header.items():
+        if not isinstance(info, dict):
+            fail(f"{path}: header entry '{name}' is not an object")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in DTYPES:
+            fail(f"{path}: tensor '{name}' has unknown or unsupported dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(is_count(s) for s in shape):
+            fail(f"{path}: tensor '{name}' has a bad shape {shape!r}")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(is_count(o) for o in offsets) or offsets[0] > offsets[1]):
+            fail(f"{path}: tensor '{name}' has bad data_offsets {offsets!r}")
+        begin, end = offsets
+        if end > len(data):
+            fail(f"{path}: tensor '{name}' has data_offsets {offsets} past the end of the "
+                 f"{len(data)}-byte data section")
+        tdtype, size = DTYPES[dtype]
+        numel = 1
+        for s in shape:
+            numel *= s
+        if numel * size != end - begin:
+            fail(f"{path}: tensor '{name}' of shape {shape} and dtype {dtype} needs "
+                 f"{numel * size} bytes but its data_offsets {offsets} span {end - begin}")
+        if end > begin:
+            ranges.append((begin, end, name))
+            t = torch.frombuffer(bytearray(data[begin:end]), dtype=tdtype)
+        else:
+            t = torch.empty(0, dtype=tdtype)
+        state_dict[name] = t.reshape(shape)
+    ranges.sort()
+    for a, b in zip(ranges, ranges[1:]):
+        if b[0] < a[1]:
+            fail(f"{path}: tensors '{a[2]}' and '{b[2]}' overlap")
+    return state_dict, metadata
+
+
+def main():
+    ap = argparse.ArgumentParser(description="safetensors -> PyTorch state_dict (.pt)")
+    ap.add_argument("input")
+    ap.add_argument("output")
+    args = ap.parse_args()
+    state_dict, metadata = read(args.input)
+    if metadata:
+        print(f"{NAME}: metadata (not saved): {json.dumps(metadata)}", file=sys.stderr)
+    tmp = f"{args.output}.tmp.{os.getpid()}"
+    try:
+        torch.save(state_dict, tmp)
+        os.replace(tmp, args.output)
+    except (OSError, RuntimeError) as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        fail(f"{args.output}: cannot write: {e}")
+
+
+if __name__ == "__main__":
+    main()
