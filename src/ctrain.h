@@ -9,5 +9,7 @@
 #include "nn/nn.h"
 #include "optim/optim.h"
 #include "data/data.h"
+#include "io/io.h"
+#include "dist/dist.h"
 
 #endif

@@ -1,17 +1,68 @@
-/* The ctrain command line. */
-#include "ctrain.h"
-
+/* The ctrain command line: train, eval (and sweep). Every command runs on every MPI rank;
+ * a plain `ctrain ...` is a one-rank job. */
 #include <stdio.h>
 #include <string.h>
 
+#include "cli.h"
+
 static int usage(void) {
     fprintf(stderr, "usage: ctrain train CONFIG [section.key=value ...]\n"
-                    "       ctrain eval CONFIG --checkpoint FILE\n");
+                    "       ctrain eval CONFIG --checkpoint FILE [section.key=value ...]\n");
     return 2;
 }
 
+int ct_cmd_eval(ct_run *r, const char *checkpoint) {
+    ct_st_file *f = NULL;
+    ct_status st = ct_st_load(checkpoint, &f);
+    if (st == CT_OK) st = ct_ckpt_load_model(f, r->model, true, NULL);
+    ct_st_free(f);
+    if (ct_run_agree(&r->d, st) != CT_OK) return 1;
+    ct_eval_result ev;
+    st = ct_dist_evaluate(&r->d, r->model, &r->test, &r->eval_opts, &ev);
+    if (ct_run_agree(&r->d, st) != CT_OK) return 1;
+    if (r->d.rank == 0) {
+        printf("{\"event\":\"eval\",\"checkpoint\":\"%s\",\"loss\":%.6f,\"accuracy\":%.6f,\"samples\":%lld}\n",
+               checkpoint, ev.loss, ev.accuracy, (long long)ev.samples);
+        fflush(stdout);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    if (argc < 2) return usage();
-    fprintf(stderr, "ctrain: unknown command '%s'\n", argv[1]);
-    return usage();
+    if (argc < 3 || (strcmp(argv[1], "train") && strcmp(argv[1], "eval"))) return usage();
+    const char *cmd = argv[1], *cfg = argv[2], *ckpt = NULL;
+    char *overrides[256];
+    int n = 0;
+    for (int i = 3; i < argc; i++) {
+        if (!strcmp(argv[i], "--checkpoint") && i + 1 < argc) {
+            ckpt = argv[++i];
+        } else if (n < 256 && strchr(argv[i], '=')) {
+            overrides[n++] = argv[i];
+        } else {
+            fprintf(stderr, "ctrain: unexpected argument '%s'\n", argv[i]);
+            return usage();
+        }
+    }
+    if (!strcmp(cmd, "eval") && !ckpt) {
+        fprintf(stderr, "ctrain: eval needs --checkpoint FILE\n");
+        return usage();
+    }
+    ct_run r = {0};
+    if (ct_dist_init(&argc, &argv, &r.d) != CT_OK) {
+        fprintf(stderr, "ctrain: error: %s\n", ct_last_error());
+        return 1;
+    }
+    ct_binding b;
+    ct_status st = ct_dist_bind(&r.d, &b);
+    if (ct_run_agree(&r.d, st) == CT_OK) ct_dist_print_bindings(&r.d, &b);
+    int rc = 1;
+    if (st == CT_OK) {
+        st = ct_run_setup(&r, cfg, n, overrides, !strcmp(cmd, "train"));
+        if (ct_run_agree(&r.d, st) == CT_OK)
+            rc = !strcmp(cmd, "train") ? ct_cmd_train(&r) : ct_cmd_eval(&r, ckpt);
+    }
+    ct_run_free(&r);
+    ct_dist_finalize(&r.d);
+    ct_scope_shutdown();
+    return rc;
 }

@@ -42,6 +42,32 @@ _Noreturn void ct_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2
         if (!(cond)) ct_fatal(__VA_ARGS__);                                               \
     } while (0)
 
+/* ---- element types ------------------------------------------------------------------ */
+
+/* Shared by the file formats (NPY, safetensors); tensors themselves are always float32. */
+/* Named as in the safetensors header ("F32", "I64", ...). */
+typedef enum {
+    CT_DTYPE_F64,
+    CT_DTYPE_F32,
+    CT_DTYPE_F16,
+    CT_DTYPE_BF16,
+    CT_DTYPE_I64,
+    CT_DTYPE_I32,
+    CT_DTYPE_I16,
+    CT_DTYPE_I8,
+    CT_DTYPE_U64,
+    CT_DTYPE_U32,
+    CT_DTYPE_U16,
+    CT_DTYPE_U8,
+    CT_DTYPE_BOOL,
+    CT_DTYPE_COUNT
+} ct_dtype;
+
+const char *ct_dtype_name(ct_dtype d); /* "F32", ...; NULL for an invalid value */
+size_t ct_dtype_size(ct_dtype d);      /* bytes per element; 0 for an invalid value */
+/* Sets *out to the dtype named s ("F32"...); false if s names none. */
+bool ct_dtype_parse(const char *s, ct_dtype *out);
+
 /* ---- allocator and counters -------------------------------------------------------- */
 
 /* Size-class caching allocator: freed blocks go to a free list and are reused, so a

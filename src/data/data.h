@@ -9,8 +9,6 @@
 
 /* ---- raw arrays (what the file readers return) --------------------------------------- */
 
-typedef enum { CT_DTYPE_F32, CT_DTYPE_U8, CT_DTYPE_I64 } ct_dtype;
-
 /* A dense C-order array. Readers fill it with malloc'd data that ct_array_free releases;
  * the NPY writer only reads it, so it may also describe memory the caller owns. */
 typedef struct {
@@ -23,8 +21,6 @@ typedef struct {
 
 /* Frees a reader's data and zeroes *a (safe on a zeroed or already freed array). */
 void ct_array_free(ct_array *a);
-/* Bytes per element of dtype (4, 1, 8). */
-size_t ct_dtype_size(ct_dtype dtype);
 
 /* ---- IDX (MNIST family) ----------------------------------------------------------------- */
 

@@ -13,15 +13,6 @@ void *ct__data_malloc(size_t bytes) {
     return p;
 }
 
-size_t ct_dtype_size(ct_dtype dtype) {
-    switch (dtype) {
-    case CT_DTYPE_F32: return 4;
-    case CT_DTYPE_U8: return 1;
-    case CT_DTYPE_I64: return 8;
-    }
-    ct_fatal("ct_dtype_size: unknown dtype %d", (int)dtype);
-}
-
 void ct_array_free(ct_array *a) {
     free(a->data);
     memset(a, 0, sizeof *a);

@@ -44,10 +44,11 @@ ct_status ct_dist_bind(const ct_dist *d, ct_binding *out) {
 
     int threads = cores;
     const char *env = getenv("CT_THREADS");
+    if (!env || !*env) env = getenv("OPENBLAS_NUM_THREADS"); /* the user's explicit choice */
     if (env && *env) {
         char *end;
         long t = strtol(env, &end, 10);
-        if (*end || t < 1) return ct_error(CT_ERR_CONFIG, "CT_THREADS='%s' is not a positive integer", env);
+        if (*end || t < 1) return ct_error(CT_ERR_CONFIG, "thread count '%s' (CT_THREADS / OPENBLAS_NUM_THREADS) is not a positive integer", env);
         threads = (int)t < cores ? (int)t : cores; /* never oversubscribe our cores */
     }
     out->cores = cores;

@@ -111,7 +111,8 @@ typedef struct {
 
 /* Discovers the node's topology with hwloc and binds this rank to its share of the cores
  * (ranks per node from d->local). A binding made by the launcher is kept as it is. BLAS
- * threads = cores per rank unless CT_THREADS is set; never more threads than cores. */
+ * threads = cores per rank unless CT_THREADS (or OPENBLAS_NUM_THREADS) is set; never more
+ * threads than cores. */
 ct_status ct_dist_bind(const ct_dist *d, ct_binding *out);
 /* Rank 0 prints one line per rank: host, bound cores and threads (collective). */
 void ct_dist_print_bindings(const ct_dist *d, const ct_binding *b);

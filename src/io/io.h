@@ -7,7 +7,8 @@
 
 #include <stdio.h>
 
-#include "../core/core.h"
+#include "../nn/nn.h"
+#include "../optim/optim.h"
 
 /* ---- atomic writes ----------------------------------------------------------------- */
 
@@ -23,29 +24,6 @@ ct_status ct_write_atomic(const char *path, ct_write_fn fn, void *ctx);
 ct_status ct_write_file_atomic(const char *path, const void *data, size_t n);
 
 /* ---- safetensors --------------------------------------------------------------------- */
-
-/* Element types, named as in the safetensors header ("F32", "I64", ...). */
-typedef enum {
-    CT_DTYPE_F64,
-    CT_DTYPE_F32,
-    CT_DTYPE_F16,
-    CT_DTYPE_BF16,
-    CT_DTYPE_I64,
-    CT_DTYPE_I32,
-    CT_DTYPE_I16,
-    CT_DTYPE_I8,
-    CT_DTYPE_U64,
-    CT_DTYPE_U32,
-    CT_DTYPE_U16,
-    CT_DTYPE_U8,
-    CT_DTYPE_BOOL,
-    CT_DTYPE_COUNT
-} ct_dtype;
-
-const char *ct_dtype_name(ct_dtype d); /* "F32", ...; NULL for an invalid value */
-size_t ct_dtype_size(ct_dtype d);      /* bytes per element; 0 for an invalid value */
-/* Sets *out to the dtype named s ("F32"...); false if s names none. */
-bool ct_dtype_parse(const char *s, ct_dtype *out);
 
 /* One tensor of a safetensors file: row-major, little-endian, numel * dtype-size bytes. */
 typedef struct {
@@ -210,5 +188,30 @@ ct_status ct_config_save(const ct_config *c, const char *path);
 /* Parses a class selection ("all", "3", "0-4", "1,3,5-7") into keep[0..nclasses); a class
  * outside [0, nclasses) or bad syntax is CT_ERR_CONFIG naming data.classes. */
 ct_status ct_config_classes(const char *spec, int nclasses, bool *keep);
+
+
+/* ---- checkpoints ------------------------------------------------------------------------ */
+
+/* Training progress stored in a checkpoint's metadata. */
+typedef struct {
+    int64_t epoch; /* epochs completed */
+    int64_t step;  /* optimizer steps taken */
+    uint64_t seed;
+    int world;     /* ranks that wrote it (informational: any rank count can resume) */
+} ct_progress;
+
+/* Atomically writes the model's state_dict (PyTorch names and layouts; BatchNorm's
+ * num_batches_tracked as I64), the optimizer state when o is not NULL ("optim.*"), the
+ * dropout RNG streams ("rng.*") and p (metadata) to path. */
+ct_status ct_ckpt_save(const char *path, ct_module *m, const ct_optim *o, const ct_progress *p);
+/* Loads the model part of f into m, checking every name, shape and dtype. Strict: any
+ * missing, unexpected or mismatched entry is CT_ERR_SHAPE listing all of them. Non-strict:
+ * loads what matches and, in *not_loaded (malloc'd, may be NULL; free it), lists what did
+ * not (e.g. a new head over a pretrained backbone). */
+ct_status ct_ckpt_load_model(const ct_st_file *f, ct_module *m, bool strict, char **not_loaded);
+/* Restores the optimizer state saved in f into o (whose groups match the saving run). */
+ct_status ct_ckpt_load_optim(const ct_st_file *f, ct_optim *o);
+/* Reads the progress metadata; CT_ERR_FORMAT if f is not a ctrain checkpoint. */
+ct_status ct_ckpt_progress(const ct_st_file *f, ct_progress *p);
 
 #endif

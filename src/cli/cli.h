@@ -1,0 +1,47 @@
+/* Internal header of the ctrain command line (not installed). */
+#ifndef CT_CLI_H
+#define CT_CLI_H
+
+#include "ctrain.h"
+#include "dist/dist.h"
+#include "io/io.h"
+
+/* Everything a command sets up from its config. */
+typedef struct {
+    const char *cfg_path;
+    ct_config cfg;
+    ct_dist d;
+    ct_dataset train, test;
+    bool have_train;
+    ct_module *model;
+    int64_t classes;
+    ct_loader_opts eval_opts;
+} ct_run;
+
+/* Prints msg once (from the lowest failing rank) and returns non-OK on every rank if any
+ * rank's st is not OK, so set-up errors end all ranks together instead of hanging. */
+ct_status ct_run_agree(const ct_dist *d, ct_status st);
+/* Loads the config (file + overrides), the data sets (the training set only when
+ * with_train) and builds the model (init_from, freeze, frozen-BN policy, packing). */
+ct_status ct_run_setup(ct_run *r, const char *cfg_path, int noverrides, char *const *overrides,
+                       bool with_train);
+void ct_run_free(ct_run *r);
+
+/* Commands; each returns a process exit status. */
+int ct_cmd_train(ct_run *r);
+int ct_cmd_eval(ct_run *r, const char *checkpoint);
+
+/* Progress output on rank 0: a bar on a TTY, plain lines elsewhere. */
+typedef struct {
+    bool tty;
+    double t_start, t_last;
+    int64_t total_steps, log_every;
+    int64_t samples;
+} ct_progress_bar;
+void ct_progress_start(ct_progress_bar *p, int64_t total_steps, int64_t log_every);
+void ct_progress_update(ct_progress_bar *p, int epoch, int64_t step_in_epoch, int64_t steps,
+                        double loss, int64_t global_samples);
+void ct_progress_end(ct_progress_bar *p);
+double ct_now(void);
+
+#endif

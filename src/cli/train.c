@@ -1,0 +1,309 @@
+/* ctrain train: the data-parallel training loop, evaluation after every epoch, atomic
+ * checkpoints from rank 0, and exact resume. */
+#include <errno.h>
+#include <stdarg.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cli.h"
+
+/* Every stochastic stream (shuffle, augmentation, dropout) is re-seeded from (seed, epoch,
+ * rank) at the start of each epoch, so a resumed run replays the same batches, crops and
+ * masks as an uninterrupted one. */
+static uint64_t mix(uint64_t a, uint64_t b) {
+    uint64_t z = a * 0x9e3779b97f4a7c15ULL + b + 0x632be59bd9b4e019ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static void reseed_epoch(ct_run *r, ct_loader *l, int epoch) {
+    uint64_t base = mix(mix(r->cfg.train.seed, (uint64_t)epoch), (uint64_t)r->d.rank);
+    ct_rng_seed(ct_loader_rng(l), mix(base, 1));
+    ct_named mods = ct_module_modules(r->model);
+    for (int i = 0; i < mods.n; i++)
+        if (!strcmp(mods.owners[i]->type, "Dropout")) ct_rng_seed(&mods.owners[i]->rng, mix(base, 100 + (uint64_t)i));
+    ct_named_free(&mods);
+}
+
+static ct_optim_config optim_config(const ct_config *c) {
+    ct_optim_config o;
+    switch (c->optim.name) {
+    case CT_CFG_OPTIM_SGD: o = ct_sgd_config(c->optim.lr, c->optim.momentum, c->optim.weight_decay, c->optim.nesterov); break;
+    case CT_CFG_OPTIM_ADAMW: o = ct_adamw_config(c->optim.lr, c->optim.weight_decay); break;
+    default: o = ct_adam_config(c->optim.lr, c->optim.weight_decay); break;
+    }
+    o.beta1 = c->optim.beta1;
+    o.beta2 = c->optim.beta2;
+    o.eps = c->optim.eps;
+    return o;
+}
+
+/* Adds a group with every trainable parameter that no group holds yet. */
+static void add_group(ct_optim *o, ct_module *m, const bool *in_group, double lr) {
+    ct_named t = ct_module_params(m, true);
+    ct_named all = ct_module_params(m, false);
+    const char **names = malloc((size_t)t.n * sizeof *names + 1);
+    ct_tensor **ps = malloc((size_t)t.n * sizeof *ps + 1);
+    int n = 0;
+    for (int i = 0, j = 0; i < all.n; i++) {
+        if (!all.tensors[i]->requires_grad) continue;
+        if (!in_group || !in_group[i]) names[n] = t.names[j], ps[n++] = t.tensors[j];
+        j++;
+    }
+    if (n) ct_optim_add_group(o, n, names, ps, lr, CT_OPTIM_DEFAULT);
+    free(names);
+    free(ps);
+    ct_named_free(&t);
+    ct_named_free(&all);
+}
+
+/* Staged unfreezing: after `unfreeze_after` epochs the named parameters join training in a
+ * group of their own with a scaled-down lr. Every rank does this at the same epoch; DDP
+ * rebuilds its buckets at the next step. */
+static void maybe_unfreeze(ct_run *r, ct_optim *o, int epoch) {
+    const ct_config *c = &r->cfg;
+    if (c->train.unfreeze_after <= 0 || epoch != c->train.unfreeze_after || !*c->train.unfreeze) return;
+    ct_named all = ct_module_params(r->model, false);
+    bool *was = malloc((size_t)all.n + 1);
+    for (int i = 0; i < all.n; i++) was[i] = all.tensors[i]->requires_grad;
+    int hits = ct_module_set_requires_grad(r->model, c->train.unfreeze, true);
+    add_group(o, r->model, was, c->optim.lr * c->train.unfreeze_lr_scale);
+    if (r->d.rank == 0)
+        fprintf(stderr, "ctrain: epoch %d: unfroze %d parameters (%s) with lr x %g\n", epoch, hits,
+                c->train.unfreeze, c->train.unfreeze_lr_scale);
+    free(was);
+    ct_named_free(&all);
+}
+
+static ct_status mkdir_p(const char *dir) {
+    char buf[CT_CFG_STR];
+    snprintf(buf, sizeof buf, "%s", dir);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+            return ct_error(CT_ERR_IO, "%s: cannot create directory: %s", buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+        return ct_error(CT_ERR_IO, "%s: cannot create directory: %s", buf, strerror(errno));
+    return CT_OK;
+}
+
+/* The newest checkpoint is named in <dir>/latest (itself written atomically). */
+static ct_status latest_checkpoint(const char *dir, char *path, size_t n) {
+    char lp[CT_CFG_STR + 16];
+    snprintf(lp, sizeof lp, "%s/latest", dir);
+    FILE *f = fopen(lp, "r");
+    if (!f) return ct_error(CT_ERR_IO, "resume: no checkpoint to resume from (%s: %s)", lp, strerror(errno));
+    char name[256] = {0};
+    bool ok = fgets(name, sizeof name, f) != NULL;
+    fclose(f);
+    name[strcspn(name, "\n")] = 0;
+    if (!ok || !*name) return ct_error(CT_ERR_FORMAT, "%s: empty", lp);
+    snprintf(path, n, "%s/%s", dir, name);
+    return CT_OK;
+}
+
+static ct_status save_checkpoint(ct_run *r, ct_optim *o, int epochs_done, int64_t step) {
+    char name[64], path[CT_CFG_STR + 80], lp[CT_CFG_STR + 16];
+    snprintf(name, sizeof name, "ckpt-epoch%04d.safetensors", epochs_done);
+    snprintf(path, sizeof path, "%s/%s", r->cfg.output.dir, name);
+    ct_progress p = {.epoch = epochs_done, .step = step, .seed = r->cfg.train.seed, .world = r->d.size};
+    ct_status st = ct_ckpt_save(path, r->model, o, &p);
+    snprintf(lp, sizeof lp, "%s/latest", r->cfg.output.dir);
+    char line[80];
+    int k = snprintf(line, sizeof line, "%s\n", name);
+    if (st == CT_OK) st = ct_write_file_atomic(lp, line, (size_t)k);
+    int keep = r->cfg.output.keep;
+    if (st == CT_OK && keep > 0 && epochs_done - keep * r->cfg.output.checkpoint_every > 0) {
+        snprintf(path, sizeof path, "%s/ckpt-epoch%04d.safetensors", r->cfg.output.dir,
+                 epochs_done - keep * r->cfg.output.checkpoint_every);
+        remove(path); /* best effort: an old checkpoint that is already gone is fine */
+    }
+    return st;
+}
+
+static ct_status resume(ct_run *r, ct_optim *o, int *start_epoch, int64_t *step) {
+    char path[CT_CFG_STR + 300];
+    ct_st_file *f = NULL;
+    ct_progress p = {0};
+    ct_status st = latest_checkpoint(r->cfg.output.dir, path, sizeof path);
+    if (st == CT_OK) st = ct_st_load(path, &f);
+    if (st == CT_OK) st = ct_ckpt_progress(f, &p);
+    /* Replay staged unfreezing so the optimizer has the groups the saved state names. */
+    for (int e = 1; st == CT_OK && e <= p.epoch; e++) maybe_unfreeze(r, o, e);
+    if (st == CT_OK) st = ct_ckpt_load_model(f, r->model, true, NULL);
+    if (st == CT_OK) st = ct_ckpt_load_optim(f, o);
+    if (st == CT_OK) {
+        *start_epoch = (int)p.epoch;
+        *step = p.step;
+        if (r->d.rank == 0)
+            fprintf(stderr, "ctrain: resumed from %s (epoch %lld, step %lld, written by %d ranks)\n",
+                    path, (long long)p.epoch, (long long)p.step, p.world);
+    }
+    ct_st_free(f);
+    return st;
+}
+
+static void write_metrics(FILE *mf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void write_metrics(FILE *mf, const char *fmt, ...) {
+    if (!mf) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(mf, fmt, ap);
+    va_end(ap);
+    fflush(mf);
+}
+
+/* A testing aid: CT_FAULT="RANK:STEP" makes that rank fail at that step, to prove one
+ * rank's fatal error ends the whole job. */
+static void maybe_inject_fault(const ct_dist *d, int64_t step) {
+    const char *f = getenv("CT_FAULT");
+    int rank;
+    long long at;
+    if (f && sscanf(f, "%d:%lld", &rank, &at) == 2 && rank == d->rank && at == step)
+        ct_fatal("injected fault (CT_FAULT=%s) at step %lld", f, at);
+}
+
+int ct_cmd_train(ct_run *r) {
+    const ct_config *c = &r->cfg;
+    ct_ddp *ddp = NULL;
+    ct_optim *opt = NULL;
+    ct_sampler *sampler = NULL;
+    ct_loader *loader = NULL;
+    FILE *mf = NULL;
+    int start_epoch = 0;
+    int64_t step = 0;
+
+    ct_status st = r->d.rank == 0 ? mkdir_p(c->output.dir) : CT_OK;
+    if (st == CT_OK && r->d.rank == 0) {
+        char p[CT_CFG_STR + 16];
+        snprintf(p, sizeof p, "%s/config.ini", c->output.dir);
+        st = ct_config_save(c, p);
+    }
+    if (ct_run_agree(&r->d, st) != CT_OK) return 1;
+
+    ct_ddp_config dc = ct_ddp_defaults();
+    dc.bucket_bytes = (size_t)(c->dist.bucket_mb * 1048576);
+    dc.first_bucket_bytes = (size_t)(c->dist.first_bucket_mb * 1048576);
+    dc.buffers = c->dist.buffers == CT_CFG_BUFFERS_BROADCAST ? CT_BUFFERS_BROADCAST
+                 : c->dist.buffers == CT_CFG_BUFFERS_NONE    ? CT_BUFFERS_NONE
+                                                             : CT_BUFFERS_AVERAGE;
+    st = ct_ddp_new(r->model, &r->d, &dc, &ddp);
+    if (st != CT_OK) {
+        if (r->d.rank == 0) fprintf(stderr, "ctrain: error: %s\n", ct_last_error());
+        return 1; /* every rank got the same verdict from the collective check */
+    }
+    opt = ct_optim_new(optim_config(c));
+    add_group(opt, r->model, NULL, c->optim.lr);
+    if (c->train.resume) st = resume(r, opt, &start_epoch, &step);
+    if (ct_run_agree(&r->d, st) != CT_OK) goto out;
+
+    ct_sampler_opts so = {.n = r->train.n, .world = r->d.size, .rank = r->d.rank,
+                          .mode = c->dist.shard == CT_CFG_SHARD_PAD ? CT_SHARD_PAD : CT_SHARD_DROP,
+                          .shuffle = true, .seed = c->train.seed};
+    ct_loader_opts lo = ct_loader_opts_default(c->train.batch_size);
+    lo.mean = (float)c->data.mean;
+    lo.std = (float)c->data.std;
+    lo.crop_pad = c->data.augment == CT_CFG_AUGMENT_CROP || c->data.augment == CT_CFG_AUGMENT_CROP_FLIP
+                      ? c->data.crop_pad : 0;
+    lo.hflip = c->data.augment == CT_CFG_AUGMENT_FLIP || c->data.augment == CT_CFG_AUGMENT_CROP_FLIP;
+    st = ct_sampler_new(&sampler, &so);
+    if (st == CT_OK) st = ct_loader_new(&loader, &r->train, &lo);
+    if (ct_run_agree(&r->d, st) != CT_OK) goto out;
+    int64_t shard = ct_sampler_size(sampler);
+    /* Every rank has the same shard size, hence the same step count. */
+    int64_t steps = c->train.drop_last ? shard / c->train.batch_size
+                                       : (shard + c->train.batch_size - 1) / c->train.batch_size;
+    if (steps < 1) {
+        if (r->d.rank == 0)
+            fprintf(stderr, "ctrain: error: %s: %lld training samples per rank is less than one batch of %d\n",
+                    r->cfg_path, (long long)shard, c->train.batch_size);
+        st = CT_ERR_CONFIG;
+        goto out;
+    }
+    ct_schedule sched = {.kind = c->schedule.name == CT_CFG_SCHED_STEP     ? CT_SCHED_STEP
+                                 : c->schedule.name == CT_CFG_SCHED_COSINE ? CT_SCHED_COSINE
+                                                                           : CT_SCHED_NONE,
+                         .per_step = c->schedule.name == CT_CFG_SCHED_COSINE,
+                         .step_size = c->schedule.step_size, .gamma = c->schedule.gamma,
+                         .total = (int64_t)c->train.epochs * steps, .min_lr = c->schedule.min_lr,
+                         .warmup_steps = c->schedule.warmup_steps};
+    if (r->d.rank == 0) {
+        char mp[CT_CFG_STR + 16];
+        snprintf(mp, sizeof mp, "%s/metrics.jsonl", c->output.dir);
+        mf = fopen(mp, start_epoch > 0 ? "a" : "w");
+        if (!mf) fprintf(stderr, "ctrain: warning: cannot write %s\n", mp);
+        ct_named t = ct_module_params(r->model, true), a = ct_module_params(r->model, false);
+        fprintf(stderr, "ctrain: %lld parameters, %lld trainable; %lld training samples on %d rank(s), %lld steps/epoch\n",
+                (long long)ct_named_numel(&a), (long long)ct_named_numel(&t), (long long)r->train.n,
+                r->d.size, (long long)steps);
+        ct_named_free(&t);
+        ct_named_free(&a);
+    }
+
+    for (int epoch = start_epoch; epoch < c->train.epochs; epoch++) {
+        maybe_unfreeze(r, opt, epoch);
+        reseed_epoch(r, loader, epoch);
+        ct_loader_start(loader, ct_sampler_epoch(sampler, (uint64_t)epoch), shard);
+        ct_module_train(r->model, true);
+        ct_progress_bar bar;
+        ct_progress_start(&bar, steps, c->train.log_every);
+        double loss_sum = 0, t0 = ct_now();
+        for (int64_t s = 0; s < steps; s++, step++) CT_SCOPE {
+            maybe_inject_fault(&r->d, step);
+            ct_batch b;
+            ct_loader_next(loader, &b);
+            ct_status pst = ct_ddp_prepare(ddp);
+            if (pst != CT_OK) ct_fatal("%s", ct_last_error());
+            ct_optim_apply_schedule(opt, &sched, step, epoch);
+            ct_tensor *loss = ct_cross_entropy(ct_module_forward(r->model, b.x), b.y, CT_REDUCE_MEAN);
+            ct_backward(loss);
+            ct_ddp_finish(ddp);
+            ct_optim_step(opt);
+            ct_ddp_zero_grad(ddp);
+            loss_sum += loss->data[0];
+            if (r->d.rank == 0) ct_progress_update(&bar, epoch, s, steps, loss_sum / (double)(s + 1), b.size * r->d.size);
+        }
+        double secs = ct_now() - t0;
+        if (r->d.rank == 0) ct_progress_end(&bar);
+        /* The epoch's training loss averaged over ranks, and the evaluation. */
+        double tl[1] = {loss_sum / (double)steps};
+        CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, tl, 1, MPI_DOUBLE, MPI_SUM, r->d.world));
+        tl[0] /= r->d.size;
+        ct_ddp_sync_buffers(ddp);
+        ct_eval_result ev;
+        st = ct_dist_evaluate(&r->d, r->model, &r->test, &r->eval_opts, &ev);
+        if (st != CT_OK) ct_fatal("evaluation: %s", ct_last_error());
+        if (r->d.rank == 0) {
+            printf("{\"event\":\"eval\",\"epoch\":%d,\"loss\":%.6f,\"accuracy\":%.6f,\"samples\":%lld}\n",
+                   epoch + 1, ev.loss, ev.accuracy, (long long)ev.samples);
+            fflush(stdout);
+            write_metrics(mf,
+                          "{\"epoch\":%d,\"step\":%lld,\"train_loss\":%.6f,\"eval_loss\":%.6f,"
+                          "\"eval_accuracy\":%.6f,\"eval_samples\":%lld,\"lr\":%.6g,\"epoch_s\":%.3f,"
+                          "\"samples_per_s\":%.1f,\"ranks\":%d}\n",
+                          epoch + 1, (long long)step, tl[0], ev.loss, ev.accuracy, (long long)ev.samples,
+                          ct_optim_lr(opt, 0), secs, (double)(steps * c->train.batch_size * r->d.size) / secs,
+                          r->d.size);
+        }
+        bool ckpt = (epoch + 1) % c->output.checkpoint_every == 0 || epoch + 1 == c->train.epochs;
+        if (ckpt) {
+            st = r->d.rank == 0 ? save_checkpoint(r, opt, epoch + 1, step) : CT_OK;
+            /* The barrier is the agreement: nobody goes on while the file may be missing. */
+            if (ct_run_agree(&r->d, st) != CT_OK) goto out;
+        }
+    }
+out:
+    if (mf) fclose(mf);
+    ct_loader_free(loader);
+    ct_sampler_free(sampler);
+    ct_optim_free(opt);
+    ct_ddp_free(ddp);
+    return st == CT_OK ? 0 : 1;
+}

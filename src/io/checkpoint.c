@@ -1,0 +1,263 @@
+/* Checkpoints: one safetensors file with the model's state_dict (PyTorch names and
+ * layouts, num_batches_tracked as I64), the optimizer state ("optim.*"), the dropout RNG
+ * streams ("rng.*") and the training progress in the metadata. Written atomically. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "io.h"
+
+/* A growable list of entries whose names and scalar values it owns. */
+typedef struct {
+    ct_st_entry *e;
+    char **names;
+    void **owned;
+    int n, cap;
+} entries;
+
+static ct_st_entry *push(entries *l, const char *name) {
+    if (l->n == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 64;
+        l->e = realloc(l->e, (size_t)l->cap * sizeof *l->e);
+        l->names = realloc(l->names, (size_t)l->cap * sizeof *l->names);
+        l->owned = realloc(l->owned, (size_t)l->cap * sizeof *l->owned);
+        CT_ASSERT(l->e && l->names && l->owned, "checkpoint: out of memory");
+    }
+    l->names[l->n] = strdup(name);
+    l->owned[l->n] = NULL;
+    CT_ASSERT(l->names[l->n], "checkpoint: out of memory");
+    ct_st_entry *e = &l->e[l->n++];
+    memset(e, 0, sizeof *e);
+    e->name = l->names[l->n - 1];
+    return e;
+}
+
+static void *own_copy(entries *l, const void *src, size_t bytes) {
+    void *p = malloc(bytes);
+    CT_ASSERT(p, "checkpoint: out of memory");
+    memcpy(p, src, bytes);
+    l->owned[l->n - 1] = p;
+    return p;
+}
+
+static void entries_free(entries *l) {
+    for (int i = 0; i < l->n; i++) free(l->names[i]), free(l->owned[i]);
+    free(l->e);
+    free(l->names);
+    free(l->owned);
+}
+
+static ct_status add_optim_tensor(void *ctx, const char *name, const float *data, int64_t numel) {
+    ct_st_entry *e = push(ctx, name);
+    e->dtype = CT_DTYPE_F32;
+    e->ndim = 1;
+    e->shape[0] = numel;
+    e->data = data;
+    return CT_OK;
+}
+
+static ct_status add_optim_scalar(void *ctx, const char *name, double v) {
+    entries *l = ctx;
+    ct_st_entry *e = push(l, name);
+    e->dtype = CT_DTYPE_F64;
+    e->ndim = 0;
+    e->data = own_copy(l, &v, sizeof v);
+    return CT_OK;
+}
+
+/* state_dict order, as PyTorch writes it: per module, parameters, then buffers, then
+ * num_batches_tracked. */
+static void add_model(entries *l, ct_module *m) {
+    ct_named mods = ct_module_modules(m);
+    for (int i = 0; i < mods.n; i++) {
+        ct_module *mm = mods.owners[i];
+        const char *pre = mods.names[i];
+        char name[512];
+        for (int k = 0; k < mm->nparams + mm->nbuffers; k++) {
+            bool is_p = k < mm->nparams;
+            ct_tensor *t = is_p ? mm->params[k] : mm->buffers[k - mm->nparams];
+            snprintf(name, sizeof name, "%s%s%s", pre, *pre ? "." : "",
+                     is_p ? mm->param_names[k] : mm->buffer_names[k - mm->nparams]);
+            ct_st_entry *e = push(l, name);
+            *e = ct_st_from_tensor(e->name, t);
+        }
+        if (mm->nbuffers && strncmp(mm->type, "BatchNorm", 9) == 0) {
+            snprintf(name, sizeof name, "%s%snum_batches_tracked", pre, *pre ? "." : "");
+            ct_st_entry *e = push(l, name);
+            e->dtype = CT_DTYPE_I64;
+            e->data = own_copy(l, &mm->num_batches_tracked, sizeof(int64_t));
+        }
+        if (strcmp(mm->type, "Dropout") == 0) {
+            snprintf(name, sizeof name, "rng.%s", pre);
+            ct_st_entry *e = push(l, name);
+            e->dtype = CT_DTYPE_U64;
+            e->ndim = 1;
+            e->shape[0] = 4;
+            e->data = own_copy(l, mm->rng.s, sizeof mm->rng.s);
+        }
+    }
+    ct_named_free(&mods);
+}
+
+ct_status ct_ckpt_save(const char *path, ct_module *m, const ct_optim *o, const ct_progress *p) {
+    entries l = {0};
+    add_model(&l, m);
+    ct_status st = o ? ct_optim_state_foreach(o, add_optim_tensor, add_optim_scalar, &l) : CT_OK;
+    char epoch[32], step[32], seed[32], world[32];
+    snprintf(epoch, sizeof epoch, "%" PRId64, p->epoch);
+    snprintf(step, sizeof step, "%" PRId64, p->step);
+    snprintf(seed, sizeof seed, "%" PRIu64, p->seed);
+    snprintf(world, sizeof world, "%d", p->world);
+    ct_st_meta meta[] = {{"format", "ctrain-checkpoint-1"}, {"epoch", epoch}, {"step", step},
+                         {"seed", seed}, {"world", world}};
+    if (st == CT_OK) st = ct_st_save(path, l.e, l.n, meta, (int)(sizeof meta / sizeof *meta));
+    entries_free(&l);
+    return st;
+}
+
+/* Appends "; <text>" to a growing report. */
+static void report(char **r, size_t *len, const char *fmt, const char *a, const char *b,
+                   const char *c) {
+    char line[700];
+    int k = snprintf(line, sizeof line, fmt, a, b, c);
+    *r = realloc(*r, *len + (size_t)k + 3);
+    CT_ASSERT(*r, "checkpoint: out of memory");
+    if (*len) memcpy(*r + *len, "; ", 2), *len += 2;
+    memcpy(*r + *len, line, (size_t)k + 1);
+    *len += (size_t)k;
+}
+
+static const char *st_shape(const ct_st_entry *e, char *buf, size_t n) {
+    size_t off = (size_t)snprintf(buf, n, "%s [", ct_dtype_name(e->dtype));
+    for (int i = 0; i < e->ndim && off < n; i++)
+        off += (size_t)snprintf(buf + off, n - off, i ? ", %" PRId64 : "%" PRId64, e->shape[i]);
+    if (off < n) snprintf(buf + off, n - off, "]");
+    return buf;
+}
+
+static bool is_model_entry(const char *name) {
+    return strncmp(name, "optim.", 6) != 0 && strncmp(name, "rng.", 4) != 0;
+}
+
+ct_status ct_ckpt_load_model(const ct_st_file *f, ct_module *m, bool strict, char **not_loaded) {
+    entries want = {0};
+    add_model(&want, m);
+    char *rep = NULL;
+    size_t len = 0;
+    int errors = 0;
+    bool *used = calloc((size_t)ct_st_count(f) + 1, 1);
+    CT_ASSERT(used, "checkpoint: out of memory");
+    /* First pass: check everything, so the report lists every mismatch at once. */
+    for (int i = 0; i < want.n; i++) {
+        const ct_st_entry *w = &want.e[i];
+        const ct_st_entry *e = ct_st_find(f, w->name);
+        char a[128], b[128];
+        if (!e) {
+            if (strict || strncmp(w->name, "rng.", 4) != 0)
+                report(&rep, &len, "missing from the checkpoint: %s%s%s", w->name, "", "");
+            errors += strict;
+            continue;
+        }
+        used[e - ct_st_at(f, 0)] = true;
+        bool same = e->dtype == w->dtype && e->ndim == w->ndim &&
+                    memcmp(e->shape, w->shape, (size_t)w->ndim * sizeof *w->shape) == 0;
+        if (!same) {
+            report(&rep, &len, "%s is %s in the checkpoint but %s in the model", w->name,
+                   st_shape(e, a, sizeof a), st_shape(w, b, sizeof b));
+            errors++;
+        }
+    }
+    for (int i = 0; i < ct_st_count(f); i++) {
+        const ct_st_entry *e = ct_st_at(f, i);
+        if (!used[i] && is_model_entry(e->name)) {
+            report(&rep, &len, "unexpected in the checkpoint: %s%s%s", e->name, "", "");
+            errors += strict;
+        }
+    }
+    /* Non-strict: shape mismatches are skipped (a new head over an old backbone), so they
+     * are reported but not fatal. */
+    if (!strict) errors = 0;
+    ct_status st = CT_OK;
+    if (errors) {
+        st = ct_error(CT_ERR_SHAPE, "%s: does not match the model: %s", ct_st_path(f), rep);
+    } else {
+        for (int i = 0; i < want.n; i++) {
+            const ct_st_entry *w = &want.e[i], *e = ct_st_find(f, w->name);
+            if (!e || e->dtype != w->dtype || e->ndim != w->ndim ||
+                memcmp(e->shape, w->shape, (size_t)w->ndim * sizeof *w->shape) != 0)
+                continue;
+            /* The wanted entries point at the model's own memory (or at copies for the
+             * counters and RNG), so write through them. */
+            memcpy((void *)w->data, e->data, ct_st_nbytes(e));
+        }
+        /* Copy the scalar mirrors back into the modules. */
+        ct_named mods = ct_module_modules(m);
+        for (int i = 0; i < mods.n; i++) {
+            ct_module *mm = mods.owners[i];
+            char name[512];
+            const char *pre = mods.names[i];
+            snprintf(name, sizeof name, "%s%snum_batches_tracked", pre, *pre ? "." : "");
+            const ct_st_entry *e = ct_st_find(f, name);
+            if (e && e->dtype == CT_DTYPE_I64 && ct_st_numel(e) == 1)
+                memcpy(&mm->num_batches_tracked, e->data, sizeof(int64_t));
+            snprintf(name, sizeof name, "rng.%s", pre);
+            e = ct_st_find(f, name);
+            if (e && e->dtype == CT_DTYPE_U64 && ct_st_numel(e) == 4 && !strcmp(mm->type, "Dropout"))
+                memcpy(mm->rng.s, e->data, sizeof mm->rng.s);
+        }
+        ct_named_free(&mods);
+    }
+    free(used);
+    entries_free(&want);
+    if (not_loaded)
+        *not_loaded = rep;
+    else
+        free(rep);
+    return st;
+}
+
+ct_status ct_ckpt_load_optim(const ct_st_file *f, ct_optim *o) {
+    ct_optim_load_begin(o);
+    ct_status st = CT_OK;
+    for (int i = 0; i < ct_st_count(f) && st == CT_OK; i++) {
+        const ct_st_entry *e = ct_st_at(f, i);
+        if (strncmp(e->name, "optim.", 6) != 0) continue;
+        if (e->dtype == CT_DTYPE_F32)
+            st = ct_optim_load_tensor(o, e->name, e->data, ct_st_numel(e));
+        else if (e->dtype == CT_DTYPE_F64 && ct_st_numel(e) == 1)
+            st = ct_optim_load_scalar(o, e->name, *(const double *)e->data);
+        else
+            st = ct_error(CT_ERR_FORMAT, "%s: optimizer entry %s has dtype %s", ct_st_path(f),
+                          e->name, ct_dtype_name(e->dtype));
+    }
+    if (st == CT_OK) st = ct_optim_load_end(o);
+    if (st != CT_OK && !strstr(ct_last_error(), ct_st_path(f)))
+        st = ct_error(st, "%s: %s", ct_st_path(f), ct_last_error());
+    return st;
+}
+
+static ct_status meta_i64(const ct_st_file *f, const char *key, int64_t *out) {
+    const char *v = ct_st_meta_get(f, key);
+    char *end = NULL;
+    if (v) *out = strtoll(v, &end, 10);
+    if (!v || !*v || *end)
+        return ct_error(CT_ERR_FORMAT, "%s: metadata '%s' is missing or not an integer",
+                        ct_st_path(f), key);
+    return CT_OK;
+}
+
+ct_status ct_ckpt_progress(const ct_st_file *f, ct_progress *p) {
+    const char *fmt = ct_st_meta_get(f, "format");
+    if (!fmt || strcmp(fmt, "ctrain-checkpoint-1") != 0)
+        return ct_error(CT_ERR_FORMAT, "%s: not a ctrain checkpoint (metadata format is %s)",
+                        ct_st_path(f), fmt ? fmt : "missing");
+    int64_t seed = 0, world = 0;
+    ct_status st = meta_i64(f, "epoch", &p->epoch);
+    if (st == CT_OK) st = meta_i64(f, "step", &p->step);
+    if (st == CT_OK) st = meta_i64(f, "seed", &seed);
+    if (st == CT_OK) st = meta_i64(f, "world", &world);
+    p->seed = (uint64_t)seed;
+    p->world = (int)world;
+    return st;
+}
