@@ -1,0 +1,181 @@
+/* 2-d max and average pooling over [N, C, H, W], PyTorch semantics with ceil_mode=False.
+ * Max pool treats padding as -inf and routes the gradient to the argmax of each window
+ * (the first maximum, or a NaN, as PyTorch's CPU kernel does); the argmax indices live in
+ * the node's aux scratch, written only when a node is recorded. Average pool divides by
+ * kernel^2 including padded zeros (count_include_pad=True, PyTorch's default). */
+#include "internal.h"
+
+#include <math.h>
+#include <stdint.h>
+
+typedef struct {
+    int64_t planes, h, w; /* N*C input planes of h x w */
+    int64_t k, s, p;
+    int64_t oh, ow;
+} pool_geom;
+
+/* Validates the arguments the way PyTorch does and works out the output size. */
+static pool_geom pool_setup(const char *op, const ct_tensor *x, int kernel, int stride,
+                            int padding) {
+    ct__check_ndim(op, x, 4, "[N, C, H, W]");
+    CT_ASSERT(kernel >= 1 && stride >= 0 && padding >= 0,
+              "%s: kernel %d must be >= 1, stride %d >= 0 and padding %d >= 0", op, kernel,
+              stride, padding);
+    CT_ASSERT(2 * padding <= kernel, "%s: padding %d must be at most half of kernel %d", op,
+              padding, kernel);
+    pool_geom g = {.planes = x->shape[0] * x->shape[1], .h = x->shape[2], .w = x->shape[3],
+                   .k = kernel, .s = stride ? stride : kernel, .p = padding};
+    CT_ASSERT(g.k <= g.h + 2 * g.p && g.k <= g.w + 2 * g.p,
+              "%s: kernel %d is larger than the padded input %s (padding %d)", op, kernel,
+              CT_SHAPE_STR(x), padding);
+    g.oh = (g.h + 2 * g.p - g.k) / g.s + 1;
+    g.ow = (g.w + 2 * g.p - g.k) / g.s + 1;
+    return g;
+}
+
+static void pool_store(ct_node *n, const pool_geom *g) {
+    n->i[0] = g->h, n->i[1] = g->w, n->i[2] = g->k, n->i[3] = g->s, n->i[4] = g->p;
+}
+
+static pool_geom pool_load(const ct_node *n) {
+    return (pool_geom){.planes = n->out_shape[0] * n->out_shape[1], .h = n->i[0], .w = n->i[1],
+                       .k = n->i[2], .s = n->i[3], .p = n->i[4], .oh = n->out_shape[2],
+                       .ow = n->out_shape[3]};
+}
+
+/* The window of output (oy, ox) clipped to the input: rows [*y0, *y1), cols [*x0, *x1). */
+static void window(const pool_geom *g, int64_t oy, int64_t ox, int64_t *y0, int64_t *y1,
+                   int64_t *x0, int64_t *x1) {
+    int64_t ys = oy * g->s - g->p, xs = ox * g->s - g->p;
+    *y0 = ys > 0 ? ys : 0;
+    *x0 = xs > 0 ? xs : 0;
+    *y1 = ys + g->k < g->h ? ys + g->k : g->h;
+    *x1 = xs + g->k < g->w ? xs + g->k : g->w;
+}
+
+/* ---- max pool ---------------------------------------------------------------------- */
+
+static void max_pool2d_backward(ct_node *n, const ct_tensor *gout) {
+    ct_tensor *gx = ct_node_grad_in(n, 0);
+    if (!gx) return;
+    pool_geom g = pool_load(n);
+    const int32_t *idx = n->aux;
+    int64_t in_plane = g.h * g.w, out_plane = g.oh * g.ow;
+    for (int64_t pl = 0; pl < g.planes; pl++) {
+        float *dx = gx->data + pl * in_plane;
+        const float *go = gout->data + pl * out_plane;
+        const int32_t *ix = idx + pl * out_plane;
+        for (int64_t j = 0; j < out_plane; j++) dx[ix[j]] += go[j];
+    }
+}
+
+/* The output columns [lo, hi) whose input column ox*s - p + kj lies inside [0, w). */
+static void valid_cols(const pool_geom *g, int64_t kj, int64_t *lo, int64_t *hi) {
+    int64_t a = g->p - kj, b = g->w - 1 + g->p - kj;
+    *lo = a > 0 ? (a + g->s - 1) / g->s : 0;
+    *hi = b < 0 ? 0 : b / g->s + 1;
+    if (*hi > g->ow) *hi = g->ow;
+    if (*lo > *hi) *lo = *hi;
+}
+
+ct_tensor *ct_max_pool2d(ct_tensor *x, int kernel, int stride, int padding) {
+    pool_geom g = pool_setup("max_pool2d", x, kernel, stride, padding);
+    CT_ASSERT(g.h * g.w <= INT32_MAX, "max_pool2d: input planes of %s are too large",
+              CT_SHAPE_STR(x));
+    ct_tensor *y = ct_tensor_new(CT_SHAPE(x->shape[0], x->shape[1], g.oh, g.ow));
+    ct_node *n = CT_RECORD("max_pool2d", max_pool2d_backward, y, x);
+    /* argmax within the input plane: kept in the node for backward, else one scratch row */
+    int32_t *idx = NULL, *row_arg = NULL;
+    if (n) {
+        pool_store(n, &g);
+        idx = ct_node_aux(n, (size_t)y->numel * sizeof(int32_t));
+    } else {
+        row_arg = ct_alloc((size_t)g.ow * sizeof(int32_t));
+    }
+    int64_t in_plane = g.h * g.w, out_plane = g.oh * g.ow;
+    for (int64_t pl = 0; pl < g.planes; pl++) {
+        const float *src = x->data + pl * in_plane;
+        for (int64_t oy = 0; oy < g.oh; oy++) {
+            /* A whole output row at a time, one window offset (ki, kj) after the other.
+             * Offsets go in row-major order, so ties keep the first maximum as in
+             * PyTorch, and a NaN wins (and stays) as it does there. */
+            float *best = y->data + pl * out_plane + oy * g.ow;
+            int32_t *arg = idx ? idx + pl * out_plane + oy * g.ow : row_arg;
+            int64_t y0 = oy * g.s - g.p > 0 ? oy * g.s - g.p : 0;
+            for (int64_t ox = 0; ox < g.ow; ox++) {
+                int64_t x0 = ox * g.s - g.p > 0 ? ox * g.s - g.p : 0;
+                best[ox] = -INFINITY;
+                arg[ox] = (int32_t)(y0 * g.w + x0);
+            }
+            for (int64_t ki = 0; ki < g.k; ki++) {
+                int64_t iy = oy * g.s - g.p + ki;
+                if (iy < 0 || iy >= g.h) continue;
+                for (int64_t kj = 0; kj < g.k; kj++) {
+                    int64_t lo, hi;
+                    valid_cols(&g, kj, &lo, &hi);
+                    for (int64_t ox = lo; ox < hi; ox++) {
+                        int32_t at = (int32_t)(iy * g.w + ox * g.s - g.p + kj);
+                        float v = src[at], b = best[ox];
+                        int32_t a = arg[ox];
+                        bool gt = v > b; /* selects, not a branch: gt is data-random */
+                        b = gt ? v : b;
+                        a = gt ? at : a;
+                        if (isnan(v)) { /* rare, so this branch is predictable */
+                            b = v;
+                            a = at;
+                        }
+                        best[ox] = b;
+                        arg[ox] = a;
+                    }
+                }
+            }
+        }
+    }
+    if (row_arg) ct_free(row_arg, (size_t)g.ow * sizeof(int32_t));
+    return y;
+}
+
+/* ---- average pool ------------------------------------------------------------------ */
+
+static void avg_pool2d_backward(ct_node *n, const ct_tensor *gout) {
+    ct_tensor *gx = ct_node_grad_in(n, 0);
+    if (!gx) return;
+    pool_geom g = pool_load(n);
+    float inv = 1.0f / (float)(g.k * g.k);
+    int64_t in_plane = g.h * g.w, out_plane = g.oh * g.ow;
+    for (int64_t pl = 0; pl < g.planes; pl++) {
+        float *dx = gx->data + pl * in_plane;
+        const float *go = gout->data + pl * out_plane;
+        for (int64_t oy = 0; oy < g.oh; oy++)
+            for (int64_t ox = 0; ox < g.ow; ox++) {
+                int64_t y0, y1, x0, x1;
+                window(&g, oy, ox, &y0, &y1, &x0, &x1);
+                float v = go[oy * g.ow + ox] * inv;
+                for (int64_t iy = y0; iy < y1; iy++)
+                    for (int64_t ix = x0; ix < x1; ix++) dx[iy * g.w + ix] += v;
+            }
+    }
+}
+
+ct_tensor *ct_avg_pool2d(ct_tensor *x, int kernel, int stride, int padding) {
+    pool_geom g = pool_setup("avg_pool2d", x, kernel, stride, padding);
+    ct_tensor *y = ct_tensor_new(CT_SHAPE(x->shape[0], x->shape[1], g.oh, g.ow));
+    float inv = 1.0f / (float)(g.k * g.k);
+    int64_t in_plane = g.h * g.w, out_plane = g.oh * g.ow;
+    for (int64_t pl = 0; pl < g.planes; pl++) {
+        const float *src = x->data + pl * in_plane;
+        float *dst = y->data + pl * out_plane;
+        for (int64_t oy = 0; oy < g.oh; oy++)
+            for (int64_t ox = 0; ox < g.ow; ox++) {
+                int64_t y0, y1, x0, x1;
+                window(&g, oy, ox, &y0, &y1, &x0, &x1);
+                float s = 0;
+                for (int64_t iy = y0; iy < y1; iy++)
+                    for (int64_t ix = x0; ix < x1; ix++) s += src[iy * g.w + ix];
+                dst[oy * g.ow + ox] = s * inv;
+            }
+    }
+    ct_node *n = CT_RECORD("avg_pool2d", avg_pool2d_backward, y, x);
+    if (n) pool_store(n, &g);
+    return y;
+}

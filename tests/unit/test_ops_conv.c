@@ -1,0 +1,349 @@
+/* conv2d, max_pool2d and avg_pool2d: forward values against naive loops written here,
+ * backward against finite differences, the skipped dW/dX GEMMs, and shape errors. */
+#include <math.h>
+
+#include "util.h"
+
+/* ---- references ---------------------------------------------------------------------- */
+
+/* Direct convolution straight from the definition, in double. */
+static void naive_conv(const ct_tensor *x, const ct_tensor *w, const ct_tensor *b, int s, int p,
+                       const ct_tensor *y) {
+    int64_t n = x->shape[0], c = x->shape[1], h = x->shape[2], wd = x->shape[3];
+    int64_t o = w->shape[0], kh = w->shape[2], kw = w->shape[3];
+    int64_t oh = y->shape[2], ow = y->shape[3];
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t f = 0; f < o; f++)
+            for (int64_t oy = 0; oy < oh; oy++)
+                for (int64_t ox = 0; ox < ow; ox++) {
+                    double acc = b ? b->data[f] : 0;
+                    for (int64_t ch = 0; ch < c; ch++)
+                        for (int64_t ki = 0; ki < kh; ki++)
+                            for (int64_t kj = 0; kj < kw; kj++) {
+                                int64_t iy = oy * s - p + ki, ix = ox * s - p + kj;
+                                if (iy < 0 || iy >= h || ix < 0 || ix >= wd) continue;
+                                acc += (double)x->data[((i * c + ch) * h + iy) * wd + ix] *
+                                       w->data[((f * c + ch) * kh + ki) * kw + kj];
+                            }
+                    float got = y->data[((i * o + f) * oh + oy) * ow + ox];
+                    ck_assert_msg(fabs(got - acc) <= 1e-4 * (1 + fabs(acc)),
+                                  "y[%lld,%lld,%lld,%lld] = %g, direct convolution gives %g",
+                                  (long long)i, (long long)f, (long long)oy, (long long)ox, got,
+                                  acc);
+                }
+}
+
+/* One conv configuration: x [n, c, h, w], weight [o, c, kh, kw]. */
+typedef struct {
+    int64_t n, c, h, w, o, kh, kw;
+    int s, p;
+    bool bias;
+} conv_cfg;
+
+static const conv_cfg cfgs[] = {
+    {2, 1, 5, 6, 3, 3, 3, 1, 1, true},   /* one input channel, padded, non-square */
+    {2, 3, 7, 5, 4, 3, 3, 2, 0, false},  /* stride 2, no padding, no bias */
+    {1, 2, 6, 7, 3, 3, 3, 2, 1, true},   /* stride 2 with padding */
+    {2, 3, 4, 5, 2, 1, 1, 1, 0, true},   /* 1x1 fast path */
+    {1, 2, 5, 4, 2, 2, 3, 1, 1, false},  /* rectangular kernel */
+    {1, 2, 2, 3, 2, 3, 3, 3, 2, true},   /* kernel larger than the input, stride 3 */
+    {3, 4, 6, 6, 5, 1, 1, 2, 1, false},  /* 1x1 with stride and padding: the im2col path */
+};
+#define NCFG (int)(sizeof cfgs / sizeof cfgs[0])
+
+static ct_tensor *conv_fn(ct_tensor **in, void *ctx) {
+    const conv_cfg *k = ctx;
+    return ct_conv2d(in[0], in[1], k->bias ? in[2] : NULL, k->s, k->p);
+}
+
+START_TEST(conv_forward_matches_direct) {
+    const conv_cfg *k = &cfgs[_i];
+    CT_SCOPE {
+        ct_tensor *x = ct_test_rand(CT_SHAPE(k->n, k->c, k->h, k->w), -1, 1, 10 + _i);
+        ct_tensor *w = ct_test_rand(CT_SHAPE(k->o, k->c, k->kh, k->kw), -1, 1, 20 + _i);
+        ct_tensor *b = ct_test_rand(CT_SHAPE(k->o), -1, 1, 30 + _i);
+        ct_tensor *y = ct_conv2d(x, w, k->bias ? b : NULL, k->s, k->p);
+        ck_assert_int_eq(y->ndim, 4);
+        ck_assert_int_eq(y->shape[0], k->n);
+        ck_assert_int_eq(y->shape[1], k->o);
+        ck_assert_int_eq(y->shape[2], (k->h + 2 * k->p - k->kh) / k->s + 1);
+        ck_assert_int_eq(y->shape[3], (k->w + 2 * k->p - k->kw) / k->s + 1);
+        naive_conv(x, w, k->bias ? b : NULL, k->s, k->p, y);
+    }
+}
+END_TEST
+
+START_TEST(conv_backward_gradcheck) {
+    const conv_cfg *k = &cfgs[_i];
+    CT_SCOPE {
+        ct_tensor *x = ct_test_rand(CT_SHAPE(k->n, k->c, k->h, k->w), -1, 1, 40 + _i);
+        ct_tensor *w = ct_test_rand(CT_SHAPE(k->o, k->c, k->kh, k->kw), -1, 1, 50 + _i);
+        ct_tensor *b = ct_test_rand(CT_SHAPE(k->o), -1, 1, 60 + _i);
+        ct_tensor *in[] = {x, w, b};
+        for (int j = 0; j < (k->bias ? 3 : 2); j++) ct_set_requires_grad(in[j], true);
+        double err = ct_test_gradcheck("conv2d", conv_fn, k->bias ? 3 : 2, in, (void *)k, 1e-2,
+                                       1e-3, 1e-2);
+        ck_assert_msg(err <= 1, "conv2d config %d: gradcheck error %g", _i, err);
+    }
+}
+END_TEST
+
+/* Runs y = conv(x, w, b) and backward with a fixed upstream gradient, returning how many
+ * GEMMs the backward made. */
+static int64_t conv_backward_gemms(ct_tensor *x, ct_tensor *w, ct_tensor *b) {
+    int64_t calls = 0;
+    CT_SCOPE {
+        ct_tensor *y = ct_conv2d(x, w, b, 1, 1);
+        ct_tensor *g = ct_test_rand(y->ndim, y->shape, -1, 1, 77);
+        int64_t before = ct_stats_get().gemm_calls;
+        ct_backward_ex(y, g, false);
+        calls = ct_stats_get().gemm_calls - before;
+    }
+    return calls;
+}
+
+START_TEST(conv_skips_unneeded_gradients) {
+    const int64_t n = 3;
+    CT_SCOPE {
+        ct_tensor *x = ct_test_rand(CT_SHAPE(n, 2, 5, 5), -1, 1, 1);
+        ct_tensor *w = ct_test_rand(CT_SHAPE(4, 2, 3, 3), -1, 1, 2);
+        ct_tensor *b = ct_test_rand(CT_SHAPE(4), -1, 1, 3);
+
+        /* everything trainable: one dW and one dX GEMM per sample */
+        ct_set_requires_grad(x, true);
+        ct_set_requires_grad(w, true);
+        ct_set_requires_grad(b, true);
+        ck_assert_int_eq(conv_backward_gemms(x, w, b), 2 * n);
+        ct_tensor *gx_full = ct_clone_data(ct_grad(x)), *gb_full = ct_clone_data(ct_grad(b));
+
+        /* a data input (first layer): no dX GEMM and no .grad on x */
+        ct_clear_grad(x);
+        ct_clear_grad(w);
+        ct_clear_grad(b);
+        ct_set_requires_grad(x, false);
+        ck_assert_int_eq(conv_backward_gemms(x, w, b), n);
+        ck_assert_ptr_null(ct_grad(x));
+        ck_assert_ptr_nonnull(ct_grad(w));
+
+        /* a frozen weight: no dW GEMM and no .grad on w, but x's gradient still flows */
+        ct_clear_grad(w);
+        ct_clear_grad(b);
+        ct_set_requires_grad(x, true);
+        ct_set_requires_grad(w, false);
+        ck_assert_int_eq(conv_backward_gemms(x, w, b), n);
+        ck_assert_ptr_null(ct_grad(w));
+        ck_assert_ptr_nonnull(ct_grad(x));
+        for (int64_t i = 0; i < x->numel; i++) ck_assert_close(ct_grad(x)->data[i], gx_full->data[i], 1e-5);
+        for (int64_t i = 0; i < b->numel; i++) ck_assert_close(ct_grad(b)->data[i], gb_full->data[i], 1e-5);
+
+        /* only the bias: no GEMM at all */
+        ct_clear_grad(x);
+        ct_clear_grad(b);
+        ct_set_requires_grad(x, false);
+        ck_assert_int_eq(conv_backward_gemms(x, w, b), 0);
+        ck_assert_ptr_nonnull(ct_grad(b));
+        for (int64_t i = 0; i < b->numel; i++) ck_assert_close(ct_grad(b)->data[i], gb_full->data[i], 1e-5);
+    }
+}
+END_TEST
+
+START_TEST(conv_saves_only_what_backward_uses) {
+    CT_SCOPE {
+        ct_tensor *x = ct_test_rand(CT_SHAPE(2, 2, 4, 4), -1, 1, 1);
+        ct_tensor *w = ct_test_rand(CT_SHAPE(3, 2, 3, 3), -1, 1, 2);
+        int64_t base = ct_stats_get().saved_tensors;
+        ct_set_requires_grad(w, true);
+        ct_conv2d(x, w, NULL, 1, 1); /* dW only: saves x */
+        ck_assert_int_eq(ct_stats_get().saved_tensors - base, 1);
+        ct_set_requires_grad(x, true);
+        ct_conv2d(x, w, NULL, 1, 1); /* dW and dX: saves x and w */
+        ck_assert_int_eq(ct_stats_get().saved_tensors - base, 3);
+        CT_NO_GRAD { ct_conv2d(x, w, NULL, 1, 1); } /* no_grad: nothing */
+        ck_assert_int_eq(ct_stats_get().saved_tensors - base, 3);
+    }
+}
+END_TEST
+
+/* ---- pooling ------------------------------------------------------------------------- */
+
+/* Pooling from the definition: windows over the zero/-inf padded input. */
+static void naive_pool(const ct_tensor *x, int k, int s, int p, bool max, const ct_tensor *y) {
+    int64_t planes = x->shape[0] * x->shape[1], h = x->shape[2], w = x->shape[3];
+    int64_t oh = y->shape[2], ow = y->shape[3];
+    ck_assert_int_eq(oh, (h + 2 * p - k) / s + 1);
+    ck_assert_int_eq(ow, (w + 2 * p - k) / s + 1);
+    for (int64_t pl = 0; pl < planes; pl++)
+        for (int64_t oy = 0; oy < oh; oy++)
+            for (int64_t ox = 0; ox < ow; ox++) {
+                double acc = max ? -INFINITY : 0;
+                for (int ki = 0; ki < k; ki++)
+                    for (int kj = 0; kj < k; kj++) {
+                        int64_t iy = oy * s - p + ki, ix = ox * s - p + kj;
+                        bool in = iy >= 0 && iy < h && ix >= 0 && ix < w;
+                        double v = in ? x->data[(pl * h + iy) * w + ix] : (max ? -INFINITY : 0);
+                        acc = max ? fmax(acc, v) : acc + v;
+                    }
+                if (!max) acc /= k * k;
+                ck_assert_close(y->data[(pl * oh + oy) * ow + ox], acc, 1e-5);
+            }
+}
+
+typedef struct {
+    int k, s, p;
+} pool_cfg;
+
+static const pool_cfg pcfgs[] = {{2, 0, 0}, {3, 2, 1}, {3, 1, 1}, {2, 1, 1}, {4, 3, 2}};
+#define NPCFG (int)(sizeof pcfgs / sizeof pcfgs[0])
+
+/* x [2, 3, 5, 6] holding a shuffled 0.1-spaced ramp: no ties in any window, and a
+ * finite-difference step of 0.01 never changes which element is the maximum. */
+static ct_tensor *distinct_input(uint64_t seed) {
+    ct_tensor *x = ct_zeros(CT_SHAPE(2, 3, 5, 6));
+    ct_rng r;
+    ct_rng_seed(&r, seed);
+    for (int64_t i = 0; i < x->numel; i++) x->data[i] = 0.1f * (float)i - 9;
+    for (int64_t i = x->numel - 1; i > 0; i--) {
+        int64_t j = (int64_t)ct_rng_below(&r, (uint64_t)i + 1);
+        float t = x->data[i];
+        x->data[i] = x->data[j];
+        x->data[j] = t;
+    }
+    return x;
+}
+
+static ct_tensor *pool_fn(ct_tensor **in, void *ctx) {
+    const int *a = ctx; /* {max?, k, s, p} */
+    return a[0] ? ct_max_pool2d(in[0], a[1], a[2], a[3]) : ct_avg_pool2d(in[0], a[1], a[2], a[3]);
+}
+
+START_TEST(pool_forward_matches_definition) {
+    const pool_cfg *c = &pcfgs[_i];
+    int s = c->s ? c->s : c->k;
+    CT_SCOPE {
+        ct_tensor *x = ct_test_rand(CT_SHAPE(2, 3, 7, 6), -1, 1, 5 + _i);
+        naive_pool(x, c->k, s, c->p, true, ct_max_pool2d(x, c->k, c->s, c->p));
+        naive_pool(x, c->k, s, c->p, false, ct_avg_pool2d(x, c->k, c->s, c->p));
+    }
+}
+END_TEST
+
+START_TEST(pool_backward_gradcheck) {
+    const pool_cfg *c = &pcfgs[_i];
+    CT_SCOPE {
+        ct_tensor *x = distinct_input(90 + _i);
+        ct_set_requires_grad(x, true);
+        int maxa[] = {1, c->k, c->s, c->p}, avga[] = {0, c->k, c->s, c->p};
+        double e1 = ct_test_gradcheck("max_pool2d", pool_fn, 1, &x, maxa, 1e-2, 1e-3, 1e-2);
+        ck_assert_msg(e1 <= 1, "max_pool2d config %d: gradcheck error %g", _i, e1);
+        double e2 = ct_test_gradcheck("avg_pool2d", pool_fn, 1, &x, avga, 1e-2, 1e-3, 1e-2);
+        ck_assert_msg(e2 <= 1, "avg_pool2d config %d: gradcheck error %g", _i, e2);
+    }
+}
+END_TEST
+
+START_TEST(pool_matches_torch) {
+    CT_SCOPE {
+        /* x = torch.arange(20.).reshape(1,1,4,5) * torch.tensor([1.,-1.]*10).reshape(1,1,4,5) */
+        ct_tensor *x = ct_zeros(CT_SHAPE(1, 1, 4, 5));
+        for (int i = 0; i < 20; i++) x->data[i] = (float)(i % 2 ? -i : i);
+        /* F.max_pool2d(x, 3, 2, 1), F.avg_pool2d(x, 3, 2, 1), F.max_pool2d(x, 2) */
+        const float mx[] = {6, 8, 8, 16, 18, 18};
+        const float av[] = {0, 0.5555555820465088f, 0, 0.1111111119389534f, 1.3333333730697632f,
+                            -0.1111111119389534f};
+        const float m2[] = {6, 8, 16, 18};
+        ct_tensor *a = ct_max_pool2d(x, 3, 2, 1), *b = ct_avg_pool2d(x, 3, 2, 1);
+        ct_tensor *c = ct_max_pool2d(x, 2, 0, 0);
+        ck_assert_int_eq(a->numel, 6);
+        ck_assert_int_eq(c->numel, 4);
+        for (int i = 0; i < 6; i++) ck_assert_float_eq(a->data[i], mx[i]);
+        for (int i = 0; i < 6; i++) ck_assert_float_eq_tol(b->data[i], av[i], 1e-6);
+        for (int i = 0; i < 4; i++) ck_assert_float_eq(c->data[i], m2[i]);
+    }
+}
+END_TEST
+
+START_TEST(max_pool_routes_gradient_to_argmax) {
+    CT_SCOPE {
+        /* windows {1,5,3,4}, {2,0,7,6} and the tie {2,2,2,2}: as in PyTorch, the first
+         * maximum of a tied window takes the gradient */
+        ct_tensor *x = ct_from_data(CT_SHAPE(1, 1, 2, 6), (float[]){1, 5, 2, 0, 2, 2, 3, 4, 7, 6, 2, 2});
+        ct_set_requires_grad(x, true);
+        ct_tensor *y = ct_max_pool2d(x, 2, 0, 0);
+        ck_assert_float_eq(y->data[2], 2);
+        ct_backward_ex(y, ct_from_data(CT_SHAPE(1, 1, 1, 3), (float[]){10, 20, 30}), false);
+        const float want[] = {0, 10, 0, 0, 30, 0, 0, 0, 20, 0, 0, 0};
+        for (int i = 0; i < 12; i++) ck_assert_float_eq(ct_grad(x)->data[i], want[i]);
+    }
+}
+END_TEST
+
+START_TEST(max_pool_propagates_nan) {
+    CT_SCOPE {
+        ct_tensor *x = ct_from_data(CT_SHAPE(1, 1, 2, 2), (float[]){1, NAN, 5, 2});
+        ck_assert(isnan(ct_max_pool2d(x, 2, 0, 0)->data[0])); /* torch gives nan too */
+    }
+}
+END_TEST
+
+/* ---- errors -------------------------------------------------------------------------- */
+
+START_TEST(conv_channel_mismatch_aborts) {
+    CT_SCOPE { ct_conv2d(ct_zeros(CT_SHAPE(1, 3, 5, 5)), ct_zeros(CT_SHAPE(2, 2, 3, 3)), NULL, 1, 0); }
+}
+END_TEST
+
+START_TEST(conv_kernel_too_large_aborts) {
+    CT_SCOPE { ct_conv2d(ct_zeros(CT_SHAPE(1, 1, 2, 5)), ct_zeros(CT_SHAPE(1, 1, 5, 3)), NULL, 1, 1); }
+}
+END_TEST
+
+START_TEST(conv_bias_mismatch_aborts) {
+    CT_SCOPE {
+        ct_conv2d(ct_zeros(CT_SHAPE(1, 1, 5, 5)), ct_zeros(CT_SHAPE(2, 1, 3, 3)),
+                  ct_zeros(CT_SHAPE(3)), 1, 0);
+    }
+}
+END_TEST
+
+START_TEST(conv_input_not_4d_aborts) {
+    CT_SCOPE { ct_conv2d(ct_zeros(CT_SHAPE(1, 5, 5)), ct_zeros(CT_SHAPE(2, 1, 3, 3)), NULL, 1, 0); }
+}
+END_TEST
+
+START_TEST(pool_kernel_too_large_aborts) {
+    CT_SCOPE { ct_max_pool2d(ct_zeros(CT_SHAPE(1, 1, 2, 2)), 4, 0, 0); }
+}
+END_TEST
+
+START_TEST(pool_padding_over_half_kernel_aborts) {
+    CT_SCOPE { ct_avg_pool2d(ct_zeros(CT_SHAPE(1, 1, 6, 6)), 2, 1, 2); }
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("ops_conv_pool");
+    TCase *tc = tcase_create("conv");
+    tcase_set_timeout(tc, 60);
+    tcase_add_loop_test(tc, conv_forward_matches_direct, 0, NCFG);
+    tcase_add_loop_test(tc, conv_backward_gradcheck, 0, NCFG);
+    tcase_add_test(tc, conv_skips_unneeded_gradients);
+    tcase_add_test(tc, conv_saves_only_what_backward_uses);
+    suite_add_tcase(s, tc);
+    TCase *tp = tcase_create("pool");
+    tcase_set_timeout(tp, 60);
+    tcase_add_loop_test(tp, pool_forward_matches_definition, 0, NPCFG);
+    tcase_add_loop_test(tp, pool_backward_gradcheck, 0, NPCFG);
+    tcase_add_test(tp, pool_matches_torch);
+    tcase_add_test(tp, max_pool_routes_gradient_to_argmax);
+    tcase_add_test(tp, max_pool_propagates_nan);
+    suite_add_tcase(s, tp);
+    TCase *te = tcase_create("errors");
+    tcase_add_test_raise_signal(te, conv_channel_mismatch_aborts, SIGABRT);
+    tcase_add_test_raise_signal(te, conv_kernel_too_large_aborts, SIGABRT);
+    tcase_add_test_raise_signal(te, conv_bias_mismatch_aborts, SIGABRT);
+    tcase_add_test_raise_signal(te, conv_input_not_4d_aborts, SIGABRT);
+    tcase_add_test_raise_signal(te, pool_kernel_too_large_aborts, SIGABRT);
+    tcase_add_test_raise_signal(te, pool_padding_over_half_kernel_aborts, SIGABRT);
+    suite_add_tcase(s, te);
+    return ct_test_run(s);
+}
