@@ -1,0 +1,225 @@
+/* Modules: PyTorch names and layouts, init, train/eval vs grad mode, freezing, packing. */
+#include <string.h>
+
+#include "util.h"
+
+static ct_rng rng_of(uint64_t seed) {
+    ct_rng r;
+    ct_rng_seed(&r, seed);
+    return r;
+}
+
+START_TEST(cnn_state_names_match_pytorch) {
+    ct_rng r = rng_of(1);
+    ct_module *m = ct_nn_cnn(1, 28, 10, 0.25f, &r);
+    ct_named p = ct_module_params(m, false), b = ct_module_buffers(m);
+    const char *want_p[] = {"backbone.0.weight", "backbone.0.bias", "backbone.1.weight",
+                            "backbone.1.bias", "backbone.4.weight", "backbone.4.bias",
+                            "backbone.5.weight", "backbone.5.bias", "head.0.weight",
+                            "head.0.bias", "head.3.weight", "head.3.bias"};
+    ck_assert_int_eq(p.n, 12);
+    for (int i = 0; i < p.n; i++) ck_assert_str_eq(p.names[i], want_p[i]);
+    ck_assert_int_eq(b.n, 4);
+    ck_assert_str_eq(b.names[0], "backbone.1.running_mean");
+    ck_assert_str_eq(b.names[3], "backbone.5.running_var");
+    /* layouts: conv [out, in, kh, kw], linear [out, in] */
+    ct_tensor *w = ct_module_find(m, "backbone.4.weight");
+    ck_assert_int_eq(w->ndim, 4);
+    ck_assert_int_eq(w->shape[0], 64);
+    ck_assert_int_eq(w->shape[1], 32);
+    ck_assert_int_eq(w->shape[2], 3);
+    ct_tensor *fc = ct_module_find(m, "head.0.weight");
+    ck_assert_int_eq(fc->shape[0], 128);
+    ck_assert_int_eq(fc->shape[1], 64 * 7 * 7);
+    ck_assert_ptr_null(ct_module_find(m, "head.9.weight"));
+    ct_named_free(&p);
+    ct_named_free(&b);
+    ct_module_free(m);
+}
+END_TEST
+
+START_TEST(default_init_bounds) {
+    ct_rng r = rng_of(2);
+    ct_module *lin = ct_nn_linear(400, 300, true, &r);
+    float bound = 1.0f / 20; /* 1/sqrt(400) */
+    double var = 0;
+    ct_tensor *w = lin->params[0], *b = lin->params[1];
+    for (int64_t i = 0; i < w->numel; i++) {
+        ck_assert(w->data[i] >= -bound && w->data[i] <= bound);
+        var += (double)w->data[i] * w->data[i];
+    }
+    var /= (double)w->numel;
+    ck_assert_close(var, bound * bound / 3.0, 0.02); /* variance of U(-b, b) */
+    for (int64_t i = 0; i < b->numel; i++) ck_assert(fabsf(b->data[i]) <= bound);
+    ct_module_free(lin);
+    /* conv fan_in = in * k * k = 8 * 9 */
+    ct_module *conv = ct_nn_conv2d(8, 4, 3, 1, 1, true, &r);
+    float cb = 1.0f / sqrtf(72);
+    float mx = 0;
+    for (int64_t i = 0; i < conv->params[0]->numel; i++) mx = fmaxf(mx, fabsf(conv->params[0]->data[i]));
+    ck_assert(mx <= cb && mx > 0.8f * cb);
+    ct_module_free(conv);
+}
+END_TEST
+
+START_TEST(train_eval_is_separate_from_grad_mode) {
+    ct_rng r = rng_of(3);
+    ct_module *m = ct_nn_cnn(1, 28, 10, 0.25f, &r);
+    ct_module_train(m, false);
+    ck_assert(ct_is_grad_enabled()); /* eval() leaves grad mode alone */
+    ck_assert(!m->children[1]->children[2]->training); /* recursive */
+    CT_NO_GRAD { ct_module_train(m, true); }
+    ck_assert(m->children[0]->children[1]->training); /* no_grad leaves module mode alone */
+    /* the evaluate helper sets both and restores both, including mixed modes */
+    m->children[1]->training = false;
+    CT_EVALUATE(m) {
+        ck_assert(!ct_is_grad_enabled());
+        ck_assert(!m->training && !m->children[0]->children[1]->training);
+    }
+    ck_assert(ct_is_grad_enabled());
+    ck_assert(m->training && m->children[0]->training && !m->children[1]->training);
+    ct_module_free(m);
+}
+END_TEST
+
+START_TEST(freeze_by_glob_and_unfreeze) {
+    ct_rng r = rng_of(4);
+    ct_module *m = ct_nn_cnn(1, 28, 10, 0.25f, &r);
+    ck_assert_int_eq(ct_module_set_requires_grad(m, "backbone.*", false), 8);
+    ct_named t = ct_module_params(m, true);
+    ck_assert_int_eq(t.n, 4);
+    ck_assert_str_eq(t.names[0], "head.0.weight");
+    ct_named_free(&t);
+    ck_assert(!ct_module_find(m, "backbone.0.weight")->requires_grad);
+    /* unfreeze the last block, by a list of globs */
+    ck_assert_int_eq(ct_module_set_requires_grad(m, "backbone.4.*, backbone.5.*", true), 4);
+    t = ct_module_params(m, true);
+    ck_assert_int_eq(t.n, 8);
+    ct_named_free(&t);
+    ck_assert_int_eq(ct_module_set_requires_grad(m, "nothing.*", false), 0);
+    ct_module_free(m);
+}
+END_TEST
+
+/* Frozen BN stays in eval mode (its running stats do not move) while the model trains;
+ * with the policy off, or once unfrozen, training updates them. */
+START_TEST(frozen_batchnorm_keeps_running_stats) {
+    ct_rng r = rng_of(5);
+    ct_module *bn = ct_nn_batchnorm2d(3);
+    CT_SCOPE {
+        ct_tensor *x = ct_rand_uniform(CT_SHAPE(4, 3, 5, 5), 1, 3, &r);
+        ct_module_set_requires_grad(bn, "*", false);
+        ct_module_forward(bn, x);
+        ck_assert_float_eq(bn->buffers[0]->data[0], 0);
+        ck_assert_int_eq(bn->num_batches_tracked, 0);
+        ct_module_set_frozen_bn_eval(bn, false);
+        ct_module_forward(bn, x);
+        ck_assert_float_ne(bn->buffers[0]->data[0], 0);
+        ck_assert_int_eq(bn->num_batches_tracked, 1);
+        /* eval mode never updates them, whatever the grad mode */
+        float before = bn->buffers[0]->data[0];
+        ct_module_train(bn, false);
+        ct_module_forward(bn, x);
+        ck_assert_float_eq(bn->buffers[0]->data[0], before);
+    }
+    ct_module_free(bn);
+}
+END_TEST
+
+START_TEST(dropout_module_modes) {
+    ct_module *d = ct_nn_dropout(0.5f, 7);
+    CT_SCOPE {
+        ct_tensor *x = ct_ones(CT_SHAPE(1000));
+        ct_tensor *y = ct_module_forward(d, x);
+        int zeros = 0;
+        for (int i = 0; i < 1000; i++) zeros += y->data[i] == 0;
+        ck_assert(zeros > 400 && zeros < 600);
+        ct_module_train(d, false);
+        y = ct_module_forward(d, x);
+        for (int i = 0; i < 1000; i++) ck_assert_float_eq(y->data[i], 1);
+    }
+    ct_module_free(d);
+}
+END_TEST
+
+START_TEST(pack_makes_one_slab) {
+    ct_rng r = rng_of(6);
+    ct_module *m = ct_nn_mlp(784, 10, &r);
+    float first = ct_module_find(m, "1.weight")->data[5], last = ct_module_find(m, "5.bias")->data[9];
+    ct_module_pack(m);
+    ct_named p = ct_module_params(m, false);
+    const float *expect = m->slab;
+    for (int i = 0; i < p.n; i++) {
+        ck_assert_ptr_eq(p.tensors[i]->data, expect);
+        expect += p.tensors[i]->numel;
+    }
+    ck_assert_int_eq((int64_t)m->slab_floats, ct_named_numel(&p));
+    ck_assert_float_eq(ct_module_find(m, "1.weight")->data[5], first);
+    ck_assert_float_eq(ct_module_find(m, "5.bias")->data[9], last);
+    ct_named_free(&p);
+    ct_module_free(m);
+}
+END_TEST
+
+START_TEST(spec_builds_and_rejects) {
+    ct_rng r = rng_of(7);
+    ct_module *m = NULL;
+    ck_assert_int_eq(ct_nn_from_spec("conv:8:3:1:1,bn,relu,maxpool:2,flatten,linear:10",
+                                     CT_SHAPE(1, 28, 28), 0.1f, &r, &m), CT_OK);
+    ck_assert_int_eq(m->nchildren, 6);
+    ck_assert_int_eq(ct_module_find(m, "5.weight")->shape[1], 8 * 14 * 14);
+    CT_SCOPE {
+        ct_tensor *y = ct_module_forward(m, ct_zeros(CT_SHAPE(2, 1, 28, 28)));
+        ck_assert_int_eq(y->shape[0], 2);
+        ck_assert_int_eq(y->shape[1], 10);
+    }
+    ct_module_free(m);
+    ck_assert_int_eq(ct_nn_from_spec("flatten,linear:64,swish", CT_SHAPE(1, 28, 28), 0, &r, &m),
+                     CT_ERR_CONFIG);
+    ck_assert_ptr_null(m);
+    ck_assert_ptr_nonnull(strstr(ct_last_error(), "item 3 'swish'"));
+    ck_assert_int_eq(ct_nn_from_spec("linear:10", CT_SHAPE(1, 28, 28), 0, &r, &m), CT_ERR_CONFIG);
+    ck_assert_ptr_nonnull(strstr(ct_last_error(), "flatten"));
+}
+END_TEST
+
+/* Sequential gives each layer its own scope: under no_grad only the output survives the
+ * forward; with grad mode the saved activations do. */
+START_TEST(sequential_nograd_frees_activations) {
+    ct_rng r = rng_of(8);
+    ct_module *m = ct_nn_mlp(784, 10, &r);
+    CT_SCOPE {
+        ct_tensor *x = ct_rand_uniform(CT_SHAPE(32, 784), 0, 1, &r);
+        int64_t base = ct_stats_get().live_bytes;
+        int64_t held_nograd = 0, held_grad = 0;
+        CT_SCOPE {
+            CT_NO_GRAD { ct_module_forward(m, x); }
+            held_nograd = ct_stats_get().live_bytes - base;
+        }
+        CT_SCOPE {
+            ct_module_forward(m, x);
+            held_grad = ct_stats_get().live_bytes - base;
+        }
+        ck_assert_int_eq(held_nograd, 32 * 10 * 4);
+        /* relu outputs 256 and 128 wide are saved (for relu's and the next linear's backward) */
+        ck_assert_int_ge(held_grad, 32 * (256 + 128 + 10) * 4);
+    }
+    ct_module_free(m);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("nn");
+    TCase *tc = tcase_create("modules");
+    tcase_add_test(tc, cnn_state_names_match_pytorch);
+    tcase_add_test(tc, default_init_bounds);
+    tcase_add_test(tc, train_eval_is_separate_from_grad_mode);
+    tcase_add_test(tc, freeze_by_glob_and_unfreeze);
+    tcase_add_test(tc, frozen_batchnorm_keeps_running_stats);
+    tcase_add_test(tc, dropout_module_modes);
+    tcase_add_test(tc, pack_makes_one_slab);
+    tcase_add_test(tc, spec_builds_and_rejects);
+    tcase_add_test(tc, sequential_nograd_frees_activations);
+    suite_add_tcase(s, tc);
+    return ct_test_run(s);
+}
