@@ -164,6 +164,28 @@ START_TEST(conv_saves_only_what_backward_uses) {
 }
 END_TEST
 
+START_TEST(conv_steady_state_makes_no_mallocs) {
+    CT_SCOPE {
+        ct_tensor *x = ct_test_rand(CT_SHAPE(4, 3, 9, 9), -1, 1, 1);
+        ct_tensor *w = ct_test_rand(CT_SHAPE(5, 3, 3, 3), -1, 1, 2);
+        ct_tensor *b = ct_test_rand(CT_SHAPE(5), -1, 1, 3);
+        ct_set_requires_grad(x, true);
+        ct_set_requires_grad(w, true);
+        ct_set_requires_grad(b, true);
+        int64_t before = 0;
+        for (int step = 0; step < 5; step++) {
+            if (step == 2) before = ct_stats_get().mallocs; /* caches are warm by now */
+            CT_SCOPE {
+                ct_tensor *y = ct_max_pool2d(ct_conv2d(x, w, b, 1, 1), 2, 0, 0);
+                ct_backward_ex(y, ct_ones(y->ndim, y->shape), false);
+            }
+        }
+        /* im2col scratch, outputs and argmax indices all come back from the cache */
+        ck_assert_int_eq(ct_stats_get().mallocs - before, 0);
+    }
+}
+END_TEST
+
 /* ---- pooling ------------------------------------------------------------------------- */
 
 /* Pooling from the definition: windows over the zero/-inf padded input. */
@@ -328,6 +350,7 @@ int main(void) {
     tcase_add_loop_test(tc, conv_backward_gradcheck, 0, NCFG);
     tcase_add_test(tc, conv_skips_unneeded_gradients);
     tcase_add_test(tc, conv_saves_only_what_backward_uses);
+    tcase_add_test(tc, conv_steady_state_makes_no_mallocs);
     suite_add_tcase(s, tc);
     TCase *tp = tcase_create("pool");
     tcase_set_timeout(tp, 60);
