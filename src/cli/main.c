@@ -1,7 +1,9 @@
 /* The ctrain command line: train, eval (and sweep). Every command runs on every MPI rank;
  * a plain `ctrain ...` is a one-rank job. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -28,7 +30,24 @@ int ct_cmd_eval(ct_run *r, const char *checkpoint) {
     return 0;
 }
 
+/* OpenBLAS 0.3.21 (Debian 12) does not recognise recent Xeons and falls back to its generic
+ * "Prescott" kernels, about 5x slower than its AVX-512 ones on the same CPU. The kernel is
+ * picked when the library loads, so the only fix from inside is to set OPENBLAS_CORETYPE
+ * and exec ourselves again (same pid, so mpirun/srun do not notice). A user's own
+ * OPENBLAS_CORETYPE always wins. */
+static void use_avx512_blas(char **argv) {
+    if (getenv("OPENBLAS_CORETYPE") || strcmp(ct_blas_core(), "Prescott") != 0) return;
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
+        !__builtin_cpu_supports("avx512dq") || !__builtin_cpu_supports("avx512vl"))
+        return;
+    setenv("OPENBLAS_CORETYPE", "SkylakeX", 1);
+    execv("/proc/self/exe", argv);
+    unsetenv("OPENBLAS_CORETYPE"); /* exec failed: carry on with the slow kernels */
+}
+
 int main(int argc, char **argv) {
+    use_avx512_blas(argv);
     if (argc < 3 || (strcmp(argv[1], "train") && strcmp(argv[1], "eval"))) return usage();
     const char *cmd = argv[1], *cfg = argv[2], *ckpt = NULL;
     char *overrides[256];

@@ -206,5 +206,7 @@ void ct_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float 
 /* Sets the BLAS thread count (used by the binding layer). */
 void ct_blas_set_threads(int n);
 int ct_blas_get_threads(void);
+/* The kernel set OpenBLAS chose at load time ("SkylakeX", "Haswell", "Prescott", ...). */
+const char *ct_blas_core(void);
 
 #endif
