@@ -78,6 +78,42 @@ static void valid_cols(const pool_geom *g, int64_t kj, int64_t *lo, int64_t *hi)
     if (*lo > *hi) *lo = *hi;
 }
 
+/* The CNN's 2x2 / stride 2 case, one window at a time with everything in registers: the
+ * general loop below keeps its running max in memory and is several times slower. The
+ * first maximum wins ties and the last NaN wins, as in the general path. */
+static void max_pool_2x2(const float *x, float *y, int32_t *idx, const pool_geom *g) {
+    int64_t w = g->w, in_plane = g->h * w, out_plane = g->oh * g->ow;
+    for (int64_t pl = 0; pl < g->planes; pl++) {
+        const float *src = x + pl * in_plane;
+        float *dst = y + pl * out_plane;
+        int32_t *arg = idx ? idx + pl * out_plane : NULL;
+        for (int64_t oy = 0; oy < g->oh; oy++) {
+            const float *r0 = src + 2 * oy * w, *r1 = r0 + w;
+            float *out = dst + oy * g->ow;
+            int32_t *ao = arg ? arg + oy * g->ow : NULL;
+            int32_t row = (int32_t)(2 * oy * w);
+            /* Selects, not branches: which element wins is data-random, and mispredicted
+             * branches made this loop the slowest part of the CNN. */
+            for (int64_t ox = 0; ox < g->ow; ox++) {
+                float a1 = r0[2 * ox + 1], b0 = r1[2 * ox], b1 = r1[2 * ox + 1];
+                float m = r0[2 * ox];
+                int32_t at = row + (int32_t)(2 * ox);
+                bool c = (a1 > m) | (a1 != a1);
+                m = c ? a1 : m;
+                int32_t at1 = c ? at + 1 : at;
+                c = (b0 > m) | (b0 != b0);
+                m = c ? b0 : m;
+                at1 = c ? at + (int32_t)w : at1;
+                c = (b1 > m) | (b1 != b1);
+                m = c ? b1 : m;
+                at1 = c ? at + (int32_t)w + 1 : at1;
+                out[ox] = m;
+                if (ao) ao[ox] = at1;
+            }
+        }
+    }
+}
+
 ct_tensor *ct_max_pool2d(ct_tensor *x, int kernel, int stride, int padding) {
     pool_geom g = pool_setup("max_pool2d", x, kernel, stride, padding);
     CT_ASSERT(g.h * g.w <= INT32_MAX, "max_pool2d: input planes of %s are too large",
@@ -93,6 +129,11 @@ ct_tensor *ct_max_pool2d(ct_tensor *x, int kernel, int stride, int padding) {
         row_arg = ct_alloc((size_t)g.ow * sizeof(int32_t));
     }
     int64_t in_plane = g.h * g.w, out_plane = g.oh * g.ow;
+    if (g.k == 2 && g.s == 2 && g.p == 0) {
+        max_pool_2x2(x->data, y->data, idx, &g);
+        if (row_arg) ct_free(row_arg, (size_t)g.ow * sizeof(int32_t));
+        return y;
+    }
     for (int64_t pl = 0; pl < g.planes; pl++) {
         const float *src = x->data + pl * in_plane;
         for (int64_t oy = 0; oy < g.oh; oy++) {
