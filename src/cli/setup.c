@@ -84,7 +84,8 @@ static ct_status init_from(ct_run *r) {
     ct_st_file *f = NULL;
     ct_status st = ct_st_load(path, &f);
     char *rep = NULL;
-    if (st == CT_OK) st = ct_ckpt_load_model(f, r->model, r->cfg.model.init_strict, &rep);
+    if (st == CT_OK)
+        st = ct_ckpt_load_model_except(f, r->model, r->cfg.model.init_strict, r->cfg.model.init_exclude, &rep);
     if (st == CT_OK && r->d.rank == 0)
         fprintf(stderr, "ctrain: init_from %s (%s): %s\n", path,
                 r->cfg.model.init_strict ? "strict" : "non-strict", rep ? rep : "every tensor loaded");

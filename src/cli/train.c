@@ -174,6 +174,7 @@ int ct_cmd_train(ct_run *r) {
     const ct_config *c = &r->cfg;
     ct_ddp *ddp = NULL;
     ct_optim *opt = NULL;
+    ct_dataset train_feat = {0}, test_feat = {0};
     ct_sampler *sampler = NULL;
     ct_loader *loader = NULL;
     FILE *mf = NULL;
@@ -213,8 +214,39 @@ int ct_cmd_train(ct_run *r) {
     lo.crop_pad = c->data.augment == CT_CFG_AUGMENT_CROP || c->data.augment == CT_CFG_AUGMENT_CROP_FLIP
                       ? c->data.crop_pad : 0;
     lo.hflip = c->data.augment == CT_CFG_AUGMENT_FLIP || c->data.augment == CT_CFG_AUGMENT_CROP_FLIP;
+    /* Feature cache: a frozen prefix that is a fixed function (no augmentation in front of
+     * it) is run once over the data instead of every step. Staged unfreezing could change
+     * the prefix, so it turns the cache off. */
+    ct_module_train(r->model, true);
+    bool augment = lo.crop_pad > 0 || lo.hflip;
+    int prefix = c->train.feature_cache == CT_CFG_CACHE_AUTO && !augment && c->train.unfreeze_after == 0
+                     ? ct_module_frozen_prefix(r->model) : 0;
+    ct_loader_opts eval_lo = r->eval_opts;
+    const ct_dataset *train_ds = &r->train, *test_ds = &r->test;
+    if (prefix > 0) {
+        double t0 = ct_now();
+        st = ct_dist_cache_features(&r->d, r->model, prefix, &r->train, &lo, &train_feat);
+        if (st == CT_OK) st = ct_dist_cache_features(&r->d, r->model, prefix, &r->test, &r->eval_opts, &test_feat);
+        if (ct_run_agree(&r->d, st) != CT_OK) goto out;
+        train_ds = &train_feat;
+        test_ds = &test_feat;
+        /* the features are already normalised model activations */
+        lo = ct_loader_opts_default(c->train.batch_size);
+        eval_lo = ct_loader_opts_default(c->train.eval_batch_size);
+        if (r->d.rank == 0) {
+            fprintf(stderr, "ctrain: feature cache on: the frozen prefix (children 0..%d of the model) "
+                    "runs once; %lld features per sample for %lld + %lld samples, %.0f MiB per rank, %.1f s\n",
+                    prefix - 1, (long long)train_feat.sample_numel, (long long)train_feat.n,
+                    (long long)test_feat.n,
+                    (double)(train_feat.n + test_feat.n) * (double)train_feat.sample_numel * 4 / 1048576,
+                    ct_now() - t0);
+        }
+    } else if (r->d.rank == 0 && c->train.feature_cache == CT_CFG_CACHE_AUTO && ct_module_frozen_prefix(r->model) > 0) {
+        fprintf(stderr, "ctrain: feature cache off: %s\n",
+                augment ? "data augmentation is on" : "staged unfreezing is configured");
+    }
     st = ct_sampler_new(&sampler, &so);
-    if (st == CT_OK) st = ct_loader_new(&loader, &r->train, &lo);
+    if (st == CT_OK) st = ct_loader_new(&loader, train_ds, &lo);
     if (ct_run_agree(&r->d, st) != CT_OK) goto out;
     int64_t shard = ct_sampler_size(sampler);
     /* Every rank has the same shard size, hence the same step count. */
@@ -262,7 +294,9 @@ int ct_cmd_train(ct_run *r) {
             ct_status pst = ct_ddp_prepare(ddp);
             if (pst != CT_OK) ct_fatal("%s", ct_last_error());
             ct_optim_apply_schedule(opt, &sched, step, epoch);
-            ct_tensor *loss = ct_cross_entropy(ct_module_forward(r->model, b.x), b.y, CT_REDUCE_MEAN);
+            ct_tensor *logits = prefix ? ct_seq_forward_range(r->model, prefix, r->model->nchildren, b.x)
+                                       : ct_module_forward(r->model, b.x);
+            ct_tensor *loss = ct_cross_entropy(logits, b.y, CT_REDUCE_MEAN);
             ct_backward(loss);
             ct_ddp_finish(ddp);
             ct_optim_step(opt);
@@ -278,7 +312,7 @@ int ct_cmd_train(ct_run *r) {
         tl[0] /= r->d.size;
         ct_ddp_sync_buffers(ddp);
         ct_eval_result ev;
-        st = ct_dist_evaluate(&r->d, r->model, &r->test, &r->eval_opts, &ev);
+        st = ct_dist_evaluate_from(&r->d, r->model, prefix, test_ds, &eval_lo, &ev);
         if (st != CT_OK) ct_fatal("evaluation: %s", ct_last_error());
         if (r->d.rank == 0) {
             printf("{\"event\":\"eval\",\"epoch\":%d,\"loss\":%.6f,\"accuracy\":%.6f,\"samples\":%lld}\n",
@@ -305,5 +339,7 @@ out:
     ct_sampler_free(sampler);
     ct_optim_free(opt);
     ct_ddp_free(ddp);
+    ct_dataset_free(&train_feat);
+    ct_dataset_free(&test_feat);
     return st == CT_OK ? 0 : 1;
 }

@@ -5,6 +5,11 @@
 
 ct_status ct_dist_evaluate(const ct_dist *d, ct_module *m, const ct_dataset *ds,
                            const ct_loader_opts *opts, ct_eval_result *out) {
+    return ct_dist_evaluate_from(d, m, 0, ds, opts, out);
+}
+
+ct_status ct_dist_evaluate_from(const ct_dist *d, ct_module *m, int first, const ct_dataset *ds,
+                                const ct_loader_opts *opts, ct_eval_result *out) {
     ct_sampler *s = NULL;
     ct_loader *l = NULL;
     ct_sampler_opts so = {.n = ds->n, .world = d->size, .rank = d->rank, .mode = CT_SHARD_EXACT};
@@ -23,7 +28,8 @@ ct_status ct_dist_evaluate(const ct_dist *d, ct_module *m, const ct_dataset *ds,
             for (int64_t i = 0; i < nb; i++) CT_SCOPE {
                 ct_batch b;
                 ct_loader_next(l, &b);
-                ct_tensor *logits = ct_module_forward(m, b.x);
+                ct_tensor *logits = first ? ct_seq_forward_range(m, first, m->nchildren, b.x)
+                                          : ct_module_forward(m, b.x);
                 sums[0] += ct_cross_entropy(logits, b.y, CT_REDUCE_SUM)->data[0];
                 ct_argmax_rows(logits, pred);
                 for (int64_t k = 0; k < b.size; k++) sums[1] += pred[k] == b.y[k];

@@ -54,6 +54,7 @@ static const key_def keys[] = {
     STR("model", "freeze", model.freeze, ""),
     STR("model", "init_from", model.init_from, ""),
     BOOL("model", "init_strict", model.init_strict, "false"),
+    STR("model", "init_exclude", model.init_exclude, ""),
     BOOL("model", "bn_eval_when_frozen", model.bn_eval_when_frozen, "true"),
     REAL("model", "dropout", model.dropout, "0.25", 0, 1, HI_OPEN),
 

@@ -116,6 +116,7 @@ typedef struct {
         char freeze[CT_CFG_STR]; /* comma-separated parameter-name globs */
         char init_from[CT_CFG_STR];
         bool init_strict;
+        char init_exclude[CT_CFG_STR]; /* globs of init_from entries not to load (a fresh head) */
         bool bn_eval_when_frozen;
         double dropout;
     } model;
@@ -209,6 +210,10 @@ ct_status ct_ckpt_save(const char *path, ct_module *m, const ct_optim *o, const 
  * loads what matches and, in *not_loaded (malloc'd, may be NULL; free it), lists what did
  * not (e.g. a new head over a pretrained backbone). */
 ct_status ct_ckpt_load_model(const ct_st_file *f, ct_module *m, bool strict, char **not_loaded);
+/* As ct_ckpt_load_model, but entries whose names match one of the comma-separated globs in
+ * exclude are left as they are in m (and reported as not loaded): attaching a fresh head. */
+ct_status ct_ckpt_load_model_except(const ct_st_file *f, ct_module *m, bool strict,
+                                    const char *exclude, char **not_loaded);
 /* Restores the optimizer state saved in f into o (whose groups match the saving run). */
 ct_status ct_ckpt_load_optim(const ct_st_file *f, ct_optim *o);
 /* Reads the progress metadata; CT_ERR_FORMAT if f is not a ctrain checkpoint. */

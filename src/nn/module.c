@@ -23,10 +23,13 @@ static char *xstrdup(const char *s) {
 /* Each child runs in its own scope; we hold one reference to the current activation, so
  * the previous one is dropped as soon as the next layer is done with it (unless a graph
  * node saved it for backward). */
-static ct_tensor *sequential_forward(ct_module *m, ct_tensor *x) {
+ct_tensor *ct_seq_forward_range(ct_module *m, int from, int to, ct_tensor *x) {
+    CT_ASSERT(from >= 0 && from <= to && to <= m->nchildren,
+              "seq_forward_range: [%d, %d) is not a range of %s's %d children", from, to,
+              m->type, m->nchildren);
     ct_tensor *h = x;
     ct_retain(h);
-    for (int i = 0; i < m->nchildren; i++) {
+    for (int i = from; i < to; i++) {
         size_t mark = ct_scope_begin();
         ct_tensor *y = ct_module_forward(m->children[i], h);
         ct_retain(y);
@@ -35,6 +38,10 @@ static ct_tensor *sequential_forward(ct_module *m, ct_tensor *x) {
         h = y;
     }
     return ct_scope_adopt(h);
+}
+
+static ct_tensor *sequential_forward(ct_module *m, ct_tensor *x) {
+    return ct_seq_forward_range(m, 0, m->nchildren, x);
 }
 
 ct_module *ct_module_new(const char *type, ct_tensor *(*forward)(ct_module *, ct_tensor *)) {
@@ -252,4 +259,25 @@ void ct_module_pack(ct_module *m) {
         off += (size_t)l.tensors[i]->numel;
     }
     ct_named_free(&l);
+}
+
+/* ---- frozen prefixes ---------------------------------------------------------------------- */
+
+/* True when m computes the same function in its current mode whatever the batch: no
+ * parameter trains, no dropout is active, and every BatchNorm uses running statistics. */
+static bool is_fixed_function(ct_module *m) {
+    for (int i = 0; i < m->nparams; i++)
+        if (m->params[i]->requires_grad) return false;
+    if (!strcmp(m->type, "Dropout") && m->training && m->fcfg[0] > 0) return false;
+    if (!strncmp(m->type, "BatchNorm", 9) && m->training && !m->frozen_bn_eval) return false;
+    for (int i = 0; i < m->nchildren; i++)
+        if (!is_fixed_function(m->children[i])) return false;
+    return true;
+}
+
+int ct_module_frozen_prefix(ct_module *m) {
+    if (m->forward != sequential_forward) return 0;
+    int k = 0;
+    while (k < m->nchildren && is_fixed_function(m->children[k])) k++;
+    return k < m->nchildren ? k : 0;
 }

@@ -70,6 +70,13 @@ void ct_module_free(ct_module *m);
  * an intermediate is freed as soon as the next layer has used it. */
 ct_tensor *ct_module_forward(ct_module *m, ct_tensor *x);
 
+/* Runs children [from, to) of a Sequential, each in its own release scope. */
+ct_tensor *ct_seq_forward_range(ct_module *seq, int from, int to, ct_tensor *x);
+/* How many leading children of a Sequential form a frozen prefix that is a fixed function
+ * in the current mode (no trainable parameter, no active dropout, BatchNorm on running
+ * statistics), leaving at least one child to train; 0 if none. Its outputs can be cached. */
+int ct_module_frozen_prefix(ct_module *m);
+
 /* ---- modes ---------------------------------------------------------------------------- */
 /* Sets train (true) or eval (false) mode recursively; never touches grad mode. */
 void ct_module_train(ct_module *m, bool on);

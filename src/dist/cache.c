@@ -1,0 +1,82 @@
+/* The feature cache: a frozen prefix's outputs computed once, sharded across ranks. */
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dist.h"
+
+ct_status ct_dist_cache_features(const ct_dist *d, ct_module *m, int prefix, const ct_dataset *in,
+                                 const ct_loader_opts *opts, ct_dataset *out) {
+    memset(out, 0, sizeof *out);
+    ct_loader_opts lo = *opts;
+    lo.crop_pad = 0;
+    lo.hflip = false;
+    /* The shape of one sample's features, from sample 0 (every rank computes the same). */
+    int64_t fshape[CT_MAX_DIMS];
+    int fnd = 0;
+    int64_t fnumel = 0;
+    CT_NO_GRAD CT_SCOPE {
+        int64_t shape[CT_MAX_DIMS] = {1};
+        memcpy(shape + 1, in->sample_shape, (size_t)in->sample_ndim * sizeof *shape);
+        ct_tensor *f = ct_seq_forward_range(m, 0, prefix, ct_zeros(in->sample_ndim + 1, shape));
+        fnd = f->ndim - 1;
+        memcpy(fshape, f->shape + 1, (size_t)fnd * sizeof *fshape);
+        fnumel = f->numel;
+    }
+    if ((double)in->n * (double)fnumel > (double)INT_MAX)
+        return ct_error(CT_ERR_ARG, "feature cache: %lld samples x %lld features exceed one MPI message",
+                        (long long)in->n, (long long)fnumel);
+    int *counts = malloc((size_t)d->size * sizeof *counts), *displs = malloc((size_t)d->size * sizeof *displs);
+    float *all = malloc((size_t)in->n * (size_t)fnumel * sizeof(float) + 64);
+    int64_t *y = malloc((size_t)in->n * sizeof *y + 8);
+    CT_ASSERT(counts && displs && all && y, "feature cache: out of memory for %lld x %lld floats",
+              (long long)in->n, (long long)fnumel);
+    int64_t off = 0;
+    for (int r = 0; r < d->size; r++) {
+        int64_t c = ct_shard_size(in->n, d->size, r, CT_SHARD_EXACT);
+        counts[r] = (int)(c * fnumel);
+        displs[r] = (int)(off * fnumel);
+        off += c;
+    }
+    ct_sampler *s = NULL;
+    ct_loader *l = NULL;
+    ct_sampler_opts so = {.n = in->n, .world = d->size, .rank = d->rank, .mode = CT_SHARD_EXACT};
+    ct_status st = ct_sampler_new(&s, &so);
+    if (st == CT_OK) st = ct_loader_new(&l, in, &lo);
+    if (st == CT_OK) {
+        ct_loader_start(l, ct_sampler_epoch(s, 0), ct_sampler_size(s));
+        int64_t lo_i = displs[d->rank] / fnumel, hi_i = lo_i + counts[d->rank] / fnumel;
+        for (int64_t i = 0, nb = ct_loader_num_batches(l); i < nb; i++) CT_NO_GRAD CT_SCOPE {
+            ct_batch b;
+            ct_loader_next(l, &b);
+            ct_tensor *f = ct_seq_forward_range(m, 0, prefix, b.x);
+            for (int64_t k = 0; k < b.size; k++) {
+                CT_ASSERT(b.idx[k] >= lo_i && b.idx[k] < hi_i, "feature cache: shard layout mismatch");
+                memcpy(all + b.idx[k] * fnumel, f->data + k * fnumel, (size_t)fnumel * sizeof(float));
+            }
+        }
+    }
+    ct_loader_free(l);
+    ct_sampler_free(s);
+    /* Every rank joins the gather even after a local failure (so none is left waiting);
+     * the verdict is agreed on afterwards. */
+    CT_CHECK_MPI(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, all, counts, displs, MPI_FLOAT, d->world));
+    int bad = st != CT_OK;
+    CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, d->world));
+    free(counts);
+    free(displs);
+    if (bad) {
+        free(all);
+        free(y);
+        return st != CT_OK ? st : ct_error(CT_ERR_MPI, "feature cache: another rank failed");
+    }
+    memcpy(y, in->y, (size_t)in->n * sizeof *y);
+    out->n = in->n;
+    out->sample_ndim = fnd;
+    memcpy(out->sample_shape, fshape, (size_t)fnd * sizeof *fshape);
+    out->sample_numel = fnumel;
+    out->x = all;
+    out->y = y;
+    out->num_classes = in->num_classes;
+    return CT_OK;
+}
