@@ -250,6 +250,41 @@ START_TEST(mlp_fits_synthetic_problem) {
 }
 END_TEST
 
+
+/* A frozen backbone in front costs only its forward: it records no graph node, so backward
+ * computes no backbone gradient at all (counted with the GEMM and node counters). */
+START_TEST(frozen_backbone_costs_no_backward) {
+    ct_rng r = rng_of(10);
+    ct_module *m = ct_nn_cnn(1, 28, 10, 0.25f, &r);
+    ct_module_set_requires_grad(m, "backbone.*", false);
+    int64_t y[4] = {1, 2, 3, 4};
+    CT_SCOPE {
+        ct_tensor *x = ct_rand_uniform(CT_SHAPE(4, 1, 28, 28), 0, 1, &r);
+        ct_stats s0 = ct_stats_get();
+        ct_tensor *feat = ct_module_forward(m->children[0], x);
+        ck_assert(!feat->requires_grad);
+        ck_assert_int_eq(ct_stats_get().graph_nodes, s0.graph_nodes); /* no backbone node */
+        ct_tensor *loss = ct_cross_entropy(ct_module_forward(m->children[1], feat), y, CT_REDUCE_MEAN);
+        /* head: linear, relu, dropout, linear, cross_entropy */
+        ck_assert_int_eq(ct_stats_get().graph_nodes - s0.graph_nodes, 5);
+        int64_t g0 = ct_stats_get().gemm_calls;
+        ct_backward(loss);
+        /* dW of both head linears and dX of the second: no GEMM for the backbone or the data */
+        ck_assert_int_eq(ct_stats_get().gemm_calls - g0, 3);
+    }
+    ct_named p = ct_module_params(m, false);
+    for (int i = 0; i < p.n; i++) {
+        bool head = strncmp(p.names[i], "head.", 5) == 0;
+        ck_assert_msg(head == (ct_grad(p.tensors[i]) != NULL), "%s", p.names[i]);
+    }
+    ct_named_free(&p);
+    ck_assert_int_eq(ct_module_frozen_prefix(m), 1); /* the backbone can be cached */
+    ct_module_set_frozen_bn_eval(m, false);          /* ...unless its BN keeps training */
+    ck_assert_int_eq(ct_module_frozen_prefix(m), 0);
+    ct_module_free(m);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("nn");
     TCase *tc = tcase_create("modules");
@@ -263,6 +298,7 @@ int main(void) {
     tcase_add_test(tc, spec_builds_and_rejects);
     tcase_add_test(tc, sequential_nograd_frees_activations);
     tcase_add_test(tc, mlp_fits_synthetic_problem);
+    tcase_add_test(tc, frozen_backbone_costs_no_backward);
     suite_add_tcase(s, tc);
     return ct_test_run(s);
 }
