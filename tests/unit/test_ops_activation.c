@@ -427,25 +427,9 @@ END_TEST
 
 /* ---- misuse aborts ----------------------------------------------------------------- */
 
-static const char *expected_msg;
-
-/* Aborts only if the message contains the expected text; otherwise exits with status 3,
- * which the SIGABRT expectation reports as a failure. */
-static void msg_hook(const char *msg) {
-    if (!strstr(msg, expected_msg)) {
-        fprintf(stderr, "abort message \"%s\" lacks \"%s\"\n", msg, expected_msg);
-        _exit(3);
-    }
-    abort();
-}
-
-static void expect_abort(const char *text) {
-    expected_msg = text;
-    ct_set_abort_hook(msg_hook);
-}
 
 START_TEST(ce_target_too_large) {
-    expect_abort("cross_entropy: target[1] = 4 is outside [0, 4) for logits [3, 4]");
+    ct_test_expect_abort("cross_entropy: target[1] = 4 is outside [0, 4) for logits [3, 4]");
     CT_SCOPE {
         ct_cross_entropy(ct_zeros(CT_SHAPE(3, 4)), (const int64_t[]){0, 4, 1}, CT_REDUCE_MEAN);
     }
@@ -453,7 +437,7 @@ START_TEST(ce_target_too_large) {
 END_TEST
 
 START_TEST(ce_target_negative) {
-    expect_abort("target[2] = -1 is outside [0, 4)");
+    ct_test_expect_abort("target[2] = -1 is outside [0, 4)");
     CT_SCOPE {
         ct_cross_entropy(ct_zeros(CT_SHAPE(3, 4)), (const int64_t[]){0, 1, -1}, CT_REDUCE_SUM);
     }
@@ -461,25 +445,25 @@ START_TEST(ce_target_negative) {
 END_TEST
 
 START_TEST(ce_not_2d) {
-    expect_abort("cross_entropy: expected a 2-d input");
+    ct_test_expect_abort("cross_entropy: expected a 2-d input");
     CT_SCOPE { ct_cross_entropy(ct_zeros(CT_SHAPE(4)), (const int64_t[]){0}, CT_REDUCE_SUM); }
 }
 END_TEST
 
 START_TEST(mse_shape_mismatch) {
-    expect_abort("mse_loss: shapes [2, 3] and [3, 2] must match");
+    ct_test_expect_abort("mse_loss: shapes [2, 3] and [3, 2] must match");
     CT_SCOPE { ct_mse_loss(ct_zeros(CT_SHAPE(2, 3)), ct_zeros(CT_SHAPE(3, 2)), CT_REDUCE_MEAN); }
 }
 END_TEST
 
 START_TEST(softmax_bad_dim) {
-    expect_abort("softmax: dim 2 out of range for [2, 3]");
+    ct_test_expect_abort("softmax: dim 2 out of range for [2, 3]");
     CT_SCOPE { ct_softmax(ct_zeros(CT_SHAPE(2, 3)), 2); }
 }
 END_TEST
 
 START_TEST(log_softmax_bad_dim) {
-    expect_abort("log_softmax: dim -3 out of range for [2, 3]");
+    ct_test_expect_abort("log_softmax: dim -3 out of range for [2, 3]");
     CT_SCOPE { ct_log_softmax(ct_zeros(CT_SHAPE(2, 3)), -3); }
 }
 END_TEST

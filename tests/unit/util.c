@@ -3,6 +3,8 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 ct_tensor *ct_test_rand(int ndim, const int64_t *shape, float lo, float hi, uint64_t seed) {
     ct_rng r;
@@ -58,6 +60,21 @@ double ct_test_gradcheck(const char *name, ct_test_fn f, int n, ct_tensor **in, 
         }
     }
     return worst;
+}
+
+static const char *expected_msg;
+
+static void msg_hook(const char *msg) {
+    if (!strstr(msg, expected_msg)) {
+        fprintf(stderr, "abort message \"%s\" lacks \"%s\"\n", msg, expected_msg);
+        _exit(3);
+    }
+    abort();
+}
+
+void ct_test_expect_abort(const char *text) {
+    expected_msg = text;
+    ct_set_abort_hook(msg_hook);
 }
 
 int ct_test_run(Suite *s) {

@@ -21,6 +21,10 @@ double ct_test_gradcheck(const char *name, ct_test_fn f, int n, ct_tensor **inpu
 /* A tensor of the given shape with values uniform in [lo, hi), from seed. */
 ct_tensor *ct_test_rand(int ndim, const int64_t *shape, float lo, float hi, uint64_t seed);
 
+/* For an abort test (tcase_add_test_raise_signal SIGABRT): the abort hook then checks that
+ * the message contains text, and exits with status 3 (a failure) if it does not. */
+void ct_test_expect_abort(const char *text);
+
 /* Runs a suite and returns a process exit status (Check prints the summary line). */
 int ct_test_run(Suite *s);
 
