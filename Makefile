@@ -39,6 +39,8 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 MPI_SRC  := $(sort $(wildcard tests/mpi/test_*.c))
 MPI_BIN  := $(MPI_SRC:tests/mpi/%.c=$(B)/tests/mpi/%)
 TEST_UTIL := $(B)/obj/tests/unit/util.o
+PARITY_SRC := $(sort $(wildcard tests/parity/*.c))
+PARITY_BIN := $(PARITY_SRC:tests/parity/%.c=$(B)/tests/parity/%)
 BENCH_SRC := $(sort $(wildcard tests/bench/bench_*.c))
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(B)/bench/%)
 
@@ -73,13 +75,18 @@ $(B)/tests/mpi/%: $(B)/obj/tests/mpi/%.o $(B)/libctrain.a
 	@mkdir -p $(dir $@)
 	$(CC) $(SANFLAGS) -o $@ $< $(B)/libctrain.a $(CHECK_LIBS) $(LDLIBS)
 
+# PyTorch parity dump programs, run by tests/scripts/test_parity.sh
+$(B)/tests/parity/%: $(B)/obj/tests/parity/%.o $(B)/libctrain.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SANFLAGS) -o $@ $< $(B)/libctrain.a $(LDLIBS)
+
 $(B)/bench/%: $(B)/obj/tests/bench/%.o $(B)/libctrain.a
 	@mkdir -p $(dir $@)
 	$(CC) $(SANFLAGS) -o $@ $< $(B)/libctrain.a $(LDLIBS)
 
 # Every suite runs even when an earlier one fails; the target fails if any did.
 # detect_leaks=1 makes LeakSanitizer report anything left allocated at exit.
-check: all $(UNIT_BIN) $(MPI_BIN)
+check: all $(UNIT_BIN) $(MPI_BIN) $(PARITY_BIN)
 	@SANITIZE=$(SANITIZE) B=$(B) MPI_TESTS="$(MPI_BIN)" bash scripts/run_tests.sh $(UNIT_BIN)
 
 bench: all $(BENCH_BIN)

@@ -2,7 +2,12 @@
 """Converts a safetensors file into a PyTorch state_dict (.pt), without the `safetensors`
 package. Tensors keep their dtype and the header's order; metadata is printed, not saved.
 
-usage: safetensors_to_torch.py IN.safetensors OUT.pt
+usage: safetensors_to_torch.py [--model-only] IN.safetensors OUT.pt
+
+--model-only drops the entries of a ctrain checkpoint that are not part of the model's
+state_dict: the optimizer state ("optim.*") and the dropout RNG streams ("rng.*", U64, which
+torch 1.13 cannot hold). What remains loads with load_state_dict(strict=True) into the
+PyTorch model of the same layers. Other scripts may `from safetensors_to_torch import read`.
 
 The file is validated like ctrain's reader (src/io/safetensors.c): header length within the
 file, valid JSON object, known dtypes, shapes matching their byte ranges, ranges inside the
@@ -31,8 +36,14 @@ DTYPES = {  # name -> (torch dtype, element size); torch 1.13 has no U16/U32/U64
     "F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2),
     "BF16": (torch.bfloat16, 2), "I64": (torch.int64, 8), "I32": (torch.int32, 4),
     "I16": (torch.int16, 2), "I8": (torch.int8, 1), "U8": (torch.uint8, 1),
-    "BOOL": (torch.bool, 1),
+    "BOOL": (torch.bool, 1), "U64": (None, 8), "U32": (None, 4), "U16": (None, 2),
 }
+# ctrain checkpoint entries that are not model state (src/io/checkpoint.c)
+NON_MODEL_PREFIXES = ("optim.", "rng.")
+
+
+def is_model_entry(name):
+    return not name.startswith(NON_MODEL_PREFIXES)
 
 
 def no_duplicates(pairs):
@@ -47,8 +58,10 @@ def is_count(v):
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
-def read(path):
-    """Returns (state_dict, metadata) of the safetensors file at path."""
+def read(path, keep=None):
+    """Returns (state_dict, metadata) of the safetensors file at path. keep(name) picks the
+    entries to convert (None: all); the others are validated but left out. keep=is_model_entry
+    is --model-only."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -94,6 +107,13 @@ def read(path):
                  f"{numel * size} bytes but its data_offsets {offsets} span {end - begin}")
         if end > begin:
             ranges.append((begin, end, name))
+        if keep is not None and not keep(name):
+            continue  # validated above and for overlaps below, but not converted
+        if tdtype is None:
+            hint = "" if is_model_entry(name) else " (--model-only drops optim.* and rng.*)"
+            fail(f"{path}: tensor '{name}' has dtype {dtype}, which torch {torch.__version__} "
+                 f"cannot hold{hint}")
+        if end > begin:
             t = torch.frombuffer(bytearray(data[begin:end]), dtype=tdtype)
         else:
             t = torch.empty(0, dtype=tdtype)
@@ -109,8 +129,10 @@ def main():
     ap = argparse.ArgumentParser(description="safetensors -> PyTorch state_dict (.pt)")
     ap.add_argument("input")
     ap.add_argument("output")
+    ap.add_argument("--model-only", action="store_true",
+                    help="drop a ctrain checkpoint's optim.* and rng.* entries")
     args = ap.parse_args()
-    state_dict, metadata = read(args.input)
+    state_dict, metadata = read(args.input, is_model_entry if args.model_only else None)
     if metadata:
         print(f"{NAME}: metadata (not saved): {json.dumps(metadata)}", file=sys.stderr)
     tmp = f"{args.output}.tmp.{os.getpid()}"
