@@ -136,7 +136,7 @@ static ct_status resume(ct_run *r, ct_optim *o, int *start_epoch, int64_t *step)
     if (st == CT_OK) st = ct_st_load(path, &f);
     if (st == CT_OK) st = ct_ckpt_progress(f, &p);
     /* Replay staged unfreezing so the optimizer has the groups the saved state names. */
-    for (int e = 1; st == CT_OK && e <= p.epoch; e++) maybe_unfreeze(r, o, e);
+    for (int e = 1; st == CT_OK && e < p.epoch; e++) maybe_unfreeze(r, o, e); /* epochs already run */
     if (st == CT_OK) st = ct_ckpt_load_model(f, r->model, true, NULL);
     if (st == CT_OK) st = ct_ckpt_load_optim(f, o);
     if (st == CT_OK) {
