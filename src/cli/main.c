@@ -13,6 +13,17 @@ static int usage(void) {
     return 2;
 }
 
+/* Writes s as a JSON string (a path may hold quotes, backslashes or control characters). */
+static void json_string(FILE *f, const char *s) {
+    fputc('"', f);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
+        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
+        else fputc(*p, f);
+    }
+    fputc('"', f);
+}
+
 int ct_cmd_eval(ct_run *r, const char *checkpoint) {
     ct_st_file *f = NULL;
     ct_status st = ct_st_load(checkpoint, &f);
@@ -23,8 +34,10 @@ int ct_cmd_eval(ct_run *r, const char *checkpoint) {
     st = ct_dist_evaluate(&r->d, r->model, &r->test, &r->eval_opts, &ev);
     if (ct_run_agree(&r->d, st) != CT_OK) return 1;
     if (r->d.rank == 0) {
-        printf("{\"event\":\"eval\",\"checkpoint\":\"%s\",\"loss\":%.6f,\"accuracy\":%.6f,\"samples\":%lld}\n",
-               checkpoint, ev.loss, ev.accuracy, (long long)ev.samples);
+        printf("{\"event\":\"eval\",\"checkpoint\":");
+        json_string(stdout, checkpoint);
+        printf(",\"loss\":%.6f,\"accuracy\":%.6f,\"samples\":%lld}\n", ev.loss, ev.accuracy,
+               (long long)ev.samples);
         fflush(stdout);
     }
     return 0;
@@ -55,6 +68,8 @@ int main(int argc, char **argv) {
     for (int i = 3; i < argc; i++) {
         if (!strcmp(argv[i], "--checkpoint") && i + 1 < argc) {
             ckpt = argv[++i];
+        } else if (!strncmp(argv[i], "--checkpoint=", 13)) {
+            ckpt = argv[i] + 13;
         } else if (n < 256 && strchr(argv[i], '=')) {
             overrides[n++] = argv[i];
         } else {
@@ -62,8 +77,13 @@ int main(int argc, char **argv) {
             return usage();
         }
     }
-    if (!strcmp(cmd, "eval") && !ckpt) {
+    if (!strcmp(cmd, "eval") && (!ckpt || !*ckpt)) {
         fprintf(stderr, "ctrain: eval needs --checkpoint FILE\n");
+        return usage();
+    }
+    if (!strcmp(cmd, "train") && ckpt) {
+        /* train resumes from <output.dir>/latest; silently ignoring a file would mislead */
+        fprintf(stderr, "ctrain: train takes no --checkpoint (use resume=true, or model.init_from=FILE)\n");
         return usage();
     }
     ct_run r = {0};

@@ -160,6 +160,41 @@ static void write_metrics(FILE *mf, const char *fmt, ...) {
     fflush(mf);
 }
 
+/* A run that stopped after logging epochs its newest checkpoint does not hold (the metrics
+ * line is written before the checkpoint) would list them twice once resumed: keep only the
+ * lines up to the resumed epoch. Best effort, like the metrics file itself. */
+static void trim_metrics(const char *path, int upto) {
+    FILE *f = fopen(path, "r");
+    if (!f) return; /* nothing logged yet */
+    char *line = NULL, *buf = NULL;
+    size_t lcap = 0, n = 0, cap = 0;
+    ssize_t len;
+    bool dropped = false, ok = true;
+    while ((len = getline(&line, &lcap, f)) > 0) {
+        int e;
+        if (sscanf(line, "{\"epoch\":%d", &e) == 1 && e > upto) {
+            dropped = true;
+            continue;
+        }
+        if (n + (size_t)len > cap) {
+            cap = 2 * (n + (size_t)len);
+            char *nb = realloc(buf, cap);
+            if (!nb) {
+                ok = false;
+                break;
+            }
+            buf = nb;
+        }
+        memcpy(buf + n, line, (size_t)len);
+        n += (size_t)len;
+    }
+    fclose(f);
+    free(line);
+    if (ok && dropped && ct_write_file_atomic(path, buf ? buf : "", n) != CT_OK)
+        fprintf(stderr, "ctrain: warning: %s\n", ct_last_error());
+    free(buf);
+}
+
 /* A testing aid: CT_FAULT="RANK:STEP" makes that rank fail at that step, to prove one
  * rank's fatal error ends the whole job. */
 static void maybe_inject_fault(const ct_dist *d, int64_t step) {
@@ -259,6 +294,15 @@ int ct_cmd_train(ct_run *r) {
         st = CT_ERR_CONFIG;
         goto out;
     }
+    /* Checkpoints fall on epoch boundaries, so the schedule goes on from epoch * steps. The
+     * saved step count differs from that when the checkpoint came from another number of
+     * ranks (or batch size): keeping it would leave the cosine short of its end. */
+    if (start_epoch > 0 && step != (int64_t)start_epoch * steps) {
+        if (r->d.rank == 0)
+            fprintf(stderr, "ctrain: the checkpoint's step %lld is step %lld with %lld steps/epoch\n",
+                    (long long)step, (long long)start_epoch * steps, (long long)steps);
+        step = (int64_t)start_epoch * steps;
+    }
     ct_schedule sched = {.kind = c->schedule.name == CT_CFG_SCHED_STEP     ? CT_SCHED_STEP
                                  : c->schedule.name == CT_CFG_SCHED_COSINE ? CT_SCHED_COSINE
                                                                            : CT_SCHED_NONE,
@@ -269,6 +313,7 @@ int ct_cmd_train(ct_run *r) {
     if (r->d.rank == 0) {
         char mp[CT_CFG_STR + 16];
         snprintf(mp, sizeof mp, "%s/metrics.jsonl", c->output.dir);
+        if (start_epoch > 0) trim_metrics(mp, start_epoch);
         mf = fopen(mp, start_epoch > 0 ? "a" : "w");
         if (!mf) fprintf(stderr, "ctrain: warning: cannot write %s\n", mp);
         ct_named t = ct_module_params(r->model, true), a = ct_module_params(r->model, false);
@@ -302,7 +347,7 @@ int ct_cmd_train(ct_run *r) {
             ct_optim_step(opt);
             ct_ddp_zero_grad(ddp);
             loss_sum += loss->data[0];
-            if (r->d.rank == 0) ct_progress_update(&bar, epoch, s, steps, loss_sum / (double)(s + 1), b.size * r->d.size);
+            if (r->d.rank == 0) ct_progress_update(&bar, epoch + 1, s, steps, loss_sum / (double)(s + 1), b.size * r->d.size);
         }
         double secs = ct_now() - t0;
         if (r->d.rank == 0) ct_progress_end(&bar);
