@@ -73,7 +73,7 @@ static void maybe_unfreeze(ct_run *r, ct_optim *o, int epoch) {
     int hits = ct_module_set_requires_grad(r->model, c->train.unfreeze, true);
     add_group(o, r->model, was, c->optim.lr * c->train.unfreeze_lr_scale);
     if (r->d.rank == 0)
-        fprintf(stderr, "ctrain: epoch %d: unfroze %d parameters (%s) with lr x %g\n", epoch, hits,
+        fprintf(stderr, "ctrain: after %d epochs: unfroze %d parameters (%s) with lr x %g\n", epoch, hits,
                 c->train.unfreeze, c->train.unfreeze_lr_scale);
     free(was);
     ct_named_free(&all);
