@@ -33,6 +33,8 @@ CLI_SRC  := $(sort $(wildcard src/cli/*.c))
 LIB_OBJ  := $(LIB_SRC:%.c=$(B)/obj/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(B)/obj/%.o)
 HEADERS  := src/ctrain.h $(wildcard src/*/*.h)
+# One public header per layer; the CLI's and the internal.h files stay private.
+PUBLIC_H := $(foreach l,core autograd ops nn optim data io dist,src/$(l)/$(l).h)
 
 UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
@@ -97,9 +99,9 @@ install: all
 	install -m 644 $(B)/libctrain.a $(B)/libctrain.so $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(B)/ctrain launcher/ctrun $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 src/ctrain.h $(DESTDIR)$(PREFIX)/include/ctrain/
-	for d in $(sort $(dir $(wildcard src/*/*.h))); do \
-	  install -d $(DESTDIR)$(PREFIX)/include/ctrain/$${d#src/}; \
-	  install -m 644 $$d*.h $(DESTDIR)$(PREFIX)/include/ctrain/$${d#src/}; done
+	for h in $(PUBLIC_H); do \
+	  install -d $(DESTDIR)$(PREFIX)/include/ctrain/$$(dirname $${h#src/}); \
+	  install -m 644 $$h $(DESTDIR)$(PREFIX)/include/ctrain/$${h#src/}; done
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@REQUIRES@|$(PKGS)|' ctrain.pc.in \
 	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/ctrain.pc
 

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# `make install PREFIX=...` puts the library, the public headers, ctrain.pc, ctrain and
+# ctrun in place, and a program built with pkg-config against them runs.
+source "$(dirname "$0")/lib.sh"
+
+make -s -C "$ROOT" install PREFIX="$T/prefix" >"$T/install.log" 2>&1 ||
+    { fail "make install"; show "$T/install.log"; finish; }
+for f in lib/libctrain.a lib/libctrain.so lib/pkgconfig/ctrain.pc bin/ctrain bin/ctrun \
+    include/ctrain/ctrain.h include/ctrain/dist/dist.h; do
+    check "installs $f" test -e "$T/prefix/$f"
+done
+check "keeps private headers private" test ! -e "$T/prefix/include/ctrain/cli/cli.h"
+cat >"$T/use.c" <<'C'
+#include <ctrain.h>
+#include <stdio.h>
+int main(void) {
+    CT_SCOPE {
+        ct_tensor *w = ct_ones(CT_SHAPE(3));
+        ct_set_requires_grad(w, true);
+        ct_backward(ct_sum(ct_mul(w, w)));
+        printf("%g\n", ct_grad(w)->data[0]);
+    }
+    return 0;
+}
+C
+export PKG_CONFIG_PATH="$T/prefix/lib/pkgconfig"
+if cc -std=c11 "$T/use.c" $(pkg-config --cflags --libs ctrain) -Wl,-rpath,"$T/prefix/lib" \
+    -o "$T/use" 2>"$T/cc.log"; then
+    expect_eq "a program built against the installed library runs" "2" "$("$T/use")"
+else
+    fail "compile against the installed library"
+    show "$T/cc.log"
+fi
+finish
