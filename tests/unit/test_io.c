@@ -465,6 +465,114 @@ START_TEST(st_matches_torch_script) {
 }
 END_TEST
 
+/* ---- checkpoints ----------------------------------------------------------------------------- */
+
+/* Linear, BatchNorm1d, Dropout, Linear: parameters, buffers, num_batches_tracked and a dropout
+ * stream ("rng.2"), like the built-in CNN's head and backbone in small. */
+static ct_module *small_model(uint64_t seed) {
+    ct_rng r;
+    ct_rng_seed(&r, seed);
+    ct_module *m = ct_nn_sequential();
+    ct_seq_add(m, NULL, ct_nn_linear(3, 4, true, &r));
+    ct_seq_add(m, NULL, ct_nn_batchnorm1d(4));
+    ct_seq_add(m, NULL, ct_nn_dropout(0.5f, ct_rng_next(&r)));
+    ct_seq_add(m, NULL, ct_nn_linear(4, 2, true, &r));
+    return m;
+}
+
+/* What scripts/torch_to_safetensors.py makes of the same model's state_dict: the entries of
+ * a ctrain checkpoint of src minus its own extras (rng.*), minus `drop` if given, plus an
+ * entry named `extra` if given. */
+static void write_torch_export(const char *path, ct_module *src, const char *drop, const char *extra) {
+    const char *tmp = tpath("ctrain.safetensors");
+    ct_progress p = {.epoch = 1, .world = 1};
+    ck_assert_int_eq(ct_ckpt_save(tmp, src, NULL, &p), CT_OK);
+    ct_st_file *f;
+    ck_assert_int_eq(ct_st_load(tmp, &f), CT_OK);
+    ct_st_entry e[16];
+    int n = 0;
+    for (int i = 0; i < ct_st_count(f); i++) {
+        const ct_st_entry *x = ct_st_at(f, i);
+        if (strncmp(x->name, "rng.", 4) && !(drop && !strcmp(x->name, drop))) e[n++] = *x;
+    }
+    float one = 1;
+    if (extra) e[n++] = (ct_st_entry){.name = extra, .dtype = CT_DTYPE_F32, .data = &one};
+    ct_st_meta meta = {"format", "pt"};
+    ck_assert_int_eq(ct_st_save(path, e, n, &meta, 1), CT_OK);
+    ct_st_free(f);
+}
+
+static void assert_same_tensor(ct_module *a, ct_module *b, const char *name, bool same) {
+    ct_tensor *x = ct_module_find(a, name), *y = ct_module_find(b, name);
+    ck_assert_msg(x && y, "%s", name);
+    bool eq = memcmp(x->data, y->data, (size_t)x->numel * sizeof(float)) == 0;
+    ck_assert_msg(eq == same, "%s: expected the tensors to be %s", name, same ? "equal" : "different");
+}
+
+/* A PyTorch state_dict has no dropout streams: it must still load strict (`ctrain eval` of a
+ * torch export, init_from with init_strict = true), keeping the model's own streams, while a
+ * real state_dict mismatch still fails strict. */
+START_TEST(ckpt_torch_export_loads_strict) {
+    make_tmpdir();
+    ct_module *src = small_model(1), *dst = small_model(2);
+    ct_module_find(src, "1.running_mean")->data[2] = 0.5f;
+    src->children[1]->num_batches_tracked = 42;
+    ct_rng before = dst->children[2]->rng;
+    ck_assert(memcmp(&before, &src->children[2]->rng, sizeof before) != 0);
+    const char *path = tpath("export.safetensors");
+    write_torch_export(path, src, NULL, NULL);
+    ct_st_file *f;
+    ck_assert_int_eq(ct_st_load(path, &f), CT_OK);
+    char *rep = (char *)"unset";
+    ck_assert_msg(ct_ckpt_load_model(f, dst, true, &rep) == CT_OK, "%s", ct_last_error());
+    ck_assert_ptr_null(rep); /* nothing to report: rng.2 is not missing from a state_dict */
+    static const char *names[] = {"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean",
+                                  "1.running_var", "3.weight", "3.bias"};
+    for (int i = 0; i < 8; i++) assert_same_tensor(src, dst, names[i], true);
+    ck_assert_int_eq(dst->children[1]->num_batches_tracked, 42);
+    ck_assert_mem_eq(&dst->children[2]->rng, &before, sizeof before); /* its own stream kept */
+    ct_st_free(f);
+
+    /* strict with a fresh head: every other entry must match, the head stays as it was */
+    ct_module *fresh = small_model(3), *ref = small_model(3);
+    ck_assert_int_eq(ct_st_load(path, &f), CT_OK);
+    ck_assert_msg(ct_ckpt_load_model_except(f, fresh, true, "3.*", &rep) == CT_OK, "%s", ct_last_error());
+    ck_assert_msg(rep && strstr(rep, "excluded: 3.weight") && !strstr(rep, "rng"), "%s", rep);
+    free(rep);
+    assert_same_tensor(src, fresh, "0.weight", true);
+    assert_same_tensor(ref, fresh, "3.weight", true);
+    assert_same_tensor(src, fresh, "3.weight", false);
+    ct_st_free(f);
+
+    /* a ctrain checkpoint's streams are still restored */
+    ct_progress p = {.epoch = 1, .world = 1};
+    ck_assert_int_eq(ct_ckpt_save(tpath("c.safetensors"), src, NULL, &p), CT_OK);
+    ck_assert_int_eq(ct_st_load(tpath("c.safetensors"), &f), CT_OK);
+    ck_assert_int_eq(ct_ckpt_load_model(f, dst, true, NULL), CT_OK);
+    ck_assert_mem_eq(&dst->children[2]->rng, &src->children[2]->rng, sizeof before);
+    ct_st_free(f);
+
+    /* a missing or an unexpected state_dict entry is still a strict error, naming only it */
+    write_torch_export(path, src, "3.bias", NULL);
+    ck_assert_int_eq(ct_st_load(path, &f), CT_OK);
+    expect_error(ct_ckpt_load_model(f, dst, true, NULL), CT_ERR_SHAPE, path,
+                 "missing from the checkpoint: 3.bias", NULL);
+    ck_assert_ptr_null(strstr(ct_last_error(), "rng"));
+    ck_assert_int_eq(ct_ckpt_load_model(f, dst, false, NULL), CT_OK); /* non-strict: fine */
+    ct_st_free(f);
+    write_torch_export(path, src, NULL, "4.weight");
+    ck_assert_int_eq(ct_st_load(path, &f), CT_OK);
+    expect_error(ct_ckpt_load_model(f, dst, true, NULL), CT_ERR_SHAPE,
+                 "unexpected in the checkpoint: 4.weight", NULL);
+    ct_st_free(f);
+    ct_module_free(src);
+    ct_module_free(dst);
+    ct_module_free(fresh);
+    ct_module_free(ref);
+    remove_tmpdir();
+}
+END_TEST
+
 /* ---- atomic writes -------------------------------------------------------------------------- */
 
 static ct_status write_then_fail(FILE *f, void *ctx) {
@@ -804,6 +912,7 @@ int main(void) {
     tcase_add_test(st, st_bad_sizes);
     tcase_add_test(st, st_gaps_and_misalignment);
     tcase_add_test(st, atomic_write);
+    tcase_add_test(st, ckpt_torch_export_loads_strict);
     tcase_add_unchecked_fixture(st, base_setup, base_teardown);
     suite_add_tcase(s, st);
     TCase *py = tcase_create("torch");
