@@ -30,9 +30,14 @@ sweep_s() { # NP -> "start end" of the whole mpirun, after checking all 8 jobs s
 }
 np1=$(sweep_s 1)
 np2=$(sweep_s 2)
-python3 - $np1 $np2 <<'PY'
-import sys
-a0, a1, b0, b1 = map(float, sys.argv[1:])
+# job_s: mean seconds per job (load + evaluate) from results.csv; if it grows from np1 to
+# np2 the ranks were competing for cores or memory bandwidth, not waiting on the queue.
+python3 - $np1 $np2 "$tmp/out1/results.csv" "$tmp/out2/results.csv" <<'PY'
+import csv, sys
+a0, a1, b0, b1 = map(float, sys.argv[1:5])
 a, b = a1 - a0, b1 - b0
-print(f'{{"bench":"sweep_8ckpt","model":"cnn","samples_per_ckpt":10000,"np1_s":{a:.2f},"np2_s":{b:.2f},"speedup":{a / b:.2f}}}')
+ja, jb = (sum(float(r["seconds"]) for r in rows) / len(rows)
+          for rows in (list(csv.DictReader(open(p))) for p in sys.argv[5:7]))
+print(f'{{"bench":"sweep_8ckpt","model":"cnn","samples_per_ckpt":10000,"np1_s":{a:.2f},'
+      f'"np2_s":{b:.2f},"speedup":{a / b:.2f},"np1_job_s":{ja:.2f},"np2_job_s":{jb:.2f}}}')
 PY
