@@ -5,3 +5,4 @@ set -euo pipefail
 B=${B:-build}
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 "$B/bench/bench_core"
+B="$B" bash "$(dirname "$0")/bench_sweep.sh"

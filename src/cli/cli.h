@@ -25,11 +25,17 @@ ct_status ct_run_agree(const ct_dist *d, ct_status st);
  * with_train) and builds the model (init_from, freeze, frozen-BN policy, packing). */
 ct_status ct_run_setup(ct_run *r, const char *cfg_path, int noverrides, char *const *overrides,
                        bool with_train);
+/* The part of ct_run_setup after the config: r->cfg, r->cfg_path and r->d are filled. */
+ct_status ct_run_build(ct_run *r, bool with_train);
 void ct_run_free(ct_run *r);
+/* mkdir -p; the message names the directory that could not be made. */
+ct_status ct_mkdir_p(const char *dir);
 
 /* Commands; each returns a process exit status. */
 int ct_cmd_train(ct_run *r);
 int ct_cmd_eval(ct_run *r, const char *checkpoint);
+/* r->cfg and r->d are filled (no data set or model): evaluates every job of [sweep]. */
+int ct_cmd_sweep(ct_run *r);
 
 /* Progress output on rank 0: a bar on a TTY, plain lines elsewhere. */
 typedef struct {

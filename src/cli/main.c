@@ -9,7 +9,8 @@
 
 static int usage(void) {
     fprintf(stderr, "usage: ctrain train CONFIG [section.key=value ...]\n"
-                    "       ctrain eval CONFIG --checkpoint FILE [section.key=value ...]\n");
+                    "       ctrain eval CONFIG --checkpoint FILE [section.key=value ...]\n"
+                    "       ctrain sweep CONFIG [section.key=value ...]   (jobs from [sweep])\n");
     return 2;
 }
 
@@ -61,7 +62,8 @@ static void use_avx512_blas(char **argv) {
 
 int main(int argc, char **argv) {
     use_avx512_blas(argv);
-    if (argc < 3 || (strcmp(argv[1], "train") && strcmp(argv[1], "eval"))) return usage();
+    if (argc < 3 || (strcmp(argv[1], "train") && strcmp(argv[1], "eval") && strcmp(argv[1], "sweep")))
+        return usage();
     const char *cmd = argv[1], *cfg = argv[2], *ckpt = NULL;
     char *overrides[256];
     int n = 0;
@@ -76,6 +78,10 @@ int main(int argc, char **argv) {
             fprintf(stderr, "ctrain: unexpected argument '%s'\n", argv[i]);
             return usage();
         }
+    }
+    if (!strcmp(cmd, "sweep") && ckpt) {
+        fprintf(stderr, "ctrain: sweep takes its checkpoints from sweep.checkpoints, not --checkpoint\n");
+        return usage();
     }
     if (!strcmp(cmd, "eval") && (!ckpt || !*ckpt)) {
         fprintf(stderr, "ctrain: eval needs --checkpoint FILE\n");
@@ -95,7 +101,12 @@ int main(int argc, char **argv) {
     ct_status st = ct_dist_bind(&r.d, &b);
     if (ct_run_agree(&r.d, st) == CT_OK) ct_dist_print_bindings(&r.d, &b);
     int rc = 1;
-    if (st == CT_OK) {
+    if (st == CT_OK && !strcmp(cmd, "sweep")) {
+        /* each sweep job builds its own data set and model from its variant of the config */
+        r.cfg_path = cfg;
+        st = ct_config_load(&r.cfg, cfg, n, overrides);
+        if (ct_run_agree(&r.d, st) == CT_OK) rc = ct_cmd_sweep(&r);
+    } else if (st == CT_OK) {
         st = ct_run_setup(&r, cfg, n, overrides, !strcmp(cmd, "train"));
         if (ct_run_agree(&r.d, st) == CT_OK)
             rc = !strcmp(cmd, "train") ? ct_cmd_train(&r) : ct_cmd_eval(&r, ckpt);

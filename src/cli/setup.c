@@ -98,7 +98,12 @@ ct_status ct_run_setup(ct_run *r, const char *cfg_path, int noverrides, char *co
                        bool with_train) {
     r->cfg_path = cfg_path;
     ct_status st = ct_config_load(&r->cfg, cfg_path, noverrides, overrides);
-    if (st == CT_OK) st = load_split(r, CT_SPLIT_TEST, &r->test);
+    return st == CT_OK ? ct_run_build(r, with_train) : st;
+}
+
+ct_status ct_run_build(ct_run *r, bool with_train) {
+    const char *cfg_path = r->cfg_path;
+    ct_status st = load_split(r, CT_SPLIT_TEST, &r->test);
     if (st == CT_OK && with_train) {
         st = load_split(r, CT_SPLIT_TRAIN, &r->train);
         r->have_train = st == CT_OK;

@@ -79,9 +79,10 @@ static void maybe_unfreeze(ct_run *r, ct_optim *o, int epoch) {
     ct_named_free(&all);
 }
 
-static ct_status mkdir_p(const char *dir) {
-    char buf[CT_CFG_STR];
-    snprintf(buf, sizeof buf, "%s", dir);
+ct_status ct_mkdir_p(const char *dir) {
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf)
+        return ct_error(CT_ERR_IO, "%.64s...: directory name too long", dir);
     for (char *p = buf + 1; *p; p++) {
         if (*p != '/') continue;
         *p = 0;
@@ -216,7 +217,7 @@ int ct_cmd_train(ct_run *r) {
     int start_epoch = 0;
     int64_t step = 0;
 
-    ct_status st = r->d.rank == 0 ? mkdir_p(c->output.dir) : CT_OK;
+    ct_status st = r->d.rank == 0 ? ct_mkdir_p(c->output.dir) : CT_OK;
     if (st == CT_OK && r->d.rank == 0) {
         char p[CT_CFG_STR + 16];
         snprintf(p, sizeof p, "%s/config.ini", c->output.dir);

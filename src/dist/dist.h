@@ -115,6 +115,44 @@ ct_status ct_dist_evaluate_from(const ct_dist *d, ct_module *m, int first, const
 ct_status ct_dist_cache_features(const ct_dist *d, ct_module *m, int prefix, const ct_dataset *in,
                                  const ct_loader_opts *opts, ct_dataset *out);
 
+/* ---- agreement and sweeps ------------------------------------------------------------------ */
+
+/* Collective over d: CT_OK on every rank if st is CT_OK on every rank. Otherwise every rank
+ * returns the status of the lowest failing rank and its ct_last_error() message becomes
+ * that rank's message, so all ranks report the same reason. */
+ct_status ct_dist_agree(const ct_dist *d, ct_status st);
+
+/* A sweep splits the world into groups of group_size consecutive ranks (the last may be
+ * smaller), and the groups take jobs 0..njobs-1 from one queue: each job goes to exactly one
+ * group, and a group that finishes early takes the next job. The queue is an int64 counter
+ * in an MPI window on world rank 0 that group leaders bump with MPI_Fetch_and_op. If the
+ * MPI library offers no one-sided window (Open MPI over TCP between nodes with its pt2pt
+ * component disabled), jobs are dealt round-robin instead and dynamic is false. */
+typedef struct {
+    ct_dist group;   /* this rank's group (evaluate over it) */
+    int group_index; /* 0..ngroups-1, in world-rank order */
+    int ngroups;
+    bool dynamic;    /* the shared counter is in use */
+    /* private */
+    MPI_Comm world;
+    MPI_Win win;
+    bool have_win, done;
+    int64_t njobs, dealt;
+} ct_sweep;
+
+/* Collective over world: makes the groups and the queue. group_size is clamped to
+ * [1, world size]. */
+ct_status ct_sweep_open(const ct_dist *world, int group_size, int64_t njobs, ct_sweep *s);
+/* Collective over s->group: the next job for this group, the same on all its ranks, or -1
+ * when the queue is empty (and on every later call). */
+int64_t ct_sweep_next(ct_sweep *s);
+/* Collective over world: world rank 0 receives every rank's n records of rec_size bytes
+ * (in world-rank order) in *all (malloc'd; free it) and their count in *nall; other ranks
+ * get NULL and 0. */
+void ct_sweep_gather(ct_sweep *s, const void *recs, int n, size_t rec_size, void **all, int *nall);
+/* Collective over world: frees the queue and the group. */
+void ct_sweep_close(ct_sweep *s);
+
 /* ---- binding ------------------------------------------------------------------------------ */
 
 typedef struct {

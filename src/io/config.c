@@ -13,7 +13,7 @@
 #include <string.h>
 #include <strings.h>
 
-typedef enum { T_STR, T_INT, T_U64, T_DOUBLE, T_BOOL, T_ENUM, T_CLASSES } key_type;
+typedef enum { T_STR, T_INT, T_U64, T_DOUBLE, T_BOOL, T_ENUM, T_CLASSES, T_OVERRIDES } key_type;
 
 enum { LO_OPEN = 1, HI_OPEN = 2 }; /* range flags: exclusive bounds */
 
@@ -98,6 +98,7 @@ static const key_def keys[] = {
     STR("sweep", "datasets", sweep.datasets, ""),
     INT("sweep", "group_size", sweep.group_size, "1", 1, NULL),
     STR("sweep", "out", sweep.out, ""),
+    KEY("sweep", "overrides", T_OVERRIDES, sweep.overrides, "", NULL, 0, 0, 0),
 };
 #define NKEYS ((int)(sizeof keys / sizeof keys[0]))
 
@@ -263,6 +264,21 @@ static void set_string(char *dst, const char *value, char *why, size_t n) {
     memcpy(dst, value, len);
 }
 
+/* sweep.overrides: every group must apply cleanly to a default config, so a typo is caught
+ * when the config loads rather than when the sweep reaches that group. */
+static bool check_override_groups(const char *spec, char *why, size_t n) {
+    char group[CT_CFG_STR];
+    for (int i = 0; ct_config_override_group(spec, i, group, sizeof group); i++) {
+        ct_config scratch;
+        ct_config_defaults(&scratch);
+        if (ct_config_apply_overrides(&scratch, group) != CT_OK) {
+            snprintf(why, n, "group %d ('%s'): %s", i + 1, group, ct_last_error());
+            return false;
+        }
+    }
+    return true;
+}
+
 /* Parses `value` for key k into c; the message names where, the key and the value. */
 static ct_status set_value(ct_config *c, const key_def *k, const char *value, const char *where) {
     void *dst = field(c, k);
@@ -277,6 +293,9 @@ static ct_status set_value(ct_config *c, const key_def *k, const char *value, co
         break;
     }
     case T_STR: set_string(dst, value, why, sizeof why); break;
+    case T_OVERRIDES:
+        if (check_override_groups(value, why, sizeof why)) set_string(dst, value, why, sizeof why);
+        break;
     case T_INT: {
         if (k->words && strcmp(value, k->words) == 0) {
             *(int *)dst = 0;
@@ -346,7 +365,8 @@ static void format_value(const ct_config *c, const key_def *k, char *buf, size_t
     const void *src = cfield(c, k);
     switch (k->type) {
     case T_STR:
-    case T_CLASSES: snprintf(buf, n, "%s", (const char *)src); break;
+    case T_CLASSES:
+    case T_OVERRIDES: snprintf(buf, n, "%s", (const char *)src); break;
     case T_INT:
         if (k->words && *(const int *)src == 0) snprintf(buf, n, "%s", k->words);
         else snprintf(buf, n, "%d", *(const int *)src);
@@ -363,7 +383,8 @@ static void format_value(const ct_config *c, const key_def *k, char *buf, size_t
 void ct_config_defaults(ct_config *c) {
     memset(c, 0, sizeof *c);
     for (int i = 0; i < NKEYS; i++) {
-        CT_ASSERT((keys[i].type != T_STR && keys[i].type != T_CLASSES) || strlen(keys[i].name) <= MAX_STR_NAME,
+        CT_ASSERT((keys[i].type != T_STR && keys[i].type != T_CLASSES && keys[i].type != T_OVERRIDES) ||
+                      strlen(keys[i].name) <= MAX_STR_NAME,
                   "config table: string key %s too long for one INI line", keys[i].name);
         ct_status st = set_value(c, &keys[i], keys[i].def, "config defaults");
         CT_ASSERT(st == CT_OK, "%s", ct_last_error());
@@ -420,6 +441,47 @@ ct_status ct_config_override(ct_config *c, const char *assignment) {
                         CT_CFG_STR - 1);
     /* "resume=true" is how one restarts a run, so it gets a short form */
     return ct_config_set(c, strcmp(key, "resume") == 0 ? "train.resume" : key, value);
+}
+
+/* ---- sweep override groups ------------------------------------------------------------------ */
+/* Groups are separated by '|', not ';': in an INI file " ;" starts a comment, so
+ * "a=1 ; b=2" would silently lose its second group. */
+
+/* Skips spaces and tabs. */
+static const char *skip_blank(const char *s) {
+    while (*s == ' ' || *s == '\t') s++;
+    return s;
+}
+
+bool ct_config_override_group(const char *spec, int i, char *buf, size_t n) {
+    if (!*skip_blank(spec) || i < 0) return false; /* an empty spec has no groups */
+    const char *g = spec;
+    for (; i > 0; i--) {
+        g = strchr(g, '|');
+        if (!g) return false;
+        g++;
+    }
+    if (n > 0 && !trim_copy(g, strcspn(g, "|"), buf, n)) buf[0] = '\0'; /* buf too small */
+    return true;
+}
+
+ct_status ct_config_apply_overrides(ct_config *c, const char *group) {
+    ct_config tmp = *c;
+    char one[CT_CFG_STR + 160];
+    for (const char *p = skip_blank(group); *p; p = skip_blank(p)) {
+        size_t len = strcspn(p, " \t");
+        if (len >= sizeof one)
+            return ct_error(CT_ERR_CONFIG, "override '%.40s...' is too long", p);
+        memcpy(one, p, len);
+        one[len] = '\0';
+        p += len;
+        if (strncmp(one, "sweep.", 6) == 0)
+            return ct_error(CT_ERR_CONFIG, "override '%s': a sweep job cannot change [sweep]", one);
+        ct_status st = ct_config_override(&tmp, one);
+        if (st != CT_OK) return st;
+    }
+    *c = tmp;
+    return CT_OK;
 }
 
 /* ---- INI files ------------------------------------------------------------------------------ */

@@ -156,10 +156,13 @@ typedef struct {
         ct_cfg_shard shard;
     } dist;
     struct {
-        char checkpoints[CT_CFG_STR]; /* comma-separated list or glob */
-        char datasets[CT_CFG_STR];
-        int group_size;
-        char out[CT_CFG_STR];
+        char checkpoints[CT_CFG_STR]; /* comma-separated paths and globs; @FILE reads more,
+                                         one a line */
+        char datasets[CT_CFG_STR];    /* comma-separated IDX data dirs; "" = data.dir */
+        int group_size;               /* ranks per sweep group */
+        char out[CT_CFG_STR];         /* results dir; "" = <output.dir>/sweep */
+        char overrides[CT_CFG_STR];   /* config variants: groups separated by '|', each a
+                                         blank-separated list of section.key=value */
     } sweep;
 } ct_config;
 
@@ -189,6 +192,13 @@ ct_status ct_config_save(const ct_config *c, const char *path);
 /* Parses a class selection ("all", "3", "0-4", "1,3,5-7") into keep[0..nclasses); a class
  * outside [0, nclasses) or bad syntax is CT_ERR_CONFIG naming data.classes. */
 ct_status ct_config_classes(const char *spec, int nclasses, bool *keep);
+/* Copies group i (0-based) of a sweep.overrides spec ("k=v k=v | k=v"), without surrounding
+ * blanks, into buf (CT_CFG_STR bytes always suffice); false when there is no group i. An
+ * empty spec has no groups; an empty group (e.g. "| k=v") means "no change". */
+bool ct_config_override_group(const char *spec, int i, char *buf, size_t n);
+/* Applies a group's blank-separated section.key=value overrides to c, all or nothing
+ * (c is unchanged on error); keys in [sweep] are refused. */
+ct_status ct_config_apply_overrides(ct_config *c, const char *group);
 
 
 /* ---- checkpoints ------------------------------------------------------------------------ */

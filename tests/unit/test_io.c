@@ -852,6 +852,7 @@ START_TEST(config_dump_round_trip) {
                     "optim.weight_decay=0.01", "schedule.name=cosine", "schedule.min_lr=1e-5",
                     "output.keep=2", "dist.buffers=none", "dist.bucket_mb=0.1",
                     "sweep.checkpoints=runs/*/last.safetensors", "sweep.group_size=2",
+                    "sweep.overrides=data.mean=0.3 train.eval_batch_size=100 | model.dropout=0|",
                     "train.drop_last=false"};
     int n = (int)(sizeof over / sizeof over[0]);
     ck_assert_msg(ct_config_load(&a, NULL, n, over) == CT_OK, "%s", ct_last_error());
@@ -881,6 +882,70 @@ START_TEST(config_dump_round_trip) {
     ck_assert_int_eq(ct_config_save(&a, path), CT_OK);
     ck_assert_int_eq(ct_config_load(&b, path, 0, NULL), CT_OK);
     ck_assert_mem_eq(&a, &b, sizeof a);
+    remove_tmpdir();
+}
+END_TEST
+
+/* sweep.overrides: groups split on '|', each applied all or nothing, checked at load. */
+START_TEST(config_sweep_overrides) {
+    ct_config c;
+    ct_config_defaults(&c);
+    char g[CT_CFG_STR];
+    ck_assert_str_eq(c.sweep.overrides, "");
+    ck_assert(!ct_config_override_group(c.sweep.overrides, 0, g, sizeof g)); /* no groups */
+    ck_assert(!ct_config_override_group("  ", 0, g, sizeof g));
+
+    const char *spec = "train.eval_batch_size=500  data.mean=0.3| model.dropout=0.1 |";
+    ck_assert_msg(ct_config_set(&c, "sweep.overrides", spec) == CT_OK, "%s", ct_last_error());
+    ck_assert_str_eq(c.sweep.overrides, spec);
+    ck_assert(ct_config_override_group(spec, 0, g, sizeof g));
+    ck_assert_str_eq(g, "train.eval_batch_size=500  data.mean=0.3");
+    ck_assert(ct_config_override_group(spec, 1, g, sizeof g));
+    ck_assert_str_eq(g, "model.dropout=0.1");
+    ck_assert(ct_config_override_group(spec, 2, g, sizeof g)); /* after the trailing '|' */
+    ck_assert_str_eq(g, "");
+    ck_assert(!ct_config_override_group(spec, 3, g, sizeof g));
+    ck_assert(!ct_config_override_group(spec, -1, g, sizeof g));
+
+    ct_config_override_group(spec, 0, g, sizeof g);
+    ck_assert_int_eq(ct_config_apply_overrides(&c, g), CT_OK);
+    ck_assert_int_eq(c.train.eval_batch_size, 500);
+    ck_assert_double_eq(c.data.mean, 0.3);
+    ck_assert_double_eq(c.model.dropout, 0.25);
+    ct_config before = c;
+    ck_assert_int_eq(ct_config_apply_overrides(&c, ""), CT_OK); /* the empty group: no change */
+    ck_assert_mem_eq(&c, &before, sizeof c);
+    /* all or nothing: the first override would apply, the second is bad */
+    expect_error(ct_config_apply_overrides(&c, "train.epochs=3 optim.lr=-1"), CT_ERR_CONFIG,
+                 "optim.lr", "> 0", NULL);
+    ck_assert_mem_eq(&c, &before, sizeof c);
+    expect_error(ct_config_apply_overrides(&c, "sweep.group_size=2"), CT_ERR_CONFIG,
+                 "sweep.group_size", "[sweep]", NULL);
+    expect_error(ct_config_apply_overrides(&c, "model.dropout"), CT_ERR_CONFIG, "model.dropout",
+                 "section.key=value", NULL);
+
+    /* a bad group is a config error when the config loads, naming the group and the key */
+    expect_error(ct_config_override(&c, "sweep.overrides=data.mean=0.3 | model.dropout=2"),
+                 CT_ERR_CONFIG, "sweep.overrides", "group 2", "model.dropout", "[0, 1)", NULL);
+    expect_error(ct_config_override(&c, "sweep.overrides=nosuch.key=1"), CT_ERR_CONFIG,
+                 "sweep.overrides", "group 1", "[nosuch]", NULL);
+    expect_error(ct_config_override(&c, "sweep.overrides=sweep.out=x"), CT_ERR_CONFIG,
+                 "sweep.overrides", "[sweep]", NULL);
+    ck_assert_mem_eq(&c, &before, sizeof c);
+
+    /* and from a file, where " ; ..." stays a comment */
+    make_tmpdir();
+    const char *path = write_ini("sweep.ini", "[sweep]\n"
+                                              "overrides = data.classes=0-4 | data.classes=5-9 ; two\n");
+    ck_assert_msg(ct_config_load(&c, path, 0, NULL) == CT_OK, "%s", ct_last_error());
+    ck_assert_str_eq(c.sweep.overrides, "data.classes=0-4 | data.classes=5-9");
+    ck_assert(ct_config_override_group(c.sweep.overrides, 1, g, sizeof g));
+    ck_assert_str_eq(g, "data.classes=5-9");
+    ck_assert_int_eq(ct_config_apply_overrides(&c, g), CT_OK);
+    ck_assert_str_eq(c.data.classes, "5-9");
+    path = write_ini("bad.ini", "[sweep]\noverrides = data.classes=0-4 | data.classes=3-1\n");
+    expect_error(ct_config_load(&c, path, 0, NULL), CT_ERR_CONFIG, path, ":2:", "group 2",
+                 "low <= high", NULL);
     remove_tmpdir();
 }
 END_TEST
@@ -928,6 +993,7 @@ int main(void) {
     tcase_add_test(cf, config_override_errors);
     tcase_add_test(cf, config_dump_round_trip);
     tcase_add_test(cf, config_classes);
+    tcase_add_test(cf, config_sweep_overrides);
     tcase_add_unchecked_fixture(cf, base_setup, base_teardown);
     suite_add_tcase(s, cf);
     return ct_test_run(s);

@@ -1,0 +1,125 @@
+/* Sweeps: groups of ranks taking jobs from one shared queue, and the agreement helper that
+ * lets a group turn one rank's failure into the same failed result on all of its ranks.
+ *
+ * Why a one-sided counter and not a master loop: every rank evaluates (a master that only
+ * hands out jobs would idle a rank, half the machine at -np 2), and a master that also
+ * evaluates could only answer requests between its own jobs, so the other groups would
+ * wait for it. A window made by MPI_Win_allocate lets Open MPI use shared-memory atomics
+ * on one node (osc/sm) or network atomics across nodes (osc/ucx, osc/rdma), and then
+ * MPI_Fetch_and_op completes without rank 0 doing anything. (MPI_Win_create memory cannot
+ * take the sm path; with emulated atomics a fetch waited ~2 s for a busy rank 0.) */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dist.h"
+
+ct_status ct_dist_agree(const ct_dist *d, ct_status st) {
+    int first = st != CT_OK ? d->rank : d->size;
+    CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, d->world));
+    if (first == d->size) return CT_OK;
+    struct {
+        int st;
+        char msg[1024];
+    } why = {0};
+    if (d->rank == first) {
+        why.st = (int)st;
+        snprintf(why.msg, sizeof why.msg, "%s", ct_last_error());
+    }
+    CT_CHECK_MPI(MPI_Bcast(&why, (int)sizeof why, MPI_BYTE, first, d->world));
+    return ct_error((ct_status)why.st, "%s", why.msg);
+}
+
+ct_status ct_sweep_open(const ct_dist *world, int group_size, int64_t njobs, ct_sweep *s) {
+    memset(s, 0, sizeof *s);
+    s->world = world->world;
+    s->njobs = njobs;
+    if (group_size < 1) group_size = 1;
+    if (group_size > world->size) group_size = world->size;
+    s->group_index = world->rank / group_size;
+    s->ngroups = (world->size + group_size - 1) / group_size;
+    MPI_Comm split;
+    if (MPI_Comm_split(world->world, s->group_index, world->rank, &split) != MPI_SUCCESS)
+        return ct_error(CT_ERR_MPI, "rank %d: MPI_Comm_split into sweep groups failed",
+                        world->rank);
+    ct_status st = ct_dist_from_comm(split, &s->group);
+    MPI_Comm_free(&split);
+    if (st != CT_OK) return st;
+
+    /* The world communicator returns errors (ct_dist_init), so a library without a usable
+     * one-sided component reports it here instead of aborting. */
+    int64_t *counter = NULL;
+    int rc = MPI_Win_allocate(world->rank == 0 ? (MPI_Aint)sizeof(int64_t) : 0,
+                              (int)sizeof(int64_t), MPI_INFO_NULL, world->world, &counter,
+                              &s->win);
+    int ok = rc == MPI_SUCCESS, all_ok = ok;
+    CT_CHECK_MPI(MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, world->world));
+    /* A window made on some ranks only cannot be freed (the free is collective); it is
+     * left to MPI_Finalize. */
+    s->have_win = all_ok;
+    s->dynamic = all_ok;
+    if (!all_ok) return CT_OK;
+    CT_CHECK_MPI(MPI_Win_set_errhandler(s->win, MPI_ERRORS_RETURN));
+    if (world->rank == 0) {
+        /* local stores to window memory go inside an epoch (separate memory model) */
+        CT_CHECK_MPI(MPI_Win_lock(MPI_LOCK_EXCLUSIVE, 0, 0, s->win));
+        *counter = 0;
+        CT_CHECK_MPI(MPI_Win_unlock(0, s->win));
+    }
+    CT_CHECK_MPI(MPI_Barrier(world->world)); /* nobody fetches before the counter is 0 */
+    return CT_OK;
+}
+
+int64_t ct_sweep_next(ct_sweep *s) {
+    int64_t job = -1;
+    if (s->group.rank == 0 && !s->done) {
+        if (s->dynamic) {
+            const int64_t one = 1;
+            CT_CHECK_MPI(MPI_Win_lock(MPI_LOCK_SHARED, 0, 0, s->win));
+            CT_CHECK_MPI(MPI_Fetch_and_op(&one, &job, MPI_INT64_T, 0, 0, MPI_SUM, s->win));
+            CT_CHECK_MPI(MPI_Win_unlock(0, s->win));
+        } else {
+            job = s->group_index + s->dealt++ * s->ngroups;
+        }
+        if (job >= s->njobs) job = -1;
+    }
+    CT_CHECK_MPI(MPI_Bcast(&job, 1, MPI_INT64_T, 0, s->group.world));
+    if (job < 0) s->done = true;
+    return job;
+}
+
+void ct_sweep_gather(ct_sweep *s, const void *recs, int n, size_t rec_size, void **all,
+                     int *nall) {
+    int rank, size;
+    MPI_Comm_rank(s->world, &rank);
+    MPI_Comm_size(s->world, &size);
+    MPI_Datatype rec;
+    CT_CHECK_MPI(MPI_Type_contiguous((int)rec_size, MPI_BYTE, &rec));
+    CT_CHECK_MPI(MPI_Type_commit(&rec));
+    int *counts = rank == 0 ? calloc((size_t)size, sizeof *counts) : NULL;
+    int *displs = rank == 0 ? calloc((size_t)size, sizeof *displs) : NULL;
+    CT_ASSERT(rank != 0 || (counts && displs), "sweep gather: out of memory");
+    CT_CHECK_MPI(MPI_Gather(&n, 1, MPI_INT, counts, 1, MPI_INT, 0, s->world));
+    int total = 0;
+    for (int r = 0; rank == 0 && r < size; r++) {
+        displs[r] = total;
+        total += counts[r];
+    }
+    void *buf = NULL;
+    if (rank == 0) {
+        buf = malloc(total ? (size_t)total * rec_size : 1);
+        CT_ASSERT(buf, "sweep gather: out of memory for %d records", total);
+    }
+    CT_CHECK_MPI(MPI_Gatherv(recs, n, rec, buf, counts, displs, rec, 0, s->world));
+    MPI_Type_free(&rec);
+    free(counts);
+    free(displs);
+    *all = buf;
+    *nall = total;
+}
+
+void ct_sweep_close(ct_sweep *s) {
+    if (s->have_win) MPI_Win_free(&s->win);
+    ct_dist_free(&s->group);
+    memset(s, 0, sizeof *s);
+}
