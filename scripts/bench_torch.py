@@ -212,13 +212,20 @@ def worker(rank, a, port, out):
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.manual_seed(0)
     model = make_model(a.model)
+    frozen = None
+    if a.freeze:
+        frozen = getattr(model, a.freeze)
+        for q in frozen.parameters():
+            q.requires_grad_(False)
     src = Source(a, rank, world)
     train = a.mode != "eval"
     if train:
         if world > 1:
             model = nn.parallel.DistributedDataParallel(model)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=1e-3)
         model.train()
+        if frozen is not None:
+            frozen.eval()  # the usual fine-tuning choice; ctrain's frozen BatchNorm does the same
     else:
         model.eval()
     if a.mode == "layers":
@@ -276,6 +283,7 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--data", choices=["synthetic", "fmnist"], default="synthetic")
+    p.add_argument("--freeze", default="", help="'backbone': requires_grad=False on the CNN backbone, whose BatchNorm then stays in eval mode (as ctrain's model.freeze)")
     a = p.parse_args()
     if a.ranks > 1 and a.mode != "train":
         sys.exit("bench_torch.py: --mode %s runs on one rank" % a.mode)

@@ -39,18 +39,18 @@ static double max_rss_mib(void) {
 }
 
 typedef struct {
-    const char *model, *mode, *data, *data_dir;
+    const char *model, *mode, *data, *data_dir, *freeze;
     int steps, warmup, batch, repeats;
 } opts;
 
 static void usage(void) {
     fprintf(stderr, "usage: bench_train [--model mlp|cnn] [--mode train|eval|layers] [--steps N] "
-                    "[--warmup N] [--batch B] [--repeats R] [--data synthetic|fmnist] [--data-dir DIR]\n");
+                    "[--warmup N] [--batch B] [--repeats R] [--data synthetic|fmnist] [--data-dir DIR] [--freeze GLOB]\n");
     exit(2);
 }
 
 static opts parse(int argc, char **argv) {
-    opts o = {"cnn", "train", "synthetic", CT_FASHION_MNIST_DIR, 50, 5, 64, 3};
+    opts o = {"cnn", "train", "synthetic", CT_FASHION_MNIST_DIR, NULL, 50, 5, 64, 3};
     for (int i = 1; i < argc; i++) {
         if (i + 1 >= argc) usage();
         const char *k = argv[i], *v = argv[++i];
@@ -58,6 +58,7 @@ static opts parse(int argc, char **argv) {
         else if (!strcmp(k, "--mode")) o.mode = v;
         else if (!strcmp(k, "--data")) o.data = v;
         else if (!strcmp(k, "--data-dir")) o.data_dir = v;
+        else if (!strcmp(k, "--freeze")) o.freeze = v;
         else if (!strcmp(k, "--steps")) o.steps = atoi(v);
         else if (!strcmp(k, "--warmup")) o.warmup = atoi(v);
         else if (!strcmp(k, "--batch")) o.batch = atoi(v);
@@ -349,6 +350,9 @@ int main(int argc, char **argv) {
     ct_rng rng;
     ct_rng_seed(&rng, 0);
     ct_module *m = !strcmp(o.model, "mlp") ? ct_nn_mlp(784, 10, &rng) : ct_nn_cnn(1, 28, 10, 0.25f, &rng);
+    /* --freeze GLOB: a frozen backbone, as the CLI's model.freeze (its BatchNorm then runs
+     * on running statistics); no feature cache here, so the backbone's forward is timed */
+    if (o.freeze && ct_module_set_requires_grad(m, o.freeze, false) == 0) ct_fatal("--freeze %s matches nothing", o.freeze);
     ct_module_pack(m); /* as the CLI does */
     source src;
     source_init(&src, &o, &d);
