@@ -24,7 +24,11 @@ int main(void) {
 }
 C
 export PKG_CONFIG_PATH="$T/prefix/lib/pkgconfig"
-if cc -std=c11 "$T/use.c" $(pkg-config --cflags --libs ctrain) -Wl,-rpath,"$T/prefix/lib" \
+# Under `make check SANITIZE=1` the installed library is the sanitized one, so the program
+# must link the sanitizer runtimes too.
+san=()
+[ "${SANITIZE:-0}" = 1 ] && san=(-fsanitize=address,undefined)
+if cc -std=c11 "${san[@]}" "$T/use.c" $(pkg-config --cflags --libs ctrain) -Wl,-rpath,"$T/prefix/lib" \
     -o "$T/use" 2>"$T/cc.log"; then
     expect_eq "a program built against the installed library runs" "2" "$("$T/use")"
 else
