@@ -45,14 +45,23 @@ ct_status ct_npy_write(const char *path, const ct_array *a);
 
 typedef enum { CT_SPLIT_TRAIN, CT_SPLIT_TEST } ct_split;
 
-/* n samples of float32 features (sample i at x + i * sample_numel) with int64 labels in
- * 0..num_classes-1. x and y are malloc'd and owned by the data set. */
+/* n samples with int64 labels in 0..num_classes-1. The features are stored one of two
+ * ways, and exactly one of x and x8 is non-NULL (both are NULL only in a zeroed data set):
+ *  - x: float32, sample i at x + i * sample_numel (NPY float32 files, ct_dataset_from_data,
+ *    feature caches);
+ *  - x8: uint8 pixels, sample i at x8 + i * sample_numel, where pixel p stands for the
+ *    feature p / 255.0f, as torchvision's ToTensor (IDX images, NPY uint8 files,
+ *    ct_dataset_from_pixels). A quarter of the memory of float32: the loader converts each
+ *    batch, giving bit for bit the floats a data set storing p / 255.0f would give.
+ * x/x8 and y are malloc'd and owned by the data set. Read features outside the data layer
+ * with ct_dataset_sample, which handles both. */
 typedef struct {
     int64_t n;
     int sample_ndim; /* 1..CT_MAX_DIMS-1, so a batch [B, sample shape] fits in a tensor */
     int64_t sample_shape[CT_MAX_DIMS - 1];
     int64_t sample_numel;
-    float *x;
+    float *x;        /* float32 features, or NULL when x8 holds them */
+    uint8_t *x8;     /* uint8 pixels (feature = p / 255.0f), or NULL when x holds them */
     int64_t *y;
     int num_classes; /* max label + 1 when loaded; keep_classes(remap) sets k */
 } ct_dataset;
@@ -61,16 +70,22 @@ typedef struct {
 #define CT_FASHION_MNIST_DIR "/usr/share/datasets/fashion-mnist"
 
 /* Loads {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] from dir: images become
- * [1, rows, cols] samples scaled to [0, 1]. CT_ERR_IO names the missing file; CT_ERR_SHAPE
+ * [1, rows, cols] samples kept as uint8 pixels (x8; features p / 255 in [0, 1]). CT_ERR_IO names the missing file; CT_ERR_SHAPE
  * names both files and counts when they differ; otherwise as ct_idx_read. */
 ct_status ct_dataset_from_idx(ct_dataset *ds, const char *dir, ct_split split);
-/* Loads features x (float32, or uint8 scaled to [0, 1]; shape [n, ...], 2..CT_MAX_DIMS
- * dims) and labels y (int64 or uint8, shape [n], non-negative) from two .npy files.
+/* Loads features x (float32 into x, or uint8 pixels into x8, standing for p / 255 in
+ * [0, 1]; shape [n, ...], 2..CT_MAX_DIMS dims) and labels y (int64 or uint8, shape [n], non-negative) from two .npy files.
  * CT_ERR_SHAPE names both files when the counts differ or a dtype/shape is not allowed. */
 ct_status ct_dataset_from_npy(ct_dataset *ds, const char *x_path, const char *y_path);
 /* A data set holding copies of x (n * numel(sample_shape) floats) and y (n labels >= 0). */
 ct_status ct_dataset_from_data(ct_dataset *ds, int64_t n, int sample_ndim,
                                const int64_t *sample_shape, const float *x, const int64_t *y);
+/* The same with uint8 pixels x8 (n * numel(sample_shape) bytes, feature p / 255) kept in x8. */
+ct_status ct_dataset_from_pixels(ct_dataset *ds, int64_t n, int sample_ndim,
+                                 const int64_t *sample_shape, const uint8_t *x8, const int64_t *y);
+/* Writes sample i's sample_numel features as float32 to out (x8 pixels as p / 255.0f, the
+ * values the loader starts from). Aborts if i is outside 0..n-1. */
+void ct_dataset_sample(const ct_dataset *ds, int64_t i, float *out);
 /* Changes the per-sample shape (e.g. [1,28,28] <-> [784]); CT_ERR_ARG if numel differs. */
 ct_status ct_dataset_reshape(ct_dataset *ds, int sample_ndim, const int64_t *sample_shape);
 /* Keeps, in order, only samples whose label is one of classes[0..k); with remap, label
@@ -80,12 +95,12 @@ ct_status ct_dataset_keep_classes(ct_dataset *ds, const int64_t *classes, int k,
 /* Keeps the first k samples of each class (all of them if a class has fewer), in order.
  * CT_ERR_ARG if k < 1. */
 ct_status ct_dataset_few_shot(ct_dataset *ds, int64_t k);
-/* Frees x and y and zeroes *ds. */
+/* Frees x or x8 and y and zeroes *ds. */
 void ct_dataset_free(ct_dataset *ds);
 
 /* ---- loader -------------------------------------------------------------------------------- */
 
-/* Augmentation (training only, in raw feature space before normalising, as torchvision's
+/* Augmentation (training only, in feature space (x, or x8 as p / 255) before normalising, as torchvision's
  * RandomCrop(size, padding=crop_pad) then RandomHorizontalFlip() then Normalize): samples
  * must be [C, H, W] or [H, W]. Per sample the RNG draws dy, dx in 0..2*crop_pad (when
  * crop_pad > 0) then a flip bit (when hflip), so a seed fixes every batch. */

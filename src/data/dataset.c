@@ -1,5 +1,6 @@
-/* The in-memory data set: float32 features and int64 labels, loaded from IDX or NPY files
- * or copied from memory, with class filtering and few-shot subsetting done in place. */
+/* The in-memory data set: float32 features or uint8 pixels, and int64 labels, loaded from
+ * IDX or NPY files or copied from memory, with class filtering and few-shot subsetting done
+ * in place. uint8 sources stay uint8 (a quarter of the memory); the loader converts. */
 #include "internal.h"
 
 #include <limits.h>
@@ -35,14 +36,18 @@ static int64_t *labels_to_i64(const ct_array *a) {
     return y;
 }
 
-/* Features as float32; uint8 is scaled to [0, 1] as torchvision's ToTensor does (x / 255). */
-static float *features_to_f32(const ct_array *a) {
-    if (a->dtype == CT_DTYPE_F32) return a->data;
-    float *x = ct__data_malloc((size_t)a->numel * sizeof *x);
-    const uint8_t *u = a->data;
-    for (int64_t i = 0; i < a->numel; i++) x[i] = (float)u[i] / 255.0f;
-    return x;
+/* Takes over a reader's feature buffer: float32 becomes x, uint8 pixels become x8 (not
+ * converted here: the loader scales them by 1/255 per batch, as torchvision's ToTensor). */
+static void take_features(ct_dataset *d, ct_array *a) {
+    if (a->dtype == CT_DTYPE_U8)
+        d->x8 = a->data;
+    else
+        d->x = a->data;
+    a->data = NULL;
 }
+
+/* Bytes per stored feature: 4 for x, 1 for x8. */
+static size_t feature_size(const ct_dataset *ds) { return ds->x8 ? 1 : sizeof(float); }
 
 /* dir/name if it exists, else dir/name.gz; CT_ERR_IO naming both when neither does. */
 static ct_status find_file(const char *dir, const char *name, char *out) {
@@ -81,9 +86,8 @@ ct_status ct_dataset_from_idx(ct_dataset *ds, const char *dir, ct_split split) {
     ct_dataset d = {.n = img.shape[0], .sample_ndim = 3,
                     .sample_shape = {1, img.shape[1], img.shape[2]},
                     .sample_numel = img.shape[1] * img.shape[2]};
-    d.x = features_to_f32(&img);
+    take_features(&d, &img);
     d.y = labels_to_i64(&lbl);
-    ct_array_free(&img);
     ct_array_free(&lbl);
     /* cannot fail for uint8 labels, but keeps the three constructors alike */
     if ((st = set_num_classes(&d, lpath, CT_ERR_FORMAT)) != CT_OK) {
@@ -124,10 +128,9 @@ ct_status ct_dataset_from_npy(ct_dataset *ds, const char *x_path, const char *y_
         d.sample_shape[i - 1] = xa.shape[i];
         d.sample_numel *= xa.shape[i];
     }
-    d.x = features_to_f32(&xa);
+    take_features(&d, &xa);
     d.y = labels_to_i64(&ya);
-    /* the converted buffers were taken over; free only what was converted from */
-    if (d.x != xa.data) ct_array_free(&xa);
+    /* an int64 label buffer was taken over; free only one that was converted from */
     if (d.y != ya.data) ct_array_free(&ya);
     if ((st = set_num_classes(&d, y_path, CT_ERR_FORMAT)) != CT_OK) {
         ct_dataset_free(&d);
@@ -150,17 +153,23 @@ static ct_status check_sample_shape(int ndim, const int64_t *shape, int64_t *num
     return CT_OK;
 }
 
-ct_status ct_dataset_from_data(ct_dataset *ds, int64_t n, int sample_ndim,
-                               const int64_t *sample_shape, const float *x, const int64_t *y) {
+/* The shared part of from_data and from_pixels: copies n samples of elem-byte features. */
+static ct_status from_memory(ct_dataset *ds, int64_t n, int sample_ndim, const int64_t *sample_shape,
+                             const void *x, size_t elem, const int64_t *y) {
     ct_dataset d = {.n = n, .sample_ndim = sample_ndim};
     ct_status st = check_sample_shape(sample_ndim, sample_shape, &d.sample_numel);
     if (st != CT_OK) return st;
     if (n < 0) return ct_error(CT_ERR_ARG, "dataset: negative sample count %lld", (long long)n);
     memcpy(d.sample_shape, sample_shape, (size_t)sample_ndim * sizeof *sample_shape);
-    d.x = ct__data_malloc((size_t)(n * d.sample_numel) * sizeof *d.x);
+    size_t xbytes = (size_t)(n * d.sample_numel) * elem;
+    void *xd = ct__data_malloc(xbytes);
+    if (elem == 1)
+        d.x8 = xd;
+    else
+        d.x = xd;
     d.y = ct__data_malloc((size_t)n * sizeof *d.y);
     if (n) {
-        memcpy(d.x, x, (size_t)(n * d.sample_numel) * sizeof *d.x);
+        memcpy(xd, x, xbytes);
         memcpy(d.y, y, (size_t)n * sizeof *d.y);
     }
     if ((st = set_num_classes(&d, "dataset", CT_ERR_ARG)) != CT_OK) {
@@ -169,6 +178,29 @@ ct_status ct_dataset_from_data(ct_dataset *ds, int64_t n, int sample_ndim,
     }
     *ds = d;
     return CT_OK;
+}
+
+ct_status ct_dataset_from_data(ct_dataset *ds, int64_t n, int sample_ndim,
+                               const int64_t *sample_shape, const float *x, const int64_t *y) {
+    return from_memory(ds, n, sample_ndim, sample_shape, x, sizeof *x, y);
+}
+
+ct_status ct_dataset_from_pixels(ct_dataset *ds, int64_t n, int sample_ndim,
+                                 const int64_t *sample_shape, const uint8_t *x8, const int64_t *y) {
+    return from_memory(ds, n, sample_ndim, sample_shape, x8, sizeof *x8, y);
+}
+
+void ct_dataset_sample(const ct_dataset *ds, int64_t i, float *out) {
+    CT_ASSERT(i >= 0 && i < ds->n, "dataset: sample %lld outside 0..%lld", (long long)i,
+              (long long)ds->n - 1);
+    int64_t f = ds->sample_numel;
+    if (ds->x8) {
+        const uint8_t *p = ds->x8 + i * f;
+        /* the same expression as the loader's, so the values agree bit for bit */
+        for (int64_t j = 0; j < f; j++) out[j] = (float)p[j] / 255.0f;
+    } else {
+        memcpy(out, ds->x + i * f, (size_t)f * sizeof *out);
+    }
 }
 
 ct_status ct_dataset_reshape(ct_dataset *ds, int sample_ndim, const int64_t *sample_shape) {
@@ -183,24 +215,31 @@ ct_status ct_dataset_reshape(ct_dataset *ds, int sample_ndim, const int64_t *sam
     return CT_OK;
 }
 
-/* Keeps the samples with keep[i] != 0, in order, and gives unused memory back. */
+/* Keeps the samples with keep[i] != 0, in order, and gives unused memory back. Works on
+ * the feature bytes, so x and x8 are handled alike. */
 static void compact(ct_dataset *ds, const unsigned char *keep) {
-    int64_t m = 0, f = ds->sample_numel;
+    size_t rec = (size_t)ds->sample_numel * feature_size(ds); /* bytes per sample */
+    unsigned char *x = ds->x8 ? (unsigned char *)ds->x8 : (unsigned char *)ds->x;
+    int64_t m = 0;
     for (int64_t i = 0; i < ds->n; i++) {
         if (!keep[i]) continue;
         if (m != i) {
-            memmove(ds->x + m * f, ds->x + i * f, (size_t)f * sizeof *ds->x);
+            memmove(x + (size_t)m * rec, x + (size_t)i * rec, rec);
             ds->y[m] = ds->y[i];
         }
         m++;
     }
     ds->n = m;
     if (m > 0) { /* shrinking realloc cannot fail in practice; keep the old block if it does */
-        float *x = realloc(ds->x, (size_t)(m * f) * sizeof *x);
-        if (x) ds->x = x;
+        unsigned char *nx = realloc(x, (size_t)m * rec);
+        if (nx) x = nx;
         int64_t *y = realloc(ds->y, (size_t)m * sizeof *y);
         if (y) ds->y = y;
     }
+    if (ds->x8)
+        ds->x8 = x;
+    else
+        ds->x = (float *)x;
 }
 
 ct_status ct_dataset_keep_classes(ct_dataset *ds, const int64_t *classes, int k, bool remap) {
@@ -248,6 +287,7 @@ ct_status ct_dataset_few_shot(ct_dataset *ds, int64_t k) {
 
 void ct_dataset_free(ct_dataset *ds) {
     free(ds->x);
+    free(ds->x8);
     free(ds->y);
     memset(ds, 0, sizeof *ds);
 }

@@ -1,5 +1,6 @@
 /* The batch loader: gathers the samples named by an index list (a sampler's shard) into a
- * [B, sample shape] tensor, augmenting then normalising each sample. Its label buffer is
+ * [B, sample shape] tensor, augmenting then normalising each sample (uint8 pixels are
+ * converted to float here, through a table of their 256 normalised values). Its label buffer is
  * allocated once, and batch tensors come from the caching allocator, so after the first
  * epoch it makes no malloc calls. */
 #include "internal.h"
@@ -16,6 +17,7 @@ struct ct_loader {
     int64_t n, pos;     /* how many, and the next one to serve */
     int64_t *y;         /* batch_size labels */
     int64_t C, H, W;    /* sample layout for augmentation ([H, W] is C = 1) */
+    float lut[256];     /* x8 data sets: pixel p's normalised feature */
 };
 
 ct_loader_opts ct_loader_opts_default(int64_t batch_size) {
@@ -44,6 +46,9 @@ ct_status ct_loader_new(ct_loader **out, const ct_dataset *ds, const ct_loader_o
     l->C = s == 3 ? ds->sample_shape[0] : 1;
     l->H = s >= 2 ? ds->sample_shape[s - 2] : 1;
     l->W = ds->sample_shape[s - 1];
+    /* Exactly the float path's arithmetic: the feature p / 255.0f, then (x - mean) / std.
+     * Float division is correctly rounded, so the table is bit-identical to it. */
+    for (int p = 0; p < 256; p++) l->lut[p] = ((float)p / 255.0f - o->mean) / o->std;
     *out = l;
     return CT_OK;
 }
@@ -65,24 +70,31 @@ int64_t ct_loader_num_batches(const ct_loader *l) {
 
 ct_rng *ct_loader_rng(ct_loader *l) { return &l->rng; }
 
-/* torchvision's RandomCrop(padding=P) then RandomHorizontalFlip(): output pixel (i, j) is
- * input pixel (i + dy - P, j' + dx - P) with j' = W-1-j when flipped, or 0 (padding) when
- * that falls outside the image. */
-static void augment(ct_loader *l, const float *src, float *dst) {
+/* Feature k of a sample (float xf or uint8 x8, whichever is non-NULL), normalised. */
+static inline float feature(const ct_loader *l, const float *xf, const uint8_t *x8, int64_t k) {
+    /* subtract then divide, as torchvision's Normalize, so values match it bit for bit */
+    return x8 ? l->lut[x8[k]] : (xf[k] - l->o.mean) / l->o.std;
+}
+
+/* torchvision's RandomCrop(padding=P) then RandomHorizontalFlip() then Normalize: output
+ * pixel (i, j) is input pixel (i + dy - P, j' + dx - P) with j' = W-1-j when flipped, or 0
+ * (padding) when that falls outside the image; then every pixel is normalised. */
+static void augment(ct_loader *l, const float *xf, const uint8_t *x8, float *dst) {
     int64_t P = l->o.crop_pad, H = l->H, W = l->W;
     int64_t dy = P ? (int64_t)ct_rng_below(&l->rng, (uint64_t)(2 * P + 1)) - P : 0;
     int64_t dx = P ? (int64_t)ct_rng_below(&l->rng, (uint64_t)(2 * P + 1)) - P : 0;
     bool flip = l->o.hflip && ct_rng_below(&l->rng, 2);
-    for (int64_t c = 0; c < l->C; c++, src += H * W) {
+    float pad = (0.0f - l->o.mean) / l->o.std; /* == lut[0], since 0 / 255.0f is 0 */
+    for (int64_t c = 0, off = 0; c < l->C; c++, off += H * W) {
         for (int64_t i = 0; i < H; i++, dst += W) {
             int64_t si = i + dy;
             if (si < 0 || si >= H) {
-                memset(dst, 0, (size_t)W * sizeof *dst);
+                for (int64_t j = 0; j < W; j++) dst[j] = pad;
                 continue;
             }
             for (int64_t j = 0; j < W; j++) {
                 int64_t sj = (flip ? W - 1 - j : j) + dx;
-                dst[j] = sj >= 0 && sj < W ? src[si * W + sj] : 0.0f;
+                dst[j] = sj >= 0 && sj < W ? feature(l, xf, x8, off + si * W + sj) : pad;
             }
         }
     }
@@ -99,14 +111,15 @@ bool ct_loader_next(ct_loader *l, ct_batch *b) {
     bool aug = l->o.crop_pad > 0 || l->o.hflip;
     float mean = l->o.mean, std = l->o.std;
     for (int64_t k = 0; k < B; k++) {
-        const float *src = ds->x + idx[k] * F;
+        const float *xf = ds->x8 ? NULL : ds->x + idx[k] * F;
+        const uint8_t *x8 = ds->x8 ? ds->x8 + idx[k] * F : NULL;
         float *dst = x->data + k * F;
         if (aug)
-            augment(l, src, dst);
-        else
-            memcpy(dst, src, (size_t)F * sizeof *dst);
-        /* subtract then divide, as torchvision's Normalize, so values match it bit for bit */
-        for (int64_t j = 0; j < F; j++) dst[j] = (dst[j] - mean) / std;
+            augment(l, xf, x8, dst);
+        else if (x8)
+            for (int64_t j = 0; j < F; j++) dst[j] = l->lut[x8[j]];
+        else /* subtract then divide, as torchvision's Normalize */
+            for (int64_t j = 0; j < F; j++) dst[j] = (xf[j] - mean) / std;
         l->y[k] = ds->y[idx[k]];
     }
     l->pos += B;

@@ -75,7 +75,7 @@ ct_status ct_dist_cache_features(const ct_dist *d, ct_module *m, int prefix, con
     out->sample_ndim = fnd;
     memcpy(out->sample_shape, fshape, (size_t)fnd * sizeof *fshape);
     out->sample_numel = fnumel;
-    out->x = all;
+    out->x = all; /* features are floats whatever in stores: x set, x8 left NULL */
     out->y = y;
     out->num_classes = in->num_classes;
     return CT_OK;

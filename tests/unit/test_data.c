@@ -1,7 +1,9 @@
 /* The data layer: IDX and NPY readers (real Fashion-MNIST and broken files), the data set
- * helpers, the batch loader (coverage, normalisation, augmentation, no steady-state mallocs)
- * and the distributed sampler. */
+ * helpers on float and uint8 storage, the batch loader (coverage, normalisation,
+ * augmentation, uint8 batches bit-identical to float ones, no steady-state mallocs) and the
+ * distributed sampler. */
 #include <dirent.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -133,19 +135,33 @@ START_TEST(fashion_mnist_loads) {
     }
     for (int c = 0; c < 10; c++) ck_assert_int_eq(count[c], ds.n / 10);
     for (int i = 0; i < 10; i++) ck_assert_int_eq(ds.y[i], r->y10[i]);
-    float lo = 1, hi = 0;
+    /* the pixels stay uint8: one byte per feature, not four */
+    ck_assert_ptr_null(ds.x);
+    ck_assert_ptr_nonnull(ds.x8);
+    size_t bytes = (size_t)(ds.n * 784);
+    ck_assert_uint_ge(malloc_usable_size(ds.x8), bytes);
+    ck_assert_uint_lt(malloc_usable_size(ds.x8), bytes + 4096);
+    int lo = 255, hi = 0;
     for (int64_t k = 0; k < ds.n * 784; k++) {
-        if (ds.x[k] < lo) lo = ds.x[k];
-        if (ds.x[k] > hi) hi = ds.x[k];
+        if (ds.x8[k] < lo) lo = ds.x8[k];
+        if (ds.x8[k] > hi) hi = ds.x8[k];
     }
-    ck_assert_float_eq(lo, 0.0f);
-    ck_assert_float_eq(hi, 1.0f);
-    double s = 0;
-    for (int k = 0; k < 784; k++) s += ds.x[k] * 255.0;
-    ck_assert_close(s, (double)r->first_sum, 1e-6);
-    for (int j = 0; j < 3; j++) ck_assert_float_eq(ds.x[10 * 28 + 13 + j], r->row10[j] / 255.0f);
+    ck_assert_int_eq(lo, 0);
+    ck_assert_int_eq(hi, 255);
+    int64_t s = 0;
+    for (int k = 0; k < 784; k++) s += ds.x8[k];
+    ck_assert_int_eq(s, r->first_sum);
+    for (int j = 0; j < 3; j++) ck_assert_int_eq(ds.x8[10 * 28 + 13 + j], r->row10[j]);
+    /* read as floats: p / 255, so 0 and 1 at the extremes */
+    float f[784];
+    ct_dataset_sample(&ds, 0, f);
+    for (int j = 0; j < 3; j++) ck_assert_float_eq(f[10 * 28 + 13 + j], r->row10[j] / 255.0f);
+    double fs = 0;
+    for (int k = 0; k < 784; k++) fs += f[k] * 255.0;
+    ck_assert_close(fs, (double)r->first_sum, 1e-6);
     ct_dataset_free(&ds);
     ck_assert_ptr_null(ds.x);
+    ck_assert_ptr_null(ds.x8);
 }
 END_TEST
 
@@ -160,7 +176,11 @@ START_TEST(idx_small_split_values) {
     ck_assert_int_eq(ds.sample_shape[1], 4);
     ck_assert_int_eq(ds.sample_shape[2], 5);
     ck_assert_int_eq(ds.num_classes, 3);
-    for (int k = 0; k < 6 * 20; k++) ck_assert_float_eq(ds.x[k], (float)(k * 7 % 256) / 255.0f);
+    ck_assert_ptr_null(ds.x);
+    for (int k = 0; k < 6 * 20; k++) ck_assert_int_eq(ds.x8[k], k * 7 % 256);
+    float f[20];
+    ct_dataset_sample(&ds, 5, f);
+    for (int k = 0; k < 20; k++) ck_assert_float_eq(f[k], (float)((100 + k) * 7 % 256) / 255.0f);
     for (int k = 0; k < 6; k++) ck_assert_int_eq(ds.y[k], k % 3);
     ct_dataset_free(&ds);
     /* the train split is not there */
@@ -489,7 +509,11 @@ START_TEST(dataset_from_npy) {
     ck_assert_int_eq(ds.sample_shape[0], 2);
     ck_assert_int_eq(ds.sample_shape[1], 3);
     ck_assert_int_eq(ds.num_classes, 8);
-    for (int k = 0; k < 24; k++) ck_assert_float_eq(ds.x[k], (float)(k * 10) / 255.0f);
+    ck_assert_ptr_null(ds.x); /* uint8 features stay uint8 */
+    for (int k = 0; k < 24; k++) ck_assert_int_eq(ds.x8[k], k * 10);
+    float f[6];
+    ct_dataset_sample(&ds, 3, f);
+    for (int k = 0; k < 6; k++) ck_assert_float_eq(f[k], (float)((18 + k) * 10) / 255.0f);
     for (int k = 0; k < 4; k++) ck_assert_int_eq(ds.y[k], yb[k]);
     /* [n, 2, 3] -> [n, 6] */
     ck_assert_int_eq(ct_dataset_reshape(&ds, CT_SHAPE(6)), CT_OK);
@@ -506,7 +530,11 @@ START_TEST(dataset_from_npy) {
     ck_assert_int_eq(ct_dataset_from_npy(&ds, xp, yp), CT_OK);
     ck_assert_int_eq(ds.n, 2);
     ck_assert_int_eq(ds.sample_numel, 12);
+    ck_assert_ptr_null(ds.x8);
     ck_assert_mem_eq(ds.x, xf.data, 24 * sizeof(float));
+    float f12[12];
+    ct_dataset_sample(&ds, 1, f12);
+    ck_assert_mem_eq(f12, (float *)xf.data + 12, 12 * sizeof(float));
     ck_assert_int_eq(ds.num_classes, 2);
     ct_dataset_free(&ds);
 
@@ -593,6 +621,202 @@ START_TEST(dataset_few_shot) {
     for (int k = 0; k < 5; k++) ck_assert_int_eq(ds.y[k], first[k]);
     ct_dataset_free(&ds);
 }
+END_TEST
+
+/* ---- uint8 storage --------------------------------------------------------------------- */
+
+/* Asserts that a data set's feature buffer holds `bytes` bytes: at least that many, and far
+ * less than float storage (4 * bytes) would take. */
+static void assert_buffer_bytes(const void *p, size_t bytes) {
+    size_t got = malloc_usable_size((void *)p);
+    ck_assert_msg(got >= bytes && got < bytes + bytes / 2 + 4096,
+                  "buffer of %zu usable bytes for %zu bytes of pixels", got, bytes);
+}
+
+/* n samples of shape [2, 3] as uint8 pixels p = (37 * i + j) % 256 with labels i % 10 in
+ * *d8, and the float data set of the same features p / 255.0f in *df. */
+static void make_pixel_datasets(ct_dataset *d8, ct_dataset *df, int64_t n) {
+    uint8_t *x8 = malloc(n * 6);
+    float *xf = malloc(n * 6 * sizeof *xf);
+    int64_t *y = malloc(n * sizeof *y);
+    for (int64_t i = 0; i < n; i++) {
+        for (int j = 0; j < 6; j++) {
+            x8[i * 6 + j] = (uint8_t)((37 * i + j) % 256);
+            xf[i * 6 + j] = (float)x8[i * 6 + j] / 255.0f;
+        }
+        y[i] = i % 10;
+    }
+    ck_assert_int_eq(ct_dataset_from_pixels(d8, n, CT_SHAPE(2, 3), x8, y), CT_OK);
+    ck_assert_int_eq(ct_dataset_from_data(df, n, CT_SHAPE(2, 3), xf, y), CT_OK);
+    free(x8);
+    free(xf);
+    free(y);
+}
+
+/* Runs `epochs` epochs over idx[0..n) with one loader per data set (same options) and
+ * asserts that every batch is the same bit for bit: x, labels, indices and size. Returns
+ * how many batches were compared. */
+static int64_t assert_same_batches(const ct_dataset *a, const ct_dataset *b,
+                                   const ct_loader_opts *o, const int64_t *idx, int64_t n,
+                                   int epochs) {
+    ct_loader *la, *lb;
+    ck_assert_int_eq(ct_loader_new(&la, a, o), CT_OK);
+    ck_assert_int_eq(ct_loader_new(&lb, b, o), CT_OK);
+    int64_t batches = 0;
+    for (int e = 0; e < epochs; e++) {
+        ct_loader_start(la, idx, n);
+        ct_loader_start(lb, idx, n);
+        for (int64_t i = 0; i < ct_loader_num_batches(la); i++) CT_SCOPE {
+            ct_batch ba, bb;
+            ck_assert(ct_loader_next(la, &ba));
+            ck_assert(ct_loader_next(lb, &bb));
+            ck_assert_int_eq(ba.size, bb.size);
+            ck_assert_int_eq(ba.x->ndim, bb.x->ndim);
+            for (int d = 0; d < ba.x->ndim; d++) ck_assert_int_eq(ba.x->shape[d], bb.x->shape[d]);
+            ck_assert_mem_eq(ba.x->data, bb.x->data, (size_t)ba.x->numel * sizeof(float));
+            ck_assert_mem_eq(ba.y, bb.y, (size_t)ba.size * sizeof(int64_t));
+            ck_assert_mem_eq(ba.idx, bb.idx, (size_t)ba.size * sizeof(int64_t));
+            batches++;
+        }
+        ct_batch end;
+        ck_assert(!ct_loader_next(la, &end));
+        ck_assert(!ct_loader_next(lb, &end));
+    }
+    ct_loader_free(la);
+    ct_loader_free(lb);
+    return batches;
+}
+
+/* Filtering, few-shot and reshaping keep uint8 data uint8, move the right pixels and give
+ * memory back, exactly as on the float data set of the same features. */
+START_TEST(dataset_pixels_filters) {
+    ct_dataset d8, df;
+    make_pixel_datasets(&d8, &df, 40);
+    ck_assert_ptr_null(d8.x);
+    ck_assert_ptr_nonnull(d8.x8);
+    ck_assert_ptr_nonnull(df.x);
+    ck_assert_ptr_null(df.x8);
+    ck_assert_int_eq(d8.num_classes, 10);
+    assert_buffer_bytes(d8.x8, 40 * 6);
+    float f[6];
+    ct_dataset_sample(&d8, 7, f);
+    ck_assert_mem_eq(f, df.x + 7 * 6, sizeof f);
+    ck_assert_float_eq(f[2], (float)((37 * 7 + 2) % 256) / 255.0f);
+
+    for (int pass = 0; pass < 2; pass++) {
+        ct_dataset *d = pass ? &df : &d8;
+        ck_assert_int_eq(ct_dataset_keep_classes(d, (int64_t[]){9, 5, 6, 7, 8}, 5, true), CT_OK);
+        ck_assert_int_eq(d->n, 20);
+        ck_assert_int_eq(d->num_classes, 5);
+    }
+    /* kept in order: original samples 5..9, 15..19, ... relabelled 9->0, 5->1, ..., 8->4 */
+    int64_t map[10] = {-1, -1, -1, -1, -1, 1, 2, 3, 4, 0};
+    for (int64_t k = 0; k < 20; k++) {
+        int64_t orig = (k / 5) * 10 + 5 + k % 5;
+        ck_assert_int_eq(d8.y[k], map[orig % 10]);
+        for (int j = 0; j < 6; j++) ck_assert_int_eq(d8.x8[k * 6 + j], (37 * orig + j) % 256);
+    }
+    ck_assert_ptr_null(d8.x);
+    assert_buffer_bytes(d8.x8, 20 * 6);
+
+    for (int pass = 0; pass < 2; pass++) {
+        ct_dataset *d = pass ? &df : &d8;
+        ck_assert_int_eq(ct_dataset_few_shot(d, 2), CT_OK); /* 4 per class -> 2 */
+        ck_assert_int_eq(d->n, 10);
+        ck_assert_int_eq(ct_dataset_reshape(d, CT_SHAPE(6)), CT_OK);
+    }
+    /* the first two of each class: original samples 5..9 and 15..19 */
+    for (int64_t k = 0; k < 10; k++) {
+        int64_t orig = k < 5 ? 5 + k : 10 + k;
+        ck_assert_int_eq(d8.x8[k * 6], (37 * orig) % 256);
+        ct_dataset_sample(&d8, k, f);
+        ck_assert_mem_eq(f, df.x + k * 6, sizeof f);
+    }
+    ck_assert_mem_eq(d8.y, df.y, 10 * sizeof(int64_t));
+    ck_assert_ptr_null(d8.x);
+    assert_buffer_bytes(d8.x8, 10 * 6);
+    ct_loader_opts o = ct_loader_opts_default(4);
+    o.mean = 0.2860f;
+    o.std = 0.3530f;
+    int64_t idx[10] = {9, 0, 3, 3, 7, 1, 8, 2, 6, 5};
+    ck_assert_int_eq(assert_same_batches(&d8, &df, &o, idx, 10, 1), 3);
+
+    /* filtering again: label 4 is original class 8, samples 8 and 18 */
+    ck_assert_int_eq(ct_dataset_keep_classes(&d8, (int64_t[]){4}, 1, false), CT_OK);
+    ck_assert_int_eq(d8.n, 2);
+    ck_assert_ptr_null(d8.x);
+    ck_assert_int_eq(d8.x8[0], (37 * 8) % 256);
+    ck_assert_int_eq(d8.x8[6], (37 * 18) % 256);
+    ct_dataset_free(&d8);
+    ck_assert_ptr_null(d8.x8);
+    ct_dataset_free(&df);
+
+    /* from_pixels validates like from_data, and frees what it made when it fails */
+    EXPECT_ERROR(ct_dataset_from_pixels(&d8, 2, CT_SHAPE(1), (uint8_t[]){1, 2}, (int64_t[]){0, -1}),
+                 CT_ERR_ARG, "label -1");
+    EXPECT_ERROR(ct_dataset_from_pixels(&d8, 1, CT_SHAPE(0), (uint8_t[]){1}, (int64_t[]){0}),
+                 CT_ERR_ARG, "size 0");
+}
+END_TEST
+
+/* The loader's uint8 path gives bit for bit the batches of the float data set holding the
+ * same pixels / 255, with and without normalisation and augmentation (crop padding is the
+ * feature 0, the same as pixel 0). Real Fashion-MNIST images, so every pixel value and
+ * large zero borders occur. */
+START_TEST(loader_pixels_match_float) {
+    ct_dataset d8, df;
+    ck_assert_int_eq(ct_dataset_from_idx(&d8, CT_FASHION_MNIST_DIR, CT_SPLIT_TEST), CT_OK);
+    ck_assert_ptr_nonnull(d8.x8);
+    int64_t total = d8.n * d8.sample_numel;
+    float *xf = malloc((size_t)total * sizeof *xf);
+    for (int64_t k = 0; k < total; k++) xf[k] = (float)d8.x8[k] / 255.0f;
+    ck_assert_int_eq(ct_dataset_from_data(&df, d8.n, d8.sample_ndim, d8.sample_shape, xf, d8.y),
+                     CT_OK);
+    free(xf);
+    int64_t n = 2000, *idx = malloc((size_t)d8.n * sizeof *idx);
+    ct_permutation(d8.n, 3, 0, idx); /* a random 2000 of the 10000 */
+    typedef struct {
+        int ndim;
+        int64_t shape[3];
+        ct_loader_opts o;
+        int epochs;
+    } config;
+    const config cfg[] = {
+        {3, {1, 28, 28}, {.batch_size = 64, .mean = 0, .std = 1}, 1},
+        {3, {1, 28, 28}, {.batch_size = 64, .mean = 0.2860f, .std = 0.3530f}, 1},
+        {3, {1, 28, 28}, {.batch_size = 100, .mean = 0.2860f, .std = 0.3530f, .crop_pad = 4,
+                          .hflip = true, .seed = 9}, 2},
+        {3, {1, 28, 28}, {.batch_size = 128, .mean = 0.5f, .std = 0.25f, .crop_pad = 2, .seed = 1}, 1},
+        {2, {28, 28}, {.batch_size = 33, .mean = -0.1f, .std = 3.0f, .hflip = true, .seed = 4}, 1},
+        {1, {784}, {.batch_size = 256, .mean = 0.2860f, .std = 0.3530f}, 1},
+    };
+    for (size_t c = 0; c < sizeof cfg / sizeof *cfg; c++) {
+        ck_assert_int_eq(ct_dataset_reshape(&d8, cfg[c].ndim, cfg[c].shape), CT_OK);
+        ck_assert_int_eq(ct_dataset_reshape(&df, cfg[c].ndim, cfg[c].shape), CT_OK);
+        int64_t bs = cfg[c].o.batch_size;
+        ck_assert_int_eq(assert_same_batches(&d8, &df, &cfg[c].o, idx, n, cfg[c].epochs),
+                         cfg[c].epochs * ((n + bs - 1) / bs));
+    }
+    /* the whole data set read back through ct_dataset_sample matches too */
+    float f[784];
+    for (int64_t i = 0; i < d8.n; i++) {
+        ct_dataset_sample(&d8, i, f);
+        ck_assert_mem_eq(f, df.x + i * 784, sizeof f);
+    }
+    free(idx);
+    ct_dataset_free(&d8);
+    ct_dataset_free(&df);
+}
+END_TEST
+
+static void sample_out_of_range(void) {
+    ct_dataset d8, df;
+    make_pixel_datasets(&d8, &df, 3);
+    float f[6];
+    ct_dataset_sample(&d8, 3, f);
+}
+
+START_TEST(dataset_sample_out_of_range_aborts) { sample_out_of_range(); }
 END_TEST
 
 /* ---- loader -------------------------------------------------------------------------------- */
@@ -1002,6 +1226,7 @@ int main(void) {
     TCase *real = tcase_create("fashion_mnist");
     tcase_set_timeout(real, 120); /* decompressing 30 MB is slow under the sanitizers */
     tcase_add_loop_test(real, fashion_mnist_loads, 0, 2);
+    tcase_add_test(real, loader_pixels_match_float);
     suite_add_tcase(s, real);
 
     TCase *files = tcase_create("files");
@@ -1028,6 +1253,8 @@ int main(void) {
     tcase_set_timeout(mem, 60);
     tcase_add_test(mem, dataset_keep_classes);
     tcase_add_test(mem, dataset_few_shot);
+    tcase_add_test(mem, dataset_pixels_filters);
+    tcase_add_test_raise_signal(mem, dataset_sample_out_of_range_aborts, SIGABRT);
     tcase_add_test(mem, loader_covers_indices);
     tcase_add_test(mem, loader_normalises);
     tcase_add_test(mem, loader_flip_mirrors);
