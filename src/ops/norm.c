@@ -133,7 +133,7 @@ static void bn_batch_stats(const float *x, bn_dims d, bn_scratch *s, float *mean
     for (int64_t c = 0; c < C; c++) var[c] = (float)(s->s2[c] / (double)d.cnt);
 }
 
-/* y (+)= a[c] * u + b[c] (+ v * e[c] when v is given), channel by channel. */
+/* y = a[c] * u + b[c] (+ v * e[c] when v is given), channel by channel; acc: y += that. */
 static void bn_affine(float *restrict y, bool acc, const float *restrict u,
                       const float *restrict a, const float *restrict b,
                       const float *restrict v, const float *restrict e, bn_dims d) {
@@ -142,8 +142,10 @@ static void bn_affine(float *restrict y, bool acc, const float *restrict u,
         if (HW == 1) {
             float *yr = y + r * C;
             const float *ur = u + r * C, *vr = v ? v + r * C : NULL;
-            if (vr)
+            if (vr && acc)
                 LANE_FOR(C, c, yr[c] += a[c] * ur[c] + b[c] + e[c] * vr[c]);
+            else if (vr)
+                LANE_FOR(C, c, yr[c] = a[c] * ur[c] + b[c] + e[c] * vr[c]);
             else if (acc)
                 LANE_FOR(C, c, yr[c] += a[c] * ur[c] + b[c]);
             else
@@ -158,7 +160,10 @@ static void bn_affine(float *restrict y, bool acc, const float *restrict u,
             if (v) {
                 const float *vp = v + o;
                 float ec = e[c];
-                LANE_FOR(HW, k, yp[k] += ac * up[k] + bc + ec * vp[k]);
+                if (acc)
+                    LANE_FOR(HW, k, yp[k] += ac * up[k] + bc + ec * vp[k]);
+                else
+                    LANE_FOR(HW, k, yp[k] = ac * up[k] + bc + ec * vp[k]);
             } else if (acc) {
                 LANE_FOR(HW, k, yp[k] += ac * up[k] + bc);
             } else {
@@ -172,7 +177,11 @@ static void bn_affine(float *restrict y, bool acc, const float *restrict u,
  * weight (-1 when not saved); aux holds mean[C] then invstd[C] (batch statistics in
  * training, running statistics in eval) when x or weight needs a gradient. */
 static void batch_norm_backward(ct_node *n, const ct_tensor *gout) {
-    ct_tensor *gx = ct_node_grad_in(n, 0), *gw = ct_node_grad_in(n, 1), *gb = ct_node_grad_in(n, 2);
+    /* dx is one affine pass over the whole tensor, so it can overwrite a fresh buffer
+     * (no zero fill, no read of zeros); the per-channel dw and db accumulate as usual. */
+    bool fresh;
+    ct_tensor *gx = ct_node_grad_in_fresh(n, 0, &fresh);
+    ct_tensor *gw = ct_node_grad_in(n, 1), *gb = ct_node_grad_in(n, 2);
     bool training = n->i[0];
     bn_dims d = {n->i[1], n->i[2], n->i[3], n->i[1] * n->i[3]};
     int64_t C = d.C;
@@ -200,10 +209,10 @@ static void batch_norm_backward(ct_node *n, const ct_tensor *gout) {
                 e[c] = (float)ec;
                 s.b[c] = (float)(-(double)s.a[c] * s.s1[c] * inv_n - ec * mean[c]);
             }
-            bn_affine(gx->data, true, g, s.a, s.b, x, e, d);
+            bn_affine(gx->data, !fresh, g, s.a, s.b, x, e, d);
         } else {
             memset(s.b, 0, (size_t)C * sizeof(float));
-            bn_affine(gx->data, true, g, s.a, s.b, NULL, NULL, d);
+            bn_affine(gx->data, !fresh, g, s.a, s.b, NULL, NULL, d);
         }
     }
     bn_scratch_free(&s);

@@ -200,16 +200,19 @@ static void max_pool_2x2(const float *x, float *y, int32_t *idx, const pool_geom
 #endif
 
 static void max_pool2d_backward(ct_node *n, const ct_tensor *gout) {
-    ct_tensor *gx = ct_node_grad_in(n, 0);
+    bool fresh;
+    ct_tensor *gx = ct_node_grad_in_fresh(n, 0, &fresh);
     if (!gx) return;
     pool_geom g = pool_load(n);
     const int32_t *idx = n->aux;
 #ifdef __AVX512F__
     if (g.k == 2 && g.s == 2 && g.p == 0) {
-        max_pool_2x2_backward(gx->data, gout->data, idx, &g, false);
+        max_pool_2x2_backward(gx->data, gout->data, idx, &g, fresh);
         return;
     }
 #endif
+    /* the scatter below adds, and overlapping windows may hit one pixel twice */
+    if (fresh) memset(gx->data, 0, (size_t)gx->numel * sizeof(float));
     int64_t in_plane = g.h * g.w, out_plane = g.oh * g.ow;
     for (int64_t pl = 0; pl < g.planes; pl++) {
         float *dx = gx->data + pl * in_plane;
