@@ -58,7 +58,8 @@ void ct_backward_ex(ct_tensor *root, const ct_tensor *grad, bool retain_graph);
 #define CT_NODE_MAX_SAVED 4
 
 /* Accumulates (+=) into the gradients of the inputs it needs, from gout (the gradient
- * of the node's output). Runs with grad mode off, inside its own release scope. */
+ * of the node's output), or writes (=) a buffer ct_node_grad_in_fresh reports fresh.
+ * Runs with grad mode off, inside its own release scope. */
 typedef void (*ct_backward_fn)(ct_node *n, const ct_tensor *gout);
 
 struct ct_node {
@@ -103,5 +104,11 @@ void ct__node_free_saved(ct_node *n);
 bool ct_node_needs(const ct_node *n, int i);
 /* The tensor to accumulate input i's gradient into, or NULL if it is not needed. */
 ct_tensor *ct_node_grad_in(ct_node *n, int i);
+/* ct_node_grad_in without the zero fill of a first contribution (zeroing every gradient
+ * buffer was ~5% of a CNN step). *fresh = true: the buffer is new and UNINITIALISED, and
+ * the op must write (=) every element; false: it holds earlier contributions (another
+ * consumer's, or a leaf's .grad from an earlier backward) and the op accumulates (+=).
+ * Only for ops that write the whole gradient in one pass; the rest use ct_node_grad_in. */
+ct_tensor *ct_node_grad_in_fresh(ct_node *n, int i, bool *fresh);
 
 #endif

@@ -2,6 +2,7 @@
  * participation in autograd is decided (ct_record). */
 #include "autograd.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -167,14 +168,36 @@ bool ct_node_needs(const ct_node *n, int i) {
     return i < n->ninputs && (n->next[i] != NULL || n->leaf[i] != NULL);
 }
 
-ct_tensor *ct_node_grad_in(ct_node *n, int i) {
+ct_tensor *ct_node_grad_in_fresh(ct_node *n, int i, bool *fresh) {
+    *fresh = false;
     if (!ct_node_needs(n, i)) return NULL;
+    ct_tensor **slot;
+    int ndim;
+    const int64_t *shape;
     if (n->leaf[i]) {
-        ct_tensor *x = n->leaf[i];
-        if (!x->grad) x->grad = ct_own(ct_zeros(x->ndim, x->shape));
-        return x->grad;
+        slot = &n->leaf[i]->grad;
+        ndim = n->leaf[i]->ndim;
+        shape = n->leaf[i]->shape;
+    } else {
+        slot = &n->next[i]->gbuf;
+        ndim = n->next[i]->out_ndim;
+        shape = n->next[i]->out_shape;
     }
-    ct_node *c = n->next[i];
-    if (!c->gbuf) c->gbuf = ct_own(ct_zeros(c->out_ndim, c->out_shape));
-    return c->gbuf;
+    if (!*slot) {
+        *slot = ct_own(ct_tensor_new(ndim, shape));
+        *fresh = true;
+#ifdef __SANITIZE_ADDRESS__
+        /* Sanitizer builds: NaN instead of stale data, so an op that leaves part of a
+         * fresh buffer unwritten fails its gradient tests instead of passing by luck. */
+        for (int64_t k = 0; k < (*slot)->numel; k++) (*slot)->data[k] = NAN;
+#endif
+    }
+    return *slot;
+}
+
+ct_tensor *ct_node_grad_in(ct_node *n, int i) {
+    bool fresh;
+    ct_tensor *g = ct_node_grad_in_fresh(n, i, &fresh);
+    if (fresh) memset(g->data, 0, (size_t)g->numel * sizeof(float));
+    return g;
 }

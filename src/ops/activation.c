@@ -19,8 +19,20 @@ static void relu_bwd(float *restrict gx, const float *restrict y, const float *r
     CT_VFOR(i, n, float gi = g[i]; gx[i] += y[i] <= 0 ? 0.0f : gi);
 }
 
+/* relu_bwd into a fresh (uninitialised) gradient: one write pass instead of a zero fill
+ * followed by a read-modify-write pass. */
+static void relu_bwd_set(float *restrict gx, const float *restrict y, const float *restrict g,
+                         int64_t n) {
+    CT_VFOR(i, n, float gi = g[i]; gx[i] = y[i] <= 0 ? 0.0f : gi);
+}
+
 static void relu_backward(ct_node *n, const ct_tensor *gout) {
-    relu_bwd(ct_node_grad_in(n, 0)->data, n->saved[0]->data, gout->data, gout->numel);
+    bool fresh;
+    float *gx = ct_node_grad_in_fresh(n, 0, &fresh)->data;
+    if (fresh)
+        relu_bwd_set(gx, n->saved[0]->data, gout->data, gout->numel);
+    else
+        relu_bwd(gx, n->saved[0]->data, gout->data, gout->numel);
 }
 
 ct_tensor *ct_relu(ct_tensor *x) {

@@ -31,6 +31,34 @@
         (out) += t_;                                                                      \
     } while (0)
 
+/* LANE_SUM of two expressions in one pass over the run, each summed exactly as LANE_SUM
+ * would (same lanes, same order), so fusing changes no bit of either result. */
+#define LANE_SUM2(b, e, k, EXPR1, out1, EXPR2, out2)                                      \
+    do {                                                                                  \
+        double t1_ = 0, t2_ = 0;                                                          \
+        for (int64_t b_ = (b); b_ < (e); b_ += 256) {                                     \
+            int64_t e_ = b_ + 256 < (e) ? b_ + 256 : (e);                                 \
+            float a_[8] = {0}, c_[8] = {0};                                               \
+            int64_t k0_ = b_;                                                             \
+            for (; k0_ + 8 <= e_; k0_ += 8)                                               \
+                for (int j_ = 0; j_ < 8; j_++) {                                          \
+                    int64_t k = k0_ + j_;                                                 \
+                    a_[j_] += (EXPR1);                                                    \
+                    c_[j_] += (EXPR2);                                                    \
+                }                                                                         \
+            for (int64_t k = k0_; k < e_; k++) {                                          \
+                a_[0] += (EXPR1);                                                         \
+                c_[0] += (EXPR2);                                                         \
+            }                                                                             \
+            t1_ += (double)(((a_[0] + a_[1]) + (a_[2] + a_[3])) +                         \
+                            ((a_[4] + a_[5]) + (a_[6] + a_[7])));                         \
+            t2_ += (double)(((c_[0] + c_[1]) + (c_[2] + c_[3])) +                         \
+                            ((c_[4] + c_[5]) + (c_[6] + c_[7])));                         \
+        }                                                                                 \
+        (out1) += t1_;                                                                    \
+        (out2) += t2_;                                                                    \
+    } while (0)
+
 /* Runs BODY for k in [0, n) in fixed groups of eight plus a tail. GCC's -O2 cost model
  * vectorises only loops it can replace without a scalar epilogue; a group of eight is
  * such a loop, so the elementwise passes get SIMD without changing the build flags. */
@@ -94,14 +122,19 @@ static void bn_sums(const float *restrict g, const float *restrict x,
         }
         return;
     }
-    for (int64_t c = 0; c < C; c++) {
-        for (int64_t r = 0; r < d.N; r++) {
+    /* Sample-major, so g and x are read as two sequential streams (channel-major jumps
+     * C*HW floats between planes). Each channel still adds its planes in sample order,
+     * so the sums are bit-identical to the channel-major order. */
+    for (int64_t r = 0; r < d.N; r++) {
+        for (int64_t c = 0; c < C; c++) {
             const float *gp = g + (r * C + c) * HW;
-            LANE_SUM(0, HW, k, gp[k], s1[c]);
-            if (!x) continue;
+            if (!x) {
+                LANE_SUM(0, HW, k, gp[k], s1[c]);
+                continue;
+            }
             const float *xp = x + (r * C + c) * HW;
             float m = mean[c];
-            LANE_SUM(0, HW, k, gp[k] * (xp[k] - m), s2[c]);
+            LANE_SUM2(0, HW, k, gp[k], s1[c], gp[k] * (xp[k] - m), s2[c]);
         }
     }
 }
@@ -133,7 +166,7 @@ static void bn_batch_stats(const float *x, bn_dims d, bn_scratch *s, float *mean
     for (int64_t c = 0; c < C; c++) var[c] = (float)(s->s2[c] / (double)d.cnt);
 }
 
-/* y (+)= a[c] * u + b[c] (+ v * e[c] when v is given), channel by channel. */
+/* y = a[c] * u + b[c] (+ v * e[c] when v is given), channel by channel; acc: y += that. */
 static void bn_affine(float *restrict y, bool acc, const float *restrict u,
                       const float *restrict a, const float *restrict b,
                       const float *restrict v, const float *restrict e, bn_dims d) {
@@ -142,8 +175,10 @@ static void bn_affine(float *restrict y, bool acc, const float *restrict u,
         if (HW == 1) {
             float *yr = y + r * C;
             const float *ur = u + r * C, *vr = v ? v + r * C : NULL;
-            if (vr)
+            if (vr && acc)
                 LANE_FOR(C, c, yr[c] += a[c] * ur[c] + b[c] + e[c] * vr[c]);
+            else if (vr)
+                LANE_FOR(C, c, yr[c] = a[c] * ur[c] + b[c] + e[c] * vr[c]);
             else if (acc)
                 LANE_FOR(C, c, yr[c] += a[c] * ur[c] + b[c]);
             else
@@ -158,7 +193,10 @@ static void bn_affine(float *restrict y, bool acc, const float *restrict u,
             if (v) {
                 const float *vp = v + o;
                 float ec = e[c];
-                LANE_FOR(HW, k, yp[k] += ac * up[k] + bc + ec * vp[k]);
+                if (acc)
+                    LANE_FOR(HW, k, yp[k] += ac * up[k] + bc + ec * vp[k]);
+                else
+                    LANE_FOR(HW, k, yp[k] = ac * up[k] + bc + ec * vp[k]);
             } else if (acc) {
                 LANE_FOR(HW, k, yp[k] += ac * up[k] + bc);
             } else {
@@ -172,7 +210,11 @@ static void bn_affine(float *restrict y, bool acc, const float *restrict u,
  * weight (-1 when not saved); aux holds mean[C] then invstd[C] (batch statistics in
  * training, running statistics in eval) when x or weight needs a gradient. */
 static void batch_norm_backward(ct_node *n, const ct_tensor *gout) {
-    ct_tensor *gx = ct_node_grad_in(n, 0), *gw = ct_node_grad_in(n, 1), *gb = ct_node_grad_in(n, 2);
+    /* dx is one affine pass over the whole tensor, so it can overwrite a fresh buffer
+     * (no zero fill, no read of zeros); the per-channel dw and db accumulate as usual. */
+    bool fresh;
+    ct_tensor *gx = ct_node_grad_in_fresh(n, 0, &fresh);
+    ct_tensor *gw = ct_node_grad_in(n, 1), *gb = ct_node_grad_in(n, 2);
     bool training = n->i[0];
     bn_dims d = {n->i[1], n->i[2], n->i[3], n->i[1] * n->i[3]};
     int64_t C = d.C;
@@ -200,10 +242,10 @@ static void batch_norm_backward(ct_node *n, const ct_tensor *gout) {
                 e[c] = (float)ec;
                 s.b[c] = (float)(-(double)s.a[c] * s.s1[c] * inv_n - ec * mean[c]);
             }
-            bn_affine(gx->data, true, g, s.a, s.b, x, e, d);
+            bn_affine(gx->data, !fresh, g, s.a, s.b, x, e, d);
         } else {
             memset(s.b, 0, (size_t)C * sizeof(float));
-            bn_affine(gx->data, true, g, s.a, s.b, NULL, NULL, d);
+            bn_affine(gx->data, !fresh, g, s.a, s.b, NULL, NULL, d);
         }
     }
     bn_scratch_free(&s);

@@ -7,6 +7,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 typedef struct {
     int64_t planes, h, w; /* N*C input planes of h x w */
@@ -55,20 +56,6 @@ static void window(const pool_geom *g, int64_t oy, int64_t ox, int64_t *y0, int6
 
 /* ---- max pool ---------------------------------------------------------------------- */
 
-static void max_pool2d_backward(ct_node *n, const ct_tensor *gout) {
-    ct_tensor *gx = ct_node_grad_in(n, 0);
-    if (!gx) return;
-    pool_geom g = pool_load(n);
-    const int32_t *idx = n->aux;
-    int64_t in_plane = g.h * g.w, out_plane = g.oh * g.ow;
-    for (int64_t pl = 0; pl < g.planes; pl++) {
-        float *dx = gx->data + pl * in_plane;
-        const float *go = gout->data + pl * out_plane;
-        const int32_t *ix = idx + pl * out_plane;
-        for (int64_t j = 0; j < out_plane; j++) dx[ix[j]] += go[j];
-    }
-}
-
 /* The output columns [lo, hi) whose input column ox*s - p + kj lies inside [0, w). */
 static void valid_cols(const pool_geom *g, int64_t kj, int64_t *lo, int64_t *hi) {
     int64_t a = g->p - kj, b = g->w - 1 + g->p - kj;
@@ -78,9 +65,108 @@ static void valid_cols(const pool_geom *g, int64_t kj, int64_t *lo, int64_t *hi)
     if (*lo > *hi) *lo = *hi;
 }
 
-/* The CNN's 2x2 / stride 2 case, one window at a time with everything in registers: the
- * general loop below keeps its running max in memory and is several times slower. The
- * first maximum wins ties and the last NaN wins, as in the general path. */
+/* The CNN's 2x2 / stride 2 case. A window's four elements are compared in PyTorch's scan
+ * order (0,0), (0,1), (1,0), (1,1) with "take v if v > max or v is NaN", which keeps the
+ * first maximum on ties and the last NaN. That rule is associative over consecutive runs
+ * of the scan, so each row's pair can be reduced first and the two row results after. */
+#ifdef __AVX512F__
+#include <immintrin.h>
+
+/* Lanes [0, n) set, n clamped to [0, 16]. */
+static inline __mmask16 lanes(int64_t n) {
+    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+}
+
+/* "v > m or v is NaN" per lane: where the scan takes v. */
+static inline __mmask16 takes(__m512 v, __m512 m) {
+    return _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+}
+
+/* 16 windows per step: the even and odd columns of 32 input floats of each row are split
+ * with one permute each, so every compare and select is a full-width vector op (the scalar
+ * loop did ~15 dependent instructions per window and was 3x slower than ReLU). Row ends
+ * use masked loads and stores, so any width works. */
+static void max_pool_2x2(const float *x, float *y, int32_t *idx, const pool_geom *g) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const __m512i one = _mm512_set1_epi32(1), wv = _mm512_set1_epi32((int32_t)g->w);
+    int64_t w = g->w, in_plane = g->h * w, out_plane = g->oh * g->ow;
+    for (int64_t pl = 0; pl < g->planes; pl++)
+        for (int64_t oy = 0; oy < g->oh; oy++) {
+            const float *r0 = x + pl * in_plane + 2 * oy * w, *r1 = r0 + w;
+            float *out = y + pl * out_plane + oy * g->ow;
+            int32_t *arg = idx ? idx + pl * out_plane + oy * g->ow : NULL;
+            for (int64_t ox = 0; ox < g->ow; ox += 16) {
+                __mmask16 mo = lanes(g->ow - ox), mlo = lanes(2 * (g->ow - ox)),
+                          mhi = lanes(2 * (g->ow - ox) - 16);
+                const float *p0 = r0 + 2 * ox, *p1 = r1 + 2 * ox;
+                __m512 a0 = _mm512_maskz_loadu_ps(mlo, p0), a1 = _mm512_maskz_loadu_ps(mhi, p0 + 16);
+                __m512 b0 = _mm512_maskz_loadu_ps(mlo, p1), b1 = _mm512_maskz_loadu_ps(mhi, p1 + 16);
+                __m512 e0 = _mm512_permutex2var_ps(a0, even, a1), o0 = _mm512_permutex2var_ps(a0, odd, a1);
+                __m512 e1 = _mm512_permutex2var_ps(b0, even, b1), o1 = _mm512_permutex2var_ps(b0, odd, b1);
+                __mmask16 c0 = takes(o0, e0), c1 = takes(o1, e1);
+                __m512 h0 = _mm512_mask_blend_ps(c0, e0, o0), h1 = _mm512_mask_blend_ps(c1, e1, o1);
+                __mmask16 c = takes(h1, h0); /* the second row wins */
+                _mm512_mask_storeu_ps(out + ox, mo, _mm512_mask_blend_ps(c, h0, h1));
+                if (!arg) continue;
+                /* plane offset of (2*oy, 2*ox): + 1 for the odd column, + w for row 1 */
+                __m512i at = _mm512_add_epi32(_mm512_set1_epi32((int32_t)(2 * oy * w + 2 * ox)), even);
+                __mmask16 col = (__mmask16)((c & c1) | (~c & c0));
+                at = _mm512_mask_add_epi32(at, col, at, one);
+                at = _mm512_mask_add_epi32(at, c, at, wv);
+                _mm512_mask_storeu_epi32(arg + ox, mo, at);
+            }
+        }
+}
+
+/* dx of the 2x2 case written densely, 16 windows per step: each of a window's four
+ * positions gets gout where the argmax points at it and 0 elsewhere, and the even/odd
+ * columns are interleaved back. This is a plain streaming pass instead of a zero fill plus
+ * a scatter. fresh: dx is uninitialised and is overwritten, including the last row and
+ * column that an odd h or w leaves outside every window; otherwise dx accumulates. */
+static void max_pool_2x2_backward(float *dx, const float *go, const int32_t *idx,
+                                  const pool_geom *g, bool fresh) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+    const __m512i one = _mm512_set1_epi32(1), wv = _mm512_set1_epi32((int32_t)g->w);
+    int64_t w = g->w, h = g->h, in_plane = h * w, out_plane = g->oh * g->ow;
+    for (int64_t pl = 0; pl < g->planes; pl++) {
+        float *xp = dx + pl * in_plane;
+        for (int64_t oy = 0; oy < g->oh; oy++) {
+            float *r[2] = {xp + 2 * oy * w, xp + (2 * oy + 1) * w};
+            const float *gr = go + pl * out_plane + oy * g->ow;
+            const int32_t *ar = idx + pl * out_plane + oy * g->ow;
+            for (int64_t ox = 0; ox < g->ow; ox += 16) {
+                __mmask16 mo = lanes(g->ow - ox), mlo = lanes(2 * (g->ow - ox)),
+                          mhi = lanes(2 * (g->ow - ox) - 16);
+                __m512 gv = _mm512_maskz_loadu_ps(mo, gr + ox);
+                __m512i at = _mm512_maskz_loadu_epi32(mo, ar + ox);
+                __m512i base = _mm512_add_epi32(_mm512_set1_epi32((int32_t)(2 * oy * w + 2 * ox)), even);
+                for (int k = 0; k < 2; k++) {
+                    __m512i b = k ? _mm512_add_epi32(base, wv) : base;
+                    __m512 ev = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, b), gv);
+                    __m512 od = _mm512_maskz_mov_ps(
+                        _mm512_cmpeq_epi32_mask(at, _mm512_add_epi32(b, one)), gv);
+                    __m512 v0 = _mm512_permutex2var_ps(ev, lo, od), v1 = _mm512_permutex2var_ps(ev, hi, od);
+                    float *p = r[k] + 2 * ox;
+                    if (!fresh) {
+                        v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(mlo, p));
+                        v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mhi, p + 16));
+                    }
+                    _mm512_mask_storeu_ps(p, mlo, v0);
+                    _mm512_mask_storeu_ps(p + 16, mhi, v1);
+                }
+            }
+            if (fresh && (w & 1)) r[0][w - 1] = r[1][w - 1] = 0;
+        }
+        if (fresh && (h & 1)) memset(xp + (h - 1) * w, 0, (size_t)w * sizeof(float));
+    }
+}
+#else
+/* Without AVX-512: one window at a time with everything in registers and selects, not
+ * branches (which element wins is data-random; mispredictions made this the slowest part
+ * of the CNN). */
 static void max_pool_2x2(const float *x, float *y, int32_t *idx, const pool_geom *g) {
     int64_t w = g->w, in_plane = g->h * w, out_plane = g->oh * g->ow;
     for (int64_t pl = 0; pl < g->planes; pl++) {
@@ -92,8 +178,6 @@ static void max_pool_2x2(const float *x, float *y, int32_t *idx, const pool_geom
             float *out = dst + oy * g->ow;
             int32_t *ao = arg ? arg + oy * g->ow : NULL;
             int32_t row = (int32_t)(2 * oy * w);
-            /* Selects, not branches: which element wins is data-random, and mispredicted
-             * branches made this loop the slowest part of the CNN. */
             for (int64_t ox = 0; ox < g->ow; ox++) {
                 float a1 = r0[2 * ox + 1], b0 = r1[2 * ox], b1 = r1[2 * ox + 1];
                 float m = r0[2 * ox];
@@ -111,6 +195,30 @@ static void max_pool_2x2(const float *x, float *y, int32_t *idx, const pool_geom
                 if (ao) ao[ox] = at1;
             }
         }
+    }
+}
+#endif
+
+static void max_pool2d_backward(ct_node *n, const ct_tensor *gout) {
+    bool fresh;
+    ct_tensor *gx = ct_node_grad_in_fresh(n, 0, &fresh);
+    if (!gx) return;
+    pool_geom g = pool_load(n);
+    const int32_t *idx = n->aux;
+#ifdef __AVX512F__
+    if (g.k == 2 && g.s == 2 && g.p == 0) {
+        max_pool_2x2_backward(gx->data, gout->data, idx, &g, fresh);
+        return;
+    }
+#endif
+    /* the scatter below adds, and overlapping windows may hit one pixel twice */
+    if (fresh) memset(gx->data, 0, (size_t)gx->numel * sizeof(float));
+    int64_t in_plane = g.h * g.w, out_plane = g.oh * g.ow;
+    for (int64_t pl = 0; pl < g.planes; pl++) {
+        float *dx = gx->data + pl * in_plane;
+        const float *go = gout->data + pl * out_plane;
+        const int32_t *ix = idx + pl * out_plane;
+        for (int64_t j = 0; j < out_plane; j++) dx[ix[j]] += go[j];
     }
 }
 

@@ -295,6 +295,130 @@ START_TEST(scope_keep_and_own) {
 }
 END_TEST
 
+/* ---- ct_node_grad_in_fresh --------------------------------------------------------- */
+
+/* y = 2x, an op whose backward takes the uninitialised-buffer path: it overwrites a
+ * fresh gradient and accumulates into one that already holds contributions. It logs
+ * what the engine told it. */
+static bool fresh_log[8];
+static int fresh_n;
+
+static void scale2_backward(ct_node *n, const ct_tensor *gout) {
+    bool fresh;
+    ct_tensor *gx = ct_node_grad_in_fresh(n, 0, &fresh);
+    if (!gx) return;
+    fresh_log[fresh_n++ & 7] = fresh;
+    for (int64_t i = 0; i < gx->numel; i++)
+        gx->data[i] = (fresh ? 0 : gx->data[i]) + 2 * gout->data[i];
+}
+
+static ct_tensor *scale2(ct_tensor *x) {
+    ct_tensor *y = ct_empty_like(x);
+    for (int64_t i = 0; i < x->numel; i++) y->data[i] = 2 * x->data[i];
+    CT_RECORD("scale2", scale2_backward, y, x);
+    return y;
+}
+
+/* Several consumers of one non-leaf tensor t: only the first contribution (the latest
+ * consumer, which the engine runs first) may be fresh; every later one, whether it comes
+ * through ct_node_grad_in or the fresh variant, must see and add to the earlier sum. */
+START_TEST(fresh_grad_only_for_first_contribution) {
+    CT_SCOPE {
+        ct_tensor *x = leaf(CT_SHAPE(5), 1, true);
+        /* two fresh-path consumers: d/dx sum(2t) + 3 sum(2t) = 8 */
+        fresh_n = 0;
+        ct_tensor *t = ct_mul_scalar(x, 1);
+        ct_backward(ct_add(ct_sum(scale2(t)), ct_mul_scalar(ct_sum(scale2(t)), 3)));
+        ck_assert_int_eq(fresh_n, 2);
+        ck_assert(fresh_log[0] && !fresh_log[1]);
+        for (int i = 0; i < 5; i++) ck_assert_float_eq(ct_grad(x)->data[i], 8);
+        ct_clear_grad(x);
+
+        /* a zero-filling consumer runs first (created later), then the fresh-path one
+         * must accumulate: 3 + 2 */
+        fresh_n = 0;
+        t = ct_mul_scalar(x, 1);
+        ct_tensor *a = scale2(t), *b = ct_mul_scalar(t, 3);
+        ct_backward(ct_add(ct_sum(a), ct_sum(b)));
+        ck_assert_int_eq(fresh_n, 1);
+        ck_assert(!fresh_log[0]);
+        for (int i = 0; i < 5; i++) ck_assert_float_eq(ct_grad(x)->data[i], 5);
+        ct_clear_grad(x);
+
+        /* the fresh-path op's own output used twice (u + u): its gradient is 2 * 2 */
+        fresh_n = 0;
+        ct_tensor *u = scale2(ct_mul_scalar(x, 1));
+        ct_backward(ct_sum(ct_add(u, u)));
+        ck_assert_int_eq(fresh_n, 1);
+        ck_assert(fresh_log[0]);
+        for (int i = 0; i < 5; i++) ck_assert_float_eq(ct_grad(x)->data[i], 4);
+    }
+}
+END_TEST
+
+/* A leaf's .grad is fresh only when it does not exist: a second backward, a zeroed grad
+ * and external storage all accumulate; after ct_clear_grad it is fresh again. */
+START_TEST(fresh_leaf_grad_still_accumulates_across_backwards) {
+    CT_SCOPE {
+        ct_tensor *x = leaf(CT_SHAPE(4), 2, true);
+        fresh_n = 0;
+        ct_backward(ct_sum(scale2(x)));
+        ct_backward(ct_sum(scale2(x)));
+        ck_assert_int_eq(fresh_n, 2);
+        ck_assert(fresh_log[0] && !fresh_log[1]);
+        for (int i = 0; i < 4; i++) ck_assert_float_eq(ct_grad(x)->data[i], 4);
+        ct_zero_grad(x);
+        ct_backward(ct_sum(scale2(x)));
+        ck_assert(!fresh_log[2]);
+        for (int i = 0; i < 4; i++) ck_assert_float_eq(ct_grad(x)->data[i], 2);
+        ct_clear_grad(x);
+        ct_backward(ct_sum(scale2(x)));
+        ck_assert(fresh_log[3]);
+        for (int i = 0; i < 4; i++) ck_assert_float_eq(ct_grad(x)->data[i], 2);
+        float buf[4] = {0};
+        ct_set_grad_storage(x, buf); /* copies the current 2s in */
+        ct_backward(ct_sum(scale2(x)));
+        ck_assert(!fresh_log[4]);
+        for (int i = 0; i < 4; i++) ck_assert_float_eq(buf[i], 4);
+        ct_set_grad_storage(x, NULL);
+    }
+}
+END_TEST
+
+/* The same through real ops that take the fresh path (relu, batch_norm, max_pool2d):
+ * two relus of one tensor, and one relu's output added to itself. */
+START_TEST(fresh_path_ops_sum_over_consumers) {
+    CT_SCOPE {
+        ct_tensor *x = leaf(CT_SHAPE(2, 3, 4, 4), 3, true);
+        ct_tensor *t = ct_mul_scalar(x, 1);
+        ct_backward(ct_add(ct_sum(ct_relu(t)), ct_mul_scalar(ct_sum(ct_relu(t)), 2)));
+        for (int64_t i = 0; i < x->numel; i++)
+            ck_assert_float_eq(ct_grad(x)->data[i], x->data[i] > 0 ? 3 : 0);
+        ct_tensor *y = ct_relu(x); /* leaf input: accumulates onto the 3s */
+        ct_backward(ct_sum(ct_add(y, y)));
+        for (int64_t i = 0; i < x->numel; i++)
+            ck_assert_float_eq(ct_grad(x)->data[i], x->data[i] > 0 ? 5 : 0);
+        /* max_pool2d and batch_norm on a shared input: sum of both consumers' gradients,
+         * each checked against its own single-consumer backward */
+        ct_clear_grad(x);
+        ct_backward(ct_sum(ct_max_pool2d(ct_mul_scalar(x, 1), 2, 0, 0)));
+        ct_tensor *g1 = ct_clone_data(ct_grad(x));
+        ct_clear_grad(x);
+        ct_tensor *wsum = ct_test_rand(CT_SHAPE(2, 3, 4, 4), -1, 1, 9);
+        ct_backward(ct_sum(ct_mul(
+            ct_batch_norm(ct_mul_scalar(x, 1), NULL, NULL, NULL, NULL, true, 0.1f, 1e-5f), wsum)));
+        ct_tensor *g2 = ct_clone_data(ct_grad(x));
+        ct_clear_grad(x);
+        t = ct_mul_scalar(x, 1);
+        ct_tensor *bn = ct_batch_norm(t, NULL, NULL, NULL, NULL, true, 0.1f, 1e-5f);
+        ct_backward(ct_add(ct_sum(ct_max_pool2d(t, 2, 0, 0)), ct_sum(ct_mul(bn, wsum))));
+        ct_tensor *g12 = ct_grad(x);
+        for (int64_t i = 0; i < x->numel; i++)
+            ck_assert_close(g12->data[i], g1->data[i] + g2->data[i], 1e-5);
+    }
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("autograd");
     TCase *tc = tcase_create("semantics");
@@ -311,6 +435,9 @@ int main(void) {
     tcase_add_test(tc, detach_cuts_graph);
     tcase_add_test(tc, grad_hooks_fire_once_in_ready_order);
     tcase_add_test(tc, grad_into_external_buffer);
+    tcase_add_test(tc, fresh_grad_only_for_first_contribution);
+    tcase_add_test(tc, fresh_leaf_grad_still_accumulates_across_backwards);
+    tcase_add_test(tc, fresh_path_ops_sum_over_consumers);
     suite_add_tcase(s, tc);
     TCase *tm = tcase_create("memory");
     tcase_add_test(tm, no_grad_forward_holds_only_output);

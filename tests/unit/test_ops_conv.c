@@ -307,6 +307,89 @@ START_TEST(max_pool_propagates_nan) {
 }
 END_TEST
 
+/* The 2x2 / stride 2 kernel (vectorised) against the scan from the definition, on rows
+ * wider than one vector (ow = 18: a full 16-window step plus a masked tail), odd h and w
+ * (the last row and column belong to no window), values drawn from {0, 1, 2, -inf} so
+ * most windows tie, and a few NaNs (some windows with two). PyTorch scans (0,0), (0,1),
+ * (1,0), (1,1) and takes v when v > max or v is NaN: the first maximum, the last NaN.
+ * Routing is checked through backward with distinct gout values, twice, so the leaf's
+ * .grad is also seen accumulating onto an existing gradient. */
+START_TEST(max_pool_2x2_matches_scan_with_ties_and_nan) {
+    CT_SCOPE {
+        const int64_t P = 3, H = 7, W = 37, OH = 3, OW = 18;
+        ct_tensor *x = ct_zeros(CT_SHAPE(1, P, H, W));
+        ct_rng r;
+        ct_rng_seed(&r, 77);
+        for (int64_t i = 0; i < x->numel; i++) {
+            uint64_t k = ct_rng_below(&r, 40);
+            x->data[i] = k < 2 ? NAN : k < 5 ? -INFINITY : (float)(k % 3);
+        }
+        ct_set_requires_grad(x, true);
+        ct_tensor *g = ct_zeros(CT_SHAPE(1, P, OH, OW));
+        for (int64_t i = 0; i < g->numel; i++) g->data[i] = (float)(i + 1);
+        float want_grad[3 * 7 * 37] = {0};
+        int nan_windows = 0;
+        for (int rep = 0; rep < 2; rep++) {
+            ct_tensor *y = ct_max_pool2d(x, 2, 0, 0);
+            ck_assert_int_eq(y->shape[2], OH);
+            ck_assert_int_eq(y->shape[3], OW);
+            for (int64_t pl = 0; pl < P; pl++)
+                for (int64_t oy = 0; oy < OH; oy++)
+                    for (int64_t ox = 0; ox < OW; ox++) {
+                        const float *xp = x->data + pl * H * W;
+                        int64_t at = 2 * oy * W + 2 * ox;
+                        int64_t order[4] = {at, at + 1, at + W, at + W + 1};
+                        int64_t best = order[0];
+                        for (int q = 1; q < 4; q++) {
+                            float v = xp[order[q]];
+                            if (v > xp[best] || isnan(v)) best = order[q];
+                        }
+                        int64_t j = (pl * OH + oy) * OW + ox;
+                        float got = y->data[j], ref = xp[best];
+                        if (isnan(ref)) {
+                            ck_assert_msg(isnan(got), "window %lld: want NaN", (long long)j);
+                            nan_windows += rep == 0;
+                        } else {
+                            ck_assert_msg(got == ref, "window %lld: %g vs %g", (long long)j, got, ref);
+                        }
+                        want_grad[pl * H * W + best] += g->data[j];
+                    }
+            ct_backward_ex(y, g, false);
+            for (int64_t i = 0; i < x->numel; i++)
+                ck_assert_msg(ct_grad(x)->data[i] == want_grad[i], "pass %d, dx[%lld] = %g, want %g",
+                              rep, (long long)i, ct_grad(x)->data[i], want_grad[i]);
+        }
+        ck_assert_int_ge(nan_windows, 3); /* the NaN rule was exercised */
+    }
+}
+END_TEST
+
+/* The 2x2 gradient flowing into an intermediate buffer that another consumer also adds
+ * to: z = maxpool(y) summed with weights, plus y itself (y = x * 1 so y is not a leaf). */
+START_TEST(max_pool_2x2_gradient_adds_to_other_consumers) {
+    CT_SCOPE {
+        ct_tensor *x = ct_test_rand(CT_SHAPE(2, 2, 6, 34), -1, 1, 41);
+        ct_set_requires_grad(x, true);
+        ct_tensor *y = ct_mul_scalar(x, 1.0f);
+        ct_tensor *p = ct_max_pool2d(y, 2, 0, 0);
+        ct_tensor *loss = ct_add(ct_sum(ct_mul_scalar(p, 3.0f)), ct_sum(y));
+        ct_backward(loss);
+        /* every x gets 1 from sum(y), plus 3 where it is its window's maximum */
+        int64_t planes = 4, h = 6, w = 34;
+        for (int64_t pl = 0; pl < planes; pl++)
+            for (int64_t i = 0; i < h * w; i++) {
+                int64_t iy = i / w, ix = i % w, wy = iy & ~1, wx = ix & ~1;
+                const float *xp = x->data + pl * h * w;
+                bool is_max = true;
+                for (int dy = 0; dy < 2; dy++)
+                    for (int dx = 0; dx < 2; dx++)
+                        is_max &= xp[(wy + dy) * w + wx + dx] <= xp[i];
+                ck_assert_float_eq(ct_grad(x)->data[pl * h * w + i], is_max ? 4.0f : 1.0f);
+            }
+    }
+}
+END_TEST
+
 /* ---- errors -------------------------------------------------------------------------- */
 
 START_TEST(conv_channel_mismatch_aborts) {
@@ -359,6 +442,8 @@ int main(void) {
     tcase_add_test(tp, pool_matches_torch);
     tcase_add_test(tp, max_pool_routes_gradient_to_argmax);
     tcase_add_test(tp, max_pool_propagates_nan);
+    tcase_add_test(tp, max_pool_2x2_matches_scan_with_ties_and_nan);
+    tcase_add_test(tp, max_pool_2x2_gradient_adds_to_other_consumers);
     suite_add_tcase(s, tp);
     TCase *te = tcase_create("errors");
     tcase_add_test_raise_signal(te, conv_channel_mismatch_aborts, SIGABRT);
