@@ -1,7 +1,6 @@
 /* Checkpoints: one safetensors file with the model's state_dict (PyTorch names and
  * layouts, num_batches_tracked as I64), the optimizer state ("optim.*"), the dropout RNG
  * streams ("rng.*") and the training progress in the metadata. Written atomically. */
-#include <fnmatch.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -141,15 +140,6 @@ static bool is_model_entry(const char *name) {
     return strncmp(name, "optim.", 6) != 0 && strncmp(name, "rng.", 4) != 0;
 }
 
-static bool excluded(const char *globs, const char *name) {
-    if (!globs || !*globs) return false;
-    char buf[512];
-    snprintf(buf, sizeof buf, "%s", globs);
-    for (char *save = NULL, *g = strtok_r(buf, ", ", &save); g; g = strtok_r(NULL, ", ", &save))
-        if (fnmatch(g, name, 0) == 0) return true;
-    return false;
-}
-
 ct_status ct_ckpt_load_model(const ct_st_file *f, ct_module *m, bool strict, char **not_loaded) {
     return ct_ckpt_load_model_except(f, m, strict, NULL, not_loaded);
 }
@@ -168,7 +158,7 @@ ct_status ct_ckpt_load_model_except(const ct_st_file *f, ct_module *m, bool stri
         const ct_st_entry *w = &want.e[i];
         const ct_st_entry *e = ct_st_find(f, w->name);
         char a[128], b[128];
-        if (e && excluded(exclude, w->name)) {
+        if (e && ct_glob_match(exclude, w->name)) {
             used[e - ct_st_at(f, 0)] = true;
             report(&rep, &len, "excluded: %s%s%s", w->name, "", "");
             continue;
@@ -208,7 +198,7 @@ ct_status ct_ckpt_load_model_except(const ct_st_file *f, ct_module *m, bool stri
     } else {
         for (int i = 0; i < want.n; i++) {
             const ct_st_entry *w = &want.e[i], *e = ct_st_find(f, w->name);
-            if (!e || excluded(exclude, w->name) || e->dtype != w->dtype || e->ndim != w->ndim ||
+            if (!e || ct_glob_match(exclude, w->name) || e->dtype != w->dtype || e->ndim != w->ndim ||
                 memcmp(e->shape, w->shape, (size_t)w->ndim * sizeof *w->shape) != 0)
                 continue;
             /* The wanted entries point at the model's own memory (or at copies for the
@@ -223,7 +213,7 @@ ct_status ct_ckpt_load_model_except(const ct_st_file *f, ct_module *m, bool stri
             const char *pre = mods.names[i];
             snprintf(name, sizeof name, "%s%snum_batches_tracked", pre, *pre ? "." : "");
             const ct_st_entry *e = ct_st_find(f, name);
-            if (e && !excluded(exclude, name) && e->dtype == CT_DTYPE_I64 && ct_st_numel(e) == 1)
+            if (e && !ct_glob_match(exclude, name) && e->dtype == CT_DTYPE_I64 && ct_st_numel(e) == 1)
                 memcpy(&mm->num_batches_tracked, e->data, sizeof(int64_t));
             snprintf(name, sizeof name, "rng.%s", pre);
             e = ct_st_find(f, name);

@@ -215,7 +215,8 @@ void ct_eval_exit(ct_module *m, ct_eval_state *s) {
 
 /* ---- freezing ----------------------------------------------------------------------------- */
 
-static bool match_any(const char *globs, const char *name) {
+bool ct_glob_match(const char *globs, const char *name) {
+    if (!globs) return false;
     char buf[512];
     snprintf(buf, sizeof buf, "%s", globs);
     for (char *save = NULL, *g = strtok_r(buf, ", ", &save); g; g = strtok_r(NULL, ", ", &save))
@@ -227,7 +228,7 @@ int ct_module_set_requires_grad(ct_module *m, const char *globs, bool requires_g
     ct_named l = ct_module_params(m, false);
     int hits = 0;
     for (int i = 0; i < l.n; i++) {
-        if (!match_any(globs, l.names[i])) continue;
+        if (!ct_glob_match(globs, l.names[i])) continue;
         ct_tensor *p = l.tensors[i];
         ct_set_requires_grad(p, requires_grad);
         /* A frozen parameter keeps no gradient (it is never touched again). */

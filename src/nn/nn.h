@@ -115,6 +115,8 @@ ct_tensor *ct_module_find(ct_module *m, const char *name);
  * "backbone.*"); a comma-separated list of globs is accepted. Returns how many matched.
  * Unfreezing (requires_grad = true) works the same way. */
 int ct_module_set_requires_grad(ct_module *m, const char *globs, bool requires_grad);
+/* True when name matches one of the comma-separated fnmatch globs (NULL or "": none). */
+bool ct_glob_match(const char *globs, const char *name);
 /* Sets whether frozen BatchNorm layers stay in eval mode (default true). */
 void ct_module_set_frozen_bn_eval(ct_module *m, bool on);
 
