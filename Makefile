@@ -55,7 +55,7 @@ $(DEPS_OK): scripts/deps.sh
 	@bash scripts/deps.sh
 	@mkdir -p $(dir $@) && touch $@
 
-$(B)/obj/%.o: %.c $(HEADERS) $(wildcard tests/unit/*.h) | $(DEPS_OK)
+$(B)/obj/%.o: %.c $(HEADERS) $(wildcard tests/unit/*.h tests/mpi/*.h) | $(DEPS_OK)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
 
@@ -73,9 +73,9 @@ $(B)/tests/%: $(B)/obj/tests/unit/%.o $(TEST_UTIL) $(B)/libctrain.a
 	@mkdir -p $(dir $@)
 	$(CC) $(SANFLAGS) -o $@ $< $(TEST_UTIL) $(B)/libctrain.a $(CHECK_LIBS) $(LDLIBS)
 
-$(B)/tests/mpi/%: $(B)/obj/tests/mpi/%.o $(B)/libctrain.a
+$(B)/tests/mpi/%: $(B)/obj/tests/mpi/%.o $(B)/obj/tests/mpi/mpi_util.o $(B)/libctrain.a
 	@mkdir -p $(dir $@)
-	$(CC) $(SANFLAGS) -o $@ $< $(B)/libctrain.a $(CHECK_LIBS) $(LDLIBS)
+	$(CC) $(SANFLAGS) -o $@ $< $(B)/obj/tests/mpi/mpi_util.o $(B)/libctrain.a $(CHECK_LIBS) $(LDLIBS)
 
 # PyTorch parity dump programs, run by tests/scripts/test_parity.sh
 $(B)/tests/parity/%: $(B)/obj/tests/parity/%.o $(B)/libctrain.a

@@ -8,8 +8,8 @@
 
 #include "ctrain.h"
 #include "dist/dist.h"
+#include "mpi_util.h"
 
-static ct_dist D;
 
 /* The largest |a - b| / max(1, |b|) over all ranks' values. */
 static double max_all(double v) {
@@ -318,11 +318,7 @@ START_TEST(exact_evaluation) {
 }
 END_TEST
 
-int main(int argc, char **argv) {
-    if (ct_dist_init(&argc, &argv, &D) != CT_OK) {
-        fprintf(stderr, "%s\n", ct_last_error());
-        return 1;
-    }
+static Suite *make_suite(void) {
     Suite *s = suite_create("ddp");
     TCase *tc = tcase_create("ddp");
     tcase_set_timeout(tc, 120);
@@ -335,13 +331,7 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, bn_buffer_policies);
     tcase_add_test(tc, exact_evaluation);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    /* Only rank 0 prints the summary line CI counts; every rank's result decides the exit. */
-    srunner_run_all(sr, D.rank == 0 ? CK_NORMAL : CK_SILENT);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, D.world);
-    ct_dist_finalize(&D);
-    ct_scope_shutdown();
-    return failed ? 1 : 0;
+    return s;
 }
+
+int main(int argc, char **argv) { return ct_mpi_test_main(argc, argv, make_suite); }

@@ -9,8 +9,8 @@
 
 #include "ctrain.h"
 #include "dist/dist.h"
+#include "mpi_util.h"
 
-static ct_dist D;
 
 static int all_min(int v, MPI_Comm c) {
     MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MIN, c);
@@ -167,11 +167,7 @@ START_TEST(gather_keeps_rank_order) {
 }
 END_TEST
 
-int main(int argc, char **argv) {
-    if (ct_dist_init(&argc, &argv, &D) != CT_OK) {
-        fprintf(stderr, "%s\n", ct_last_error());
-        return 1;
-    }
+static Suite *make_suite(void) {
     Suite *s = suite_create("sweep");
     TCase *tc = tcase_create("sweep");
     tcase_set_timeout(tc, 120);
@@ -180,12 +176,7 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, agree_reports_lowest_failing_rank);
     tcase_add_test(tc, gather_keeps_rank_order);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, D.rank == 0 ? CK_NORMAL : CK_SILENT);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, D.world);
-    ct_dist_finalize(&D);
-    ct_scope_shutdown();
-    return failed ? 1 : 0;
+    return s;
 }
+
+int main(int argc, char **argv) { return ct_mpi_test_main(argc, argv, make_suite); }

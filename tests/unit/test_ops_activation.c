@@ -355,11 +355,7 @@ START_TEST(training_step_frees_everything) {
                                      ct_mse_loss(ct_softmax(h, 0), h, CT_REDUCE_SUM));
             if (with_backward) ct_backward(loss);
         }
-        ct_stats after = ct_stats_get();
-        ck_assert_int_eq(after.live_tensors, before.live_tensors);
-        ck_assert_int_eq(after.live_bytes, before.live_bytes);
-        ck_assert_int_eq(after.graph_nodes, before.graph_nodes);
-        ck_assert_int_eq(after.saved_tensors, before.saved_tensors);
+        ct_test_assert_counters_back(before);
     }
 }
 END_TEST

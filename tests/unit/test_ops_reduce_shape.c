@@ -286,11 +286,7 @@ START_TEST(views_free_everything) {
             ct_tensor *loss = ct_mean(ct_sum_dim(ct_mul(y, y), 0, false));
             if (with_backward) ct_backward(loss);
         }
-        ct_stats after = ct_stats_get();
-        ck_assert_int_eq(after.live_tensors, before.live_tensors);
-        ck_assert_int_eq(after.live_bytes, before.live_bytes);
-        ck_assert_int_eq(after.graph_nodes, before.graph_nodes);
-        ck_assert_int_eq(after.saved_tensors, before.saved_tensors);
+        ct_test_assert_counters_back(before);
     }
 }
 END_TEST

@@ -62,6 +62,14 @@ double ct_test_gradcheck(const char *name, ct_test_fn f, int n, ct_tensor **in, 
     return worst;
 }
 
+void ct_test_assert_counters_back(ct_stats before) {
+    ct_stats after = ct_stats_get();
+    ck_assert_int_eq(after.live_tensors, before.live_tensors);
+    ck_assert_int_eq(after.live_bytes, before.live_bytes);
+    ck_assert_int_eq(after.graph_nodes, before.graph_nodes);
+    ck_assert_int_eq(after.saved_tensors, before.saved_tensors);
+}
+
 static const char *expected_msg;
 
 static void msg_hook(const char *msg) {

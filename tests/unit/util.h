@@ -21,6 +21,9 @@ double ct_test_gradcheck(const char *name, ct_test_fn f, int n, ct_tensor **inpu
 /* A tensor of the given shape with values uniform in [lo, hi), from seed. */
 ct_tensor *ct_test_rand(int ndim, const int64_t *shape, float lo, float hi, uint64_t seed);
 
+/* Asserts the live-tensor, live-byte, graph-node and saved-tensor counters are back to before. */
+void ct_test_assert_counters_back(ct_stats before);
+
 /* For an abort test (tcase_add_test_raise_signal SIGABRT): the abort hook then checks that
  * the message contains text, and exits with status 3 (a failure) if it does not. */
 void ct_test_expect_abort(const char *text);
