@@ -4,7 +4,13 @@
  * first bucket. Each leaf's grad-ready hook counts its bucket down; buckets start their
  * MPI_Iallreduce strictly in bucket order (so every rank issues the same sequence) as soon
  * as they are complete, and every hook call gives MPI a chance to progress what is in
- * flight while backward goes on. */
+ * flight while backward goes on.
+ *
+ * The last bucket holds the first layers, whose gradients backward produces last, so
+ * nothing is left to overlap it with: it is always reduced in ct_ddp_finish with a
+ * blocking MPI_Allreduce, which Open MPI completes about twice as fast as a non-blocking
+ * one (measured 217 vs 383 us for 940 KB on 2 ranks). Always the last bucket, never
+ * "whatever is late", so that every rank issues the same sequence of collectives. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -186,6 +192,7 @@ static void build_plan(ct_ddp *p, uint64_t sig) {
     /* Offsets in registration order; buckets filled walking backwards from the end. */
     int64_t off = total;
     bucket *cur = NULL;
+    bool close_next = false;
     for (int i = ps->n - 1; i >= 0; i--) {
         ct_tensor *t = ps->tensors[i];
         if (!t->requires_grad) continue;
@@ -193,13 +200,18 @@ static void build_plan(ct_ddp *p, uint64_t sig) {
         /* A bucket closes when the next parameter would overflow its cap; a parameter
          * larger than the cap gets a bucket of its own. */
         size_t cap = cur == p->buckets ? p->cfg.first_bucket_bytes : p->cfg.bucket_bytes;
-        if (!cur || (size_t)(cur->end - off) * sizeof(float) > cap) {
+        if (!cur || close_next || (size_t)(cur->end - off) * sizeof(float) > cap) {
             cur = &p->buckets[p->nbuckets++];
             cur->end = off + t->numel;
         }
         cur->begin = off;
         cur->nparams++;
         p->slots[i] = (param_slot){p, (int)(cur - p->buckets)};
+        /* A gradient of at least first-bucket size also closes its bucket, so it goes out
+         * as soon as it is ready instead of waiting behind the small gradients backward
+         * produces after it (the CNN's 1.6 MB fc1 weight would otherwise wait for the whole
+         * convolutional backward). */
+        close_next = (size_t)t->numel * sizeof(float) >= p->cfg.first_bucket_bytes;
         ct_set_grad_storage(t, p->slab + off); /* keeps any gradient accumulated so far */
         ct_set_grad_hook(t, grad_ready, &p->slots[i]);
     }
@@ -269,15 +281,31 @@ void ct_ddp_set_sync(ct_ddp *p, bool sync) { p->sync = sync; }
 
 /* ---- overlap ------------------------------------------------------------------------------- */
 
-static void start_ready_buckets(ct_ddp *p, bool all) {
+/* Divides a bucket by the world size before it is summed (PyTorch DDP does the same),
+ * while backward has just left it in cache; for 2 ranks this is exact. */
+static void predivide(ct_ddp *p, const bucket *b) {
+    const float inv = 1.0f / (float)p->d->size;
+    float *g = p->slab + b->begin;
+    for (int64_t i = 0, n = b->end - b->begin; i < n; i++) g[i] *= inv;
+}
+
+/* Starts the complete buckets in order, or all of them; the last one only when `all`,
+ * with the blocking all-reduce (see the top of the file). */
+static void start_buckets(ct_ddp *p, bool all) {
     while (p->next_start < p->nbuckets) {
         bucket *b = &p->buckets[p->next_start];
-        if (!all && b->ready < b->nparams) break;
-        if (p->d->size > 1)
-            CT_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, p->slab + b->begin, (int)(b->end - b->begin),
-                                        MPI_FLOAT, MPI_SUM, p->d->world, &b->req));
-        else
-            b->req = MPI_REQUEST_NULL;
+        bool last = p->next_start == p->nbuckets - 1;
+        if (!all && (last || b->ready < b->nparams)) break;
+        b->req = MPI_REQUEST_NULL;
+        if (p->d->size > 1) {
+            predivide(p, b);
+            if (last)
+                CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, p->slab + b->begin, (int)(b->end - b->begin),
+                                           MPI_FLOAT, MPI_SUM, p->d->world));
+            else
+                CT_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, p->slab + b->begin, (int)(b->end - b->begin),
+                                            MPI_FLOAT, MPI_SUM, p->d->world, &b->req));
+        }
         b->started = true;
         p->next_start++;
     }
@@ -292,7 +320,7 @@ static void grad_ready(ct_tensor *leaf, void *ctx) {
     CT_ASSERT(!b->started, "ddp: a gradient became ready twice in one step; accumulate "
                            "across backward calls inside no_sync");
     b->ready++;
-    start_ready_buckets(p, false);
+    start_buckets(p, false);
     /* Drive the oldest request in flight so communication progresses during backward. */
     for (int i = 0; i < p->next_start; i++) {
         if (p->buckets[i].req == MPI_REQUEST_NULL) continue;
@@ -309,7 +337,7 @@ void ct_ddp_finish(ct_ddp *p) {
         return;
     }
     double t0 = MPI_Wtime();
-    start_ready_buckets(p, true); /* parameters unused this step contribute zeros */
+    start_buckets(p, true); /* parameters unused this step contribute zeros */
     for (int i = 0; i < p->nbuckets; i++) {
         bucket *b = &p->buckets[i];
         CT_CHECK_MPI(MPI_Wait(&b->req, MPI_STATUS_IGNORE));
@@ -318,13 +346,7 @@ void ct_ddp_finish(ct_ddp *p) {
     }
     p->next_start = 0;
     p->stats.comm_wait_s = MPI_Wtime() - t0;
-    if (p->d->size > 1) {
-        float inv = 1.0f / (float)p->d->size;
-        for (int64_t i = 0; i < p->slab_numel; i++) p->slab[i] *= inv;
-        p->stats.bytes_reduced = p->slab_numel * (int64_t)sizeof(float);
-    } else {
-        p->stats.bytes_reduced = 0;
-    }
+    p->stats.bytes_reduced = p->d->size > 1 ? p->slab_numel * (int64_t)sizeof(float) : 0;
 }
 
 void ct_ddp_sync_buffers(ct_ddp *p) {

@@ -71,7 +71,8 @@ void ct_ddp_free(ct_ddp *p);
 ct_status ct_ddp_prepare(ct_ddp *p);
 /* no_sync: while off, backward accumulates locally and nothing is communicated. */
 void ct_ddp_set_sync(ct_ddp *p, bool sync);
-/* After backward: starts any bucket not yet started, waits for all, averages. */
+/* After backward: starts any bucket not yet started, waits for all; the gradients are
+ * then the mean over ranks. */
 void ct_ddp_finish(ct_ddp *p);
 /* Applies the buffer policy before evaluation or a checkpoint (average: all-reduce mean). */
 void ct_ddp_sync_buffers(ct_ddp *p);
