@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -251,12 +252,27 @@ int ct_cmd_train(ct_run *r) {
                       ? c->data.crop_pad : 0;
     lo.hflip = c->data.augment == CT_CFG_AUGMENT_FLIP || c->data.augment == CT_CFG_AUGMENT_CROP_FLIP;
     /* Feature cache: a frozen prefix that is a fixed function (no augmentation in front of
-     * it) is run once over the data instead of every step. Staged unfreezing could change
-     * the prefix, so it turns the cache off. */
+     * it) is run once over the data instead of every step, when its features fit the
+     * memory budget (a frozen first conv alone would make 32 times the input). Staged
+     * unfreezing could change the prefix, so it turns the cache off. */
     ct_module_train(r->model, true);
     bool augment = lo.crop_pad > 0 || lo.hflip;
-    int prefix = c->train.feature_cache == CT_CFG_CACHE_AUTO && !augment && c->train.unfreeze_after == 0
-                     ? ct_module_frozen_prefix(r->model) : 0;
+    int fixed = c->train.feature_cache == CT_CFG_CACHE_AUTO ? ct_module_frozen_prefix(r->model) : 0;
+    const char *why_off = augment ? "data augmentation is on"
+                          : c->train.unfreeze_after ? "staged unfreezing is configured" : NULL;
+    char why_buf[256];
+    if (fixed > 0 && !why_off) {
+        double n = (double)(r->train.n + r->test.n), f = (double)ct_dist_cache_numel(r->model, fixed, &r->train);
+        double mib = n * f * 4 / 1048576;
+        if (mib > c->train.feature_cache_max_mb || (double)r->train.n * f > INT_MAX) {
+            snprintf(why_buf, sizeof why_buf,
+                     "the features of the frozen prefix (the model's first %d layers) would take %.0f MiB "
+                     "per rank (train.feature_cache_max_mb = %d; at most %d floats per data set)",
+                     fixed, mib, c->train.feature_cache_max_mb, INT_MAX);
+            why_off = why_buf;
+        }
+    }
+    int prefix = why_off ? 0 : fixed;
     ct_loader_opts eval_lo = r->eval_opts;
     const ct_dataset *train_ds = &r->train, *test_ds = &r->test;
     if (prefix > 0) {
@@ -270,16 +286,15 @@ int ct_cmd_train(ct_run *r) {
         lo = ct_loader_opts_default(c->train.batch_size);
         eval_lo = ct_loader_opts_default(c->train.eval_batch_size);
         if (r->d.rank == 0) {
-            fprintf(stderr, "ctrain: feature cache on: the frozen prefix (children 0..%d of the model) "
+            fprintf(stderr, "ctrain: feature cache on: the frozen prefix (the model's first %d layers) "
                     "runs once; %lld features per sample for %lld + %lld samples, %.0f MiB per rank, %.1f s\n",
-                    prefix - 1, (long long)train_feat.sample_numel, (long long)train_feat.n,
+                    prefix, (long long)train_feat.sample_numel, (long long)train_feat.n,
                     (long long)test_feat.n,
                     (double)(train_feat.n + test_feat.n) * (double)train_feat.sample_numel * 4 / 1048576,
                     ct_now() - t0);
         }
-    } else if (r->d.rank == 0 && c->train.feature_cache == CT_CFG_CACHE_AUTO && ct_module_frozen_prefix(r->model) > 0) {
-        fprintf(stderr, "ctrain: feature cache off: %s\n",
-                augment ? "data augmentation is on" : "staged unfreezing is configured");
+    } else if (r->d.rank == 0 && fixed > 0) {
+        fprintf(stderr, "ctrain: feature cache off: %s\n", why_off);
     }
     st = ct_sampler_new(&sampler, &so);
     if (st == CT_OK) st = ct_loader_new(&loader, train_ds, &lo);
@@ -340,7 +355,7 @@ int ct_cmd_train(ct_run *r) {
             ct_status pst = ct_ddp_prepare(ddp);
             if (pst != CT_OK) ct_fatal("%s", ct_last_error());
             ct_optim_apply_schedule(opt, &sched, step, epoch);
-            ct_tensor *logits = prefix ? ct_seq_forward_range(r->model, prefix, r->model->nchildren, b.x)
+            ct_tensor *logits = prefix ? ct_seq_forward_range(r->model, prefix, ct_seq_num_layers(r->model), b.x)
                                        : ct_module_forward(r->model, b.x);
             ct_tensor *loss = ct_cross_entropy(logits, b.y, CT_REDUCE_MEAN);
             ct_backward(loss);

@@ -5,24 +5,34 @@
 
 #include "dist.h"
 
+/* The shape of one sample's features, from a zero sample (every rank computes the same).
+ * Returns their number; *nd and shape (may be NULL) get the shape without the batch. */
+static int64_t feature_shape(ct_module *m, int prefix, const ct_dataset *in, int *nd, int64_t *shape) {
+    int64_t numel = 0;
+    CT_NO_GRAD CT_SCOPE {
+        int64_t s[CT_MAX_DIMS] = {1};
+        memcpy(s + 1, in->sample_shape, (size_t)in->sample_ndim * sizeof *s);
+        ct_tensor *f = ct_seq_forward_range(m, 0, prefix, ct_zeros(in->sample_ndim + 1, s));
+        if (nd) *nd = f->ndim - 1;
+        if (shape) memcpy(shape, f->shape + 1, (size_t)(f->ndim - 1) * sizeof *shape);
+        numel = f->numel;
+    }
+    return numel;
+}
+
+int64_t ct_dist_cache_numel(ct_module *m, int prefix, const ct_dataset *in) {
+    return feature_shape(m, prefix, in, NULL, NULL);
+}
+
 ct_status ct_dist_cache_features(const ct_dist *d, ct_module *m, int prefix, const ct_dataset *in,
                                  const ct_loader_opts *opts, ct_dataset *out) {
     memset(out, 0, sizeof *out);
     ct_loader_opts lo = *opts;
     lo.crop_pad = 0;
     lo.hflip = false;
-    /* The shape of one sample's features, from sample 0 (every rank computes the same). */
     int64_t fshape[CT_MAX_DIMS];
     int fnd = 0;
-    int64_t fnumel = 0;
-    CT_NO_GRAD CT_SCOPE {
-        int64_t shape[CT_MAX_DIMS] = {1};
-        memcpy(shape + 1, in->sample_shape, (size_t)in->sample_ndim * sizeof *shape);
-        ct_tensor *f = ct_seq_forward_range(m, 0, prefix, ct_zeros(in->sample_ndim + 1, shape));
-        fnd = f->ndim - 1;
-        memcpy(fshape, f->shape + 1, (size_t)fnd * sizeof *fshape);
-        fnumel = f->numel;
-    }
+    int64_t fnumel = feature_shape(m, prefix, in, &fnd, fshape);
     if ((double)in->n * (double)fnumel > (double)INT_MAX)
         return ct_error(CT_ERR_ARG, "feature cache: %lld samples x %lld features exceed one MPI message",
                         (long long)in->n, (long long)fnumel);

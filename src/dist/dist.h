@@ -101,13 +101,15 @@ ct_status ct_dist_evaluate(const ct_dist *d, ct_module *m, const ct_dataset *ds,
                            const ct_loader_opts *opts, ct_eval_result *out);
 
 /* As ct_dist_evaluate, but ds holds the outputs of children [0, first) of the Sequential
- * m (a feature cache) and only children [first, n) run. */
+ * m (a feature cache) and only layers [first, n) run (see ct_seq_num_layers). */
 ct_status ct_dist_evaluate_from(const ct_dist *d, ct_module *m, int first, const ct_dataset *ds,
                                 const ct_loader_opts *opts, ct_eval_result *out);
 
 /* ---- feature cache for a frozen prefix ------------------------------------------------------ */
 
-/* Runs children [0, prefix) of the Sequential m once over all of in (normalised by opts,
+/* The number of features per sample that layers [0, prefix) of m make from in's samples. */
+int64_t ct_dist_cache_numel(ct_module *m, int prefix, const ct_dataset *in);
+/* Runs layers [0, prefix) of the Sequential m once over all of in (normalised by opts,
  * never augmented), under no_grad and in m's current mode, each rank on its exact shard,
  * then all-gathers the features so every rank holds the whole cache in out (same labels,
  * sample shape = the prefix's output). Training the remaining children from out gives the

@@ -69,6 +69,7 @@ static const key_def keys[] = {
     STR("train", "unfreeze", train.unfreeze, ""),
     REAL("train", "unfreeze_lr_scale", train.unfreeze_lr_scale, "0.1", 0, INFINITY, LO_OPEN),
     ENUM("train", "feature_cache", train.feature_cache, "auto", "auto|off"),
+    INT("train", "feature_cache_max_mb", train.feature_cache_max_mb, "4096", 1, NULL),
 
     ENUM("optim", "name", optim.name, "adam", "sgd|adam|adamw"),
     REAL("optim", "lr", optim.lr, "1e-3", 0, INFINITY, LO_OPEN),

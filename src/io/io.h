@@ -131,6 +131,7 @@ typedef struct {
         char unfreeze[CT_CFG_STR];
         double unfreeze_lr_scale;
         ct_cfg_cache feature_cache;
+        int feature_cache_max_mb; /* auto caches only features that fit this, per rank */
     } train;
     struct {
         ct_cfg_optim name;

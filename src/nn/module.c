@@ -2,6 +2,7 @@
 #include "nn.h"
 
 #include <fnmatch.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,28 +21,60 @@ static char *xstrdup(const char *s) {
 
 /* ---- Sequential ------------------------------------------------------------------------ */
 
-/* Each child runs in its own scope; we hold one reference to the current activation, so
- * the previous one is dropped as soon as the next layer is done with it (unless a graph
- * node saved it for backward). */
+static ct_tensor *sequential_forward(ct_module *m, ct_tensor *x);
+
+static bool is_sequential(const ct_module *m) { return m->forward == sequential_forward; }
+
+int ct_seq_num_layers(ct_module *m) {
+    if (!is_sequential(m)) return 1;
+    int n = 0;
+    for (int i = 0; i < m->nchildren; i++) n += ct_seq_num_layers(m->children[i]);
+    return n;
+}
+
+/* Runs the layers of m numbered [from, to), *pos being the number of the first one.
+ * Each layer runs in its own scope; *h is the one reference we hold to the current
+ * activation, so the previous one is dropped as soon as the next layer is done with it
+ * (unless a graph node saved it for backward). */
+static void run_layers(ct_module *m, int from, int to, int *pos, ct_tensor **h) {
+    for (int i = 0; i < m->nchildren && *pos < to; i++) {
+        ct_module *c = m->children[i];
+        if (is_sequential(c)) {
+            int n = ct_seq_num_layers(c);
+            if (*pos + n <= from) *pos += n;
+            else run_layers(c, from, to, pos, h);
+            continue;
+        }
+        if (*pos >= from) {
+            size_t mark = ct_scope_begin();
+            ct_tensor *y = ct_module_forward(c, *h);
+            ct_retain(y);
+            ct_scope_end(mark);
+            ct_release(*h);
+            *h = y;
+        }
+        (*pos)++;
+    }
+}
+
 ct_tensor *ct_seq_forward_range(ct_module *m, int from, int to, ct_tensor *x) {
-    CT_ASSERT(from >= 0 && from <= to && to <= m->nchildren,
-              "seq_forward_range: [%d, %d) is not a range of %s's %d children", from, to,
-              m->type, m->nchildren);
+    CT_ASSERT(is_sequential(m), "seq_forward_range: %s is not a Sequential", m->type);
+    int n = ct_seq_num_layers(m);
+    CT_ASSERT(from >= 0 && from <= to && to <= n, "seq_forward_range: [%d, %d) is not a range of %d layers",
+              from, to, n);
     ct_tensor *h = x;
     ct_retain(h);
-    for (int i = from; i < to; i++) {
-        size_t mark = ct_scope_begin();
-        ct_tensor *y = ct_module_forward(m->children[i], h);
-        ct_retain(y);
-        ct_scope_end(mark);
-        ct_release(h);
-        h = y;
-    }
+    int pos = 0;
+    run_layers(m, from, to, &pos, &h);
     return ct_scope_adopt(h);
 }
 
 static ct_tensor *sequential_forward(ct_module *m, ct_tensor *x) {
-    return ct_seq_forward_range(m, 0, m->nchildren, x);
+    ct_tensor *h = x;
+    ct_retain(h);
+    int pos = 0;
+    run_layers(m, 0, INT_MAX, &pos, &h);
+    return ct_scope_adopt(h);
 }
 
 ct_module *ct_module_new(const char *type, ct_tensor *(*forward)(ct_module *, ct_tensor *)) {
@@ -70,7 +103,7 @@ ct_tensor *ct_module_add_buffer(ct_module *m, const char *name, ct_tensor *t) {
 ct_module *ct_nn_sequential(void) { return ct_module_new("Sequential", sequential_forward); }
 
 ct_module *ct_seq_add(ct_module *seq, const char *name, ct_module *child) {
-    CT_ASSERT(seq->forward == sequential_forward, "seq_add: %s is not a Sequential", seq->type);
+    CT_ASSERT(is_sequential(seq), "seq_add: %s is not a Sequential", seq->type);
     char idx[24];
     if (!name) {
         snprintf(idx, sizeof idx, "%d", seq->nchildren);
@@ -276,9 +309,21 @@ static bool is_fixed_function(ct_module *m) {
     return true;
 }
 
-int ct_module_frozen_prefix(ct_module *m) {
-    if (m->forward != sequential_forward) return 0;
+/* How many of m's leading layers are fixed functions; *stopped once one is not. */
+static int leading_fixed(ct_module *m, bool *stopped) {
+    if (!is_sequential(m)) {
+        if (is_fixed_function(m)) return 1;
+        *stopped = true;
+        return 0;
+    }
     int k = 0;
-    while (k < m->nchildren && is_fixed_function(m->children[k])) k++;
-    return k < m->nchildren ? k : 0;
+    for (int i = 0; i < m->nchildren && !*stopped; i++) k += leading_fixed(m->children[i], stopped);
+    return k;
+}
+
+int ct_module_frozen_prefix(ct_module *m) {
+    if (!is_sequential(m)) return 0;
+    bool stopped = false;
+    int k = leading_fixed(m, &stopped);
+    return k < ct_seq_num_layers(m) ? k : 0;
 }

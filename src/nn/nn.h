@@ -70,11 +70,17 @@ void ct_module_free(ct_module *m);
  * an intermediate is freed as soon as the next layer has used it. */
 ct_tensor *ct_module_forward(ct_module *m, ct_tensor *x);
 
-/* Runs children [from, to) of a Sequential, each in its own release scope. */
+/* A Sequential's layers are its children with every nested Sequential replaced by its own
+ * layers, depth first: running them in order is running the Sequential. (The CNN's 13:
+ * backbone.0-8, head.0-3.) Any other module counts as one layer. */
+int ct_seq_num_layers(ct_module *m);
+/* Runs layers [from, to) of a Sequential, each in its own release scope. */
 ct_tensor *ct_seq_forward_range(ct_module *seq, int from, int to, ct_tensor *x);
-/* How many leading children of a Sequential form a frozen prefix that is a fixed function
+/* How many leading layers of a Sequential form a frozen prefix that is a fixed function
  * in the current mode (no trainable parameter, no active dropout, BatchNorm on running
- * statistics), leaving at least one child to train; 0 if none. Its outputs can be cached. */
+ * statistics), leaving at least one layer to train; 0 if none. Its outputs can be cached.
+ * The prefix may end inside a nested Sequential (the backbone and the head's frozen
+ * first layer, say). */
 int ct_module_frozen_prefix(ct_module *m);
 
 /* ---- modes ---------------------------------------------------------------------------- */

@@ -278,9 +278,42 @@ START_TEST(frozen_backbone_costs_no_backward) {
         ck_assert_msg(head == (ct_grad(p.tensors[i]) != NULL), "%s", p.names[i]);
     }
     ct_named_free(&p);
-    ck_assert_int_eq(ct_module_frozen_prefix(m), 1); /* the backbone can be cached */
-    ct_module_set_frozen_bn_eval(m, false);          /* ...unless its BN keeps training */
+    ck_assert_int_eq(ct_module_frozen_prefix(m), 9); /* the backbone's 9 layers can be cached */
+    ct_module_set_frozen_bn_eval(m, false); /* ...unless its BN keeps training: only the conv before it */
+    ck_assert_int_eq(ct_module_frozen_prefix(m), 1);
+    ct_module_free(m);
+}
+END_TEST
+
+/* The frozen prefix may end inside a nested Sequential: with the head's first linear frozen
+ * too it is backbone.0-8, head.0 (linear) and head.1 (ReLU); the active dropout (head.2)
+ * ends it. Running the prefix and then the rest is the model's forward, bit for bit, in
+ * train mode (same dropout seed) and in eval mode. */
+START_TEST(frozen_prefix_ends_inside_a_nested_sequential) {
+    ct_rng r = rng_of(11);
+    ct_module *m = ct_nn_cnn(1, 28, 10, 0.25f, &r);
+    ck_assert_int_eq(ct_seq_num_layers(m), 13);
+    ct_module_set_requires_grad(m, "backbone.*", false);
+    ct_module_set_requires_grad(m, "head.0.*", false);
+    ck_assert_int_eq(ct_module_frozen_prefix(m), 11);
+    ct_module_set_requires_grad(m, "head.0.*", true);
+    ck_assert_int_eq(ct_module_frozen_prefix(m), 9);
+    ct_module_train(m, false); /* eval: the dropout is the identity, so it joins the prefix */
+    ct_module_set_requires_grad(m, "head.0.*", false);
+    ck_assert_int_eq(ct_module_frozen_prefix(m), 12);
+    ct_module_set_requires_grad(m, "head.3.*", false); /* all 13 fixed: nothing left to train */
     ck_assert_int_eq(ct_module_frozen_prefix(m), 0);
+    for (int train = 0; train < 2; train++) CT_SCOPE {
+        ct_module_train(m, train);
+        ct_tensor *x = ct_rand_uniform(CT_SHAPE(3, 1, 28, 28), 0, 1, &r);
+        ct_module *drop = m->children[1]->children[2]; /* head.2 */
+        ct_rng saved = drop->rng;
+        ct_tensor *full = ct_module_forward(m, x);
+        drop->rng = saved;
+        ct_tensor *split = ct_seq_forward_range(m, 11, 13, ct_seq_forward_range(m, 0, 11, x));
+        ck_assert_int_eq(full->numel, split->numel);
+        for (int64_t i = 0; i < full->numel; i++) ck_assert_float_eq(full->data[i], split->data[i]);
+    }
     ct_module_free(m);
 }
 END_TEST
@@ -299,6 +332,7 @@ int main(void) {
     tcase_add_test(tc, sequential_nograd_frees_activations);
     tcase_add_test(tc, mlp_fits_synthetic_problem);
     tcase_add_test(tc, frozen_backbone_costs_no_backward);
+    tcase_add_test(tc, frozen_prefix_ends_inside_a_nested_sequential);
     suite_add_tcase(s, tc);
     return ct_test_run(s);
 }
