@@ -8,9 +8,9 @@
 #    sides on AVX-512 machines (OpenBLAS 0.3.21 otherwise falls back to slow kernels).
 #    Throughput runs use synthetic in-memory batches on both sides (no loader cost timed);
 #    the peak-RSS run uses the real Fashion-MNIST training set on both sides.
-#    The machine is shared and noisy, so each comparison runs ROUNDS (default 3) rounds,
-#    alternating ctrain and PyTorch so both see the same noise, and keeps each side's best
-#    samples/s. Two ranks: mpirun -np 2 for ctrain, DistributedDataParallel (gloo) in two
+#    The machine is shared and noisy, so each comparison runs ROUNDS (default 5) rounds,
+#    alternating ctrain and PyTorch (and 1 and 2 ranks) so all see the same noise, and keeps
+#    each side's best samples/s. Two ranks: mpirun -np 2 for ctrain, DistributedDataParallel (gloo) in two
 #    processes for PyTorch; ranks are pinned one per core on both sides.
 #    Lines: train_mlp_1rank, train_cnn_1rank, eval_cnn_1rank, rss_cnn_train,
 #    train_mlp_2rank, train_cnn_2rank (with scaling_eff = sps_2 / (2 * sps_1), both ctrain),
@@ -41,7 +41,7 @@ if [ -n "$PY" ] && "$PY" -c 'import torch' 2>/dev/null; then have_torch=1; fi
 [ "$have_torch" = 1 ] || echo "bench: PyTorch not found; printing ctrain figures only" >&2
 GLUE_PY=${PY:-python3}
 
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 # steps per timed repeat (after warm-up): a few seconds each at this machine's speed
 S_MLP=600 S_CNN=60 S_EVAL=6 S_LAYERS=40 S_RSS=200
 if [ "${BENCH_QUICK:-0}" = 1 ]; then ROUNDS=1 S_MLP=20 S_CNN=3 S_EVAL=1 S_LAYERS=3 S_RSS=5; fi
@@ -66,18 +66,20 @@ pt() { # name ranks args...: one PyTorch run, appended to $out/name.torch
     timeout 600 "$PY" "$here/bench_torch.py" --ranks "$np" "$@" >>"$out/$name.torch"
 }
 
-both() { # name ranks args...: ROUNDS alternating rounds of one repeat each
-    for ((r = 0; r < ROUNDS; r++)); do
-        ct "$@" --repeats 1
-        pt "$@" --repeats 1
-    done
+both() { # name ranks args...: one repeat of ctrain, then one of PyTorch
+    ct "$@" --repeats 1
+    pt "$@" --repeats 1
 }
 
-both train_mlp_1rank 1 --model mlp --mode train --batch 64 --steps $S_MLP --warmup 50
-both train_cnn_1rank 1 --model cnn --mode train --batch 64 --steps $S_CNN --warmup 5
-both eval_cnn_1rank 1 --model cnn --mode eval --batch 1000 --steps $S_EVAL --warmup 1
-both train_mlp_2rank 2 --model mlp --mode train --batch 64 --steps $S_MLP --warmup 50
-both train_cnn_2rank 2 --model cnn --mode train --batch 64 --steps $S_CNN --warmup 5
+# ROUNDS rounds; each runs every comparison once, the 1-rank and 2-rank runs of a model
+# back to back, so that scaling_eff compares runs that saw the same machine.
+for ((r = 0; r < ROUNDS; r++)); do
+    both train_mlp_1rank 1 --model mlp --mode train --batch 64 --steps $S_MLP --warmup 50
+    both train_mlp_2rank 2 --model mlp --mode train --batch 64 --steps $S_MLP --warmup 50
+    both train_cnn_1rank 1 --model cnn --mode train --batch 64 --steps $S_CNN --warmup 5
+    both train_cnn_2rank 2 --model cnn --mode train --batch 64 --steps $S_CNN --warmup 5
+    both eval_cnn_1rank 1 --model cnn --mode eval --batch 1000 --steps $S_EVAL --warmup 1
+done
 # Peak RSS: a fresh process per side running a fixed number of steps on real data.
 ct rss_cnn_train 1 --model cnn --mode train --batch 64 --data fmnist --steps $S_RSS --warmup 0 --repeats 1
 pt rss_cnn_train 1 --model cnn --mode train --batch 64 --data fmnist --steps $S_RSS --warmup 0 --repeats 1
