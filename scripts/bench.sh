@@ -158,5 +158,5 @@ emit({"bench": "machine", "cpus": os.cpu_count(),
 EOF
 
 # The sweep benchmark (sweep_8ckpt) and the frozen-backbone benchmarks.
-B="$B" bash "$here/bench_sweep.sh"
+B="$B" ROUNDS=$ROUNDS bash "$here/bench_sweep.sh"
 B="$B" ROUNDS=$ROUNDS bash "$here/bench_frozen.sh"
