@@ -91,7 +91,9 @@ $(B)/bench/%: $(B)/obj/tests/bench/%.o $(B)/libctrain.a
 check: all $(UNIT_BIN) $(MPI_BIN) $(PARITY_BIN)
 	@SANITIZE=$(SANITIZE) B=$(B) MPI_TESTS="$(MPI_BIN)" bash scripts/run_tests.sh $(UNIT_BIN)
 
-bench: all $(BENCH_BIN)
+# The build's command lines go to stderr, so stdout is nothing but the JSON lines.
+bench:
+	@$(MAKE) --no-print-directory all $(BENCH_BIN) >&2
 	@B=$(B) bash scripts/bench.sh
 
 install: all

@@ -19,18 +19,9 @@ import os
 import struct
 import sys
 
-NAME = "safetensors_to_torch"
-
-
-def fail(msg):
-    print(f"{NAME}: error: {msg}", file=sys.stderr)
-    sys.exit(1)
-
-
-try:
-    import torch
-except ImportError as e:
-    fail(f"cannot import torch: {e}")
+sys.dont_write_bytecode = True  # no __pycache__ in scripts/
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_to_safetensors import fail, torch, write_atomic  # noqa: E402
 
 DTYPES = {  # name -> (torch dtype, element size); torch 1.13 has no U16/U32/U64
     "F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2),
@@ -134,16 +125,8 @@ def main():
     args = ap.parse_args()
     state_dict, metadata = read(args.input, is_model_entry if args.model_only else None)
     if metadata:
-        print(f"{NAME}: metadata (not saved): {json.dumps(metadata)}", file=sys.stderr)
-    tmp = f"{args.output}.tmp.{os.getpid()}"
-    try:
-        torch.save(state_dict, tmp)
-        os.replace(tmp, args.output)
-    except (OSError, RuntimeError) as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        fail(f"{args.output}: cannot write: {e}")
-
+        print(f"safetensors_to_torch: metadata (not saved): {json.dumps(metadata)}", file=sys.stderr)
+    write_atomic(args.output, lambda f: torch.save(state_dict, f))
 
 if __name__ == "__main__":
     main()

@@ -39,23 +39,16 @@ NAME = "torch_backbone"
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.dont_write_bytecode = True  # no __pycache__ in scripts/
 sys.path.insert(0, HERE)
-
-
-def fail(msg):
-    print(f"{NAME}: error: {msg}", file=sys.stderr)
-    sys.exit(1)
-
+# fail() and the torch import (a clear error without torch) are shared with the converters
+from torch_to_safetensors import encode, fail, torch, write_atomic  # noqa: E402
+from safetensors_to_torch import is_model_entry, read  # noqa: E402
 
 try:
     import numpy as np
-    import torch
     import torch.nn.functional as F
     from torch import nn
 except ImportError as e:
     fail(f"cannot import torch/numpy: {e}")
-
-from safetensors_to_torch import is_model_entry, read  # noqa: E402
-from torch_to_safetensors import encode, write_atomic  # noqa: E402
 
 DATA_DIR = "/usr/share/datasets/fashion-mnist"  # ctrain's data.dir default
 MEAN, STD = 0.2860, 0.3530                        # ctrain's data.mean / data.std defaults

@@ -17,11 +17,10 @@ import os
 import struct
 import sys
 
-NAME = "torch_to_safetensors"
-
-
 def fail(msg):
-    print(f"{NAME}: error: {msg}", file=sys.stderr)
+    """Exits with an error naming the running script (these helpers are shared)."""
+    name = os.path.splitext(os.path.basename(sys.argv[0]))[0] or "ctrain"
+    print(f"{name}: error: {msg}", file=sys.stderr)
     sys.exit(1)
 
 
@@ -89,15 +88,20 @@ def encode(state_dict, metadata):
     return struct.pack("<Q", len(text)) + text + b"".join(blobs)
 
 
-def write_atomic(path, data):
+def write_atomic(path, write):
+    """Calls write(f) on a temporary file next to path, then renames it over path, so a
+    failure never leaves a half-written file. write may be bytes, written as they are."""
+    if isinstance(write, (bytes, bytearray)):
+        data = write
+        write = lambda f: f.write(data)  # noqa: E731
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:
         try:
             os.unlink(tmp)
         except OSError:
