@@ -10,7 +10,9 @@
 #    the peak-RSS run uses the real Fashion-MNIST training set on both sides.
 #    The machine is shared and noisy, so each comparison runs ROUNDS (default 5) rounds,
 #    alternating ctrain and PyTorch (and 1 and 2 ranks) so all see the same noise, and keeps
-#    each side's best samples/s. Two ranks: mpirun -np 2 for ctrain, DistributedDataParallel (gloo) in two
+#    each side's best samples/s (2 timed repeats per round). A two-rank run needs both
+#    virtual CPUs quiet at once, so it needs more samples than a one-rank run to find a
+#    quiet spell: one vCPU at a time slows by ~25% for seconds on this host. Two ranks: mpirun -np 2 for ctrain, DistributedDataParallel (gloo) in two
 #    processes for PyTorch; ranks are pinned one per core on both sides.
 #    Lines: train_mlp_1rank, train_cnn_1rank, eval_cnn_1rank, rss_cnn_train,
 #    train_mlp_2rank, train_cnn_2rank (with scaling_eff = sps_2 / (2 * sps_1), both ctrain),
@@ -66,9 +68,9 @@ pt() { # name ranks args...: one PyTorch run, appended to $out/name.torch
     timeout 600 "$PY" "$here/bench_torch.py" --ranks "$np" "$@" >>"$out/$name.torch"
 }
 
-both() { # name ranks args...: one repeat of ctrain, then one of PyTorch
-    ct "$@" --repeats 1
-    pt "$@" --repeats 1
+both() { # name ranks args...: ctrain, then PyTorch, each keeping its best of 2 repeats
+    ct "$@" --repeats 2
+    pt "$@" --repeats 2
 }
 
 # ROUNDS rounds; each runs every comparison once, the 1-rank and 2-rank runs of a model
