@@ -100,7 +100,7 @@ typedef struct {
 ct_status ct_dist_evaluate(const ct_dist *d, ct_module *m, const ct_dataset *ds,
                            const ct_loader_opts *opts, ct_eval_result *out);
 
-/* As ct_dist_evaluate, but ds holds the outputs of children [0, first) of the Sequential
+/* As ct_dist_evaluate, but ds holds the outputs of layers [0, first) of the Sequential
  * m (a feature cache) and only layers [first, n) run (see ct_seq_num_layers). */
 ct_status ct_dist_evaluate_from(const ct_dist *d, ct_module *m, int first, const ct_dataset *ds,
                                 const ct_loader_opts *opts, ct_eval_result *out);
@@ -112,7 +112,7 @@ int64_t ct_dist_cache_numel(ct_module *m, int prefix, const ct_dataset *in);
 /* Runs layers [0, prefix) of the Sequential m once over all of in (normalised by opts,
  * never augmented), under no_grad and in m's current mode, each rank on its exact shard,
  * then all-gathers the features so every rank holds the whole cache in out (same labels,
- * sample shape = the prefix's output). Training the remaining children from out gives the
+ * sample shape = the prefix's output). Training the remaining layers from out gives the
  * same results as running the prefix every step, when ct_module_frozen_prefix says the
  * prefix is a fixed function. */
 ct_status ct_dist_cache_features(const ct_dist *d, ct_module *m, int prefix, const ct_dataset *in,
