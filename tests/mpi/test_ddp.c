@@ -104,6 +104,20 @@ static double max_rel_diff(ct_module *a, ct_module *b) {
     return worst;
 }
 
+/* The end of every comparison with the single-process reference: m (DDP) must match ref to
+ * 1e-5 relative and be identical on every rank; then everything is freed. */
+static void expect_matches_reference(const char *what, ct_module *m, ct_module *ref, ct_optim *o,
+                                     ct_optim *oref, ct_ddp *ddp) {
+    double d = max_all(max_rel_diff(m, ref));
+    ck_assert_msg(d <= 1e-5, "%s: DDP differs from the single-process run by %g relative", what, d);
+    ck_assert_msg(identical_across_ranks(m), "%s: parameters differ across ranks", what);
+    ct_optim_free(o);
+    ct_optim_free(oref);
+    ct_ddp_free(ddp);
+    ct_module_free(m);
+    ct_module_free(ref);
+}
+
 START_TEST(broadcast_then_identical_after_steps) {
     ct_module *m = small_mlp(100 + (uint64_t)D.rank, 32); /* a different init on every rank */
     ct_ddp *ddp = NULL;
@@ -148,13 +162,7 @@ START_TEST(equivalent_to_one_big_batch) {
             train_step(m, ddp, o, s, 8);
             train_step(ref, NULL, oref, s, 8);
         }
-        double d = max_all(max_rel_diff(m, ref));
-        ck_assert_msg(d <= 1e-5, "%s: DDP differs from the big-batch run by %g relative", cases[c].name, d);
-        ct_optim_free(o);
-        ct_optim_free(oref);
-        ct_ddp_free(ddp);
-        ct_module_free(m);
-        ct_module_free(ref);
+        expect_matches_reference(cases[c].name, m, ref, o, oref, ddp);
     }
 }
 END_TEST
@@ -215,14 +223,7 @@ START_TEST(freeze_and_unfreeze_mid_training) {
         ck_assert_int_eq(ct_ddp_get_stats(ddp).bytes_reduced, D.size > 1 ? want : 0);
     }
     ck_assert_int_eq(ct_ddp_get_stats(ddp).rebuilds, 3);
-    double d = max_all(max_rel_diff(m, ref));
-    ck_assert_msg(d <= 1e-5, "differs from the reference by %g", d);
-    ck_assert(identical_across_ranks(m));
-    ct_optim_free(o);
-    ct_optim_free(oref);
-    ct_ddp_free(ddp);
-    ct_module_free(m);
-    ct_module_free(ref);
+    expect_matches_reference("freeze and unfreeze", m, ref, o, oref, ddp);
 }
 END_TEST
 
@@ -250,13 +251,7 @@ START_TEST(no_sync_accumulates) {
         ct_backward(ct_cross_entropy(ct_module_forward(ref, x), y, CT_REDUCE_MEAN));
         ct_optim_step(oref);
     }
-    double d = max_all(max_rel_diff(m, ref));
-    ck_assert_msg(d <= 1e-5, "no_sync accumulation differs by %g", d);
-    ct_optim_free(o);
-    ct_optim_free(oref);
-    ct_ddp_free(ddp);
-    ct_module_free(m);
-    ct_module_free(ref);
+    expect_matches_reference("no_sync accumulation", m, ref, o, oref, ddp);
 }
 END_TEST
 
