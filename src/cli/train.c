@@ -272,7 +272,7 @@ int ct_cmd_train(ct_run *r) {
             why_off = why_buf;
         }
     }
-    int prefix = why_off ? 0 : fixed;
+    int prefix = why_off ? 0 : fixed, nlayers = ct_seq_num_layers(r->model);
     ct_loader_opts eval_lo = r->eval_opts;
     const ct_dataset *train_ds = &r->train, *test_ds = &r->test;
     if (prefix > 0) {
@@ -355,7 +355,7 @@ int ct_cmd_train(ct_run *r) {
             ct_status pst = ct_ddp_prepare(ddp);
             if (pst != CT_OK) ct_fatal("%s", ct_last_error());
             ct_optim_apply_schedule(opt, &sched, step, epoch);
-            ct_tensor *logits = prefix ? ct_seq_forward_range(r->model, prefix, ct_seq_num_layers(r->model), b.x)
+            ct_tensor *logits = prefix ? ct_seq_forward_range(r->model, prefix, nlayers, b.x)
                                        : ct_module_forward(r->model, b.x);
             ct_tensor *loss = ct_cross_entropy(logits, b.y, CT_REDUCE_MEAN);
             ct_backward(loss);

@@ -24,11 +24,12 @@ ct_status ct_dist_evaluate_from(const ct_dist *d, ct_module *m, int first, const
         int64_t nb = ct_loader_num_batches(l);
         int64_t *pred = malloc((size_t)lo.batch_size * sizeof *pred);
         CT_ASSERT(pred, "evaluate: out of memory");
+        int nlayers = ct_seq_num_layers(m);
         CT_EVALUATE(m) {
             for (int64_t i = 0; i < nb; i++) CT_SCOPE {
                 ct_batch b;
                 ct_loader_next(l, &b);
-                ct_tensor *logits = first ? ct_seq_forward_range(m, first, ct_seq_num_layers(m), b.x)
+                ct_tensor *logits = first ? ct_seq_forward_range(m, first, nlayers, b.x)
                                           : ct_module_forward(m, b.x);
                 sums[0] += ct_cross_entropy(logits, b.y, CT_REDUCE_SUM)->data[0];
                 ct_argmax_rows(logits, pred);

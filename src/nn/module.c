@@ -40,8 +40,9 @@ static void run_layers(ct_module *m, int from, int to, int *pos, ct_tensor **h) 
     for (int i = 0; i < m->nchildren && *pos < to; i++) {
         ct_module *c = m->children[i];
         if (is_sequential(c)) {
-            int n = ct_seq_num_layers(c);
-            if (*pos + n <= from) *pos += n;
+            /* counted only when the range may start after it (never for a whole forward) */
+            int n = *pos < from ? ct_seq_num_layers(c) : 0;
+            if (*pos < from && *pos + n <= from) *pos += n;
             else run_layers(c, from, to, pos, h);
             continue;
         }
