@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every benchmark; each prints one JSON object per line.
 #
-# 1. build/bench/bench_core: core micro-benchmarks (linear_mlp, alloc, nograd_forward).
+# 1. build/bench/bench_core: core micro-benchmarks (linear_mlp, alloc, nograd_forward), and
+#    build/bench/bench_allreduce under mpirun: MPI all-reduce costs behind DDP's choices.
 # 2. ctrain against PyTorch (scripts/bench_torch.py) on the same machine in the same run,
 #    same model, per-rank batch, Adam, and one thread per process (OMP_NUM_THREADS,
 #    OPENBLAS_NUM_THREADS = 1, torch.set_num_threads(1)); OPENBLAS_CORETYPE=SkylakeX for both
@@ -12,8 +13,9 @@
 #    alternating ctrain and PyTorch (and 1 and 2 ranks) so all see the same noise, and keeps
 #    each side's best samples/s (2 timed repeats per round). A two-rank run needs both
 #    virtual CPUs quiet at once, so it needs more samples than a one-rank run to find a
-#    quiet spell: one vCPU at a time slows by ~25% for seconds on this host. Two ranks: mpirun -np 2 for ctrain, DistributedDataParallel (gloo) in two
-#    processes for PyTorch; ranks are pinned one per core on both sides.
+#    quiet spell: on this host one vCPU at a time slows down for seconds.
+#    Two ranks: mpirun -np 2 for ctrain, DistributedDataParallel (gloo) in two processes
+#    for PyTorch; ranks are pinned one per core on both sides.
 #    Lines: train_mlp_1rank, train_cnn_1rank, eval_cnn_1rank, rss_cnn_train,
 #    train_mlp_2rank, train_cnn_2rank (with scaling_eff = sps_2 / (2 * sps_1), both ctrain),
 #    step_breakdown (ctrain, 2 ranks, CNN), and cnn_layer (per-layer forward/backward ms of
@@ -31,6 +33,14 @@ if [ -z "${OPENBLAS_CORETYPE:-}" ] && grep -qw avx512bw /proc/cpuinfo && grep -q
 fi
 
 "$B/bench/bench_core"
+# All-reduce costs on 2 and 3 ranks, with libnbc's ring (as ctrain runs) and its default.
+for np in 2 3; do
+    for alg in ring default; do
+        env=()
+        [ $alg = default ] && env=(-x OMPI_MCA_coll_libnbc_iallreduce_algorithm=0)
+        timeout 300 mpirun "${CT_MPIRUN_FLAGS[@]}" "${env[@]}" -np $np "$B/bench/bench_allreduce"
+    done
+done
 
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
