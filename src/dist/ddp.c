@@ -1,15 +1,15 @@
 /* Data-parallel training. Only trainable parameters are bucketed; their gradients live in
- * one flat slab (registration order) whose contiguous ranges are the buckets, assigned
- * from the end so the last layers' gradients, which backward produces first, form the
- * first bucket. Each leaf's grad-ready hook counts its bucket down; buckets start their
- * MPI_Iallreduce strictly in bucket order (so every rank issues the same sequence) as soon
- * as they are complete, and every hook call gives MPI a chance to progress what is in
+ * one flat slab (registration order), the all-reduce's buffer, whose contiguous ranges are
+ * the buckets, assigned from the end so the last layers' gradients, which backward
+ * produces first, form the first bucket. Each leaf's grad-ready hook counts its bucket
+ * down; buckets start strictly in bucket order (so every rank issues the same sequence) as
+ * soon as they are complete, and every hook call lets the all-reduce progress what is in
  * flight while backward goes on. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "dist.h"
+#include "allreduce.h"
 
 typedef struct {
     ct_ddp *ddp;
@@ -19,7 +19,6 @@ typedef struct {
 typedef struct {
     int64_t begin, end; /* float offsets into the slab */
     int nparams, ready;
-    MPI_Request req;
     bool started;
 } bucket;
 
@@ -32,7 +31,8 @@ struct ct_ddp {
     ct_named params;   /* all parameters, registration order */
     uint64_t plan_sig; /* signature of the trainable set the plan was built for */
     bool have_plan;
-    float *slab;
+    ct_allreduce *ar;
+    float *slab; /* ar's buffer */
     int64_t slab_numel;
     bucket *buckets;
     int nbuckets, next_start;
@@ -42,7 +42,7 @@ struct ct_ddp {
 
 ct_ddp_config ct_ddp_defaults(void) {
     return (ct_ddp_config){.bucket_bytes = 25u << 20, .first_bucket_bytes = 1u << 20,
-                           .buffers = CT_BUFFERS_AVERAGE};
+                           .buffers = CT_BUFFERS_AVERAGE, .mpi_only = false};
 }
 
 /* ---- start-up: same model everywhere, then rank 0's values -------------------------------- */
@@ -165,7 +165,6 @@ static void drop_plan(ct_ddp *p) {
         ct_set_grad_hook(t, NULL, NULL);
         if (t->grad && ct_tensor_is_external(t->grad)) ct_set_grad_storage(t, NULL);
     }
-    free(p->slab);
     free(p->buckets);
     p->slab = NULL;
     p->buckets = NULL;
@@ -178,8 +177,7 @@ static void build_plan(ct_ddp *p, uint64_t sig) {
     int64_t total = 0;
     for (int i = 0; i < ps->n; i++)
         if (ps->tensors[i]->requires_grad) total += ps->tensors[i]->numel;
-    p->slab = aligned_alloc(64, ((size_t)total * sizeof(float) + 127) / 64 * 64);
-    CT_ASSERT(p->slab, "ddp: out of memory for %lld gradients", (long long)total);
+    p->slab = ct_allreduce_resize(p->ar, total);
     p->slab_numel = total;
     p->buckets = calloc((size_t)ps->n + 1, sizeof *p->buckets);
     CT_ASSERT(p->buckets, "ddp: out of memory");
@@ -232,6 +230,7 @@ ct_status ct_ddp_new(ct_module *m, const ct_dist *d, const ct_ddp_config *cfg, c
     p->params = ct_module_params(m, false);
     p->slots = calloc((size_t)p->params.n + 1, sizeof *p->slots);
     CT_ASSERT(p->slots, "ddp: out of memory");
+    p->ar = ct_allreduce_new(d, !p->cfg.mpi_only);
     ct_dist_broadcast_module(d, m, 0);
     *out = p;
     return ct_ddp_prepare(p);
@@ -240,6 +239,7 @@ ct_status ct_ddp_new(ct_module *m, const ct_dist *d, const ct_ddp_config *cfg, c
 void ct_ddp_free(ct_ddp *p) {
     if (!p) return;
     drop_plan(p);
+    ct_allreduce_free(p->ar);
     ct_named_free(&p->params);
     free(p->slots);
     free(p);
@@ -275,25 +275,12 @@ void ct_ddp_set_sync(ct_ddp *p, bool sync) { p->sync = sync; }
 
 /* ---- overlap ------------------------------------------------------------------------------- */
 
-/* Divides a bucket by the world size before it is summed (PyTorch DDP does the same),
- * while backward has just left it in cache; for 2 ranks this is exact. */
-static void predivide(ct_ddp *p, const bucket *b) {
-    const float inv = 1.0f / (float)p->d->size;
-    float *g = p->slab + b->begin;
-    for (int64_t i = 0, n = b->end - b->begin; i < n; i++) g[i] *= inv;
-}
-
 /* Starts the complete buckets in order, or all of them. */
 static void start_buckets(ct_ddp *p, bool all) {
     while (p->next_start < p->nbuckets) {
         bucket *b = &p->buckets[p->next_start];
         if (!all && b->ready < b->nparams) break;
-        b->req = MPI_REQUEST_NULL;
-        if (p->d->size > 1) {
-            predivide(p, b);
-            CT_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, p->slab + b->begin, (int)(b->end - b->begin),
-                                        MPI_FLOAT, MPI_SUM, p->d->world, &b->req));
-        }
+        ct_allreduce_start(p->ar, b->begin, b->end);
         b->started = true;
         p->next_start++;
     }
@@ -309,13 +296,7 @@ static void grad_ready(ct_tensor *leaf, void *ctx) {
                            "across backward calls inside no_sync");
     b->ready++;
     start_buckets(p, false);
-    /* Drive the oldest request in flight so communication progresses during backward. */
-    for (int i = 0; i < p->next_start; i++) {
-        if (p->buckets[i].req == MPI_REQUEST_NULL) continue;
-        int done = 0;
-        CT_CHECK_MPI(MPI_Test(&p->buckets[i].req, &done, MPI_STATUS_IGNORE));
-        break;
-    }
+    ct_allreduce_progress(p->ar);
 }
 
 void ct_ddp_finish(ct_ddp *p) {
@@ -326,11 +307,10 @@ void ct_ddp_finish(ct_ddp *p) {
     }
     double t0 = MPI_Wtime();
     start_buckets(p, true); /* parameters unused this step contribute zeros */
+    ct_allreduce_wait(p->ar);
     for (int i = 0; i < p->nbuckets; i++) {
-        bucket *b = &p->buckets[i];
-        CT_CHECK_MPI(MPI_Wait(&b->req, MPI_STATUS_IGNORE));
-        b->ready = 0;
-        b->started = false;
+        p->buckets[i].ready = 0;
+        p->buckets[i].started = false;
     }
     p->next_start = 0;
     p->stats.comm_wait_s = MPI_Wtime() - t0;

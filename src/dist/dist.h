@@ -47,6 +47,9 @@ typedef struct {
     size_t first_bucket_bytes; /* the first (last layers') bucket, small so communication
                                   starts early; default 1 MiB */
     ct_buffer_policy buffers;  /* BatchNorm running statistics */
+    bool mpi_only;             /* all-reduce through MPI even between ranks of one node;
+                                  default false: shared memory within a node, MPI between
+                                  nodes (src/dist/allreduce.h) */
 } ct_ddp_config;
 ct_ddp_config ct_ddp_defaults(void);
 

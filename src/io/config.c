@@ -94,6 +94,7 @@ static const key_def keys[] = {
     REAL("dist", "bucket_mb", dist.bucket_mb, "25", 0, INFINITY, LO_OPEN),
     REAL("dist", "first_bucket_mb", dist.first_bucket_mb, "1", 0, INFINITY, LO_OPEN),
     ENUM("dist", "shard", dist.shard, "drop", "drop|pad"),
+    BOOL("dist", "shm", dist.shm, "true"),
 
     STR("sweep", "checkpoints", sweep.checkpoints, ""),
     STR("sweep", "datasets", sweep.datasets, ""),

@@ -155,6 +155,7 @@ typedef struct {
         ct_cfg_buffers buffers;
         double bucket_mb, first_bucket_mb;
         ct_cfg_shard shard;
+        bool shm; /* all-reduce within a node through shared memory */
     } dist;
     struct {
         char checkpoints[CT_CFG_STR]; /* comma-separated paths and globs; @FILE reads more,

@@ -132,12 +132,25 @@ START_TEST(broadcast_then_identical_after_steps) {
 }
 END_TEST
 
+/* The world as if its ranks sat on nodes of two (np 3: {0,1} and {2}): the nodes' leaders
+ * then all-reduce through MPI, next to the shared memory within a node. */
+static ct_dist two_rank_nodes(void) {
+    ct_dist d = D;
+    MPI_Comm_dup(D.world, &d.world);
+    MPI_Comm_split(d.world, D.rank / 2, D.rank, &d.local);
+    MPI_Comm_rank(d.local, &d.local_rank);
+    MPI_Comm_size(d.local, &d.local_size);
+    return d;
+}
+
 /* N ranks with a batch of B each == 1 process with a batch of N*B (requirement 5), over
  * three bucket layouts:
  * - default caps: 12*32+32+32*16+16+16*5+5 floats fit one bucket;
  * - 256 B / 1 KiB caps: several buckets, so several all-reduces overlap backward;
  * - a 2 KiB first bucket with hidden 64: the 4 KiB "1.weight" gradient closes its own
- *   bucket, so the layout is [2.*, 1.bias] [1.weight] [0.*] (a cap alone would give 2). */
+ *   bucket, so the layout is [2.*, 1.bias] [1.weight] [0.*] (a cap alone would give 2);
+ * and each over the three ways a bucket travels: shared memory within the node, MPI only
+ * (every rank its own node), and both (nodes of two ranks). */
 START_TEST(equivalent_to_one_big_batch) {
     static const struct {
         const char *name;
@@ -147,23 +160,30 @@ START_TEST(equivalent_to_one_big_batch) {
     } cases[] = {{"default", 32, 0, 0, 1, 1},
                  {"tiny buckets", 32, 256, 1024, 4, 99},
                  {"large gradient alone", 64, 2048, 1 << 20, 3, 3}};
-    for (int c = 0; c < 3; c++) {
-        bool nesterov = c == 1;
-        ct_module *m = small_mlp(7, cases[c].hidden), *ref = small_mlp(7, cases[c].hidden);
-        ct_ddp *ddp = NULL;
-        ct_ddp_config cfg = ct_ddp_defaults();
-        if (cases[c].cap) cfg.bucket_bytes = cases[c].cap, cfg.first_bucket_bytes = cases[c].first;
-        ck_assert_int_eq(ct_ddp_new(m, &D, &cfg, &ddp), CT_OK);
-        int nb = ct_ddp_get_stats(ddp).nbuckets;
-        ck_assert_msg(nb >= cases[c].min_buckets && nb <= cases[c].max_buckets, "%s: %d buckets",
-                      cases[c].name, nb);
-        ct_optim *o = make_optim(m, nesterov), *oref = make_optim(ref, nesterov);
-        for (int s = 0; s < 6; s++) {
-            train_step(m, ddp, o, s, 8);
-            train_step(ref, NULL, oref, s, 8);
+    static const char *transports[] = {"shared memory", "MPI only", "nodes of two"};
+    ct_dist nodes2 = two_rank_nodes();
+    for (int c = 0; c < 3; c++)
+        for (int t = 0; t < 3; t++) {
+            char what[80];
+            snprintf(what, sizeof what, "%s, %s", cases[c].name, transports[t]);
+            bool nesterov = c == 1;
+            ct_module *m = small_mlp(7, cases[c].hidden), *ref = small_mlp(7, cases[c].hidden);
+            ct_ddp *ddp = NULL;
+            ct_ddp_config cfg = ct_ddp_defaults();
+            if (cases[c].cap) cfg.bucket_bytes = cases[c].cap, cfg.first_bucket_bytes = cases[c].first;
+            cfg.mpi_only = t == 1;
+            ck_assert_int_eq(ct_ddp_new(m, t == 2 ? &nodes2 : &D, &cfg, &ddp), CT_OK);
+            int nb = ct_ddp_get_stats(ddp).nbuckets;
+            ck_assert_msg(nb >= cases[c].min_buckets && nb <= cases[c].max_buckets, "%s: %d buckets",
+                          what, nb);
+            ct_optim *o = make_optim(m, nesterov), *oref = make_optim(ref, nesterov);
+            for (int s = 0; s < 6; s++) {
+                train_step(m, ddp, o, s, 8);
+                train_step(ref, NULL, oref, s, 8);
+            }
+            expect_matches_reference(what, m, ref, o, oref, ddp);
         }
-        expect_matches_reference(cases[c].name, m, ref, o, oref, ddp);
-    }
+    ct_dist_free(&nodes2);
 }
 END_TEST
 

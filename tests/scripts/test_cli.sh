@@ -84,6 +84,10 @@ expect_eq "metrics.jsonl after resume: epochs 1,2,3 once each" "1 2 3" \
 run full2 2 train "$CFG" "${RUN[@]}" output.dir="$T/r2"
 ran_ok "2-rank training" full2
 expect_eq "2 ranks: one eval line per epoch (rank 0 only)" 3 "$(eval_lines full2 | wc -l)"
+# Gradients through MPI instead of shared memory: (g0 + g1) / 2 either way, the same bits.
+run full2mpi 2 train "$CFG" "${RUN[@]}" output.dir="$T/r2mpi" dist.shm=false
+ran_ok "2-rank training with dist.shm=false" full2mpi
+expect_eq "2 ranks: dist.shm=false prints the same eval lines" "$(eval_lines full2)" "$(eval_lines full2mpi)"
 for m in 1 3; do
     mkdir -p "$T/r2to$m"
     cp "$T/r2/ckpt-epoch0001.safetensors" "$T/r2to$m/"

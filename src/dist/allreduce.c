@@ -1,0 +1,243 @@
+/* The gradient all-reduce behind DDP (see allreduce.h for the scheme). A range passes
+ * through up to four stages, and each rank publishes how many ranges it has taken through
+ * each stage in counters in its part of the shared window:
+ *   ARRIVED    the rank started the range (its gradients in it are final);
+ *   REDUCED    it summed its slice of the range over the node's buffers;
+ *   PUBLISHED  (leader, several nodes) the leaders' MPI all-reduce of the range is done;
+ *   COPIED     (other ranks, several nodes) it copied the result from the leader.
+ * Counts only grow while a buffer lives, so a reader can never see one reset under it. Each
+ * rank does all its own stages, in range order, from progress() and wait(). */
+#include <sched.h>
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "allreduce.h"
+
+enum { ARRIVED, REDUCED, PUBLISHED, COPIED, NCOUNTERS };
+
+/* One cache line each: other ranks spin on them. */
+typedef struct {
+    alignas(64) _Atomic int64_t v;
+} counter;
+typedef struct {
+    counter c[NCOUNTERS];
+} counters;
+
+typedef struct {
+    int64_t begin, end;
+} range;
+
+struct ct_allreduce {
+    MPI_Comm node;    /* the ranks that share memory (one rank without shm) */
+    MPI_Comm leaders; /* local rank 0 of every node; MPI_COMM_NULL on the others */
+    int nrank, nsize, nnodes, world;
+    float scale;      /* 1 / world size: the sum becomes the mean on the way */
+    MPI_Win win;
+    bool have_win;
+    float *priv;      /* the buffer of a node of one rank (no window needed) */
+    counters own;     /* ... and its counters */
+    float **buf;      /* every node rank's buffer */
+    counters **ctr;   /* every node rank's counters */
+    range *r;         /* this step's ranges, in start order */
+    MPI_Request *req; /* the leader's all-reduce of each */
+    int nr, cap;
+    int nreduced, nposted, npublished, ncopied; /* this rank's progress through r */
+    int64_t base;     /* ranges finished in earlier steps */
+};
+
+static int64_t get(const ct_allreduce *a, int q, int which) {
+    return atomic_load_explicit(&a->ctr[q]->c[which].v, memory_order_acquire);
+}
+
+static void set(ct_allreduce *a, int which, int64_t v) {
+    atomic_store_explicit(&a->ctr[a->nrank]->c[which].v, v, memory_order_release);
+}
+
+/* True when every node rank except `skip` has taken n ranges through stage `which`. */
+static bool node_reached(const ct_allreduce *a, int which, int64_t n, int skip) {
+    for (int q = 0; q < a->nsize; q++)
+        if (q != skip && get(a, q, which) < n) return false;
+    return true;
+}
+
+ct_allreduce *ct_allreduce_new(const ct_dist *d, bool shm) {
+    ct_allreduce *a = calloc(1, sizeof *a);
+    CT_ASSERT(a, "allreduce: out of memory");
+    a->world = d->size;
+    a->scale = 1.0f / (float)d->size;
+    CT_CHECK_MPI(MPI_Comm_dup(shm ? d->local : MPI_COMM_SELF, &a->node));
+    MPI_Comm_rank(a->node, &a->nrank);
+    MPI_Comm_size(a->node, &a->nsize);
+    CT_CHECK_MPI(MPI_Comm_split(d->world, a->nrank == 0 ? 0 : MPI_UNDEFINED, d->rank, &a->leaders));
+    if (a->nrank == 0) MPI_Comm_size(a->leaders, &a->nnodes);
+    CT_CHECK_MPI(MPI_Bcast(&a->nnodes, 1, MPI_INT, 0, a->node));
+    a->buf = calloc((size_t)a->nsize, sizeof *a->buf);
+    a->ctr = calloc((size_t)a->nsize, sizeof *a->ctr);
+    CT_ASSERT(a->buf && a->ctr, "allreduce: out of memory");
+    return a;
+}
+
+static void release_buffer(ct_allreduce *a) {
+    if (a->have_win) {
+        MPI_Win_unlock_all(a->win);
+        MPI_Win_free(&a->win); /* collective: no rank is still reading the others' memory */
+        a->have_win = false;
+    }
+    free(a->priv);
+    a->priv = NULL;
+}
+
+void ct_allreduce_free(ct_allreduce *a) {
+    if (!a) return;
+    release_buffer(a);
+    if (a->leaders != MPI_COMM_NULL) MPI_Comm_free(&a->leaders);
+    MPI_Comm_free(&a->node);
+    free(a->buf);
+    free(a->ctr);
+    free(a->r);
+    free(a->req);
+    free(a);
+}
+
+float *ct_allreduce_resize(ct_allreduce *a, int64_t numel) {
+    CT_ASSERT(a->nr == 0, "allreduce: resized with %d ranges in flight", a->nr);
+    release_buffer(a);
+    size_t bytes = ((size_t)numel * sizeof(float) + 63) / 64 * 64;
+    if (a->nsize == 1) {
+        a->priv = aligned_alloc(64, bytes ? bytes : 64);
+        CT_ASSERT(a->priv, "allreduce: out of memory for %lld gradients", (long long)numel);
+        a->buf[0] = a->priv;
+        a->ctr[0] = &a->own;
+    } else {
+        /* Each rank's part on its own pages: counters, then the floats, from the first
+         * 64-byte boundary (Open MPI does not align the parts). */
+        MPI_Info info;
+        MPI_Info_create(&info);
+        MPI_Info_set(info, "alloc_shared_noncontig", "true");
+        char *mine;
+        int rc = MPI_Win_allocate_shared((MPI_Aint)(64 + sizeof(counters) + bytes), 1, info, a->node, &mine,
+                                         &a->win);
+        MPI_Info_free(&info);
+        if (rc != MPI_SUCCESS)
+            ct_fatal("cannot allocate %zu bytes of memory shared between the ranks of a node for the "
+                     "gradients; set dist.shm = false to send them through MPI instead",
+                     64 + sizeof(counters) + bytes);
+        a->have_win = true;
+        /* A passive-target epoch for the window's lifetime: MPI's license for direct loads
+         * and stores; the counters' acquire/release order them. */
+        CT_CHECK_MPI(MPI_Win_lock_all(MPI_MODE_NOCHECK, a->win));
+        for (int q = 0; q < a->nsize; q++) {
+            MPI_Aint size;
+            int disp;
+            char *p;
+            CT_CHECK_MPI(MPI_Win_shared_query(a->win, q, &size, &disp, &p));
+            p += (64 - (uintptr_t)p % 64) % 64;
+            a->ctr[q] = (counters *)p;
+            a->buf[q] = (float *)(p + sizeof(counters));
+        }
+    }
+    for (int k = 0; k < NCOUNTERS; k++) set(a, k, 0);
+    a->base = 0;
+    /* every counter is zero before any rank reads one */
+    if (a->nsize > 1) CT_CHECK_MPI(MPI_Barrier(a->node));
+    return a->buf[a->nrank];
+}
+
+void ct_allreduce_start(ct_allreduce *a, int64_t begin, int64_t end) {
+    if (a->world == 1) return;
+    if (a->nr == a->cap) {
+        a->cap = a->cap ? 2 * a->cap : 16;
+        a->r = realloc(a->r, (size_t)a->cap * sizeof *a->r);
+        a->req = realloc(a->req, (size_t)a->cap * sizeof *a->req);
+        CT_ASSERT(a->r && a->req, "allreduce: out of memory");
+    }
+    a->r[a->nr] = (range){begin, end};
+    a->req[a->nr] = MPI_REQUEST_NULL;
+    a->nr++;
+    set(a, ARRIVED, a->base + a->nr);
+}
+
+/* out[o][i] = (in[0][i] + ... + in[n-1][i]) * scale for i in [lo, hi) and every o, in blocks
+ * that stay in L1 so that each pass is a plain vectorised loop. Summing in rank order
+ * makes the result the same bits whichever rank computes it. */
+static void sum_into(float *const *in, int n, float scale, float *const *out, int nout, int64_t lo,
+                     int64_t hi) {
+    enum { BLOCK = 1024 };
+    float acc[BLOCK];
+    for (int64_t i = lo; i < hi; i += BLOCK) {
+        int m = (int)(hi - i < BLOCK ? hi - i : BLOCK);
+        memcpy(acc, in[0] + i, (size_t)m * sizeof *acc);
+        for (int q = 1; q < n; q++) {
+            const float *b = in[q] + i;
+            for (int j = 0; j < m; j++) acc[j] += b[j];
+        }
+        for (int j = 0; j < m; j++) acc[j] *= scale;
+        for (int o = 0; o < nout; o++) memcpy(out[o] + i, acc, (size_t)m * sizeof *acc);
+    }
+}
+
+/* Slice k of n of [begin, end), cut at cache-line boundaries so no two ranks write one line. */
+static int64_t cut(int64_t begin, int64_t end, int k, int n) {
+    if (k == n) return end;
+    int64_t x = (begin + (end - begin) * k / n) / 16 * 16;
+    return x < begin ? begin : x;
+}
+
+/* This rank's slice of range r, summed over the node: with one node the mean goes into every
+ * buffer; otherwise the node's share of it goes into the leader's, for the leaders to sum. */
+static void reduce_slice(ct_allreduce *a, const range *r) {
+    int64_t lo = cut(r->begin, r->end, a->nrank, a->nsize), hi = cut(r->begin, r->end, a->nrank + 1, a->nsize);
+    sum_into(a->buf, a->nsize, a->scale, a->buf, a->nnodes == 1 ? a->nsize : 1, lo, hi);
+}
+
+void ct_allreduce_progress(ct_allreduce *a) {
+    while (a->nreduced < a->nr && node_reached(a, ARRIVED, a->base + a->nreduced + 1, -1)) {
+        reduce_slice(a, &a->r[a->nreduced++]);
+        set(a, REDUCED, a->base + a->nreduced);
+    }
+    if (a->nnodes == 1) return;
+    if (a->nrank == 0) {
+        /* The leaders post in range order, so every leader issues the same sequence. */
+        while (a->nposted < a->nreduced && node_reached(a, REDUCED, a->base + a->nposted + 1, -1)) {
+            const range *r = &a->r[a->nposted];
+            CT_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, a->buf[0] + r->begin, (int)(r->end - r->begin),
+                                        MPI_FLOAT, MPI_SUM, a->leaders, &a->req[a->nposted]));
+            a->nposted++;
+        }
+        while (a->npublished < a->nposted) {
+            int done = 0;
+            CT_CHECK_MPI(MPI_Test(&a->req[a->npublished], &done, MPI_STATUS_IGNORE));
+            if (!done) break;
+            set(a, PUBLISHED, a->base + ++a->npublished);
+        }
+    } else {
+        while (a->ncopied < a->nr && get(a, 0, PUBLISHED) >= a->base + a->ncopied + 1) {
+            const range *r = &a->r[a->ncopied++];
+            memcpy(a->buf[a->nrank] + r->begin, a->buf[0] + r->begin, (size_t)(r->end - r->begin) * sizeof(float));
+            set(a, COPIED, a->base + a->ncopied);
+        }
+    }
+}
+
+/* Every range is final in this rank's buffer, and no other rank will read or write it. */
+static bool finished(const ct_allreduce *a) {
+    int64_t end = a->base + a->nr;
+    if (a->nreduced < a->nr) return false;
+    if (a->nnodes == 1) return node_reached(a, REDUCED, end, -1); /* all wrote into mine */
+    if (a->nrank != 0) return a->ncopied == a->nr;  /* copied after every rank summed */
+    return a->npublished == a->nr && node_reached(a, COPIED, end, 0); /* all copied mine */
+}
+
+void ct_allreduce_wait(ct_allreduce *a) {
+    for (int spins = 0; !finished(a); spins++) {
+        ct_allreduce_progress(a);
+        /* A short spin, then give the core away: with more ranks than cores the rank this
+         * one waits for may need it. */
+        if (spins > 64) sched_yield();
+    }
+    a->base += a->nr;
+    a->nr = a->nreduced = a->nposted = a->npublished = a->ncopied = 0;
+}
