@@ -2,7 +2,8 @@
 # Runs every benchmark; each prints one JSON object per line.
 #
 # 1. build/bench/bench_core: core micro-benchmarks (linear_mlp, alloc, nograd_forward), and
-#    build/bench/bench_allreduce under mpirun: MPI all-reduce costs behind DDP's choices.
+#    build/bench/bench_allreduce under mpirun: all-reduce costs behind DDP's choices (MPI's,
+#    with libnbc's ring and its default, and ctrain's own through shared memory).
 # 2. ctrain against PyTorch (scripts/bench_torch.py) on the same machine in the same run,
 #    same model, per-rank batch, Adam, and one thread per process (OMP_NUM_THREADS,
 #    OPENBLAS_NUM_THREADS = 1, torch.set_num_threads(1)); OPENBLAS_CORETYPE=SkylakeX for both

@@ -236,7 +236,8 @@ int ct_cmd_train(ct_run *r) {
     st = ct_ddp_new(r->model, &r->d, &dc, &ddp);
     if (st != CT_OK) {
         if (r->d.rank == 0) fprintf(stderr, "ctrain: error: %s\n", ct_last_error());
-        return 1; /* every rank got the same verdict from the collective check */
+        ct_ddp_free(ddp); /* every rank got the same verdict from the collective check */
+        return 1;
     }
     opt = ct_optim_new(optim_config(c));
     add_group(opt, r->model, NULL, c->optim.lr);

@@ -1,11 +1,12 @@
 /* The gradient all-reduce behind DDP (see allreduce.h for the scheme). A range passes
  * through up to four stages, and each rank publishes how many ranges it has taken through
- * each stage in counters in its part of the shared window:
+ * each stage in counters in a small shared window of its own:
  *   ARRIVED    the rank started the range (its gradients in it are final);
  *   REDUCED    it summed its slice of the range over the node's buffers;
  *   PUBLISHED  (leader, several nodes) the leaders' MPI all-reduce of the range is done;
  *   COPIED     (other ranks, several nodes) it copied the result from the leader.
- * Counts only grow while a buffer lives, so a reader can never see one reset under it. Each
+ * Two more count agreement rounds (VOTED, and DECIDED on a leader of several nodes). Counts
+ * only grow for the life of the object, so a reader never sees one reset under it. Each
  * rank does all its own stages, in range order, from progress() and wait(). */
 #include <sched.h>
 #include <stdalign.h>
@@ -16,11 +17,13 @@
 
 #include "allreduce.h"
 
-enum { ARRIVED, REDUCED, PUBLISHED, COPIED, NCOUNTERS };
+enum { ARRIVED, REDUCED, PUBLISHED, COPIED, VOTED, DECIDED, NCOUNTERS };
 
-/* One cache line each: other ranks spin on them. */
+/* One cache line each: other ranks spin on them. VOTED and DECIDED carry a value per round,
+ * in two slots by parity: a rank can be one round ahead of a reader, never two. */
 typedef struct {
     alignas(64) _Atomic int64_t v;
+    _Atomic uint64_t val[2];
 } counter;
 typedef struct {
     counter c[NCOUNTERS];
@@ -35,8 +38,8 @@ struct ct_allreduce {
     MPI_Comm leaders; /* local rank 0 of every node; MPI_COMM_NULL on the others */
     int nrank, nsize, nnodes, world;
     float scale;      /* 1 / world size: the sum becomes the mean on the way */
-    MPI_Win win;
-    bool have_win;
+    MPI_Win ctl, data; /* the counters, and the buffers (several node ranks only) */
+    bool have_data;
     float *priv;      /* the buffer of a node of one rank (no window needed) */
     counters own;     /* ... and its counters */
     float **buf;      /* every node rank's buffer */
@@ -46,6 +49,7 @@ struct ct_allreduce {
     int nr, cap;
     int nreduced, nposted, npublished, ncopied; /* this rank's progress through r */
     int64_t base;     /* ranges finished in earlier steps */
+    int64_t rounds;   /* agreement rounds so far */
 };
 
 static int64_t get(const ct_allreduce *a, int q, int which) {
@@ -56,11 +60,44 @@ static void set(ct_allreduce *a, int which, int64_t v) {
     atomic_store_explicit(&a->ctr[a->nrank]->c[which].v, v, memory_order_release);
 }
 
+/* Waits until node rank q has counted n at `which`. A short spin, then the core is given
+ * away: with more ranks than cores the rank this one waits for may need it. */
+static void spin_until(const ct_allreduce *a, int q, int which, int64_t n) {
+    for (int spins = 0; get(a, q, which) < n; spins++)
+        if (spins > 64) sched_yield();
+}
+
 /* True when every node rank except `skip` has taken n ranges through stage `which`. */
 static bool node_reached(const ct_allreduce *a, int which, int64_t n, int skip) {
     for (int q = 0; q < a->nsize; q++)
         if (q != skip && get(a, q, which) < n) return false;
     return true;
+}
+
+/* Collective over the node: a window of `bytes` per rank in memory all of them can load and
+ * store, each rank's part on its own pages from a 64-byte boundary (Open MPI does not align
+ * the parts); parts[q] = rank q's part. */
+static void shared_alloc(ct_allreduce *a, size_t bytes, MPI_Win *win, char **parts) {
+    MPI_Info info;
+    MPI_Info_create(&info);
+    MPI_Info_set(info, "alloc_shared_noncontig", "true");
+    char *mine;
+    int rc = MPI_Win_allocate_shared((MPI_Aint)(64 + bytes), 1, info, a->node, &mine, win);
+    MPI_Info_free(&info);
+    if (rc != MPI_SUCCESS)
+        ct_fatal("cannot allocate %zu bytes of memory shared between the ranks of a node for the "
+                 "gradients; set dist.shm = false to send them through MPI instead",
+                 64 + bytes);
+    /* A passive-target epoch for the window's lifetime: MPI's license for direct loads and
+     * stores; the counters' acquire/release order them. */
+    CT_CHECK_MPI(MPI_Win_lock_all(MPI_MODE_NOCHECK, *win));
+    for (int q = 0; q < a->nsize; q++) {
+        MPI_Aint size;
+        int disp;
+        char *p;
+        CT_CHECK_MPI(MPI_Win_shared_query(*win, q, &size, &disp, &p));
+        parts[q] = p + (64 - (uintptr_t)p % 64) % 64;
+    }
 }
 
 ct_allreduce *ct_allreduce_new(const ct_dist *d, bool shm) {
@@ -77,14 +114,23 @@ ct_allreduce *ct_allreduce_new(const ct_dist *d, bool shm) {
     a->buf = calloc((size_t)a->nsize, sizeof *a->buf);
     a->ctr = calloc((size_t)a->nsize, sizeof *a->ctr);
     CT_ASSERT(a->buf && a->ctr, "allreduce: out of memory");
+    if (a->nsize == 1) {
+        a->ctr[0] = &a->own;
+    } else {
+        char **parts = (char **)a->ctr;
+        shared_alloc(a, sizeof(counters), &a->ctl, parts);
+        memset(a->ctr[a->nrank], 0, sizeof(counters));
+    }
+    /* every counter is zero before any rank reads one */
+    if (a->nsize > 1) CT_CHECK_MPI(MPI_Barrier(a->node));
     return a;
 }
 
 static void release_buffer(ct_allreduce *a) {
-    if (a->have_win) {
-        MPI_Win_unlock_all(a->win);
-        MPI_Win_free(&a->win); /* collective: no rank is still reading the others' memory */
-        a->have_win = false;
+    if (a->have_data) {
+        MPI_Win_unlock_all(a->data);
+        MPI_Win_free(&a->data); /* collective: no rank is still reading the others' memory */
+        a->have_data = false;
     }
     free(a->priv);
     a->priv = NULL;
@@ -93,6 +139,10 @@ static void release_buffer(ct_allreduce *a) {
 void ct_allreduce_free(ct_allreduce *a) {
     if (!a) return;
     release_buffer(a);
+    if (a->nsize > 1) {
+        MPI_Win_unlock_all(a->ctl);
+        MPI_Win_free(&a->ctl);
+    }
     if (a->leaders != MPI_COMM_NULL) MPI_Comm_free(&a->leaders);
     MPI_Comm_free(&a->node);
     free(a->buf);
@@ -110,39 +160,10 @@ float *ct_allreduce_resize(ct_allreduce *a, int64_t numel) {
         a->priv = aligned_alloc(64, bytes ? bytes : 64);
         CT_ASSERT(a->priv, "allreduce: out of memory for %lld gradients", (long long)numel);
         a->buf[0] = a->priv;
-        a->ctr[0] = &a->own;
     } else {
-        /* Each rank's part on its own pages: counters, then the floats, from the first
-         * 64-byte boundary (Open MPI does not align the parts). */
-        MPI_Info info;
-        MPI_Info_create(&info);
-        MPI_Info_set(info, "alloc_shared_noncontig", "true");
-        char *mine;
-        int rc = MPI_Win_allocate_shared((MPI_Aint)(64 + sizeof(counters) + bytes), 1, info, a->node, &mine,
-                                         &a->win);
-        MPI_Info_free(&info);
-        if (rc != MPI_SUCCESS)
-            ct_fatal("cannot allocate %zu bytes of memory shared between the ranks of a node for the "
-                     "gradients; set dist.shm = false to send them through MPI instead",
-                     64 + sizeof(counters) + bytes);
-        a->have_win = true;
-        /* A passive-target epoch for the window's lifetime: MPI's license for direct loads
-         * and stores; the counters' acquire/release order them. */
-        CT_CHECK_MPI(MPI_Win_lock_all(MPI_MODE_NOCHECK, a->win));
-        for (int q = 0; q < a->nsize; q++) {
-            MPI_Aint size;
-            int disp;
-            char *p;
-            CT_CHECK_MPI(MPI_Win_shared_query(a->win, q, &size, &disp, &p));
-            p += (64 - (uintptr_t)p % 64) % 64;
-            a->ctr[q] = (counters *)p;
-            a->buf[q] = (float *)(p + sizeof(counters));
-        }
+        shared_alloc(a, bytes, &a->data, (char **)a->buf);
+        a->have_data = true;
     }
-    for (int k = 0; k < NCOUNTERS; k++) set(a, k, 0);
-    a->base = 0;
-    /* every counter is zero before any rank reads one */
-    if (a->nsize > 1) CT_CHECK_MPI(MPI_Barrier(a->node));
     return a->buf[a->nrank];
 }
 
@@ -240,4 +261,33 @@ void ct_allreduce_wait(ct_allreduce *a) {
     }
     a->base += a->nr;
     a->nr = a->nreduced = a->nposted = a->npublished = a->ncopied = 0;
+}
+
+bool ct_allreduce_agree(ct_allreduce *a, uint64_t v) {
+    if (a->world == 1) return true;
+    int64_t round = ++a->rounds;
+    int slot = (int)(round & 1);
+    counter *mine = &a->ctr[a->nrank]->c[VOTED];
+    atomic_store_explicit(&mine->val[slot], v, memory_order_relaxed);
+    set(a, VOTED, round);
+    /* Every rank compares every vote with its own: if any two differ, each rank sees at
+     * least one that differs from its own, so all reach the same verdict. */
+    bool same = true;
+    for (int q = 0; q < a->nsize; q++) {
+        spin_until(a, q, VOTED, round);
+        same &= atomic_load_explicit(&a->ctr[q]->c[VOTED].val[slot], memory_order_relaxed) == v;
+    }
+    if (a->nnodes == 1) return same;
+    if (a->nrank == 0) {
+        /* All equal iff max(v) == min(v) == ~max(~v); a node that disagrees sends values
+         * that cannot pass. */
+        uint64_t mm[2] = {same ? v : UINT64_MAX, same ? ~v : UINT64_MAX};
+        CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, mm, 2, MPI_UINT64_T, MPI_MAX, a->leaders));
+        same = mm[0] == ~mm[1];
+        atomic_store_explicit(&a->ctr[0]->c[DECIDED].val[slot], same, memory_order_relaxed);
+        set(a, DECIDED, round);
+        return same;
+    }
+    spin_until(a, 0, DECIDED, round);
+    return atomic_load_explicit(&a->ctr[0]->c[DECIDED].val[slot], memory_order_relaxed) != 0;
 }

@@ -31,5 +31,8 @@ void ct_allreduce_progress(ct_allreduce *a);
 /* Waits until every started range holds the mean over all ranks and no other rank will
  * touch this rank's buffer again; then the buffer is this rank's to write. */
 void ct_allreduce_wait(ct_allreduce *a);
+/* Collective: true on every rank iff every rank passed the same v. Within a node it costs a
+ * store and a few loads in shared memory, not an MPI message. */
+bool ct_allreduce_agree(ct_allreduce *a, uint64_t v);
 
 #endif

@@ -46,11 +46,12 @@ ct_status ct_dist_from_comm(MPI_Comm comm, ct_dist *d) {
     return CT_OK;
 }
 
-/* Open MPI's non-blocking all-reduce (libnbc) picks a binomial tree for small worlds,
+/* DDP's node leaders all-reduce between nodes with MPI_Iallreduce (src/dist/allreduce.c).
+ * Open MPI's non-blocking all-reduce (libnbc) picks a binomial tree for small worlds,
  * which sends every byte log2(N) times; its ring algorithm is bandwidth-optimal and about
- * twice as fast for DDP-sized buckets (tests/bench/bench_allreduce.c: 1.6 MB on 2 ranks
- * 318 vs 756 us; 940 KB on 3 ranks 444 vs 822 us). A user's own setting wins, and MPI
- * libraries other than Open MPI are left alone. It must be set before MPI_Init reads it. */
+ * twice as fast for DDP-sized buckets (tests/bench/bench_allreduce.c prints both). A
+ * user's own setting wins, and MPI libraries other than Open MPI are left alone. It must
+ * be set before MPI_Init reads it. */
 static void tune_mpi(void) {
 #ifdef OPEN_MPI
     setenv("OMPI_MCA_coll_libnbc_iallreduce_algorithm", "1", 0);

@@ -255,17 +255,13 @@ static void broadcast_buffers(ct_ddp *p) {
 
 ct_status ct_ddp_prepare(ct_ddp *p) {
     uint64_t sig = trainable_sig(&p->params);
-    if (p->d->size > 1) {
-        /* One tiny collective per step: every rank must agree on the trainable set before
-         * buckets can match, and all of them rebuild at the same step. */
-        uint64_t mm[2] = {sig, ~sig};
-        CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, mm, 2, MPI_UINT64_T, MPI_MAX, p->d->world));
-        if (mm[0] != sig || ~mm[1] != sig)
-            return ct_error(CT_ERR_MPI,
-                            "rank %d: the set of trainable parameters differs across ranks "
-                            "(freeze/unfreeze must happen on every rank at the same step)",
-                            p->d->rank);
-    }
+    /* One tiny collective per step: every rank must agree on the trainable set before
+     * buckets can match, and all of them rebuild at the same step. */
+    if (!ct_allreduce_agree(p->ar, sig))
+        return ct_error(CT_ERR_MPI,
+                        "rank %d: the set of trainable parameters differs across ranks "
+                        "(freeze/unfreeze must happen on every rank at the same step)",
+                        p->d->rank);
     if (!p->have_plan || sig != p->plan_sig) build_plan(p, sig);
     if (p->cfg.buffers == CT_BUFFERS_BROADCAST) broadcast_buffers(p);
     return CT_OK;

@@ -67,6 +67,7 @@ typedef struct {
  * parameter names, shapes and requires_grad flags (CT_ERR_MPI naming the first mismatch
  * and the ranks), then broadcasts rank 0's parameters and buffers. */
 ct_status ct_ddp_new(ct_module *m, const ct_dist *d, const ct_ddp_config *cfg, ct_ddp **out);
+/* Collective over d->world (it frees the shared-memory window). NULL is a no-op. */
 void ct_ddp_free(ct_ddp *p);
 /* Call before each training forward: rebuilds the buckets (collectively) if the trainable
  * set changed since the last step, and applies the broadcast buffer policy. Returns

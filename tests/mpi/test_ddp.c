@@ -247,6 +247,36 @@ START_TEST(freeze_and_unfreeze_mid_training) {
 }
 END_TEST
 
+/* A freeze on one rank only is caught by the next prepare on every rank, over each way the
+ * ranks agree (shared memory, MPI only, nodes of two); nothing is rebuilt, and once the
+ * rank undoes it training goes on. */
+START_TEST(freeze_on_one_rank_is_a_clear_error) {
+    if (D.size == 1) return; /* nothing to differ from */
+    ct_dist nodes2 = two_rank_nodes();
+    for (int t = 0; t < 3; t++) {
+        ct_module *m = small_mlp(12, 32);
+        ct_ddp *ddp = NULL;
+        ct_ddp_config cfg = ct_ddp_defaults();
+        cfg.mpi_only = t == 1;
+        ck_assert_int_eq(ct_ddp_new(m, t == 2 ? &nodes2 : &D, &cfg, &ddp), CT_OK);
+        ct_optim *o = make_optim(m, false);
+        train_step(m, ddp, o, 0, 8);
+        if (D.rank == D.size - 1) ct_module_set_requires_grad(m, "4.*", false);
+        ck_assert_int_eq(ct_ddp_prepare(ddp), CT_ERR_MPI);
+        ck_assert_msg(strstr(ct_last_error(), "trainable parameters differs across ranks"), "message: %s",
+                      ct_last_error());
+        ck_assert_int_eq(ct_ddp_get_stats(ddp).rebuilds, 1);
+        ct_module_set_requires_grad(m, "4.*", true);
+        train_step(m, ddp, o, 1, 8);
+        ck_assert(identical_across_ranks(m));
+        ct_optim_free(o);
+        ct_ddp_free(ddp);
+        ct_module_free(m);
+    }
+    ct_dist_free(&nodes2);
+}
+END_TEST
+
 /* no_sync: two micro-batches accumulated locally, then one synced step == one step on the
  * two micro-batches together. */
 START_TEST(no_sync_accumulates) {
@@ -354,6 +384,7 @@ static Suite *make_suite(void) {
     tcase_add_test(tc, equivalent_to_one_big_batch);
     tcase_add_test(tc, frozen_parameters_are_never_sent);
     tcase_add_test(tc, freeze_and_unfreeze_mid_training);
+    tcase_add_test(tc, freeze_on_one_rank_is_a_clear_error);
     tcase_add_test(tc, no_sync_accumulates);
     tcase_add_test(tc, model_mismatch_is_a_clear_error);
     tcase_add_test(tc, bn_buffer_policies);
