@@ -76,8 +76,10 @@ static bool node_reached(const ct_allreduce *a, int which, int64_t n, int skip) 
 
 /* Collective over the node: a window of `bytes` per rank in memory all of them can load and
  * store, each rank's part on its own pages from a 64-byte boundary (Open MPI does not align
- * the parts); parts[q] = rank q's part. */
-static void shared_alloc(ct_allreduce *a, size_t bytes, MPI_Win *win, char **parts) {
+ * the parts). Returns every rank's part (malloc'd array; free it). */
+static char **shared_alloc(ct_allreduce *a, size_t bytes, MPI_Win *win) {
+    char **parts = calloc((size_t)a->nsize, sizeof *parts);
+    CT_ASSERT(parts, "allreduce: out of memory");
     MPI_Info info;
     MPI_Info_create(&info);
     MPI_Info_set(info, "alloc_shared_noncontig", "true");
@@ -98,6 +100,7 @@ static void shared_alloc(ct_allreduce *a, size_t bytes, MPI_Win *win, char **par
         CT_CHECK_MPI(MPI_Win_shared_query(*win, q, &size, &disp, &p));
         parts[q] = p + (64 - (uintptr_t)p % 64) % 64;
     }
+    return parts;
 }
 
 ct_allreduce *ct_allreduce_new(const ct_dist *d, bool shm) {
@@ -117,8 +120,9 @@ ct_allreduce *ct_allreduce_new(const ct_dist *d, bool shm) {
     if (a->nsize == 1) {
         a->ctr[0] = &a->own;
     } else {
-        char **parts = (char **)a->ctr;
-        shared_alloc(a, sizeof(counters), &a->ctl, parts);
+        char **parts = shared_alloc(a, sizeof(counters), &a->ctl);
+        for (int q = 0; q < a->nsize; q++) a->ctr[q] = (counters *)parts[q];
+        free(parts);
         memset(a->ctr[a->nrank], 0, sizeof(counters));
     }
     /* every counter is zero before any rank reads one */
@@ -161,7 +165,9 @@ float *ct_allreduce_resize(ct_allreduce *a, int64_t numel) {
         CT_ASSERT(a->priv, "allreduce: out of memory for %lld gradients", (long long)numel);
         a->buf[0] = a->priv;
     } else {
-        shared_alloc(a, bytes, &a->data, (char **)a->buf);
+        char **parts = shared_alloc(a, bytes, &a->data);
+        for (int q = 0; q < a->nsize; q++) a->buf[q] = (float *)parts[q];
+        free(parts);
         a->have_data = true;
     }
     return a->buf[a->nrank];
