@@ -60,11 +60,15 @@ static void set(ct_allreduce *a, int which, int64_t v) {
     atomic_store_explicit(&a->ctr[a->nrank]->c[which].v, v, memory_order_release);
 }
 
-/* Waits until node rank q has counted n at `which`. A short spin, then the core is given
- * away: with more ranks than cores the rank this one waits for may need it. */
+/* One turn of a wait loop: a short spin, then the core is given away, since with more
+ * ranks than cores the rank this one waits for may need it. */
+static void backoff(int spins) {
+    if (spins > 64) sched_yield();
+}
+
+/* Waits until node rank q has counted n at `which`. */
 static void spin_until(const ct_allreduce *a, int q, int which, int64_t n) {
-    for (int spins = 0; get(a, q, which) < n; spins++)
-        if (spins > 64) sched_yield();
+    for (int spins = 0; get(a, q, which) < n; spins++) backoff(spins);
 }
 
 /* True when every node rank except `skip` has taken n ranges through stage `which`. */
@@ -124,9 +128,9 @@ ct_allreduce *ct_allreduce_new(const ct_dist *d, bool shm) {
         for (int q = 0; q < a->nsize; q++) a->ctr[q] = (counters *)parts[q];
         free(parts);
         memset(a->ctr[a->nrank], 0, sizeof(counters));
+        /* every counter is zero before any rank reads one */
+        CT_CHECK_MPI(MPI_Barrier(a->node));
     }
-    /* every counter is zero before any rank reads one */
-    if (a->nsize > 1) CT_CHECK_MPI(MPI_Barrier(a->node));
     return a;
 }
 
@@ -261,9 +265,7 @@ static bool finished(const ct_allreduce *a) {
 void ct_allreduce_wait(ct_allreduce *a) {
     for (int spins = 0; !finished(a); spins++) {
         ct_allreduce_progress(a);
-        /* A short spin, then give the core away: with more ranks than cores the rank this
-         * one waits for may need it. */
-        if (spins > 64) sched_yield();
+        backoff(spins);
     }
     a->base += a->nr;
     a->nr = a->nreduced = a->nposted = a->npublished = a->ncopied = 0;
