@@ -1,9 +1,15 @@
 # ctrain: `make` builds the library and the CLI, `make check` runs every test suite,
 # `make bench` prints one JSON object per benchmark, `make install PREFIX=...` installs.
 # SANITIZE=1 builds everything under ASan+UBSan (in build/san) and runs the tests there.
+# The default build runs on any x86-64-v3 (AVX2) machine, so a binary built on a login node
+# runs on every compute node; kernels that gain from AVX-512 pick it at run time. NATIVE=1
+# builds for this machine's CPU only (-march=native). -Werror is on for `make check` (and
+# CI), not for a user's `make` with another compiler version (WERROR=1 forces it).
 
 PREFIX    ?= /usr/local
 SANITIZE  ?= 0
+NATIVE    ?= 0
+WERROR    ?= 0
 PKGS      := openblas zlib inih jansson hwloc ompi-c
 DEPS_OK   := build/.deps-ok
 
@@ -22,8 +28,14 @@ PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
 
+ifeq ($(NATIVE),1)
+  ARCH    := -march=native
+else
+  ARCH    := -march=x86-64-v3 -mtune=generic
+endif
+
 CC      ?= cc
-CFLAGS  := -std=c11 -Wall -Wextra -Werror $(OPT) -march=native -fvect-cost-model=dynamic -fno-math-errno -fPIC -D_GNU_SOURCE \
+CFLAGS  := -std=c11 -Wall -Wextra $(OPT) $(ARCH) -fvect-cost-model=dynamic -fno-math-errno -fPIC -D_GNU_SOURCE \
            -Isrc $(SANFLAGS)
 LDLIBS   = $(PKG_LIBS) -lm -lpthread
 
@@ -46,7 +58,18 @@ PARITY_BIN := $(PARITY_SRC:tests/parity/%.c=$(B)/tests/parity/%)
 BENCH_SRC := $(sort $(wildcard tests/bench/bench_*.c))
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(B)/bench/%)
 
-.PHONY: all check bench clean install deps
+# libFuzzer harnesses (tests/fuzz): the library built again with clang under ASan+UBSan.
+# `make fuzz FUZZ_SECONDS=N` runs each for N seconds on its seed corpus; `make check` runs
+# each for a few seconds, after replaying every input in tests/fuzz/regress/.
+FUZZ_SECONDS ?= 600
+FUZZ_CHECK_SECONDS ?= 8
+FUZZ_FLAGS := -std=c11 -O1 -g -march=x86-64-v3 -fno-math-errno -fPIC -D_GNU_SOURCE -Isrc \
+              -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
+FUZZ_OBJ := $(LIB_SRC:%.c=build/fuzz/obj/%.o)
+
+.PHONY: all check bench clean install deps fuzz check-fuzz
 .SECONDARY:
 all: $(B)/libctrain.a $(B)/libctrain.so $(B)/ctrain
 
@@ -55,9 +78,18 @@ $(DEPS_OK): scripts/deps.sh
 	@bash scripts/deps.sh
 	@mkdir -p $(dir $@) && touch $@
 
-$(B)/obj/%.o: %.c $(HEADERS) $(wildcard tests/unit/*.h tests/mpi/*.h) | $(DEPS_OK)
+# Objects depend on the flags they were built with (not on -Werror, which changes no code),
+# so switching NATIVE rebuilds everything.
+FLAGS_STAMP := $(B)/.cflags
+.PHONY: FORCE
+$(FLAGS_STAMP): FORCE
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
+	@echo '$(CC) $(CFLAGS)' | cmp -s - $@ || echo '$(CC) $(CFLAGS)' > $@
+
+check: WERROR = 1
+$(B)/obj/%.o: %.c $(HEADERS) $(wildcard tests/unit/*.h tests/mpi/*.h) $(FLAGS_STAMP) | $(DEPS_OK)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(if $(filter 1,$(WERROR)),-Werror) $(PKG_CFLAGS) -c $< -o $@
 
 $(B)/libctrain.a: $(LIB_OBJ)
 	@rm -f $@
@@ -88,13 +120,24 @@ $(B)/bench/%: $(B)/obj/tests/bench/%.o $(B)/libctrain.a
 
 # Every suite runs even when an earlier one fails; the target fails if any did.
 # detect_leaks=1 makes LeakSanitizer report anything left allocated at exit.
-check: all $(UNIT_BIN) $(MPI_BIN) $(PARITY_BIN)
+check: all $(UNIT_BIN) $(MPI_BIN) $(PARITY_BIN) $(FUZZ_BIN)
 	@SANITIZE=$(SANITIZE) B=$(B) MPI_TESTS="$(MPI_BIN)" bash scripts/run_tests.sh $(UNIT_BIN)
+	@bash scripts/fuzz.sh $(FUZZ_CHECK_SECONDS) $(FUZZ_BIN)
 
 # The build's command lines go to stderr, so stdout is nothing but the JSON lines.
 bench:
 	@$(MAKE) --no-print-directory all $(BENCH_BIN) >&2
 	@B=$(B) bash scripts/bench.sh
+
+build/fuzz/obj/%.o: %.c $(HEADERS) | $(DEPS_OK)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link $(PKG_CFLAGS) -c $< -o $@
+build/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz.h $(FUZZ_OBJ)
+	clang $(FUZZ_FLAGS) -fsanitize=fuzzer $(PKG_CFLAGS) -o $@ $< $(FUZZ_OBJ) $(LDLIBS)
+fuzz: $(FUZZ_BIN)
+	@bash scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_BIN)
+check-fuzz: $(FUZZ_BIN)
+	@bash scripts/fuzz.sh $(FUZZ_CHECK_SECONDS) $(FUZZ_BIN)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include/ctrain $(DESTDIR)$(PREFIX)/bin

@@ -5,7 +5,7 @@ set -euo pipefail
 
 pkgs=(build-essential pkg-config libopenblas-dev libopenmpi-dev openmpi-bin libhwloc-dev check
       zlib1g-dev libinih-dev libjansson-dev dataset-fashion-mnist python3-torch gnuplot-nox
-      python3-torchvision python3-pil libjpeg62-turbo-dev libspng-dev)
+      python3-torchvision python3-pil libjpeg62-turbo-dev libspng-dev clang)
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -51,10 +51,7 @@ int ct_cmd_eval(ct_run *r, const char *checkpoint) {
  * OPENBLAS_CORETYPE always wins. */
 static void use_avx512_blas(char **argv) {
     if (getenv("OPENBLAS_CORETYPE") || strcmp(ct_blas_core(), "Prescott") != 0) return;
-    __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
-        !__builtin_cpu_supports("avx512dq") || !__builtin_cpu_supports("avx512vl"))
-        return;
+    if (!ct_cpu_avx512()) return;
     setenv("OPENBLAS_CORETYPE", "SkylakeX", 1);
     execv("/proc/self/exe", argv);
     unsetenv("OPENBLAS_CORETYPE"); /* exec failed: carry on with the slow kernels */

@@ -209,4 +209,12 @@ int ct_blas_get_threads(void);
 /* The kernel set OpenBLAS chose at load time ("SkylakeX", "Haswell", "Prescott", ...). */
 const char *ct_blas_core(void);
 
+/* ---- CPU features (cpu.c) --------------------------------------------------------- */
+/* True when the CPU has AVX-512 F/BW/DQ/VL and CT_NO_AVX512 is unset (or 0). The kernels
+ * that gain from it choose their AVX-512 version with this at run time. */
+bool ct_cpu_avx512(void);
+/* For tests: turn the AVX-512 kernels off, or back on where the CPU has them. Not for use
+ * while other threads run kernels. */
+void ct_cpu_force_avx512(bool on);
+
 #endif

@@ -20,6 +20,7 @@
  * and W^T @ gout[n] is accumulated straight into dX[n]. */
 #include "internal.h"
 
+#include <immintrin.h>
 #include <string.h>
 
 typedef struct {
@@ -53,10 +54,10 @@ static void valid_cols(const conv_geom *g, int64_t kj, int64_t *lo, int64_t *hi)
 
 /* dst[0..n) = src[0..n) and dst[0..n) += src[0..n) for the short rows of a small CNN
  * (14 or 28 pixels). A memcpy call or a vector loop with a scalar tail costs more than
- * the copy itself there; one masked AVX-512 op per 16 floats halves im2col and col2im. */
-#ifdef __AVX512F__
-#include <immintrin.h>
-static inline void copy_row(float *restrict dst, const float *restrict src, int64_t n) {
+ * the copy itself there; one masked AVX-512 op per 16 floats halves im2col and col2im.
+ * `wide` picks those; the functions that loop over rows are compiled twice (an AVX-512
+ * and a generic copy), so in each `wide` is a constant and the other branch goes. */
+static inline CT_AVX512 void copy_row16(float *restrict dst, const float *restrict src, int64_t n) {
     int64_t j = 0;
     for (; j + 16 <= n; j += 16) _mm512_storeu_ps(dst + j, _mm512_loadu_ps(src + j));
     if (j < n) {
@@ -64,7 +65,7 @@ static inline void copy_row(float *restrict dst, const float *restrict src, int6
         _mm512_mask_storeu_ps(dst + j, m, _mm512_maskz_loadu_ps(m, src + j));
     }
 }
-static inline void add_row(float *restrict dst, const float *restrict src, int64_t n) {
+static inline CT_AVX512 void add_row16(float *restrict dst, const float *restrict src, int64_t n) {
     int64_t j = 0;
     for (; j + 16 <= n; j += 16)
         _mm512_storeu_ps(dst + j, _mm512_add_ps(_mm512_loadu_ps(dst + j), _mm512_loadu_ps(src + j)));
@@ -74,29 +75,42 @@ static inline void add_row(float *restrict dst, const float *restrict src, int64
         _mm512_mask_storeu_ps(dst + j, m, v);
     }
 }
-#else
-static inline void copy_row(float *restrict dst, const float *restrict src, int64_t n) {
-    memcpy(dst, src, (size_t)n * sizeof(float));
+static inline __attribute__((always_inline)) void copy_row(float *restrict dst,
+                                                           const float *restrict src, int64_t n,
+                                                           bool wide) {
+    if (wide)
+        copy_row16(dst, src, n);
+    else
+        memcpy(dst, src, (size_t)n * sizeof(float));
 }
-static inline void add_row(float *restrict dst, const float *restrict src, int64_t n) {
-    for (int64_t j = 0; j < n; j++) dst[j] += src[j];
+static inline __attribute__((always_inline)) void add_row(float *restrict dst,
+                                                          const float *restrict src, int64_t n,
+                                                          bool wide) {
+    if (wide)
+        add_row16(dst, src, n);
+    else
+        for (int64_t j = 0; j < n; j++) dst[j] += src[j];
 }
-#endif
+
 
 /* One sample's planes with a zero border of p pixels: [C, H + 2p, W + 2p]. im2col then
  * reads whole rows without bounds checks. */
-static void pad_planes(const conv_geom *g, const float *restrict x, float *restrict xp) {
+static inline __attribute__((always_inline)) void pad_planes_rows(const conv_geom *g,
+                                                                  const float *restrict x,
+                                                                  float *restrict xp, bool wide) {
     int64_t hp = g->h + 2 * g->p, wp = g->w + 2 * g->p;
     memset(xp, 0, (size_t)(g->c * hp * wp) * sizeof(float));
     for (int64_t c = 0; c < g->c; c++)
         for (int64_t y = 0; y < g->h; y++)
-            copy_row(xp + (c * hp + y + g->p) * wp + g->p, x + (c * g->h + y) * g->w, g->w);
+            copy_row(xp + (c * hp + y + g->p) * wp + g->p, x + (c * g->h + y) * g->w, g->w, wide);
 }
 
 /* col[(c, ki, kj), (oy, ox)] = xp[c, oy*s + ki, ox*s + kj] from the padded planes. The
  * padded copy costs one pass over x and halves the im2col time of a 3x3 conv compared
  * with clipping every row against the border. */
-static void im2col(const conv_geom *g, const float *restrict xp, float *restrict col) {
+static inline __attribute__((always_inline)) void im2col_rows(const conv_geom *g,
+                                                              const float *restrict xp,
+                                                              float *restrict col, bool wide) {
     int64_t hp = g->h + 2 * g->p, wp = g->w + 2 * g->p, ow = g->ow, s = g->s;
     float *restrict dst = col;
     for (int64_t c = 0; c < g->c; c++)
@@ -105,10 +119,31 @@ static void im2col(const conv_geom *g, const float *restrict xp, float *restrict
                 for (int64_t oy = 0; oy < g->oh; oy++, dst += ow) {
                     const float *restrict src = xp + (c * hp + oy * s + ki) * wp + kj;
                     if (s == 1)
-                        copy_row(dst, src, ow);
+                        copy_row(dst, src, ow, wide);
                     else
                         for (int64_t ox = 0; ox < ow; ox++) dst[ox] = src[ox * s];
                 }
+}
+
+/* The row loops above, compiled once for AVX-512 and once for any x86-64-v3 CPU (also
+ * col2im below). */
+static CT_AVX512 void pad_planes_512(const conv_geom *g, const float *x, float *xp) {
+    pad_planes_rows(g, x, xp, true);
+}
+static CT_AVX512 void im2col_512(const conv_geom *g, const float *xp, float *col) {
+    im2col_rows(g, xp, col, true);
+}
+static void pad_planes(const conv_geom *g, const float *x, float *xp) {
+    if (ct_cpu_avx512())
+        pad_planes_512(g, x, xp);
+    else
+        pad_planes_rows(g, x, xp, false);
+}
+static void im2col(const conv_geom *g, const float *xp, float *col) {
+    if (ct_cpu_avx512())
+        im2col_512(g, xp, col);
+    else
+        im2col_rows(g, xp, col, false);
 }
 
 /* Scratch for one sample's column matrix, from the caching allocator (no malloc in a
@@ -143,7 +178,9 @@ static const float *sample_cols(const conv_geom *g, const float *x, const col_sc
  * ones. Adjacent rows are closer than one vector apart, and the CPU makes the masked
  * load of a row wait for the masked store of the row before it; two rows apart that
  * false dependency is gone and col2im runs twice as fast. */
-static void col2im_add(const conv_geom *g, const float *restrict col, float *restrict dx) {
+static inline __attribute__((always_inline)) void col2im_rows(const conv_geom *g,
+                                                              const float *restrict col,
+                                                              float *restrict dx, bool wide) {
     int64_t ow = g->ow, s = g->s;
     for (int64_t c = 0; c < g->c; c++)
         for (int64_t ki = 0; ki < g->kh; ki++)
@@ -158,11 +195,21 @@ static void col2im_add(const conv_geom *g, const float *restrict col, float *res
                         const float *restrict src = row + oy * ow;
                         float *restrict dst = dx + (c * g->h + iy) * g->w + lo * s - g->p + kj;
                         if (s == 1)
-                            add_row(dst, src + lo, hi - lo);
+                            add_row(dst, src + lo, hi - lo, wide);
                         else
                             for (int64_t ox = lo; ox < hi; ox++) dst[(ox - lo) * s] += src[ox];
                     }
             }
+}
+
+static CT_AVX512 void col2im_512(const conv_geom *g, const float *col, float *dx) {
+    col2im_rows(g, col, dx, true);
+}
+static void col2im_add(const conv_geom *g, const float *col, float *dx) {
+    if (ct_cpu_avx512())
+        col2im_512(g, col, dx);
+    else
+        col2im_rows(g, col, dx, false);
 }
 
 /* Sum of n floats with 16 independent partial sums, so the loop vectorises (a single

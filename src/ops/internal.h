@@ -11,6 +11,11 @@ void ct__check_ndim(const char *op, const ct_tensor *x, int ndim, const char *wh
 /* Normalises a possibly negative dim, aborting when out of range. */
 int ct__dim(const char *op, const ct_tensor *x, int dim);
 
+/* A kernel compiled for AVX-512 in every build (the build's baseline is AVX2); it runs only
+ * where ct_cpu_avx512() says the CPU has it. Intrinsics from <immintrin.h> are usable
+ * inside such a function, and a static inline helper without the attribute inlines into it. */
+#define CT_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
+
 /* Views x as [outer, d, inner] around dim (already normalised) (reduce.c). */
 void ct__split_dim(const ct_tensor *x, int dim, int64_t *outer, int64_t *d, int64_t *inner);
 /* Sum of x[0..n) accumulated in double in 8 lanes (reduce.c). */

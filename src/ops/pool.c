@@ -5,6 +5,7 @@
  * kernel^2 including padded zeros (count_include_pad=True, PyTorch's default). */
 #include "internal.h"
 
+#include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -69,16 +70,13 @@ static void valid_cols(const pool_geom *g, int64_t kj, int64_t *lo, int64_t *hi)
  * order (0,0), (0,1), (1,0), (1,1) with "take v if v > max or v is NaN", which keeps the
  * first maximum on ties and the last NaN. That rule is associative over consecutive runs
  * of the scan, so each row's pair can be reduced first and the two row results after. */
-#ifdef __AVX512F__
-#include <immintrin.h>
-
 /* Lanes [0, n) set, n clamped to [0, 16]. */
-static inline __mmask16 lanes(int64_t n) {
+static inline CT_AVX512 __mmask16 lanes(int64_t n) {
     return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
 }
 
 /* "v > m or v is NaN" per lane: where the scan takes v. */
-static inline __mmask16 takes(__m512 v, __m512 m) {
+static inline CT_AVX512 __mmask16 takes(__m512 v, __m512 m) {
     return _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
 }
 
@@ -86,7 +84,8 @@ static inline __mmask16 takes(__m512 v, __m512 m) {
  * with one permute each, so every compare and select is a full-width vector op (the scalar
  * loop did ~15 dependent instructions per window and was 3x slower than ReLU). Row ends
  * use masked loads and stores, so any width works. */
-static void max_pool_2x2(const float *x, float *y, int32_t *idx, const pool_geom *g) {
+static CT_AVX512 void max_pool_2x2_512(const float *x, float *y, int32_t *idx,
+                                       const pool_geom *g) {
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
     const __m512i one = _mm512_set1_epi32(1), wv = _mm512_set1_epi32((int32_t)g->w);
@@ -124,7 +123,7 @@ static void max_pool_2x2(const float *x, float *y, int32_t *idx, const pool_geom
  * columns are interleaved back. This is a plain streaming pass instead of a zero fill plus
  * a scatter. fresh: dx is uninitialised and is overwritten, including the last row and
  * column that an odd h or w leaves outside every window; otherwise dx accumulates. */
-static void max_pool_2x2_backward(float *dx, const float *go, const int32_t *idx,
+static CT_AVX512 void max_pool_2x2_backward_512(float *dx, const float *go, const int32_t *idx,
                                   const pool_geom *g, bool fresh) {
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
@@ -163,11 +162,10 @@ static void max_pool_2x2_backward(float *dx, const float *go, const int32_t *idx
         if (fresh && (h & 1)) memset(xp + (h - 1) * w, 0, (size_t)w * sizeof(float));
     }
 }
-#else
 /* Without AVX-512: one window at a time with everything in registers and selects, not
  * branches (which element wins is data-random; mispredictions made this the slowest part
  * of the CNN). */
-static void max_pool_2x2(const float *x, float *y, int32_t *idx, const pool_geom *g) {
+static void max_pool_2x2_any(const float *x, float *y, int32_t *idx, const pool_geom *g) {
     int64_t w = g->w, in_plane = g->h * w, out_plane = g->oh * g->ow;
     for (int64_t pl = 0; pl < g->planes; pl++) {
         const float *src = x + pl * in_plane;
@@ -197,7 +195,6 @@ static void max_pool_2x2(const float *x, float *y, int32_t *idx, const pool_geom
         }
     }
 }
-#endif
 
 static void max_pool2d_backward(ct_node *n, const ct_tensor *gout) {
     bool fresh;
@@ -205,12 +202,10 @@ static void max_pool2d_backward(ct_node *n, const ct_tensor *gout) {
     if (!gx) return;
     pool_geom g = pool_load(n);
     const int32_t *idx = n->aux;
-#ifdef __AVX512F__
-    if (g.k == 2 && g.s == 2 && g.p == 0) {
-        max_pool_2x2_backward(gx->data, gout->data, idx, &g, fresh);
+    if (g.k == 2 && g.s == 2 && g.p == 0 && ct_cpu_avx512()) {
+        max_pool_2x2_backward_512(gx->data, gout->data, idx, &g, fresh);
         return;
     }
-#endif
     /* the scatter below adds, and overlapping windows may hit one pixel twice */
     if (fresh) memset(gx->data, 0, (size_t)gx->numel * sizeof(float));
     int64_t in_plane = g.h * g.w, out_plane = g.oh * g.ow;
@@ -238,7 +233,10 @@ ct_tensor *ct_max_pool2d(ct_tensor *x, int kernel, int stride, int padding) {
     }
     int64_t in_plane = g.h * g.w, out_plane = g.oh * g.ow;
     if (g.k == 2 && g.s == 2 && g.p == 0) {
-        max_pool_2x2(x->data, y->data, idx, &g);
+        if (ct_cpu_avx512())
+            max_pool_2x2_512(x->data, y->data, idx, &g);
+        else
+            max_pool_2x2_any(x->data, y->data, idx, &g);
         if (row_arg) ct_free(row_arg, (size_t)g.ow * sizeof(int32_t));
         return y;
     }

@@ -1,6 +1,9 @@
 /* conv2d, max_pool2d and avg_pool2d: forward values against naive loops written here,
  * backward against finite differences, the skipped dW/dX GEMMs, and shape errors. */
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "util.h"
 
@@ -315,6 +318,7 @@ END_TEST
  * Routing is checked through backward with distinct gout values, twice, so the leaf's
  * .grad is also seen accumulating onto an existing gradient. */
 START_TEST(max_pool_2x2_matches_scan_with_ties_and_nan) {
+    ct_cpu_force_avx512(_i == 0); /* both kernels: AVX-512 (where the CPU has it), AVX2 */
     CT_SCOPE {
         const int64_t P = 3, H = 7, W = 37, OH = 3, OW = 18;
         ct_tensor *x = ct_zeros(CT_SHAPE(1, P, H, W));
@@ -390,6 +394,48 @@ START_TEST(max_pool_2x2_gradient_adds_to_other_consumers) {
 }
 END_TEST
 
+/* The AVX-512 row kernels (im2col, col2im, padding, 2x2 max pool) and the AVX2 build's
+ * own loops must give the same bits, so a job mixing node generations trains one model.
+ * Widths cover a full 16-float vector, a masked tail and rows shorter than one vector.
+ * On a CPU without AVX-512 both runs take the AVX2 path and the test says so. */
+START_TEST(avx512_and_avx2_kernels_agree_bitwise) {
+    if (!ct_cpu_avx512()) fprintf(stderr, "note: no AVX-512 on this CPU; comparing AVX2 with itself\n");
+    const int64_t widths[] = {5, 14, 16, 28, 33};
+    for (int wi = 0; wi < 5; wi++) {
+        int64_t w = widths[wi];
+        float *out[2][4];
+        int64_t nout[4];
+        for (int pass = 0; pass < 2; pass++) {
+            ct_cpu_force_avx512(pass == 0);
+            CT_SCOPE {
+                ct_tensor *x = ct_test_rand(CT_SHAPE(2, 3, 9, w), -1, 1, 100 + (uint64_t)wi);
+                ct_tensor *k = ct_test_rand(CT_SHAPE(4, 3, 3, 3), -1, 1, 200 + (uint64_t)wi);
+                ct_set_requires_grad(x, true);
+                ct_set_requires_grad(k, true);
+                ct_tensor *y = ct_conv2d(x, k, NULL, 1, 1);
+                ct_tensor *p = ct_max_pool2d(y, 2, 0, 0);
+                ct_backward(ct_sum(ct_mul(p, p)));
+                ct_tensor *res[4] = {y, p, ct_grad(x), ct_grad(k)};
+                for (int r = 0; r < 4; r++) {
+                    nout[r] = res[r]->numel;
+                    out[pass][r] = malloc((size_t)nout[r] * sizeof(float));
+                    memcpy(out[pass][r], res[r]->data, (size_t)nout[r] * sizeof(float));
+                }
+            }
+        }
+        ct_cpu_force_avx512(true);
+        static const char *what[4] = {"conv output", "pool output", "dx", "dweight"};
+        for (int r = 0; r < 4; r++) {
+            ck_assert_msg(memcmp(out[0][r], out[1][r], (size_t)nout[r] * sizeof(float)) == 0,
+                          "width %lld: %s differs between the AVX-512 and AVX2 kernels",
+                          (long long)w, what[r]);
+            free(out[0][r]);
+            free(out[1][r]);
+        }
+    }
+}
+END_TEST
+
 /* ---- errors -------------------------------------------------------------------------- */
 
 START_TEST(conv_channel_mismatch_aborts) {
@@ -442,7 +488,8 @@ int main(void) {
     tcase_add_test(tp, pool_matches_torch);
     tcase_add_test(tp, max_pool_routes_gradient_to_argmax);
     tcase_add_test(tp, max_pool_propagates_nan);
-    tcase_add_test(tp, max_pool_2x2_matches_scan_with_ties_and_nan);
+    tcase_add_loop_test(tp, max_pool_2x2_matches_scan_with_ties_and_nan, 0, 2);
+    tcase_add_test(tp, avx512_and_avx2_kernels_agree_bitwise);
     tcase_add_test(tp, max_pool_2x2_gradient_adds_to_other_consumers);
     suite_add_tcase(s, tp);
     TCase *te = tcase_create("errors");
