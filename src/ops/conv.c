@@ -1,4 +1,5 @@
-/* 2-d convolution (cross-correlation, as PyTorch) by im2col + sgemm, one sample at a time.
+/* 2-d convolution (cross-correlation, as PyTorch) by im2col + sgemm, one sample at a time,
+ * with separate row/column stride and padding and PyTorch's `groups`.
  *
  * Layout choice: for each sample, col[C*kh*kw, OH*OW] = im2col(x[n]) and
  * y[n][O, OH*OW] = W[O, C*kh*kw] @ col. The GEMM writes straight into the NCHW output, the
@@ -17,34 +18,42 @@
  *   dX += col2im(W^T @ gout[n])
  *   db += sum over pixels of gout[n]
  * A 1x1 kernel with stride 1 and no padding needs no im2col at all: col is x[n] itself,
- * and W^T @ gout[n] is accumulated straight into dX[n]. */
+ * and W^T @ gout[n] is accumulated straight into dX[n].
+ *
+ * Groups: im2col orders its rows (c, ki, kj), so group gi's rows are the contiguous block
+ * [gi*K, (gi+1)*K) with K = C/groups*kh*kw, and w[O, C/groups, kh, kw] is already one
+ * [O/groups, K] matrix per group. Every GEMM above becomes one GEMM per group on those
+ * blocks; im2col and col2im run once over all channels, as without groups. */
 #include "internal.h"
 
 #include <string.h>
 
 typedef struct {
-    int64_t c, h, w;   /* input channels and size */
+    int64_t c, h, w;   /* input channels (all groups) and size */
     int64_t kh, kw;    /* kernel */
-    int64_t s, p;      /* stride and padding */
+    int64_t sh, sw;    /* stride along rows and columns */
+    int64_t ph, pw;    /* padding of rows and columns */
+    int64_t groups;
     int64_t oh, ow;    /* output size */
 } conv_geom;
 
-static int64_t geom_k(const conv_geom *g) { return g->c * g->kh * g->kw; }
+/* Rows of one group's column matrix (the K of its GEMMs). */
+static int64_t geom_k(const conv_geom *g) { return g->c / g->groups * g->kh * g->kw; }
 static int64_t geom_pix(const conv_geom *g) { return g->oh * g->ow; }
 /* A 1x1/stride-1/no-padding conv is a plain matrix product over channels. */
 static bool geom_pointwise(const conv_geom *g) {
-    return g->kh == 1 && g->kw == 1 && g->s == 1 && g->p == 0;
+    return g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0;
 }
 
-/* The output columns [lo, hi) whose input column ox*s - p + kj lies inside [0, w). */
+/* The output columns [lo, hi) whose input column ox*sw - pw + kj lies inside [0, w). */
 static void valid_cols(const conv_geom *g, int64_t kj, int64_t *lo, int64_t *hi) {
-    int64_t a = g->p - kj, b = g->w - 1 + g->p - kj;
-    if (g->s == 1) { /* the common case, without the divisions */
+    int64_t a = g->pw - kj, b = g->w - 1 + g->pw - kj, s = g->sw;
+    if (s == 1) { /* the common case, without the divisions */
         *lo = a > 0 ? a : 0;
         *hi = b + 1;
     } else {
-        *lo = a > 0 ? (a + g->s - 1) / g->s : 0;
-        *hi = b < 0 ? 0 : b / g->s + 1;
+        *lo = a > 0 ? (a + s - 1) / s : 0;
+        *hi = b < 0 ? 0 : b / s + 1;
     }
     if (*lo > g->ow) *lo = g->ow;
     if (*hi > g->ow) *hi = g->ow;
@@ -83,27 +92,27 @@ static inline void add_row(float *restrict dst, const float *restrict src, int64
 }
 #endif
 
-/* One sample's planes with a zero border of p pixels: [C, H + 2p, W + 2p]. im2col then
- * reads whole rows without bounds checks. */
+/* One sample's planes with a zero border: [C, H + 2ph, W + 2pw]. im2col then reads whole
+ * rows without bounds checks. */
 static void pad_planes(const conv_geom *g, const float *restrict x, float *restrict xp) {
-    int64_t hp = g->h + 2 * g->p, wp = g->w + 2 * g->p;
+    int64_t hp = g->h + 2 * g->ph, wp = g->w + 2 * g->pw;
     memset(xp, 0, (size_t)(g->c * hp * wp) * sizeof(float));
     for (int64_t c = 0; c < g->c; c++)
         for (int64_t y = 0; y < g->h; y++)
-            copy_row(xp + (c * hp + y + g->p) * wp + g->p, x + (c * g->h + y) * g->w, g->w);
+            copy_row(xp + (c * hp + y + g->ph) * wp + g->pw, x + (c * g->h + y) * g->w, g->w);
 }
 
-/* col[(c, ki, kj), (oy, ox)] = xp[c, oy*s + ki, ox*s + kj] from the padded planes. The
+/* col[(c, ki, kj), (oy, ox)] = xp[c, oy*sh + ki, ox*sw + kj] from the padded planes. The
  * padded copy costs one pass over x and halves the im2col time of a 3x3 conv compared
  * with clipping every row against the border. */
 static void im2col(const conv_geom *g, const float *restrict xp, float *restrict col) {
-    int64_t hp = g->h + 2 * g->p, wp = g->w + 2 * g->p, ow = g->ow, s = g->s;
+    int64_t hp = g->h + 2 * g->ph, wp = g->w + 2 * g->pw, ow = g->ow, s = g->sw;
     float *restrict dst = col;
     for (int64_t c = 0; c < g->c; c++)
         for (int64_t ki = 0; ki < g->kh; ki++)
             for (int64_t kj = 0; kj < g->kw; kj++)
                 for (int64_t oy = 0; oy < g->oh; oy++, dst += ow) {
-                    const float *restrict src = xp + (c * hp + oy * s + ki) * wp + kj;
+                    const float *restrict src = xp + (c * hp + oy * g->sh + ki) * wp + kj;
                     if (s == 1)
                         copy_row(dst, src, ow);
                     else
@@ -120,13 +129,13 @@ typedef struct {
 static col_scratch scratch_new(const conv_geom *g) {
     col_scratch sc = {0};
     if (geom_pointwise(g)) return sc; /* x[n] is already its own column matrix */
-    int64_t padded = g->c * (g->h + 2 * g->p) * (g->w + 2 * g->p);
-    if (g->p > 0) sc.xp = ct_tensor_new(CT_SHAPE(padded))->data;
-    sc.col = ct_tensor_new(CT_SHAPE(geom_k(g), geom_pix(g)))->data;
+    int64_t padded = g->c * (g->h + 2 * g->ph) * (g->w + 2 * g->pw);
+    if (g->ph > 0 || g->pw > 0) sc.xp = ct_tensor_new(CT_SHAPE(padded))->data;
+    sc.col = ct_tensor_new(CT_SHAPE(geom_k(g) * g->groups, geom_pix(g)))->data;
     return sc;
 }
 
-/* The [C*kh*kw, OH*OW] column matrix of one sample x [C, H, W]. */
+/* The [C*kh*kw, OH*OW] column matrix of one sample x [C, H, W] (all groups). */
 static const float *sample_cols(const conv_geom *g, const float *x, const col_scratch *sc) {
     if (!sc->col) return x;
     if (sc->xp) {
@@ -144,7 +153,7 @@ static const float *sample_cols(const conv_geom *g, const float *x, const col_sc
  * load of a row wait for the masked store of the row before it; two rows apart that
  * false dependency is gone and col2im runs twice as fast. */
 static void col2im_add(const conv_geom *g, const float *restrict col, float *restrict dx) {
-    int64_t ow = g->ow, s = g->s;
+    int64_t ow = g->ow, s = g->sw;
     for (int64_t c = 0; c < g->c; c++)
         for (int64_t ki = 0; ki < g->kh; ki++)
             for (int64_t kj = 0; kj < g->kw; kj++) {
@@ -153,10 +162,10 @@ static void col2im_add(const conv_geom *g, const float *restrict col, float *res
                 valid_cols(g, kj, &lo, &hi);
                 for (int64_t first = 0; first < 2; first++)
                     for (int64_t oy = first; oy < g->oh; oy += 2) {
-                        int64_t iy = oy * s - g->p + ki;
+                        int64_t iy = oy * g->sh - g->ph + ki;
                         if (iy < 0 || iy >= g->h) continue;
                         const float *restrict src = row + oy * ow;
-                        float *restrict dst = dx + (c * g->h + iy) * g->w + lo * s - g->p + kj;
+                        float *restrict dst = dx + (c * g->h + iy) * g->w + lo * s - g->pw + kj;
                         if (s == 1)
                             add_row(dst, src + lo, hi - lo);
                         else
@@ -178,19 +187,31 @@ static float sum_floats(const float *restrict v, int64_t n) {
     return s;
 }
 
+/* The geometry travels in the node's i[] as int32s (it has more fields than i[] has
+ * slots); the forward checks every field fits. */
+typedef struct {
+    int32_t c, h, w, kh, kw, sh, sw, ph, pw, groups;
+} conv_packed;
+_Static_assert(sizeof(conv_packed) <= sizeof(((ct_node *)0)->i), "conv geometry must fit in i[]");
+
 static conv_geom geom_load(const ct_node *n) {
-    return (conv_geom){.c = n->i[0], .h = n->i[1], .w = n->i[2], .kh = n->i[3], .kw = n->i[4],
-                       .s = n->i[5], .p = n->i[6], .oh = n->out_shape[2], .ow = n->out_shape[3]};
+    conv_packed p;
+    memcpy(&p, n->i, sizeof p);
+    return (conv_geom){.c = p.c, .h = p.h, .w = p.w, .kh = p.kh, .kw = p.kw, .sh = p.sh,
+                       .sw = p.sw, .ph = p.ph, .pw = p.pw, .groups = p.groups,
+                       .oh = n->out_shape[2], .ow = n->out_shape[3]};
 }
 
 static void geom_store(ct_node *n, const conv_geom *g) {
-    int64_t v[] = {g->c, g->h, g->w, g->kh, g->kw, g->s, g->p};
-    memcpy(n->i, v, sizeof v);
+    conv_packed p = {(int32_t)g->c, (int32_t)g->h, (int32_t)g->w, (int32_t)g->kh,
+                     (int32_t)g->kw, (int32_t)g->sh, (int32_t)g->sw, (int32_t)g->ph,
+                     (int32_t)g->pw, (int32_t)g->groups};
+    memcpy(n->i, &p, sizeof p);
 }
 
 static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
     conv_geom g = geom_load(n);
-    int64_t batch = n->out_shape[0], o = n->out_shape[1];
+    int64_t batch = n->out_shape[0], o = n->out_shape[1], og = o / g.groups;
     int64_t k = geom_k(&g), npix = geom_pix(&g), in_sz = g.c * g.h * g.w;
     ct_tensor *gx = ct_node_grad_in(n, 0), *gw = ct_node_grad_in(n, 1), *gb = ct_node_grad_in(n, 2);
     /* The forward saved x only if dW is needed and w only if dX is, in that order. */
@@ -206,40 +227,53 @@ static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
             for (int64_t c = 0; c < o; c++) gb->data[c] += sum_floats(go + c * npix, npix);
         if (gw) {
             const float *cols = sample_cols(&g, x + i * in_sz, &sc);
-            ct_gemm(false, true, o, k, npix, 1, go, npix, cols, npix, 1, gw->data, k);
+            for (int64_t gi = 0; gi < g.groups; gi++)
+                ct_gemm(false, true, og, k, npix, 1, go + gi * og * npix, npix,
+                        cols + gi * k * npix, npix, 1, gw->data + gi * og * k, k);
         }
         if (gx) {
-            float *dx = gx->data + i * in_sz;
-            if (!sc.col) { /* pointwise: dX[n] += W^T @ gout[n] directly */
-                ct_gemm(true, false, k, npix, o, 1, w, k, go, npix, 1, dx, npix);
-            } else {
-                ct_gemm(true, false, k, npix, o, 1, w, k, go, npix, 0, sc.col, npix);
-                col2im_add(&g, sc.col, dx);
-            }
+            /* pointwise: dX[n] += W^T @ gout[n] directly; else into col, then col2im */
+            float *dx = gx->data + i * in_sz, *dst = sc.col ? sc.col : dx;
+            for (int64_t gi = 0; gi < g.groups; gi++)
+                ct_gemm(true, false, k, npix, og, 1, w + gi * og * k, k, go + gi * og * npix,
+                        npix, sc.col ? 0 : 1, dst + gi * k * npix, npix);
+            if (sc.col) col2im_add(&g, sc.col, dx);
         }
     }
 }
 
-ct_tensor *ct_conv2d(ct_tensor *x, ct_tensor *w, ct_tensor *b, int stride, int padding) {
+ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2d_opts *opts) {
+    ct_conv2d_opts d = {0};
+    const ct_conv2d_opts *a = opts ? opts : &d;
+    conv_geom g = {.sh = a->stride_h ? a->stride_h : 1, .sw = a->stride_w ? a->stride_w : 1,
+                   .ph = a->pad_h, .pw = a->pad_w, .groups = a->groups ? a->groups : 1};
     ct__check_ndim("conv2d", x, 4, "[N, C, H, W]");
-    CT_ASSERT(w->ndim == 4 && w->shape[1] == x->shape[1],
-              "conv2d: weight %s ([O, C, kh, kw]) does not match input %s ([N, C, H, W])",
-              CT_SHAPE_STR(w), CT_SHAPE_STR(x));
+    CT_ASSERT(g.sh >= 1 && g.sw >= 1 && g.ph >= 0 && g.pw >= 0 && g.groups >= 1,
+              "conv2d: stride %lldx%lld must be >= 1, padding %lldx%lld >= 0 and groups %lld "
+              ">= 1",
+              (long long)g.sh, (long long)g.sw, (long long)g.ph, (long long)g.pw,
+              (long long)g.groups);
+    CT_ASSERT(x->shape[1] % g.groups == 0 && w->ndim == 4 && w->shape[0] % g.groups == 0 &&
+                  w->shape[1] * g.groups == x->shape[1],
+              "conv2d: weight %s ([O, C/groups, kh, kw], groups %lld) does not match input %s "
+              "([N, C, H, W])",
+              CT_SHAPE_STR(w), (long long)g.groups, CT_SHAPE_STR(x));
     CT_ASSERT(!b || (b->ndim == 1 && b->shape[0] == w->shape[0]),
               "conv2d: bias %s does not match weight %s", b ? CT_SHAPE_STR(b) : "",
               CT_SHAPE_STR(w));
-    CT_ASSERT(stride >= 1 && padding >= 0, "conv2d: stride %d must be >= 1 and padding %d >= 0",
-              stride, padding);
-    conv_geom g = {.c = x->shape[1], .h = x->shape[2], .w = x->shape[3], .kh = w->shape[2],
-                   .kw = w->shape[3], .s = stride, .p = padding};
-    CT_ASSERT(g.kh >= 1 && g.kw >= 1 && g.kh <= g.h + 2 * g.p && g.kw <= g.w + 2 * g.p,
+    g.c = x->shape[1], g.h = x->shape[2], g.w = x->shape[3], g.kh = w->shape[2], g.kw = w->shape[3];
+    CT_ASSERT(g.kh >= 1 && g.kw >= 1 && g.kh <= g.h + 2 * g.ph && g.kw <= g.w + 2 * g.pw,
               "conv2d: kernel %lldx%lld of weight %s is larger than the padded input %s "
-              "(padding %d)",
-              (long long)g.kh, (long long)g.kw, CT_SHAPE_STR(w), CT_SHAPE_STR(x), padding);
-    g.oh = (g.h + 2 * g.p - g.kh) / g.s + 1;
-    g.ow = (g.w + 2 * g.p - g.kw) / g.s + 1;
+              "(padding %lldx%lld)",
+              (long long)g.kh, (long long)g.kw, CT_SHAPE_STR(w), CT_SHAPE_STR(x),
+              (long long)g.ph, (long long)g.pw);
+    CT_ASSERT(g.c <= INT32_MAX && g.h + 2 * g.ph <= INT32_MAX && g.w + 2 * g.pw <= INT32_MAX &&
+                  g.sh <= INT32_MAX && g.sw <= INT32_MAX,
+              "conv2d: input %s or its geometry is too large", CT_SHAPE_STR(x));
+    g.oh = (g.h + 2 * g.ph - g.kh) / g.sh + 1;
+    g.ow = (g.w + 2 * g.pw - g.kw) / g.sw + 1;
 
-    int64_t batch = x->shape[0], o = w->shape[0];
+    int64_t batch = x->shape[0], o = w->shape[0], og = o / g.groups;
     int64_t k = geom_k(&g), npix = geom_pix(&g), in_sz = g.c * g.h * g.w;
     ct_tensor *y = ct_tensor_new(CT_SHAPE(batch, o, g.oh, g.ow));
     CT_SCOPE { /* the scratch goes back to the cache as soon as the loop is done */
@@ -251,7 +285,9 @@ ct_tensor *ct_conv2d(ct_tensor *x, ct_tensor *w, ct_tensor *b, int stride, int p
             if (b)
                 for (int64_t c = 0; c < o; c++)
                     for (int64_t j = 0; j < npix; j++) yi[c * npix + j] = b->data[c];
-            ct_gemm(false, false, o, npix, k, 1, w->data, k, cols, npix, b ? 1 : 0, yi, npix);
+            for (int64_t gi = 0; gi < g.groups; gi++)
+                ct_gemm(false, false, og, npix, k, 1, w->data + gi * og * k, k,
+                        cols + gi * k * npix, npix, b ? 1 : 0, yi + gi * og * npix, npix);
         }
     }
 
@@ -264,4 +300,12 @@ ct_tensor *ct_conv2d(ct_tensor *x, ct_tensor *w, ct_tensor *b, int stride, int p
         if (ct_node_needs(n, 0)) ct_save(n, w);
     }
     return y;
+}
+
+ct_tensor *ct_conv2d(ct_tensor *x, ct_tensor *w, ct_tensor *b, int stride, int padding) {
+    CT_ASSERT(stride >= 1 && padding >= 0, "conv2d: stride %d must be >= 1 and padding %d >= 0",
+              stride, padding);
+    ct_conv2d_opts o = {.stride_h = stride, .stride_w = stride, .pad_h = padding, .pad_w = padding,
+                        .groups = 1};
+    return ct_conv2d_ex(x, w, b, &o);
 }

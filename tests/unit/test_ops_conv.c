@@ -6,24 +6,33 @@
 
 /* ---- references ---------------------------------------------------------------------- */
 
+/* One conv configuration: x [n, c, h, w], weight [o, c/groups, kh, kw]. */
+typedef struct {
+    int64_t n, c, h, w, o, kh, kw;
+    int sh, sw, ph, pw, groups;
+    bool bias;
+} conv_cfg;
+
 /* Direct convolution straight from the definition, in double. */
-static void naive_conv(const ct_tensor *x, const ct_tensor *w, const ct_tensor *b, int s, int p,
-                       const ct_tensor *y) {
+static void naive_conv(const ct_tensor *x, const ct_tensor *w, const ct_tensor *b,
+                       const conv_cfg *k, const ct_tensor *y) {
     int64_t n = x->shape[0], c = x->shape[1], h = x->shape[2], wd = x->shape[3];
-    int64_t o = w->shape[0], kh = w->shape[2], kw = w->shape[3];
-    int64_t oh = y->shape[2], ow = y->shape[3];
+    int64_t o = w->shape[0], cg = w->shape[1], kh = w->shape[2], kw = w->shape[3];
+    int64_t oh = y->shape[2], ow = y->shape[3], og = o / k->groups;
+    ck_assert_int_eq(cg * k->groups, c);
     for (int64_t i = 0; i < n; i++)
         for (int64_t f = 0; f < o; f++)
             for (int64_t oy = 0; oy < oh; oy++)
                 for (int64_t ox = 0; ox < ow; ox++) {
                     double acc = b ? b->data[f] : 0;
-                    for (int64_t ch = 0; ch < c; ch++)
+                    for (int64_t j = 0; j < cg; j++)
                         for (int64_t ki = 0; ki < kh; ki++)
                             for (int64_t kj = 0; kj < kw; kj++) {
-                                int64_t iy = oy * s - p + ki, ix = ox * s - p + kj;
+                                int64_t ch = f / og * cg + j; /* f's group's j-th channel */
+                                int64_t iy = oy * k->sh - k->ph + ki, ix = ox * k->sw - k->pw + kj;
                                 if (iy < 0 || iy >= h || ix < 0 || ix >= wd) continue;
                                 acc += (double)x->data[((i * c + ch) * h + iy) * wd + ix] *
-                                       w->data[((f * c + ch) * kh + ki) * kw + kj];
+                                       w->data[((f * cg + j) * kh + ki) * kw + kj];
                             }
                     float got = y->data[((i * o + f) * oh + oy) * ow + ox];
                     ck_assert_msg(fabs(got - acc) <= 1e-4 * (1 + fabs(acc)),
@@ -33,42 +42,53 @@ static void naive_conv(const ct_tensor *x, const ct_tensor *w, const ct_tensor *
                 }
 }
 
-/* One conv configuration: x [n, c, h, w], weight [o, c, kh, kw]. */
-typedef struct {
-    int64_t n, c, h, w, o, kh, kw;
-    int s, p;
-    bool bias;
-} conv_cfg;
-
 static const conv_cfg cfgs[] = {
-    {2, 1, 5, 6, 3, 3, 3, 1, 1, true},   /* one input channel, padded, non-square */
-    {2, 3, 7, 5, 4, 3, 3, 2, 0, false},  /* stride 2, no padding, no bias */
-    {1, 2, 6, 7, 3, 3, 3, 2, 1, true},   /* stride 2 with padding */
-    {2, 3, 4, 5, 2, 1, 1, 1, 0, true},   /* 1x1 fast path */
-    {1, 2, 5, 4, 2, 2, 3, 1, 1, false},  /* rectangular kernel */
-    {1, 2, 2, 3, 2, 3, 3, 3, 2, true},   /* kernel larger than the input, stride 3 */
-    {3, 4, 6, 6, 5, 1, 1, 2, 1, false},  /* 1x1 with stride and padding: the im2col path */
+    {2, 1, 5, 6, 3, 3, 3, 1, 1, 1, 1, 1, true},   /* one input channel, padded, non-square */
+    {2, 3, 7, 5, 4, 3, 3, 2, 2, 0, 0, 1, false},  /* stride 2, no padding, no bias */
+    {1, 2, 6, 7, 3, 3, 3, 2, 2, 1, 1, 1, true},   /* stride 2 with padding */
+    {2, 3, 4, 5, 2, 1, 1, 1, 1, 0, 0, 1, true},   /* 1x1 fast path */
+    {1, 2, 5, 4, 2, 2, 3, 1, 1, 1, 1, 1, false},  /* rectangular kernel */
+    {1, 2, 2, 3, 2, 3, 3, 3, 3, 2, 2, 1, true},   /* kernel larger than the input, stride 3 */
+    {3, 4, 6, 6, 5, 1, 1, 2, 2, 1, 1, 1, false},  /* 1x1 with stride and padding: the im2col path */
+    {2, 3, 8, 7, 4, 1, 1, 2, 2, 0, 0, 1, false},  /* ResNet downsample: 1x1, stride 2, odd width */
+    {1, 2, 11, 9, 3, 7, 7, 2, 2, 3, 3, 1, true},  /* ResNet stem: 7x7, stride 2, padding 3 */
+    {2, 3, 6, 7, 2, 3, 2, 2, 1, 0, 2, 1, true},   /* stride and padding differ by axis */
+    {2, 4, 6, 5, 6, 3, 3, 1, 1, 1, 1, 2, true},   /* two groups */
+    {2, 3, 7, 6, 3, 3, 3, 2, 2, 1, 1, 3, false},  /* depthwise, stride 2 */
+    {1, 2, 5, 5, 6, 3, 3, 1, 1, 1, 1, 2, true},   /* depthwise with channel multiplier 3 */
+    {2, 6, 4, 3, 4, 1, 1, 1, 1, 0, 0, 2, true},   /* grouped pointwise (no im2col) */
 };
 #define NCFG (int)(sizeof cfgs / sizeof cfgs[0])
 
+static ct_tensor *conv_call(ct_tensor *x, ct_tensor *w, ct_tensor *b, const conv_cfg *k) {
+    ct_conv2d_opts o = {.stride_h = k->sh, .stride_w = k->sw, .pad_h = k->ph, .pad_w = k->pw,
+                        .groups = k->groups};
+    return ct_conv2d_ex(x, w, k->bias ? b : NULL, &o);
+}
+
 static ct_tensor *conv_fn(ct_tensor **in, void *ctx) {
     const conv_cfg *k = ctx;
-    return ct_conv2d(in[0], in[1], k->bias ? in[2] : NULL, k->s, k->p);
+    return conv_call(in[0], in[1], k->bias ? in[2] : NULL, k);
 }
 
 START_TEST(conv_forward_matches_direct) {
     const conv_cfg *k = &cfgs[_i];
     CT_SCOPE {
         ct_tensor *x = ct_test_rand(CT_SHAPE(k->n, k->c, k->h, k->w), -1, 1, 10 + _i);
-        ct_tensor *w = ct_test_rand(CT_SHAPE(k->o, k->c, k->kh, k->kw), -1, 1, 20 + _i);
+        ct_tensor *w = ct_test_rand(CT_SHAPE(k->o, k->c / k->groups, k->kh, k->kw), -1, 1, 20 + _i);
         ct_tensor *b = ct_test_rand(CT_SHAPE(k->o), -1, 1, 30 + _i);
-        ct_tensor *y = ct_conv2d(x, w, k->bias ? b : NULL, k->s, k->p);
+        ct_tensor *y = conv_call(x, w, b, k);
         ck_assert_int_eq(y->ndim, 4);
         ck_assert_int_eq(y->shape[0], k->n);
         ck_assert_int_eq(y->shape[1], k->o);
-        ck_assert_int_eq(y->shape[2], (k->h + 2 * k->p - k->kh) / k->s + 1);
-        ck_assert_int_eq(y->shape[3], (k->w + 2 * k->p - k->kw) / k->s + 1);
-        naive_conv(x, w, k->bias ? b : NULL, k->s, k->p, y);
+        ck_assert_int_eq(y->shape[2], (k->h + 2 * k->ph - k->kh) / k->sh + 1);
+        ck_assert_int_eq(y->shape[3], (k->w + 2 * k->pw - k->kw) / k->sw + 1);
+        naive_conv(x, w, k->bias ? b : NULL, k, y);
+        /* the square form is the same op */
+        if (k->sh == k->sw && k->ph == k->pw && k->groups == 1) {
+            ct_tensor *y2 = ct_conv2d(x, w, k->bias ? b : NULL, k->sh, k->ph);
+            for (int64_t i = 0; i < y->numel; i++) ck_assert_float_eq(y2->data[i], y->data[i]);
+        }
     }
 }
 END_TEST
@@ -77,7 +97,7 @@ START_TEST(conv_backward_gradcheck) {
     const conv_cfg *k = &cfgs[_i];
     CT_SCOPE {
         ct_tensor *x = ct_test_rand(CT_SHAPE(k->n, k->c, k->h, k->w), -1, 1, 40 + _i);
-        ct_tensor *w = ct_test_rand(CT_SHAPE(k->o, k->c, k->kh, k->kw), -1, 1, 50 + _i);
+        ct_tensor *w = ct_test_rand(CT_SHAPE(k->o, k->c / k->groups, k->kh, k->kw), -1, 1, 50 + _i);
         ct_tensor *b = ct_test_rand(CT_SHAPE(k->o), -1, 1, 60 + _i);
         ct_tensor *in[] = {x, w, b};
         for (int j = 0; j < (k->bias ? 3 : 2); j++) ct_set_requires_grad(in[j], true);
@@ -415,6 +435,25 @@ START_TEST(conv_input_not_4d_aborts) {
 }
 END_TEST
 
+START_TEST(conv_groups_not_dividing_aborts) {
+    ct_test_expect_abort("groups 2");
+    CT_SCOPE {
+        /* 3 input channels cannot split into 2 groups */
+        ct_conv2d_ex(ct_zeros(CT_SHAPE(1, 3, 5, 5)), ct_zeros(CT_SHAPE(2, 1, 3, 3)), NULL,
+                     &(ct_conv2d_opts){.groups = 2});
+    }
+}
+END_TEST
+
+START_TEST(conv_negative_stride_aborts) {
+    ct_test_expect_abort("stride");
+    CT_SCOPE {
+        ct_conv2d_ex(ct_zeros(CT_SHAPE(1, 1, 5, 5)), ct_zeros(CT_SHAPE(1, 1, 3, 3)), NULL,
+                     &(ct_conv2d_opts){.stride_h = -1});
+    }
+}
+END_TEST
+
 START_TEST(pool_kernel_too_large_aborts) {
     CT_SCOPE { ct_max_pool2d(ct_zeros(CT_SHAPE(1, 1, 2, 2)), 4, 0, 0); }
 }
@@ -450,6 +489,8 @@ int main(void) {
     tcase_add_test_raise_signal(te, conv_kernel_too_large_aborts, SIGABRT);
     tcase_add_test_raise_signal(te, conv_bias_mismatch_aborts, SIGABRT);
     tcase_add_test_raise_signal(te, conv_input_not_4d_aborts, SIGABRT);
+    tcase_add_test_raise_signal(te, conv_groups_not_dividing_aborts, SIGABRT);
+    tcase_add_test_raise_signal(te, conv_negative_stride_aborts, SIGABRT);
     tcase_add_test_raise_signal(te, pool_kernel_too_large_aborts, SIGABRT);
     tcase_add_test_raise_signal(te, pool_padding_over_half_kernel_aborts, SIGABRT);
     suite_add_tcase(s, te);
