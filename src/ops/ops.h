@@ -81,6 +81,10 @@ ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2
 ct_tensor *ct_max_pool2d(ct_tensor *x, int kernel, int stride, int padding);
 /* avg pool counts padded zeros in the divisor (PyTorch's count_include_pad=True). */
 ct_tensor *ct_avg_pool2d(ct_tensor *x, int kernel, int stride, int padding);
+/* x [N, C, H, W] -> [N, C, out_h, out_w], each output the mean of its window: rows
+ * [floor(i*H/out_h), ceil((i+1)*H/out_h)), columns likewise (PyTorch's; 1x1 is the global
+ * average pool). */
+ct_tensor *ct_adaptive_avg_pool2d(ct_tensor *x, int out_h, int out_w);
 
 /* ---- norm.c -------------------------------------------------------------------------- */
 /* x [N, C] or [N, C, H, W]; weight/bias [C] or NULL. Training: normalise with the batch

@@ -410,6 +410,81 @@ START_TEST(max_pool_2x2_gradient_adds_to_other_consumers) {
 }
 END_TEST
 
+/* ---- adaptive average pool ----------------------------------------------------------- */
+
+typedef struct {
+    int64_t h, w;
+    int oh, ow;
+} adaptive_cfg;
+
+static const adaptive_cfg acfgs[] = {
+    {7, 5, 1, 1}, /* the global pool ResNet ends with, non-square input */
+    {7, 5, 3, 2}, /* windows overlap: 7 rows into 3 is [0,3), [2,5), [4,7) */
+    {6, 9, 2, 3}, /* sizes divide: plain 3x3 windows */
+    {4, 4, 4, 4}, /* the identity */
+    {3, 2, 5, 3}, /* larger output than input: windows of one cell, repeated */
+};
+#define NACFG (int)(sizeof acfgs / sizeof acfgs[0])
+
+static ct_tensor *adaptive_fn(ct_tensor **in, void *ctx) {
+    const adaptive_cfg *c = ctx;
+    return ct_adaptive_avg_pool2d(in[0], c->oh, c->ow);
+}
+
+START_TEST(adaptive_avg_pool_matches_definition) {
+    const adaptive_cfg *c = &acfgs[_i];
+    CT_SCOPE {
+        ct_tensor *x = ct_test_rand(CT_SHAPE(2, 3, c->h, c->w), -1, 1, 70 + _i);
+        ct_tensor *y = ct_adaptive_avg_pool2d(x, c->oh, c->ow);
+        ck_assert_int_eq(y->shape[0], 2);
+        ck_assert_int_eq(y->shape[1], 3);
+        ck_assert_int_eq(y->shape[2], c->oh);
+        ck_assert_int_eq(y->shape[3], c->ow);
+        for (int64_t pl = 0; pl < 6; pl++)
+            for (int64_t oy = 0; oy < c->oh; oy++)
+                for (int64_t ox = 0; ox < c->ow; ox++) {
+                    /* the window written as PyTorch's floor/ceil in real arithmetic */
+                    int64_t y0 = (int64_t)floor((double)oy * c->h / c->oh);
+                    int64_t y1 = (int64_t)ceil((double)(oy + 1) * c->h / c->oh);
+                    int64_t x0 = (int64_t)floor((double)ox * c->w / c->ow);
+                    int64_t x1 = (int64_t)ceil((double)(ox + 1) * c->w / c->ow);
+                    double s = 0;
+                    for (int64_t iy = y0; iy < y1; iy++)
+                        for (int64_t ix = x0; ix < x1; ix++) s += x->data[(pl * c->h + iy) * c->w + ix];
+                    s /= (double)((y1 - y0) * (x1 - x0));
+                    ck_assert_close(y->data[(pl * c->oh + oy) * c->ow + ox], s, 1e-6);
+                }
+    }
+}
+END_TEST
+
+START_TEST(adaptive_avg_pool_backward_gradcheck) {
+    const adaptive_cfg *c = &acfgs[_i];
+    CT_SCOPE {
+        ct_tensor *x = ct_test_rand(CT_SHAPE(2, 3, c->h, c->w), -1, 1, 80 + _i);
+        ct_set_requires_grad(x, true);
+        double err = ct_test_gradcheck("adaptive_avg_pool2d", adaptive_fn, 1, &x, (void *)c,
+                                       1e-2, 1e-4, 1e-3);
+        ck_assert_msg(err <= 1, "adaptive_avg_pool2d config %d: gradcheck error %g", _i, err);
+    }
+}
+END_TEST
+
+START_TEST(adaptive_avg_pool_matches_torch) {
+    CT_SCOPE {
+        /* x = torch.arange(35.).reshape(1, 1, 7, 5) ** 1.5;
+         * F.adaptive_avg_pool2d(x, (3, 2)) and F.adaptive_avg_pool2d(x, 1) */
+        ct_tensor *x = ct_zeros(CT_SHAPE(1, 1, 7, 5));
+        for (int i = 0; i < 35; i++) x->data[i] = powf((float)i, 1.5f);
+        const float want[] = {17.544536590576172f, 24.99964714050293f, 65.63648986816406f,
+                              77.90808868408203f, 133.8525848388672f, 149.3932342529297f};
+        ct_tensor *y = ct_adaptive_avg_pool2d(x, 3, 2);
+        for (int i = 0; i < 6; i++) ck_assert_float_eq_tol(y->data[i], want[i], 1e-4);
+        ck_assert_float_eq_tol(ct_adaptive_avg_pool2d(x, 1, 1)->data[0], 79.88748168945312f, 1e-4);
+    }
+}
+END_TEST
+
 /* ---- errors -------------------------------------------------------------------------- */
 
 START_TEST(conv_channel_mismatch_aborts) {
@@ -454,6 +529,12 @@ START_TEST(conv_negative_stride_aborts) {
 }
 END_TEST
 
+START_TEST(adaptive_avg_pool_zero_output_aborts) {
+    ct_test_expect_abort("adaptive_avg_pool2d: output size 0x1");
+    CT_SCOPE { ct_adaptive_avg_pool2d(ct_zeros(CT_SHAPE(1, 1, 4, 4)), 0, 1); }
+}
+END_TEST
+
 START_TEST(pool_kernel_too_large_aborts) {
     CT_SCOPE { ct_max_pool2d(ct_zeros(CT_SHAPE(1, 1, 2, 2)), 4, 0, 0); }
 }
@@ -483,6 +564,9 @@ int main(void) {
     tcase_add_test(tp, max_pool_propagates_nan);
     tcase_add_test(tp, max_pool_2x2_matches_scan_with_ties_and_nan);
     tcase_add_test(tp, max_pool_2x2_gradient_adds_to_other_consumers);
+    tcase_add_loop_test(tp, adaptive_avg_pool_matches_definition, 0, NACFG);
+    tcase_add_loop_test(tp, adaptive_avg_pool_backward_gradcheck, 0, NACFG);
+    tcase_add_test(tp, adaptive_avg_pool_matches_torch);
     suite_add_tcase(s, tp);
     TCase *te = tcase_create("errors");
     tcase_add_test_raise_signal(te, conv_channel_mismatch_aborts, SIGABRT);
@@ -491,6 +575,7 @@ int main(void) {
     tcase_add_test_raise_signal(te, conv_input_not_4d_aborts, SIGABRT);
     tcase_add_test_raise_signal(te, conv_groups_not_dividing_aborts, SIGABRT);
     tcase_add_test_raise_signal(te, conv_negative_stride_aborts, SIGABRT);
+    tcase_add_test_raise_signal(te, adaptive_avg_pool_zero_output_aborts, SIGABRT);
     tcase_add_test_raise_signal(te, pool_kernel_too_large_aborts, SIGABRT);
     tcase_add_test_raise_signal(te, pool_padding_over_half_kernel_aborts, SIGABRT);
     suite_add_tcase(s, te);
