@@ -206,6 +206,58 @@ START_TEST(conv_steady_state_makes_no_mallocs) {
 }
 END_TEST
 
+/* ---- residual blocks: one tensor feeding two branches that meet in an add --------------- */
+
+/* in = {x [2, 4, 6, 5], w1 [4, 4, 3, 3], w2 [4, 4, 3, 3], wd [6, 4, 1, 1], w3 [6, 4, 3, 3]}.
+ * ctx 0: the identity block, x + conv(relu(conv(x))) (ResNet's BasicBlock without BN);
+ * ctx 1: the downsampling one, conv1x1/2(x) + conv3x3/2(relu(conv(x))) with 6 channels. */
+static ct_tensor *residual_block(ct_tensor **in, void *ctx) {
+    ct_tensor *h = ct_relu(ct_conv2d(in[0], in[1], NULL, 1, 1));
+    if (!*(int *)ctx) return ct_add(in[0], ct_conv2d(h, in[2], NULL, 1, 1));
+    return ct_add(ct_conv2d(in[0], in[3], NULL, 2, 0), ct_conv2d(h, in[4], NULL, 2, 1));
+}
+
+START_TEST(residual_block_gradcheck) {
+    int down = _i;
+    CT_SCOPE {
+        ct_tensor *in[] = {ct_test_rand(CT_SHAPE(2, 4, 6, 5), -1, 1, 1),
+                           ct_test_rand(CT_SHAPE(4, 4, 3, 3), -0.5f, 0.5f, 2),
+                           ct_test_rand(CT_SHAPE(4, 4, 3, 3), -0.5f, 0.5f, 3),
+                           ct_test_rand(CT_SHAPE(6, 4, 1, 1), -0.5f, 0.5f, 4),
+                           ct_test_rand(CT_SHAPE(6, 4, 3, 3), -0.5f, 0.5f, 5)};
+        ct_set_requires_grad(in[0], true);
+        ct_set_requires_grad(in[1], true);
+        ct_set_requires_grad(in[down ? 3 : 2], true);
+        if (down) ct_set_requires_grad(in[4], true);
+        ct_tensor *y = residual_block(in, &down);
+        ck_assert_int_eq(y->shape[1], down ? 6 : 4);
+        ck_assert_int_eq(y->shape[2], down ? 3 : 6);
+        ck_assert_int_eq(y->shape[3], down ? 3 : 5);
+        double err = ct_test_gradcheck("residual block", residual_block, 5, in, &down, 1e-2,
+                                       1e-3, 1e-2);
+        ck_assert_msg(err <= 1, "residual block (downsample %d): gradcheck error %g", down, err);
+    }
+}
+END_TEST
+
+/* The skip connection adds gout to x's gradient on top of what the branch sends: with
+ * the same upstream gradient g, grad(x + f(x)) - grad(f(x)) must be g itself. */
+START_TEST(residual_gradient_is_branch_plus_identity) {
+    CT_SCOPE {
+        ct_tensor *x = ct_test_rand(CT_SHAPE(2, 3, 5, 4), -1, 1, 11);
+        ct_tensor *w = ct_test_rand(CT_SHAPE(3, 3, 3, 3), -1, 1, 12);
+        ct_tensor *g = ct_test_rand(CT_SHAPE(2, 3, 5, 4), -1, 1, 13);
+        ct_set_requires_grad(x, true);
+        ct_backward_ex(ct_conv2d(x, w, NULL, 1, 1), g, false);
+        ct_tensor *branch = ct_clone_data(ct_grad(x));
+        ct_clear_grad(x);
+        ct_backward_ex(ct_add(x, ct_conv2d(x, w, NULL, 1, 1)), g, false);
+        for (int64_t i = 0; i < x->numel; i++)
+            ck_assert_close(ct_grad(x)->data[i] - branch->data[i], g->data[i], 1e-5);
+    }
+}
+END_TEST
+
 /* ---- pooling ------------------------------------------------------------------------- */
 
 /* Pooling from the definition: windows over the zero/-inf padded input. */
@@ -554,6 +606,8 @@ int main(void) {
     tcase_add_test(tc, conv_skips_unneeded_gradients);
     tcase_add_test(tc, conv_saves_only_what_backward_uses);
     tcase_add_test(tc, conv_steady_state_makes_no_mallocs);
+    tcase_add_loop_test(tc, residual_block_gradcheck, 0, 2);
+    tcase_add_test(tc, residual_gradient_is_branch_plus_identity);
     suite_add_tcase(s, tc);
     TCase *tp = tcase_create("pool");
     tcase_set_timeout(tp, 60);
