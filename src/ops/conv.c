@@ -13,12 +13,20 @@
  * repacked weight) were tried too: ~20% off the forward, nothing off the backward, so not
  * worth a second code path.
  *
- * Backward, per sample and only for the gradients that are needed:
- *   dW += gout[n] @ col^T      (col recomputed from the saved x: saving x is 9x smaller)
- *   dX += col2im(W^T @ gout[n])
+ * Small images are the exception: a GEMM with OH*OW = 1..64 columns is a matrix-vector
+ * product that reads the whole weight once per sample (ResNet's layer4 on 32x32 inputs:
+ * 9.4 MB of weights for one column). So a chunk of samples shares one column matrix
+ * [C*kh*kw, nb*OH*OW], sample j in columns [j*OH*OW, (j+1)*OH*OW), with nb chosen so a
+ * chunk has about CHUNK_COLS columns; the output then goes through a [O, nb*OH*OW]
+ * buffer and is copied to NCHW (and the upstream gradient gathered from it). Images of
+ * CHUNK_COLS pixels or more (the CNN's) keep one sample per chunk and the direct path.
+ *
+ * Backward, per chunk and only for the gradients that are needed:
+ *   dW += gout[chunk] @ col^T  (col recomputed from the saved x: saving x is 9x smaller)
+ *   dX += col2im(W^T @ gout[chunk])
  *   db += sum over pixels of gout[n]
- * A 1x1 kernel with stride 1 and no padding needs no im2col at all: col is x[n] itself,
- * and W^T @ gout[n] is accumulated straight into dX[n].
+ * A 1x1 kernel with stride 1 and no padding needs no im2col for a one-sample chunk: col
+ * is x[n] itself, and W^T @ gout[n] is accumulated straight into dX[n].
  *
  * Groups: im2col orders its rows (c, ki, kj), so group gi's rows are the contiguous block
  * [gi*K, (gi+1)*K) with K = C/groups*kh*kw, and w[O, C/groups, kh, kw] is already one
@@ -40,6 +48,16 @@ typedef struct {
 /* Rows of one group's column matrix (the K of its GEMMs). */
 static int64_t geom_k(const conv_geom *g) { return g->c / g->groups * g->kh * g->kw; }
 static int64_t geom_pix(const conv_geom *g) { return g->oh * g->ow; }
+
+/* Columns a chunk of samples aims for. Chunking at all is what matters on ResNet-18's
+ * 32x32-input layers (1x1..8x8 outputs, batch 32, one thread): it takes their GEMMs from
+ * matrix-vector to matrix-matrix speed. 128 to 1024 columns did about equally well there;
+ * 256 keeps the scratch small and leaves the CNN's 14x14 and 28x28 layers unchunked. */
+#define CHUNK_COLS 256
+static int64_t chunk_samples(const conv_geom *g, int64_t batch) {
+    int64_t nb = CHUNK_COLS / geom_pix(g);
+    return nb < 1 ? 1 : nb > batch ? batch : nb;
+}
 /* A 1x1/stride-1/no-padding conv is a plain matrix product over channels. */
 static bool geom_pointwise(const conv_geom *g) {
     return g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0;
@@ -102,15 +120,15 @@ static void pad_planes(const conv_geom *g, const float *restrict x, float *restr
             copy_row(xp + (c * hp + y + g->ph) * wp + g->pw, x + (c * g->h + y) * g->w, g->w);
 }
 
-/* col[(c, ki, kj), (oy, ox)] = xp[c, oy*sh + ki, ox*sw + kj] from the padded planes. The
- * padded copy costs one pass over x and halves the im2col time of a 3x3 conv compared
- * with clipping every row against the border. */
-static void im2col(const conv_geom *g, const float *restrict xp, float *restrict col) {
+/* col[(c, ki, kj), (oy, ox)] = xp[c, oy*sh + ki, ox*sw + kj] from the padded planes, rows
+ * ld floats apart. The padded copy costs one pass over x and halves the im2col time of a
+ * 3x3 conv compared with clipping every row against the border. */
+static void im2col(const conv_geom *g, const float *restrict xp, float *restrict col, int64_t ld) {
     int64_t hp = g->h + 2 * g->ph, wp = g->w + 2 * g->pw, ow = g->ow, s = g->sw;
-    float *restrict dst = col;
-    for (int64_t c = 0; c < g->c; c++)
+    for (int64_t c = 0, r = 0; c < g->c; c++)
         for (int64_t ki = 0; ki < g->kh; ki++)
-            for (int64_t kj = 0; kj < g->kw; kj++)
+            for (int64_t kj = 0; kj < g->kw; kj++, r++) {
+                float *restrict dst = col + r * ld;
                 for (int64_t oy = 0; oy < g->oh; oy++, dst += ow) {
                     const float *restrict src = xp + (c * hp + oy * g->sh + ki) * wp + kj;
                     if (s == 1)
@@ -118,46 +136,71 @@ static void im2col(const conv_geom *g, const float *restrict xp, float *restrict
                     else
                         for (int64_t ox = 0; ox < ow; ox++) dst[ox] = src[ox * s];
                 }
+            }
 }
 
-/* Scratch for one sample's column matrix, from the caching allocator (no malloc in a
- * steady-state step) and released with the enclosing scope. */
+/* Scratch for one chunk, from the caching allocator (no malloc in a steady-state step)
+ * and released with the enclosing scope. */
 typedef struct {
-    float *xp, *col;
+    int64_t nb;  /* samples per chunk */
+    float *xp;   /* one sample's padded planes (NULL: no padding) */
+    float *col;  /* the chunk's column matrix (NULL: a one-sample pointwise chunk) */
+    float *buf;  /* [O, nb*OH*OW] output or upstream gradient (NULL when nb == 1) */
 } col_scratch;
 
-static col_scratch scratch_new(const conv_geom *g) {
-    col_scratch sc = {0};
-    if (geom_pointwise(g)) return sc; /* x[n] is already its own column matrix */
+static col_scratch scratch_new(const conv_geom *g, int64_t batch, int64_t o) {
+    col_scratch sc = {.nb = chunk_samples(g, batch)};
+    int64_t cols = sc.nb * geom_pix(g);
+    if (sc.nb > 1) sc.buf = ct_tensor_new(CT_SHAPE(o, cols))->data;
+    if (geom_pointwise(g) && sc.nb == 1) return sc; /* x[n] is its own column matrix */
     int64_t padded = g->c * (g->h + 2 * g->ph) * (g->w + 2 * g->pw);
     if (g->ph > 0 || g->pw > 0) sc.xp = ct_tensor_new(CT_SHAPE(padded))->data;
-    sc.col = ct_tensor_new(CT_SHAPE(geom_k(g) * g->groups, geom_pix(g)))->data;
+    sc.col = ct_tensor_new(CT_SHAPE(geom_k(g) * g->groups, cols))->data;
     return sc;
 }
 
-/* The [C*kh*kw, OH*OW] column matrix of one sample x [C, H, W] (all groups). */
-static const float *sample_cols(const conv_geom *g, const float *x, const col_scratch *sc) {
+/* The [C*kh*kw, nb*OH*OW] column matrix (all groups, row stride ld = nb*OH*OW) of the nb
+ * samples x [nb, C, H, W]. */
+static const float *chunk_cols(const conv_geom *g, const float *x, int64_t nb, int64_t ld,
+                               const col_scratch *sc) {
     if (!sc->col) return x;
-    if (sc->xp) {
-        pad_planes(g, x, sc->xp);
-        x = sc->xp;
+    for (int64_t j = 0; j < nb; j++) {
+        const float *xj = x + j * g->c * g->h * g->w;
+        if (sc->xp) {
+            pad_planes(g, xj, sc->xp);
+            xj = sc->xp;
+        }
+        im2col(g, xj, sc->col + j * geom_pix(g), ld);
     }
-    im2col(g, x, sc->col);
     return sc->col;
 }
 
-/* The adjoint of im2col: dx[c, iy, ix] += every col entry that was copied from it,
+/* Between NCHW planes t[nb, O, pix] and a chunk buffer buf[O, nb*pix]. */
+static void chunk_to_nchw(const float *buf, float *t, int64_t nb, int64_t o, int64_t pix) {
+    for (int64_t j = 0; j < nb; j++)
+        for (int64_t c = 0; c < o; c++)
+            memcpy(t + (j * o + c) * pix, buf + (c * nb + j) * pix, (size_t)pix * sizeof(float));
+}
+
+static void nchw_to_chunk(const float *t, float *buf, int64_t nb, int64_t o, int64_t pix) {
+    for (int64_t j = 0; j < nb; j++)
+        for (int64_t c = 0; c < o; c++)
+            memcpy(buf + (c * nb + j) * pix, t + (j * o + c) * pix, (size_t)pix * sizeof(float));
+}
+
+/* The adjoint of im2col (col rows ld apart): dx[c, iy, ix] += every col entry that was copied from it,
  * skipping the entries that came from the zero border. Within one (c, ki, kj) every dx
  * pixel gets at most one entry, so the row order is free: even rows first, then odd
  * ones. Adjacent rows are closer than one vector apart, and the CPU makes the masked
  * load of a row wait for the masked store of the row before it; two rows apart that
  * false dependency is gone and col2im runs twice as fast. */
-static void col2im_add(const conv_geom *g, const float *restrict col, float *restrict dx) {
+static void col2im_add(const conv_geom *g, const float *restrict col, int64_t ld,
+                       float *restrict dx) {
     int64_t ow = g->ow, s = g->sw;
     for (int64_t c = 0; c < g->c; c++)
         for (int64_t ki = 0; ki < g->kh; ki++)
             for (int64_t kj = 0; kj < g->kw; kj++) {
-                const float *restrict row = col + ((c * g->kh + ki) * g->kw + kj) * geom_pix(g);
+                const float *restrict row = col + ((c * g->kh + ki) * g->kw + kj) * ld;
                 int64_t lo, hi;
                 valid_cols(g, kj, &lo, &hi);
                 for (int64_t first = 0; first < 2; first++)
@@ -219,25 +262,32 @@ static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
     const float *x = gw ? n->saved[slot++]->data : NULL;
     const float *w = gx ? n->saved[slot++]->data : NULL;
 
-    col_scratch sc = {0};
-    if (gw || gx) sc = scratch_new(&g);
-    for (int64_t i = 0; i < batch; i++) {
-        const float *go = gout->data + i * o * npix;
-        if (gb) /* summed per sample, while gout[n] is in cache for the GEMMs below */
-            for (int64_t c = 0; c < o; c++) gb->data[c] += sum_floats(go + c * npix, npix);
+    col_scratch sc = {.nb = batch}; /* db alone: one pass, no scratch */
+    if (gw || gx) sc = scratch_new(&g, batch, o);
+    for (int64_t i0 = 0; i0 < batch; i0 += sc.nb) {
+        int64_t nb = batch - i0 < sc.nb ? batch - i0 : sc.nb, ld = nb * npix;
+        const float *go = gout->data + i0 * o * npix;
+        if (gb) /* summed per chunk, while gout is in cache for the GEMMs below */
+            for (int64_t j = 0; j < nb * o; j++) gb->data[j % o] += sum_floats(go + j * npix, npix);
+        if (!gw && !gx) continue;
+        if (sc.nb > 1) {
+            nchw_to_chunk(go, sc.buf, nb, o, npix);
+            go = sc.buf;
+        }
         if (gw) {
-            const float *cols = sample_cols(&g, x + i * in_sz, &sc);
+            const float *cols = chunk_cols(&g, x + i0 * in_sz, nb, ld, &sc);
             for (int64_t gi = 0; gi < g.groups; gi++)
-                ct_gemm(false, true, og, k, npix, 1, go + gi * og * npix, npix,
-                        cols + gi * k * npix, npix, 1, gw->data + gi * og * k, k);
+                ct_gemm(false, true, og, k, ld, 1, go + gi * og * ld, ld, cols + gi * k * ld, ld, 1,
+                        gw->data + gi * og * k, k);
         }
         if (gx) {
-            /* pointwise: dX[n] += W^T @ gout[n] directly; else into col, then col2im */
-            float *dx = gx->data + i * in_sz, *dst = sc.col ? sc.col : dx;
+            /* one-sample pointwise: dX[n] += W^T @ gout[n] directly; else into col, then col2im */
+            float *dx = gx->data + i0 * in_sz, *dst = sc.col ? sc.col : dx;
             for (int64_t gi = 0; gi < g.groups; gi++)
-                ct_gemm(true, false, k, npix, og, 1, w + gi * og * k, k, go + gi * og * npix,
-                        npix, sc.col ? 0 : 1, dst + gi * k * npix, npix);
-            if (sc.col) col2im_add(&g, sc.col, dx);
+                ct_gemm(true, false, k, ld, og, 1, w + gi * og * k, k, go + gi * og * ld, ld,
+                        sc.col ? 0 : 1, dst + gi * k * ld, ld);
+            if (sc.col)
+                for (int64_t j = 0; j < nb; j++) col2im_add(&g, sc.col + j * npix, ld, dx + j * in_sz);
         }
     }
 }
@@ -277,17 +327,19 @@ ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2
     int64_t k = geom_k(&g), npix = geom_pix(&g), in_sz = g.c * g.h * g.w;
     ct_tensor *y = ct_tensor_new(CT_SHAPE(batch, o, g.oh, g.ow));
     CT_SCOPE { /* the scratch goes back to the cache as soon as the loop is done */
-        col_scratch sc = scratch_new(&g);
-        for (int64_t i = 0; i < batch; i++) {
-            float *yi = y->data + i * o * npix;
-            const float *cols = sample_cols(&g, x->data + i * in_sz, &sc);
+        col_scratch sc = scratch_new(&g, batch, o);
+        for (int64_t i0 = 0; i0 < batch; i0 += sc.nb) {
+            int64_t nb = batch - i0 < sc.nb ? batch - i0 : sc.nb, ld = nb * npix;
+            float *yc = sc.nb > 1 ? sc.buf : y->data + i0 * o * npix;
+            const float *cols = chunk_cols(&g, x->data + i0 * in_sz, nb, ld, &sc);
             /* Start from the broadcast bias and let sgemm accumulate onto it (beta = 1). */
             if (b)
                 for (int64_t c = 0; c < o; c++)
-                    for (int64_t j = 0; j < npix; j++) yi[c * npix + j] = b->data[c];
+                    for (int64_t j = 0; j < ld; j++) yc[c * ld + j] = b->data[c];
             for (int64_t gi = 0; gi < g.groups; gi++)
-                ct_gemm(false, false, og, npix, k, 1, w->data + gi * og * k, k,
-                        cols + gi * k * npix, npix, b ? 1 : 0, yi + gi * og * npix, npix);
+                ct_gemm(false, false, og, ld, k, 1, w->data + gi * og * k, k, cols + gi * k * ld,
+                        ld, b ? 1 : 0, yc + gi * og * ld, ld);
+            if (sc.nb > 1) chunk_to_nchw(yc, y->data + i0 * o * npix, nb, o, npix);
         }
     }
 

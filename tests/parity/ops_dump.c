@@ -49,6 +49,10 @@ static const op_case cases[] = {
     CONV_CASE("conv_groups4", 2, 8, 9, 8, 12, 3, 3, 1, 1, 1, 1, 4, true),
     CONV_CASE("conv_depthwise_s2", 2, 6, 11, 10, 6, 3, 3, 2, 2, 1, 1, 6, false),
     CONV_CASE("conv_depthwise_x2", 1, 4, 8, 8, 8, 5, 5, 1, 1, 2, 2, 4, true),
+    /* samples per GEMM: chunks of 2 + 2 + 1 (100 pixels), and of one (>= 256 pixels) */
+    CONV_CASE("conv_chunks_2_2_1", 5, 4, 10, 10, 6, 3, 3, 1, 1, 1, 1, 1, true),
+    CONV_CASE("conv_one_per_chunk", 2, 3, 20, 18, 5, 3, 3, 1, 1, 1, 1, 1, true),
+    CONV_CASE("conv_pointwise_one", 2, 8, 16, 17, 6, 1, 1, 1, 1, 0, 0, 2, false),
     /* pooling: ResNet's stem max pool on even and odd sizes, the CNN's 2x2, others */
     POOL_CASE("maxpool3s2p1", MAXPOOL, 2, 4, 16, 16, 3, 2, 1),
     POOL_CASE("maxpool3s2p1_odd", MAXPOOL, 2, 3, 15, 13, 3, 2, 1),
