@@ -28,6 +28,12 @@
  * A 1x1 kernel with stride 1 and no padding needs no im2col for a one-sample chunk: col
  * is x[n] itself, and W^T @ gout[n] is accumulated straight into dX[n].
  *
+ * Dead taps: on a small image a kernel row or column can fall in the zero padding for
+ * every output (a 3x3/padding-1 conv on a 1x1 image uses only its centre: ResNet's layer4
+ * on 32x32 inputs). im2col then leaves those taps out, so K shrinks (9x there), and the
+ * GEMMs use the weight cut to the live taps: a copy forward, and dW computed cut and then
+ * added back into the full gradient, whose dead taps get 0, as the definition says.
+ *
  * Groups: im2col orders its rows (c, ki, kj), so group gi's rows are the contiguous block
  * [gi*K, (gi+1)*K) with K = C/groups*kh*kw, and w[O, C/groups, kh, kw] is already one
  * [O/groups, K] matrix per group. Every GEMM above becomes one GEMM per group on those
@@ -43,10 +49,38 @@ typedef struct {
     int64_t ph, pw;    /* padding of rows and columns */
     int64_t groups;
     int64_t oh, ow;    /* output size */
+    int64_t ki0, ki1, kj0, kj1; /* live taps: kernel rows [ki0, ki1), columns [kj0, kj1) */
 } conv_geom;
 
-/* Rows of one group's column matrix (the K of its GEMMs). */
-static int64_t geom_k(const conv_geom *g) { return g->c / g->groups * g->kh * g->kw; }
+/* The kernel offsets [*lo, *hi) that land inside the input (o*s - p + i in [0, n)) for
+ * some output o; the others only ever multiply zero padding. If none does (padding wider
+ * than the input), one dead tap is kept, so the GEMMs stay well formed. */
+static void live_range(int64_t k, int64_t s, int64_t p, int64_t n, int64_t out, int64_t *lo,
+                       int64_t *hi) {
+    *lo = k, *hi = 0;
+    for (int64_t i = 0; i < k; i++)
+        for (int64_t o = 0; o < out; o++)
+            if (o * s - p + i >= 0 && o * s - p + i < n) {
+                *lo = i < *lo ? i : *lo;
+                *hi = i + 1;
+                break;
+            }
+    if (*lo >= *hi) *lo = 0, *hi = 1;
+}
+
+/* Fills in the live taps once the output size is known. */
+static void geom_live(conv_geom *g) {
+    live_range(g->kh, g->sh, g->ph, g->h, g->oh, &g->ki0, &g->ki1);
+    live_range(g->kw, g->sw, g->pw, g->w, g->ow, &g->kj0, &g->kj1);
+}
+
+/* Rows of one group's column matrix (the K of its GEMMs): its channels' live taps. */
+static int64_t geom_k(const conv_geom *g) {
+    return g->c / g->groups * (g->ki1 - g->ki0) * (g->kj1 - g->kj0);
+}
+static bool geom_cropped(const conv_geom *g) {
+    return g->ki1 - g->ki0 < g->kh || g->kj1 - g->kj0 < g->kw;
+}
 static int64_t geom_pix(const conv_geom *g) { return g->oh * g->ow; }
 
 /* Columns a chunk of samples aims for. Chunking at all is what matters on ResNet-18's
@@ -120,14 +154,15 @@ static void pad_planes(const conv_geom *g, const float *restrict x, float *restr
             copy_row(xp + (c * hp + y + g->ph) * wp + g->pw, x + (c * g->h + y) * g->w, g->w);
 }
 
-/* col[(c, ki, kj), (oy, ox)] = xp[c, oy*sh + ki, ox*sw + kj] from the padded planes, rows
- * ld floats apart. The padded copy costs one pass over x and halves the im2col time of a
- * 3x3 conv compared with clipping every row against the border. */
+/* col[(c, ki, kj), (oy, ox)] = xp[c, oy*sh + ki, ox*sw + kj] from the padded planes, for
+ * the live taps only, rows ld floats apart. The padded copy costs one pass over x and
+ * halves the im2col time of a 3x3 conv compared with clipping every row against the
+ * border. */
 static void im2col(const conv_geom *g, const float *restrict xp, float *restrict col, int64_t ld) {
     int64_t hp = g->h + 2 * g->ph, wp = g->w + 2 * g->pw, ow = g->ow, s = g->sw;
     for (int64_t c = 0, r = 0; c < g->c; c++)
-        for (int64_t ki = 0; ki < g->kh; ki++)
-            for (int64_t kj = 0; kj < g->kw; kj++, r++) {
+        for (int64_t ki = g->ki0; ki < g->ki1; ki++)
+            for (int64_t kj = g->kj0; kj < g->kj1; kj++, r++) {
                 float *restrict dst = col + r * ld;
                 for (int64_t oy = 0; oy < g->oh; oy++, dst += ow) {
                     const float *restrict src = xp + (c * hp + oy * g->sh + ki) * wp + kj;
@@ -197,10 +232,10 @@ static void nchw_to_chunk(const float *t, float *buf, int64_t nb, int64_t o, int
 static void col2im_add(const conv_geom *g, const float *restrict col, int64_t ld,
                        float *restrict dx) {
     int64_t ow = g->ow, s = g->sw;
-    for (int64_t c = 0; c < g->c; c++)
-        for (int64_t ki = 0; ki < g->kh; ki++)
-            for (int64_t kj = 0; kj < g->kw; kj++) {
-                const float *restrict row = col + ((c * g->kh + ki) * g->kw + kj) * ld;
+    for (int64_t c = 0, r = 0; c < g->c; c++)
+        for (int64_t ki = g->ki0; ki < g->ki1; ki++)
+            for (int64_t kj = g->kj0; kj < g->kj1; kj++, r++) {
+                const float *restrict row = col + r * ld;
                 int64_t lo, hi;
                 valid_cols(g, kj, &lo, &hi);
                 for (int64_t first = 0; first < 2; first++)
@@ -230,6 +265,27 @@ static float sum_floats(const float *restrict v, int64_t n) {
     return s;
 }
 
+/* w [O, C/groups, kh, kw] cut to the live taps, [O, C/groups, ki1-ki0, kj1-kj0]: the
+ * weight matrix of the cut column matrix. A new tensor in the current scope. */
+static float *crop_weight(const conv_geom *g, int64_t o, const float *w) {
+    int64_t kh = g->ki1 - g->ki0, kw = g->kj1 - g->kj0, planes = o * (g->c / g->groups);
+    float *wc = ct_tensor_new(CT_SHAPE(planes * kh * kw))->data;
+    for (int64_t p = 0; p < planes; p++)
+        for (int64_t ki = 0; ki < kh; ki++)
+            memcpy(wc + (p * kh + ki) * kw, w + (p * g->kh + g->ki0 + ki) * g->kw + g->kj0,
+                   (size_t)kw * sizeof(float));
+    return wc;
+}
+
+/* The adjoint of crop_weight: dw += dwc at the live taps. */
+static void uncrop_add(const conv_geom *g, int64_t o, const float *dwc, float *dw) {
+    int64_t kh = g->ki1 - g->ki0, kw = g->kj1 - g->kj0, planes = o * (g->c / g->groups);
+    for (int64_t p = 0; p < planes; p++)
+        for (int64_t ki = 0; ki < kh; ki++)
+            for (int64_t kj = 0; kj < kw; kj++)
+                dw[(p * g->kh + g->ki0 + ki) * g->kw + g->kj0 + kj] += dwc[(p * kh + ki) * kw + kj];
+}
+
 /* The geometry travels in the node's i[] as int32s (it has more fields than i[] has
  * slots); the forward checks every field fits. */
 typedef struct {
@@ -240,9 +296,11 @@ _Static_assert(sizeof(conv_packed) <= sizeof(((ct_node *)0)->i), "conv geometry 
 static conv_geom geom_load(const ct_node *n) {
     conv_packed p;
     memcpy(&p, n->i, sizeof p);
-    return (conv_geom){.c = p.c, .h = p.h, .w = p.w, .kh = p.kh, .kw = p.kw, .sh = p.sh,
-                       .sw = p.sw, .ph = p.ph, .pw = p.pw, .groups = p.groups,
-                       .oh = n->out_shape[2], .ow = n->out_shape[3]};
+    conv_geom g = {.c = p.c, .h = p.h, .w = p.w, .kh = p.kh, .kw = p.kw, .sh = p.sh,
+                   .sw = p.sw, .ph = p.ph, .pw = p.pw, .groups = p.groups,
+                   .oh = n->out_shape[2], .ow = n->out_shape[3]};
+    geom_live(&g);
+    return g;
 }
 
 static void geom_store(ct_node *n, const conv_geom *g) {
@@ -264,6 +322,11 @@ static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
 
     col_scratch sc = {.nb = batch}; /* db alone: one pass, no scratch */
     if (gw || gx) sc = scratch_new(&g, batch, o);
+    /* with dead taps: the cut weight for dX, and dW accumulated cut, added back below */
+    bool cut = geom_cropped(&g);
+    if (gx && cut) w = crop_weight(&g, o, w);
+    float *dw = gw ? gw->data : NULL;
+    if (gw && cut) dw = ct_zeros(CT_SHAPE(o * k))->data;
     for (int64_t i0 = 0; i0 < batch; i0 += sc.nb) {
         int64_t nb = batch - i0 < sc.nb ? batch - i0 : sc.nb, ld = nb * npix;
         const float *go = gout->data + i0 * o * npix;
@@ -278,7 +341,7 @@ static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
             const float *cols = chunk_cols(&g, x + i0 * in_sz, nb, ld, &sc);
             for (int64_t gi = 0; gi < g.groups; gi++)
                 ct_gemm(false, true, og, k, ld, 1, go + gi * og * ld, ld, cols + gi * k * ld, ld, 1,
-                        gw->data + gi * og * k, k);
+                        dw + gi * og * k, k);
         }
         if (gx) {
             /* one-sample pointwise: dX[n] += W^T @ gout[n] directly; else into col, then col2im */
@@ -290,6 +353,7 @@ static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
                 for (int64_t j = 0; j < nb; j++) col2im_add(&g, sc.col + j * npix, ld, dx + j * in_sz);
         }
     }
+    if (gw && cut) uncrop_add(&g, o, dw, gw->data);
 }
 
 ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2d_opts *opts) {
@@ -322,12 +386,14 @@ ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2
               "conv2d: input %s or its geometry is too large", CT_SHAPE_STR(x));
     g.oh = (g.h + 2 * g.ph - g.kh) / g.sh + 1;
     g.ow = (g.w + 2 * g.pw - g.kw) / g.sw + 1;
+    geom_live(&g);
 
     int64_t batch = x->shape[0], o = w->shape[0], og = o / g.groups;
     int64_t k = geom_k(&g), npix = geom_pix(&g), in_sz = g.c * g.h * g.w;
     ct_tensor *y = ct_tensor_new(CT_SHAPE(batch, o, g.oh, g.ow));
     CT_SCOPE { /* the scratch goes back to the cache as soon as the loop is done */
         col_scratch sc = scratch_new(&g, batch, o);
+        const float *wk = geom_cropped(&g) ? crop_weight(&g, o, w->data) : w->data;
         for (int64_t i0 = 0; i0 < batch; i0 += sc.nb) {
             int64_t nb = batch - i0 < sc.nb ? batch - i0 : sc.nb, ld = nb * npix;
             float *yc = sc.nb > 1 ? sc.buf : y->data + i0 * o * npix;
@@ -337,8 +403,8 @@ ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2
                 for (int64_t c = 0; c < o; c++)
                     for (int64_t j = 0; j < ld; j++) yc[c * ld + j] = b->data[c];
             for (int64_t gi = 0; gi < g.groups; gi++)
-                ct_gemm(false, false, og, ld, k, 1, w->data + gi * og * k, k, cols + gi * k * ld,
-                        ld, b ? 1 : 0, yc + gi * og * ld, ld);
+                ct_gemm(false, false, og, ld, k, 1, wk + gi * og * k, k, cols + gi * k * ld, ld,
+                        b ? 1 : 0, yc + gi * og * ld, ld);
             if (sc.nb > 1) chunk_to_nchw(yc, y->data + i0 * o * npix, nb, o, npix);
         }
     }

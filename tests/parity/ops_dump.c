@@ -53,6 +53,10 @@ static const op_case cases[] = {
     CONV_CASE("conv_chunks_2_2_1", 5, 4, 10, 10, 6, 3, 3, 1, 1, 1, 1, 1, true),
     CONV_CASE("conv_one_per_chunk", 2, 3, 20, 18, 5, 3, 3, 1, 1, 1, 1, 1, true),
     CONV_CASE("conv_pointwise_one", 2, 8, 16, 17, 6, 1, 1, 1, 1, 0, 0, 2, false),
+    /* dead taps: ResNet's layer4 on 32x32 inputs (1x1 image, and the 2x2 stride-2 conv) */
+    CONV_CASE("conv_1x1_image", 4, 16, 1, 1, 8, 3, 3, 1, 1, 1, 1, 1, true),
+    CONV_CASE("conv_2x2_image_s2", 4, 8, 2, 2, 16, 3, 3, 2, 2, 1, 1, 1, false),
+    CONV_CASE("conv_1x3_image_groups", 3, 4, 1, 3, 6, 3, 3, 1, 1, 1, 1, 2, true),
     /* pooling: ResNet's stem max pool on even and odd sizes, the CNN's 2x2, others */
     POOL_CASE("maxpool3s2p1", MAXPOOL, 2, 4, 16, 16, 3, 2, 1),
     POOL_CASE("maxpool3s2p1_odd", MAXPOOL, 2, 3, 15, 13, 3, 2, 1),

@@ -61,6 +61,13 @@ static const conv_cfg cfgs[] = {
     {3, 2, 10, 10, 3, 3, 3, 1, 1, 1, 1, 1, true},
     {2, 2, 17, 16, 3, 3, 3, 1, 1, 1, 1, 1, true},
     {2, 4, 16, 17, 2, 1, 1, 1, 1, 0, 0, 2, true},  /* one-sample pointwise: no im2col */
+    /* dead taps (kernel rows/columns that only see padding) */
+    {3, 5, 1, 1, 4, 3, 3, 1, 1, 1, 1, 1, true},   /* 1x1 image: the centre tap only */
+    {2, 4, 2, 2, 6, 3, 3, 2, 2, 1, 1, 1, false},  /* 2x2 stride 2: taps 1..2 of each axis */
+    {2, 4, 1, 3, 4, 3, 3, 1, 1, 1, 1, 2, true},   /* rows cut, columns not, two groups */
+    {1, 2, 1, 2, 3, 7, 7, 3, 3, 3, 3, 1, true},   /* 7x7 on a 1x2 image */
+    {1, 2, 1, 1, 3, 3, 3, 2, 2, 2, 2, 1, false},  /* one tap of the middle row gap */
+    {1, 1, 1, 1, 2, 1, 1, 10, 10, 5, 5, 1, true}, /* no live tap: zeros plus the bias */
 };
 #define NCFG (int)(sizeof cfgs / sizeof cfgs[0])
 
