@@ -95,7 +95,13 @@ START_TEST(conv_forward_matches_direct) {
         ck_assert_int_eq(y->shape[2], (k->h + 2 * k->ph - k->kh) / k->sh + 1);
         ck_assert_int_eq(y->shape[3], (k->w + 2 * k->pw - k->kw) / k->sw + 1);
         naive_conv(x, w, k->bias ? b : NULL, k, y);
-        /* the square form is the same op */
+        /* the square form is the same op, and NULL options are stride 1, no padding */
+        if (_i == 0) {
+            ct_tensor *x0 = ct_test_rand(CT_SHAPE(1, k->c, k->h, k->w), -1, 1, 3);
+            ct_tensor *a = ct_conv2d_ex(x0, w, NULL, NULL), *c = ct_conv2d(x0, w, NULL, 1, 0);
+            ck_assert_int_eq(a->numel, c->numel);
+            for (int64_t i = 0; i < a->numel; i++) ck_assert_float_eq(a->data[i], c->data[i]);
+        }
         if (k->sh == k->sw && k->ph == k->pw && k->groups == 1) {
             ct_tensor *y2 = ct_conv2d(x, w, k->bias ? b : NULL, k->sh, k->ph);
             for (int64_t i = 0; i < y->numel; i++) ck_assert_float_eq(y2->data[i], y->data[i]);
@@ -387,6 +393,36 @@ START_TEST(max_pool_routes_gradient_to_argmax) {
 }
 END_TEST
 
+/* Padding is -inf, not 0: on an all-negative input every window of ResNet's stem pool
+ * (3x3, stride 2, padding 1) returns its largest real value and routes the gradient to it,
+ * including the windows that hang over the border. */
+START_TEST(max_pool_padding_is_minus_infinity) {
+    CT_SCOPE {
+        ct_tensor *x = ct_zeros(CT_SHAPE(1, 1, 5, 4));
+        for (int i = 0; i < 20; i++) x->data[i] = -1.0f - (float)((i * 7) % 20); /* distinct */
+        ct_set_requires_grad(x, true);
+        ct_tensor *y = ct_max_pool2d(x, 3, 2, 1);
+        ck_assert_int_eq(y->shape[2], 3); /* floor((5 + 2 - 3) / 2) + 1 */
+        ck_assert_int_eq(y->shape[3], 2); /* floor((4 + 2 - 3) / 2) + 1 */
+        float want_grad[20] = {0};
+        for (int oy = 0; oy < 3; oy++)
+            for (int ox = 0; ox < 2; ox++) {
+                float best = -INFINITY;
+                int at = -1;
+                for (int iy = 2 * oy - 1; iy <= 2 * oy + 1; iy++)
+                    for (int ix = 2 * ox - 1; ix <= 2 * ox + 1; ix++)
+                        if (iy >= 0 && iy < 5 && ix >= 0 && ix < 4 && x->data[iy * 4 + ix] > best)
+                            best = x->data[iy * 4 + ix], at = iy * 4 + ix;
+                ck_assert_float_eq(y->data[oy * 2 + ox], best);
+                ck_assert_float_lt(y->data[oy * 2 + ox], 0);
+                want_grad[at] += 1;
+            }
+        ct_backward(ct_sum(y));
+        for (int i = 0; i < 20; i++) ck_assert_float_eq(ct_grad(x)->data[i], want_grad[i]);
+    }
+}
+END_TEST
+
 START_TEST(max_pool_propagates_nan) {
     CT_SCOPE {
         ct_tensor *x = ct_from_data(CT_SHAPE(1, 1, 2, 2), (float[]){1, NAN, 5, 2});
@@ -632,6 +668,7 @@ int main(void) {
     tcase_add_test(tp, pool_matches_torch);
     tcase_add_test(tp, max_pool_routes_gradient_to_argmax);
     tcase_add_test(tp, max_pool_propagates_nan);
+    tcase_add_test(tp, max_pool_padding_is_minus_infinity);
     tcase_add_test(tp, max_pool_2x2_matches_scan_with_ties_and_nan);
     tcase_add_test(tp, max_pool_2x2_gradient_adds_to_other_consumers);
     tcase_add_loop_test(tp, adaptive_avg_pool_matches_definition, 0, NACFG);
