@@ -31,7 +31,7 @@ CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
 ifeq ($(NATIVE),1)
   ARCH    := -march=native
 else
-  ARCH    := -march=x86-64-v3 -mtune=generic
+  ARCH    := -march=x86-64-v3
 endif
 
 CC      ?= cc

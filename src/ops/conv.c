@@ -1,4 +1,5 @@
-/* 2-d convolution (cross-correlation, as PyTorch) by im2col + sgemm, one sample at a time.
+/* 2-d convolution (cross-correlation, as PyTorch) by im2col + sgemm, one sample at a time,
+ * with separate row/column stride and padding and PyTorch's `groups`.
  *
  * Layout choice: for each sample, col[C*kh*kw, OH*OW] = im2col(x[n]) and
  * y[n][O, OH*OW] = W[O, C*kh*kw] @ col. The GEMM writes straight into the NCHW output, the
@@ -12,40 +13,100 @@
  * repacked weight) were tried too: ~20% off the forward, nothing off the backward, so not
  * worth a second code path.
  *
- * Backward, per sample and only for the gradients that are needed:
- *   dW += gout[n] @ col^T      (col recomputed from the saved x: saving x is 9x smaller)
- *   dX += col2im(W^T @ gout[n])
+ * Small images are the exception: a GEMM with OH*OW = 1..64 columns is a matrix-vector
+ * product that reads the whole weight once per sample (ResNet's layer4 on 32x32 inputs:
+ * 9.4 MB of weights for one column). So a chunk of samples shares one column matrix
+ * [C*kh*kw, nb*OH*OW], sample j in columns [j*OH*OW, (j+1)*OH*OW), with nb chosen so a
+ * chunk has about CHUNK_COLS columns; the output then goes through a [O, nb*OH*OW]
+ * buffer and is copied to NCHW (and the upstream gradient gathered from it). Images of
+ * CHUNK_COLS pixels or more (the CNN's) keep one sample per chunk and the direct path.
+ *
+ * Backward, per chunk and only for the gradients that are needed:
+ *   dW += gout[chunk] @ col^T  (col recomputed from the saved x: saving x is 9x smaller)
+ *   dX += col2im(W^T @ gout[chunk])
  *   db += sum over pixels of gout[n]
- * A 1x1 kernel with stride 1 and no padding needs no im2col at all: col is x[n] itself,
- * and W^T @ gout[n] is accumulated straight into dX[n]. */
+ * A 1x1 kernel with stride 1 and no padding needs no im2col for a one-sample chunk: col
+ * is x[n] itself, and W^T @ gout[n] is accumulated straight into dX[n].
+ *
+ * Dead taps: on a small image a kernel row or column can fall in the zero padding for
+ * every output (a 3x3/padding-1 conv on a 1x1 image uses only its centre: ResNet's layer4
+ * on 32x32 inputs). im2col then leaves those taps out, so K shrinks (9x there), and the
+ * GEMMs use the weight cut to the live taps: a copy forward, and dW computed cut and then
+ * added back into the full gradient, whose dead taps get 0, as the definition says.
+ *
+ * Groups: im2col orders its rows (c, ki, kj), so group gi's rows are the contiguous block
+ * [gi*K, (gi+1)*K) with K = C/groups*kh*kw, and w[O, C/groups, kh, kw] is already one
+ * [O/groups, K] matrix per group. Every GEMM above becomes one GEMM per group on those
+ * blocks; im2col and col2im run once over all channels, as without groups. */
 #include "internal.h"
 
 #include <immintrin.h>
 #include <string.h>
 
 typedef struct {
-    int64_t c, h, w;   /* input channels and size */
+    int64_t c, h, w;   /* input channels (all groups) and size */
     int64_t kh, kw;    /* kernel */
-    int64_t s, p;      /* stride and padding */
+    int64_t sh, sw;    /* stride along rows and columns */
+    int64_t ph, pw;    /* padding of rows and columns */
+    int64_t groups;
     int64_t oh, ow;    /* output size */
+    int64_t ki0, ki1, kj0, kj1; /* live taps: kernel rows [ki0, ki1), columns [kj0, kj1) */
 } conv_geom;
 
-static int64_t geom_k(const conv_geom *g) { return g->c * g->kh * g->kw; }
-static int64_t geom_pix(const conv_geom *g) { return g->oh * g->ow; }
-/* A 1x1/stride-1/no-padding conv is a plain matrix product over channels. */
-static bool geom_pointwise(const conv_geom *g) {
-    return g->kh == 1 && g->kw == 1 && g->s == 1 && g->p == 0;
+/* The kernel offsets [*lo, *hi) that land inside the input (o*s - p + i in [0, n)) for
+ * some output o; the others only ever multiply zero padding. If none does (padding wider
+ * than the input), one dead tap is kept, so the GEMMs stay well formed. */
+static void live_range(int64_t k, int64_t s, int64_t p, int64_t n, int64_t out, int64_t *lo,
+                       int64_t *hi) {
+    *lo = k, *hi = 0;
+    for (int64_t i = 0; i < k; i++)
+        for (int64_t o = 0; o < out; o++)
+            if (o * s - p + i >= 0 && o * s - p + i < n) {
+                *lo = i < *lo ? i : *lo;
+                *hi = i + 1;
+                break;
+            }
+    if (*lo >= *hi) *lo = 0, *hi = 1;
 }
 
-/* The output columns [lo, hi) whose input column ox*s - p + kj lies inside [0, w). */
+/* Fills in the live taps once the output size is known. */
+static void geom_live(conv_geom *g) {
+    live_range(g->kh, g->sh, g->ph, g->h, g->oh, &g->ki0, &g->ki1);
+    live_range(g->kw, g->sw, g->pw, g->w, g->ow, &g->kj0, &g->kj1);
+}
+
+/* Rows of one group's column matrix (the K of its GEMMs): its channels' live taps. */
+static int64_t geom_k(const conv_geom *g) {
+    return g->c / g->groups * (g->ki1 - g->ki0) * (g->kj1 - g->kj0);
+}
+static bool geom_cropped(const conv_geom *g) {
+    return g->ki1 - g->ki0 < g->kh || g->kj1 - g->kj0 < g->kw;
+}
+static int64_t geom_pix(const conv_geom *g) { return g->oh * g->ow; }
+
+/* Columns a chunk of samples aims for. Chunking at all is what matters on ResNet-18's
+ * 32x32-input layers (1x1..8x8 outputs, batch 32, one thread): it takes their GEMMs from
+ * matrix-vector to matrix-matrix speed. 128 to 1024 columns did about equally well there;
+ * 256 keeps the scratch small and leaves the CNN's 14x14 and 28x28 layers unchunked. */
+#define CHUNK_COLS 256
+static int64_t chunk_samples(const conv_geom *g, int64_t batch) {
+    int64_t nb = CHUNK_COLS / geom_pix(g);
+    return nb < 1 ? 1 : nb > batch ? batch : nb;
+}
+/* A 1x1/stride-1/no-padding conv is a plain matrix product over channels. */
+static bool geom_pointwise(const conv_geom *g) {
+    return g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0;
+}
+
+/* The output columns [lo, hi) whose input column ox*sw - pw + kj lies inside [0, w). */
 static void valid_cols(const conv_geom *g, int64_t kj, int64_t *lo, int64_t *hi) {
-    int64_t a = g->p - kj, b = g->w - 1 + g->p - kj;
-    if (g->s == 1) { /* the common case, without the divisions */
+    int64_t a = g->pw - kj, b = g->w - 1 + g->pw - kj, s = g->sw;
+    if (s == 1) { /* the common case, without the divisions */
         *lo = a > 0 ? a : 0;
         *hi = b + 1;
     } else {
-        *lo = a > 0 ? (a + g->s - 1) / g->s : 0;
-        *hi = b < 0 ? 0 : b / g->s + 1;
+        *lo = a > 0 ? (a + s - 1) / s : 0;
+        *hi = b < 0 ? 0 : b / s + 1;
     }
     if (*lo > g->ow) *lo = g->ow;
     if (*hi > g->ow) *hi = g->ow;
@@ -75,63 +136,58 @@ static inline CT_AVX512 void add_row16(float *restrict dst, const float *restric
         _mm512_mask_storeu_ps(dst + j, m, v);
     }
 }
-static inline __attribute__((always_inline)) void copy_row(float *restrict dst,
-                                                           const float *restrict src, int64_t n,
-                                                           bool wide) {
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+ALWAYS_INLINE void copy_row(float *restrict dst, const float *restrict src, int64_t n, bool wide) {
     if (wide)
         copy_row16(dst, src, n);
     else
         memcpy(dst, src, (size_t)n * sizeof(float));
 }
-static inline __attribute__((always_inline)) void add_row(float *restrict dst,
-                                                          const float *restrict src, int64_t n,
-                                                          bool wide) {
+ALWAYS_INLINE void add_row(float *restrict dst, const float *restrict src, int64_t n, bool wide) {
     if (wide)
         add_row16(dst, src, n);
     else
         for (int64_t j = 0; j < n; j++) dst[j] += src[j];
 }
 
-
-/* One sample's planes with a zero border of p pixels: [C, H + 2p, W + 2p]. im2col then
- * reads whole rows without bounds checks. */
-static inline __attribute__((always_inline)) void pad_planes_rows(const conv_geom *g,
-                                                                  const float *restrict x,
-                                                                  float *restrict xp, bool wide) {
-    int64_t hp = g->h + 2 * g->p, wp = g->w + 2 * g->p;
+/* One sample's planes with a zero border: [C, H + 2ph, W + 2pw]. im2col then reads whole
+ * rows without bounds checks. */
+ALWAYS_INLINE void pad_planes_rows(const conv_geom *g, const float *restrict x, float *restrict xp,
+                                   bool wide) {
+    int64_t hp = g->h + 2 * g->ph, wp = g->w + 2 * g->pw;
     memset(xp, 0, (size_t)(g->c * hp * wp) * sizeof(float));
     for (int64_t c = 0; c < g->c; c++)
         for (int64_t y = 0; y < g->h; y++)
-            copy_row(xp + (c * hp + y + g->p) * wp + g->p, x + (c * g->h + y) * g->w, g->w, wide);
+            copy_row(xp + (c * hp + y + g->ph) * wp + g->pw, x + (c * g->h + y) * g->w, g->w, wide);
 }
 
-/* col[(c, ki, kj), (oy, ox)] = xp[c, oy*s + ki, ox*s + kj] from the padded planes. The
- * padded copy costs one pass over x and halves the im2col time of a 3x3 conv compared
- * with clipping every row against the border. */
-static inline __attribute__((always_inline)) void im2col_rows(const conv_geom *g,
-                                                              const float *restrict xp,
-                                                              float *restrict col, bool wide) {
-    int64_t hp = g->h + 2 * g->p, wp = g->w + 2 * g->p, ow = g->ow, s = g->s;
-    float *restrict dst = col;
-    for (int64_t c = 0; c < g->c; c++)
-        for (int64_t ki = 0; ki < g->kh; ki++)
-            for (int64_t kj = 0; kj < g->kw; kj++)
+/* col[(c, ki, kj), (oy, ox)] = xp[c, oy*sh + ki, ox*sw + kj] from the padded planes, for
+ * the live taps only, rows ld floats apart. The padded copy costs one pass over x and
+ * halves the im2col time of a 3x3 conv compared with clipping every row against the
+ * border. */
+ALWAYS_INLINE void im2col_rows(const conv_geom *g, const float *restrict xp, float *restrict col,
+                               int64_t ld, bool wide) {
+    int64_t hp = g->h + 2 * g->ph, wp = g->w + 2 * g->pw, ow = g->ow, s = g->sw;
+    for (int64_t c = 0, r = 0; c < g->c; c++)
+        for (int64_t ki = g->ki0; ki < g->ki1; ki++)
+            for (int64_t kj = g->kj0; kj < g->kj1; kj++, r++) {
+                float *restrict dst = col + r * ld;
                 for (int64_t oy = 0; oy < g->oh; oy++, dst += ow) {
-                    const float *restrict src = xp + (c * hp + oy * s + ki) * wp + kj;
+                    const float *restrict src = xp + (c * hp + oy * g->sh + ki) * wp + kj;
                     if (s == 1)
                         copy_row(dst, src, ow, wide);
                     else
                         for (int64_t ox = 0; ox < ow; ox++) dst[ox] = src[ox * s];
                 }
+            }
 }
 
-/* The row loops above, compiled once for AVX-512 and once for any x86-64-v3 CPU (also
- * col2im below). */
+/* The row loops, compiled once for AVX-512 and once for any x86-64-v3 CPU (col2im too). */
 static CT_AVX512 void pad_planes_512(const conv_geom *g, const float *x, float *xp) {
     pad_planes_rows(g, x, xp, true);
 }
-static CT_AVX512 void im2col_512(const conv_geom *g, const float *xp, float *col) {
-    im2col_rows(g, xp, col, true);
+static CT_AVX512 void im2col_512(const conv_geom *g, const float *xp, float *col, int64_t ld) {
+    im2col_rows(g, xp, col, ld, true);
 }
 static void pad_planes(const conv_geom *g, const float *x, float *xp) {
     if (ct_cpu_avx512())
@@ -139,61 +195,83 @@ static void pad_planes(const conv_geom *g, const float *x, float *xp) {
     else
         pad_planes_rows(g, x, xp, false);
 }
-static void im2col(const conv_geom *g, const float *xp, float *col) {
+static void im2col(const conv_geom *g, const float *xp, float *col, int64_t ld) {
     if (ct_cpu_avx512())
-        im2col_512(g, xp, col);
+        im2col_512(g, xp, col, ld);
     else
-        im2col_rows(g, xp, col, false);
+        im2col_rows(g, xp, col, ld, false);
 }
 
-/* Scratch for one sample's column matrix, from the caching allocator (no malloc in a
- * steady-state step) and released with the enclosing scope. */
+/* Scratch for one chunk, from the caching allocator (no malloc in a steady-state step)
+ * and released with the enclosing scope. */
 typedef struct {
-    float *xp, *col;
+    int64_t nb;  /* samples per chunk */
+    float *xp;   /* one sample's padded planes (NULL: no padding) */
+    float *col;  /* the chunk's column matrix (NULL: a one-sample pointwise chunk) */
+    float *buf;  /* [O, nb*OH*OW] output or upstream gradient (NULL when nb == 1) */
 } col_scratch;
 
-static col_scratch scratch_new(const conv_geom *g) {
-    col_scratch sc = {0};
-    if (geom_pointwise(g)) return sc; /* x[n] is already its own column matrix */
-    int64_t padded = g->c * (g->h + 2 * g->p) * (g->w + 2 * g->p);
-    if (g->p > 0) sc.xp = ct_tensor_new(CT_SHAPE(padded))->data;
-    sc.col = ct_tensor_new(CT_SHAPE(geom_k(g), geom_pix(g)))->data;
+static col_scratch scratch_new(const conv_geom *g, int64_t batch, int64_t o) {
+    col_scratch sc = {.nb = chunk_samples(g, batch)};
+    int64_t cols = sc.nb * geom_pix(g);
+    if (sc.nb > 1) sc.buf = ct_tensor_new(CT_SHAPE(o, cols))->data;
+    if (geom_pointwise(g) && sc.nb == 1) return sc; /* x[n] is its own column matrix */
+    int64_t padded = g->c * (g->h + 2 * g->ph) * (g->w + 2 * g->pw);
+    if (g->ph > 0 || g->pw > 0) sc.xp = ct_tensor_new(CT_SHAPE(padded))->data;
+    sc.col = ct_tensor_new(CT_SHAPE(geom_k(g) * g->groups, cols))->data;
     return sc;
 }
 
-/* The [C*kh*kw, OH*OW] column matrix of one sample x [C, H, W]. */
-static const float *sample_cols(const conv_geom *g, const float *x, const col_scratch *sc) {
+/* The [C*kh*kw, nb*OH*OW] column matrix (all groups, row stride ld = nb*OH*OW) of the nb
+ * samples x [nb, C, H, W]. */
+static const float *chunk_cols(const conv_geom *g, const float *x, int64_t nb, int64_t ld,
+                               const col_scratch *sc) {
     if (!sc->col) return x;
-    if (sc->xp) {
-        pad_planes(g, x, sc->xp);
-        x = sc->xp;
+    for (int64_t j = 0; j < nb; j++) {
+        const float *xj = x + j * g->c * g->h * g->w;
+        if (sc->xp) {
+            pad_planes(g, xj, sc->xp);
+            xj = sc->xp;
+        }
+        im2col(g, xj, sc->col + j * geom_pix(g), ld);
     }
-    im2col(g, x, sc->col);
     return sc->col;
 }
 
-/* The adjoint of im2col: dx[c, iy, ix] += every col entry that was copied from it,
+/* Between NCHW planes t[nb, O, pix] and a chunk buffer buf[O, nb*pix]. */
+static void chunk_to_nchw(const float *buf, float *t, int64_t nb, int64_t o, int64_t pix) {
+    for (int64_t j = 0; j < nb; j++)
+        for (int64_t c = 0; c < o; c++)
+            memcpy(t + (j * o + c) * pix, buf + (c * nb + j) * pix, (size_t)pix * sizeof(float));
+}
+
+static void nchw_to_chunk(const float *t, float *buf, int64_t nb, int64_t o, int64_t pix) {
+    for (int64_t j = 0; j < nb; j++)
+        for (int64_t c = 0; c < o; c++)
+            memcpy(buf + (c * nb + j) * pix, t + (j * o + c) * pix, (size_t)pix * sizeof(float));
+}
+
+/* The adjoint of im2col (col rows ld apart): dx[c, iy, ix] += every col entry that was copied from it,
  * skipping the entries that came from the zero border. Within one (c, ki, kj) every dx
  * pixel gets at most one entry, so the row order is free: even rows first, then odd
  * ones. Adjacent rows are closer than one vector apart, and the CPU makes the masked
  * load of a row wait for the masked store of the row before it; two rows apart that
  * false dependency is gone and col2im runs twice as fast. */
-static inline __attribute__((always_inline)) void col2im_rows(const conv_geom *g,
-                                                              const float *restrict col,
-                                                              float *restrict dx, bool wide) {
-    int64_t ow = g->ow, s = g->s;
-    for (int64_t c = 0; c < g->c; c++)
-        for (int64_t ki = 0; ki < g->kh; ki++)
-            for (int64_t kj = 0; kj < g->kw; kj++) {
-                const float *restrict row = col + ((c * g->kh + ki) * g->kw + kj) * geom_pix(g);
+ALWAYS_INLINE void col2im_rows(const conv_geom *g, const float *restrict col, int64_t ld,
+                               float *restrict dx, bool wide) {
+    int64_t ow = g->ow, s = g->sw;
+    for (int64_t c = 0, r = 0; c < g->c; c++)
+        for (int64_t ki = g->ki0; ki < g->ki1; ki++)
+            for (int64_t kj = g->kj0; kj < g->kj1; kj++, r++) {
+                const float *restrict row = col + r * ld;
                 int64_t lo, hi;
                 valid_cols(g, kj, &lo, &hi);
                 for (int64_t first = 0; first < 2; first++)
                     for (int64_t oy = first; oy < g->oh; oy += 2) {
-                        int64_t iy = oy * s - g->p + ki;
+                        int64_t iy = oy * g->sh - g->ph + ki;
                         if (iy < 0 || iy >= g->h) continue;
                         const float *restrict src = row + oy * ow;
-                        float *restrict dst = dx + (c * g->h + iy) * g->w + lo * s - g->p + kj;
+                        float *restrict dst = dx + (c * g->h + iy) * g->w + lo * s - g->pw + kj;
                         if (s == 1)
                             add_row(dst, src + lo, hi - lo, wide);
                         else
@@ -202,14 +280,14 @@ static inline __attribute__((always_inline)) void col2im_rows(const conv_geom *g
             }
 }
 
-static CT_AVX512 void col2im_512(const conv_geom *g, const float *col, float *dx) {
-    col2im_rows(g, col, dx, true);
+static CT_AVX512 void col2im_512(const conv_geom *g, const float *col, int64_t ld, float *dx) {
+    col2im_rows(g, col, ld, dx, true);
 }
-static void col2im_add(const conv_geom *g, const float *col, float *dx) {
+static void col2im_add(const conv_geom *g, const float *col, int64_t ld, float *dx) {
     if (ct_cpu_avx512())
-        col2im_512(g, col, dx);
+        col2im_512(g, col, ld, dx);
     else
-        col2im_rows(g, col, dx, false);
+        col2im_rows(g, col, ld, dx, false);
 }
 
 /* Sum of n floats with 16 independent partial sums, so the loop vectorises (a single
@@ -225,19 +303,54 @@ static float sum_floats(const float *restrict v, int64_t n) {
     return s;
 }
 
+/* w [O, C/groups, kh, kw] cut to the live taps, [O, C/groups, ki1-ki0, kj1-kj0]: the
+ * weight matrix of the cut column matrix. A new tensor in the current scope. */
+static float *crop_weight(const conv_geom *g, int64_t o, const float *w) {
+    int64_t kh = g->ki1 - g->ki0, kw = g->kj1 - g->kj0, planes = o * (g->c / g->groups);
+    float *wc = ct_tensor_new(CT_SHAPE(planes * kh * kw))->data;
+    for (int64_t p = 0; p < planes; p++)
+        for (int64_t ki = 0; ki < kh; ki++)
+            memcpy(wc + (p * kh + ki) * kw, w + (p * g->kh + g->ki0 + ki) * g->kw + g->kj0,
+                   (size_t)kw * sizeof(float));
+    return wc;
+}
+
+/* The adjoint of crop_weight: dw += dwc at the live taps. */
+static void uncrop_add(const conv_geom *g, int64_t o, const float *dwc, float *dw) {
+    int64_t kh = g->ki1 - g->ki0, kw = g->kj1 - g->kj0, planes = o * (g->c / g->groups);
+    for (int64_t p = 0; p < planes; p++)
+        for (int64_t ki = 0; ki < kh; ki++)
+            for (int64_t kj = 0; kj < kw; kj++)
+                dw[(p * g->kh + g->ki0 + ki) * g->kw + g->kj0 + kj] += dwc[(p * kh + ki) * kw + kj];
+}
+
+/* The geometry travels in the node's i[] as int32s (it has more fields than i[] has
+ * slots); the forward checks every field fits. */
+typedef struct {
+    int32_t c, h, w, kh, kw, sh, sw, ph, pw, groups;
+} conv_packed;
+_Static_assert(sizeof(conv_packed) <= sizeof(((ct_node *)0)->i), "conv geometry must fit in i[]");
+
 static conv_geom geom_load(const ct_node *n) {
-    return (conv_geom){.c = n->i[0], .h = n->i[1], .w = n->i[2], .kh = n->i[3], .kw = n->i[4],
-                       .s = n->i[5], .p = n->i[6], .oh = n->out_shape[2], .ow = n->out_shape[3]};
+    conv_packed p;
+    memcpy(&p, n->i, sizeof p);
+    conv_geom g = {.c = p.c, .h = p.h, .w = p.w, .kh = p.kh, .kw = p.kw, .sh = p.sh,
+                   .sw = p.sw, .ph = p.ph, .pw = p.pw, .groups = p.groups,
+                   .oh = n->out_shape[2], .ow = n->out_shape[3]};
+    geom_live(&g);
+    return g;
 }
 
 static void geom_store(ct_node *n, const conv_geom *g) {
-    int64_t v[] = {g->c, g->h, g->w, g->kh, g->kw, g->s, g->p};
-    memcpy(n->i, v, sizeof v);
+    conv_packed p = {(int32_t)g->c, (int32_t)g->h, (int32_t)g->w, (int32_t)g->kh,
+                     (int32_t)g->kw, (int32_t)g->sh, (int32_t)g->sw, (int32_t)g->ph,
+                     (int32_t)g->pw, (int32_t)g->groups};
+    memcpy(n->i, &p, sizeof p);
 }
 
 static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
     conv_geom g = geom_load(n);
-    int64_t batch = n->out_shape[0], o = n->out_shape[1];
+    int64_t batch = n->out_shape[0], o = n->out_shape[1], og = o / g.groups;
     int64_t k = geom_k(&g), npix = geom_pix(&g), in_sz = g.c * g.h * g.w;
     ct_tensor *gx = ct_node_grad_in(n, 0), *gw = ct_node_grad_in(n, 1), *gb = ct_node_grad_in(n, 2);
     /* The forward saved x only if dW is needed and w only if dX is, in that order. */
@@ -245,60 +358,92 @@ static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
     const float *x = gw ? n->saved[slot++]->data : NULL;
     const float *w = gx ? n->saved[slot++]->data : NULL;
 
-    col_scratch sc = {0};
-    if (gw || gx) sc = scratch_new(&g);
-    for (int64_t i = 0; i < batch; i++) {
-        const float *go = gout->data + i * o * npix;
-        if (gb) /* summed per sample, while gout[n] is in cache for the GEMMs below */
-            for (int64_t c = 0; c < o; c++) gb->data[c] += sum_floats(go + c * npix, npix);
+    col_scratch sc = {.nb = batch}; /* db alone: one pass, no scratch */
+    if (gw || gx) sc = scratch_new(&g, batch, o);
+    /* with dead taps: the cut weight for dX, and dW accumulated cut, added back below */
+    bool cut = geom_cropped(&g);
+    if (gx && cut) w = crop_weight(&g, o, w);
+    float *dw = gw ? gw->data : NULL;
+    if (gw && cut) dw = ct_zeros(CT_SHAPE(o * k))->data;
+    for (int64_t i0 = 0; i0 < batch; i0 += sc.nb) {
+        int64_t nb = batch - i0 < sc.nb ? batch - i0 : sc.nb, ld = nb * npix;
+        const float *go = gout->data + i0 * o * npix;
+        if (gb) /* summed per chunk, while gout is in cache for the GEMMs below */
+            for (int64_t j = 0; j < nb * o; j++) gb->data[j % o] += sum_floats(go + j * npix, npix);
+        if (!gw && !gx) continue;
+        if (sc.nb > 1) {
+            nchw_to_chunk(go, sc.buf, nb, o, npix);
+            go = sc.buf;
+        }
         if (gw) {
-            const float *cols = sample_cols(&g, x + i * in_sz, &sc);
-            ct_gemm(false, true, o, k, npix, 1, go, npix, cols, npix, 1, gw->data, k);
+            const float *cols = chunk_cols(&g, x + i0 * in_sz, nb, ld, &sc);
+            for (int64_t gi = 0; gi < g.groups; gi++)
+                ct_gemm(false, true, og, k, ld, 1, go + gi * og * ld, ld, cols + gi * k * ld, ld, 1,
+                        dw + gi * og * k, k);
         }
         if (gx) {
-            float *dx = gx->data + i * in_sz;
-            if (!sc.col) { /* pointwise: dX[n] += W^T @ gout[n] directly */
-                ct_gemm(true, false, k, npix, o, 1, w, k, go, npix, 1, dx, npix);
-            } else {
-                ct_gemm(true, false, k, npix, o, 1, w, k, go, npix, 0, sc.col, npix);
-                col2im_add(&g, sc.col, dx);
-            }
+            /* one-sample pointwise: dX[n] += W^T @ gout[n] directly; else into col, then col2im */
+            float *dx = gx->data + i0 * in_sz, *dst = sc.col ? sc.col : dx;
+            for (int64_t gi = 0; gi < g.groups; gi++)
+                ct_gemm(true, false, k, ld, og, 1, w + gi * og * k, k, go + gi * og * ld, ld,
+                        sc.col ? 0 : 1, dst + gi * k * ld, ld);
+            if (sc.col)
+                for (int64_t j = 0; j < nb; j++) col2im_add(&g, sc.col + j * npix, ld, dx + j * in_sz);
         }
     }
+    if (gw && cut) uncrop_add(&g, o, dw, gw->data);
 }
 
-ct_tensor *ct_conv2d(ct_tensor *x, ct_tensor *w, ct_tensor *b, int stride, int padding) {
+ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2d_opts *opts) {
+    ct_conv2d_opts d = {0};
+    const ct_conv2d_opts *a = opts ? opts : &d;
+    conv_geom g = {.sh = a->stride_h ? a->stride_h : 1, .sw = a->stride_w ? a->stride_w : 1,
+                   .ph = a->pad_h, .pw = a->pad_w, .groups = a->groups ? a->groups : 1};
     ct__check_ndim("conv2d", x, 4, "[N, C, H, W]");
-    CT_ASSERT(w->ndim == 4 && w->shape[1] == x->shape[1],
-              "conv2d: weight %s ([O, C, kh, kw]) does not match input %s ([N, C, H, W])",
-              CT_SHAPE_STR(w), CT_SHAPE_STR(x));
+    CT_ASSERT(g.sh >= 1 && g.sw >= 1 && g.ph >= 0 && g.pw >= 0 && g.groups >= 1,
+              "conv2d: stride %lldx%lld must be >= 1, padding %lldx%lld >= 0 and groups %lld "
+              ">= 1",
+              (long long)g.sh, (long long)g.sw, (long long)g.ph, (long long)g.pw,
+              (long long)g.groups);
+    CT_ASSERT(x->shape[1] % g.groups == 0 && w->ndim == 4 && w->shape[0] % g.groups == 0 &&
+                  w->shape[1] * g.groups == x->shape[1],
+              "conv2d: weight %s ([O, C/groups, kh, kw], groups %lld) does not match input %s "
+              "([N, C, H, W])",
+              CT_SHAPE_STR(w), (long long)g.groups, CT_SHAPE_STR(x));
     CT_ASSERT(!b || (b->ndim == 1 && b->shape[0] == w->shape[0]),
               "conv2d: bias %s does not match weight %s", b ? CT_SHAPE_STR(b) : "",
               CT_SHAPE_STR(w));
-    CT_ASSERT(stride >= 1 && padding >= 0, "conv2d: stride %d must be >= 1 and padding %d >= 0",
-              stride, padding);
-    conv_geom g = {.c = x->shape[1], .h = x->shape[2], .w = x->shape[3], .kh = w->shape[2],
-                   .kw = w->shape[3], .s = stride, .p = padding};
-    CT_ASSERT(g.kh >= 1 && g.kw >= 1 && g.kh <= g.h + 2 * g.p && g.kw <= g.w + 2 * g.p,
+    g.c = x->shape[1], g.h = x->shape[2], g.w = x->shape[3], g.kh = w->shape[2], g.kw = w->shape[3];
+    CT_ASSERT(g.kh >= 1 && g.kw >= 1 && g.kh <= g.h + 2 * g.ph && g.kw <= g.w + 2 * g.pw,
               "conv2d: kernel %lldx%lld of weight %s is larger than the padded input %s "
-              "(padding %d)",
-              (long long)g.kh, (long long)g.kw, CT_SHAPE_STR(w), CT_SHAPE_STR(x), padding);
-    g.oh = (g.h + 2 * g.p - g.kh) / g.s + 1;
-    g.ow = (g.w + 2 * g.p - g.kw) / g.s + 1;
+              "(padding %lldx%lld)",
+              (long long)g.kh, (long long)g.kw, CT_SHAPE_STR(w), CT_SHAPE_STR(x),
+              (long long)g.ph, (long long)g.pw);
+    CT_ASSERT(g.c <= INT32_MAX && g.h + 2 * g.ph <= INT32_MAX && g.w + 2 * g.pw <= INT32_MAX &&
+                  g.sh <= INT32_MAX && g.sw <= INT32_MAX,
+              "conv2d: input %s or its geometry is too large", CT_SHAPE_STR(x));
+    g.oh = (g.h + 2 * g.ph - g.kh) / g.sh + 1;
+    g.ow = (g.w + 2 * g.pw - g.kw) / g.sw + 1;
+    geom_live(&g);
 
-    int64_t batch = x->shape[0], o = w->shape[0];
+    int64_t batch = x->shape[0], o = w->shape[0], og = o / g.groups;
     int64_t k = geom_k(&g), npix = geom_pix(&g), in_sz = g.c * g.h * g.w;
     ct_tensor *y = ct_tensor_new(CT_SHAPE(batch, o, g.oh, g.ow));
     CT_SCOPE { /* the scratch goes back to the cache as soon as the loop is done */
-        col_scratch sc = scratch_new(&g);
-        for (int64_t i = 0; i < batch; i++) {
-            float *yi = y->data + i * o * npix;
-            const float *cols = sample_cols(&g, x->data + i * in_sz, &sc);
+        col_scratch sc = scratch_new(&g, batch, o);
+        const float *wk = geom_cropped(&g) ? crop_weight(&g, o, w->data) : w->data;
+        for (int64_t i0 = 0; i0 < batch; i0 += sc.nb) {
+            int64_t nb = batch - i0 < sc.nb ? batch - i0 : sc.nb, ld = nb * npix;
+            float *yc = sc.nb > 1 ? sc.buf : y->data + i0 * o * npix;
+            const float *cols = chunk_cols(&g, x->data + i0 * in_sz, nb, ld, &sc);
             /* Start from the broadcast bias and let sgemm accumulate onto it (beta = 1). */
             if (b)
                 for (int64_t c = 0; c < o; c++)
-                    for (int64_t j = 0; j < npix; j++) yi[c * npix + j] = b->data[c];
-            ct_gemm(false, false, o, npix, k, 1, w->data, k, cols, npix, b ? 1 : 0, yi, npix);
+                    for (int64_t j = 0; j < ld; j++) yc[c * ld + j] = b->data[c];
+            for (int64_t gi = 0; gi < g.groups; gi++)
+                ct_gemm(false, false, og, ld, k, 1, wk + gi * og * k, k, cols + gi * k * ld, ld,
+                        b ? 1 : 0, yc + gi * og * ld, ld);
+            if (sc.nb > 1) chunk_to_nchw(yc, y->data + i0 * o * npix, nb, o, npix);
         }
     }
 
@@ -311,4 +456,12 @@ ct_tensor *ct_conv2d(ct_tensor *x, ct_tensor *w, ct_tensor *b, int stride, int p
         if (ct_node_needs(n, 0)) ct_save(n, w);
     }
     return y;
+}
+
+ct_tensor *ct_conv2d(ct_tensor *x, ct_tensor *w, ct_tensor *b, int stride, int padding) {
+    CT_ASSERT(stride >= 1 && padding >= 0, "conv2d: stride %d must be >= 1 and padding %d >= 0",
+              stride, padding);
+    ct_conv2d_opts o = {.stride_h = stride, .stride_w = stride, .pad_h = padding, .pad_w = padding,
+                        .groups = 1};
+    return ct_conv2d_ex(x, w, b, &o);
 }

@@ -63,14 +63,28 @@ ct_tensor *ct_cross_entropy(ct_tensor *logits, const int64_t *target, ct_reducti
 ct_tensor *ct_mse_loss(ct_tensor *a, ct_tensor *b, ct_reduction red);
 
 /* ---- conv.c -------------------------------------------------------------------------- */
-/* x [N, C, H, W], w [O, C, kh, kw], b [O] or NULL -> [N, O, OH, OW] (im2col + sgemm). */
+/* x [N, C, H, W], w [O, C, kh, kw], b [O] or NULL -> [N, O, OH, OW] (im2col + sgemm),
+ * OH = (H + 2*padding - kh) / stride + 1 and likewise OW. */
 ct_tensor *ct_conv2d(ct_tensor *x, ct_tensor *w, ct_tensor *b, int stride, int padding);
+/* PyTorch's Conv2d arguments beyond the square ones (no dilation). A field left 0 means
+ * stride 1, padding 0, groups 1, so (ct_conv2d_opts){.groups = C} is a depthwise conv. */
+typedef struct {
+    int stride_h, stride_w;
+    int pad_h, pad_w; /* zeros on each side */
+    int groups;       /* divides C and O; w is then [O, C/groups, kh, kw] */
+} ct_conv2d_opts;
+/* ct_conv2d with separate row/column stride and padding and groups; opts NULL: defaults. */
+ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2d_opts *opts);
 
 /* ---- pool.c -------------------------------------------------------------------------- */
 /* x [N, C, H, W]; stride 0 means stride = kernel. Padding for max pool is -inf. */
 ct_tensor *ct_max_pool2d(ct_tensor *x, int kernel, int stride, int padding);
 /* avg pool counts padded zeros in the divisor (PyTorch's count_include_pad=True). */
 ct_tensor *ct_avg_pool2d(ct_tensor *x, int kernel, int stride, int padding);
+/* x [N, C, H, W] -> [N, C, out_h, out_w], each output the mean of its window: rows
+ * [floor(i*H/out_h), ceil((i+1)*H/out_h)), columns likewise (PyTorch's; 1x1 is the global
+ * average pool). */
+ct_tensor *ct_adaptive_avg_pool2d(ct_tensor *x, int out_h, int out_w);
 
 /* ---- norm.c -------------------------------------------------------------------------- */
 /* x [N, C] or [N, C, H, W]; weight/bias [C] or NULL. Training: normalise with the batch

@@ -1,8 +1,12 @@
-/* 2-d max and average pooling over [N, C, H, W], PyTorch semantics with ceil_mode=False.
+/* 2-d max, average and adaptive average pooling over [N, C, H, W], PyTorch semantics with
+ * ceil_mode=False.
  * Max pool treats padding as -inf and routes the gradient to the argmax of each window
  * (the first maximum, or a NaN, as PyTorch's CPU kernel does); the argmax indices live in
  * the node's aux scratch, written only when a node is recorded. Average pool divides by
- * kernel^2 including padded zeros (count_include_pad=True, PyTorch's default). */
+ * kernel^2 including padded zeros (count_include_pad=True, PyTorch's default). Adaptive
+ * average pool uses PyTorch's windows: output cell o of n covers input cells
+ * [floor(o*in/n), ceil((o+1)*in/n)), so neighbouring windows overlap when n does not
+ * divide in. */
 #include "internal.h"
 
 #include <immintrin.h>
@@ -324,5 +328,69 @@ ct_tensor *ct_avg_pool2d(ct_tensor *x, int kernel, int stride, int padding) {
     }
     ct_node *n = CT_RECORD("avg_pool2d", avg_pool2d_backward, y, x);
     if (n) pool_store(n, &g);
+    return y;
+}
+
+/* ---- adaptive average pool ---------------------------------------------------------- */
+
+/* PyTorch's start_index/end_index: [floor(o*in/out), ceil((o+1)*in/out)). */
+static void adaptive_range(int64_t o, int64_t in, int64_t out, int64_t *lo, int64_t *hi) {
+    *lo = o * in / out;
+    *hi = ((o + 1) * in + out - 1) / out;
+}
+
+static void adaptive_avg_pool2d_backward(ct_node *n, const ct_tensor *gout) {
+    ct_tensor *gx = ct_node_grad_in(n, 0);
+    if (!gx) return;
+    int64_t h = n->i[0], w = n->i[1], oh = n->out_shape[2], ow = n->out_shape[3];
+    int64_t planes = n->out_shape[0] * n->out_shape[1];
+    for (int64_t pl = 0; pl < planes; pl++) {
+        float *dx = gx->data + pl * h * w;
+        const float *go = gout->data + pl * oh * ow;
+        for (int64_t oy = 0; oy < oh; oy++) {
+            int64_t y0, y1;
+            adaptive_range(oy, h, oh, &y0, &y1);
+            for (int64_t ox = 0; ox < ow; ox++) {
+                int64_t x0, x1;
+                adaptive_range(ox, w, ow, &x0, &x1);
+                /* += : windows overlap when the output size does not divide the input's */
+                float v = go[oy * ow + ox] / (float)((y1 - y0) * (x1 - x0));
+                for (int64_t iy = y0; iy < y1; iy++) {
+                    float *row = dx + iy * w;
+                    CT_VFOR(j, x1 - x0, row[x0 + j] += v);
+                }
+            }
+        }
+    }
+}
+
+ct_tensor *ct_adaptive_avg_pool2d(ct_tensor *x, int out_h, int out_w) {
+    ct__check_ndim("adaptive_avg_pool2d", x, 4, "[N, C, H, W]");
+    CT_ASSERT(out_h >= 1 && out_w >= 1 && x->shape[2] >= 1 && x->shape[3] >= 1,
+              "adaptive_avg_pool2d: output size %dx%d must be >= 1 and input %s non-empty",
+              out_h, out_w, CT_SHAPE_STR(x));
+    int64_t h = x->shape[2], w = x->shape[3], oh = out_h, ow = out_w;
+    ct_tensor *y = ct_tensor_new(CT_SHAPE(x->shape[0], x->shape[1], oh, ow));
+    int64_t planes = x->shape[0] * x->shape[1];
+    for (int64_t pl = 0; pl < planes; pl++) {
+        const float *src = x->data + pl * h * w;
+        float *dst = y->data + pl * oh * ow;
+        for (int64_t oy = 0; oy < oh; oy++) {
+            int64_t y0, y1;
+            adaptive_range(oy, h, oh, &y0, &y1);
+            for (int64_t ox = 0; ox < ow; ox++) {
+                int64_t x0, x1;
+                adaptive_range(ox, w, ow, &x0, &x1);
+                double s = 0;
+                if (x0 == 0 && x1 == w) /* whole rows (global pooling): one contiguous run */
+                    s = ct__sumf(src + y0 * w, (y1 - y0) * w);
+                else
+                    for (int64_t iy = y0; iy < y1; iy++) s += ct__sumf(src + iy * w + x0, x1 - x0);
+                dst[oy * ow + ox] = (float)(s / (double)((y1 - y0) * (x1 - x0)));
+            }
+        }
+    }
+    ct_node *n = CT_RECORD("adaptive_avg_pool2d", adaptive_avg_pool2d_backward, y, x);
+    if (n) n->i[0] = h, n->i[1] = w;
     return y;
 }

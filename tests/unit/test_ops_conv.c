@@ -9,24 +9,33 @@
 
 /* ---- references ---------------------------------------------------------------------- */
 
+/* One conv configuration: x [n, c, h, w], weight [o, c/groups, kh, kw]. */
+typedef struct {
+    int64_t n, c, h, w, o, kh, kw;
+    int sh, sw, ph, pw, groups;
+    bool bias;
+} conv_cfg;
+
 /* Direct convolution straight from the definition, in double. */
-static void naive_conv(const ct_tensor *x, const ct_tensor *w, const ct_tensor *b, int s, int p,
-                       const ct_tensor *y) {
+static void naive_conv(const ct_tensor *x, const ct_tensor *w, const ct_tensor *b,
+                       const conv_cfg *k, const ct_tensor *y) {
     int64_t n = x->shape[0], c = x->shape[1], h = x->shape[2], wd = x->shape[3];
-    int64_t o = w->shape[0], kh = w->shape[2], kw = w->shape[3];
-    int64_t oh = y->shape[2], ow = y->shape[3];
+    int64_t o = w->shape[0], cg = w->shape[1], kh = w->shape[2], kw = w->shape[3];
+    int64_t oh = y->shape[2], ow = y->shape[3], og = o / k->groups;
+    ck_assert_int_eq(cg * k->groups, c);
     for (int64_t i = 0; i < n; i++)
         for (int64_t f = 0; f < o; f++)
             for (int64_t oy = 0; oy < oh; oy++)
                 for (int64_t ox = 0; ox < ow; ox++) {
                     double acc = b ? b->data[f] : 0;
-                    for (int64_t ch = 0; ch < c; ch++)
+                    for (int64_t j = 0; j < cg; j++)
                         for (int64_t ki = 0; ki < kh; ki++)
                             for (int64_t kj = 0; kj < kw; kj++) {
-                                int64_t iy = oy * s - p + ki, ix = ox * s - p + kj;
+                                int64_t ch = f / og * cg + j; /* f's group's j-th channel */
+                                int64_t iy = oy * k->sh - k->ph + ki, ix = ox * k->sw - k->pw + kj;
                                 if (iy < 0 || iy >= h || ix < 0 || ix >= wd) continue;
                                 acc += (double)x->data[((i * c + ch) * h + iy) * wd + ix] *
-                                       w->data[((f * c + ch) * kh + ki) * kw + kj];
+                                       w->data[((f * cg + j) * kh + ki) * kw + kj];
                             }
                     float got = y->data[((i * o + f) * oh + oy) * ow + ox];
                     ck_assert_msg(fabs(got - acc) <= 1e-4 * (1 + fabs(acc)),
@@ -36,42 +45,70 @@ static void naive_conv(const ct_tensor *x, const ct_tensor *w, const ct_tensor *
                 }
 }
 
-/* One conv configuration: x [n, c, h, w], weight [o, c, kh, kw]. */
-typedef struct {
-    int64_t n, c, h, w, o, kh, kw;
-    int s, p;
-    bool bias;
-} conv_cfg;
-
 static const conv_cfg cfgs[] = {
-    {2, 1, 5, 6, 3, 3, 3, 1, 1, true},   /* one input channel, padded, non-square */
-    {2, 3, 7, 5, 4, 3, 3, 2, 0, false},  /* stride 2, no padding, no bias */
-    {1, 2, 6, 7, 3, 3, 3, 2, 1, true},   /* stride 2 with padding */
-    {2, 3, 4, 5, 2, 1, 1, 1, 0, true},   /* 1x1 fast path */
-    {1, 2, 5, 4, 2, 2, 3, 1, 1, false},  /* rectangular kernel */
-    {1, 2, 2, 3, 2, 3, 3, 3, 2, true},   /* kernel larger than the input, stride 3 */
-    {3, 4, 6, 6, 5, 1, 1, 2, 1, false},  /* 1x1 with stride and padding: the im2col path */
+    {2, 1, 5, 6, 3, 3, 3, 1, 1, 1, 1, 1, true},   /* one input channel, padded, non-square */
+    {2, 3, 7, 5, 4, 3, 3, 2, 2, 0, 0, 1, false},  /* stride 2, no padding, no bias */
+    {1, 2, 6, 7, 3, 3, 3, 2, 2, 1, 1, 1, true},   /* stride 2 with padding */
+    {2, 3, 4, 5, 2, 1, 1, 1, 1, 0, 0, 1, true},   /* 1x1 fast path */
+    {1, 2, 5, 4, 2, 2, 3, 1, 1, 1, 1, 1, false},  /* rectangular kernel */
+    {1, 2, 2, 3, 2, 3, 3, 3, 3, 2, 2, 1, true},   /* kernel larger than the input, stride 3 */
+    {3, 4, 6, 6, 5, 1, 1, 2, 2, 1, 1, 1, false},  /* 1x1 with stride and padding: the im2col path */
+    {2, 3, 8, 7, 4, 1, 1, 2, 2, 0, 0, 1, false},  /* ResNet downsample: 1x1, stride 2, odd width */
+    {1, 2, 11, 9, 3, 7, 7, 2, 2, 3, 3, 1, true},  /* ResNet stem: 7x7, stride 2, padding 3 */
+    {2, 3, 6, 7, 2, 3, 2, 2, 1, 0, 2, 1, true},   /* stride and padding differ by axis */
+    {2, 4, 6, 5, 6, 3, 3, 1, 1, 1, 1, 2, true},   /* two groups */
+    {2, 3, 7, 6, 3, 3, 3, 2, 2, 1, 1, 3, false},  /* depthwise, stride 2 */
+    {1, 2, 5, 5, 6, 3, 3, 1, 1, 1, 1, 2, true},   /* depthwise with channel multiplier 3 */
+    {2, 6, 4, 3, 4, 1, 1, 1, 1, 0, 0, 2, true},   /* grouped pointwise, chunk of 2 samples */
+    /* chunking: 100 pixels make chunks of 2 samples (2 + 1 here); 272 pixels of 1 */
+    {3, 2, 10, 10, 3, 3, 3, 1, 1, 1, 1, 1, true},
+    {2, 2, 17, 16, 3, 3, 3, 1, 1, 1, 1, 1, true},
+    {2, 4, 16, 17, 2, 1, 1, 1, 1, 0, 0, 2, true},  /* one-sample pointwise: no im2col */
+    /* dead taps (kernel rows/columns that only see padding) */
+    {3, 5, 1, 1, 4, 3, 3, 1, 1, 1, 1, 1, true},   /* 1x1 image: the centre tap only */
+    {2, 4, 2, 2, 6, 3, 3, 2, 2, 1, 1, 1, false},  /* 2x2 stride 2: taps 1..2 of each axis */
+    {2, 4, 1, 3, 4, 3, 3, 1, 1, 1, 1, 2, true},   /* rows cut, columns not, two groups */
+    {1, 2, 1, 2, 3, 7, 7, 3, 3, 3, 3, 1, true},   /* 7x7 on a 1x2 image */
+    {1, 2, 1, 1, 3, 3, 3, 2, 2, 2, 2, 1, false},  /* one tap of the middle row gap */
+    {1, 1, 1, 1, 2, 1, 1, 10, 10, 5, 5, 1, true}, /* no live tap: zeros plus the bias */
 };
 #define NCFG (int)(sizeof cfgs / sizeof cfgs[0])
 
+static ct_tensor *conv_call(ct_tensor *x, ct_tensor *w, ct_tensor *b, const conv_cfg *k) {
+    ct_conv2d_opts o = {.stride_h = k->sh, .stride_w = k->sw, .pad_h = k->ph, .pad_w = k->pw,
+                        .groups = k->groups};
+    return ct_conv2d_ex(x, w, k->bias ? b : NULL, &o);
+}
+
 static ct_tensor *conv_fn(ct_tensor **in, void *ctx) {
     const conv_cfg *k = ctx;
-    return ct_conv2d(in[0], in[1], k->bias ? in[2] : NULL, k->s, k->p);
+    return conv_call(in[0], in[1], k->bias ? in[2] : NULL, k);
 }
 
 START_TEST(conv_forward_matches_direct) {
     const conv_cfg *k = &cfgs[_i];
     CT_SCOPE {
         ct_tensor *x = ct_test_rand(CT_SHAPE(k->n, k->c, k->h, k->w), -1, 1, 10 + _i);
-        ct_tensor *w = ct_test_rand(CT_SHAPE(k->o, k->c, k->kh, k->kw), -1, 1, 20 + _i);
+        ct_tensor *w = ct_test_rand(CT_SHAPE(k->o, k->c / k->groups, k->kh, k->kw), -1, 1, 20 + _i);
         ct_tensor *b = ct_test_rand(CT_SHAPE(k->o), -1, 1, 30 + _i);
-        ct_tensor *y = ct_conv2d(x, w, k->bias ? b : NULL, k->s, k->p);
+        ct_tensor *y = conv_call(x, w, b, k);
         ck_assert_int_eq(y->ndim, 4);
         ck_assert_int_eq(y->shape[0], k->n);
         ck_assert_int_eq(y->shape[1], k->o);
-        ck_assert_int_eq(y->shape[2], (k->h + 2 * k->p - k->kh) / k->s + 1);
-        ck_assert_int_eq(y->shape[3], (k->w + 2 * k->p - k->kw) / k->s + 1);
-        naive_conv(x, w, k->bias ? b : NULL, k->s, k->p, y);
+        ck_assert_int_eq(y->shape[2], (k->h + 2 * k->ph - k->kh) / k->sh + 1);
+        ck_assert_int_eq(y->shape[3], (k->w + 2 * k->pw - k->kw) / k->sw + 1);
+        naive_conv(x, w, k->bias ? b : NULL, k, y);
+        /* the square form is the same op, and NULL options are stride 1, no padding */
+        if (_i == 0) {
+            ct_tensor *x0 = ct_test_rand(CT_SHAPE(1, k->c, k->h, k->w), -1, 1, 3);
+            ct_tensor *a = ct_conv2d_ex(x0, w, NULL, NULL), *c = ct_conv2d(x0, w, NULL, 1, 0);
+            ck_assert_int_eq(a->numel, c->numel);
+            for (int64_t i = 0; i < a->numel; i++) ck_assert_float_eq(a->data[i], c->data[i]);
+        }
+        if (k->sh == k->sw && k->ph == k->pw && k->groups == 1) {
+            ct_tensor *y2 = ct_conv2d(x, w, k->bias ? b : NULL, k->sh, k->ph);
+            for (int64_t i = 0; i < y->numel; i++) ck_assert_float_eq(y2->data[i], y->data[i]);
+        }
     }
 }
 END_TEST
@@ -80,7 +117,7 @@ START_TEST(conv_backward_gradcheck) {
     const conv_cfg *k = &cfgs[_i];
     CT_SCOPE {
         ct_tensor *x = ct_test_rand(CT_SHAPE(k->n, k->c, k->h, k->w), -1, 1, 40 + _i);
-        ct_tensor *w = ct_test_rand(CT_SHAPE(k->o, k->c, k->kh, k->kw), -1, 1, 50 + _i);
+        ct_tensor *w = ct_test_rand(CT_SHAPE(k->o, k->c / k->groups, k->kh, k->kw), -1, 1, 50 + _i);
         ct_tensor *b = ct_test_rand(CT_SHAPE(k->o), -1, 1, 60 + _i);
         ct_tensor *in[] = {x, w, b};
         for (int j = 0; j < (k->bias ? 3 : 2); j++) ct_set_requires_grad(in[j], true);
@@ -105,48 +142,53 @@ static int64_t conv_backward_gemms(ct_tensor *x, ct_tensor *w, ct_tensor *b) {
     return calls;
 }
 
+/* How many GEMMs a backward makes depends on how the samples are chunked; what must hold
+ * is that dW and dX each take half of them and db none. */
 START_TEST(conv_skips_unneeded_gradients) {
-    const int64_t n = 3;
-    CT_SCOPE {
-        ct_tensor *x = ct_test_rand(CT_SHAPE(n, 2, 5, 5), -1, 1, 1);
-        ct_tensor *w = ct_test_rand(CT_SHAPE(4, 2, 3, 3), -1, 1, 2);
-        ct_tensor *b = ct_test_rand(CT_SHAPE(4), -1, 1, 3);
+    for (int64_t side = 5; side <= 17; side += 12) /* chunks of several samples, then of one */
+        CT_SCOPE {
+            ct_tensor *x = ct_test_rand(CT_SHAPE(3, 2, side, side), -1, 1, 1);
+            ct_tensor *w = ct_test_rand(CT_SHAPE(4, 2, 3, 3), -1, 1, 2);
+            ct_tensor *b = ct_test_rand(CT_SHAPE(4), -1, 1, 3);
 
-        /* everything trainable: one dW and one dX GEMM per sample */
-        ct_set_requires_grad(x, true);
-        ct_set_requires_grad(w, true);
-        ct_set_requires_grad(b, true);
-        ck_assert_int_eq(conv_backward_gemms(x, w, b), 2 * n);
-        ct_tensor *gx_full = ct_clone_data(ct_grad(x)), *gb_full = ct_clone_data(ct_grad(b));
+            /* everything trainable: dW and dX GEMMs */
+            ct_set_requires_grad(x, true);
+            ct_set_requires_grad(w, true);
+            ct_set_requires_grad(b, true);
+            int64_t full = conv_backward_gemms(x, w, b);
+            ck_assert_int_gt(full, 0);
+            ck_assert_int_eq(full % 2, 0);
+            if (side == 17) ck_assert_int_eq(full, 2 * 3); /* 289 pixels: one sample a chunk */
+            ct_tensor *gx_full = ct_clone_data(ct_grad(x)), *gb_full = ct_clone_data(ct_grad(b));
 
-        /* a data input (first layer): no dX GEMM and no .grad on x */
-        ct_clear_grad(x);
-        ct_clear_grad(w);
-        ct_clear_grad(b);
-        ct_set_requires_grad(x, false);
-        ck_assert_int_eq(conv_backward_gemms(x, w, b), n);
-        ck_assert_ptr_null(ct_grad(x));
-        ck_assert_ptr_nonnull(ct_grad(w));
+            /* a data input (first layer): no dX GEMM and no .grad on x */
+            ct_clear_grad(x);
+            ct_clear_grad(w);
+            ct_clear_grad(b);
+            ct_set_requires_grad(x, false);
+            ck_assert_int_eq(conv_backward_gemms(x, w, b), full / 2);
+            ck_assert_ptr_null(ct_grad(x));
+            ck_assert_ptr_nonnull(ct_grad(w));
 
-        /* a frozen weight: no dW GEMM and no .grad on w, but x's gradient still flows */
-        ct_clear_grad(w);
-        ct_clear_grad(b);
-        ct_set_requires_grad(x, true);
-        ct_set_requires_grad(w, false);
-        ck_assert_int_eq(conv_backward_gemms(x, w, b), n);
-        ck_assert_ptr_null(ct_grad(w));
-        ck_assert_ptr_nonnull(ct_grad(x));
-        for (int64_t i = 0; i < x->numel; i++) ck_assert_close(ct_grad(x)->data[i], gx_full->data[i], 1e-5);
-        for (int64_t i = 0; i < b->numel; i++) ck_assert_close(ct_grad(b)->data[i], gb_full->data[i], 1e-5);
+            /* a frozen weight: no dW GEMM and no .grad on w, but x's gradient still flows */
+            ct_clear_grad(w);
+            ct_clear_grad(b);
+            ct_set_requires_grad(x, true);
+            ct_set_requires_grad(w, false);
+            ck_assert_int_eq(conv_backward_gemms(x, w, b), full / 2);
+            ck_assert_ptr_null(ct_grad(w));
+            ck_assert_ptr_nonnull(ct_grad(x));
+            for (int64_t i = 0; i < x->numel; i++) ck_assert_close(ct_grad(x)->data[i], gx_full->data[i], 1e-5);
+            for (int64_t i = 0; i < b->numel; i++) ck_assert_close(ct_grad(b)->data[i], gb_full->data[i], 1e-5);
 
-        /* only the bias: no GEMM at all */
-        ct_clear_grad(x);
-        ct_clear_grad(b);
-        ct_set_requires_grad(x, false);
-        ck_assert_int_eq(conv_backward_gemms(x, w, b), 0);
-        ck_assert_ptr_nonnull(ct_grad(b));
-        for (int64_t i = 0; i < b->numel; i++) ck_assert_close(ct_grad(b)->data[i], gb_full->data[i], 1e-5);
-    }
+            /* only the bias: no GEMM at all */
+            ct_clear_grad(x);
+            ct_clear_grad(b);
+            ct_set_requires_grad(x, false);
+            ck_assert_int_eq(conv_backward_gemms(x, w, b), 0);
+            ck_assert_ptr_nonnull(ct_grad(b));
+            for (int64_t i = 0; i < b->numel; i++) ck_assert_close(ct_grad(b)->data[i], gb_full->data[i], 1e-5);
+        }
 }
 END_TEST
 
@@ -185,6 +227,58 @@ START_TEST(conv_steady_state_makes_no_mallocs) {
         }
         /* im2col scratch, outputs and argmax indices all come back from the cache */
         ck_assert_int_eq(ct_stats_get().mallocs - before, 0);
+    }
+}
+END_TEST
+
+/* ---- residual blocks: one tensor feeding two branches that meet in an add --------------- */
+
+/* in = {x [2, 4, 6, 5], w1 [4, 4, 3, 3], w2 [4, 4, 3, 3], wd [6, 4, 1, 1], w3 [6, 4, 3, 3]}.
+ * ctx 0: the identity block, x + conv(relu(conv(x))) (ResNet's BasicBlock without BN);
+ * ctx 1: the downsampling one, conv1x1/2(x) + conv3x3/2(relu(conv(x))) with 6 channels. */
+static ct_tensor *residual_block(ct_tensor **in, void *ctx) {
+    ct_tensor *h = ct_relu(ct_conv2d(in[0], in[1], NULL, 1, 1));
+    if (!*(int *)ctx) return ct_add(in[0], ct_conv2d(h, in[2], NULL, 1, 1));
+    return ct_add(ct_conv2d(in[0], in[3], NULL, 2, 0), ct_conv2d(h, in[4], NULL, 2, 1));
+}
+
+START_TEST(residual_block_gradcheck) {
+    int down = _i;
+    CT_SCOPE {
+        ct_tensor *in[] = {ct_test_rand(CT_SHAPE(2, 4, 6, 5), -1, 1, 1),
+                           ct_test_rand(CT_SHAPE(4, 4, 3, 3), -0.5f, 0.5f, 2),
+                           ct_test_rand(CT_SHAPE(4, 4, 3, 3), -0.5f, 0.5f, 3),
+                           ct_test_rand(CT_SHAPE(6, 4, 1, 1), -0.5f, 0.5f, 4),
+                           ct_test_rand(CT_SHAPE(6, 4, 3, 3), -0.5f, 0.5f, 5)};
+        ct_set_requires_grad(in[0], true);
+        ct_set_requires_grad(in[1], true);
+        ct_set_requires_grad(in[down ? 3 : 2], true);
+        if (down) ct_set_requires_grad(in[4], true);
+        ct_tensor *y = residual_block(in, &down);
+        ck_assert_int_eq(y->shape[1], down ? 6 : 4);
+        ck_assert_int_eq(y->shape[2], down ? 3 : 6);
+        ck_assert_int_eq(y->shape[3], down ? 3 : 5);
+        double err = ct_test_gradcheck("residual block", residual_block, 5, in, &down, 1e-2,
+                                       1e-3, 1e-2);
+        ck_assert_msg(err <= 1, "residual block (downsample %d): gradcheck error %g", down, err);
+    }
+}
+END_TEST
+
+/* The skip connection adds gout to x's gradient on top of what the branch sends: with
+ * the same upstream gradient g, grad(x + f(x)) - grad(f(x)) must be g itself. */
+START_TEST(residual_gradient_is_branch_plus_identity) {
+    CT_SCOPE {
+        ct_tensor *x = ct_test_rand(CT_SHAPE(2, 3, 5, 4), -1, 1, 11);
+        ct_tensor *w = ct_test_rand(CT_SHAPE(3, 3, 3, 3), -1, 1, 12);
+        ct_tensor *g = ct_test_rand(CT_SHAPE(2, 3, 5, 4), -1, 1, 13);
+        ct_set_requires_grad(x, true);
+        ct_backward_ex(ct_conv2d(x, w, NULL, 1, 1), g, false);
+        ct_tensor *branch = ct_clone_data(ct_grad(x));
+        ct_clear_grad(x);
+        ct_backward_ex(ct_add(x, ct_conv2d(x, w, NULL, 1, 1)), g, false);
+        for (int64_t i = 0; i < x->numel; i++)
+            ck_assert_close(ct_grad(x)->data[i] - branch->data[i], g->data[i], 1e-5);
     }
 }
 END_TEST
@@ -298,6 +392,36 @@ START_TEST(max_pool_routes_gradient_to_argmax) {
         ct_backward_ex(y, ct_from_data(CT_SHAPE(1, 1, 1, 3), (float[]){10, 20, 30}), false);
         const float want[] = {0, 10, 0, 0, 30, 0, 0, 0, 20, 0, 0, 0};
         for (int i = 0; i < 12; i++) ck_assert_float_eq(ct_grad(x)->data[i], want[i]);
+    }
+}
+END_TEST
+
+/* Padding is -inf, not 0: on an all-negative input every window of ResNet's stem pool
+ * (3x3, stride 2, padding 1) returns its largest real value and routes the gradient to it,
+ * including the windows that hang over the border. */
+START_TEST(max_pool_padding_is_minus_infinity) {
+    CT_SCOPE {
+        ct_tensor *x = ct_zeros(CT_SHAPE(1, 1, 5, 4));
+        for (int i = 0; i < 20; i++) x->data[i] = -1.0f - (float)((i * 7) % 20); /* distinct */
+        ct_set_requires_grad(x, true);
+        ct_tensor *y = ct_max_pool2d(x, 3, 2, 1);
+        ck_assert_int_eq(y->shape[2], 3); /* floor((5 + 2 - 3) / 2) + 1 */
+        ck_assert_int_eq(y->shape[3], 2); /* floor((4 + 2 - 3) / 2) + 1 */
+        float want_grad[20] = {0};
+        for (int oy = 0; oy < 3; oy++)
+            for (int ox = 0; ox < 2; ox++) {
+                float best = -INFINITY;
+                int at = -1;
+                for (int iy = 2 * oy - 1; iy <= 2 * oy + 1; iy++)
+                    for (int ix = 2 * ox - 1; ix <= 2 * ox + 1; ix++)
+                        if (iy >= 0 && iy < 5 && ix >= 0 && ix < 4 && x->data[iy * 4 + ix] > best)
+                            best = x->data[iy * 4 + ix], at = iy * 4 + ix;
+                ck_assert_float_eq(y->data[oy * 2 + ox], best);
+                ck_assert_float_lt(y->data[oy * 2 + ox], 0);
+                want_grad[at] += 1;
+            }
+        ct_backward(ct_sum(y));
+        for (int i = 0; i < 20; i++) ck_assert_float_eq(ct_grad(x)->data[i], want_grad[i]);
     }
 }
 END_TEST
@@ -436,6 +560,81 @@ START_TEST(avx512_and_avx2_kernels_agree_bitwise) {
 }
 END_TEST
 
+/* ---- adaptive average pool ----------------------------------------------------------- */
+
+typedef struct {
+    int64_t h, w;
+    int oh, ow;
+} adaptive_cfg;
+
+static const adaptive_cfg acfgs[] = {
+    {7, 5, 1, 1}, /* the global pool ResNet ends with, non-square input */
+    {7, 5, 3, 2}, /* windows overlap: 7 rows into 3 is [0,3), [2,5), [4,7) */
+    {6, 9, 2, 3}, /* sizes divide: plain 3x3 windows */
+    {4, 4, 4, 4}, /* the identity */
+    {3, 2, 5, 3}, /* larger output than input: windows of one cell, repeated */
+};
+#define NACFG (int)(sizeof acfgs / sizeof acfgs[0])
+
+static ct_tensor *adaptive_fn(ct_tensor **in, void *ctx) {
+    const adaptive_cfg *c = ctx;
+    return ct_adaptive_avg_pool2d(in[0], c->oh, c->ow);
+}
+
+START_TEST(adaptive_avg_pool_matches_definition) {
+    const adaptive_cfg *c = &acfgs[_i];
+    CT_SCOPE {
+        ct_tensor *x = ct_test_rand(CT_SHAPE(2, 3, c->h, c->w), -1, 1, 70 + _i);
+        ct_tensor *y = ct_adaptive_avg_pool2d(x, c->oh, c->ow);
+        ck_assert_int_eq(y->shape[0], 2);
+        ck_assert_int_eq(y->shape[1], 3);
+        ck_assert_int_eq(y->shape[2], c->oh);
+        ck_assert_int_eq(y->shape[3], c->ow);
+        for (int64_t pl = 0; pl < 6; pl++)
+            for (int64_t oy = 0; oy < c->oh; oy++)
+                for (int64_t ox = 0; ox < c->ow; ox++) {
+                    /* the window written as PyTorch's floor/ceil in real arithmetic */
+                    int64_t y0 = (int64_t)floor((double)oy * c->h / c->oh);
+                    int64_t y1 = (int64_t)ceil((double)(oy + 1) * c->h / c->oh);
+                    int64_t x0 = (int64_t)floor((double)ox * c->w / c->ow);
+                    int64_t x1 = (int64_t)ceil((double)(ox + 1) * c->w / c->ow);
+                    double s = 0;
+                    for (int64_t iy = y0; iy < y1; iy++)
+                        for (int64_t ix = x0; ix < x1; ix++) s += x->data[(pl * c->h + iy) * c->w + ix];
+                    s /= (double)((y1 - y0) * (x1 - x0));
+                    ck_assert_close(y->data[(pl * c->oh + oy) * c->ow + ox], s, 1e-6);
+                }
+    }
+}
+END_TEST
+
+START_TEST(adaptive_avg_pool_backward_gradcheck) {
+    const adaptive_cfg *c = &acfgs[_i];
+    CT_SCOPE {
+        ct_tensor *x = ct_test_rand(CT_SHAPE(2, 3, c->h, c->w), -1, 1, 80 + _i);
+        ct_set_requires_grad(x, true);
+        double err = ct_test_gradcheck("adaptive_avg_pool2d", adaptive_fn, 1, &x, (void *)c,
+                                       1e-2, 1e-4, 1e-3);
+        ck_assert_msg(err <= 1, "adaptive_avg_pool2d config %d: gradcheck error %g", _i, err);
+    }
+}
+END_TEST
+
+START_TEST(adaptive_avg_pool_matches_torch) {
+    CT_SCOPE {
+        /* x = torch.arange(35.).reshape(1, 1, 7, 5) ** 1.5;
+         * F.adaptive_avg_pool2d(x, (3, 2)) and F.adaptive_avg_pool2d(x, 1) */
+        ct_tensor *x = ct_zeros(CT_SHAPE(1, 1, 7, 5));
+        for (int i = 0; i < 35; i++) x->data[i] = powf((float)i, 1.5f);
+        const float want[] = {17.544536590576172f, 24.99964714050293f, 65.63648986816406f,
+                              77.90808868408203f, 133.8525848388672f, 149.3932342529297f};
+        ct_tensor *y = ct_adaptive_avg_pool2d(x, 3, 2);
+        for (int i = 0; i < 6; i++) ck_assert_float_eq_tol(y->data[i], want[i], 1e-4);
+        ck_assert_float_eq_tol(ct_adaptive_avg_pool2d(x, 1, 1)->data[0], 79.88748168945312f, 1e-4);
+    }
+}
+END_TEST
+
 /* ---- errors -------------------------------------------------------------------------- */
 
 START_TEST(conv_channel_mismatch_aborts) {
@@ -461,6 +660,31 @@ START_TEST(conv_input_not_4d_aborts) {
 }
 END_TEST
 
+START_TEST(conv_groups_not_dividing_aborts) {
+    ct_test_expect_abort("groups 2");
+    CT_SCOPE {
+        /* 3 input channels cannot split into 2 groups */
+        ct_conv2d_ex(ct_zeros(CT_SHAPE(1, 3, 5, 5)), ct_zeros(CT_SHAPE(2, 1, 3, 3)), NULL,
+                     &(ct_conv2d_opts){.groups = 2});
+    }
+}
+END_TEST
+
+START_TEST(conv_negative_stride_aborts) {
+    ct_test_expect_abort("stride");
+    CT_SCOPE {
+        ct_conv2d_ex(ct_zeros(CT_SHAPE(1, 1, 5, 5)), ct_zeros(CT_SHAPE(1, 1, 3, 3)), NULL,
+                     &(ct_conv2d_opts){.stride_h = -1});
+    }
+}
+END_TEST
+
+START_TEST(adaptive_avg_pool_zero_output_aborts) {
+    ct_test_expect_abort("adaptive_avg_pool2d: output size 0x1");
+    CT_SCOPE { ct_adaptive_avg_pool2d(ct_zeros(CT_SHAPE(1, 1, 4, 4)), 0, 1); }
+}
+END_TEST
+
 START_TEST(pool_kernel_too_large_aborts) {
     CT_SCOPE { ct_max_pool2d(ct_zeros(CT_SHAPE(1, 1, 2, 2)), 4, 0, 0); }
 }
@@ -480,6 +704,8 @@ int main(void) {
     tcase_add_test(tc, conv_skips_unneeded_gradients);
     tcase_add_test(tc, conv_saves_only_what_backward_uses);
     tcase_add_test(tc, conv_steady_state_makes_no_mallocs);
+    tcase_add_loop_test(tc, residual_block_gradcheck, 0, 2);
+    tcase_add_test(tc, residual_gradient_is_branch_plus_identity);
     suite_add_tcase(s, tc);
     TCase *tp = tcase_create("pool");
     tcase_set_timeout(tp, 60);
@@ -488,15 +714,22 @@ int main(void) {
     tcase_add_test(tp, pool_matches_torch);
     tcase_add_test(tp, max_pool_routes_gradient_to_argmax);
     tcase_add_test(tp, max_pool_propagates_nan);
+    tcase_add_test(tp, max_pool_padding_is_minus_infinity);
     tcase_add_loop_test(tp, max_pool_2x2_matches_scan_with_ties_and_nan, 0, 2);
     tcase_add_test(tp, avx512_and_avx2_kernels_agree_bitwise);
     tcase_add_test(tp, max_pool_2x2_gradient_adds_to_other_consumers);
+    tcase_add_loop_test(tp, adaptive_avg_pool_matches_definition, 0, NACFG);
+    tcase_add_loop_test(tp, adaptive_avg_pool_backward_gradcheck, 0, NACFG);
+    tcase_add_test(tp, adaptive_avg_pool_matches_torch);
     suite_add_tcase(s, tp);
     TCase *te = tcase_create("errors");
     tcase_add_test_raise_signal(te, conv_channel_mismatch_aborts, SIGABRT);
     tcase_add_test_raise_signal(te, conv_kernel_too_large_aborts, SIGABRT);
     tcase_add_test_raise_signal(te, conv_bias_mismatch_aborts, SIGABRT);
     tcase_add_test_raise_signal(te, conv_input_not_4d_aborts, SIGABRT);
+    tcase_add_test_raise_signal(te, conv_groups_not_dividing_aborts, SIGABRT);
+    tcase_add_test_raise_signal(te, conv_negative_stride_aborts, SIGABRT);
+    tcase_add_test_raise_signal(te, adaptive_avg_pool_zero_output_aborts, SIGABRT);
     tcase_add_test_raise_signal(te, pool_kernel_too_large_aborts, SIGABRT);
     tcase_add_test_raise_signal(te, pool_padding_over_half_kernel_aborts, SIGABRT);
     suite_add_tcase(s, te);

@@ -117,6 +117,44 @@ START_TEST(linear_values) {
 }
 END_TEST
 
+/* ---- one tensor feeding both operands of add (a residual connection) ------------------ */
+
+START_TEST(add_same_leaf_twice_doubles_gradient) {
+    CT_SCOPE {
+        ct_tensor *x = ct_test_rand(CT_SHAPE(2, 3), -1, 1, 5);
+        ct_set_requires_grad(x, true);
+        ct_tensor *g = ct_test_rand(CT_SHAPE(2, 3), -1, 1, 6);
+        ct_backward_ex(ct_add(x, x), g, false);
+        for (int64_t i = 0; i < x->numel; i++) ck_assert_float_eq(ct_grad(x)->data[i], 2 * g->data[i]);
+    }
+}
+END_TEST
+
+/* h = 1.5 x is an op result, so add sees the same graph node on both inputs and the engine
+ * must wait for both contributions before h's backward runs. */
+static ct_tensor *residual_tanh(ct_tensor **in, void *ctx) {
+    (void)ctx;
+    ct_tensor *h = ct_mul_scalar(in[0], 1.5f);
+    return ct_add(h, ct_tanh(h));
+}
+
+START_TEST(residual_add_gradcheck) {
+    CT_SCOPE {
+        ct_tensor *x = ct_test_rand(CT_SHAPE(3, 4), -1, 1, 7);
+        ct_set_requires_grad(x, true);
+        double err = ct_test_gradcheck("h + tanh(h)", residual_tanh, 1, &x, NULL, 1e-2, 1e-4, 1e-3);
+        ck_assert_msg(err <= 1, "h + tanh(h): gradcheck error %g", err);
+        /* and in closed form, with gout = 1: d/dx = 1.5 * (1 + 1 - tanh(1.5 x)^2) */
+        ct_clear_grad(x);
+        ct_backward(ct_sum(residual_tanh(&x, NULL)));
+        for (int64_t i = 0; i < x->numel; i++) {
+            double t = tanh(1.5 * x->data[i]);
+            ck_assert_close(ct_grad(x)->data[i], 1.5 * (2 - t * t), 1e-5);
+        }
+    }
+}
+END_TEST
+
 static void shape_mismatch_add(void) {
     CT_SCOPE { ct_add(ct_zeros(CT_SHAPE(2, 3)), ct_zeros(CT_SHAPE(4))); }
 }
@@ -139,6 +177,8 @@ int main(void) {
     tcase_add_test(tc, matmul_grad);
     tcase_add_test(tc, linear_grad);
     tcase_add_test(tc, linear_values);
+    tcase_add_test(tc, add_same_leaf_twice_doubles_gradient);
+    tcase_add_test(tc, residual_add_gradcheck);
     suite_add_tcase(s, tc);
     TCase *te = tcase_create("errors");
     tcase_add_test_raise_signal(te, broadcast_mismatch_aborts, SIGABRT);

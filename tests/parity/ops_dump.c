@@ -1,0 +1,197 @@
+/* PyTorch parity of single ops, the ctrain half: runs each case below forward and backward
+ * with a fixed upstream gradient and writes everything to one safetensors file, which
+ * tests/parity/test_ops_parity.py recomputes with torch.nn.functional and compares.
+ *
+ * usage: ops_dump OUT.safetensors
+ *
+ * Per case <name>: entries <name>.x, .w, .w2, .b (the inputs the op takes), .gout, .y and
+ * .grad.<input> for every input; the metadata entry "case.<name>" says which op with which
+ * arguments ("op=conv2d stride=2,2 padding=3,3 groups=1"), so the cases live here only. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctrain.h"
+
+typedef enum { CONV, MAXPOOL, AVGPOOL, ADAPTIVE, RESIDUAL, RESIDUAL_DOWN } op_kind;
+
+typedef struct {
+    const char *name;
+    op_kind op;
+    int64_t n, c, h, w;
+    /* conv: weight [o, c/groups, kh, kw]; residual: w [o, c, kh, kw] with o = c */
+    int64_t o, kh, kw;
+    int sh, sw, ph, pw, groups;
+    bool bias;
+    /* max/avg pool: kernel k, stride s, padding p; adaptive: output oh x ow */
+    int k, s, p, oh, ow;
+} op_case;
+
+/* Every field named, so each kind of case lists only what it uses. */
+#define CONV_CASE(nm, N, C, H, W, O, KH, KW, SH, SW, PH, PW, G, BIAS)                          \
+    {.name = nm, .op = CONV, .n = N, .c = C, .h = H, .w = W, .o = O, .kh = KH, .kw = KW,      \
+     .sh = SH, .sw = SW, .ph = PH, .pw = PW, .groups = G, .bias = BIAS}
+#define POOL_CASE(nm, OP, N, C, H, W, K, S, P)                                                 \
+    {.name = nm, .op = OP, .n = N, .c = C, .h = H, .w = W, .k = K, .s = S, .p = P}
+#define ADAPTIVE_CASE(nm, N, C, H, W, OH, OW)                                                  \
+    {.name = nm, .op = ADAPTIVE, .n = N, .c = C, .h = H, .w = W, .oh = OH, .ow = OW}
+#define RESIDUAL_CASE(nm, OP, N, C, H, W, O)                                                   \
+    {.name = nm, .op = OP, .n = N, .c = C, .h = H, .w = W, .o = O, .kh = 3, .kw = 3}
+
+static const op_case cases[] = {
+    /* convolution: the CNN's 3x3, ResNet's stem, downsample and stages, groups */
+    CONV_CASE("conv3x3", 2, 3, 10, 9, 8, 3, 3, 1, 1, 1, 1, 1, true),
+    CONV_CASE("conv_stem7x7s2", 2, 3, 32, 29, 8, 7, 7, 2, 2, 3, 3, 1, false),
+    CONV_CASE("conv_down1x1s2", 2, 8, 15, 16, 12, 1, 1, 2, 2, 0, 0, 1, false),
+    CONV_CASE("conv3x3s2", 2, 8, 14, 14, 16, 3, 3, 2, 2, 1, 1, 1, false),
+    CONV_CASE("conv_pointwise", 2, 16, 7, 6, 8, 1, 1, 1, 1, 0, 0, 1, true),
+    CONV_CASE("conv_rect", 1, 4, 9, 11, 5, 3, 5, 2, 1, 1, 2, 1, true),
+    CONV_CASE("conv_groups4", 2, 8, 9, 8, 12, 3, 3, 1, 1, 1, 1, 4, true),
+    CONV_CASE("conv_depthwise_s2", 2, 6, 11, 10, 6, 3, 3, 2, 2, 1, 1, 6, false),
+    CONV_CASE("conv_depthwise_x2", 1, 4, 8, 8, 8, 5, 5, 1, 1, 2, 2, 4, true),
+    /* samples per GEMM: chunks of 2 + 2 + 1 (100 pixels), and of one (>= 256 pixels) */
+    CONV_CASE("conv_chunks_2_2_1", 5, 4, 10, 10, 6, 3, 3, 1, 1, 1, 1, 1, true),
+    CONV_CASE("conv_one_per_chunk", 2, 3, 20, 18, 5, 3, 3, 1, 1, 1, 1, 1, true),
+    CONV_CASE("conv_pointwise_one", 2, 8, 16, 17, 6, 1, 1, 1, 1, 0, 0, 2, false),
+    /* dead taps: ResNet's layer4 on 32x32 inputs (1x1 image, and the 2x2 stride-2 conv) */
+    CONV_CASE("conv_1x1_image", 4, 16, 1, 1, 8, 3, 3, 1, 1, 1, 1, 1, true),
+    CONV_CASE("conv_2x2_image_s2", 4, 8, 2, 2, 16, 3, 3, 2, 2, 1, 1, 1, false),
+    CONV_CASE("conv_1x3_image_groups", 3, 4, 1, 3, 6, 3, 3, 1, 1, 1, 1, 2, true),
+    /* pooling: ResNet's stem max pool on even and odd sizes, the CNN's 2x2, others */
+    POOL_CASE("maxpool3s2p1", MAXPOOL, 2, 4, 16, 16, 3, 2, 1),
+    POOL_CASE("maxpool3s2p1_odd", MAXPOOL, 2, 3, 15, 13, 3, 2, 1),
+    POOL_CASE("maxpool2x2", MAXPOOL, 2, 3, 13, 35, 2, 2, 0),
+    POOL_CASE("maxpool5s3p2", MAXPOOL, 1, 2, 12, 10, 5, 3, 2),
+    POOL_CASE("maxpool3s1p1", MAXPOOL, 1, 2, 6, 7, 3, 1, 1),
+    POOL_CASE("avgpool3s2p1", AVGPOOL, 2, 3, 9, 8, 3, 2, 1),
+    /* adaptive average pool: ResNet's global pool and PyTorch's overlapping windows */
+    ADAPTIVE_CASE("adaptive1x1", 2, 8, 7, 7, 1, 1),
+    ADAPTIVE_CASE("adaptive1x1_rect", 2, 4, 5, 3, 1, 1),
+    ADAPTIVE_CASE("adaptive3x2", 2, 3, 7, 5, 3, 2),
+    ADAPTIVE_CASE("adaptive4x5_up", 1, 2, 3, 3, 4, 5),
+    /* residual: y = x + conv3x3(x, w); down: y = conv1x1/2(x, w2) + conv3x3/2(x, w) */
+    RESIDUAL_CASE("residual", RESIDUAL, 2, 4, 6, 5, 4),
+    RESIDUAL_CASE("residual_down", RESIDUAL_DOWN, 2, 4, 7, 6, 6),
+};
+#define NCASES (int)(sizeof cases / sizeof *cases)
+
+/* ---- the dump: entries that own copies of their names and data -------------------------- */
+
+typedef struct {
+    ct_st_entry e[512];
+    int n;
+    ct_st_meta meta[64];
+    int nmeta;
+} dump;
+
+static void put(dump *d, const char *cname, const char *what, const ct_tensor *t) {
+    CT_ASSERT(d->n < (int)(sizeof d->e / sizeof *d->e), "ops_dump: too many entries");
+    char name[256];
+    snprintf(name, sizeof name, "%s.%s", cname, what);
+    ct_st_entry *e = &d->e[d->n++];
+    *e = ct_st_from_tensor(name, t);
+    e->name = strdup(name);
+    size_t bytes = (size_t)t->numel * sizeof(float);
+    void *copy = malloc(bytes);
+    CT_ASSERT(e->name && copy, "ops_dump: out of memory");
+    memcpy(copy, t->data, bytes);
+    e->data = copy;
+}
+
+static void describe(dump *d, const op_case *k) {
+    CT_ASSERT(d->nmeta < (int)(sizeof d->meta / sizeof *d->meta), "ops_dump: too many cases");
+    char key[256], val[256];
+    snprintf(key, sizeof key, "case.%s", k->name);
+    switch (k->op) {
+    case CONV:
+        snprintf(val, sizeof val, "op=conv2d stride=%d,%d padding=%d,%d groups=%d", k->sh, k->sw,
+                 k->ph, k->pw, k->groups);
+        break;
+    case MAXPOOL:
+    case AVGPOOL:
+        snprintf(val, sizeof val, "op=%s kernel_size=%d stride=%d padding=%d",
+                 k->op == MAXPOOL ? "max_pool2d" : "avg_pool2d", k->k, k->s, k->p);
+        break;
+    case ADAPTIVE:
+        snprintf(val, sizeof val, "op=adaptive_avg_pool2d output_size=%d,%d", k->oh, k->ow);
+        break;
+    case RESIDUAL: snprintf(val, sizeof val, "op=residual"); break;
+    case RESIDUAL_DOWN: snprintf(val, sizeof val, "op=residual_down"); break;
+    }
+    d->meta[d->nmeta].key = strdup(key);
+    d->meta[d->nmeta].value = strdup(val);
+    d->nmeta++;
+}
+
+static void dump_free(dump *d) {
+    for (int i = 0; i < d->n; i++) free((void *)d->e[i].name), free((void *)d->e[i].data);
+    for (int i = 0; i < d->nmeta; i++) free((void *)d->meta[i].key), free((void *)d->meta[i].value);
+}
+
+/* ---- one case ----------------------------------------------------------------------------- */
+
+static ct_tensor *input(int ndim, const int64_t *shape, ct_rng *r) {
+    ct_tensor *t = ct_rand_uniform(ndim, shape, -1, 1, r);
+    ct_set_requires_grad(t, true);
+    return t;
+}
+
+static void run_case(dump *d, const op_case *k, uint64_t seed) {
+    ct_rng r;
+    ct_rng_seed(&r, seed);
+    CT_SCOPE {
+        ct_tensor *x = input(CT_SHAPE(k->n, k->c, k->h, k->w), &r), *w = NULL, *w2 = NULL,
+                  *b = NULL, *y = NULL;
+        if (k->op == CONV || k->op == RESIDUAL || k->op == RESIDUAL_DOWN)
+            w = input(CT_SHAPE(k->o, k->c / (k->groups ? k->groups : 1), k->kh, k->kw), &r);
+        if (k->op == RESIDUAL_DOWN) w2 = input(CT_SHAPE(k->o, k->c, 1, 1), &r);
+        if (k->bias) b = input(CT_SHAPE(k->o), &r);
+        switch (k->op) {
+        case CONV: {
+            ct_conv2d_opts o = {.stride_h = k->sh, .stride_w = k->sw, .pad_h = k->ph,
+                                .pad_w = k->pw, .groups = k->groups};
+            y = ct_conv2d_ex(x, w, b, &o);
+            break;
+        }
+        case MAXPOOL: y = ct_max_pool2d(x, k->k, k->s, k->p); break;
+        case AVGPOOL: y = ct_avg_pool2d(x, k->k, k->s, k->p); break;
+        case ADAPTIVE: y = ct_adaptive_avg_pool2d(x, k->oh, k->ow); break;
+        case RESIDUAL: y = ct_add(x, ct_conv2d(x, w, NULL, 1, 1)); break;
+        case RESIDUAL_DOWN: y = ct_add(ct_conv2d(x, w2, NULL, 2, 0), ct_conv2d(x, w, NULL, 2, 1)); break;
+        }
+        ct_tensor *gout = ct_rand_uniform(y->ndim, y->shape, -1, 1, &r);
+        ct_backward_ex(y, gout, false);
+        const char *names[] = {"x", "w", "w2", "b"};
+        ct_tensor *ins[] = {x, w, w2, b};
+        for (int i = 0; i < 4; i++)
+            if (ins[i]) {
+                char g[32];
+                snprintf(g, sizeof g, "grad.%s", names[i]);
+                CT_ASSERT(ct_grad(ins[i]), "ops_dump: %s: no gradient for %s", k->name, names[i]);
+                put(d, k->name, names[i], ins[i]);
+                put(d, k->name, g, ct_grad(ins[i]));
+            }
+        put(d, k->name, "gout", gout);
+        put(d, k->name, "y", y);
+        describe(d, k);
+    }
+}
+
+int main(int argc, char **argv) {
+    if (argc != 2) {
+        fprintf(stderr, "usage: ops_dump OUT.safetensors\n");
+        return 2;
+    }
+    dump *d = calloc(1, sizeof *d);
+    CT_ASSERT(d, "ops_dump: out of memory");
+    for (int i = 0; i < NCASES; i++) run_case(d, &cases[i], 100 + (uint64_t)i);
+    if (ct_st_save(argv[1], d->e, d->n, d->meta, d->nmeta) != CT_OK) {
+        fprintf(stderr, "ops_dump: %s\n", ct_last_error());
+        return 1;
+    }
+    printf("ops_dump: %d cases, %d tensors\n", NCASES, d->n);
+    dump_free(d);
+    free(d);
+    ct_scope_shutdown();
+    return 0;
+}

@@ -1,0 +1,144 @@
+#!/usr/bin/python3
+"""PyTorch parity of single ops, the PyTorch half: for every case tests/parity/ops_dump.c
+wrote (convolution with stride, padding and groups, max/avg pooling, adaptive average
+pooling, residual adds), recomputes the output and the gradient of every input from the
+same inputs and upstream gradient with torch.nn.functional, and compares.
+
+usage: test_ops_parity.py DUMP.safetensors      (run by tests/scripts/test_ops_parity.sh)
+
+Metric, as in test_parity.py: per tensor max|a - b| / max|b| <= 1e-5, a = ctrain's, b = the
+reference, which is PyTorch in float64 on the same float32 inputs. ctrain's distance to
+float32 PyTorch is printed too, not judged. A control checks that the comparison catches a
+weight off by 1e-4.
+
+Prints one line per comparison and "N passed, M failed"; exits 1 on any failure. Without
+torch it prints "SKIP: torch not available" and exits 0.
+"""
+import os
+import sys
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:
+    print("SKIP: torch not available")
+    sys.exit(0)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.dont_write_bytecode = True  # no __pycache__ in scripts/
+sys.path.insert(0, os.path.join(HERE, "..", "..", "scripts"))
+from safetensors_to_torch import read  # noqa: E402
+
+RTOL = 1e-5
+INPUTS = ("x", "w", "w2", "b")
+
+
+def parse(desc):
+    """'op=conv2d stride=2,2 groups=1' -> ('conv2d', {'stride': (2, 2), 'groups': 1})."""
+    args = dict(kv.split("=", 1) for kv in desc.split())
+    op = args.pop("op")
+    kw = {k: tuple(int(v) for v in s.split(",")) if "," in s else int(s) for k, s in args.items()}
+    return op, kw
+
+
+def forward(op, kw, t):
+    """The op on the tensors t (by input name) with torch.nn.functional."""
+    x, w, w2, b = (t.get(n) for n in INPUTS)
+    if op == "conv2d":
+        return F.conv2d(x, w, b, **kw)
+    if op == "max_pool2d":
+        return F.max_pool2d(x, **kw)
+    if op == "avg_pool2d":
+        return F.avg_pool2d(x, **kw)
+    if op == "adaptive_avg_pool2d":
+        return F.adaptive_avg_pool2d(x, **kw)
+    if op == "residual":
+        return x + F.conv2d(x, w, padding=1)
+    if op == "residual_down":
+        return F.conv2d(x, w2, stride=2) + F.conv2d(x, w, stride=2, padding=1)
+    raise ValueError(f"unknown op {op!r}")
+
+
+def reference(op, kw, inputs, gout, dtype):
+    """Output and input gradients in dtype, from the float32 inputs and upstream gradient."""
+    t = {n: v.detach().to(dtype).clone().requires_grad_(True) for n, v in inputs.items()}
+    y = forward(op, kw, t)
+    y.backward(gout.to(dtype))
+    return y.detach(), {n: v.grad for n, v in t.items()}
+
+
+def max_rel(a, b):
+    a, b = a.double().reshape(-1), b.double().reshape(-1)
+    if a.shape != b.shape:
+        return float("inf")
+    scale = b.abs().max().item()
+    err = (a - b).abs().max().item()
+    return 0.0 if err == 0 else err / scale if scale > 0 else float("inf")
+
+
+class Report:
+    def __init__(self):
+        self.passed = self.failed = 0
+        self.worst = 0.0
+
+    def check(self, ok, label, detail=""):
+        print(f"{'ok  ' if ok else 'FAIL'} {label}{'  ' + detail if detail else ''}", flush=True)
+        self.passed += bool(ok)
+        self.failed += not ok
+        return ok
+
+    def close(self, label, ours, ref64, ref32):
+        rel = max_rel(ours, ref64)
+        self.worst = max(self.worst, rel)
+        return self.check(rel <= RTOL, label, f"max_rel {rel:.2e}  | vs float32 torch "
+                          f"{max_rel(ours, ref32):.2e} (float32 torch vs float64 "
+                          f"{max_rel(ref32, ref64):.2e})")
+
+
+def run_case(rep, name, desc, dump):
+    op, kw = parse(desc)
+    inputs = {n: dump[f"{name}.{n}"] for n in INPUTS if f"{name}.{n}" in dump}
+    gout = dump[f"{name}.gout"]
+    y64, g64 = reference(op, kw, inputs, gout, torch.float64)
+    y32, g32 = reference(op, kw, inputs, gout, torch.float32)
+    rep.close(f"{name} ({desc}) y {list(y64.shape)}", dump[f"{name}.y"], y64, y32)
+    for n in inputs:
+        rep.close(f"{name} grad.{n} {list(g64[n].shape)}", dump[f"{name}.grad.{n}"], g64[n], g32[n])
+
+
+def control(rep, dump, name, desc):
+    """The comparison must notice a weight off by 1e-4 (relative) in one conv case."""
+    op, kw = parse(desc)
+    inputs = {n: dump[f"{name}.{n}"] for n in INPUTS if f"{name}.{n}" in dump}
+    inputs["w"] = inputs["w"] * (1 + 1e-4)
+    y, g = reference(op, kw, inputs, dump[f"{name}.gout"], torch.float64)
+    rel_y, rel_gx = max_rel(dump[f"{name}.y"], y), max_rel(dump[f"{name}.grad.x"], g["x"])
+    rep.check(rel_y > RTOL and rel_gx > RTOL, f"control: {name} with w * (1 + 1e-4) is detected",
+              f"y {rel_y:.2e}, grad.x {rel_gx:.2e}")
+
+
+def main():
+    if len(sys.argv) != 2:
+        print(__doc__.split("\n\n")[1], file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)
+    dump, meta = read(sys.argv[1])
+    cases = {k[len("case."):]: v for k, v in meta.items() if k.startswith("case.")}
+    rep = Report()
+    rep.check(len(cases) > 0, f"{len(cases)} cases in {sys.argv[1]}")
+    for name, desc in cases.items():
+        try:
+            run_case(rep, name, desc, dump)
+        except (Exception, SystemExit) as e:  # a missing entry or a torch error fails the case
+            rep.check(False, f"{name}: {type(e).__name__}: {e}")
+    conv = next((n for n, d in cases.items() if d.startswith("op=conv2d")), None)
+    rep.check(conv is not None, "a conv case for the control")
+    if conv:
+        control(rep, dump, conv, cases[conv])
+    print(f"largest max_rel {rep.worst:.2e} (limit {RTOL:g})")
+    print(f"{rep.passed} passed, {rep.failed} failed")
+    return 1 if rep.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
