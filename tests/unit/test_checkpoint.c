@@ -176,6 +176,34 @@ START_TEST(failed_save_keeps_old_file) {
 }
 END_TEST
 
+/* An error that wraps an earlier one ("%s: %s", path, ct_last_error()) keeps the earlier
+ * text intact: formatting straight into the buffer it reads garbled every optimizer-state
+ * resume error. */
+START_TEST(wrapped_errors_keep_the_inner_message) {
+    ct_error(CT_ERR_IO, "inner reason");
+    ck_assert_str_eq(ct_last_error(), "inner reason");
+    ct_error(CT_ERR_IO, "%s: %s", "outer/file", ct_last_error());
+    ck_assert_str_eq(ct_last_error(), "outer/file: inner reason");
+    ct_module *a = model(1, 10), *b = model(2, 5);
+    ct_optim *oa = adam_over(a), *ob = adam_over(b);
+    train_step(a, oa, 10);
+    ct_progress p = {0};
+    ck_assert_int_eq(ct_ckpt_save(path, a, oa, &p), CT_OK);
+    ct_st_file *f = NULL;
+    ck_assert_int_eq(ct_st_load(path, &f), CT_OK);
+    ck_assert_int_ne(ct_ckpt_load_optim(f, ob), CT_OK);
+    const char *msg = ct_last_error();
+    ck_assert_msg(strncmp(msg, path, strlen(path)) == 0 && strstr(msg, ": optimizer state 'optim.head.3.") &&
+                      strstr(msg, "1280 elements, parameter [5, 128] has 640"),
+                  "%s", msg);
+    ct_st_free(f);
+    ct_optim_free(oa);
+    ct_optim_free(ob);
+    ct_module_free(a);
+    ct_module_free(b);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("checkpoint");
     TCase *tc = tcase_create("checkpoint");
@@ -184,6 +212,7 @@ int main(void) {
     tcase_add_test(tc, strict_reports_every_mismatch);
     tcase_add_test(tc, non_strict_loads_backbone);
     tcase_add_test(tc, failed_save_keeps_old_file);
+    tcase_add_test(tc, wrapped_errors_keep_the_inner_message);
     suite_add_tcase(s, tc);
     return ct_test_run(s);
 }
