@@ -139,7 +139,7 @@ static ct_status resume(ct_run *r, ct_optim *o, int *start_epoch, int64_t *step)
     if (st == CT_OK) st = ct_ckpt_progress(f, &p);
     /* Replay staged unfreezing so the optimizer has the groups the saved state names. */
     for (int e = 1; st == CT_OK && e < p.epoch; e++) maybe_unfreeze(r, o, e); /* epochs already run */
-    if (st == CT_OK) st = ct_ckpt_load_model(f, r->model, true, NULL);
+    if (st == CT_OK) st = ct_run_explain_classes(r, ct_ckpt_load_model(f, r->model, true, NULL));
     if (st == CT_OK) st = ct_ckpt_load_optim(f, o);
     if (st == CT_OK) {
         *start_epoch = (int)p.epoch;
@@ -218,7 +218,12 @@ int ct_cmd_train(ct_run *r) {
     int start_epoch = 0;
     int64_t step = 0;
 
-    ct_status st = r->d.rank == 0 ? ct_mkdir_p(c->output.dir) : CT_OK;
+    ct_status st = CT_OK;
+    if (!*c->output.dir)
+        st = ct_error(CT_ERR_CONFIG, "%s: output.dir is empty; it names the directory for checkpoints and metrics",
+                      r->cfg_path);
+    else if (r->d.rank == 0)
+        st = ct_mkdir_p(c->output.dir);
     if (st == CT_OK && r->d.rank == 0) {
         char p[CT_CFG_STR + 16];
         snprintf(p, sizeof p, "%s/config.ini", c->output.dir);
