@@ -138,7 +138,8 @@ static ct_status resume(ct_run *r, ct_optim *o, int *start_epoch, int64_t *step)
     if (st == CT_OK) st = ct_st_load(path, &f);
     if (st == CT_OK) st = ct_ckpt_progress(f, &p);
     /* Replay staged unfreezing so the optimizer has the groups the saved state names. */
-    for (int e = 1; st == CT_OK && e < p.epoch; e++) maybe_unfreeze(r, o, e); /* epochs already run */
+    int at = r->cfg.train.unfreeze_after; /* unfreezing happens at most once, at this epoch */
+    if (st == CT_OK && at > 0 && at < p.epoch) maybe_unfreeze(r, o, at);
     if (st == CT_OK) st = ct_run_explain_classes(r, ct_ckpt_load_model(f, r->model, true, NULL));
     if (st == CT_OK) st = ct_ckpt_load_optim(f, o);
     if (st == CT_OK) {

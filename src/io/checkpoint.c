@@ -1,7 +1,9 @@
 /* Checkpoints: one safetensors file with the model's state_dict (PyTorch names and
  * layouts, num_batches_tracked as I64), the optimizer state ("optim.*"), the dropout RNG
  * streams ("rng.*") and the training progress in the metadata. Written atomically. */
+#include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -251,13 +253,17 @@ ct_status ct_ckpt_load_optim(const ct_st_file *f, ct_optim *o) {
     return st;
 }
 
-static ct_status meta_i64(const ct_st_file *f, const char *key, int64_t *out) {
+/* A metadata integer in [lo, hi]: anything else (missing, not a number, out of range) is
+ * an error naming the file and the key, since the values size loops and arrays on resume. */
+static ct_status meta_int(const ct_st_file *f, const char *key, int64_t lo, int64_t hi, int64_t *out) {
     const char *v = ct_st_meta_get(f, key);
     char *end = NULL;
-    if (v) *out = strtoll(v, &end, 10);
-    if (!v || !*v || *end)
-        return ct_error(CT_ERR_FORMAT, "%s: metadata '%s' is missing or not an integer",
-                        ct_st_path(f), key);
+    errno = 0;
+    long long x = v ? strtoll(v, &end, 10) : 0;
+    if (!v || !*v || *end || errno == ERANGE || x < lo || x > hi)
+        return ct_error(CT_ERR_FORMAT, "%s: metadata '%s' is %s%s%s, expected an integer in %" PRId64 "..%" PRId64,
+                        ct_st_path(f), key, v ? "'" : "missing", v ? v : "", v ? "'" : "", lo, hi);
+    *out = x;
     return CT_OK;
 }
 
@@ -266,12 +272,19 @@ ct_status ct_ckpt_progress(const ct_st_file *f, ct_progress *p) {
     if (!fmt || strcmp(fmt, "ctrain-checkpoint-1") != 0)
         return ct_error(CT_ERR_FORMAT, "%s: not a ctrain checkpoint (metadata format is %s)",
                         ct_st_path(f), fmt ? fmt : "missing");
-    int64_t seed = 0, world = 0;
-    ct_status st = meta_i64(f, "epoch", &p->epoch);
-    if (st == CT_OK) st = meta_i64(f, "step", &p->step);
-    if (st == CT_OK) st = meta_i64(f, "seed", &seed);
-    if (st == CT_OK) st = meta_i64(f, "world", &world);
-    p->seed = (uint64_t)seed;
-    p->world = (int)world;
-    return st;
+    int64_t epoch = 0, step = 0, world = 0;
+    /* epochs and ranks are ints wherever they are used; the seed is any uint64 */
+    ct_status st = meta_int(f, "epoch", 0, INT_MAX, &epoch);
+    if (st == CT_OK) st = meta_int(f, "step", 0, INT64_MAX, &step);
+    if (st == CT_OK) st = meta_int(f, "world", 1, INT_MAX, &world);
+    const char *seed = ct_st_meta_get(f, "seed");
+    char *end = NULL;
+    errno = 0;
+    unsigned long long s = seed ? strtoull(seed, &end, 10) : 0;
+    if (st == CT_OK && (!seed || !*seed || *end || errno == ERANGE || strchr(seed, '-')))
+        st = ct_error(CT_ERR_FORMAT, "%s: metadata 'seed' is %s%s%s, expected an integer in 0..%" PRIu64,
+                      ct_st_path(f), seed ? "'" : "missing", seed ? seed : "", seed ? "'" : "", UINT64_MAX);
+    if (st != CT_OK) return st;
+    *p = (ct_progress){.epoch = epoch, .step = step, .seed = s, .world = (int)world};
+    return CT_OK;
 }

@@ -230,7 +230,9 @@ ct_status ct_ckpt_load_model_except(const ct_st_file *f, ct_module *m, bool stri
                                     const char *exclude, char **not_loaded);
 /* Restores the optimizer state saved in f into o (whose groups match the saving run). */
 ct_status ct_ckpt_load_optim(const ct_st_file *f, ct_optim *o);
-/* Reads the progress metadata; CT_ERR_FORMAT if f is not a ctrain checkpoint. */
+/* Reads the progress metadata; CT_ERR_FORMAT (naming the file and key) if f is not a ctrain
+ * checkpoint or a field is out of range: epoch 0..INT_MAX, step >= 0, world 1..INT_MAX,
+ * seed a uint64. p is unchanged on error. */
 ct_status ct_ckpt_progress(const ct_st_file *f, ct_progress *p);
 
 #endif

@@ -204,6 +204,51 @@ START_TEST(wrapped_errors_keep_the_inner_message) {
 }
 END_TEST
 
+/* Progress metadata comes from a file that may have been edited or written elsewhere: every
+ * field is range-checked (an epoch of 2^31 overflowed int, a saturated one spun forever on
+ * resume, a negative epoch aborted later, step -1 and world 0 passed). */
+static const struct {
+    const char *key, *value;
+    bool ok;
+} progress_cases[] = {
+    {"epoch", "2147483647", true},   {"epoch", "2147483648", false},
+    {"epoch", "9223372036854775807", false}, {"epoch", "99999999999999999999", false},
+    {"epoch", "-1", false},          {"epoch", "", false},
+    {"epoch", "1x", false},          {"step", "-1", false},
+    {"step", "9223372036854775807", true}, {"world", "0", false},
+    {"world", "-2", false},          {"world", "2147483648", false},
+    {"seed", "18446744073709551615", true}, {"seed", "18446744073709551616", false},
+    {"seed", "-1", false},           {"seed", "", false},
+};
+
+START_TEST(progress_fields_are_range_checked) {
+    const char *key = progress_cases[_i].key, *value = progress_cases[_i].value;
+    ct_st_meta meta[] = {{"format", "ctrain-checkpoint-1"}, {"epoch", "3"}, {"step", "30"},
+                         {"seed", "7"}, {"world", "2"}};
+    for (int k = 1; k < 5; k++)
+        if (!strcmp(meta[k].key, key)) meta[k].value = value;
+    float w = 1;
+    ct_st_entry e = {.name = "w", .dtype = CT_DTYPE_F32, .ndim = 1, .shape = {1}, .data = &w};
+    ck_assert_int_eq(ct_st_save(path, &e, 1, meta, 5), CT_OK);
+    ct_st_file *f = NULL;
+    ck_assert_int_eq(ct_st_load(path, &f), CT_OK);
+    ct_progress p = {.epoch = -5};
+    ct_status st = ct_ckpt_progress(f, &p);
+    if (progress_cases[_i].ok) {
+        ck_assert_msg(st == CT_OK, "%s = '%s': %s", key, value, ct_last_error());
+        if (!strcmp(key, "seed")) ck_assert(p.seed == UINT64_MAX);
+        if (!strcmp(key, "epoch")) ck_assert_int_eq(p.epoch, 2147483647);
+    } else {
+        char want[64];
+        snprintf(want, sizeof want, "metadata '%s' is", key);
+        ck_assert_msg(st == CT_ERR_FORMAT && strstr(ct_last_error(), path) && strstr(ct_last_error(), want),
+                      "%s = '%s': status %d, %s", key, value, st, ct_last_error());
+        ck_assert_int_eq(p.epoch, -5); /* unchanged */
+    }
+    ct_st_free(f);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("checkpoint");
     TCase *tc = tcase_create("checkpoint");
@@ -213,6 +258,8 @@ int main(void) {
     tcase_add_test(tc, non_strict_loads_backbone);
     tcase_add_test(tc, failed_save_keeps_old_file);
     tcase_add_test(tc, wrapped_errors_keep_the_inner_message);
+    tcase_add_loop_test(tc, progress_fields_are_range_checked, 0,
+                        (int)(sizeof progress_cases / sizeof progress_cases[0]));
     suite_add_tcase(s, tc);
     return ct_test_run(s);
 }
