@@ -10,7 +10,7 @@
 #include "../nn/nn.h"
 #include "../optim/optim.h"
 
-/* ---- atomic writes ----------------------------------------------------------------- */
+/* ---- atomic writes and reading outside files ---------------------------------------- */
 
 /* Fills an open file; returns CT_OK or an error status (with ct_error's message). */
 typedef ct_status (*ct_write_fn)(FILE *f, void *ctx);
@@ -22,6 +22,11 @@ typedef ct_status (*ct_write_fn)(FILE *f, void *ctx);
 ct_status ct_write_atomic(const char *path, ct_write_fn fn, void *ctx);
 /* ct_write_atomic of the n bytes at data. */
 ct_status ct_write_file_atomic(const char *path, const void *data, size_t n);
+
+/* Opens path for reading ("rb") if it is a regular file; a FIFO, directory, device or
+ * socket is CT_ERR_IO naming path and what it is, without blocking (open() of a FIFO waits
+ * for a writer). *out = NULL on error. */
+ct_status ct_fopen_regular(const char *path, FILE **out);
 
 /* ---- safetensors --------------------------------------------------------------------- */
 

@@ -460,7 +460,6 @@ static ct_status load_into(ct_st_file *f, FILE *fp) {
     struct stat sb;
     if (fstat(fileno(fp), &sb) != 0)
         return ct_error(CT_ERR_IO, "%s: stat failed: %s", path, strerror(errno));
-    if (!S_ISREG(sb.st_mode)) return ct_error(CT_ERR_IO, "%s: not a regular file", path);
     uint64_t size = (uint64_t)sb.st_size;
     if (size < 8)
         return ct_error(CT_ERR_FORMAT, "%s: file is too short (%llu bytes); a safetensors file "
@@ -504,15 +503,16 @@ static ct_status load_into(ct_st_file *f, FILE *fp) {
 
 ct_status ct_st_load(const char *path, ct_st_file **out) {
     *out = NULL;
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return ct_error(CT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    FILE *fp = NULL;
+    ct_status st = ct_fopen_regular(path, &fp);
+    if (st != CT_OK) return st;
     ct_st_file *f = calloc(1, sizeof *f);
     if (!f || !(f->path = strdup(path))) {
         free(f);
         fclose(fp);
         return ct_error(CT_ERR_IO, "%s: out of memory", path);
     }
-    ct_status st = load_into(f, fp);
+    st = load_into(f, fp);
     fclose(fp);
     if (st) {
         ct_st_free(f);

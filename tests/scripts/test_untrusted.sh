@@ -73,4 +73,28 @@ fails bad-test-label-builtin-model "model has 256 classes because $T/test_y_bad.
     eval "$CFG" "${DATA[@]}" data.test_y="$T/test_y_bad.npy" --checkpoint "$MLP/ckpt-epoch0001.safetensors"
 for d in e1 e2 e3 e4; do check "no output dir made by a failed start-up ($d)" [ ! -e "$T/$d" ]; done
 
+# ---- `latest` and checkpoint paths: only a plain file name inside output.dir, only regular files
+L=$T/lat
+mkdir -p "$L" && cp "$T/base/ckpt-epoch0001.safetensors" "$L/"
+RESUME=(train "$CFG" "${DATA[@]}" "${SMALL[@]}" train.epochs=3 resume=true output.dir="$L")
+echo "$T/base/ckpt-epoch0002.safetensors" >"$L/latest"
+fails latest-absolute-path "$L/latest: must hold the name of a checkpoint file in $L" -- "${RESUME[@]}"
+echo "../base/ckpt-epoch0002.safetensors" >"$L/latest"
+fails latest-outside-the-directory "$L/latest: must hold the name of a checkpoint file" -- "${RESUME[@]}"
+printf 'ckpt-epoch0001.safetensors\nckpt-epoch0002.safetensors\n' >"$L/latest"
+fails latest-two-lines "$L/latest: must hold the name" -- "${RESUME[@]}"
+rm "$L/latest" && mkdir "$L/latest"
+fails latest-is-a-directory "$L/latest: not a regular file (a directory)" -- "${RESUME[@]}"
+rmdir "$L/latest" && mkfifo "$L/latest"
+fails latest-is-a-fifo "$L/latest: not a regular file (a FIFO)" -- "${RESUME[@]}"
+rm "$L/latest" && echo ckpt-epoch0001.safetensors >"$L/latest"
+run latest-plain-name "${RESUME[@]}"
+ran_ok "resume from a plain name in latest" latest-plain-name
+check "resume named the checkpoint in output.dir" contains "$T/latest-plain-name.err" "resumed from $L/ckpt-epoch0001.safetensors"
+mkfifo "$T/fifo.safetensors"
+fails eval-checkpoint-is-a-fifo "$T/fifo.safetensors: not a regular file (a FIFO)" -- \
+    eval "$CFG" "${DATA[@]}" "${SMALL[@]}" --checkpoint "$T/fifo.safetensors"
+fails init-from-a-fifo "$T/fifo.safetensors: not a regular file (a FIFO)" -- \
+    train "$CFG" "${DATA[@]}" "${SMALL[@]}" model.init_from="$T/fifo.safetensors" output.dir="$T/e5"
+
 finish
