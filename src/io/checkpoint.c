@@ -138,6 +138,12 @@ static const char *st_shape(const ct_st_entry *e, char *buf, size_t n) {
     return buf;
 }
 
+/* e (from the file) can be copied into w (the model's): same dtype and shape. */
+static bool fits(const ct_st_entry *e, const ct_st_entry *w) {
+    return e->dtype == w->dtype && e->ndim == w->ndim &&
+           memcmp(e->shape, w->shape, (size_t)w->ndim * sizeof *w->shape) == 0;
+}
+
 static bool is_model_entry(const char *name) {
     return strncmp(name, "optim.", 6) != 0 && strncmp(name, "rng.", 4) != 0;
 }
@@ -176,9 +182,7 @@ ct_status ct_ckpt_load_model_except(const ct_st_file *f, ct_module *m, bool stri
             continue;
         }
         used[e - ct_st_at(f, 0)] = true;
-        bool same = e->dtype == w->dtype && e->ndim == w->ndim &&
-                    memcmp(e->shape, w->shape, (size_t)w->ndim * sizeof *w->shape) == 0;
-        if (!same) {
+        if (!fits(e, w)) {
             report(&rep, &len, "%s is %s in the checkpoint but %s in the model", w->name,
                    st_shape(e, a, sizeof a), st_shape(w, b, sizeof b));
             errors++;
@@ -192,17 +196,24 @@ ct_status ct_ckpt_load_model_except(const ct_st_file *f, ct_module *m, bool stri
         }
     }
     /* Non-strict: shape mismatches are skipped (a new head over an old backbone), so they
-     * are reported but not fatal. */
+     * are reported but not fatal; loading nothing at all is (another model's file, or an
+     * exclude list that covers everything). */
+    int loadable = 0;
+    for (int i = 0; i < want.n; i++) {
+        const ct_st_entry *w = &want.e[i], *e = ct_st_find(f, w->name);
+        loadable += e && is_model_entry(w->name) && !ct_glob_match(exclude, w->name) && fits(e, w);
+    }
     if (!strict) errors = 0;
     ct_status st = CT_OK;
     if (errors) {
         st = ct_error(CT_ERR_SHAPE, "%s: does not match the model: %s", ct_st_path(f), rep);
+    } else if (!loadable && want.n) {
+        st = ct_error(CT_ERR_SHAPE, "%s: not one tensor of the model could be loaded from it: %s", ct_st_path(f),
+                      rep ? rep : "nothing to load");
     } else {
         for (int i = 0; i < want.n; i++) {
             const ct_st_entry *w = &want.e[i], *e = ct_st_find(f, w->name);
-            if (!e || ct_glob_match(exclude, w->name) || e->dtype != w->dtype || e->ndim != w->ndim ||
-                memcmp(e->shape, w->shape, (size_t)w->ndim * sizeof *w->shape) != 0)
-                continue;
+            if (!e || ct_glob_match(exclude, w->name) || !fits(e, w)) continue;
             /* The wanted entries point at the model's own memory (or at copies for the
              * counters and RNG), so write through them. */
             memcpy((void *)w->data, e->data, ct_st_nbytes(e));

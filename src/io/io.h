@@ -225,7 +225,8 @@ ct_status ct_ckpt_save(const char *path, ct_module *m, const ct_optim *o, const 
 /* Loads the model part of f into m, checking every name, shape and dtype. Strict: any
  * missing, unexpected or mismatched entry of the state_dict is CT_ERR_SHAPE listing all of
  * them. Non-strict: loads what matches and, in *not_loaded (malloc'd, may be NULL; free it),
- * lists what did not (e.g. a new head over a pretrained backbone). The dropout RNG streams
+ * lists what did not (e.g. a new head over a pretrained backbone); a file of which not one
+ * model tensor loads is CT_ERR_SHAPE even then. The dropout RNG streams
  * ("rng.*") are loaded when present and never required, so a PyTorch state_dict exported to
  * safetensors (scripts/torch_to_safetensors.py) loads strict. */
 ct_status ct_ckpt_load_model(const ct_st_file *f, ct_module *m, bool strict, char **not_loaded);

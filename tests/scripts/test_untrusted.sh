@@ -97,4 +97,11 @@ fails eval-checkpoint-is-a-fifo "$T/fifo.safetensors: not a regular file (a FIFO
 fails init-from-a-fifo "$T/fifo.safetensors: not a regular file (a FIFO)" -- \
     train "$CFG" "${DATA[@]}" "${SMALL[@]}" model.init_from="$T/fifo.safetensors" output.dir="$T/e5"
 
+# ---- a non-strict init_from that loads nothing is an error --------------------------------
+fails init-from-another-model "$MLP/ckpt-epoch0001.safetensors: not one tensor of the model could be loaded" -- \
+    train "$CFG" "${DATA[@]}" "${SMALL[@]}" model.init_from="$MLP/ckpt-epoch0001.safetensors" output.dir="$T/e6"
+run init-from-partial train "$CFG" "${DATA[@]}" model.name=custom model.layers=linear:32,relu,linear:4 \
+    train.epochs=1 model.init_from="$T/base/ckpt-epoch0002.safetensors" model.init_exclude=2.* output.dir="$T/ok6"
+ran_ok "non-strict init_from that loads some tensors" init-from-partial
+
 finish

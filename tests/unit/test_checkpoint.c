@@ -249,6 +249,29 @@ START_TEST(progress_fields_are_range_checked) {
 }
 END_TEST
 
+/* Non-strict loading that loads nothing (another model's file, or everything excluded) is
+ * an error, not a silent fresh start. */
+START_TEST(non_strict_loading_nothing_fails) {
+    ct_rng r;
+    ct_rng_seed(&r, 1);
+    ct_module *a = model(1, 10), *mlp = ct_nn_mlp(64, 10, &r);
+    ct_progress p = {0};
+    ck_assert_int_eq(ct_ckpt_save(path, a, NULL, &p), CT_OK);
+    ct_st_file *f = NULL;
+    ck_assert_int_eq(ct_st_load(path, &f), CT_OK);
+    float before = ct_module_find(mlp, "1.weight")->data[0];
+    ck_assert_int_eq(ct_ckpt_load_model(f, mlp, false, NULL), CT_ERR_SHAPE);
+    ck_assert_msg(strstr(ct_last_error(), path) && strstr(ct_last_error(), "not one tensor of the model"), "%s",
+                  ct_last_error());
+    ck_assert_float_eq(ct_module_find(mlp, "1.weight")->data[0], before);
+    ck_assert_int_eq(ct_ckpt_load_model_except(f, a, false, "*", NULL), CT_ERR_SHAPE);
+    ck_assert_int_eq(ct_ckpt_load_model_except(f, a, false, "backbone.*", NULL), CT_OK);
+    ct_st_free(f);
+    ct_module_free(a);
+    ct_module_free(mlp);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("checkpoint");
     TCase *tc = tcase_create("checkpoint");
@@ -258,6 +281,7 @@ int main(void) {
     tcase_add_test(tc, non_strict_loads_backbone);
     tcase_add_test(tc, failed_save_keeps_old_file);
     tcase_add_test(tc, wrapped_errors_keep_the_inner_message);
+    tcase_add_test(tc, non_strict_loading_nothing_fails);
     tcase_add_loop_test(tc, progress_fields_are_range_checked, 0,
                         (int)(sizeof progress_cases / sizeof progress_cases[0]));
     suite_add_tcase(s, tc);
