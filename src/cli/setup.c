@@ -182,6 +182,12 @@ ct_status ct_run_build(ct_run *r, bool with_train) {
         if (ct_module_set_requires_grad(r->model, r->cfg.model.freeze, false) == 0)
             st = ct_error(CT_ERR_CONFIG, "%s: model.freeze = '%s' matches no parameter", cfg_path,
                           r->cfg.model.freeze);
+        ct_named t = ct_module_params(r->model, true);
+        /* a step with no trainable parameter would have no graph to run backward through */
+        if (st == CT_OK && with_train && t.n == 0)
+            st = ct_error(CT_ERR_CONFIG, "%s: model.freeze = '%s' freezes every parameter: nothing left to train",
+                          cfg_path, r->cfg.model.freeze);
+        ct_named_free(&t);
     }
     if (r->model) {
         ct_module_set_frozen_bn_eval(r->model, r->cfg.model.bn_eval_when_frozen);

@@ -71,7 +71,6 @@ fails bad-test-label-eval "$T/test_y_bad.npy: sample 17 has label 255, but the m
     eval "$CFG" "${DATA[@]}" "${SMALL[@]}" data.test_y="$T/test_y_bad.npy" --checkpoint "$T/base/ckpt-epoch0002.safetensors"
 fails bad-test-label-builtin-model "model has 256 classes because $T/test_y_bad.npy holds label 255, at sample 17" -- \
     eval "$CFG" "${DATA[@]}" data.test_y="$T/test_y_bad.npy" --checkpoint "$MLP/ckpt-epoch0001.safetensors"
-for d in e1 e2 e3 e4; do check "no output dir made by a failed start-up ($d)" [ ! -e "$T/$d" ]; done
 
 # ---- `latest` and checkpoint paths: only a plain file name inside output.dir, only regular files
 L=$T/lat
@@ -103,5 +102,13 @@ fails init-from-another-model "$MLP/ckpt-epoch0001.safetensors: not one tensor o
 run init-from-partial train "$CFG" "${DATA[@]}" model.name=custom model.layers=linear:32,relu,linear:4 \
     train.epochs=1 model.init_from="$T/base/ckpt-epoch0002.safetensors" model.init_exclude=2.* output.dir="$T/ok6"
 ran_ok "non-strict init_from that loads some tensors" init-from-partial
+
+# ---- freezing everything is a config error, not an abort in backward ------------------------
+fails freeze-everything "$CFG: model.freeze = '*' freezes every parameter: nothing left to train" -- \
+    train "$CFG" "${DATA[@]}" "${SMALL[@]}" model.freeze='*' output.dir="$T/e7"
+run eval-frozen eval "$CFG" "${DATA[@]}" "${SMALL[@]}" model.freeze='*' --checkpoint "$T/base/ckpt-epoch0002.safetensors"
+ran_ok "eval with every parameter frozen" eval-frozen
+
+for d in e1 e2 e3 e4 e5 e6 e7; do check "no output dir made by a failed start-up ($d)" [ ! -e "$T/$d" ]; done
 
 finish
