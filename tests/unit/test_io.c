@@ -791,6 +791,35 @@ static const struct {
     {"[data]\nformat = idx\n[model\nname = cnn\n", {":3:", "syntax error", NULL}},
 };
 
+/* Every line ending reads the same: LF, CRLF (Windows) and a lone CR (old Mac), in a file
+ * and in a string. A CR-only file used to be one long line that inih skipped, so the run
+ * silently used the defaults. Line numbers in errors count CR-only lines too. */
+START_TEST(config_line_endings) {
+    make_tmpdir();
+    const char *eol[] = {"\n", "\r\n", "\r"};
+    for (int k = 0; k < 3; k++) {
+        char text[256];
+        snprintf(text, sizeof text, "[train]%sepochs = 4%s%s[optim]%slr = 0.5%sname = sgd", eol[k], eol[k],
+                 eol[k], eol[k], eol[k]);
+        ct_config c;
+        ct_config_defaults(&c);
+        ck_assert_msg(ct_config_load_string(&c, text, "string") == CT_OK, "%s", ct_last_error());
+        ck_assert_int_eq(c.train.epochs, 4);
+        ck_assert_double_eq(c.optim.lr, 0.5);
+        ck_assert_int_eq(c.optim.name, CT_CFG_OPTIM_SGD);
+        const char *path = write_ini("eol.ini", text);
+        ck_assert_msg(ct_config_load(&c, path, 0, NULL) == CT_OK, "%s", ct_last_error());
+        ck_assert_int_eq(c.train.epochs, 4);
+        ck_assert_double_eq(c.optim.lr, 0.5);
+        ck_assert_int_eq(c.optim.name, CT_CFG_OPTIM_SGD);
+        snprintf(text, sizeof text, "[train]%sepochs = 4%sbogus = 1%s", eol[k], eol[k], eol[k]);
+        path = write_ini("eol.ini", text);
+        expect_error(ct_config_load(&c, path, 0, NULL), CT_ERR_CONFIG, "eol.ini:3", "bogus", NULL);
+    }
+    remove_tmpdir();
+}
+END_TEST
+
 START_TEST(config_file_errors) {
     make_tmpdir();
     const char *path = write_ini("bad.ini", bad_ini[_i].text);
@@ -1014,6 +1043,7 @@ int main(void) {
     TCase *cf = tcase_create("config");
     tcase_add_test(cf, config_defaults);
     tcase_add_test(cf, config_file_and_overrides);
+    tcase_add_test(cf, config_line_endings);
     tcase_add_loop_test(cf, config_file_errors, 0, (int)(sizeof bad_ini / sizeof bad_ini[0]));
     tcase_add_test(cf, config_load_errors);
     tcase_add_test(cf, config_override_errors);
