@@ -238,6 +238,12 @@ int ct_cmd_train(ct_run *r) {
     else if (r->d.rank == 0)
         st = ct_mkdir_p(c->output.dir);
     if (st == CT_OK && r->d.rank == 0) {
+        int stale = ct_remove_stale_tmp(c->output.dir);
+        if (stale)
+            fprintf(stderr, "ctrain: removed %d temporary file(s) in %s left by a killed run\n", stale,
+                    c->output.dir);
+    }
+    if (st == CT_OK && r->d.rank == 0) {
         char p[CT_CFG_STR + 16];
         snprintf(p, sizeof p, "%s/config.ini", c->output.dir);
         st = ct_config_save(c, p);

@@ -22,6 +22,10 @@ typedef ct_status (*ct_write_fn)(FILE *f, void *ctx);
 ct_status ct_write_atomic(const char *path, ct_write_fn fn, void *ctx);
 /* ct_write_atomic of the n bytes at data. */
 ct_status ct_write_file_atomic(const char *path, const void *data, size_t n);
+/* Removes the temporaries ct_write_atomic leaves in dir when its process is killed while
+ * writing: regular files "<name>.tmp.<pid>" whose pid no process on this host has. Best
+ * effort; returns how many it removed. */
+int ct_remove_stale_tmp(const char *dir);
 
 /* Opens path for reading ("rb") if it is a regular file; a FIFO, directory, device or
  * socket is CT_ERR_IO naming path and what it is, without blocking (open() of a FIFO waits

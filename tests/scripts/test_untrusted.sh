@@ -108,6 +108,19 @@ fails freeze-everything "$CFG: model.freeze = '*' freezes every parameter: nothi
     train "$CFG" "${DATA[@]}" "${SMALL[@]}" model.freeze='*' output.dir="$T/e7"
 run eval-frozen eval "$CFG" "${DATA[@]}" "${SMALL[@]}" model.freeze='*' --checkpoint "$T/base/ckpt-epoch0002.safetensors"
 ran_ok "eval with every parameter frozen" eval-frozen
+# ---- temporaries left by a rank killed while writing are removed by the next run ---------------
+S=$T/stale
+mkdir -p "$S"
+sh -c 'exit 0' &
+dead=$!
+wait $dead # nothing has this pid now (pids are not reused this quickly)
+for f in ckpt-epoch0001.safetensors.tmp.$dead latest.tmp.$dead config.ini.tmp.$dead \
+         ckpt-epoch0002.safetensors.tmp.$$ notes.tmp.txt; do echo x >"$S/$f"; done
+run stale train "$CFG" "${DATA[@]}" "${SMALL[@]}" train.epochs=1 output.dir="$S"
+ran_ok "a run into a directory with stale temporaries" stale
+expect_eq "stale temporaries of dead pids removed; a live pid's and other files kept" \
+    "ckpt-epoch0002.safetensors.tmp.$$ notes.tmp.txt" "$(cd "$S" && ls | grep tmp | tr '\n' ' ' | sed 's/ $//')"
+check "the run says it removed them" contains "$T/stale.err" "removed 3 temporary file(s) in $S"
 
 for d in e1 e2 e3 e4 e5 e6 e7; do check "no output dir made by a failed start-up ($d)" [ ! -e "$T/$d" ]; done
 
