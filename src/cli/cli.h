@@ -16,6 +16,13 @@ typedef struct {
     ct_module *model;
     int64_t classes;
     ct_loader_opts eval_opts;
+    /* Per split (ct_split), as loaded before class selection: the label file, its largest
+     * label and the first sample holding it. The model's class count comes from these, so
+     * a stray label is named by file and sample rather than as a shape mismatch later. */
+    struct {
+        char file[CT_CFG_STR + 64];
+        int64_t max, sample;
+    } labels[2];
 } ct_run;
 
 /* Prints msg once (from the lowest failing rank) and returns non-OK on every rank if any
@@ -28,6 +35,10 @@ ct_status ct_run_setup(ct_run *r, const char *cfg_path, int noverrides, char *co
 /* The part of ct_run_setup after the config: r->cfg, r->cfg_path and r->d are filled. */
 ct_status ct_run_build(ct_run *r, bool with_train);
 void ct_run_free(ct_run *r);
+/* For a checkpoint that does not fit the model (st == CT_ERR_SHAPE): appends to the message
+ * where the model's class count came from (the label file and sample of the largest test
+ * label), since a stray label there shows up as a classifier of the wrong size. Returns st. */
+ct_status ct_run_explain_classes(const ct_run *r, ct_status st);
 /* mkdir -p; the message names the directory that could not be made. */
 ct_status ct_mkdir_p(const char *dir);
 

@@ -28,7 +28,7 @@ static void json_string(FILE *f, const char *s) {
 int ct_cmd_eval(ct_run *r, const char *checkpoint) {
     ct_st_file *f = NULL;
     ct_status st = ct_st_load(checkpoint, &f);
-    if (st == CT_OK) st = ct_ckpt_load_model(f, r->model, true, NULL);
+    if (st == CT_OK) st = ct_run_explain_classes(r, ct_ckpt_load_model(f, r->model, true, NULL));
     ct_st_free(f);
     if (ct_run_agree(&r->d, st) != CT_OK) return 1;
     ct_eval_result ev;

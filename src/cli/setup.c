@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -16,6 +17,45 @@ ct_status ct_run_agree(const ct_dist *d, ct_status st) {
             fprintf(stderr, "ctrain: error: %s\n", ct_last_error());
     }
     return st != CT_OK ? st : CT_ERR_MPI;
+}
+
+/* Records where split's largest label is (see ct_run.labels). */
+static void note_labels(ct_run *r, ct_split split, const ct_dataset *ds) {
+    const ct_config *c = &r->cfg;
+    char *file = r->labels[split].file;
+    size_t n = sizeof r->labels[split].file;
+    if (c->data.format == CT_CFG_FORMAT_IDX) {
+        /* the reader takes the plain file if present, else the .gz */
+        snprintf(file, n, "%s/%s-labels-idx1-ubyte", c->data.dir, split == CT_SPLIT_TRAIN ? "train" : "t10k");
+        if (access(file, F_OK) != 0 && strlen(file) + 3 < n) strcat(file, ".gz");
+    } else {
+        snprintf(file, n, "%s", split == CT_SPLIT_TRAIN ? c->data.train_y : c->data.test_y);
+    }
+    r->labels[split].max = -1;
+    for (int64_t i = 0; i < ds->n; i++)
+        if (ds->y[i] > r->labels[split].max) r->labels[split].max = ds->y[i], r->labels[split].sample = i;
+}
+
+ct_status ct_run_explain_classes(const ct_run *r, ct_status st) {
+    if (st != CT_ERR_SHAPE || strcmp(r->cfg.data.classes, "all") != 0 || r->labels[CT_SPLIT_TEST].max < 0)
+        return st;
+    return ct_error(st, "%s (the model has %lld classes because %s holds label %lld, at sample %lld)",
+                    ct_last_error(), (long long)r->labels[CT_SPLIT_TEST].max + 1, r->labels[CT_SPLIT_TEST].file,
+                    (long long)r->labels[CT_SPLIT_TEST].max, (long long)r->labels[CT_SPLIT_TEST].sample);
+}
+
+/* The training and test sets have different class counts: names the label file and the
+ * sample whose label is beyond the other set's. */
+static ct_status classes_differ(const ct_run *r) {
+    int more = r->train.num_classes > r->test.num_classes ? CT_SPLIT_TRAIN : CT_SPLIT_TEST;
+    int fewer = more == CT_SPLIT_TRAIN ? CT_SPLIT_TEST : CT_SPLIT_TRAIN;
+    if (strcmp(r->cfg.data.classes, "all") != 0)
+        return ct_error(CT_ERR_FORMAT, "with data.classes = %s the training set has %d classes but the test set %d",
+                        r->cfg.data.classes, r->train.num_classes, r->test.num_classes);
+    return ct_error(CT_ERR_FORMAT, "%s: sample %lld has label %lld, but the %s set's labels (%s) go up to %lld",
+                    r->labels[more].file, (long long)r->labels[more].sample, (long long)r->labels[more].max,
+                    fewer == CT_SPLIT_TRAIN ? "training" : "test", r->labels[fewer].file,
+                    (long long)r->labels[fewer].max);
 }
 
 static ct_status load_split(ct_run *r, ct_split split, ct_dataset *ds) {
@@ -33,6 +73,7 @@ static ct_status load_split(ct_run *r, ct_split split, ct_dataset *ds) {
         st = ct_dataset_from_npy(ds, x, y);
     }
     if (st != CT_OK) return st;
+    note_labels(r, split, ds);
     /* Class selection keeps the listed classes and renumbers them 0..k-1, so a head of k
      * outputs trains on them (the transfer-learning set-up). */
     bool keep[1024];
@@ -94,6 +135,31 @@ static ct_status init_from(ct_run *r) {
     return st;
 }
 
+/* Every label must index one of the model's outputs: a custom model's classifier size is
+ * the user's, and cross_entropy treats a label beyond it as misuse (an abort). One sample
+ * of zeros through the model tells its output count. */
+static ct_status check_labels_fit(ct_run *r) {
+    const ct_dataset *ds = &r->test;
+    int64_t shape[CT_MAX_DIMS] = {1};
+    memcpy(shape + 1, ds->sample_shape, (size_t)ds->sample_ndim * sizeof *shape);
+    int64_t outputs = 0;
+    CT_EVALUATE(r->model) CT_SCOPE {
+        ct_tensor *y = ct_module_forward(r->model, ct_zeros(ds->sample_ndim + 1, shape));
+        outputs = y->ndim == 2 ? y->shape[1] : 0;
+    }
+    if (outputs <= 0) return CT_OK; /* not a classifier's [batch, classes] output */
+    for (int split = CT_SPLIT_TRAIN; split <= CT_SPLIT_TEST; split++) {
+        const ct_dataset *d = split == CT_SPLIT_TRAIN ? &r->train : &r->test;
+        for (int64_t i = 0; i < d->n; i++)
+            if (d->y[i] >= outputs)
+                return ct_error(CT_ERR_FORMAT, "%s: sample %lld has label %lld, but the model has %lld outputs "
+                                "(classes 0..%lld)%s", r->labels[split].file, (long long)i, (long long)d->y[i],
+                                (long long)outputs, (long long)outputs - 1,
+                                strcmp(r->cfg.data.classes, "all") ? " after data.classes renumbering" : "");
+    }
+    return CT_OK;
+}
+
 ct_status ct_run_setup(ct_run *r, const char *cfg_path, int noverrides, char *const *overrides,
                        bool with_train) {
     r->cfg_path = cfg_path;
@@ -107,16 +173,21 @@ ct_status ct_run_build(ct_run *r, bool with_train) {
     if (st == CT_OK && with_train) {
         st = load_split(r, CT_SPLIT_TRAIN, &r->train);
         r->have_train = st == CT_OK;
-        if (st == CT_OK && r->train.num_classes != r->test.num_classes)
-            st = ct_error(CT_ERR_FORMAT, "training set has %lld classes but test set %lld",
-                          (long long)r->train.num_classes, (long long)r->test.num_classes);
+        if (st == CT_OK && r->train.num_classes != r->test.num_classes) st = classes_differ(r);
     }
     if (st == CT_OK) st = build_model(r);
+    if (st == CT_OK) st = check_labels_fit(r);
     if (st == CT_OK) st = init_from(r);
     if (st == CT_OK && *r->cfg.model.freeze) {
         if (ct_module_set_requires_grad(r->model, r->cfg.model.freeze, false) == 0)
             st = ct_error(CT_ERR_CONFIG, "%s: model.freeze = '%s' matches no parameter", cfg_path,
                           r->cfg.model.freeze);
+        ct_named t = ct_module_params(r->model, true);
+        /* a step with no trainable parameter would have no graph to run backward through */
+        if (st == CT_OK && with_train && t.n == 0)
+            st = ct_error(CT_ERR_CONFIG, "%s: model.freeze = '%s' freezes every parameter: nothing left to train",
+                          cfg_path, r->cfg.model.freeze);
+        ct_named_free(&t);
     }
     if (r->model) {
         ct_module_set_frozen_bn_eval(r->model, r->cfg.model.bn_eval_when_frozen);

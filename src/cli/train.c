@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -96,18 +97,29 @@ ct_status ct_mkdir_p(const char *dir) {
     return CT_OK;
 }
 
-/* The newest checkpoint is named in <dir>/latest (itself written atomically). */
+/* The newest checkpoint is named in <dir>/latest (itself written atomically). The file may
+ * have been edited or copied from elsewhere: it must hold one plain file name, so resume
+ * never loads a file outside the run's directory. */
 static ct_status latest_checkpoint(const char *dir, char *path, size_t n) {
     char lp[CT_CFG_STR + 16];
     snprintf(lp, sizeof lp, "%s/latest", dir);
-    FILE *f = fopen(lp, "r");
-    if (!f) return ct_error(CT_ERR_IO, "resume: no checkpoint to resume from (%s: %s)", lp, strerror(errno));
+    FILE *f = NULL;
+    if (access(lp, F_OK) != 0)
+        return ct_error(CT_ERR_IO, "resume: no checkpoint to resume from (%s: %s)", lp, strerror(errno));
+    ct_status st = ct_fopen_regular(lp, &f);
+    if (st != CT_OK) return st;
     char name[256] = {0};
-    bool ok = fgets(name, sizeof name, f) != NULL;
+    size_t len = fread(name, 1, sizeof name - 1, f);
+    bool more = fgetc(f) != EOF;
     fclose(f);
-    name[strcspn(name, "\n")] = 0;
-    if (!ok || !*name) return ct_error(CT_ERR_FORMAT, "%s: empty", lp);
-    snprintf(path, n, "%s/%s", dir, name);
+    if (len && name[len - 1] == '\n') name[--len] = 0;
+    if (!len) return ct_error(CT_ERR_FORMAT, "%s: empty", lp);
+    bool plain = !more && strlen(name) == len && strcmp(name, ".") && strcmp(name, "..");
+    for (size_t i = 0; plain && i < len; i++) plain = name[i] != '/' && (unsigned char)name[i] >= 0x20;
+    if (!plain)
+        return ct_error(CT_ERR_FORMAT, "%s: must hold the name of a checkpoint file in %s (one line, no '/'), "
+                        "not '%.64s%s'", lp, dir, name, len > 64 || more ? "..." : "");
+    if (snprintf(path, n, "%s/%s", dir, name) >= (int)n) return ct_error(CT_ERR_IO, "%s/%s: path too long", dir, name);
     return CT_OK;
 }
 
@@ -138,8 +150,9 @@ static ct_status resume(ct_run *r, ct_optim *o, int *start_epoch, int64_t *step)
     if (st == CT_OK) st = ct_st_load(path, &f);
     if (st == CT_OK) st = ct_ckpt_progress(f, &p);
     /* Replay staged unfreezing so the optimizer has the groups the saved state names. */
-    for (int e = 1; st == CT_OK && e < p.epoch; e++) maybe_unfreeze(r, o, e); /* epochs already run */
-    if (st == CT_OK) st = ct_ckpt_load_model(f, r->model, true, NULL);
+    int at = r->cfg.train.unfreeze_after; /* unfreezing happens at most once, at this epoch */
+    if (st == CT_OK && at > 0 && at < p.epoch) maybe_unfreeze(r, o, at);
+    if (st == CT_OK) st = ct_run_explain_classes(r, ct_ckpt_load_model(f, r->model, true, NULL));
     if (st == CT_OK) st = ct_ckpt_load_optim(f, o);
     if (st == CT_OK) {
         *start_epoch = (int)p.epoch;
@@ -218,7 +231,18 @@ int ct_cmd_train(ct_run *r) {
     int start_epoch = 0;
     int64_t step = 0;
 
-    ct_status st = r->d.rank == 0 ? ct_mkdir_p(c->output.dir) : CT_OK;
+    ct_status st = CT_OK;
+    if (!*c->output.dir)
+        st = ct_error(CT_ERR_CONFIG, "%s: output.dir is empty; it names the directory for checkpoints and metrics",
+                      r->cfg_path);
+    else if (r->d.rank == 0)
+        st = ct_mkdir_p(c->output.dir);
+    if (st == CT_OK && r->d.rank == 0) {
+        int stale = ct_remove_stale_tmp(c->output.dir);
+        if (stale)
+            fprintf(stderr, "ctrain: removed %d temporary file(s) in %s left by a killed run\n", stale,
+                    c->output.dir);
+    }
     if (st == CT_OK && r->d.rank == 0) {
         char p[CT_CFG_STR + 16];
         snprintf(p, sizeof p, "%s/config.ini", c->output.dir);

@@ -4,14 +4,20 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static _Thread_local char last_error[1024];
 
+/* Formats into a temporary first: callers wrap an earlier message in a new one
+ * (ct_error(st, "%s: %s", path, ct_last_error())), and formatting straight into last_error
+ * would overwrite the text being read. */
 ct_status ct_error(ct_status st, const char *fmt, ...) {
+    char msg[sizeof last_error];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    memcpy(last_error, msg, sizeof msg);
     return st;
 }
 

@@ -3,8 +3,12 @@
  * either the old file or the complete new one under the real name. */
 #include "io.h"
 
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -97,4 +101,32 @@ static ct_status write_bytes(FILE *f, void *ctx) {
 ct_status ct_write_file_atomic(const char *path, const void *data, size_t n) {
     bytes_ctx b = {data, n};
     return ct_write_atomic(path, write_bytes, &b);
+}
+
+/* The pid of a ct_write_atomic temporary ("<name>.tmp.<pid>"), or 0 if name is not one. */
+static long tmp_pid(const char *name) {
+    const char *t = NULL;
+    for (const char *q = strstr(name, ".tmp."); q; q = strstr(q + 1, ".tmp.")) t = q;
+    if (!t || t == name || !isdigit((unsigned char)t[5])) return 0;
+    char *end;
+    long pid = strtol(t + 5, &end, 10);
+    return *end ? 0 : pid;
+}
+
+int ct_remove_stale_tmp(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int removed = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long pid = tmp_pid(e->d_name);
+        /* a live process (on this host) may still be writing it; ESRCH means none has the pid */
+        if (!pid || pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+        char path[4096];
+        if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path) continue;
+        struct stat sb;
+        if (lstat(path, &sb) == 0 && S_ISREG(sb.st_mode) && unlink(path) == 0) removed++;
+    }
+    closedir(d);
+    return removed;
 }

@@ -1,7 +1,9 @@
 /* Checkpoints: one safetensors file with the model's state_dict (PyTorch names and
  * layouts, num_batches_tracked as I64), the optimizer state ("optim.*"), the dropout RNG
  * streams ("rng.*") and the training progress in the metadata. Written atomically. */
+#include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,6 +138,12 @@ static const char *st_shape(const ct_st_entry *e, char *buf, size_t n) {
     return buf;
 }
 
+/* e (from the file) can be copied into w (the model's): same dtype and shape. */
+static bool fits(const ct_st_entry *e, const ct_st_entry *w) {
+    return e->dtype == w->dtype && e->ndim == w->ndim &&
+           memcmp(e->shape, w->shape, (size_t)w->ndim * sizeof *w->shape) == 0;
+}
+
 static bool is_model_entry(const char *name) {
     return strncmp(name, "optim.", 6) != 0 && strncmp(name, "rng.", 4) != 0;
 }
@@ -174,9 +182,7 @@ ct_status ct_ckpt_load_model_except(const ct_st_file *f, ct_module *m, bool stri
             continue;
         }
         used[e - ct_st_at(f, 0)] = true;
-        bool same = e->dtype == w->dtype && e->ndim == w->ndim &&
-                    memcmp(e->shape, w->shape, (size_t)w->ndim * sizeof *w->shape) == 0;
-        if (!same) {
+        if (!fits(e, w)) {
             report(&rep, &len, "%s is %s in the checkpoint but %s in the model", w->name,
                    st_shape(e, a, sizeof a), st_shape(w, b, sizeof b));
             errors++;
@@ -190,17 +196,24 @@ ct_status ct_ckpt_load_model_except(const ct_st_file *f, ct_module *m, bool stri
         }
     }
     /* Non-strict: shape mismatches are skipped (a new head over an old backbone), so they
-     * are reported but not fatal. */
+     * are reported but not fatal; loading nothing at all is (another model's file, or an
+     * exclude list that covers everything). */
+    int loadable = 0;
+    for (int i = 0; i < want.n; i++) {
+        const ct_st_entry *w = &want.e[i], *e = ct_st_find(f, w->name);
+        loadable += e && is_model_entry(w->name) && !ct_glob_match(exclude, w->name) && fits(e, w);
+    }
     if (!strict) errors = 0;
     ct_status st = CT_OK;
     if (errors) {
         st = ct_error(CT_ERR_SHAPE, "%s: does not match the model: %s", ct_st_path(f), rep);
+    } else if (!loadable && want.n) {
+        st = ct_error(CT_ERR_SHAPE, "%s: not one tensor of the model could be loaded from it: %s", ct_st_path(f),
+                      rep ? rep : "nothing to load");
     } else {
         for (int i = 0; i < want.n; i++) {
             const ct_st_entry *w = &want.e[i], *e = ct_st_find(f, w->name);
-            if (!e || ct_glob_match(exclude, w->name) || e->dtype != w->dtype || e->ndim != w->ndim ||
-                memcmp(e->shape, w->shape, (size_t)w->ndim * sizeof *w->shape) != 0)
-                continue;
+            if (!e || ct_glob_match(exclude, w->name) || !fits(e, w)) continue;
             /* The wanted entries point at the model's own memory (or at copies for the
              * counters and RNG), so write through them. */
             memcpy((void *)w->data, e->data, ct_st_nbytes(e));
@@ -251,13 +264,17 @@ ct_status ct_ckpt_load_optim(const ct_st_file *f, ct_optim *o) {
     return st;
 }
 
-static ct_status meta_i64(const ct_st_file *f, const char *key, int64_t *out) {
+/* A metadata integer in [lo, hi]: anything else (missing, not a number, out of range) is
+ * an error naming the file and the key, since the values size loops and arrays on resume. */
+static ct_status meta_int(const ct_st_file *f, const char *key, int64_t lo, int64_t hi, int64_t *out) {
     const char *v = ct_st_meta_get(f, key);
     char *end = NULL;
-    if (v) *out = strtoll(v, &end, 10);
-    if (!v || !*v || *end)
-        return ct_error(CT_ERR_FORMAT, "%s: metadata '%s' is missing or not an integer",
-                        ct_st_path(f), key);
+    errno = 0;
+    long long x = v ? strtoll(v, &end, 10) : 0;
+    if (!v || !*v || *end || errno == ERANGE || x < lo || x > hi)
+        return ct_error(CT_ERR_FORMAT, "%s: metadata '%s' is %s%s%s, expected an integer in %" PRId64 "..%" PRId64,
+                        ct_st_path(f), key, v ? "'" : "missing", v ? v : "", v ? "'" : "", lo, hi);
+    *out = x;
     return CT_OK;
 }
 
@@ -266,12 +283,19 @@ ct_status ct_ckpt_progress(const ct_st_file *f, ct_progress *p) {
     if (!fmt || strcmp(fmt, "ctrain-checkpoint-1") != 0)
         return ct_error(CT_ERR_FORMAT, "%s: not a ctrain checkpoint (metadata format is %s)",
                         ct_st_path(f), fmt ? fmt : "missing");
-    int64_t seed = 0, world = 0;
-    ct_status st = meta_i64(f, "epoch", &p->epoch);
-    if (st == CT_OK) st = meta_i64(f, "step", &p->step);
-    if (st == CT_OK) st = meta_i64(f, "seed", &seed);
-    if (st == CT_OK) st = meta_i64(f, "world", &world);
-    p->seed = (uint64_t)seed;
-    p->world = (int)world;
-    return st;
+    int64_t epoch = 0, step = 0, world = 0;
+    /* epochs and ranks are ints wherever they are used; the seed is any uint64 */
+    ct_status st = meta_int(f, "epoch", 0, INT_MAX, &epoch);
+    if (st == CT_OK) st = meta_int(f, "step", 0, INT64_MAX, &step);
+    if (st == CT_OK) st = meta_int(f, "world", 1, INT_MAX, &world);
+    const char *seed = ct_st_meta_get(f, "seed");
+    char *end = NULL;
+    errno = 0;
+    unsigned long long s = seed ? strtoull(seed, &end, 10) : 0;
+    if (st == CT_OK && (!seed || !*seed || *end || errno == ERANGE || strchr(seed, '-')))
+        st = ct_error(CT_ERR_FORMAT, "%s: metadata 'seed' is %s%s%s, expected an integer in 0..%" PRIu64,
+                      ct_st_path(f), seed ? "'" : "missing", seed ? seed : "", seed ? "'" : "", UINT64_MAX);
+    if (st != CT_OK) return st;
+    *p = (ct_progress){.epoch = epoch, .step = step, .seed = s, .world = (int)world};
+    return CT_OK;
 }

@@ -499,35 +499,42 @@ typedef struct {
     int err_line;
 } ini_state;
 
-/* inih reads through this so that the handler knows the current line, and so that a line
- * longer than inih's buffer is an error instead of being split in two. */
+/* The next character of the source, or EOF. */
+static int src_get(ini_state *p) {
+    if (p->fp) return getc(p->fp);
+    return *p->s ? (unsigned char)*p->s++ : EOF;
+}
+
+/* inih reads through this so that the handler knows the current line, so that a line
+ * longer than inih's buffer is an error instead of being split in two, and so that every
+ * line ending counts: inih splits only at '\n', which turned a file with old Mac ('\r')
+ * endings into one line, silently ignored. '\n', "\r\n" and '\r' all end a line. */
 static char *ini_read(char *buf, int num, void *stream) {
     ini_state *p = stream;
     if (p->st) return NULL;
-    bool more;
-    if (p->fp) {
-        if (!fgets(buf, num, p->fp)) return NULL;
-        int ch = getc(p->fp);
-        more = ch != EOF;
-        if (more) ungetc(ch, p->fp);
-    } else {
-        if (!*p->s) return NULL;
-        size_t len = strcspn(p->s, "\n");
-        len += p->s[len] == '\n';
-        if (len > (size_t)num - 1) len = (size_t)num - 1;
-        memcpy(buf, p->s, len);
-        buf[len] = '\0';
-        p->s += len;
-        more = *p->s != '\0';
+    int ch = src_get(p);
+    if (ch == EOF) return NULL;
+    size_t len = 0;
+    while (ch != EOF && ch != '\n' && ch != '\r') {
+        if (len == (size_t)num - 2) {
+            p->line++;
+            p->st = ct_error(CT_ERR_CONFIG, "%s:%d: line longer than %d characters", p->origin, p->line, num - 2);
+            p->err_line = p->line;
+            return NULL;
+        }
+        buf[len++] = (char)ch;
+        ch = src_get(p);
     }
+    if (ch == '\r') {
+        int next = src_get(p);
+        if (next != '\n' && next != EOF) {
+            if (p->fp) ungetc(next, p->fp);
+            else p->s--;
+        }
+    }
+    buf[len++] = '\n';
+    buf[len] = '\0';
     p->line++;
-    size_t len = strlen(buf);
-    if (len == (size_t)num - 1 && buf[len - 1] != '\n' && more) {
-        p->st = ct_error(CT_ERR_CONFIG, "%s:%d: line longer than %d characters", p->origin,
-                         p->line, num - 2);
-        p->err_line = p->line;
-        return NULL;
-    }
     return buf;
 }
 

@@ -10,7 +10,7 @@
 #include "../nn/nn.h"
 #include "../optim/optim.h"
 
-/* ---- atomic writes ----------------------------------------------------------------- */
+/* ---- atomic writes and reading outside files ---------------------------------------- */
 
 /* Fills an open file; returns CT_OK or an error status (with ct_error's message). */
 typedef ct_status (*ct_write_fn)(FILE *f, void *ctx);
@@ -22,6 +22,15 @@ typedef ct_status (*ct_write_fn)(FILE *f, void *ctx);
 ct_status ct_write_atomic(const char *path, ct_write_fn fn, void *ctx);
 /* ct_write_atomic of the n bytes at data. */
 ct_status ct_write_file_atomic(const char *path, const void *data, size_t n);
+/* Removes the temporaries ct_write_atomic leaves in dir when its process is killed while
+ * writing: regular files "<name>.tmp.<pid>" whose pid no process on this host has. Best
+ * effort; returns how many it removed. */
+int ct_remove_stale_tmp(const char *dir);
+
+/* Opens path for reading ("rb") if it is a regular file; a FIFO, directory, device or
+ * socket is CT_ERR_IO naming path and what it is, without blocking (open() of a FIFO waits
+ * for a writer). *out = NULL on error. */
+ct_status ct_fopen_regular(const char *path, FILE **out);
 
 /* ---- safetensors --------------------------------------------------------------------- */
 
@@ -220,7 +229,8 @@ ct_status ct_ckpt_save(const char *path, ct_module *m, const ct_optim *o, const 
 /* Loads the model part of f into m, checking every name, shape and dtype. Strict: any
  * missing, unexpected or mismatched entry of the state_dict is CT_ERR_SHAPE listing all of
  * them. Non-strict: loads what matches and, in *not_loaded (malloc'd, may be NULL; free it),
- * lists what did not (e.g. a new head over a pretrained backbone). The dropout RNG streams
+ * lists what did not (e.g. a new head over a pretrained backbone); a file of which not one
+ * model tensor loads is CT_ERR_SHAPE even then. The dropout RNG streams
  * ("rng.*") are loaded when present and never required, so a PyTorch state_dict exported to
  * safetensors (scripts/torch_to_safetensors.py) loads strict. */
 ct_status ct_ckpt_load_model(const ct_st_file *f, ct_module *m, bool strict, char **not_loaded);
@@ -230,7 +240,9 @@ ct_status ct_ckpt_load_model_except(const ct_st_file *f, ct_module *m, bool stri
                                     const char *exclude, char **not_loaded);
 /* Restores the optimizer state saved in f into o (whose groups match the saving run). */
 ct_status ct_ckpt_load_optim(const ct_st_file *f, ct_optim *o);
-/* Reads the progress metadata; CT_ERR_FORMAT if f is not a ctrain checkpoint. */
+/* Reads the progress metadata; CT_ERR_FORMAT (naming the file and key) if f is not a ctrain
+ * checkpoint or a field is out of range: epoch 0..INT_MAX, step >= 0, world 1..INT_MAX,
+ * seed a uint64. p is unchanged on error. */
 ct_status ct_ckpt_progress(const ct_st_file *f, ct_progress *p);
 
 #endif

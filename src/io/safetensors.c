@@ -408,20 +408,31 @@ static ct_status index_header(ct_st_file *f, uint64_t data_size) {
         f->n++;
     }
 
-    /* every non-empty range must be disjoint from the others (gaps are allowed) */
+    /* The non-empty ranges must tile the data section exactly, as the format requires: a
+     * hole or trailing bytes would let one file mean two things, and a header length a
+     * few bytes short (its padding cut off) would shift every tensor silently. */
     int m = 0;
     for (int i = 0; i < f->n; i++)
         if (end[i] > begin[i]) order[m++] = i;
     qsort_r(order, (size_t)m, sizeof *order, cmp_begin, begin);
-    for (int k = 1; k < m; k++)
-        if (begin[order[k]] < end[order[k - 1]]) {
-            st = ct_error(CT_ERR_FORMAT, "%s: tensors '%s' [%llu, %llu] and '%s' [%llu, %llu] "
-                          "overlap", path, f->entries[order[k - 1]].name,
-                          (unsigned long long)begin[order[k - 1]],
-                          (unsigned long long)end[order[k - 1]], f->entries[order[k]].name,
-                          (unsigned long long)begin[order[k]], (unsigned long long)end[order[k]]);
-            goto done;
-        }
+    uint64_t covered = 0;
+    for (int k = 0; k < m && st == CT_OK; k++) {
+        int i = order[k], prev = k ? order[k - 1] : -1;
+        if (begin[i] < covered)
+            st = ct_error(CT_ERR_FORMAT, "%s: tensors '%s' [%llu, %llu] and '%s' [%llu, %llu] overlap", path,
+                          f->entries[prev].name, (unsigned long long)begin[prev], (unsigned long long)end[prev],
+                          f->entries[i].name, (unsigned long long)begin[i], (unsigned long long)end[i]);
+        else if (begin[i] > covered)
+            st = ct_error(CT_ERR_FORMAT, "%s: bytes [%llu, %llu) of the data section, before tensor '%s', belong "
+                          "to no tensor (a hole, or a wrong header length)", path, (unsigned long long)covered,
+                          (unsigned long long)begin[i], f->entries[i].name);
+        covered = end[i];
+    }
+    if (st == CT_OK && covered != data_size)
+        st = ct_error(CT_ERR_FORMAT, "%s: the tensors end at byte %llu of the %llu-byte data section; the "
+                      "rest belongs to no tensor (trailing bytes, or a wrong header length)", path, (unsigned long long)covered,
+                      (unsigned long long)data_size);
+    if (st != CT_OK) goto done;
 
     for (int i = 0; i < f->n; i++) {
         ct_st_entry *e = &f->entries[i];
@@ -460,7 +471,6 @@ static ct_status load_into(ct_st_file *f, FILE *fp) {
     struct stat sb;
     if (fstat(fileno(fp), &sb) != 0)
         return ct_error(CT_ERR_IO, "%s: stat failed: %s", path, strerror(errno));
-    if (!S_ISREG(sb.st_mode)) return ct_error(CT_ERR_IO, "%s: not a regular file", path);
     uint64_t size = (uint64_t)sb.st_size;
     if (size < 8)
         return ct_error(CT_ERR_FORMAT, "%s: file is too short (%llu bytes); a safetensors file "
@@ -504,15 +514,16 @@ static ct_status load_into(ct_st_file *f, FILE *fp) {
 
 ct_status ct_st_load(const char *path, ct_st_file **out) {
     *out = NULL;
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return ct_error(CT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    FILE *fp = NULL;
+    ct_status st = ct_fopen_regular(path, &fp);
+    if (st != CT_OK) return st;
     ct_st_file *f = calloc(1, sizeof *f);
     if (!f || !(f->path = strdup(path))) {
         free(f);
         fclose(fp);
         return ct_error(CT_ERR_IO, "%s: out of memory", path);
     }
-    ct_status st = load_into(f, fp);
+    st = load_into(f, fp);
     fclose(fp);
     if (st) {
         ct_st_free(f);

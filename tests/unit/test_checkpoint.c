@@ -176,6 +176,102 @@ START_TEST(failed_save_keeps_old_file) {
 }
 END_TEST
 
+/* An error that wraps an earlier one ("%s: %s", path, ct_last_error()) keeps the earlier
+ * text intact: formatting straight into the buffer it reads garbled every optimizer-state
+ * resume error. */
+START_TEST(wrapped_errors_keep_the_inner_message) {
+    ct_error(CT_ERR_IO, "inner reason");
+    ck_assert_str_eq(ct_last_error(), "inner reason");
+    ct_error(CT_ERR_IO, "%s: %s", "outer/file", ct_last_error());
+    ck_assert_str_eq(ct_last_error(), "outer/file: inner reason");
+    ct_module *a = model(1, 10), *b = model(2, 5);
+    ct_optim *oa = adam_over(a), *ob = adam_over(b);
+    train_step(a, oa, 10);
+    ct_progress p = {0};
+    ck_assert_int_eq(ct_ckpt_save(path, a, oa, &p), CT_OK);
+    ct_st_file *f = NULL;
+    ck_assert_int_eq(ct_st_load(path, &f), CT_OK);
+    ck_assert_int_ne(ct_ckpt_load_optim(f, ob), CT_OK);
+    const char *msg = ct_last_error();
+    ck_assert_msg(strncmp(msg, path, strlen(path)) == 0 && strstr(msg, ": optimizer state 'optim.head.3.") &&
+                      strstr(msg, "1280 elements, parameter [5, 128] has 640"),
+                  "%s", msg);
+    ct_st_free(f);
+    ct_optim_free(oa);
+    ct_optim_free(ob);
+    ct_module_free(a);
+    ct_module_free(b);
+}
+END_TEST
+
+/* Progress metadata comes from a file that may have been edited or written elsewhere: every
+ * field is range-checked (an epoch of 2^31 overflowed int, a saturated one spun forever on
+ * resume, a negative epoch aborted later, step -1 and world 0 passed). */
+static const struct {
+    const char *key, *value;
+    bool ok;
+} progress_cases[] = {
+    {"epoch", "2147483647", true},   {"epoch", "2147483648", false},
+    {"epoch", "9223372036854775807", false}, {"epoch", "99999999999999999999", false},
+    {"epoch", "-1", false},          {"epoch", "", false},
+    {"epoch", "1x", false},          {"step", "-1", false},
+    {"step", "9223372036854775807", true}, {"world", "0", false},
+    {"world", "-2", false},          {"world", "2147483648", false},
+    {"seed", "18446744073709551615", true}, {"seed", "18446744073709551616", false},
+    {"seed", "-1", false},           {"seed", "", false},
+};
+
+START_TEST(progress_fields_are_range_checked) {
+    const char *key = progress_cases[_i].key, *value = progress_cases[_i].value;
+    ct_st_meta meta[] = {{"format", "ctrain-checkpoint-1"}, {"epoch", "3"}, {"step", "30"},
+                         {"seed", "7"}, {"world", "2"}};
+    for (int k = 1; k < 5; k++)
+        if (!strcmp(meta[k].key, key)) meta[k].value = value;
+    float w = 1;
+    ct_st_entry e = {.name = "w", .dtype = CT_DTYPE_F32, .ndim = 1, .shape = {1}, .data = &w};
+    ck_assert_int_eq(ct_st_save(path, &e, 1, meta, 5), CT_OK);
+    ct_st_file *f = NULL;
+    ck_assert_int_eq(ct_st_load(path, &f), CT_OK);
+    ct_progress p = {.epoch = -5};
+    ct_status st = ct_ckpt_progress(f, &p);
+    if (progress_cases[_i].ok) {
+        ck_assert_msg(st == CT_OK, "%s = '%s': %s", key, value, ct_last_error());
+        if (!strcmp(key, "seed")) ck_assert(p.seed == UINT64_MAX);
+        if (!strcmp(key, "epoch")) ck_assert_int_eq(p.epoch, 2147483647);
+    } else {
+        char want[64];
+        snprintf(want, sizeof want, "metadata '%s' is", key);
+        ck_assert_msg(st == CT_ERR_FORMAT && strstr(ct_last_error(), path) && strstr(ct_last_error(), want),
+                      "%s = '%s': status %d, %s", key, value, st, ct_last_error());
+        ck_assert_int_eq(p.epoch, -5); /* unchanged */
+    }
+    ct_st_free(f);
+}
+END_TEST
+
+/* Non-strict loading that loads nothing (another model's file, or everything excluded) is
+ * an error, not a silent fresh start. */
+START_TEST(non_strict_loading_nothing_fails) {
+    ct_rng r;
+    ct_rng_seed(&r, 1);
+    ct_module *a = model(1, 10), *mlp = ct_nn_mlp(64, 10, &r);
+    ct_progress p = {0};
+    ck_assert_int_eq(ct_ckpt_save(path, a, NULL, &p), CT_OK);
+    ct_st_file *f = NULL;
+    ck_assert_int_eq(ct_st_load(path, &f), CT_OK);
+    float before = ct_module_find(mlp, "1.weight")->data[0];
+    ck_assert_int_eq(ct_ckpt_load_model(f, mlp, false, NULL), CT_ERR_SHAPE);
+    ck_assert_msg(strstr(ct_last_error(), path) && strstr(ct_last_error(), "not one tensor of the model"), "%s",
+                  ct_last_error());
+    ck_assert_float_eq(ct_module_find(mlp, "1.weight")->data[0], before);
+    ck_assert_int_eq(ct_ckpt_load_model_except(f, a, false, "*", NULL), CT_ERR_SHAPE);
+    ck_assert_int_eq(ct_ckpt_load_model_except(f, a, false, "backbone.*", NULL), CT_OK);
+    ct_st_free(f);
+    ct_module_free(a);
+    ct_module_free(mlp);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("checkpoint");
     TCase *tc = tcase_create("checkpoint");
@@ -184,6 +280,10 @@ int main(void) {
     tcase_add_test(tc, strict_reports_every_mismatch);
     tcase_add_test(tc, non_strict_loads_backbone);
     tcase_add_test(tc, failed_save_keeps_old_file);
+    tcase_add_test(tc, wrapped_errors_keep_the_inner_message);
+    tcase_add_test(tc, non_strict_loading_nothing_fails);
+    tcase_add_loop_test(tc, progress_fields_are_range_checked, 0,
+                        (int)(sizeof progress_cases / sizeof progress_cases[0]));
     suite_add_tcase(s, tc);
     return ct_test_run(s);
 }

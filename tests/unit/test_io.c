@@ -293,6 +293,16 @@ static const struct {
     {"{\"__metadata__\":{\"k\":1}}", 0, CT_ERR_FORMAT, "__metadata__"},
     {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", 4,
      CT_ERR_FORMAT, "7 dims"},
+    /* the tensors must tile the data section exactly: no trailing bytes, no holes */
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 8, CT_ERR_FORMAT,
+     "end at byte 4 of the 8-byte data section"},
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+     "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]}}", 12, CT_ERR_FORMAT,
+     "bytes [4, 8) of the data section, before tensor 'b', belong to no tensor"},
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, CT_ERR_FORMAT,
+     "bytes [0, 4) of the data section, before tensor 'a'"},
+    {"{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}}", 4, CT_ERR_FORMAT,
+     "end at byte 0 of the 4-byte data section"},
 };
 
 START_TEST(st_corrupt_files) {
@@ -332,6 +342,20 @@ START_TEST(st_bad_sizes) {
     free(raw);
     expect_error(ct_st_load(path, &f), CT_ERR_FORMAT, path, "'x'", "past the end", NULL);
 
+    /* A header length 4 short: the header's last 4 padding spaces fall into the data
+     * section and every tensor would be read 4 bytes early. */
+    const char json[] = "{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}    ";
+    unsigned char buf[8 + sizeof json - 1 + 4] = {sizeof json - 1 - 4};
+    memcpy(buf + 8, json, sizeof json - 1);
+    path = tpath("short_header.safetensors");
+    write_raw(path, buf, sizeof buf);
+    expect_error(ct_st_load(path, &f), CT_ERR_FORMAT, path, "the tensors end at byte 4 of the 8-byte data section",
+                 "wrong header length", NULL);
+    buf[0] += 4; /* the right length reads */
+    write_raw(path, buf, sizeof buf);
+    ck_assert_msg(ct_st_load(path, &f) == CT_OK, "%s", ct_last_error());
+    ct_st_free(f);
+
     path = tpath("missing.safetensors");
     expect_error(ct_st_load(path, &f), CT_ERR_IO, path, NULL);
     expect_error(ct_st_load(tmpdir, &f), CT_ERR_IO, tmpdir, "not a regular file", NULL);
@@ -339,17 +363,18 @@ START_TEST(st_bad_sizes) {
 }
 END_TEST
 
-START_TEST(st_gaps_and_misalignment) {
-    /* other writers may leave gaps, list ranges out of order, or misalign: all readable */
+START_TEST(st_order_and_misalignment) {
+    /* other writers may list ranges out of order or misalign them: both readable */
     make_tmpdir();
     const char *path = tpath("odd.safetensors");
-    unsigned char data[32] = {0};
+    unsigned char data[13] = {7};
     float a = 1.25f, b[2] = {-2, 3.5f};
-    memcpy(data + 1, &a, 4);     /* misaligned F32 */
-    memcpy(data + 16, b, 8);     /* after a gap */
+    memcpy(data + 1, &a, 4); /* misaligned F32 */
+    memcpy(data + 5, b, 8);
     write_st(path,
-             "{\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[16,24]},"
-             "\"a\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[1,5]}}",
+             "{\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[5,13]},"
+             "\"a\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[1,5]},"
+             "\"u\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}",
              data, sizeof data);
     ct_st_file *f;
     ck_assert_msg(ct_st_load(path, &f) == CT_OK, "%s", ct_last_error());
@@ -359,6 +384,7 @@ START_TEST(st_gaps_and_misalignment) {
     ck_assert_float_eq(pa[0], 1.25f);
     ck_assert_float_eq(pb[0], -2);
     ck_assert_float_eq(pb[1], 3.5f);
+    ck_assert_int_eq(*(const unsigned char *)ct_st_find(f, "u")->data, 7);
     ct_st_free(f);
     remove_tmpdir();
 }
@@ -765,6 +791,35 @@ static const struct {
     {"[data]\nformat = idx\n[model\nname = cnn\n", {":3:", "syntax error", NULL}},
 };
 
+/* Every line ending reads the same: LF, CRLF (Windows) and a lone CR (old Mac), in a file
+ * and in a string. A CR-only file used to be one long line that inih skipped, so the run
+ * silently used the defaults. Line numbers in errors count CR-only lines too. */
+START_TEST(config_line_endings) {
+    make_tmpdir();
+    const char *eol[] = {"\n", "\r\n", "\r"};
+    for (int k = 0; k < 3; k++) {
+        char text[256];
+        snprintf(text, sizeof text, "[train]%sepochs = 4%s%s[optim]%slr = 0.5%sname = sgd", eol[k], eol[k],
+                 eol[k], eol[k], eol[k]);
+        ct_config c;
+        ct_config_defaults(&c);
+        ck_assert_msg(ct_config_load_string(&c, text, "string") == CT_OK, "%s", ct_last_error());
+        ck_assert_int_eq(c.train.epochs, 4);
+        ck_assert_double_eq(c.optim.lr, 0.5);
+        ck_assert_int_eq(c.optim.name, CT_CFG_OPTIM_SGD);
+        const char *path = write_ini("eol.ini", text);
+        ck_assert_msg(ct_config_load(&c, path, 0, NULL) == CT_OK, "%s", ct_last_error());
+        ck_assert_int_eq(c.train.epochs, 4);
+        ck_assert_double_eq(c.optim.lr, 0.5);
+        ck_assert_int_eq(c.optim.name, CT_CFG_OPTIM_SGD);
+        snprintf(text, sizeof text, "[train]%sepochs = 4%sbogus = 1%s", eol[k], eol[k], eol[k]);
+        path = write_ini("eol.ini", text);
+        expect_error(ct_config_load(&c, path, 0, NULL), CT_ERR_CONFIG, "eol.ini:3", "bogus", NULL);
+    }
+    remove_tmpdir();
+}
+END_TEST
+
 START_TEST(config_file_errors) {
     make_tmpdir();
     const char *path = write_ini("bad.ini", bad_ini[_i].text);
@@ -975,7 +1030,7 @@ int main(void) {
     tcase_add_test(st, st_save_rejects_bad_entries);
     tcase_add_loop_test(st, st_corrupt_files, 0, (int)(sizeof corrupt / sizeof corrupt[0]));
     tcase_add_test(st, st_bad_sizes);
-    tcase_add_test(st, st_gaps_and_misalignment);
+    tcase_add_test(st, st_order_and_misalignment);
     tcase_add_test(st, atomic_write);
     tcase_add_test(st, ckpt_torch_export_loads_strict);
     tcase_add_unchecked_fixture(st, base_setup, base_teardown);
@@ -988,6 +1043,7 @@ int main(void) {
     TCase *cf = tcase_create("config");
     tcase_add_test(cf, config_defaults);
     tcase_add_test(cf, config_file_and_overrides);
+    tcase_add_test(cf, config_line_endings);
     tcase_add_loop_test(cf, config_file_errors, 0, (int)(sizeof bad_ini / sizeof bad_ini[0]));
     tcase_add_test(cf, config_load_errors);
     tcase_add_test(cf, config_override_errors);

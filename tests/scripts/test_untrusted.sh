@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Untrusted inputs (issue 14, requirement 8): each case is a defect a probe of the code found
+# (garbled or misleading error messages, checkpoints and `latest` files from elsewhere,
+# non-finite values, configs, stale temporary files, a stopped rank), run through
+# build/ctrain on a tiny NPY data set so the whole script takes seconds.
+source "$(dirname "$0")/lib.sh"
+CFG=$ROOT/examples/fmnist_mlp.ini
+
+# run NAME ARGS...: one-rank ctrain, stdout in $T/NAME.out, stderr in $T/NAME.err, status in $rc.
+run() {
+    local name=$1
+    shift
+    timeout 120 "$CTRAIN" "$@" >"$T/$name.out" 2>"$T/$name.err"
+    rc=$?
+}
+# fails NAME MUST_CONTAIN... -- ARGS: ctrain must exit non-zero (not by a signal or the
+# timeout) and say every MUST_CONTAIN on stderr.
+fails() {
+    local name=$1
+    shift
+    local want=() w ok=1
+    while [ "$1" != -- ]; do want+=("$1"); shift; done
+    shift
+    run "$name" "$@"
+    [ "$rc" -ne 0 -a "$rc" -lt 124 ] || ok=0
+    for w in "${want[@]}"; do contains "$T/$name.err" "$w" || ok=0; done
+    if [ "$ok" = 1 ]; then pass "error: $name (exit $rc)"; else fail "error: $name (exit $rc)"; show "$T/$name.err"; fi
+}
+ran_ok() {
+    if [ "$rc" -eq 0 ]; then pass "$1 exits 0"; else fail "$1 exits $rc"; show "$T/$2.err"; fi
+}
+
+# A 4-class problem with 16 features: 256 training and 128 test samples, plus copies of the
+# label files with one stray label.
+/usr/bin/python3 - "$T" <<'EOF'
+import sys
+import numpy as np
+d = sys.argv[1]
+rng = np.random.default_rng(0)
+for split, n in (("train", 256), ("test", 128)):
+    y = rng.integers(0, 4, n)
+    np.save(f"{d}/{split}_x.npy", (rng.normal(0, 1, (n, 16)) + y[:, None]).astype(np.float32))
+    np.save(f"{d}/{split}_y.npy", y.astype(np.int64))
+    y[17 if split == "test" else 40] = 255
+    np.save(f"{d}/{split}_y_bad.npy", y.astype(np.int64))
+EOF
+DATA=(data.format=npy data.train_x="$T/train_x.npy" data.train_y="$T/train_y.npy"
+      data.test_x="$T/test_x.npy" data.test_y="$T/test_y.npy" data.mean=0 data.std=1)
+SMALL=(model.name=custom model.layers=linear:32,relu,linear:4 train.batch_size=32 train.log_every=0)
+
+run base train "$CFG" "${DATA[@]}" "${SMALL[@]}" train.epochs=2 output.dir="$T/base"
+ran_ok "training on the tiny data set" base
+MLP=$T/mlp
+run mlp train "$CFG" "${DATA[@]}" train.epochs=1 train.log_every=0 output.dir="$MLP"
+ran_ok "training the built-in MLP" mlp
+
+# ---- error messages that embed another one, or name the wrong thing --------------------------
+fails classes-message "$CFG: data.classes = '0-42': class outside" -- \
+    train "$CFG" "${DATA[@]}" data.classes=0-42 output.dir="$T/e1"
+fails layers-message "$CFG: model.layers item 2 'bogus': expected one of" -- \
+    train "$CFG" "${DATA[@]}" model.name=custom model.layers=linear:4,bogus output.dir="$T/e2"
+fails optimizer-state-message "$T/base/ckpt-epoch0002.safetensors: optimizer state 'optim." -- \
+    train "$CFG" "${DATA[@]}" "${SMALL[@]}" train.epochs=3 optim.name=sgd resume=true output.dir="$T/base"
+fails empty-output-dir "$CFG: output.dir is empty" -- train "$CFG" "${DATA[@]}" "${SMALL[@]}" output.dir=
+fails bad-training-label "$T/train_y_bad.npy: sample 40 has label 255" "test set's labels ($T/test_y.npy) go up to 3" -- \
+    train "$CFG" "${DATA[@]}" data.train_y="$T/train_y_bad.npy" output.dir="$T/e3"
+fails bad-training-label-custom-model "$T/train_y_bad.npy: sample 40 has label 255" -- \
+    train "$CFG" "${DATA[@]}" "${SMALL[@]}" data.train_y="$T/train_y_bad.npy" data.test_y="$T/test_y_bad.npy" \
+    output.dir="$T/e4"
+fails bad-test-label-eval "$T/test_y_bad.npy: sample 17 has label 255, but the model has 4 outputs" -- \
+    eval "$CFG" "${DATA[@]}" "${SMALL[@]}" data.test_y="$T/test_y_bad.npy" --checkpoint "$T/base/ckpt-epoch0002.safetensors"
+fails bad-test-label-builtin-model "model has 256 classes because $T/test_y_bad.npy holds label 255, at sample 17" -- \
+    eval "$CFG" "${DATA[@]}" data.test_y="$T/test_y_bad.npy" --checkpoint "$MLP/ckpt-epoch0001.safetensors"
+
+# ---- `latest` and checkpoint paths: only a plain file name inside output.dir, only regular files
+L=$T/lat
+mkdir -p "$L" && cp "$T/base/ckpt-epoch0001.safetensors" "$L/"
+RESUME=(train "$CFG" "${DATA[@]}" "${SMALL[@]}" train.epochs=3 resume=true output.dir="$L")
+echo "$T/base/ckpt-epoch0002.safetensors" >"$L/latest"
+fails latest-absolute-path "$L/latest: must hold the name of a checkpoint file in $L" -- "${RESUME[@]}"
+echo "../base/ckpt-epoch0002.safetensors" >"$L/latest"
+fails latest-outside-the-directory "$L/latest: must hold the name of a checkpoint file" -- "${RESUME[@]}"
+printf 'ckpt-epoch0001.safetensors\nckpt-epoch0002.safetensors\n' >"$L/latest"
+fails latest-two-lines "$L/latest: must hold the name" -- "${RESUME[@]}"
+rm "$L/latest" && mkdir "$L/latest"
+fails latest-is-a-directory "$L/latest: not a regular file (a directory)" -- "${RESUME[@]}"
+rmdir "$L/latest" && mkfifo "$L/latest"
+fails latest-is-a-fifo "$L/latest: not a regular file (a FIFO)" -- "${RESUME[@]}"
+rm "$L/latest" && echo ckpt-epoch0001.safetensors >"$L/latest"
+run latest-plain-name "${RESUME[@]}"
+ran_ok "resume from a plain name in latest" latest-plain-name
+check "resume named the checkpoint in output.dir" contains "$T/latest-plain-name.err" "resumed from $L/ckpt-epoch0001.safetensors"
+mkfifo "$T/fifo.safetensors"
+fails eval-checkpoint-is-a-fifo "$T/fifo.safetensors: not a regular file (a FIFO)" -- \
+    eval "$CFG" "${DATA[@]}" "${SMALL[@]}" --checkpoint "$T/fifo.safetensors"
+fails init-from-a-fifo "$T/fifo.safetensors: not a regular file (a FIFO)" -- \
+    train "$CFG" "${DATA[@]}" "${SMALL[@]}" model.init_from="$T/fifo.safetensors" output.dir="$T/e5"
+
+# ---- a non-strict init_from that loads nothing is an error --------------------------------
+fails init-from-another-model "$MLP/ckpt-epoch0001.safetensors: not one tensor of the model could be loaded" -- \
+    train "$CFG" "${DATA[@]}" "${SMALL[@]}" model.init_from="$MLP/ckpt-epoch0001.safetensors" output.dir="$T/e6"
+run init-from-partial train "$CFG" "${DATA[@]}" model.name=custom model.layers=linear:32,relu,linear:4 \
+    train.epochs=1 model.init_from="$T/base/ckpt-epoch0002.safetensors" model.init_exclude=2.* output.dir="$T/ok6"
+ran_ok "non-strict init_from that loads some tensors" init-from-partial
+
+# ---- freezing everything is a config error, not an abort in backward ------------------------
+fails freeze-everything "$CFG: model.freeze = '*' freezes every parameter: nothing left to train" -- \
+    train "$CFG" "${DATA[@]}" "${SMALL[@]}" model.freeze='*' output.dir="$T/e7"
+run eval-frozen eval "$CFG" "${DATA[@]}" "${SMALL[@]}" model.freeze='*' --checkpoint "$T/base/ckpt-epoch0002.safetensors"
+ran_ok "eval with every parameter frozen" eval-frozen
+# ---- temporaries left by a rank killed while writing are removed by the next run ---------------
+S=$T/stale
+mkdir -p "$S"
+sh -c 'exit 0' &
+dead=$!
+wait $dead # nothing has this pid now (pids are not reused this quickly)
+for f in ckpt-epoch0001.safetensors.tmp.$dead latest.tmp.$dead config.ini.tmp.$dead \
+         ckpt-epoch0002.safetensors.tmp.$$ notes.tmp.txt; do echo x >"$S/$f"; done
+run stale train "$CFG" "${DATA[@]}" "${SMALL[@]}" train.epochs=1 output.dir="$S"
+ran_ok "a run into a directory with stale temporaries" stale
+expect_eq "stale temporaries of dead pids removed; a live pid's and other files kept" \
+    "ckpt-epoch0002.safetensors.tmp.$$ notes.tmp.txt" "$(cd "$S" && ls | grep tmp | tr '\n' ' ' | sed 's/ $//')"
+check "the run says it removed them" contains "$T/stale.err" "removed 3 temporary file(s) in $S"
+
+for d in e1 e2 e3 e4 e5 e6 e7; do check "no output dir made by a failed start-up ($d)" [ ! -e "$T/$d" ]; done
+
+finish
