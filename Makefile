@@ -4,7 +4,7 @@
 
 PREFIX    ?= /usr/local
 SANITIZE  ?= 0
-PKGS      := openblas zlib inih jansson hwloc ompi-c
+PKGS      := openblas zlib inih jansson hwloc ompi-c libjpeg spng
 DEPS_OK   := build/.deps-ok
 
 ifeq ($(SANITIZE),1)

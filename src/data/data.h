@@ -41,6 +41,28 @@ ct_status ct_npy_read(const char *path, ct_array *out);
  * does); any ct_dtype. CT_ERR_IO naming the file if it cannot be written. */
 ct_status ct_npy_write(const char *path, const ct_array *a);
 
+/* ---- images ---------------------------------------------------------------------------------- */
+
+/* An 8-bit image, h rows of w pixels of c interleaved channels (HWC, as PIL's tobytes()). */
+typedef struct {
+    int64_t h, w;
+    int c;       /* 1 (L) or 3 (RGB) */
+    uint8_t *px; /* malloc'd, h * w * c bytes */
+} ct_image;
+
+/* Decodes a JPEG (libjpeg-turbo) or PNG (libspng) file, recognised by its first bytes, into
+ * channels = 1 or 3 channels with the values of PIL's Image.open(path).convert("L") or
+ * .convert("RGB"): gray -> RGB replicates, RGB -> gray is PIL's ITU-R 601 luma, alpha is
+ * dropped, palettes are expanded, 1/2/4-bit gray is scaled to 0..255. CT_ERR_IO if the file
+ * cannot be read; CT_ERR_FORMAT naming the file for anything else (not JPEG/PNG, corrupt or
+ * truncated data, 16-bit PNG, CMYK JPEG). *out is untouched on error. */
+ct_status ct_image_read(const char *path, int channels, ct_image *out);
+/* The same from n bytes in memory; name is used in messages. */
+ct_status ct_image_decode(const void *buf, size_t n, const char *name, int channels, ct_image *out);
+/* An image file's height and width from its header, without decoding the pixels. */
+ct_status ct_image_info(const char *path, int64_t *h, int64_t *w);
+void ct_image_free(ct_image *im);
+
 /* ---- data set ------------------------------------------------------------------------------ */
 
 typedef enum { CT_SPLIT_TRAIN, CT_SPLIT_TEST } ct_split;
