@@ -387,10 +387,11 @@ ct_status ct_dataset_load_image(const ct_dataset *ds, int64_t i, uint8_t *out) {
     if (st != CT_OK) return st;
     int64_t C = ds->sample_shape[0], H = ds->sample_shape[1], W = ds->sample_shape[2];
     if (im.h != H || im.w != W) {
+        st = ct_error(CT_ERR_SHAPE, "%s: image is %lldx%lld but the data set's are %lldx%lld (the "
+                      "first file's size)", path, (long long)im.w, (long long)im.h, (long long)W,
+                      (long long)H);
         ct_image_free(&im);
-        return ct_error(CT_ERR_SHAPE, "%s: image is %lldx%lld but the data set's are %lldx%lld (the "
-                        "first file's size)", path, (long long)im.w, (long long)im.h, (long long)W,
-                        (long long)H);
+        return st;
     }
     /* HWC -> CHW */
     for (int64_t c = 0; c < C; c++)
