@@ -10,7 +10,7 @@ PREFIX    ?= /usr/local
 SANITIZE  ?= 0
 NATIVE    ?= 0
 WERROR    ?= 0
-PKGS      := openblas zlib inih jansson hwloc ompi-c
+PKGS      := openblas zlib inih jansson hwloc ompi-c libjpeg spng
 DEPS_OK   := build/.deps-ok
 
 ifeq ($(SANITIZE),1)

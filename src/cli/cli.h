@@ -28,6 +28,8 @@ typedef struct {
 /* Prints msg once (from the lowest failing rank) and returns non-OK on every rank if any
  * rank's st is not OK, so set-up errors end all ranks together instead of hanging. */
 ct_status ct_run_agree(const ct_dist *d, ct_status st);
+/* A loader's log function (ctx: the ct_dist): one stderr line with the rank. */
+void ct_run_log(void *ctx, const char *msg);
 /* Loads the config (file + overrides), the data sets (the training set only when
  * with_train) and builds the model (init_from, freeze, frozen-BN policy, packing). */
 ct_status ct_run_setup(ct_run *r, const char *cfg_path, int noverrides, char *const *overrides,

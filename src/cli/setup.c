@@ -58,11 +58,42 @@ static ct_status classes_differ(const ct_run *r) {
                     (long long)r->labels[fewer].max);
 }
 
+/* A folder or list data set. Both splits take the training split's classes whenever it is
+ * configured (even for eval), so a label means the same class in every run. */
+static ct_status load_images(ct_run *r, ct_split split, ct_dataset *ds) {
+    const ct_config *c = &r->cfg;
+    bool folder = c->data.format == CT_CFG_FORMAT_FOLDER;
+    const char *train = folder ? c->data.train_dir : c->data.train_list;
+    const char *src = split == CT_SPLIT_TRAIN ? train : folder ? c->data.test_dir : c->data.test_list;
+    if (!*src)
+        return ct_error(CT_ERR_CONFIG, "%s: data.format = %s needs data.%s_%s", r->cfg_path,
+                        folder ? "folder" : "list", split == CT_SPLIT_TRAIN ? "train" : "test",
+                        folder ? "dir" : "list");
+    if (c->data.channels != 1 && c->data.channels != 3)
+        return ct_error(CT_ERR_CONFIG, "%s: data.channels must be 1 (L) or 3 (RGB), got %d", r->cfg_path,
+                        c->data.channels);
+    ct_classes cls = {0};
+    ct_status st = CT_OK;
+    if (*train) st = folder ? ct_classes_from_folder(train, &cls) : ct_classes_from_list(train, &cls);
+    if (st == CT_OK)
+        st = folder ? ct_dataset_from_folder(ds, src, *train ? &cls : NULL, c->data.channels)
+                    : ct_dataset_from_list(ds, src, *train ? &cls : NULL, c->data.channels);
+    ct_classes_free(&cls);
+    return st;
+}
+
+void ct_run_log(void *ctx, const char *msg) {
+    const ct_dist *d = ctx;
+    fprintf(stderr, "ctrain: rank %d: %s\n", d->rank, msg);
+}
+
 static ct_status load_split(ct_run *r, ct_split split, ct_dataset *ds) {
     const ct_config *c = &r->cfg;
     ct_status st;
     if (c->data.format == CT_CFG_FORMAT_IDX) {
         st = ct_dataset_from_idx(ds, c->data.dir, split);
+    } else if (c->data.format == CT_CFG_FORMAT_FOLDER || c->data.format == CT_CFG_FORMAT_LIST) {
+        st = load_images(r, split, ds);
     } else {
         const char *x = split == CT_SPLIT_TRAIN ? c->data.train_x : c->data.test_x;
         const char *y = split == CT_SPLIT_TRAIN ? c->data.train_y : c->data.test_y;
@@ -91,6 +122,16 @@ static ct_status load_split(ct_run *r, ct_split split, ct_dataset *ds) {
     return st;
 }
 
+/* "[1, 28, 28]" */
+static const char *shape_str(const ct_dataset *ds) {
+    static char buf[96];
+    int k = snprintf(buf, sizeof buf, "[");
+    for (int i = 0; i < ds->sample_ndim && k < 80; i++)
+        k += snprintf(buf + k, sizeof buf - (size_t)k, "%s%lld", i ? ", " : "", (long long)ds->sample_shape[i]);
+    snprintf(buf + k, sizeof buf - (size_t)k, "]");
+    return buf;
+}
+
 static ct_status build_model(ct_run *r) {
     const ct_config *c = &r->cfg;
     const ct_dataset *ds = &r->test;
@@ -104,8 +145,8 @@ static ct_status build_model(ct_run *r) {
     case CT_CFG_MODEL_CNN:
         if (ds->sample_ndim != 3 || ds->sample_shape[1] != ds->sample_shape[2] || ds->sample_shape[1] % 4)
             return ct_error(CT_ERR_CONFIG,
-                            "%s: model.name = cnn needs square [C, H, W] samples with H divisible by 4",
-                            r->cfg_path);
+                            "%s: model.name = cnn needs square [C, H, W] samples with H divisible by 4, "
+                            "the data set's are %s", r->cfg_path, shape_str(ds));
         r->model = ct_nn_cnn(ds->sample_shape[0], ds->sample_shape[1], r->classes,
                              (float)c->model.dropout, &rng);
         return CT_OK;
@@ -125,8 +166,13 @@ static ct_status init_from(ct_run *r) {
     ct_st_file *f = NULL;
     ct_status st = ct_st_load(path, &f);
     char *rep = NULL;
-    if (st == CT_OK)
+    if (st == CT_OK) {
         st = ct_ckpt_load_model_except(f, r->model, r->cfg.model.init_strict, r->cfg.model.init_exclude, &rep);
+        /* the model was built for the data, so a shape mismatch is usually the data's */
+        if (st == CT_ERR_SHAPE)
+            st = ct_error(st, "%s (the model was built for samples of shape %s%s)", ct_last_error(),
+                          shape_str(&r->test), ct_dataset_classes(&r->test) ? "; see data.channels" : "");
+    }
     if (st == CT_OK && r->d.rank == 0)
         fprintf(stderr, "ctrain: init_from %s (%s): %s\n", path,
                 r->cfg.model.init_strict ? "strict" : "non-strict", rep ? rep : "every tensor loaded");
@@ -196,6 +242,9 @@ ct_status ct_run_build(ct_run *r, bool with_train) {
     r->eval_opts = ct_loader_opts_default(r->cfg.train.eval_batch_size);
     r->eval_opts.mean = (float)r->cfg.data.mean;
     r->eval_opts.std = (float)r->cfg.data.std;
+    r->eval_opts.skip_bad = r->cfg.data.on_bad == CT_CFG_ON_BAD_SKIP;
+    r->eval_opts.log = ct_run_log;
+    r->eval_opts.log_ctx = &r->d;
     return st;
 }
 

@@ -165,6 +165,14 @@ static ct_status resume(ct_run *r, ct_optim *o, int *start_epoch, int64_t *step)
     return st;
 }
 
+/* ",\"skipped\":N" for image data sets (files skipped in the epoch's training, all ranks). */
+static const char *skipped_field(bool images, double n) {
+    static char buf[48];
+    if (!images) return "";
+    snprintf(buf, sizeof buf, ",\"skipped\":%.0f", n);
+    return buf;
+}
+
 static void write_metrics(FILE *mf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void write_metrics(FILE *mf, const char *fmt, ...) {
     if (!mf) return;
@@ -220,6 +228,23 @@ static void maybe_inject_fault(const ct_dist *d, int64_t step) {
         ct_fatal("injected fault (CT_FAULT=%s) at step %lld", f, at);
 }
 
+/* An image data set's class names, one a line in label order, to <output.dir>/classes.txt:
+ * what a label in the checkpoint's head means. */
+static ct_status write_classes(const ct_run *r) {
+    const ct_classes *cls = ct_dataset_classes(&r->test);
+    if (!cls) return CT_OK;
+    size_t n = 1;
+    for (int i = 0; i < cls->n; i++) n += strlen(cls->names[i]) + 1;
+    char *buf = malloc(n), *p = buf;
+    CT_ASSERT(buf, "out of memory");
+    for (int i = 0; i < cls->n; i++) p += sprintf(p, "%s\n", cls->names[i]);
+    char path[CT_CFG_STR + 16];
+    snprintf(path, sizeof path, "%s/classes.txt", r->cfg.output.dir);
+    ct_status st = ct_write_file_atomic(path, buf, (size_t)(p - buf));
+    free(buf);
+    return st;
+}
+
 int ct_cmd_train(ct_run *r) {
     const ct_config *c = &r->cfg;
     ct_ddp *ddp = NULL;
@@ -248,6 +273,7 @@ int ct_cmd_train(ct_run *r) {
         snprintf(p, sizeof p, "%s/config.ini", c->output.dir);
         st = ct_config_save(c, p);
     }
+    if (st == CT_OK && r->d.rank == 0) st = write_classes(r);
     if (ct_run_agree(&r->d, st) != CT_OK) return 1;
 
     ct_ddp_config dc = ct_ddp_defaults();
@@ -277,6 +303,10 @@ int ct_cmd_train(ct_run *r) {
     lo.crop_pad = c->data.augment == CT_CFG_AUGMENT_CROP || c->data.augment == CT_CFG_AUGMENT_CROP_FLIP
                       ? c->data.crop_pad : 0;
     lo.hflip = c->data.augment == CT_CFG_AUGMENT_FLIP || c->data.augment == CT_CFG_AUGMENT_CROP_FLIP;
+    lo.skip_bad = r->eval_opts.skip_bad;
+    lo.wrap = true; /* a skipped file's place goes to another: every rank keeps its step count */
+    lo.log = r->eval_opts.log;
+    lo.log_ctx = r->eval_opts.log_ctx;
     /* Feature cache: a frozen prefix that is a fixed function (no augmentation in front of
      * it) is run once over the data instead of every step, when its features fit the
      * memory budget (a frozen first conv alone would make 32 times the input). Staged
@@ -284,7 +314,9 @@ int ct_cmd_train(ct_run *r) {
     ct_module_train(r->model, true);
     bool augment = lo.crop_pad > 0 || lo.hflip;
     int fixed = c->train.feature_cache == CT_CFG_CACHE_AUTO ? ct_module_frozen_prefix(r->model) : 0;
+    bool skipping = r->train.files && lo.skip_bad; /* the cache needs every sample's features */
     const char *why_off = augment ? "data augmentation is on"
+                          : skipping ? "data.on_bad = skip"
                           : c->train.unfreeze_after ? "staged unfreezing is configured" : NULL;
     char why_buf[256];
     if (fixed > 0 && !why_off) {
@@ -366,7 +398,11 @@ int ct_cmd_train(ct_run *r) {
         ct_named_free(&a);
     }
 
-    for (int epoch = start_epoch; epoch < c->train.epochs; epoch++) {
+    /* Image files are decoded during the epoch, and a rank that meets a bad one must not
+     * leave the others waiting in the all-reduce: every step, the ranks agree first. */
+    bool decoding = train_ds->files != NULL;
+    bool failed = false;
+    for (int epoch = start_epoch; epoch < c->train.epochs && !failed; epoch++) {
         maybe_unfreeze(r, opt, epoch);
         reseed_epoch(r, loader, epoch);
         ct_loader_start(loader, ct_sampler_epoch(sampler, (uint64_t)epoch), shard);
@@ -374,10 +410,14 @@ int ct_cmd_train(ct_run *r) {
         ct_progress_bar bar;
         ct_progress_start(&bar, steps, c->train.log_every);
         double loss_sum = 0, t0 = ct_now();
-        for (int64_t s = 0; s < steps; s++, step++) CT_SCOPE {
+        for (int64_t s = 0; s < steps && !failed; s++, step++) CT_SCOPE {
             maybe_inject_fault(&r->d, step);
             ct_batch b;
             ct_loader_next(loader, &b);
+            if (decoding && (st = ct_run_agree(&r->d, ct_loader_status(loader))) != CT_OK) {
+                failed = true;
+                continue; /* not break: continue lets CT_SCOPE close its scope */
+            }
             ct_status pst = ct_ddp_prepare(ddp);
             if (pst != CT_OK) ct_fatal("%s", ct_last_error());
             ct_optim_apply_schedule(opt, &sched, step, epoch);
@@ -393,13 +433,19 @@ int ct_cmd_train(ct_run *r) {
         }
         double secs = ct_now() - t0;
         if (r->d.rank == 0) ct_progress_end(&bar);
-        /* The epoch's training loss averaged over ranks, and the evaluation. */
-        double tl[1] = {loss_sum / (double)steps};
-        CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, tl, 1, MPI_DOUBLE, MPI_SUM, r->d.world));
+        if (failed) break;
+        /* The epoch's training loss averaged over ranks, the files skipped on all ranks, and
+         * the evaluation. */
+        double tl[2] = {loss_sum / (double)steps, (double)ct_loader_skipped(loader)};
+        CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, tl, 2, MPI_DOUBLE, MPI_SUM, r->d.world));
         tl[0] /= r->d.size;
         ct_ddp_sync_buffers(ddp);
         ct_eval_result ev;
         st = ct_dist_evaluate_from(&r->d, r->model, prefix, test_ds, &eval_lo, &ev);
+        if (decoding && st != CT_OK) { /* a test file: every rank has the verdict already */
+            if (r->d.rank == 0) fprintf(stderr, "ctrain: error: evaluation: %s\n", ct_last_error());
+            goto out;
+        }
         if (st != CT_OK) ct_fatal("evaluation: %s", ct_last_error());
         if (r->d.rank == 0) {
             printf("{\"event\":\"eval\",\"epoch\":%d,\"loss\":%.6f,\"accuracy\":%.6f,\"samples\":%lld}\n",
@@ -408,10 +454,10 @@ int ct_cmd_train(ct_run *r) {
             write_metrics(mf,
                           "{\"epoch\":%d,\"step\":%lld,\"train_loss\":%.6f,\"eval_loss\":%.6f,"
                           "\"eval_accuracy\":%.6f,\"eval_samples\":%lld,\"lr\":%.6g,\"epoch_s\":%.3f,"
-                          "\"samples_per_s\":%.1f,\"ranks\":%d}\n",
+                          "\"samples_per_s\":%.1f,\"ranks\":%d%s}\n",
                           epoch + 1, (long long)step, tl[0], ev.loss, ev.accuracy, (long long)ev.samples,
                           ct_optim_lr(opt, 0), secs, (double)(steps * c->train.batch_size * r->d.size) / secs,
-                          r->d.size);
+                          r->d.size, skipped_field(decoding, tl[1]));
         }
         bool ckpt = (epoch + 1) % c->output.checkpoint_every == 0 || epoch + 1 == c->train.epochs;
         if (ckpt) {

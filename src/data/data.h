@@ -41,9 +41,34 @@ ct_status ct_npy_read(const char *path, ct_array *out);
  * does); any ct_dtype. CT_ERR_IO naming the file if it cannot be written. */
 ct_status ct_npy_write(const char *path, const ct_array *a);
 
+/* ---- images ---------------------------------------------------------------------------------- */
+
+/* An 8-bit image, h rows of w pixels of c interleaved channels (HWC, as PIL's tobytes()). */
+typedef struct {
+    int64_t h, w;
+    int c;       /* 1 (L) or 3 (RGB) */
+    uint8_t *px; /* malloc'd, h * w * c bytes */
+} ct_image;
+
+/* Decodes a JPEG (libjpeg-turbo) or PNG (libspng) file, recognised by its first bytes, into
+ * channels = 1 or 3 channels with the values of PIL's Image.open(path).convert("L") or
+ * .convert("RGB"): gray -> RGB replicates, RGB -> gray is PIL's ITU-R 601 luma, alpha is
+ * dropped, palettes are expanded, 1/2/4-bit gray is scaled to 0..255. CT_ERR_IO if the file
+ * cannot be read; CT_ERR_FORMAT naming the file for anything else (not JPEG/PNG, corrupt or
+ * truncated data, 16-bit PNG, CMYK JPEG). *out is untouched on error. */
+ct_status ct_image_read(const char *path, int channels, ct_image *out);
+/* The same from n bytes in memory; name is used in messages. */
+ct_status ct_image_decode(const void *buf, size_t n, const char *name, int channels, ct_image *out);
+/* An image file's height and width from its header, without decoding the pixels. */
+ct_status ct_image_info(const char *path, int64_t *h, int64_t *w);
+void ct_image_free(ct_image *im);
+
 /* ---- data set ------------------------------------------------------------------------------ */
 
 typedef enum { CT_SPLIT_TRAIN, CT_SPLIT_TEST } ct_split;
+
+/* The files of a folder or list data set (see ct_dataset_from_folder); internal. */
+typedef struct ct_image_files ct_image_files;
 
 /* n samples with int64 labels in 0..num_classes-1. The features are stored one of two
  * ways, and exactly one of x and x8 is non-NULL (both are NULL only in a zeroed data set):
@@ -53,8 +78,10 @@ typedef enum { CT_SPLIT_TRAIN, CT_SPLIT_TEST } ct_split;
  *    feature p / 255.0f, as torchvision's ToTensor (IDX images, NPY uint8 files,
  *    ct_dataset_from_pixels). A quarter of the memory of float32: the loader converts each
  *    batch, giving bit for bit the floats a data set storing p / 255.0f would give.
- * x/x8 and y are malloc'd and owned by the data set. Read features outside the data layer
- * with ct_dataset_sample, which handles both. */
+ *  - files: image files (folder and list data sets), decoded by the loader batch by batch,
+ *    so a rank reads only the files of its shard; pixels stand for p / 255 as in x8.
+ * x/x8/files and y are malloc'd and owned by the data set. Read features outside the data
+ * layer with ct_dataset_sample, which handles all three. */
 typedef struct {
     int64_t n;
     int sample_ndim; /* 1..CT_MAX_DIMS-1, so a batch [B, sample shape] fits in a tensor */
@@ -62,6 +89,7 @@ typedef struct {
     int64_t sample_numel;
     float *x;        /* float32 features, or NULL when x8 holds them */
     uint8_t *x8;     /* uint8 pixels (feature = p / 255.0f), or NULL when x holds them */
+    ct_image_files *files; /* image files decoded on demand, or NULL (then x or x8 is set) */
     int64_t *y;
     int num_classes; /* max label + 1 when loaded; keep_classes(remap) sets k */
 } ct_dataset;
@@ -95,8 +123,51 @@ ct_status ct_dataset_keep_classes(ct_dataset *ds, const int64_t *classes, int k,
 /* Keeps the first k samples of each class (all of them if a class has fewer), in order.
  * CT_ERR_ARG if k < 1. */
 ct_status ct_dataset_few_shot(ct_dataset *ds, int64_t k);
-/* Frees x or x8 and y and zeroes *ds. */
+/* Frees x, x8 or files and y and zeroes *ds. */
 void ct_dataset_free(ct_dataset *ds);
+
+/* ---- image data sets: folder and list ---------------------------------------------------------- */
+
+/* Class names; label k is names[k]. */
+typedef struct {
+    int n;
+    char **names;  /* malloc'd */
+    bool numeric;  /* from a list whose labels are all integers: names are "0".."n-1" */
+} ct_classes;
+
+/* The classes of an ImageFolder tree: root's subfolders, hidden ones (".x") skipped, in
+ * sorted (byte) order as torchvision numbers them. CT_ERR_IO naming root if it cannot be
+ * read; CT_ERR_FORMAT if it has no class folder. */
+ct_status ct_classes_from_folder(const char *root, ct_classes *out);
+/* The classes of a list file (see ct_dataset_from_list): "0".."max" when every label is a
+ * non-negative integer, else the distinct labels in sorted order. */
+ct_status ct_classes_from_list(const char *csv, ct_classes *out);
+void ct_classes_free(ct_classes *c);
+
+/* An ImageFolder data set: every .jpg/.jpeg/.png file (any case; hidden files and folders
+ * skipped) under root/<class>/, recursively, in torchvision's order (classes in order,
+ * folders sorted by path, files by name), label = the class's index in classes. classes is
+ * NULL to take root's own (ct_classes_from_folder), or another split's list, which must
+ * hold every class folder of root. Samples are [channels, H, W] uint8 images, decoded by
+ * the loader; H and W come from the first file's header and every image must have them.
+ * Opens no image but the first. Errors name the folder: missing root (CT_ERR_IO), a class
+ * folder with no image file, or one that is not in classes (CT_ERR_FORMAT). */
+ct_status ct_dataset_from_folder(ct_dataset *ds, const char *root, const ct_classes *classes,
+                                 int channels);
+/* A list data set: a CSV file of "path,label" lines (an optional "path,label" header; the
+ * path may hold commas, the label may not), paths relative to the CSV's folder unless
+ * absolute. classes as for from_folder (NULL: ct_classes_from_list of this file). A label
+ * not in classes, a line without a comma or an empty list is CT_ERR_FORMAT naming the file
+ * and line. */
+ct_status ct_dataset_from_list(ct_dataset *ds, const char *csv, const ct_classes *classes,
+                               int channels);
+/* An image data set's class names (kept in step with keep_classes), or NULL. */
+const ct_classes *ct_dataset_classes(const ct_dataset *ds);
+/* The file behind sample i of an image data set, or NULL for an in-memory one. */
+const char *ct_dataset_path(const ct_dataset *ds, int64_t i);
+/* Decodes sample i of an image data set into out (sample_numel bytes, [C, H, W]). Errors
+ * name the file: as ct_image_read, or CT_ERR_SHAPE when its size is not the data set's. */
+ct_status ct_dataset_load_image(const ct_dataset *ds, int64_t i, uint8_t *out);
 
 /* ---- loader -------------------------------------------------------------------------------- */
 
@@ -110,6 +181,18 @@ typedef struct {
     int crop_pad;       /* > 0: random crop of the original size from the zero-padded sample */
     bool hflip;         /* mirror the last dim with probability 1/2 */
     uint64_t seed;      /* seeds the augmentation RNG */
+    /* Image data sets: a file that cannot be decoded is, with skip_bad false (the default),
+     * an error that ct_loader_status reports (the batch still comes out full, the bad
+     * sample as zeros, so ranks can agree on the error before anyone stops). With skip_bad
+     * it is logged through log (stderr when NULL), counted (ct_loader_skipped), and its
+     * place goes to the next index of the epoch: batches stay full and the epoch's batch
+     * count is unchanged; at the end of the indices, wrap goes on from the start of them
+     * (training: every rank keeps its step count), otherwise the epoch's last batches
+     * come out shorter (evaluation: each sample at most once). */
+    bool skip_bad;
+    bool wrap;
+    void (*log)(void *ctx, const char *msg);
+    void *log_ctx;
 } ct_loader_opts;
 
 /* mean 0, std 1, no augmentation, seed 0. */
@@ -137,6 +220,10 @@ void ct_loader_start(ct_loader *l, const int64_t *indices, int64_t n);
 /* Fills *b with the next batch and returns true, or returns false at the end of the epoch.
  * The last batch may be partial; dropping it is the caller's choice. */
 bool ct_loader_next(ct_loader *l, ct_batch *b);
+/* CT_OK, or the first decode error of the epoch (then ct_last_error() names the file). */
+ct_status ct_loader_status(const ct_loader *l);
+/* Files skipped (skip_bad) since ct_loader_start. */
+int64_t ct_loader_skipped(const ct_loader *l);
 /* Batches in the current epoch: ceil(n / batch_size). */
 int64_t ct_loader_num_batches(const ct_loader *l);
 /* The augmentation RNG (to save or restore its state with a checkpoint). */

@@ -194,7 +194,12 @@ void ct_dataset_sample(const ct_dataset *ds, int64_t i, float *out) {
     CT_ASSERT(i >= 0 && i < ds->n, "dataset: sample %lld outside 0..%lld", (long long)i,
               (long long)ds->n - 1);
     int64_t f = ds->sample_numel;
-    if (ds->x8) {
+    if (ds->files) {
+        uint8_t *px = ct__data_malloc((size_t)f);
+        CT_ASSERT(ct_dataset_load_image(ds, i, px) == CT_OK, "dataset: %s", ct_last_error());
+        for (int64_t j = 0; j < f; j++) out[j] = (float)px[j] / 255.0f;
+        free(px);
+    } else if (ds->x8) {
         const uint8_t *p = ds->x8 + i * f;
         /* the same expression as the loader's, so the values agree bit for bit */
         for (int64_t j = 0; j < f; j++) out[j] = (float)p[j] / 255.0f;
@@ -215,9 +220,28 @@ ct_status ct_dataset_reshape(ct_dataset *ds, int sample_ndim, const int64_t *sam
     return CT_OK;
 }
 
+/* An image data set keeps its kept samples' paths and frees the others'. */
+static void compact_files(ct_dataset *ds, const unsigned char *keep) {
+    char **p = ds->files->paths;
+    int64_t m = 0;
+    for (int64_t i = 0; i < ds->n; i++) {
+        if (keep[i]) {
+            p[m] = p[i];
+            ds->y[m++] = ds->y[i];
+        } else {
+            free(p[i]);
+        }
+    }
+    ds->n = m;
+}
+
 /* Keeps the samples with keep[i] != 0, in order, and gives unused memory back. Works on
  * the feature bytes, so x and x8 are handled alike. */
 static void compact(ct_dataset *ds, const unsigned char *keep) {
+    if (ds->files) {
+        compact_files(ds, keep);
+        return;
+    }
     size_t rec = (size_t)ds->sample_numel * feature_size(ds); /* bytes per sample */
     unsigned char *x = ds->x8 ? (unsigned char *)ds->x8 : (unsigned char *)ds->x;
     int64_t m = 0;
@@ -267,6 +291,14 @@ ct_status ct_dataset_keep_classes(ct_dataset *ds, const int64_t *classes, int k,
     }
     compact(ds, keep);
     if (remap) ds->num_classes = k;
+    if (remap && ds->files) { /* the names follow their classes to the new labels */
+        ct_classes *c = &ds->files->classes;
+        char **names = ct__data_malloc((size_t)k * sizeof *names);
+        for (int i = 0; i < k; i++) names[i] = c->names[classes[i]], c->names[classes[i]] = NULL;
+        for (int i = 0; i < c->n; i++) free(c->names[i]);
+        free(c->names);
+        *c = (ct_classes){.n = k, .names = names}; /* no longer "0".."k-1": not numeric */
+    }
     free(keep);
     free(map);
     return CT_OK;
@@ -286,6 +318,7 @@ ct_status ct_dataset_few_shot(ct_dataset *ds, int64_t k) {
 }
 
 void ct_dataset_free(ct_dataset *ds) {
+    ct__image_files_free(ds->files, ds->n);
     free(ds->x);
     free(ds->x8);
     free(ds->y);

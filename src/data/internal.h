@@ -21,4 +21,14 @@ int64_t ct__gz_read(gzFile f, const char *path, void *buf, int64_t n);
  * after the data are an error too. */
 ct_status ct__read_payload(gzFile f, const char *path, int64_t nbytes, void **out);
 
+/* The files behind an image data set; sample i is paths[i] (ds->n of them). */
+struct ct_image_files {
+    char **paths;  /* malloc'd each */
+    int channels;  /* 1 or 3 */
+    ct_classes classes;
+};
+
+/* Frees f and everything it holds (n paths); NULL is fine. */
+void ct__image_files_free(ct_image_files *f, int64_t n);
+
 #endif

@@ -1,11 +1,13 @@
 /* The batch loader: gathers the samples named by an index list (a sampler's shard) into a
  * [B, sample shape] tensor, augmenting then normalising each sample (uint8 pixels are
- * converted to float here, through a table of their 256 normalised values). Its label buffer is
+ * converted to float here, through a table of their 256 normalised values). Image data sets
+ * are decoded here, sample by sample, so a rank reads only its own files. Its buffers are
  * allocated once, and batch tensors come from the caching allocator, so after the first
- * epoch it makes no malloc calls. */
+ * epoch an in-memory data set makes no malloc calls. */
 #include "internal.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,8 +16,13 @@ struct ct_loader {
     ct_loader_opts o;
     ct_rng rng;
     const int64_t *idx; /* the epoch's indices (borrowed) */
-    int64_t n, pos;     /* how many, and the next one to serve */
-    int64_t *y;         /* batch_size labels */
+    int64_t n, pos;     /* how many, and how many batch places were served */
+    int64_t cur;        /* the next index to read; ahead of pos by the files skipped */
+    int64_t *y, *bidx;  /* batch_size labels and data set indices */
+    uint8_t *pix;       /* image data sets: one decoded sample */
+    ct_status st;       /* the epoch's first decode error, its message in msg */
+    char msg[512];
+    int64_t skipped;
     int64_t C, H, W;    /* sample layout for augmentation ([H, W] is C = 1) */
     float lut[256];     /* x8 data sets: pixel p's normalised feature */
 };
@@ -42,6 +49,8 @@ ct_status ct_loader_new(ct_loader **out, const ct_dataset *ds, const ct_loader_o
     *l = (ct_loader){.ds = ds, .o = *o};
     ct_rng_seed(&l->rng, o->seed);
     l->y = ct__data_malloc((size_t)o->batch_size * sizeof *l->y);
+    l->bidx = ct__data_malloc((size_t)o->batch_size * sizeof *l->bidx);
+    if (ds->files) l->pix = ct__data_malloc((size_t)ds->sample_numel);
     int s = ds->sample_ndim;
     l->C = s == 3 ? ds->sample_shape[0] : 1;
     l->H = s >= 2 ? ds->sample_shape[s - 2] : 1;
@@ -61,8 +70,15 @@ void ct_loader_start(ct_loader *l, const int64_t *indices, int64_t n) {
                   (long long)indices[i], (long long)i, (long long)l->ds->n - 1);
     l->idx = indices;
     l->n = n;
-    l->pos = 0;
+    l->pos = l->cur = l->skipped = 0;
+    l->st = CT_OK;
 }
+
+ct_status ct_loader_status(const ct_loader *l) {
+    return l->st == CT_OK ? CT_OK : ct_error(l->st, "%s", l->msg);
+}
+
+int64_t ct_loader_skipped(const ct_loader *l) { return l->skipped; }
 
 int64_t ct_loader_num_batches(const ct_loader *l) {
     return (l->n + l->o.batch_size - 1) / l->o.batch_size;
@@ -100,19 +116,61 @@ static void augment(ct_loader *l, const float *xf, const uint8_t *x8, float *dst
     }
 }
 
+/* Sample i's pixels (x8) or features (xf); an image is decoded into l->pix. Returns false
+ * for a file skipped under skip_bad; without skip_bad a bad file becomes zeros and the
+ * loader's status records the error. */
+static bool fetch(ct_loader *l, int64_t i, const float **xf, const uint8_t **x8) {
+    const ct_dataset *ds = l->ds;
+    int64_t F = ds->sample_numel;
+    *xf = ds->x ? ds->x + i * F : NULL;
+    *x8 = ds->x8 ? ds->x8 + i * F : l->pix;
+    if (!ds->files) return true;
+    ct_status st = ct_dataset_load_image(ds, i, l->pix);
+    if (st == CT_OK) return true;
+    if (l->o.skip_bad) {
+        char msg[600];
+        snprintf(msg, sizeof msg, "skipped an undecodable file: %s", ct_last_error());
+        if (l->o.log)
+            l->o.log(l->o.log_ctx, msg);
+        else
+            fprintf(stderr, "ctrain: %s\n", msg);
+        l->skipped++;
+        return false;
+    }
+    if (l->st == CT_OK) {
+        l->st = st;
+        snprintf(l->msg, sizeof l->msg, "%s", ct_last_error());
+    }
+    memset(l->pix, 0, (size_t)F);
+    return true;
+}
+
 bool ct_loader_next(ct_loader *l, ct_batch *b) {
-    if (l->pos >= l->n) return false;
+    if (l->pos >= l->n || (l->cur >= l->n && !l->o.wrap)) return false;
     const ct_dataset *ds = l->ds;
     int64_t B = l->n - l->pos < l->o.batch_size ? l->n - l->pos : l->o.batch_size;
     int64_t shape[CT_MAX_DIMS] = {B}, F = ds->sample_numel;
     memcpy(shape + 1, ds->sample_shape, (size_t)ds->sample_ndim * sizeof *shape);
     ct_tensor *x = ct_tensor_new(ds->sample_ndim + 1, shape);
-    const int64_t *idx = l->idx + l->pos;
     bool aug = l->o.crop_pad > 0 || l->o.hflip;
     float mean = l->o.mean, std = l->o.std;
-    for (int64_t k = 0; k < B; k++) {
-        const float *xf = ds->x8 ? NULL : ds->x + idx[k] * F;
-        const uint8_t *x8 = ds->x8 ? ds->x8 + idx[k] * F : NULL;
+    int64_t k = 0, fails = 0;
+    while (k < B) {
+        if (l->cur >= l->n && !l->o.wrap) break;
+        if (fails >= l->n) { /* wrapping round: every index of the epoch failed */
+            l->st = ct_error(CT_ERR_FORMAT, "loader: none of this rank's %lld files could be decoded "
+                             "(the last: %s)", (long long)l->n, ct_last_error());
+            snprintf(l->msg, sizeof l->msg, "%s", ct_last_error());
+            break;
+        }
+        int64_t i = l->idx[l->cur++ % l->n];
+        const float *xf;
+        const uint8_t *x8;
+        if (!fetch(l, i, &xf, &x8)) {
+            fails++;
+            continue;
+        }
+        fails = 0;
         float *dst = x->data + k * F;
         if (aug)
             augment(l, xf, x8, dst);
@@ -120,15 +178,25 @@ bool ct_loader_next(ct_loader *l, ct_batch *b) {
             for (int64_t j = 0; j < F; j++) dst[j] = l->lut[x8[j]];
         else /* subtract then divide, as torchvision's Normalize */
             for (int64_t j = 0; j < F; j++) dst[j] = (xf[j] - mean) / std;
-        l->y[k] = ds->y[idx[k]];
+        l->bidx[k] = i;
+        l->y[k++] = ds->y[i];
     }
     l->pos += B;
-    *b = (ct_batch){.x = x, .y = l->y, .idx = idx, .size = B};
+    if (k == 0 && l->st == CT_OK) return false; /* only skipped files were left */
+    if (k < B) { /* the end of an epoch that skipped files: a shorter last batch */
+        shape[0] = k;
+        ct_tensor *t = ct_tensor_new(ds->sample_ndim + 1, shape);
+        memcpy(t->data, x->data, (size_t)(k * F) * sizeof *t->data);
+        x = t;
+    }
+    *b = (ct_batch){.x = x, .y = l->y, .idx = l->bidx, .size = k};
     return true;
 }
 
 void ct_loader_free(ct_loader *l) {
     if (!l) return;
     free(l->y);
+    free(l->bidx);
+    free(l->pix);
     free(l);
 }

@@ -30,6 +30,7 @@ ct_status ct_dist_cache_features(const ct_dist *d, ct_module *m, int prefix, con
     ct_loader_opts lo = *opts;
     lo.crop_pad = 0;
     lo.hflip = false;
+    lo.skip_bad = false; /* every sample needs its features: an undecodable file is an error */
     int64_t fshape[CT_MAX_DIMS];
     int fnd = 0;
     int64_t fnumel = feature_shape(m, prefix, in, &fnd, fshape);
@@ -58,7 +59,7 @@ ct_status ct_dist_cache_features(const ct_dist *d, ct_module *m, int prefix, con
         int64_t lo_i = displs[d->rank] / fnumel, hi_i = lo_i + counts[d->rank] / fnumel;
         for (int64_t i = 0, nb = ct_loader_num_batches(l); i < nb; i++) CT_NO_GRAD CT_SCOPE {
             ct_batch b;
-            ct_loader_next(l, &b);
+            if (st != CT_OK || !ct_loader_next(l, &b) || (st = ct_loader_status(l)) != CT_OK) continue;
             ct_tensor *f = ct_seq_forward_range(m, 0, prefix, b.x);
             for (int64_t k = 0; k < b.size; k++) {
                 CT_ASSERT(b.idx[k] >= lo_i && b.idx[k] < hi_i, "feature cache: shard layout mismatch");

@@ -16,6 +16,7 @@ ct_status ct_dist_evaluate_from(const ct_dist *d, ct_module *m, int first, const
     ct_loader_opts lo = *opts;
     lo.crop_pad = 0;
     lo.hflip = false;
+    lo.wrap = false; /* a skipped file is left out, never replaced by a second look at another */
     ct_status st = ct_sampler_new(&s, &so);
     if (st == CT_OK) st = ct_loader_new(&l, ds, &lo);
     double sums[3] = {0, 0, 0}; /* loss sum, correct, samples */
@@ -28,7 +29,8 @@ ct_status ct_dist_evaluate_from(const ct_dist *d, ct_module *m, int first, const
         CT_EVALUATE(m) {
             for (int64_t i = 0; i < nb; i++) CT_SCOPE {
                 ct_batch b;
-                ct_loader_next(l, &b);
+                /* an undecodable file ends this rank's part; the all-reduce below tells all */
+                if (st != CT_OK || !ct_loader_next(l, &b) || (st = ct_loader_status(l)) != CT_OK) continue;
                 ct_tensor *logits = first ? ct_seq_forward_range(m, first, nlayers, b.x)
                                           : ct_module_forward(m, b.x);
                 sums[0] += ct_cross_entropy(logits, b.y, CT_REDUCE_SUM)->data[0];

@@ -37,7 +37,7 @@ typedef struct {
 
 static const key_def keys[] = {
     STR("data", "dir", data.dir, "/usr/share/datasets/fashion-mnist"),
-    ENUM("data", "format", data.format, "idx", "idx|npy"),
+    ENUM("data", "format", data.format, "idx", "idx|npy|folder|list"),
     STR("data", "train_x", data.train_x, ""),
     STR("data", "train_y", data.train_y, ""),
     STR("data", "test_x", data.test_x, ""),
@@ -48,6 +48,14 @@ static const key_def keys[] = {
     INT("data", "crop_pad", data.crop_pad, "2", 0, NULL),
     KEY("data", "classes", T_CLASSES, data.classes, "all", NULL, 0, 0, 0),
     INT("data", "per_class", data.per_class, "all", 0, "all"),
+    /* ---- image data sets (issue 12: data.format = folder | list) ---- */
+    STR("data", "train_dir", data.train_dir, ""),
+    STR("data", "test_dir", data.test_dir, ""),
+    STR("data", "train_list", data.train_list, ""),
+    STR("data", "test_list", data.test_list, ""),
+    KEY("data", "channels", T_INT, data.channels, "3", NULL, 1, 3, 0), /* 2 is refused at set-up */
+    ENUM("data", "on_bad", data.on_bad, "error", "error|skip"),
+    /* ---- end of the image data set keys ---- */
 
     ENUM("model", "name", model.name, "mlp", "mlp|cnn|custom"),
     STR("model", "layers", model.layers, ""),

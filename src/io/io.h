@@ -86,7 +86,8 @@ ct_status ct_st_copy_f32(const ct_st_file *f, const char *name, ct_tensor *dst);
 #define CT_CFG_STR 176
 
 /* Enum-valued keys; each list is in the order of the words the config accepts. */
-typedef enum { CT_CFG_FORMAT_IDX, CT_CFG_FORMAT_NPY } ct_cfg_format;
+typedef enum { CT_CFG_FORMAT_IDX, CT_CFG_FORMAT_NPY, CT_CFG_FORMAT_FOLDER, CT_CFG_FORMAT_LIST } ct_cfg_format;
+typedef enum { CT_CFG_ON_BAD_ERROR, CT_CFG_ON_BAD_SKIP } ct_cfg_on_bad;
 typedef enum {
     CT_CFG_AUGMENT_NONE,
     CT_CFG_AUGMENT_CROP,
@@ -118,6 +119,11 @@ typedef struct {
         int crop_pad;
         char classes[CT_CFG_STR]; /* "all", "0-4", "5,6,7" (see ct_config_classes) */
         int per_class;            /* samples kept per class; 0 = all */
+        /* image data sets (format folder or list) */
+        char train_dir[CT_CFG_STR], test_dir[CT_CFG_STR];   /* folder: root/<class>/<image> */
+        char train_list[CT_CFG_STR], test_list[CT_CFG_STR]; /* list: CSV of path,label */
+        int channels;             /* 1 or 3: images become L or RGB */
+        ct_cfg_on_bad on_bad;     /* an undecodable file: error, or skip (logged and counted) */
     } data;
     struct {
         ct_cfg_model name;

@@ -1,0 +1,250 @@
+/* Image decoding: JPEG through libjpeg-turbo, PNG through libspng, into 8-bit pixels with
+ * exactly the values PIL gives for Image.open(path).convert("RGB") (torchvision's
+ * ImageFolder loader) or .convert("L"). The format comes from the file's first bytes, not
+ * its name. */
+#include "internal.h"
+
+#include <errno.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jpeglib.h>
+#include <jerror.h> /* message codes (JWRN_JPEG_EOF) */
+#include <spng.h>
+
+/* Larger than any photo a trainer sees; a corrupt header cannot make us allocate more. */
+#define MAX_SIDE 32768
+
+void ct_image_free(ct_image *im) {
+    free(im->px);
+    memset(im, 0, sizeof *im);
+}
+
+/* The whole file in a malloc'd buffer. */
+static ct_status read_file(const char *path, uint8_t **buf, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return ct_error(CT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    size_t cap = 1 << 16, len = 0;
+    uint8_t *b = ct__data_malloc(cap);
+    size_t got;
+    while ((got = fread(b + len, 1, cap - len, f)) > 0) {
+        len += got;
+        if (len == cap) {
+            uint8_t *nb = realloc(b, cap *= 2);
+            CT_ASSERT(nb, "data: out of memory reading %s", path);
+            b = nb;
+        }
+    }
+    bool err = ferror(f);
+    fclose(f);
+    if (err) {
+        free(b);
+        return ct_error(CT_ERR_IO, "%s: read error", path);
+    }
+    *buf = b;
+    *n = len;
+    return CT_OK;
+}
+
+/* PIL's RGB -> L (Convert.c, ITU-R 601-2 luma in 16-bit fixed point, rounded). */
+static inline uint8_t luma(const uint8_t *rgb) {
+    return (uint8_t)((rgb[0] * 19595u + rgb[1] * 38470u + rgb[2] * 7471u + 0x8000u) >> 16);
+}
+
+/* Turns src (h*w pixels of sc = 1 (L) or 3 (RGB) bytes, or 4 (RGBA) whose alpha PIL's
+ * convert drops) into out->px with out->c channels, as PIL's convert does: L -> RGB
+ * replicates, RGB -> L is luma(). */
+static void convert(const uint8_t *src, int sc, ct_image *out) {
+    int64_t n = out->h * out->w;
+    uint8_t *d = out->px;
+    if (out->c == 1) {
+        for (int64_t i = 0; i < n; i++, src += sc) d[i] = sc >= 3 ? luma(src) : src[0];
+    } else {
+        for (int64_t i = 0; i < n; i++, src += sc, d += 3) {
+            if (sc >= 3) {
+                d[0] = src[0], d[1] = src[1], d[2] = src[2];
+            } else {
+                d[0] = d[1] = d[2] = src[0];
+            }
+        }
+    }
+}
+
+/* ---- JPEG ---- */
+
+typedef struct {
+    struct jpeg_error_mgr pub;
+    jmp_buf jb;
+    bool truncated;
+} jpeg_err;
+
+static void jpeg_fail(j_common_ptr ci) { longjmp(((jpeg_err *)ci->err)->jb, 1); }
+
+/* libjpeg warns and pads with grey when the data ends early; PIL refuses such a file
+ * ("image file is truncated"), and so do we. Other warnings (extraneous bytes) pass, as in PIL. */
+static void jpeg_warn(j_common_ptr ci, int level) {
+    if (level < 0 && ci->err->msg_code == JWRN_JPEG_EOF) ((jpeg_err *)ci->err)->truncated = true;
+}
+
+static ct_status decode_jpeg(const uint8_t *buf, size_t n, const char *name, int channels,
+                             bool header_only, ct_image *out) {
+    struct jpeg_decompress_struct ci;
+    jpeg_err je;
+    ci.err = jpeg_std_error(&je.pub);
+    je.pub.error_exit = jpeg_fail;
+    je.pub.emit_message = jpeg_warn;
+    je.truncated = false;
+    uint8_t *volatile rgb = NULL; /* volatile: still valid after a longjmp */
+    if (setjmp(je.jb)) {
+        char msg[JMSG_LENGTH_MAX];
+        je.pub.format_message((j_common_ptr)&ci, msg);
+        jpeg_destroy_decompress(&ci);
+        free(rgb);
+        return ct_error(CT_ERR_FORMAT, "%s: cannot decode JPEG: %s", name, msg);
+    }
+    jpeg_create_decompress(&ci);
+    jpeg_mem_src(&ci, buf, (unsigned long)n);
+    jpeg_read_header(&ci, TRUE);
+    J_COLOR_SPACE cs = ci.jpeg_color_space;
+    if (cs != JCS_GRAYSCALE && cs != JCS_YCbCr && cs != JCS_RGB) {
+        jpeg_destroy_decompress(&ci);
+        return ct_error(CT_ERR_FORMAT, "%s: JPEG colour space %s is not supported (only gray, "
+                        "YCbCr and RGB)", name, cs == JCS_CMYK || cs == JCS_YCCK ? "CMYK" : "unknown");
+    }
+    /* PIL's decoder asks for exactly these: gray stays gray, colour becomes RGB, with
+     * libjpeg's default islow IDCT and fancy upsampling; conversion to the wanted
+     * channels follows in convert(), like Image.convert. */
+    ci.out_color_space = cs == JCS_GRAYSCALE ? JCS_GRAYSCALE : JCS_RGB;
+    out->h = ci.image_height;
+    out->w = ci.image_width;
+    out->c = channels;
+    if (header_only) {
+        jpeg_destroy_decompress(&ci);
+        return CT_OK;
+    }
+    if (out->h > MAX_SIDE || out->w > MAX_SIDE) {
+        jpeg_destroy_decompress(&ci);
+        return ct_error(CT_ERR_FORMAT, "%s: %lldx%lld image is larger than %d pixels a side", name,
+                        (long long)out->w, (long long)out->h, MAX_SIDE);
+    }
+    jpeg_start_decompress(&ci);
+    int sc = ci.output_components;
+    size_t row = (size_t)out->w * (size_t)sc;
+    rgb = ct__data_malloc(row * (size_t)out->h);
+    while (ci.output_scanline < ci.output_height) {
+        JSAMPROW r = rgb + row * ci.output_scanline;
+        jpeg_read_scanlines(&ci, &r, 1);
+    }
+    jpeg_finish_decompress(&ci);
+    jpeg_destroy_decompress(&ci);
+    if (je.truncated) {
+        free(rgb);
+        return ct_error(CT_ERR_FORMAT, "%s: cannot decode JPEG: the data ends early (truncated "
+                        "file)", name);
+    }
+    out->px = ct__data_malloc((size_t)(out->h * out->w) * (size_t)channels);
+    convert(rgb, sc, out);
+    free(rgb);
+    return CT_OK;
+}
+
+/* ---- PNG ---- */
+
+static ct_status decode_png(const uint8_t *buf, size_t n, const char *name, int channels,
+                            bool header_only, ct_image *out) {
+    spng_ctx *ctx = spng_ctx_new(0);
+    CT_ASSERT(ctx, "data: out of memory (spng)");
+    struct spng_ihdr h;
+    uint8_t *raw = NULL;
+    const char *what = "header";
+    int e = spng_set_image_limits(ctx, MAX_SIDE, MAX_SIDE);
+    if (!e) e = spng_set_png_buffer(ctx, buf, n);
+    if (!e) e = spng_get_ihdr(ctx, &h);
+    if (e) goto fail;
+    out->h = h.height;
+    out->w = h.width;
+    out->c = channels;
+    if (header_only) {
+        spng_ctx_free(ctx);
+        return CT_OK;
+    }
+    if (h.bit_depth == 16) {
+        spng_ctx_free(ctx);
+        return ct_error(CT_ERR_FORMAT, "%s: 16-bit PNG is not supported (convert it to 8 bits, "
+                        "e.g. PIL's Image.convert)", name);
+    }
+    /* The output format that keeps what PIL keeps: gray as gray (low bit depths scaled to
+     * 0..255 as PIL unpacks them), alpha dropped afterwards (convert ignores it), palette
+     * expanded through its colours. */
+    int fmt, sc;
+    switch (h.color_type) {
+    case SPNG_COLOR_TYPE_GRAYSCALE: fmt = SPNG_FMT_G8, sc = 1; break;
+    /* libspng 0.7 decodes gray+alpha only to RGBA8: R = G = B = gray, and luma() of
+     * three equal values is that value (the weights sum to 65536), so L stays exact */
+    case SPNG_COLOR_TYPE_GRAYSCALE_ALPHA:
+    case SPNG_COLOR_TYPE_TRUECOLOR_ALPHA: fmt = SPNG_FMT_RGBA8, sc = 4; break;
+    default: fmt = SPNG_FMT_RGB8, sc = 3; break; /* truecolor, indexed */
+    }
+    size_t len;
+    what = "image";
+    if ((e = spng_decoded_image_size(ctx, fmt, &len))) goto fail;
+    raw = ct__data_malloc(len);
+    if ((e = spng_decode_image(ctx, raw, len, fmt, 0))) goto fail;
+    spng_ctx_free(ctx);
+    out->px = ct__data_malloc((size_t)(out->h * out->w) * (size_t)channels);
+    convert(raw, sc, out);
+    free(raw);
+    return CT_OK;
+fail:
+    spng_ctx_free(ctx);
+    free(raw);
+    return ct_error(CT_ERR_FORMAT, "%s: cannot decode PNG %s: %s", name, what, spng_strerror(e));
+}
+
+/* ---- dispatch ---- */
+
+static ct_status decode(const uint8_t *buf, size_t n, const char *name, int channels,
+                        bool header_only, ct_image *out) {
+    if (channels != 1 && channels != 3)
+        return ct_error(CT_ERR_ARG, "%s: images decode to 1 or 3 channels, not %d", name, channels);
+    static const uint8_t png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    ct_image im = {0};
+    ct_status st;
+    if (n >= 3 && buf[0] == 0xff && buf[1] == 0xd8 && buf[2] == 0xff)
+        st = decode_jpeg(buf, n, name, channels, header_only, &im);
+    else if (n >= 8 && !memcmp(buf, png_sig, 8))
+        st = decode_png(buf, n, name, channels, header_only, &im);
+    else
+        return ct_error(CT_ERR_FORMAT, "%s: not a JPEG or PNG file (%zu bytes, unknown signature)",
+                        name, n);
+    if (st == CT_OK) *out = im;
+    return st;
+}
+
+ct_status ct_image_decode(const void *buf, size_t n, const char *name, int channels, ct_image *out) {
+    return decode(buf, n, name, channels, false, out);
+}
+
+ct_status ct_image_read(const char *path, int channels, ct_image *out) {
+    uint8_t *buf;
+    size_t n;
+    ct_status st = read_file(path, &buf, &n);
+    if (st != CT_OK) return st;
+    st = decode(buf, n, path, channels, false, out);
+    free(buf);
+    return st;
+}
+
+ct_status ct_image_info(const char *path, int64_t *h, int64_t *w) {
+    uint8_t *buf;
+    size_t n;
+    ct_status st = read_file(path, &buf, &n);
+    if (st != CT_OK) return st;
+    ct_image im = {0};
+    st = decode(buf, n, path, 3, true, &im);
+    free(buf);
+    if (st == CT_OK) *h = im.h, *w = im.w;
+    return st;
+}

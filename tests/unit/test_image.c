@@ -1,0 +1,137 @@
+/* Image decoding against PIL: tests/unit/make_images.py writes JPEG and PNG files of every
+ * supported kind together with PIL's convert("L") and convert("RGB") bytes, and every
+ * decode must equal them pixel for pixel; broken and unsupported files must be refused with
+ * the file named. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "data/data.h"
+#include "util.h"
+
+static char fixdir[64];
+
+/* Runs once per process (an unchecked fixture), before the forked tests. */
+static void make_fixtures(void) {
+    strcpy(fixdir, "/tmp/ct_image_XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(fixdir));
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 tests/unit/make_images.py %s", fixdir);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "test_image: %s failed (run from the repository root)\n", cmd);
+        exit(1);
+    }
+}
+
+static void remove_fixtures(void) {
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", fixdir);
+    if (system(cmd) != 0) fprintf(stderr, "test_image: could not remove %s\n", fixdir);
+}
+
+static void *slurp(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    void *buf = malloc((size_t)len + 1);
+    ck_assert_uint_eq(fread(buf, 1, (size_t)len, f), (size_t)len);
+    fclose(f);
+    *n = (size_t)len;
+    return buf;
+}
+
+/* Every image in the manifest, both channel counts, equals PIL's bytes. */
+START_TEST(decode_matches_pil) {
+    int channels = _i == 0 ? 1 : 3;
+    char path[256], name[64];
+    snprintf(path, sizeof path, "%s/manifest.txt", fixdir);
+    FILE *m = fopen(path, "r");
+    ck_assert_ptr_nonnull(m);
+    long long h, w;
+    int count = 0;
+    while (fscanf(m, "%63s %lld %lld", name, &h, &w) == 3) {
+        snprintf(path, sizeof path, "%s/%s", fixdir, name);
+        ct_image im;
+        ck_assert_msg(ct_image_read(path, channels, &im) == CT_OK, "%s", ct_last_error());
+        ck_assert_int_eq(im.h, h);
+        ck_assert_int_eq(im.w, w);
+        ck_assert_int_eq(im.c, channels);
+        int64_t ih, iw;
+        ck_assert_int_eq(ct_image_info(path, &ih, &iw), CT_OK);
+        ck_assert(ih == h && iw == w);
+        snprintf(path, sizeof path, "%s/%s.%s", fixdir, name, channels == 1 ? "L" : "RGB");
+        size_t n;
+        uint8_t *want = slurp(path, &n);
+        ck_assert_uint_eq(n, (size_t)(h * w * channels));
+        size_t diff = 0, first = 0;
+        for (size_t i = n; i-- > 0;)
+            if (want[i] != im.px[i]) diff++, first = i;
+        ck_assert_msg(diff == 0, "%s (%d channels): %zu of %zu bytes differ from PIL, first at %zu "
+                      "(%d vs PIL %d)", name, channels, diff, n, first, im.px[first], want[first]);
+        free(want);
+        ct_image_free(&im);
+        count++;
+    }
+    fclose(m);
+    ck_assert_int_ge(count, 14);
+}
+END_TEST
+
+/* In memory as from a file. */
+START_TEST(decode_from_memory) {
+    char path[256];
+    snprintf(path, sizeof path, "%s/rgb420.jpg", fixdir);
+    size_t n;
+    void *buf = slurp(path, &n);
+    ct_image a, b;
+    ck_assert_int_eq(ct_image_decode(buf, n, "mem.jpg", 3, &a), CT_OK);
+    ck_assert_int_eq(ct_image_read(path, 3, &b), CT_OK);
+    ck_assert_mem_eq(a.px, b.px, (size_t)(a.h * a.w * 3));
+    ct_image_free(&a);
+    ct_image_free(&b);
+    free(buf);
+}
+END_TEST
+
+/* Broken and unsupported files are errors that name the file and say what is wrong. */
+START_TEST(bad_files_refused) {
+    static const struct { const char *name, *why; } cases[] = {
+        {"truncated.jpg", "truncated"},   {"truncated.png", "PNG"},
+        {"text.jpg", "not a JPEG or PNG"}, {"empty.png", "not a JPEG or PNG"},
+        {"deep16.png", "16-bit"},          {"missing.png", "cannot open"},
+    };
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s", fixdir, cases[_i].name);
+    ct_image im = {.h = -7};
+    ct_status st = ct_image_read(path, 3, &im);
+    ck_assert_int_ne(st, CT_OK);
+    ck_assert_int_eq(st, _i == 5 ? CT_ERR_IO : CT_ERR_FORMAT);
+    ck_assert_msg(strstr(ct_last_error(), path) && strstr(ct_last_error(), cases[_i].why),
+                  "message '%s' should name %s and say '%s'", ct_last_error(), path, cases[_i].why);
+    ck_assert_int_eq(im.h, -7); /* untouched */
+    ck_assert_ptr_null(im.px);
+}
+END_TEST
+
+START_TEST(bad_channel_count) {
+    char path[256];
+    snprintf(path, sizeof path, "%s/rgb.png", fixdir);
+    ct_image im;
+    ck_assert_int_eq(ct_image_read(path, 2, &im), CT_ERR_ARG);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("image");
+    TCase *t = tcase_create("decode");
+    tcase_add_unchecked_fixture(t, make_fixtures, remove_fixtures);
+    tcase_set_timeout(t, 60);
+    tcase_add_loop_test(t, decode_matches_pil, 0, 2);
+    tcase_add_test(t, decode_from_memory);
+    tcase_add_loop_test(t, bad_files_refused, 0, 6);
+    tcase_add_test(t, bad_channel_count);
+    suite_add_tcase(s, t);
+    return ct_test_run(s);
+}
