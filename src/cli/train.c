@@ -27,7 +27,7 @@ static void reseed_epoch(ct_run *r, ct_loader *l, int epoch) {
     ct_rng_seed(ct_loader_rng(l), mix(base, 1));
     ct_named mods = ct_module_modules(r->model);
     for (int i = 0; i < mods.n; i++)
-        if (!strcmp(mods.owners[i]->type, "Dropout")) ct_rng_seed(&mods.owners[i]->rng, mix(base, 100 + (uint64_t)i));
+        ct_module_reseed(mods.owners[i], mix(base, 100 + (uint64_t)i));
     ct_named_free(&mods);
 }
 

@@ -132,7 +132,12 @@ void ct_dist_broadcast_module(const ct_dist *d, ct_module *m, int root) {
             CT_CHECK_MPI(MPI_Bcast(mm->params[k]->data, (int)mm->params[k]->numel, MPI_FLOAT, root, d->world));
         for (int k = 0; k < mm->nbuffers; k++)
             CT_CHECK_MPI(MPI_Bcast(mm->buffers[k]->data, (int)mm->buffers[k]->numel, MPI_FLOAT, root, d->world));
-        CT_CHECK_MPI(MPI_Bcast(&mm->num_batches_tracked, 1, MPI_INT64_T, root, d->world));
+        /* state_dict extras (num_batches_tracked); the dropout streams stay per rank */
+        ct_module_extra x[CT_MODULE_MAX_EXTRA];
+        for (int k = 0, n = ct_module_extra_state(mm, x); k < n; k++)
+            if (x[k].in_state_dict)
+                CT_CHECK_MPI(MPI_Bcast(x[k].data, (int)(x[k].numel * (int64_t)ct_dtype_size(x[k].dtype)),
+                                       MPI_BYTE, root, d->world));
     }
     ct_named_free(&mods);
 }

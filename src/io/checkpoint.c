@@ -69,7 +69,7 @@ static ct_status add_optim_scalar(void *ctx, const char *name, double v) {
 }
 
 /* state_dict order, as PyTorch writes it: per module, parameters, then buffers, then
- * num_batches_tracked. */
+ * num_batches_tracked. Every entry points at the model's own memory. */
 static void add_model(entries *l, ct_module *m) {
     ct_named mods = ct_module_modules(m);
     for (int i = 0; i < mods.n; i++) {
@@ -84,19 +84,19 @@ static void add_model(entries *l, ct_module *m) {
             ct_st_entry *e = push(l, name);
             *e = ct_st_from_tensor(e->name, t);
         }
-        if (mm->nbuffers && strncmp(mm->type, "BatchNorm", 9) == 0) {
-            snprintf(name, sizeof name, "%s%snum_batches_tracked", pre, *pre ? "." : "");
+        /* num_batches_tracked (state_dict) and the dropout streams (ctrain's own, "rng.*"):
+         * the entries point at the module's memory, so loading writes through them. */
+        ct_module_extra x[CT_MODULE_MAX_EXTRA];
+        for (int k = 0, n = ct_module_extra_state(mm, x); k < n; k++) {
+            if (x[k].in_state_dict)
+                snprintf(name, sizeof name, "%s%s%s", pre, *pre ? "." : "", x[k].name);
+            else
+                snprintf(name, sizeof name, "%s.%s", x[k].name, pre);
             ct_st_entry *e = push(l, name);
-            e->dtype = CT_DTYPE_I64;
-            e->data = own_copy(l, &mm->num_batches_tracked, sizeof(int64_t));
-        }
-        if (strcmp(mm->type, "Dropout") == 0) {
-            snprintf(name, sizeof name, "rng.%s", pre);
-            ct_st_entry *e = push(l, name);
-            e->dtype = CT_DTYPE_U64;
-            e->ndim = 1;
-            e->shape[0] = 4;
-            e->data = own_copy(l, mm->rng.s, sizeof mm->rng.s);
+            e->dtype = x[k].dtype;
+            e->ndim = x[k].ndim;
+            e->shape[0] = x[k].numel;
+            e->data = x[k].data;
         }
     }
     ct_named_free(&mods);
@@ -214,26 +214,9 @@ ct_status ct_ckpt_load_model_except(const ct_st_file *f, ct_module *m, bool stri
         for (int i = 0; i < want.n; i++) {
             const ct_st_entry *w = &want.e[i], *e = ct_st_find(f, w->name);
             if (!e || ct_glob_match(exclude, w->name) || !fits(e, w)) continue;
-            /* The wanted entries point at the model's own memory (or at copies for the
-             * counters and RNG), so write through them. */
+            /* The wanted entries point at the model's own memory, so write through them. */
             memcpy((void *)w->data, e->data, ct_st_nbytes(e));
         }
-        /* Copy the scalar mirrors back into the modules. */
-        ct_named mods = ct_module_modules(m);
-        for (int i = 0; i < mods.n; i++) {
-            ct_module *mm = mods.owners[i];
-            char name[512];
-            const char *pre = mods.names[i];
-            snprintf(name, sizeof name, "%s%snum_batches_tracked", pre, *pre ? "." : "");
-            const ct_st_entry *e = ct_st_find(f, name);
-            if (e && !ct_glob_match(exclude, name) && e->dtype == CT_DTYPE_I64 && ct_st_numel(e) == 1)
-                memcpy(&mm->num_batches_tracked, e->data, sizeof(int64_t));
-            snprintf(name, sizeof name, "rng.%s", pre);
-            e = ct_st_find(f, name);
-            if (e && e->dtype == CT_DTYPE_U64 && ct_st_numel(e) == 4 && !strcmp(mm->type, "Dropout"))
-                memcpy(mm->rng.s, e->data, sizeof mm->rng.s);
-        }
-        ct_named_free(&mods);
     }
     free(used);
     entries_free(&want);

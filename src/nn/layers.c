@@ -1,9 +1,13 @@
-/* The layers: each constructor registers parameters/buffers under PyTorch's names, and
- * each forward is one call into the ops layer. */
+/* The layers: each kind is a struct embedding ct_module with its typed settings, and a
+ * table of what differs per kind. Constructors register parameters/buffers under PyTorch's
+ * names; each forward is one call into the ops layer. */
 #include <math.h>
 #include <stdlib.h>
 
 #include "nn.h"
+
+/* The typed layer behind a base pointer (the base is its first member). */
+#define AS(type, m) ((type *)(m))
 
 /* kaiming_uniform_(a=sqrt(5)) gives bound = gain * sqrt(3 / fan_in) with
  * gain = sqrt(2 / (1 + a^2)) = sqrt(1/3), i.e. 1/sqrt(fan_in); the bias uses the same. */
@@ -18,9 +22,12 @@ static ct_tensor *linear_forward(ct_module *m, ct_tensor *x) {
     return ct_linear(x, m->params[0], m->nparams > 1 ? m->params[1] : NULL);
 }
 
+static const ct_module_ops linear_ops = {.type = "Linear", .forward = linear_forward};
+
 ct_module *ct_nn_linear(int64_t in, int64_t out, bool bias, ct_rng *rng) {
-    ct_module *m = ct_module_new("Linear", linear_forward);
-    m->cfg[0] = in, m->cfg[1] = out;
+    ct_module *m = ct_module_new(sizeof(ct_linear_module), &linear_ops);
+    AS(ct_linear_module, m)->in_features = in;
+    AS(ct_linear_module, m)->out_features = out;
     ct_module_add_param(m, "weight", init_uniform(CT_SHAPE(out, in), in, rng));
     if (bias) ct_module_add_param(m, "bias", init_uniform(CT_SHAPE(out), in, rng));
     return m;
@@ -29,15 +36,22 @@ ct_module *ct_nn_linear(int64_t in, int64_t out, bool bias, ct_rng *rng) {
 /* ---- Conv2d ----------------------------------------------------------------------------- */
 
 static ct_tensor *conv_forward(ct_module *m, ct_tensor *x) {
-    return ct_conv2d(x, m->params[0], m->nparams > 1 ? m->params[1] : NULL, (int)m->cfg[3],
-                     (int)m->cfg[4]);
+    const ct_conv2d_module *c = AS(ct_conv2d_module, m);
+    return ct_conv2d(x, m->params[0], m->nparams > 1 ? m->params[1] : NULL, c->stride, c->padding);
+}
+
+static const ct_module_ops conv_ops = {.type = "Conv2d", .forward = conv_forward};
+
+ct_conv2d_module *ct_nn_as_conv2d(ct_module *m) {
+    return m->ops == &conv_ops ? AS(ct_conv2d_module, m) : NULL;
 }
 
 ct_module *ct_nn_conv2d(int64_t in_ch, int64_t out_ch, int kernel, int stride, int padding,
                         bool bias, ct_rng *rng) {
-    ct_module *m = ct_module_new("Conv2d", conv_forward);
-    m->cfg[0] = in_ch, m->cfg[1] = out_ch, m->cfg[2] = kernel, m->cfg[3] = stride;
-    m->cfg[4] = padding;
+    ct_module *m = ct_module_new(sizeof(ct_conv2d_module), &conv_ops);
+    ct_conv2d_module *c = AS(ct_conv2d_module, m);
+    c->in_channels = in_ch, c->out_channels = out_ch;
+    c->kernel = kernel, c->stride = stride, c->padding = padding;
     int64_t fan_in = in_ch * kernel * kernel;
     ct_module_add_param(m, "weight", init_uniform(CT_SHAPE(out_ch, in_ch, kernel, kernel), fan_in, rng));
     if (bias) ct_module_add_param(m, "bias", init_uniform(CT_SHAPE(out_ch), fan_in, rng));
@@ -49,21 +63,48 @@ ct_module *ct_nn_conv2d(int64_t in_ch, int64_t out_ch, int kernel, int stride, i
 /* Train mode uses batch statistics and updates the running ones, unless the layer is
  * frozen and frozen_bn_eval is set: the usual fine-tuning choice, so a frozen backbone's
  * statistics are untouched while the head trains. */
-static ct_tensor *batchnorm_forward(ct_module *m, ct_tensor *x) {
-    ct_tensor *w = m->params[0], *b = m->params[1];
-    bool frozen = !w->requires_grad && !b->requires_grad;
-    bool train = m->training && !(frozen && m->frozen_bn_eval);
-    CT_ASSERT(x->ndim == m->cfg[1] && x->shape[1] == m->cfg[0],
-              "%s(%lld): expected input [N, %lld%s], got %s", m->type, (long long)m->cfg[0],
-              (long long)m->cfg[0], m->cfg[1] == 4 ? ", H, W" : "", CT_SHAPE_STR(x));
-    if (train) m->num_batches_tracked++;
-    return ct_batch_norm(x, w, b, m->buffers[0], m->buffers[1], train, m->fcfg[0], m->fcfg[1]);
+static bool batchnorm_uses_batch(const ct_module *m) {
+    const ct_batchnorm_module *bn = AS(const ct_batchnorm_module, m);
+    bool frozen = !m->params[0]->requires_grad && !m->params[1]->requires_grad;
+    return m->training && !(frozen && bn->frozen_bn_eval);
 }
 
-static ct_module *batchnorm(const char *type, int64_t c, int ndim) {
-    ct_module *m = ct_module_new(type, batchnorm_forward);
-    m->cfg[0] = c, m->cfg[1] = ndim;
-    m->fcfg[0] = 0.1f, m->fcfg[1] = 1e-5f; /* momentum, eps */
+static ct_tensor *batchnorm_forward(ct_module *m, ct_tensor *x) {
+    ct_batchnorm_module *bn = AS(ct_batchnorm_module, m);
+    bool train = batchnorm_uses_batch(m);
+    CT_ASSERT(x->ndim == bn->ndim && x->shape[1] == bn->num_features,
+              "%s(%lld): expected input [N, %lld%s], got %s", ct_module_type(m),
+              (long long)bn->num_features, (long long)bn->num_features, bn->ndim == 4 ? ", H, W" : "",
+              CT_SHAPE_STR(x));
+    if (train) bn->num_batches_tracked++;
+    return ct_batch_norm(x, m->params[0], m->params[1], m->buffers[0], m->buffers[1], train,
+                         bn->momentum, bn->eps);
+}
+
+static bool batchnorm_per_sample(const ct_module *m) { return !batchnorm_uses_batch(m); }
+
+static int batchnorm_extra(ct_module *m, ct_module_extra *out) {
+    out[0] = (ct_module_extra){.name = "num_batches_tracked", .in_state_dict = true,
+                               .dtype = CT_DTYPE_I64, .ndim = 0, .numel = 1,
+                               .data = &AS(ct_batchnorm_module, m)->num_batches_tracked};
+    return 1;
+}
+
+static const ct_module_ops bn1d_ops = {.type = "BatchNorm1d", .forward = batchnorm_forward,
+                                       .extra_state = batchnorm_extra, .per_sample = batchnorm_per_sample};
+static const ct_module_ops bn2d_ops = {.type = "BatchNorm2d", .forward = batchnorm_forward,
+                                       .extra_state = batchnorm_extra, .per_sample = batchnorm_per_sample};
+
+ct_batchnorm_module *ct_nn_as_batchnorm(ct_module *m) {
+    return m->ops == &bn1d_ops || m->ops == &bn2d_ops ? AS(ct_batchnorm_module, m) : NULL;
+}
+
+static ct_module *batchnorm(const ct_module_ops *ops, int64_t c, int ndim) {
+    ct_module *m = ct_module_new(sizeof(ct_batchnorm_module), ops);
+    ct_batchnorm_module *bn = AS(ct_batchnorm_module, m);
+    bn->num_features = c, bn->ndim = ndim;
+    bn->momentum = 0.1f, bn->eps = 1e-5f;
+    bn->frozen_bn_eval = true;
     ct_module_add_param(m, "weight", ct_own(ct_ones(CT_SHAPE(c))));
     ct_module_add_param(m, "bias", ct_own(ct_zeros(CT_SHAPE(c))));
     ct_module_add_buffer(m, "running_mean", ct_own(ct_zeros(CT_SHAPE(c))));
@@ -71,49 +112,98 @@ static ct_module *batchnorm(const char *type, int64_t c, int ndim) {
     return m;
 }
 
-ct_module *ct_nn_batchnorm1d(int64_t features) { return batchnorm("BatchNorm1d", features, 2); }
-ct_module *ct_nn_batchnorm2d(int64_t channels) { return batchnorm("BatchNorm2d", channels, 4); }
+ct_module *ct_nn_batchnorm1d(int64_t features) { return batchnorm(&bn1d_ops, features, 2); }
+ct_module *ct_nn_batchnorm2d(int64_t channels) { return batchnorm(&bn2d_ops, channels, 4); }
 
-/* ---- parameter-free layers ---------------------------------------------------------------- */
+/* ---- Dropout ------------------------------------------------------------------------------ */
 
 static ct_tensor *dropout_forward(ct_module *m, ct_tensor *x) {
-    return ct_dropout(x, m->fcfg[0], m->training, &m->rng);
+    ct_dropout_module *d = AS(ct_dropout_module, m);
+    return ct_dropout(x, d->p, m->training, &d->rng);
+}
+
+static bool dropout_per_sample(const ct_module *m) {
+    return !m->training || AS(const ct_dropout_module, m)->p == 0;
+}
+
+static void dropout_reseed(ct_module *m, uint64_t seed) { ct_rng_seed(&AS(ct_dropout_module, m)->rng, seed); }
+
+static int dropout_extra(ct_module *m, ct_module_extra *out) {
+    ct_rng *r = &AS(ct_dropout_module, m)->rng;
+    out[0] = (ct_module_extra){.name = "rng", .in_state_dict = false, .dtype = CT_DTYPE_U64,
+                               .ndim = 1, .numel = (int64_t)(sizeof r->s / sizeof r->s[0]),
+                               .data = r->s};
+    return 1;
+}
+
+static const ct_module_ops dropout_ops = {.type = "Dropout", .forward = dropout_forward,
+                                          .extra_state = dropout_extra, .reseed = dropout_reseed,
+                                          .per_sample = dropout_per_sample};
+
+ct_dropout_module *ct_nn_as_dropout(ct_module *m) {
+    return m->ops == &dropout_ops ? AS(ct_dropout_module, m) : NULL;
 }
 
 ct_module *ct_nn_dropout(float p, uint64_t seed) {
     CT_ASSERT(p >= 0 && p < 1, "Dropout: p = %g outside [0, 1)", p);
-    ct_module *m = ct_module_new("Dropout", dropout_forward);
-    m->fcfg[0] = p;
-    ct_rng_seed(&m->rng, seed);
+    ct_module *m = ct_module_new(sizeof(ct_dropout_module), &dropout_ops);
+    AS(ct_dropout_module, m)->p = p;
+    dropout_reseed(m, seed);
     return m;
 }
+
+/* ---- parameter-free layers ---------------------------------------------------------------- */
 
 static ct_tensor *relu_forward(ct_module *m, ct_tensor *x) { (void)m; return ct_relu(x); }
 static ct_tensor *gelu_forward(ct_module *m, ct_tensor *x) { (void)m; return ct_gelu(x); }
 static ct_tensor *tanh_forward(ct_module *m, ct_tensor *x) { (void)m; return ct_tanh(x); }
 static ct_tensor *flatten_forward(ct_module *m, ct_tensor *x) { (void)m; return ct_flatten(x, 1); }
 
-ct_module *ct_nn_relu(void) { return ct_module_new("ReLU", relu_forward); }
-ct_module *ct_nn_gelu(void) { return ct_module_new("GELU", gelu_forward); }
-ct_module *ct_nn_tanh(void) { return ct_module_new("Tanh", tanh_forward); }
-ct_module *ct_nn_flatten(void) { return ct_module_new("Flatten", flatten_forward); }
+static const ct_module_ops relu_ops = {.type = "ReLU", .forward = relu_forward};
+static const ct_module_ops gelu_ops = {.type = "GELU", .forward = gelu_forward};
+static const ct_module_ops tanh_ops = {.type = "Tanh", .forward = tanh_forward};
+static const ct_module_ops flatten_ops = {.type = "Flatten", .forward = flatten_forward};
+
+ct_module *ct_nn_relu(void) { return ct_module_new(sizeof(ct_module), &relu_ops); }
+ct_module *ct_nn_gelu(void) { return ct_module_new(sizeof(ct_module), &gelu_ops); }
+ct_module *ct_nn_tanh(void) { return ct_module_new(sizeof(ct_module), &tanh_ops); }
+ct_module *ct_nn_flatten(void) { return ct_module_new(sizeof(ct_module), &flatten_ops); }
 
 static ct_tensor *maxpool_forward(ct_module *m, ct_tensor *x) {
-    return ct_max_pool2d(x, (int)m->cfg[0], (int)m->cfg[1], 0);
+    const ct_pool2d_module *p = AS(ct_pool2d_module, m);
+    return ct_max_pool2d(x, p->kernel, p->stride, p->padding);
 }
 
 static ct_tensor *avgpool_forward(ct_module *m, ct_tensor *x) {
-    return ct_avg_pool2d(x, (int)m->cfg[0], (int)m->cfg[1], 0);
+    const ct_pool2d_module *p = AS(ct_pool2d_module, m);
+    return ct_avg_pool2d(x, p->kernel, p->stride, p->padding);
 }
 
-ct_module *ct_nn_maxpool2d(int kernel, int stride) {
-    ct_module *m = ct_module_new("MaxPool2d", maxpool_forward);
-    m->cfg[0] = kernel, m->cfg[1] = stride ? stride : kernel;
+static const ct_module_ops maxpool_ops = {.type = "MaxPool2d", .forward = maxpool_forward};
+static const ct_module_ops avgpool_ops = {.type = "AvgPool2d", .forward = avgpool_forward};
+
+static ct_module *pool2d(const ct_module_ops *ops, int kernel, int stride, int padding) {
+    ct_module *m = ct_module_new(sizeof(ct_pool2d_module), ops);
+    ct_pool2d_module *p = AS(ct_pool2d_module, m);
+    p->kernel = kernel, p->stride = stride ? stride : kernel, p->padding = padding;
     return m;
 }
 
-ct_module *ct_nn_avgpool2d(int kernel, int stride) {
-    ct_module *m = ct_module_new("AvgPool2d", avgpool_forward);
-    m->cfg[0] = kernel, m->cfg[1] = stride ? stride : kernel;
-    return m;
+ct_module *ct_nn_maxpool2d(int kernel, int stride) { return pool2d(&maxpool_ops, kernel, stride, 0); }
+ct_module *ct_nn_maxpool2d_padded(int kernel, int stride, int padding) {
+    return pool2d(&maxpool_ops, kernel, stride, padding);
 }
+ct_module *ct_nn_avgpool2d(int kernel, int stride) { return pool2d(&avgpool_ops, kernel, stride, 0); }
+
+/* The one place the global average pool is computed: a square plane is one average pool
+ * over all of it; otherwise the mean over W, then over H. (An adaptive-pool op can take
+ * its place here.) */
+static ct_tensor *global_avgpool_forward(ct_module *m, ct_tensor *x) {
+    CT_ASSERT(x->ndim == 4, "%s: expected input [N, C, H, W], got %s", ct_module_type(m), CT_SHAPE_STR(x));
+    if (x->shape[2] == x->shape[3]) return ct_avg_pool2d(x, (int)x->shape[2], (int)x->shape[2], 0);
+    return ct_mean_dim(ct_mean_dim(x, 3, true), 2, true);
+}
+
+static const ct_module_ops global_avgpool_ops = {.type = "AdaptiveAvgPool2d", .forward = global_avgpool_forward};
+
+ct_module *ct_nn_global_avgpool2d(void) { return ct_module_new(sizeof(ct_module), &global_avgpool_ops); }

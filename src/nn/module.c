@@ -23,7 +23,9 @@ static char *xstrdup(const char *s) {
 
 static ct_tensor *sequential_forward(ct_module *m, ct_tensor *x);
 
-static bool is_sequential(const ct_module *m) { return m->forward == sequential_forward; }
+static const ct_module_ops sequential_ops = {.type = "Sequential", .forward = sequential_forward};
+
+static bool is_sequential(const ct_module *m) { return m->ops == &sequential_ops; }
 
 int ct_seq_num_layers(ct_module *m) {
     if (!is_sequential(m)) return 1;
@@ -59,7 +61,7 @@ static void run_layers(ct_module *m, int from, int to, int *pos, ct_tensor **h) 
 }
 
 ct_tensor *ct_seq_forward_range(ct_module *m, int from, int to, ct_tensor *x) {
-    CT_ASSERT(is_sequential(m), "seq_forward_range: %s is not a Sequential", m->type);
+    CT_ASSERT(is_sequential(m), "seq_forward_range: %s is not a Sequential", ct_module_type(m));
     int n = ct_seq_num_layers(m);
     CT_ASSERT(from >= 0 && from <= to && to <= n, "seq_forward_range: [%d, %d) is not a range of %d layers",
               from, to, n);
@@ -78,51 +80,67 @@ static ct_tensor *sequential_forward(ct_module *m, ct_tensor *x) {
     return ct_scope_adopt(h);
 }
 
-ct_module *ct_module_new(const char *type, ct_tensor *(*forward)(ct_module *, ct_tensor *)) {
-    ct_module *m = calloc(1, sizeof *m);
+ct_module *ct_module_new(size_t size, const ct_module_ops *ops) {
+    CT_ASSERT(size >= sizeof(ct_module) && ops && ops->type && ops->forward,
+              "module_new: needs a size >= sizeof(ct_module) and ops with a type and a forward");
+    ct_module *m = calloc(1, size);
     CT_ASSERT(m, "nn: out of memory");
-    m->type = type;
-    m->forward = forward;
+    m->ops = ops;
     m->training = true;
-    m->frozen_bn_eval = true;
     return m;
 }
 
+const char *ct_module_type(const ct_module *m) { return m->ops->type; }
+
 ct_tensor *ct_module_add_param(ct_module *m, const char *name, ct_tensor *t) {
-    CT_ASSERT(m->nparams < CT_MODULE_MAX_TENSORS, "%s: too many parameters", m->type);
+    CT_ASSERT(m->nparams < CT_MODULE_MAX_TENSORS, "%s: too many parameters", ct_module_type(m));
     ct_set_requires_grad(t, true);
     m->param_names[m->nparams] = name;
     return m->params[m->nparams++] = t;
 }
 
 ct_tensor *ct_module_add_buffer(ct_module *m, const char *name, ct_tensor *t) {
-    CT_ASSERT(m->nbuffers < CT_MODULE_MAX_TENSORS, "%s: too many buffers", m->type);
+    CT_ASSERT(m->nbuffers < CT_MODULE_MAX_TENSORS, "%s: too many buffers", ct_module_type(m));
     m->buffer_names[m->nbuffers] = name;
     return m->buffers[m->nbuffers++] = t;
 }
 
-ct_module *ct_nn_sequential(void) { return ct_module_new("Sequential", sequential_forward); }
+ct_module *ct_module_add_child(ct_module *m, const char *name, ct_module *child) {
+    for (int i = 0; i < m->nchildren; i++)
+        CT_ASSERT(strcmp(m->child_names[i], name) != 0, "%s: duplicate child name '%s'",
+                  ct_module_type(m), name);
+    int n = m->nchildren + 1;
+    m->children = xrealloc(m->children, (size_t)n * sizeof *m->children);
+    m->child_names = xrealloc(m->child_names, (size_t)n * sizeof *m->child_names);
+    m->children[n - 1] = child;
+    m->child_names[n - 1] = xstrdup(name);
+    m->nchildren = n;
+    ct_module_train(child, m->training);
+    return child;
+}
+
+ct_module *ct_nn_sequential(void) { return ct_module_new(sizeof(ct_module), &sequential_ops); }
 
 ct_module *ct_seq_add(ct_module *seq, const char *name, ct_module *child) {
-    CT_ASSERT(is_sequential(seq), "seq_add: %s is not a Sequential", seq->type);
+    CT_ASSERT(is_sequential(seq), "seq_add: %s is not a Sequential", ct_module_type(seq));
     char idx[24];
     if (!name) {
         snprintf(idx, sizeof idx, "%d", seq->nchildren);
         name = idx;
     }
-    for (int i = 0; i < seq->nchildren; i++)
-        CT_ASSERT(strcmp(seq->child_names[i], name) != 0, "seq_add: duplicate child name '%s'", name);
-    int n = seq->nchildren + 1;
-    seq->children = xrealloc(seq->children, (size_t)n * sizeof *seq->children);
-    seq->child_names = xrealloc(seq->child_names, (size_t)n * sizeof *seq->child_names);
-    seq->children[n - 1] = child;
-    seq->child_names[n - 1] = xstrdup(name);
-    seq->nchildren = n;
-    child->training = seq->training;
+    ct_module_add_child(seq, name, child);
     return seq;
 }
 
-ct_tensor *ct_module_forward(ct_module *m, ct_tensor *x) { return m->forward(m, x); }
+ct_tensor *ct_module_forward(ct_module *m, ct_tensor *x) { return m->ops->forward(m, x); }
+
+void ct_module_reseed(ct_module *m, uint64_t seed) {
+    if (m->ops->reseed) m->ops->reseed(m, seed);
+}
+
+int ct_module_extra_state(ct_module *m, ct_module_extra out[CT_MODULE_MAX_EXTRA]) {
+    return m->ops->extra_state ? m->ops->extra_state(m, out) : 0;
+}
 
 void ct_module_free(ct_module *m) {
     if (!m) return;
@@ -274,7 +292,8 @@ int ct_module_set_requires_grad(ct_module *m, const char *globs, bool requires_g
 }
 
 void ct_module_set_frozen_bn_eval(ct_module *m, bool on) {
-    m->frozen_bn_eval = on;
+    ct_batchnorm_module *bn = ct_nn_as_batchnorm(m);
+    if (bn) bn->frozen_bn_eval = on;
     for (int i = 0; i < m->nchildren; i++) ct_module_set_frozen_bn_eval(m->children[i], on);
 }
 
@@ -299,12 +318,12 @@ void ct_module_pack(ct_module *m) {
 /* ---- frozen prefixes ---------------------------------------------------------------------- */
 
 /* True when m computes the same function in its current mode whatever the batch: no
- * parameter trains, no dropout is active, and every BatchNorm uses running statistics. */
+ * parameter trains, and m and every module under it compute each sample on its own (no
+ * active dropout, every BatchNorm on running statistics). */
 static bool is_fixed_function(ct_module *m) {
     for (int i = 0; i < m->nparams; i++)
         if (m->params[i]->requires_grad) return false;
-    if (!strcmp(m->type, "Dropout") && m->training && m->fcfg[0] > 0) return false;
-    if (!strncmp(m->type, "BatchNorm", 9) && m->training && !m->frozen_bn_eval) return false;
+    if (m->ops->per_sample && !m->ops->per_sample(m)) return false;
     for (int i = 0; i < m->nchildren; i++)
         if (!is_fixed_function(m->children[i])) return false;
     return true;

@@ -9,10 +9,39 @@
 typedef struct ct_module ct_module;
 
 #define CT_MODULE_MAX_TENSORS 4
+#define CT_MODULE_MAX_EXTRA 2
 
-struct ct_module {
+/* State a layer keeps beyond its parameters and buffers that checkpoints must carry. */
+typedef struct {
+    const char *name;   /* "num_batches_tracked", "rng" */
+    bool in_state_dict; /* true: "<path>.<name>", part of PyTorch's state_dict (broadcast with
+                         * the buffers); false: ctrain's own, saved as "<name>.<path>" */
+    ct_dtype dtype;
+    int ndim;            /* 0 (a scalar) or 1 */
+    int64_t numel;
+    void *data;          /* the module's own memory */
+} ct_module_extra;
+
+/* What differs per layer kind. Only forward is required; the rest may be NULL. */
+typedef struct {
     const char *type; /* PyTorch class name: "Linear", "Conv2d", "Sequential", ... */
     ct_tensor *(*forward)(ct_module *m, ct_tensor *x);
+    /* Fills out[0..CT_MODULE_MAX_EXTRA) with the extra checkpoint state; returns the count. */
+    int (*extra_state)(ct_module *m, ct_module_extra *out);
+    /* Restarts the layer's random stream (Dropout) from seed. */
+    void (*reseed)(ct_module *m, uint64_t seed);
+    /* False when, in its current mode, a sample's output depends on the rest of the batch or
+     * on a random stream (BatchNorm on batch statistics, active Dropout): then its output
+     * cannot be cached. NULL: always true. Children and trainable parameters are checked
+     * generically (ct_module_frozen_prefix). */
+    bool (*per_sample)(const ct_module *m);
+} ct_module_ops;
+
+/* The base of every module. A layer kind is a struct whose first member is a ct_module
+ * (ct_linear_module, ct_batchnorm_module, ...); the tree, names, modes and freezing only
+ * ever see the base. */
+struct ct_module {
+    const ct_module_ops *ops;
     bool training;
     /* parameters then buffers, in registration order; owned references */
     int nparams, nbuffers;
@@ -20,28 +49,60 @@ struct ct_module {
     ct_tensor *params[CT_MODULE_MAX_TENSORS];
     const char *buffer_names[CT_MODULE_MAX_TENSORS];
     ct_tensor *buffers[CT_MODULE_MAX_TENSORS];
-    /* children (Sequential): owned */
+    /* named children, in registration order: owned */
     int nchildren;
     char **child_names;
     ct_module **children;
-    /* layer configuration */
-    int64_t cfg[6];
-    float fcfg[2];
-    int64_t num_batches_tracked; /* BatchNorm; int64 in PyTorch's state_dict */
-    bool frozen_bn_eval;         /* BatchNorm: stay in eval while its params are frozen */
-    ct_rng rng;                  /* Dropout's stream (saved in checkpoints) */
     /* packed parameter slab (root only): every parameter is a view into it */
     float *slab;
     size_t slab_floats;
 };
 
+/* ---- the layer kinds' typed state ---------------------------------------------------------- */
+typedef struct {
+    ct_module base;
+    int64_t in_features, out_features;
+} ct_linear_module;
+typedef struct {
+    ct_module base;
+    int64_t in_channels, out_channels;
+    int kernel, stride, padding;
+} ct_conv2d_module;
+typedef struct {
+    ct_module base;
+    int64_t num_features;
+    int ndim; /* of the input: 2 (BatchNorm1d) or 4 (BatchNorm2d) */
+    float momentum, eps;
+    int64_t num_batches_tracked; /* int64 in PyTorch's state_dict */
+    bool frozen_bn_eval;         /* stay in eval while the parameters are frozen */
+} ct_batchnorm_module;
+typedef struct {
+    ct_module base;
+    float p;
+    ct_rng rng; /* saved in checkpoints as "rng.<path>" */
+} ct_dropout_module;
+typedef struct {
+    ct_module base;
+    int kernel, stride, padding;
+} ct_pool2d_module;
+/* Checked downcasts: the typed layer, or NULL when m is another kind. */
+ct_batchnorm_module *ct_nn_as_batchnorm(ct_module *m);
+ct_dropout_module *ct_nn_as_dropout(ct_module *m);
+ct_conv2d_module *ct_nn_as_conv2d(ct_module *m);
+
 /* ---- building blocks for layers (also for users' own modules) ------------------------- */
-/* A module in train mode with the given forward; free with ct_module_free. */
-ct_module *ct_module_new(const char *type, ct_tensor *(*forward)(ct_module *, ct_tensor *));
+/* A zeroed module of `size` bytes (a struct whose first member is a ct_module) of the kind
+ * ops describes, in train mode; free with ct_module_free. */
+ct_module *ct_module_new(size_t size, const ct_module_ops *ops);
+/* The PyTorch class name of m. */
+const char *ct_module_type(const ct_module *m);
 /* Registers a parameter (sets requires_grad) or buffer; takes the caller's reference (use
  * ct_own on a fresh tensor). name must outlive the module (a string literal). */
 ct_tensor *ct_module_add_param(ct_module *m, const char *name, ct_tensor *t);
 ct_tensor *ct_module_add_buffer(ct_module *m, const char *name, ct_tensor *t);
+/* Registers child under name (copied; unique among m's children) and takes ownership;
+ * the child takes m's mode. Returns child. */
+ct_module *ct_module_add_child(ct_module *m, const char *name, ct_module *child);
 
 /* ---- layers (each returns an owned module; free the root with ct_module_free) -------- */
 /* Weights: kaiming-uniform with a = sqrt(5) (bound 1/sqrt(fan_in)); biases uniform within
@@ -57,12 +118,20 @@ ct_module *ct_nn_relu(void);
 ct_module *ct_nn_gelu(void);
 ct_module *ct_nn_tanh(void);
 ct_module *ct_nn_maxpool2d(int kernel, int stride);
+ct_module *ct_nn_maxpool2d_padded(int kernel, int stride, int padding);
 ct_module *ct_nn_avgpool2d(int kernel, int stride);
+/* AdaptiveAvgPool2d((1, 1)): [N, C, H, W] -> [N, C, 1, 1], the mean over each plane. */
+ct_module *ct_nn_global_avgpool2d(void);
 ct_module *ct_nn_flatten(void); /* start_dim = 1 */
 ct_module *ct_nn_sequential(void);
 /* Appends child under `name` (NULL: its index, as nn.Sequential does). Takes ownership;
  * returns seq. */
 ct_module *ct_seq_add(ct_module *seq, const char *name, ct_module *child);
+
+/* Restarts m's own random stream, if its kind has one (not its children's). */
+void ct_module_reseed(ct_module *m, uint64_t seed);
+/* The extra checkpoint state of m itself (not its children): fills out, returns the count. */
+int ct_module_extra_state(ct_module *m, ct_module_extra out[CT_MODULE_MAX_EXTRA]);
 
 void ct_module_free(ct_module *m);
 

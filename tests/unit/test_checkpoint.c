@@ -93,7 +93,7 @@ START_TEST(round_trip_resumes_exactly) {
     ck_assert_int_eq(*(const int64_t *)nbt->data, 2);
     ct_st_free(f);
     ck_assert(same_state(a, b));
-    ck_assert_int_eq(b->children[0]->children[1]->num_batches_tracked, 2);
+    ck_assert_int_eq(ct_nn_as_batchnorm(b->children[0]->children[1])->num_batches_tracked, 2);
     train_step(a, oa, 12);
     train_step(b, ob, 12);
     ck_assert(same_state(a, b));

@@ -542,9 +542,9 @@ START_TEST(ckpt_torch_export_loads_strict) {
     make_tmpdir();
     ct_module *src = small_model(1), *dst = small_model(2);
     ct_module_find(src, "1.running_mean")->data[2] = 0.5f;
-    src->children[1]->num_batches_tracked = 42;
-    ct_rng before = dst->children[2]->rng;
-    ck_assert(memcmp(&before, &src->children[2]->rng, sizeof before) != 0);
+    ct_nn_as_batchnorm(src->children[1])->num_batches_tracked = 42;
+    ct_rng before = ct_nn_as_dropout(dst->children[2])->rng;
+    ck_assert(memcmp(&before, &ct_nn_as_dropout(src->children[2])->rng, sizeof before) != 0);
     const char *path = tpath("export.safetensors");
     write_torch_export(path, src, NULL, NULL);
     ct_st_file *f;
@@ -555,8 +555,8 @@ START_TEST(ckpt_torch_export_loads_strict) {
     static const char *names[] = {"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean",
                                   "1.running_var", "3.weight", "3.bias"};
     for (int i = 0; i < 8; i++) assert_same_tensor(src, dst, names[i], true);
-    ck_assert_int_eq(dst->children[1]->num_batches_tracked, 42);
-    ck_assert_mem_eq(&dst->children[2]->rng, &before, sizeof before); /* its own stream kept */
+    ck_assert_int_eq(ct_nn_as_batchnorm(dst->children[1])->num_batches_tracked, 42);
+    ck_assert_mem_eq(&ct_nn_as_dropout(dst->children[2])->rng, &before, sizeof before); /* its own stream kept */
     ct_st_free(f);
 
     /* strict with a fresh head: every other entry must match, the head stays as it was */
@@ -575,7 +575,7 @@ START_TEST(ckpt_torch_export_loads_strict) {
     ck_assert_int_eq(ct_ckpt_save(tpath("c.safetensors"), src, NULL, &p), CT_OK);
     ck_assert_int_eq(ct_st_load(tpath("c.safetensors"), &f), CT_OK);
     ck_assert_int_eq(ct_ckpt_load_model(f, dst, true, NULL), CT_OK);
-    ck_assert_mem_eq(&dst->children[2]->rng, &src->children[2]->rng, sizeof before);
+    ck_assert_mem_eq(&ct_nn_as_dropout(dst->children[2])->rng, &ct_nn_as_dropout(src->children[2])->rng, sizeof before);
     ct_st_free(f);
 
     /* a missing or an unexpected state_dict entry is still a strict error, naming only it */

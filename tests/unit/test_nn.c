@@ -111,11 +111,11 @@ START_TEST(frozen_batchnorm_keeps_running_stats) {
         ct_module_set_requires_grad(bn, "*", false);
         ct_module_forward(bn, x);
         ck_assert_float_eq(bn->buffers[0]->data[0], 0);
-        ck_assert_int_eq(bn->num_batches_tracked, 0);
+        ck_assert_int_eq(ct_nn_as_batchnorm(bn)->num_batches_tracked, 0);
         ct_module_set_frozen_bn_eval(bn, false);
         ct_module_forward(bn, x);
         ck_assert_float_ne(bn->buffers[0]->data[0], 0);
-        ck_assert_int_eq(bn->num_batches_tracked, 1);
+        ck_assert_int_eq(ct_nn_as_batchnorm(bn)->num_batches_tracked, 1);
         /* eval mode never updates them, whatever the grad mode */
         float before = bn->buffers[0]->data[0];
         ct_module_train(bn, false);
@@ -306,7 +306,7 @@ START_TEST(frozen_prefix_ends_inside_a_nested_sequential) {
     for (int train = 0; train < 2; train++) CT_SCOPE {
         ct_module_train(m, train);
         ct_tensor *x = ct_rand_uniform(CT_SHAPE(3, 1, 28, 28), 0, 1, &r);
-        ct_module *drop = m->children[1]->children[2]; /* head.2 */
+        ct_dropout_module *drop = ct_nn_as_dropout(m->children[1]->children[2]); /* head.2 */
         ct_rng saved = drop->rng;
         ct_tensor *full = ct_module_forward(m, x);
         drop->rng = saved;
