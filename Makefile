@@ -44,6 +44,7 @@ LIB_SRC  := $(filter-out src/cli/%,$(LIB_SRC))
 CLI_SRC  := $(sort $(wildcard src/cli/*.c))
 LIB_OBJ  := $(LIB_SRC:%.c=$(B)/obj/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(B)/obj/%.o)
+CLI_LIB_OBJ := $(filter-out %/main.o,$(CLI_OBJ))
 HEADERS  := src/ctrain.h $(wildcard src/*/*.h)
 # One public header per layer; the CLI's and the internal.h files stay private.
 PUBLIC_H := $(foreach l,core autograd ops nn optim data io dist,src/$(l)/$(l).h)
@@ -104,6 +105,11 @@ $(B)/ctrain: $(CLI_OBJ) $(B)/libctrain.a
 $(B)/tests/%: $(B)/obj/tests/unit/%.o $(TEST_UTIL) $(B)/libctrain.a
 	@mkdir -p $(dir $@)
 	$(CC) $(SANFLAGS) -o $@ $< $(TEST_UTIL) $(B)/libctrain.a $(CHECK_LIBS) $(LDLIBS)
+
+# Unit tests of the command line's own code (test_cli_*.c) link its objects, all but main.
+$(B)/tests/test_cli_%: $(B)/obj/tests/unit/test_cli_%.o $(TEST_UTIL) $(CLI_LIB_OBJ) $(B)/libctrain.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SANFLAGS) -o $@ $< $(TEST_UTIL) $(CLI_LIB_OBJ) $(B)/libctrain.a $(CHECK_LIBS) $(LDLIBS)
 
 $(B)/tests/mpi/%: $(B)/obj/tests/mpi/%.o $(B)/obj/tests/mpi/mpi_util.o $(B)/libctrain.a
 	@mkdir -p $(dir $@)

@@ -6,6 +6,8 @@
 #include "dist/dist.h"
 #include "io/io.h"
 
+#include "config.h"
+
 /* Everything a command sets up from its config. */
 typedef struct {
     const char *cfg_path;

@@ -31,19 +31,6 @@ static void reseed_epoch(ct_run *r, ct_loader *l, int epoch) {
     ct_named_free(&mods);
 }
 
-static ct_optim_config optim_config(const ct_config *c) {
-    ct_optim_config o;
-    switch (c->optim.name) {
-    case CT_CFG_OPTIM_SGD: o = ct_sgd_config(c->optim.lr, c->optim.momentum, c->optim.weight_decay, c->optim.nesterov); break;
-    case CT_CFG_OPTIM_ADAMW: o = ct_adamw_config(c->optim.lr, c->optim.weight_decay); break;
-    default: o = ct_adam_config(c->optim.lr, c->optim.weight_decay); break;
-    }
-    o.beta1 = c->optim.beta1;
-    o.beta2 = c->optim.beta2;
-    o.eps = c->optim.eps;
-    return o;
-}
-
 /* Adds a group with every trainable parameter that no group holds yet. */
 static void add_group(ct_optim *o, ct_module *m, const bool *in_group, double lr) {
     ct_named t = ct_module_params(m, true);
@@ -280,22 +267,20 @@ int ct_cmd_train(ct_run *r) {
     dc.bucket_bytes = (size_t)(c->dist.bucket_mb * 1048576);
     dc.first_bucket_bytes = (size_t)(c->dist.first_bucket_mb * 1048576);
     dc.mpi_only = !c->dist.shm;
-    dc.buffers = c->dist.buffers == CT_CFG_BUFFERS_BROADCAST ? CT_BUFFERS_BROADCAST
-                 : c->dist.buffers == CT_CFG_BUFFERS_NONE    ? CT_BUFFERS_NONE
-                                                             : CT_BUFFERS_AVERAGE;
+    dc.buffers = c->dist.buffers;
     st = ct_ddp_new(r->model, &r->d, &dc, &ddp);
     if (st != CT_OK) {
         if (r->d.rank == 0) fprintf(stderr, "ctrain: error: %s\n", ct_last_error());
         ct_ddp_free(ddp); /* every rank got the same verdict from the collective check */
         return 1;
     }
-    opt = ct_optim_new(optim_config(c));
+    opt = ct_optim_new(c->optim);
     add_group(opt, r->model, NULL, c->optim.lr);
     if (c->train.resume) st = resume(r, opt, &start_epoch, &step);
     if (ct_run_agree(&r->d, st) != CT_OK) goto out;
 
     ct_sampler_opts so = {.n = r->train.n, .world = r->d.size, .rank = r->d.rank,
-                          .mode = c->dist.shard == CT_CFG_SHARD_PAD ? CT_SHARD_PAD : CT_SHARD_DROP,
+                          .mode = c->dist.shard,
                           .shuffle = true, .seed = c->train.seed};
     ct_loader_opts lo = ct_loader_opts_default(c->train.batch_size);
     lo.mean = (float)c->data.mean;
@@ -377,10 +362,7 @@ int ct_cmd_train(ct_run *r) {
                     (long long)step, (long long)start_epoch * steps, (long long)steps);
         step = (int64_t)start_epoch * steps;
     }
-    ct_schedule sched = {.kind = c->schedule.name == CT_CFG_SCHED_STEP     ? CT_SCHED_STEP
-                                 : c->schedule.name == CT_CFG_SCHED_COSINE ? CT_SCHED_COSINE
-                                                                           : CT_SCHED_NONE,
-                         .per_step = c->schedule.name == CT_CFG_SCHED_COSINE,
+    ct_schedule sched = {.kind = c->schedule.name, .per_step = c->schedule.name == CT_SCHED_COSINE,
                          .step_size = c->schedule.step_size, .gamma = c->schedule.gamma,
                          .total = (int64_t)c->train.epochs * steps, .min_lr = c->schedule.min_lr,
                          .warmup_steps = c->schedule.warmup_steps};

@@ -5,6 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <dirent.h>
+#include <ftw.h>
+#include <stdarg.h>
+#include <sys/stat.h>
 
 ct_tensor *ct_test_rand(int ndim, const int64_t *shape, float lo, float hi, uint64_t seed) {
     ct_rng r;
@@ -93,4 +97,88 @@ int ct_test_run(Suite *s) {
     ct_scope_shutdown();
     ct_alloc_trim();
     return failed == 0 ? 0 : 1;
+}
+
+/* ---- scratch directories and files -------------------------------------------------------- */
+
+static char basedir[64];
+char ct_test_tmpdir[128];
+
+static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb, (void)flag, (void)ftw;
+    return remove(p);
+}
+
+static int make_writable(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)ftw;
+    if (flag == FTW_D || flag == FTW_DNR) chmod(p, sb->st_mode | 0700);
+    return 0;
+}
+
+static void rm_tree(const char *dir) {
+    nftw(dir, make_writable, 16, FTW_PHYS);
+    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+void ct_test_dir_setup(void) {
+    strcpy(basedir, "/tmp/ct_test.XXXXXX");
+    if (!mkdtemp(basedir)) ct_fatal("tests: mkdtemp failed");
+}
+
+void ct_test_dir_teardown(void) { rm_tree(basedir); }
+
+void ct_test_make_tmpdir(void) {
+    snprintf(ct_test_tmpdir, sizeof ct_test_tmpdir, "%s/t.XXXXXX", basedir);
+    ck_assert_ptr_nonnull(mkdtemp(ct_test_tmpdir));
+}
+
+void ct_test_remove_tmpdir(void) { rm_tree(ct_test_tmpdir); }
+
+const char *ct_test_path(const char *name) {
+    static char bufs[8][512];
+    static int next;
+    char *b = bufs[next++ % 8];
+    snprintf(b, 512, "%s/%s", ct_test_tmpdir, name);
+    return b;
+}
+
+void ct_test_write_file(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fwrite(data, 1, n, f), n);
+    fclose(f);
+}
+
+char *ct_test_read_file(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)len + 1);
+    ck_assert_uint_eq(fread(buf, 1, (size_t)len, f), (size_t)len);
+    buf[len] = '\0';
+    fclose(f);
+    if (n) *n = (size_t)len;
+    return buf;
+}
+
+int ct_test_count_files(void) {
+    DIR *d = opendir(ct_test_tmpdir);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) n++;
+    closedir(d);
+    return n;
+}
+
+void ct_test_expect_error(ct_status st, ct_status want, ...) {
+    ck_assert_msg(st == want, "status %d, expected %d (message: %s)", st, want, ct_last_error());
+    if (getenv("CT_TEST_SHOW_ERRORS")) fprintf(stderr, "expected error: %s\n", ct_last_error());
+    va_list ap;
+    va_start(ap, want);
+    for (const char *s; (s = va_arg(ap, const char *));)
+        ck_assert_msg(strstr(ct_last_error(), s), "message \"%s\" lacks \"%s\"", ct_last_error(),
+                      s);
+    va_end(ap);
 }

@@ -31,6 +31,25 @@ void ct_test_expect_abort(const char *text);
 /* Runs a suite and returns a process exit status (Check prints the summary line). */
 int ct_test_run(Suite *s);
 
+/* Scratch files. Each TCase gets a base directory, made and removed by the parent process
+ * (ct_test_dir_setup/teardown as an unchecked fixture), so it is cleaned up even when a test
+ * fails; each test works in its own fresh subdirectory ct_test_tmpdir of it. */
+extern char ct_test_tmpdir[128];
+void ct_test_dir_setup(void);
+void ct_test_dir_teardown(void);
+void ct_test_make_tmpdir(void);
+void ct_test_remove_tmpdir(void);
+/* ct_test_tmpdir/name in a static ring of 8 buffers, so a test can hold several at once. */
+const char *ct_test_path(const char *name);
+void ct_test_write_file(const char *path, const void *data, size_t n);
+/* The whole file, NUL-terminated (free it); *n (may be NULL) gets its size. */
+char *ct_test_read_file(const char *path, size_t *n);
+/* Entries in ct_test_tmpdir other than . and .. */
+int ct_test_count_files(void);
+/* Asserts st == want and that ct_last_error() contains every string of the NULL-terminated
+ * list (CT_TEST_SHOW_ERRORS=1 prints each message, to review them). */
+void ct_test_expect_error(ct_status st, ct_status want, ...);
+
 /* Asserts |a - b| <= tol * max(1, |b|). */
 #define ck_assert_close(a, b, tol)                                                        \
     do {                                                                                  \

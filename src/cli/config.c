@@ -1,8 +1,9 @@
 /* The INI run config. Every key is one row of `keys` below: its section and name, its type,
  * where it lives in ct_config, its default (as text, parsed by the same code as the file) and
  * its allowed values. Reading, overriding, validating, getting and dumping all walk that
- * table, so adding a key is adding a row (and a struct field). Files are parsed by inih. */
-#include "io.h"
+ * table, so adding a key is adding a row (and a struct field). Enum keys list their words
+ * with the library enum value each one stands for. Files are parsed by inih. */
+#include "config.h"
 
 #include <errno.h>
 #include <ini.h>
@@ -13,73 +14,102 @@
 #include <string.h>
 #include <strings.h>
 
-typedef enum { T_STR, T_INT, T_U64, T_DOUBLE, T_BOOL, T_ENUM, T_CLASSES, T_OVERRIDES } key_type;
+typedef enum { T_STR, T_INT, T_U64, T_DOUBLE, T_BOOL, T_ENUM } key_type;
 
-enum { LO_OPEN = 1, HI_OPEN = 2 }; /* range flags: exclusive bounds */
+enum {
+    LO_OPEN = 1, /* range flags: exclusive bounds */
+    HI_OPEN = 2,
+    LIST = 4 /* T_STR: comma-separated list, normalised, continued over indented lines */
+};
+
+/* One word of an enum key and the value it stores. */
+typedef struct {
+    const char *word;
+    int value;
+} enum_word;
+
+/* A special grammar for a string key: false with the reason in why[] if value is bad. */
+typedef bool (*check_fn)(const char *value, char *why, size_t n);
 
 typedef struct {
     const char *section, *name;
     key_type type;
-    size_t offset;
+    size_t offset, size; /* size: T_STR capacity */
     const char *def;
-    const char *words; /* T_ENUM: "a|b|c" in enum order; T_INT: the word meaning 0, or NULL */
-    double lo, hi;     /* T_INT, T_DOUBLE: allowed range */
+    const enum_word *words; /* T_ENUM, ended by a NULL word */
+    const char *zero;       /* T_INT: the word meaning 0, or NULL */
+    double lo, hi;          /* T_INT, T_DOUBLE: allowed range */
     int flags;
+    check_fn check; /* T_STR: NULL, or the key's grammar */
 } key_def;
 
-#define KEY(sec, nm, type, field, def, words, lo, hi, flags)                                 \
-    {sec, nm, type, offsetof(ct_config, field), def, words, lo, hi, flags}
-#define STR(sec, nm, field, def) KEY(sec, nm, T_STR, field, def, NULL, 0, 0, 0)
-#define ENUM(sec, nm, field, def, words) KEY(sec, nm, T_ENUM, field, def, words, 0, 0, 0)
-#define BOOL(sec, nm, field, def) KEY(sec, nm, T_BOOL, field, def, NULL, 0, 0, 0)
-#define INT(sec, nm, field, def, lo, zero) KEY(sec, nm, T_INT, field, def, zero, lo, INT_MAX, 0)
-#define REAL(sec, nm, field, def, lo, hi, fl) KEY(sec, nm, T_DOUBLE, field, def, NULL, lo, hi, fl)
+static bool check_classes(const char *value, char *why, size_t n);
+static bool check_override_groups(const char *value, char *why, size_t n);
+
+#define FIELD(field) offsetof(ct_config, field), sizeof(((ct_config *)0)->field)
+#define STR(sec, nm, field, def) {sec, nm, T_STR, FIELD(field), def, .flags = 0}
+#define LIST_STR(sec, nm, field, def) {sec, nm, T_STR, FIELD(field), def, .flags = LIST}
+#define CHECKED(sec, nm, field, def, fn) {sec, nm, T_STR, FIELD(field), def, .check = fn}
+#define ENUM(sec, nm, field, def, ...)                                                      \
+    {sec, nm, T_ENUM, FIELD(field), def, .words = (const enum_word[]){__VA_ARGS__, {NULL, 0}}}
+#define BOOL(sec, nm, field, def) {sec, nm, T_BOOL, FIELD(field), def, .flags = 0}
+#define U64(sec, nm, field, def) {sec, nm, T_U64, FIELD(field), def, .flags = 0}
+#define INT(sec, nm, field, def, low, zero_word)                                             \
+    {sec, nm, T_INT, FIELD(field), def, .zero = zero_word, .lo = low, .hi = INT_MAX}
+#define REAL(sec, nm, field, def, low, high, fl)                                             \
+    {sec, nm, T_DOUBLE, FIELD(field), def, .lo = low, .hi = high, .flags = fl}
 
 static const key_def keys[] = {
     STR("data", "dir", data.dir, "/usr/share/datasets/fashion-mnist"),
-    ENUM("data", "format", data.format, "idx", "idx|npy|folder|list"),
+    ENUM("data", "format", data.format, "idx", {"idx", CT_CFG_FORMAT_IDX}, {"npy", CT_CFG_FORMAT_NPY},
+         {"folder", CT_CFG_FORMAT_FOLDER}, {"list", CT_CFG_FORMAT_LIST}),
     STR("data", "train_x", data.train_x, ""),
     STR("data", "train_y", data.train_y, ""),
     STR("data", "test_x", data.test_x, ""),
     STR("data", "test_y", data.test_y, ""),
     REAL("data", "mean", data.mean, "0.2860", -INFINITY, INFINITY, 0),
     REAL("data", "std", data.std, "0.3530", 0, INFINITY, LO_OPEN),
-    ENUM("data", "augment", data.augment, "none", "none|crop|flip|crop_flip"),
+    ENUM("data", "augment", data.augment, "none", {"none", CT_CFG_AUGMENT_NONE},
+         {"crop", CT_CFG_AUGMENT_CROP}, {"flip", CT_CFG_AUGMENT_FLIP},
+         {"crop_flip", CT_CFG_AUGMENT_CROP_FLIP}),
     INT("data", "crop_pad", data.crop_pad, "2", 0, NULL),
-    KEY("data", "classes", T_CLASSES, data.classes, "all", NULL, 0, 0, 0),
+    CHECKED("data", "classes", data.classes, "all", check_classes),
     INT("data", "per_class", data.per_class, "all", 0, "all"),
     /* ---- image data sets (issue 12: data.format = folder | list) ---- */
     STR("data", "train_dir", data.train_dir, ""),
     STR("data", "test_dir", data.test_dir, ""),
     STR("data", "train_list", data.train_list, ""),
     STR("data", "test_list", data.test_list, ""),
-    KEY("data", "channels", T_INT, data.channels, "3", NULL, 1, 3, 0), /* 2 is refused at set-up */
-    ENUM("data", "on_bad", data.on_bad, "error", "error|skip"),
+    INT("data", "channels", data.channels, "3", 1, NULL), /* only 1 and 3: checked at set-up */
+    ENUM("data", "on_bad", data.on_bad, "error", {"error", CT_CFG_ON_BAD_ERROR}, {"skip", CT_CFG_ON_BAD_SKIP}),
     /* ---- end of the image data set keys ---- */
 
-    ENUM("model", "name", model.name, "mlp", "mlp|cnn|custom"),
+    ENUM("model", "name", model.name, "mlp", {"mlp", CT_CFG_MODEL_MLP}, {"cnn", CT_CFG_MODEL_CNN},
+         {"custom", CT_CFG_MODEL_CUSTOM}),
     STR("model", "layers", model.layers, ""),
-    STR("model", "freeze", model.freeze, ""),
+    LIST_STR("model", "freeze", model.freeze, ""),
     STR("model", "init_from", model.init_from, ""),
     BOOL("model", "init_strict", model.init_strict, "false"),
-    STR("model", "init_exclude", model.init_exclude, ""),
+    LIST_STR("model", "init_exclude", model.init_exclude, ""),
     BOOL("model", "bn_eval_when_frozen", model.bn_eval_when_frozen, "true"),
     REAL("model", "dropout", model.dropout, "0.25", 0, 1, HI_OPEN),
 
     INT("train", "epochs", train.epochs, "10", 1, NULL),
     INT("train", "batch_size", train.batch_size, "64", 1, NULL),
-    KEY("train", "seed", T_U64, train.seed, "0", NULL, 0, 0, 0),
+    U64("train", "seed", train.seed, "0"),
     BOOL("train", "resume", train.resume, "false"),
     INT("train", "log_every", train.log_every, "100", 0, "never"),
     BOOL("train", "drop_last", train.drop_last, "true"),
     INT("train", "eval_batch_size", train.eval_batch_size, "1000", 1, NULL),
     INT("train", "unfreeze_after", train.unfreeze_after, "never", 0, "never"),
-    STR("train", "unfreeze", train.unfreeze, ""),
+    LIST_STR("train", "unfreeze", train.unfreeze, ""),
     REAL("train", "unfreeze_lr_scale", train.unfreeze_lr_scale, "0.1", 0, INFINITY, LO_OPEN),
-    ENUM("train", "feature_cache", train.feature_cache, "auto", "auto|off"),
+    ENUM("train", "feature_cache", train.feature_cache, "auto", {"auto", CT_CFG_CACHE_AUTO},
+         {"off", CT_CFG_CACHE_OFF}),
     INT("train", "feature_cache_max_mb", train.feature_cache_max_mb, "4096", 1, NULL),
 
-    ENUM("optim", "name", optim.name, "adam", "sgd|adam|adamw"),
+    ENUM("optim", "name", optim.kind, "adam", {"sgd", CT_OPTIM_SGD}, {"adam", CT_OPTIM_ADAM},
+         {"adamw", CT_OPTIM_ADAMW}),
     REAL("optim", "lr", optim.lr, "1e-3", 0, INFINITY, LO_OPEN),
     REAL("optim", "momentum", optim.momentum, "0.9", 0, 1, 0),
     BOOL("optim", "nesterov", optim.nesterov, "false"),
@@ -88,7 +118,8 @@ static const key_def keys[] = {
     REAL("optim", "beta2", optim.beta2, "0.999", 0, 1, HI_OPEN),
     REAL("optim", "eps", optim.eps, "1e-8", 0, INFINITY, LO_OPEN),
 
-    ENUM("schedule", "name", schedule.name, "none", "none|step|cosine"),
+    ENUM("schedule", "name", schedule.name, "none", {"none", CT_SCHED_NONE},
+         {"step", CT_SCHED_STEP}, {"cosine", CT_SCHED_COSINE}),
     INT("schedule", "step_size", schedule.step_size, "5", 1, NULL),
     REAL("schedule", "gamma", schedule.gamma, "0.1", 0, INFINITY, LO_OPEN),
     INT("schedule", "warmup_steps", schedule.warmup_steps, "0", 0, NULL),
@@ -98,31 +129,34 @@ static const key_def keys[] = {
     INT("output", "checkpoint_every", output.checkpoint_every, "1", 1, NULL),
     INT("output", "keep", output.keep, "all", 0, "all"),
 
-    ENUM("dist", "buffers", dist.buffers, "average", "broadcast|average|none"),
+    ENUM("dist", "buffers", dist.buffers, "average", {"broadcast", CT_BUFFERS_BROADCAST},
+         {"average", CT_BUFFERS_AVERAGE}, {"none", CT_BUFFERS_NONE}),
     REAL("dist", "bucket_mb", dist.bucket_mb, "25", 0, INFINITY, LO_OPEN),
     REAL("dist", "first_bucket_mb", dist.first_bucket_mb, "1", 0, INFINITY, LO_OPEN),
-    ENUM("dist", "shard", dist.shard, "drop", "drop|pad"),
+    ENUM("dist", "shard", dist.shard, "drop", {"drop", CT_SHARD_DROP}, {"pad", CT_SHARD_PAD}),
     BOOL("dist", "shm", dist.shm, "true"),
 
-    STR("sweep", "checkpoints", sweep.checkpoints, ""),
-    STR("sweep", "datasets", sweep.datasets, ""),
+    LIST_STR("sweep", "checkpoints", sweep.checkpoints, ""),
+    LIST_STR("sweep", "datasets", sweep.datasets, ""),
     INT("sweep", "group_size", sweep.group_size, "1", 1, NULL),
     STR("sweep", "out", sweep.out, ""),
-    KEY("sweep", "overrides", T_OVERRIDES, sweep.overrides, "", NULL, 0, 0, 0),
+    CHECKED("sweep", "overrides", sweep.overrides, "", check_override_groups),
 };
 #define NKEYS ((int)(sizeof keys / sizeof keys[0]))
 
-/* inih cannot read a line longer than its buffer, so a string value plus "name = " must fit
- * one line, or a dumped config would not load back. String key names stay <= 16 chars. */
+/* inih cannot read a line longer than its buffer, so a one-line string value plus "name = "
+ * must fit one line, or a dumped config would not load back. Key names stay <= 16 chars;
+ * a list key's continuation lines hold items of up to CT_CFG_STR - 1 characters. */
 #define MAX_STR_NAME 16
+#define CONT_INDENT "    "
 _Static_assert(MAX_STR_NAME + 3 + (CT_CFG_STR - 1) + 2 <= INI_MAX_LINE,
                "CT_CFG_STR too long for one INI line");
 
 /* Enum fields are written through an int pointer. */
 _Static_assert(sizeof(ct_cfg_format) == sizeof(int) && sizeof(ct_cfg_augment) == sizeof(int) &&
                    sizeof(ct_cfg_model) == sizeof(int) && sizeof(ct_cfg_cache) == sizeof(int) &&
-                   sizeof(ct_cfg_optim) == sizeof(int) && sizeof(ct_cfg_sched) == sizeof(int) &&
-                   sizeof(ct_cfg_buffers) == sizeof(int) && sizeof(ct_cfg_shard) == sizeof(int),
+                   sizeof(ct_optim_kind) == sizeof(int) && sizeof(ct_sched_kind) == sizeof(int) &&
+                   sizeof(ct_buffer_policy) == sizeof(int) && sizeof(ct_shard_mode) == sizeof(int),
                "config enums must be int-sized");
 
 static void *field(ct_config *c, const key_def *k) { return (char *)c + k->offset; }
@@ -188,23 +222,12 @@ static bool in_range(const key_def *k, double v) {
     return true;
 }
 
-/* Index of value in "a|b|c", or -1. */
-static int word_index(const char *words, const char *value) {
-    size_t vlen = strlen(value);
-    int i = 0;
-    for (const char *w = words; *w; i++) {
-        size_t len = strcspn(w, "|");
-        if (len == vlen && strncmp(w, value, len) == 0) return i;
-        w += len + (w[len] == '|');
-    }
-    return -1;
-}
-
-/* Writes word number i of "a|b|c" into buf. */
-static const char *word_at(const char *words, int i, char *buf, size_t n) {
-    const char *w = words;
-    for (; i > 0 && *w; i--) w += strcspn(w, "|") + (w[strcspn(w, "|")] == '|');
-    snprintf(buf, n, "%.*s", (int)strcspn(w, "|"), w);
+/* The words of an enum key as "a|b|c", for messages. */
+static const char *word_list(const key_def *k, char *buf, size_t n) {
+    size_t len = 0;
+    buf[0] = '\0';
+    for (const enum_word *w = k->words; w->word && len < n; w++)
+        len += (size_t)snprintf(buf + len, n - len, "%s%s", len ? "|" : "", w->word);
     return buf;
 }
 
@@ -248,11 +271,11 @@ static bool parse_classes(const char *spec, int nclasses, bool *keep, const char
     return p[-1] == '\0';
 }
 
-/* Stores a string value, or explains in why[] why it cannot be stored. */
-static void set_string(char *dst, const char *value, char *why, size_t n) {
+/* Stores a string value of capacity cap, or explains in why[] why it cannot be stored. */
+static void set_string(char *dst, size_t cap, const char *value, char *why, size_t n) {
     size_t len = strlen(value);
-    if (len >= CT_CFG_STR) {
-        snprintf(why, n, "longer than %d characters", CT_CFG_STR - 1);
+    if (len >= cap) {
+        snprintf(why, n, "longer than %zu characters", cap - 1);
         return;
     }
     for (size_t i = 0; i < len; i++) {
@@ -270,8 +293,45 @@ static void set_string(char *dst, const char *value, char *why, size_t n) {
         snprintf(why, n, "leading or trailing spaces");
         return;
     }
-    memset(dst, 0, CT_CFG_STR); /* whole buffer, so equal configs are equal bytes */
+    memset(dst, 0, cap); /* whole buffer, so equal configs are equal bytes */
     memcpy(dst, value, len);
+}
+
+static bool is_blank(char ch) { return ch == ' ' || ch == '\t'; }
+
+/* A list value with the blanks around its items and its empty items removed, so that a dump
+ * can break it after any comma; false (with why[]) if an item is longer than one line holds. */
+static bool normalize_list(const char *value, char *out, size_t cap, char *why, size_t n) {
+    size_t len = 0;
+    for (const char *p = value; *p;) {
+        const char *end = p + strcspn(p, ","), *a = p, *b = end;
+        while (a < b && is_blank(*a)) a++;
+        while (b > a && is_blank(b[-1])) b--;
+        if (b - a >= CT_CFG_STR) {
+            snprintf(why, n, "item '%.40s...' is longer than %d characters", a, CT_CFG_STR - 1);
+            return false;
+        }
+        if (b > a) {
+            if (len + (size_t)(b - a) + 2 > cap) {
+                snprintf(why, n, "longer than %zu characters", cap - 1);
+                return false;
+            }
+            if (len) out[len++] = ',';
+            memcpy(out + len, a, (size_t)(b - a));
+            len += (size_t)(b - a);
+        }
+        p = *end ? end + 1 : end;
+    }
+    out[len] = '\0';
+    return true;
+}
+
+/* data.classes: the syntax only; the classes are checked against the data set later. */
+static bool check_classes(const char *value, char *why, size_t n) {
+    const char *w;
+    if (parse_classes(value, 0, NULL, &w)) return true;
+    snprintf(why, n, "%s", w);
+    return false;
 }
 
 /* sweep.overrides: every group must apply cleanly to a default config, so a typo is caught
@@ -292,29 +352,32 @@ static bool check_override_groups(const char *spec, char *why, size_t n) {
 /* Parses `value` for key k into c; the message names where, the key and the value. */
 static ct_status set_value(ct_config *c, const key_def *k, const char *value, const char *where) {
     void *dst = field(c, k);
-    char why[256] = "";
+    char why[512] = "";
     char *end = NULL;
     errno = 0;
     switch (k->type) {
-    case T_CLASSES: {
-        const char *w;
-        if (!parse_classes(value, 0, NULL, &w)) snprintf(why, sizeof why, "%s", w);
-        else set_string(dst, value, why, sizeof why);
+    case T_STR: {
+        if (k->check && !k->check(value, why, sizeof why)) break;
+        if (!(k->flags & LIST)) {
+            set_string(dst, k->size, value, why, sizeof why);
+            break;
+        }
+        char *list = malloc(k->size);
+        CT_ASSERT(list, "config: out of memory");
+        if (normalize_list(value, list, k->size, why, sizeof why))
+            set_string(dst, k->size, list, why, sizeof why);
+        free(list);
         break;
     }
-    case T_STR: set_string(dst, value, why, sizeof why); break;
-    case T_OVERRIDES:
-        if (check_override_groups(value, why, sizeof why)) set_string(dst, value, why, sizeof why);
-        break;
     case T_INT: {
-        if (k->words && strcmp(value, k->words) == 0) {
+        if (k->zero && strcmp(value, k->zero) == 0) {
             *(int *)dst = 0;
             break;
         }
         long long v = strtoll(value, &end, 10);
         if (!*value || *end || errno)
-            snprintf(why, sizeof why, "not an integer%s%s", k->words ? " or " : "",
-                     k->words ? k->words : "");
+            snprintf(why, sizeof why, "not an integer%s%s", k->zero ? " or " : "",
+                     k->zero ? k->zero : "");
         else if (v < k->lo || v > k->hi)
             range_str(k, (double)v, why, sizeof why);
         else
@@ -351,15 +414,20 @@ static ct_status set_value(ct_config *c, const key_def *k, const char *value, co
         break;
     }
     case T_ENUM: {
-        int i = word_index(k->words, value);
-        if (i < 0) snprintf(why, sizeof why, "must be one of %s", k->words);
-        else *(int *)dst = i;
+        const enum_word *w = k->words;
+        while (w->word && strcmp(w->word, value) != 0) w++;
+        if (w->word) {
+            *(int *)dst = w->value;
+        } else {
+            char words[256];
+            snprintf(why, sizeof why, "must be one of %s", word_list(k, words, sizeof words));
+        }
         break;
     }
     }
     if (why[0])
-        return ct_error(CT_ERR_CONFIG, "%s: %s.%s = '%s': %s", where, k->section, k->name, value,
-                        why);
+        return ct_error(CT_ERR_CONFIG, "%s: %s.%s = '%.200s': %s", where, k->section, k->name,
+                        value, why);
     return CT_OK;
 }
 
@@ -371,20 +439,26 @@ static void format_double(double v, char *buf, size_t n) {
     }
 }
 
+/* k's value as text; buf holds CT_CFG_LIST + 64 bytes. */
 static void format_value(const ct_config *c, const key_def *k, char *buf, size_t n) {
     const void *src = cfield(c, k);
     switch (k->type) {
-    case T_STR:
-    case T_CLASSES:
-    case T_OVERRIDES: snprintf(buf, n, "%s", (const char *)src); break;
+    case T_STR: snprintf(buf, n, "%s", (const char *)src); break;
     case T_INT:
-        if (k->words && *(const int *)src == 0) snprintf(buf, n, "%s", k->words);
+        if (k->zero && *(const int *)src == 0) snprintf(buf, n, "%s", k->zero);
         else snprintf(buf, n, "%d", *(const int *)src);
         break;
     case T_U64: snprintf(buf, n, "%llu", (unsigned long long)*(const uint64_t *)src); break;
     case T_DOUBLE: format_double(*(const double *)src, buf, n); break;
     case T_BOOL: snprintf(buf, n, "%s", *(const bool *)src ? "true" : "false"); break;
-    case T_ENUM: word_at(k->words, *(const int *)src, buf, n); break;
+    case T_ENUM: {
+        const enum_word *w = k->words;
+        while (w->word && w->value != *(const int *)src) w++;
+        CT_ASSERT(w->word, "config: %s.%s holds %d, which has no word", k->section, k->name,
+                  *(const int *)src);
+        snprintf(buf, n, "%s", w->word);
+        break;
+    }
     }
 }
 
@@ -393,9 +467,10 @@ static void format_value(const ct_config *c, const key_def *k, char *buf, size_t
 void ct_config_defaults(ct_config *c) {
     memset(c, 0, sizeof *c);
     for (int i = 0; i < NKEYS; i++) {
-        CT_ASSERT((keys[i].type != T_STR && keys[i].type != T_CLASSES && keys[i].type != T_OVERRIDES) ||
-                      strlen(keys[i].name) <= MAX_STR_NAME,
+        CT_ASSERT(keys[i].type != T_STR || strlen(keys[i].name) <= MAX_STR_NAME,
                   "config table: string key %s too long for one INI line", keys[i].name);
+        CT_ASSERT(keys[i].type != T_STR || keys[i].flags & LIST || keys[i].size <= CT_CFG_STR,
+                  "config table: %s holds more than one INI line but is not a list", keys[i].name);
         ct_status st = set_value(c, &keys[i], keys[i].def, "config defaults");
         CT_ASSERT(st == CT_OK, "%s", ct_last_error());
     }
@@ -441,14 +516,14 @@ static bool trim_copy(const char *s, size_t len, char *buf, size_t n) {
 
 ct_status ct_config_override(ct_config *c, const char *assignment) {
     const char *eq = strchr(assignment, '=');
-    char key[128], value[CT_CFG_STR + 1];
+    char key[128], value[CT_CFG_LIST + 1];
     if (!eq)
         return ct_error(CT_ERR_CONFIG, "command line: '%s' is not section.key=value", assignment);
     if (!trim_copy(assignment, (size_t)(eq - assignment), key, sizeof key))
         return ct_error(CT_ERR_CONFIG, "command line: key of '%s' is too long", assignment);
     if (!trim_copy(eq + 1, strlen(eq + 1), value, sizeof value))
         return ct_error(CT_ERR_CONFIG, "command line: %s: value longer than %d characters", key,
-                        CT_CFG_STR - 1);
+                        CT_CFG_LIST - 1);
     /* "resume=true" is how one restarts a run, so it gets a short form */
     return ct_config_set(c, strcmp(key, "resume") == 0 ? "train.resume" : key, value);
 }
@@ -503,6 +578,8 @@ typedef struct {
     const char *s;  /* ... or a string */
     int line;       /* line most recently handed to inih */
     int seen[NKEYS]; /* line where each key was set, 0 if not yet */
+    bool indented;  /* the current line starts with a blank */
+    const key_def *prev; /* the key inih continues an indented line of; NULL after [section] */
     ct_status st;   /* first error */
     int err_line;
 } ini_state;
@@ -543,7 +620,29 @@ static char *ini_read(char *buf, int num, void *stream) {
     buf[len++] = '\n';
     buf[len] = '\0';
     p->line++;
+    p->indented = is_blank(buf[0]);
+    const char *first = buf + strspn(buf, " \t");
+    if (*first == '[') p->prev = NULL; /* as inih: a section ends the previous key */
     return buf;
+}
+
+/* inih hands an indented line after a key to the handler again under that key's name, as
+ * Python's configparser continues a value. A list key joins it with ','; for any other
+ * key it is an error rather than a silently overwritten value. */
+static ct_status continue_value(ini_state *p, const key_def *k, const char *value,
+                                const char *where) {
+    if (!(k->flags & LIST))
+        return ct_error(CT_ERR_CONFIG, "%s: %s.%s takes one line (an indented line continues "
+                        "the previous value, and only list keys go on over lines)", where,
+                        k->section, k->name);
+    size_t cap = CT_CFG_LIST + 64 + strlen(value) + 2;
+    char *joined = malloc(cap);
+    CT_ASSERT(joined, "config: out of memory");
+    format_value(p->c, k, joined, cap);
+    strcat(strcat(joined, ","), value);
+    ct_status st = set_value(p->c, k, joined, where);
+    free(joined);
+    return st;
 }
 
 static int ini_handle(void *user, const char *section, const char *name, const char *value) {
@@ -551,20 +650,21 @@ static int ini_handle(void *user, const char *section, const char *name, const c
     if (p->st) return 1;
     char where[600];
     snprintf(where, sizeof where, "%s:%d", p->origin, p->line);
+    const key_def *k = *section ? find_key(section, name) : NULL;
     if (!*section) {
         p->st = ct_error(CT_ERR_CONFIG, "%s: key '%s' is outside any [section]", where, name);
+    } else if (!k) {
+        p->st = unknown_key(where, section, name);
+    } else if (p->indented && k == p->prev) {
+        p->st = continue_value(p, k, value, where);
+    } else if (p->seen[k - keys]) {
+        p->st = ct_error(CT_ERR_CONFIG, "%s: %s.%s is set twice (first on line %d; an "
+                         "indented line continues the previous value)", where, section,
+                         name, p->seen[k - keys]);
     } else {
-        const key_def *k = find_key(section, name);
-        if (!k) {
-            p->st = unknown_key(where, section, name);
-        } else if (p->seen[k - keys]) {
-            p->st = ct_error(CT_ERR_CONFIG, "%s: %s.%s is set twice (first on line %d; an "
-                             "indented line continues the previous value)", where, section,
-                             name, p->seen[k - keys]);
-        } else {
-            p->seen[k - keys] = p->line;
-            p->st = set_value(p->c, k, value, where);
-        }
+        p->seen[k - keys] = p->line;
+        p->prev = k;
+        p->st = set_value(p->c, k, value, where);
     }
     if (p->st) p->err_line = p->line;
     return 1; /* errors are tracked here, so inih's return value only reports syntax */
@@ -612,7 +712,7 @@ ct_status ct_config_get(const ct_config *c, const char *key, char *buf, size_t n
     const key_def *k;
     ct_status st = lookup(key, "ct_config_get", &k);
     if (st) return st;
-    char tmp[CT_CFG_STR + 64];
+    char tmp[CT_CFG_LIST + 64];
     format_value(c, k, tmp, sizeof tmp);
     if (strlen(tmp) >= n)
         return ct_error(CT_ERR_ARG, "ct_config_get: %s needs %zu bytes, buffer has %zu", key,
@@ -621,14 +721,27 @@ ct_status ct_config_get(const ct_config *c, const char *key, char *buf, size_t n
     return CT_OK;
 }
 
+/* A list too long for one line goes one item a line, on indented continuation lines. */
+static bool write_key(FILE *f, const key_def *k, const char *value) {
+    if (!(k->flags & LIST) || strlen(k->name) + 3 + strlen(value) <= INI_MAX_LINE - 2)
+        return fprintf(f, "%s = %s\n", k->name, value) > 0;
+    bool ok = fprintf(f, "%s =", k->name) > 0;
+    for (const char *p = value; ok && *p;) {
+        size_t len = strcspn(p, ",");
+        ok = fprintf(f, "\n" CONT_INDENT "%.*s%s", (int)len, p, p[len] ? "," : "") > 0;
+        p += len + (p[len] == ',');
+    }
+    return ok && fputc('\n', f) != EOF;
+}
+
 ct_status ct_config_write(const ct_config *c, FILE *f) {
-    char value[CT_CFG_STR + 64];
+    char value[CT_CFG_LIST + 64];
     bool ok = fputs("# ctrain effective config\n", f) >= 0;
     for (int i = 0; ok && i < NKEYS; i++) {
         if (i == 0 || strcmp(keys[i].section, keys[i - 1].section) != 0)
             ok = fprintf(f, "%s[%s]\n", i ? "\n" : "", keys[i].section) > 0;
         format_value(c, &keys[i], value, sizeof value);
-        ok = ok && fprintf(f, "%s = %s\n", keys[i].name, value) > 0;
+        ok = ok && write_key(f, &keys[i], value);
     }
     return ok ? CT_OK : ct_error(CT_ERR_IO, "writing the config failed: %s", strerror(errno));
 }
