@@ -68,7 +68,7 @@ FUZZ_FLAGS := -std=c11 -O1 -g -march=x86-64-v3 -fno-math-errno -fPIC -D_GNU_SOUR
               -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
-FUZZ_OBJ := $(LIB_SRC:%.c=build/fuzz/obj/%.o)
+FUZZ_OBJ := $(LIB_SRC:%.c=build/fuzz/obj/%.o) build/fuzz/obj/src/cli/config.o
 
 .PHONY: all check bench clean install deps fuzz check-fuzz
 .SECONDARY:

@@ -4,6 +4,8 @@
  * The first byte picks the grammar. */
 #include "fuzz.h"
 
+#include "cli/config.h"
+
 #include <stdlib.h>
 #include <string.h>
 
