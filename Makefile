@@ -70,7 +70,7 @@ FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 FUZZ_OBJ := $(LIB_SRC:%.c=build/fuzz/obj/%.o) build/fuzz/obj/src/cli/config.o
 
-.PHONY: all check bench clean install deps fuzz check-fuzz
+.PHONY: all check bench clean install deps fuzz check-fuzz check-valgrind
 .SECONDARY:
 all: $(B)/libctrain.a $(B)/libctrain.so $(B)/ctrain
 
@@ -134,6 +134,10 @@ check: all $(UNIT_BIN) $(MPI_BIN) $(PARITY_BIN) $(FUZZ_BIN)
 bench:
 	@$(MAKE) --no-print-directory all $(BENCH_BIN) >&2
 	@B=$(B) bash scripts/bench.sh
+
+# The unit suites and a short training run under valgrind's memcheck (slow: not in check).
+check-valgrind: all $(UNIT_BIN)
+	@B=$(B) bash scripts/valgrind.sh $(UNIT_BIN)
 
 build/fuzz/obj/%.o: %.c $(HEADERS) | $(DEPS_OK)
 	@mkdir -p $(dir $@)
