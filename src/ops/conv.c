@@ -1,5 +1,6 @@
-/* 2-d convolution (cross-correlation, as PyTorch) by im2col + sgemm, one sample at a time,
- * with separate row/column stride and padding and PyTorch's `groups`.
+/* 2-d convolution (cross-correlation, as PyTorch) by im2col + sgemm, one sample (or one
+ * chunk of small images) at a time, with separate row/column stride and padding and
+ * PyTorch's `groups`.
  *
  * Layout choice: for each sample, col[C*kh*kw, OH*OW] = im2col(x[n]) and
  * y[n][O, OH*OW] = W[O, C*kh*kw] @ col. The GEMM writes straight into the NCHW output, the
@@ -251,12 +252,12 @@ static void nchw_to_chunk(const float *t, float *buf, int64_t nb, int64_t o, int
             memcpy(buf + (c * nb + j) * pix, t + (j * o + c) * pix, (size_t)pix * sizeof(float));
 }
 
-/* The adjoint of im2col (col rows ld apart): dx[c, iy, ix] += every col entry that was copied from it,
- * skipping the entries that came from the zero border. Within one (c, ki, kj) every dx
- * pixel gets at most one entry, so the row order is free: even rows first, then odd
- * ones. Adjacent rows are closer than one vector apart, and the CPU makes the masked
- * load of a row wait for the masked store of the row before it; two rows apart that
- * false dependency is gone and col2im runs twice as fast. */
+/* The adjoint of im2col (col rows ld apart): dx[c, iy, ix] += every col entry that was
+ * copied from it, skipping the entries that came from the zero border. Within one
+ * (c, ki, kj) every dx pixel gets at most one entry, so the row order is free: even rows
+ * first, then odd ones. Adjacent rows are closer than one vector apart, and the CPU makes
+ * the masked load of a row wait for the masked store of the row before it; two rows
+ * apart that false dependency is gone and col2im runs twice as fast. */
 ALWAYS_INLINE void col2im_rows(const conv_geom *g, const float *restrict col, int64_t ld,
                                float *restrict dx, bool wide) {
     int64_t ow = g->ow, s = g->sw;
@@ -378,17 +379,17 @@ static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
         if (gw) {
             const float *cols = chunk_cols(&g, x + i0 * in_sz, nb, ld, &sc);
             for (int64_t gi = 0; gi < g.groups; gi++)
-                ct_gemm(false, true, og, k, ld, 1, go + gi * og * ld, ld, cols + gi * k * ld, ld, 1,
-                        dw + gi * og * k, k);
+                ct_gemm(false, true, og, k, ld, 1, go + gi * og * ld, ld, cols + gi * k * ld, ld,
+                        1, dw + gi * og * k, k);
         }
         if (gx) {
-            /* one-sample pointwise: dX[n] += W^T @ gout[n] directly; else into col, then col2im */
+            /* one-sample pointwise: dX[n] += W^T @ gout[n] directly; else via col, col2im */
             float *dx = gx->data + i0 * in_sz, *dst = sc.col ? sc.col : dx;
             for (int64_t gi = 0; gi < g.groups; gi++)
                 ct_gemm(true, false, k, ld, og, 1, w + gi * og * k, k, go + gi * og * ld, ld,
                         sc.col ? 0 : 1, dst + gi * k * ld, ld);
-            if (sc.col)
-                for (int64_t j = 0; j < nb; j++) col2im_add(&g, sc.col + j * npix, ld, dx + j * in_sz);
+            for (int64_t j = 0; sc.col && j < nb; j++)
+                col2im_add(&g, sc.col + j * npix, ld, dx + j * in_sz);
         }
     }
     if (gw && cut) uncrop_add(&g, o, dw, gw->data);
