@@ -34,8 +34,8 @@ static void reseed_epoch(ct_run *r, ct_loader *l, int epoch) {
 static void add_group(ct_optim *o, ct_module *m, const bool *in_group, double lr) {
     ct_named t = ct_module_params(m, true);
     ct_named all = ct_module_params(m, false);
-    const char **names = malloc((size_t)t.n * sizeof *names + 1);
-    ct_tensor **ps = malloc((size_t)t.n * sizeof *ps + 1);
+    const char **names = ct_malloc((size_t)t.n * sizeof *names + 1);
+    ct_tensor **ps = ct_malloc((size_t)t.n * sizeof *ps + 1);
     int n = 0;
     for (int i = 0, j = 0; i < all.n; i++) {
         if (!all.tensors[i]->requires_grad) continue;
@@ -56,7 +56,7 @@ static void maybe_unfreeze(ct_run *r, ct_optim *o, int epoch) {
     const ct_config *c = &r->cfg;
     if (c->train.unfreeze_after <= 0 || epoch != c->train.unfreeze_after || !*c->train.unfreeze) return;
     ct_named all = ct_module_params(r->model, false);
-    bool *was = malloc((size_t)all.n + 1);
+    bool *was = ct_malloc((size_t)all.n + 1);
     for (int i = 0; i < all.n; i++) was[i] = all.tensors[i]->requires_grad;
     int hits = ct_module_set_requires_grad(r->model, c->train.unfreeze, true);
     add_group(o, r->model, was, c->optim.lr * c->train.unfreeze_lr_scale);
@@ -139,16 +139,6 @@ static ct_status resume(ct_run *r, ct_optim *o, int *start_epoch, int64_t *step)
     return st;
 }
 
-static void write_metrics(FILE *mf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void write_metrics(FILE *mf, const char *fmt, ...) {
-    if (!mf) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vfprintf(mf, fmt, ap);
-    va_end(ap);
-    fflush(mf);
-}
-
 /* A run that stopped after logging epochs its newest checkpoint does not hold (the metrics
  * line is written before the checkpoint) would list them twice once resumed: keep only the
  * lines up to the resumed epoch. Best effort, like the metrics file itself. */
@@ -158,28 +148,23 @@ static void trim_metrics(const char *path, int upto) {
     char *line = NULL, *buf = NULL;
     size_t lcap = 0, n = 0, cap = 0;
     ssize_t len;
-    bool dropped = false, ok = true;
+    bool dropped = false;
     while ((len = getline(&line, &lcap, f)) > 0) {
-        int e;
-        if (sscanf(line, "{\"epoch\":%d", &e) == 1 && e > upto) {
+        int64_t e;
+        if (ct_json_int_field(line, "epoch", &e) && e > upto) {
             dropped = true;
             continue;
         }
         if (n + (size_t)len > cap) {
             cap = 2 * (n + (size_t)len);
-            char *nb = realloc(buf, cap);
-            if (!nb) {
-                ok = false;
-                break;
-            }
-            buf = nb;
+            buf = ct_realloc(buf, cap);
         }
         memcpy(buf + n, line, (size_t)len);
         n += (size_t)len;
     }
     fclose(f);
     free(line);
-    if (ok && dropped && ct_write_file_atomic(path, buf ? buf : "", n) != CT_OK)
+    if (dropped && ct_write_file_atomic(path, buf ? buf : "", n) != CT_OK)
         fprintf(stderr, "ctrain: warning: %s\n", ct_last_error());
     free(buf);
 }
@@ -211,7 +196,7 @@ int ct_cmd_train(ct_run *r) {
         snprintf(p, sizeof p, "%s/config.ini", c->output.dir);
         st = ct_config_save(c, p);
     }
-    if (ct_run_agree(&r->d, st) != CT_OK) return 1;
+    if (ct_run_check(&r->d, st) != CT_OK) return 1;
 
     ct_ddp_config dc = ct_ddp_defaults();
     dc.bucket_bytes = (size_t)(c->dist.bucket_mb * 1048576);
@@ -227,7 +212,7 @@ int ct_cmd_train(ct_run *r) {
     opt = ct_optim_new(c->optim);
     add_group(opt, r->model, NULL, c->optim.lr);
     if (c->train.resume) st = resume(r, opt, &start_epoch, &step);
-    if (ct_run_agree(&r->d, st) != CT_OK) goto out;
+    if (ct_run_check(&r->d, st) != CT_OK) goto out;
 
     ct_sampler_opts so = {.n = r->train.n, .world = r->d.size, .rank = r->d.rank,
                           .mode = c->dist.shard,
@@ -266,7 +251,7 @@ int ct_cmd_train(ct_run *r) {
         double t0 = ct_now();
         st = ct_dist_cache_features(&r->d, r->model, prefix, &r->train, &lo, &train_feat);
         if (st == CT_OK) st = ct_dist_cache_features(&r->d, r->model, prefix, &r->test, &r->eval_opts, &test_feat);
-        if (ct_run_agree(&r->d, st) != CT_OK) goto out;
+        if (ct_run_check(&r->d, st) != CT_OK) goto out;
         train_ds = &train_feat;
         test_ds = &test_feat;
         /* the features are already normalised model activations */
@@ -285,7 +270,7 @@ int ct_cmd_train(ct_run *r) {
     }
     st = ct_sampler_new(&sampler, &so);
     if (st == CT_OK) st = ct_loader_new(&loader, train_ds, &lo);
-    if (ct_run_agree(&r->d, st) != CT_OK) goto out;
+    if (ct_run_check(&r->d, st) != CT_OK) goto out;
     int64_t shard = ct_sampler_size(sampler);
     /* Every rank has the same shard size, hence the same step count. */
     int64_t steps = c->train.drop_last ? shard / c->train.batch_size
@@ -353,29 +338,38 @@ int ct_cmd_train(ct_run *r) {
         if (r->d.rank == 0) ct_progress_end(&bar);
         /* The epoch's training loss averaged over ranks, and the evaluation. */
         double tl[1] = {loss_sum / (double)steps};
-        CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, tl, 1, MPI_DOUBLE, MPI_SUM, r->d.world));
+        ct_dist_sum(&r->d, tl, 1);
         tl[0] /= r->d.size;
         ct_ddp_sync_buffers(ddp);
         ct_eval_result ev;
         st = ct_dist_evaluate_from(&r->d, r->model, prefix, test_ds, &eval_lo, &ev);
         if (st != CT_OK) ct_fatal("evaluation: %s", ct_last_error());
         if (r->d.rank == 0) {
-            printf("{\"event\":\"eval\",\"epoch\":%d,\"loss\":%.6f,\"accuracy\":%.6f,\"samples\":%lld}\n",
-                   epoch + 1, ev.loss, ev.accuracy, (long long)ev.samples);
-            fflush(stdout);
-            write_metrics(mf,
-                          "{\"epoch\":%d,\"step\":%lld,\"train_loss\":%.6f,\"eval_loss\":%.6f,"
-                          "\"eval_accuracy\":%.6f,\"eval_samples\":%lld,\"lr\":%.6g,\"epoch_s\":%.3f,"
-                          "\"samples_per_s\":%.1f,\"ranks\":%d}\n",
-                          epoch + 1, (long long)step, tl[0], ev.loss, ev.accuracy, (long long)ev.samples,
-                          ct_optim_lr(opt, 0), secs, (double)(steps * c->train.batch_size * r->d.size) / secs,
-                          r->d.size);
+            json_t *o = ct_json_record("eval");
+            ct_json_int(o, "epoch", epoch + 1);
+            ct_json_real(o, "loss", ev.loss, "%.6f");
+            ct_json_real(o, "accuracy", ev.accuracy, "%.6f");
+            ct_json_int(o, "samples", ev.samples);
+            ct_json_emit(o, stdout);
+            o = ct_json_record(NULL);
+            ct_json_int(o, "epoch", epoch + 1);
+            ct_json_int(o, "step", step);
+            ct_json_real(o, "train_loss", tl[0], "%.6f");
+            ct_json_real(o, "eval_loss", ev.loss, "%.6f");
+            ct_json_real(o, "eval_accuracy", ev.accuracy, "%.6f");
+            ct_json_int(o, "eval_samples", ev.samples);
+            ct_json_real(o, "lr", ct_optim_lr(opt, 0), "%.6g");
+            ct_json_real(o, "epoch_s", secs, "%.3f");
+            ct_json_real(o, "samples_per_s",
+                         (double)(steps * c->train.batch_size * r->d.size) / secs, "%.1f");
+            ct_json_int(o, "ranks", r->d.size);
+            ct_json_emit(o, mf);
         }
         bool ckpt = (epoch + 1) % c->output.checkpoint_every == 0 || epoch + 1 == c->train.epochs;
         if (ckpt) {
             st = r->d.rank == 0 ? save_checkpoint(r, opt, epoch + 1, step) : CT_OK;
             /* The barrier is the agreement: nobody goes on while the file may be missing. */
-            if (ct_run_agree(&r->d, st) != CT_OK) goto out;
+            if (ct_run_check(&r->d, st) != CT_OK) goto out;
         }
     }
 out:

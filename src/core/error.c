@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-static _Thread_local char last_error[1024];
+static _Thread_local char last_error[CT_ERROR_MSG_SIZE];
 
 ct_status ct_error(ct_status st, const char *fmt, ...) {
     va_list ap;
@@ -33,7 +33,7 @@ ct_abort_fn ct_set_abort_hook(ct_abort_fn fn) {
 }
 
 _Noreturn void ct_fatal(const char *fmt, ...) {
-    char msg[1024];
+    char msg[CT_ERROR_MSG_SIZE];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
