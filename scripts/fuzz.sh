@@ -24,7 +24,7 @@ for bin in "$@"; do
     fi
     if "$bin" "${opts[@]}" -max_total_time="$secs" "$work" "tests/fuzz/corpus/$name" \
         >"build/fuzz/$name.log" 2>&1; then
-        runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "build/fuzz/$name.log" | grep -o '[0-9]*$')
+        runs=$(grep -ao 'stat::number_of_executed_units: *[0-9]*' "build/fuzz/$name.log" | grep -o '[0-9]*$')
         echo "ok: $name: ${secs}s, ${runs:-?} inputs, no crash"
     else
         echo "FAIL $name: crash, see build/fuzz/$name.log and build/fuzz/crash-$name-*"

@@ -18,8 +18,7 @@ static _Thread_local vec nodes, leaves, stack, heap;
 static void push(vec *a, void *p) {
     if (a->n == a->cap) {
         a->cap = a->cap ? a->cap * 2 : 256;
-        a->v = realloc(a->v, a->cap * sizeof *a->v);
-        CT_ASSERT(a->v, "backward: out of memory");
+        a->v = ct_realloc(a->v, a->cap * sizeof *a->v);
     }
     a->v[a->n++] = p;
 }

@@ -2,6 +2,8 @@
 #ifndef CT_CLI_H
 #define CT_CLI_H
 
+#include <jansson.h>
+
 #include "ctrain.h"
 #include "dist/dist.h"
 #include "io/io.h"
@@ -27,9 +29,9 @@ typedef struct {
     } labels[2];
 } ct_run;
 
-/* Prints msg once (from the lowest failing rank) and returns non-OK on every rank if any
- * rank's st is not OK, so set-up errors end all ranks together instead of hanging. */
-ct_status ct_run_agree(const ct_dist *d, ct_status st);
+/* ct_dist_agree, and the lowest failing rank prints its message once: every rank returns
+ * non-OK if any rank's st is not OK, so set-up errors end all ranks together. */
+ct_status ct_run_check(const ct_dist *d, ct_status st);
 /* A loader's log function (ctx: the ct_dist): one stderr line with the rank. */
 void ct_run_log(void *ctx, const char *msg);
 /* Loads the config (file + overrides), the data sets (the training set only when
@@ -51,6 +53,19 @@ int ct_cmd_train(ct_run *r);
 int ct_cmd_eval(ct_run *r, const char *checkpoint);
 /* r->cfg and r->d are filled (no data set or model): evaluates every job of [sweep]. */
 int ct_cmd_sweep(ct_run *r);
+
+/* JSON output (event.c): every {"event":...} line and metrics.jsonl record is built with
+ * these and written by ct_json_emit, so keys keep the order they were added in. */
+/* A new object: {"event": event}, or {} when event is NULL (a metrics record). */
+json_t *ct_json_record(const char *event);
+void ct_json_int(json_t *o, const char *key, int64_t v);
+void ct_json_str(json_t *o, const char *key, const char *s);
+/* v rounded as printf's fmt (e.g. "%.6f") rounds it; a non-finite v is null. */
+void ct_json_real(json_t *o, const char *key, double v, const char *fmt);
+/* Writes o as one compact line to f (skipped when f is NULL), flushes, and frees o. */
+void ct_json_emit(json_t *o, FILE *f);
+/* Reads integer `key` of the JSON object on line; false if the line is no such object. */
+bool ct_json_int_field(const char *line, const char *key, int64_t *out);
 
 /* Progress output on rank 0: a bar on a TTY, plain lines elsewhere. */
 typedef struct {

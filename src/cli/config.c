@@ -19,7 +19,8 @@ typedef enum { T_STR, T_INT, T_U64, T_DOUBLE, T_BOOL, T_ENUM } key_type;
 enum {
     LO_OPEN = 1, /* range flags: exclusive bounds */
     HI_OPEN = 2,
-    LIST = 4 /* T_STR: comma-separated list, normalised, continued over indented lines */
+    LIST = 4 /* T_STR: comma-separated list that may go on over indented lines; one longer
+                than a line (capacity above CT_CFG_STR) is stored normalised (see below) */
 };
 
 /* One word of an enum key and the value it stores. */
@@ -358,12 +359,11 @@ static ct_status set_value(ct_config *c, const key_def *k, const char *value, co
     switch (k->type) {
     case T_STR: {
         if (k->check && !k->check(value, why, sizeof why)) break;
-        if (!(k->flags & LIST)) {
+        if (!(k->flags & LIST) || k->size <= CT_CFG_STR) {
             set_string(dst, k->size, value, why, sizeof why);
             break;
         }
-        char *list = malloc(k->size);
-        CT_ASSERT(list, "config: out of memory");
+        char *list = ct_malloc(k->size);
         if (normalize_list(value, list, k->size, why, sizeof why))
             set_string(dst, k->size, list, why, sizeof why);
         free(list);
@@ -636,10 +636,11 @@ static ct_status continue_value(ini_state *p, const key_def *k, const char *valu
                         "the previous value, and only list keys go on over lines)", where,
                         k->section, k->name);
     size_t cap = CT_CFG_LIST + 64 + strlen(value) + 2;
-    char *joined = malloc(cap);
-    CT_ASSERT(joined, "config: out of memory");
+    char *joined = ct_malloc(cap);
     format_value(p->c, k, joined, cap);
-    strcat(strcat(joined, ","), value);
+    size_t len = strlen(joined);
+    if (len && joined[len - 1] != ',') strcat(joined, ",");
+    strcat(joined, value);
     ct_status st = set_value(p->c, k, joined, where);
     free(joined);
     return st;

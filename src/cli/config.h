@@ -31,8 +31,8 @@ typedef enum { CT_CFG_CACHE_AUTO, CT_CFG_CACHE_OFF } ct_cfg_cache;
 
 /* Everything a training run reads from its INI file. Keys are "section.field"; the
  * defaults, types and allowed values live in one table in config.c. Counts documented
- * "0 = x" also accept the word x. Comma-separated lists (marked "list") are stored with
- * blanks around items and empty items removed, and may go on over indented lines. */
+ * "0 = x" also accept the word x. Comma-separated lists (marked "list") may go on over
+ * indented continuation lines, which are joined with ','. */
 typedef struct {
     struct {
         char dir[CT_CFG_STR];
@@ -94,6 +94,8 @@ typedef struct {
         bool shm;            /* all-reduce within a node through shared memory */
     } dist;
     struct {
+        /* the long lists are stored with blanks around items and empty items removed, so
+           that a dump can put one item a line */
         char checkpoints[CT_CFG_LIST]; /* list of paths and globs; @FILE reads more, one a line */
         char datasets[CT_CFG_LIST];    /* list of IDX data dirs; "" = data.dir */
         int group_size;                /* ranks per sweep group */

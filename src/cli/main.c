@@ -14,32 +14,22 @@ static int usage(void) {
     return 2;
 }
 
-/* Writes s as a JSON string (a path may hold quotes, backslashes or control characters). */
-static void json_string(FILE *f, const char *s) {
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
-        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
-        else fputc(*p, f);
-    }
-    fputc('"', f);
-}
-
 int ct_cmd_eval(ct_run *r, const char *checkpoint) {
     ct_st_file *f = NULL;
     ct_status st = ct_st_load(checkpoint, &f);
     if (st == CT_OK) st = ct_run_explain_classes(r, ct_ckpt_load_model(f, r->model, true, NULL));
     ct_st_free(f);
-    if (ct_run_agree(&r->d, st) != CT_OK) return 1;
+    if (ct_run_check(&r->d, st) != CT_OK) return 1;
     ct_eval_result ev;
     st = ct_dist_evaluate(&r->d, r->model, &r->test, &r->eval_opts, &ev);
-    if (ct_run_agree(&r->d, st) != CT_OK) return 1;
+    if (ct_run_check(&r->d, st) != CT_OK) return 1;
     if (r->d.rank == 0) {
-        printf("{\"event\":\"eval\",\"checkpoint\":");
-        json_string(stdout, checkpoint);
-        printf(",\"loss\":%.6f,\"accuracy\":%.6f,\"samples\":%lld}\n", ev.loss, ev.accuracy,
-               (long long)ev.samples);
-        fflush(stdout);
+        json_t *o = ct_json_record("eval");
+        ct_json_str(o, "checkpoint", checkpoint);
+        ct_json_real(o, "loss", ev.loss, "%.6f");
+        ct_json_real(o, "accuracy", ev.accuracy, "%.6f");
+        ct_json_int(o, "samples", ev.samples);
+        ct_json_emit(o, stdout);
     }
     return 0;
 }
@@ -96,16 +86,16 @@ int main(int argc, char **argv) {
     }
     ct_binding b;
     ct_status st = ct_dist_bind(&r.d, &b);
-    if (ct_run_agree(&r.d, st) == CT_OK) ct_dist_print_bindings(&r.d, &b);
+    if (ct_run_check(&r.d, st) == CT_OK) ct_dist_print_bindings(&r.d, &b);
     int rc = 1;
     if (st == CT_OK && !strcmp(cmd, "sweep")) {
         /* each sweep job builds its own data set and model from its variant of the config */
         r.cfg_path = cfg;
         st = ct_config_load(&r.cfg, cfg, n, overrides);
-        if (ct_run_agree(&r.d, st) == CT_OK) rc = ct_cmd_sweep(&r);
+        if (ct_run_check(&r.d, st) == CT_OK) rc = ct_cmd_sweep(&r);
     } else if (st == CT_OK) {
         st = ct_run_setup(&r, cfg, n, overrides, !strcmp(cmd, "train"));
-        if (ct_run_agree(&r.d, st) == CT_OK)
+        if (ct_run_check(&r.d, st) == CT_OK)
             rc = !strcmp(cmd, "train") ? ct_cmd_train(&r) : ct_cmd_eval(&r, ckpt);
     }
     ct_run_free(&r);

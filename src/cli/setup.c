@@ -6,17 +6,16 @@
 
 #include "cli.h"
 
-ct_status ct_run_agree(const ct_dist *d, ct_status st) {
-    int first_bad = st != CT_OK ? d->rank : d->size;
-    CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &first_bad, 1, MPI_INT, MPI_MIN, d->world));
-    if (first_bad == d->size) return CT_OK;
-    if (d->rank == first_bad) {
+ct_status ct_run_check(const ct_dist *d, ct_status st) {
+    int failed;
+    st = ct_dist_agree(d, st, &failed);
+    if (st != CT_OK && d->rank == failed) {
         if (d->size > 1)
             fprintf(stderr, "ctrain: rank %d: error: %s\n", d->rank, ct_last_error());
         else
             fprintf(stderr, "ctrain: error: %s\n", ct_last_error());
     }
-    return st != CT_OK ? st : CT_ERR_MPI;
+    return st;
 }
 
 /* Records where split's largest label is (see ct_run.labels). */

@@ -25,14 +25,12 @@
 
 extern char **environ;
 
-#define ERR_LEN 1024 /* as ct_last_error()'s buffer */
-
 /* A job's outcome, sent by its group's leader to world rank 0. */
 typedef struct {
     int64_t job, samples;
     double loss, accuracy, seconds; /* seconds: loading the checkpoint and evaluating it */
     int32_t ok;
-    char error[ERR_LEN];
+    char error[CT_ERROR_MSG_SIZE];
 } job_result;
 
 /* The base config with one data set and one override group applied. */
@@ -41,7 +39,7 @@ typedef struct {
     char dataset[CT_CFG_STR];   /* label: the test data it reads */
     char overrides[CT_CFG_STR]; /* label: the override group, "" for none */
     ct_status st;               /* not OK: applying the data set or overrides failed */
-    char error[ERR_LEN];
+    char error[CT_ERROR_MSG_SIZE];
 } variant;
 
 typedef struct {
@@ -52,11 +50,9 @@ typedef struct {
 static void strlist_push(strlist *l, const char *s) {
     if (l->n == l->cap) {
         l->cap = l->cap ? 2 * l->cap : 16;
-        l->s = realloc(l->s, (size_t)l->cap * sizeof *l->s);
-        CT_ASSERT(l->s, "sweep: out of memory");
+        l->s = ct_realloc(l->s, (size_t)l->cap * sizeof *l->s);
     }
-    l->s[l->n] = strdup(s);
-    CT_ASSERT(l->s[l->n], "sweep: out of memory");
+    l->s[l->n] = ct_strdup(s);
     l->n++;
 }
 
@@ -77,8 +73,9 @@ static void split_list(const char *spec, char sep, strlist *out) {
         while (a < b && is_blank(*a)) a++;
         while (b > a && is_blank(b[-1])) b--;
         if (b > a) {
-            char *item = strndup(a, (size_t)(b - a));
-            CT_ASSERT(item, "sweep: out of memory");
+            char *item = ct_malloc((size_t)(b - a) + 1);
+            memcpy(item, a, (size_t)(b - a));
+            item[b - a] = '\0';
             strlist_push(out, item);
             free(item);
         }
@@ -148,20 +145,19 @@ static ct_status expand_checkpoints(const char *spec, strlist *out) {
 /* World rank 0 expands the list (globs see its file system) and sends it to every rank. */
 static ct_status share_checkpoints(const ct_dist *d, const char *spec, strlist *out) {
     ct_status st = d->rank == 0 ? expand_checkpoints(spec, out) : CT_OK;
-    st = ct_dist_agree(d, st);
+    st = ct_dist_agree(d, st, NULL);
     if (st != CT_OK) return st;
     long long len = 0;
     for (int i = 0; d->rank == 0 && i < out->n; i++) len += (long long)strlen(out->s[i]) + 1;
-    CT_CHECK_MPI(MPI_Bcast(&len, 1, MPI_LONG_LONG, 0, d->world));
+    ct_dist_bcast(d, &len, sizeof len, 0);
     if (len > (1LL << 30)) ct_fatal("sweep: checkpoint list of %lld bytes", len);
-    char *buf = malloc((size_t)len + 1);
-    CT_ASSERT(buf, "sweep: out of memory");
+    char *buf = ct_malloc((size_t)len + 1);
     for (long long i = 0, off = 0; d->rank == 0 && i < out->n; i++) {
         size_t n = strlen(out->s[i]) + 1;
         memcpy(buf + off, out->s[i], n);
         off += (long long)n;
     }
-    CT_CHECK_MPI(MPI_Bcast(buf, (int)len, MPI_CHAR, 0, d->world));
+    ct_dist_bcast(d, buf, (size_t)len, 0);
     if (d->rank != 0)
         for (long long off = 0; off < len; off += (long long)strlen(buf + off) + 1)
             strlist_push(out, buf + off);
@@ -177,8 +173,7 @@ static variant *make_variants(const ct_config *base, int *nout) {
     char group[CT_CFG_STR];
     while (ct_config_override_group(base->sweep.overrides, nov, group, sizeof group)) nov++;
     if (nov == 0) nov = 1;
-    variant *vs = calloc((size_t)nds * (size_t)nov, sizeof *vs);
-    CT_ASSERT(vs, "sweep: out of memory");
+    variant *vs = ct_calloc((size_t)nds * (size_t)nov, sizeof *vs);
     for (int i = 0; i < nds; i++) {
         for (int j = 0; j < nov; j++) {
             variant *v = &vs[i * nov + j];
@@ -214,7 +209,7 @@ typedef struct {
     ct_run run;
     int variant;
     ct_status st;
-    char error[ERR_LEN];
+    char error[CT_ERROR_MSG_SIZE];
 } worker;
 
 static void worker_use(worker *w, const variant *vs, int vi, const ct_dist *group,
@@ -232,7 +227,7 @@ static void worker_use(worker *w, const variant *vs, int vi, const ct_dist *grou
         w->run.d = *group; /* borrowed: ct_run_free does not free it */
         st = ct_run_build(&w->run, false);
     }
-    w->st = ct_dist_agree(group, st);
+    w->st = ct_dist_agree(group, st, NULL);
     snprintf(w->error, sizeof w->error, "%s", w->st != CT_OK ? ct_last_error() : "");
 }
 
@@ -250,11 +245,11 @@ static void run_job(worker *w, const char *path, const ct_dist *group, job_resul
             st = ct_error(st, "%s: no file matches this pattern", path);
         if (st == CT_OK) st = ct_ckpt_load_model(f, w->run.model, true, NULL);
         ct_st_free(f);
-        st = ct_dist_agree(group, st);
+        st = ct_dist_agree(group, st, NULL);
         ct_eval_result ev = {0};
         if (st == CT_OK) {
             st = ct_dist_evaluate(group, w->run.model, &w->run.test, &w->run.eval_opts, &ev);
-            st = ct_dist_agree(group, st);
+            st = ct_dist_agree(group, st, NULL);
         }
         if (st == CT_OK) {
             res->loss = ev.loss;
@@ -269,17 +264,6 @@ static void run_job(worker *w, const char *path, const ct_dist *group, job_resul
 }
 
 /* ---- output ------------------------------------------------------------------------------ */
-
-static void json_str(FILE *f, const char *s) {
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
-        else if (c < 0x20) fprintf(f, "\\u%04x", c);
-        else fputc(c, f);
-    }
-    fputc('"', f);
-}
 
 /* RFC 4180: quoted when it holds a comma, quote or line break; quotes doubled. */
 static void csv_str(FILE *f, const char *s) {
@@ -470,11 +454,9 @@ static const char **short_labels(const strlist *ck) {
                 while (--common && s0[common - 1] != '/') {}
             }
     }
-    const char **l = malloc((size_t)ck->n * sizeof *l);
-    CT_ASSERT(l, "sweep: out of memory");
+    const char **l = ct_malloc((size_t)ck->n * sizeof *l);
     for (int i = 0; i < ck->n; i++) {
-        char *s = strdup(ck->s[i] + common);
-        CT_ASSERT(s, "sweep: out of memory");
+        char *s = ct_strdup(ck->s[i] + common);
         size_t n = strlen(s);
         if (n > 12 && strcmp(s + n - 12, ".safetensors") == 0) s[n - 12] = '\0';
         l[i] = s;
@@ -534,7 +516,7 @@ int ct_cmd_sweep(ct_run *r) {
 
     ct_sweep sq;
     ct_status st = ct_sweep_open(&r->d, c->sweep.group_size, njobs, &sq);
-    if (ct_run_agree(&r->d, st) != CT_OK) {
+    if (ct_run_check(&r->d, st) != CT_OK) {
         strlist_free(&ckpts);
         free(vs);
         return 1;
@@ -562,22 +544,24 @@ int ct_cmd_sweep(ct_run *r) {
         if (!leader) continue;
         if (nmine == cap) {
             cap = cap ? 2 * cap : 16;
-            mine = realloc(mine, (size_t)cap * sizeof *mine);
-            CT_ASSERT(mine, "sweep: out of memory");
+            mine = ct_realloc(mine, (size_t)cap * sizeof *mine);
         }
         mine[nmine++] = res;
-        printf("{\"event\":\"sweep_job\",\"job\":%lld,\"jobs\":%lld,\"group\":%d,\"checkpoint\":",
-               (long long)j, (long long)njobs, sq.group_index);
-        json_str(stdout, path);
-        if (res.ok)
-            printf(",\"status\":\"ok\",\"accuracy\":%.6f,\"loss\":%.6f,\"samples\":%lld",
-                   res.accuracy, res.loss, (long long)res.samples);
-        else {
-            printf(",\"status\":\"failed\",\"error\":");
-            json_str(stdout, res.error);
+        json_t *o = ct_json_record("sweep_job");
+        ct_json_int(o, "job", j);
+        ct_json_int(o, "jobs", njobs);
+        ct_json_int(o, "group", sq.group_index);
+        ct_json_str(o, "checkpoint", path);
+        ct_json_str(o, "status", res.ok ? "ok" : "failed");
+        if (res.ok) {
+            ct_json_real(o, "accuracy", res.accuracy, "%.6f");
+            ct_json_real(o, "loss", res.loss, "%.6f");
+            ct_json_int(o, "samples", res.samples);
+        } else {
+            ct_json_str(o, "error", res.error);
         }
-        printf(",\"seconds\":%.3f}\n", res.seconds);
-        fflush(stdout);
+        ct_json_real(o, "seconds", res.seconds, "%.3f");
+        ct_json_emit(o, stdout);
     }
     ct_run_free(&w.run);
 
@@ -588,9 +572,8 @@ int ct_cmd_sweep(ct_run *r) {
     int rc = 1;
     if (r->d.rank == 0) {
         /* by job index; the queue hands out each job exactly once */
-        job_result *res = calloc((size_t)njobs, sizeof *res);
-        char *seen = calloc((size_t)njobs, 1);
-        CT_ASSERT(res && seen, "sweep: out of memory");
+        job_result *res = ct_calloc((size_t)njobs, sizeof *res);
+        char *seen = ct_calloc((size_t)njobs, 1);
         const job_result *got = all;
         CT_ASSERT(nall == njobs, "sweep: %d results for %lld jobs", nall, (long long)njobs);
         int64_t nfailed = 0;
@@ -609,18 +592,21 @@ int ct_cmd_sweep(ct_run *r) {
             rep.vary_ov |= strcmp(vs[v].overrides, vs[0].overrides) != 0;
         }
         rc = write_outputs(c, &rep, nfailed);
-        printf("{\"event\":\"sweep\",\"jobs\":%lld,\"ok\":%lld,\"failed\":%lld,\"groups\":%d,"
-               "\"queue\":\"%s\",\"seconds\":%.3f}\n",
-               (long long)njobs, (long long)(njobs - nfailed), (long long)nfailed, sq.ngroups,
-               sq.dynamic ? "dynamic" : "round-robin", ct_now() - t0);
-        fflush(stdout);
+        json_t *o = ct_json_record("sweep");
+        ct_json_int(o, "jobs", njobs);
+        ct_json_int(o, "ok", njobs - nfailed);
+        ct_json_int(o, "failed", nfailed);
+        ct_json_int(o, "groups", sq.ngroups);
+        ct_json_str(o, "queue", sq.dynamic ? "dynamic" : "round-robin");
+        ct_json_real(o, "seconds", ct_now() - t0, "%.3f");
+        ct_json_emit(o, stdout);
         for (int i = 0; i < ckpts.n; i++) free((void *)labels[i]);
         free(labels);
         free(res);
         free(seen);
     }
     free(all);
-    CT_CHECK_MPI(MPI_Bcast(&rc, 1, MPI_INT, 0, r->d.world));
+    ct_dist_bcast(&r->d, &rc, sizeof rc, 0);
     ct_sweep_close(&sq);
     strlist_free(&ckpts);
     free(vs);

@@ -35,8 +35,8 @@ static void reseed_epoch(ct_run *r, ct_loader *l, int epoch) {
 static void add_group(ct_optim *o, ct_module *m, const bool *in_group, double lr) {
     ct_named t = ct_module_params(m, true);
     ct_named all = ct_module_params(m, false);
-    const char **names = malloc((size_t)t.n * sizeof *names + 1);
-    ct_tensor **ps = malloc((size_t)t.n * sizeof *ps + 1);
+    const char **names = ct_malloc((size_t)t.n * sizeof *names + 1);
+    ct_tensor **ps = ct_malloc((size_t)t.n * sizeof *ps + 1);
     int n = 0;
     for (int i = 0, j = 0; i < all.n; i++) {
         if (!all.tensors[i]->requires_grad) continue;
@@ -57,7 +57,7 @@ static void maybe_unfreeze(ct_run *r, ct_optim *o, int epoch) {
     const ct_config *c = &r->cfg;
     if (c->train.unfreeze_after <= 0 || epoch != c->train.unfreeze_after || !*c->train.unfreeze) return;
     ct_named all = ct_module_params(r->model, false);
-    bool *was = malloc((size_t)all.n + 1);
+    bool *was = ct_malloc((size_t)all.n + 1);
     for (int i = 0; i < all.n; i++) was[i] = all.tensors[i]->requires_grad;
     int hits = ct_module_set_requires_grad(r->model, c->train.unfreeze, true);
     add_group(o, r->model, was, c->optim.lr * c->train.unfreeze_lr_scale);
@@ -152,24 +152,6 @@ static ct_status resume(ct_run *r, ct_optim *o, int *start_epoch, int64_t *step)
     return st;
 }
 
-/* ",\"skipped\":N" for image data sets (files skipped in the epoch's training, all ranks). */
-static const char *skipped_field(bool images, double n) {
-    static char buf[48];
-    if (!images) return "";
-    snprintf(buf, sizeof buf, ",\"skipped\":%.0f", n);
-    return buf;
-}
-
-static void write_metrics(FILE *mf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void write_metrics(FILE *mf, const char *fmt, ...) {
-    if (!mf) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vfprintf(mf, fmt, ap);
-    va_end(ap);
-    fflush(mf);
-}
-
 /* A run that stopped after logging epochs its newest checkpoint does not hold (the metrics
  * line is written before the checkpoint) would list them twice once resumed: keep only the
  * lines up to the resumed epoch. Best effort, like the metrics file itself. */
@@ -179,28 +161,23 @@ static void trim_metrics(const char *path, int upto) {
     char *line = NULL, *buf = NULL;
     size_t lcap = 0, n = 0, cap = 0;
     ssize_t len;
-    bool dropped = false, ok = true;
+    bool dropped = false;
     while ((len = getline(&line, &lcap, f)) > 0) {
-        int e;
-        if (sscanf(line, "{\"epoch\":%d", &e) == 1 && e > upto) {
+        int64_t e;
+        if (ct_json_int_field(line, "epoch", &e) && e > upto) {
             dropped = true;
             continue;
         }
         if (n + (size_t)len > cap) {
             cap = 2 * (n + (size_t)len);
-            char *nb = realloc(buf, cap);
-            if (!nb) {
-                ok = false;
-                break;
-            }
-            buf = nb;
+            buf = ct_realloc(buf, cap);
         }
         memcpy(buf + n, line, (size_t)len);
         n += (size_t)len;
     }
     fclose(f);
     free(line);
-    if (ok && dropped && ct_write_file_atomic(path, buf ? buf : "", n) != CT_OK)
+    if (dropped && ct_write_file_atomic(path, buf ? buf : "", n) != CT_OK)
         fprintf(stderr, "ctrain: warning: %s\n", ct_last_error());
     free(buf);
 }
@@ -222,8 +199,7 @@ static ct_status write_classes(const ct_run *r) {
     if (!cls) return CT_OK;
     size_t n = 1;
     for (int i = 0; i < cls->n; i++) n += strlen(cls->names[i]) + 1;
-    char *buf = malloc(n), *p = buf;
-    CT_ASSERT(buf, "out of memory");
+    char *buf = ct_malloc(n), *p = buf;
     for (int i = 0; i < cls->n; i++) p += sprintf(p, "%s\n", cls->names[i]);
     char path[CT_CFG_STR + 16];
     snprintf(path, sizeof path, "%s/classes.txt", r->cfg.output.dir);
@@ -261,7 +237,7 @@ int ct_cmd_train(ct_run *r) {
         st = ct_config_save(c, p);
     }
     if (st == CT_OK && r->d.rank == 0) st = write_classes(r);
-    if (ct_run_agree(&r->d, st) != CT_OK) return 1;
+    if (ct_run_check(&r->d, st) != CT_OK) return 1;
 
     ct_ddp_config dc = ct_ddp_defaults();
     dc.bucket_bytes = (size_t)(c->dist.bucket_mb * 1048576);
@@ -277,7 +253,7 @@ int ct_cmd_train(ct_run *r) {
     opt = ct_optim_new(c->optim);
     add_group(opt, r->model, NULL, c->optim.lr);
     if (c->train.resume) st = resume(r, opt, &start_epoch, &step);
-    if (ct_run_agree(&r->d, st) != CT_OK) goto out;
+    if (ct_run_check(&r->d, st) != CT_OK) goto out;
 
     ct_sampler_opts so = {.n = r->train.n, .world = r->d.size, .rank = r->d.rank,
                           .mode = c->dist.shard,
@@ -322,7 +298,7 @@ int ct_cmd_train(ct_run *r) {
         double t0 = ct_now();
         st = ct_dist_cache_features(&r->d, r->model, prefix, &r->train, &lo, &train_feat);
         if (st == CT_OK) st = ct_dist_cache_features(&r->d, r->model, prefix, &r->test, &r->eval_opts, &test_feat);
-        if (ct_run_agree(&r->d, st) != CT_OK) goto out;
+        if (ct_run_check(&r->d, st) != CT_OK) goto out;
         train_ds = &train_feat;
         test_ds = &test_feat;
         /* the features are already normalised model activations */
@@ -341,7 +317,7 @@ int ct_cmd_train(ct_run *r) {
     }
     st = ct_sampler_new(&sampler, &so);
     if (st == CT_OK) st = ct_loader_new(&loader, train_ds, &lo);
-    if (ct_run_agree(&r->d, st) != CT_OK) goto out;
+    if (ct_run_check(&r->d, st) != CT_OK) goto out;
     int64_t shard = ct_sampler_size(sampler);
     /* Every rank has the same shard size, hence the same step count. */
     int64_t steps = c->train.drop_last ? shard / c->train.batch_size
@@ -396,7 +372,7 @@ int ct_cmd_train(ct_run *r) {
             maybe_inject_fault(&r->d, step);
             ct_batch b;
             ct_loader_next(loader, &b);
-            if (decoding && (st = ct_run_agree(&r->d, ct_loader_status(loader))) != CT_OK) {
+            if (decoding && (st = ct_run_check(&r->d, ct_loader_status(loader))) != CT_OK) {
                 failed = true;
                 continue; /* not break: continue lets CT_SCOPE close its scope */
             }
@@ -419,7 +395,7 @@ int ct_cmd_train(ct_run *r) {
         /* The epoch's training loss averaged over ranks, the files skipped on all ranks, and
          * the evaluation. */
         double tl[2] = {loss_sum / (double)steps, (double)ct_loader_skipped(loader)};
-        CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, tl, 2, MPI_DOUBLE, MPI_SUM, r->d.world));
+        ct_dist_sum(&r->d, tl, 2);
         tl[0] /= r->d.size;
         ct_ddp_sync_buffers(ddp);
         ct_eval_result ev;
@@ -430,22 +406,32 @@ int ct_cmd_train(ct_run *r) {
         }
         if (st != CT_OK) ct_fatal("evaluation: %s", ct_last_error());
         if (r->d.rank == 0) {
-            printf("{\"event\":\"eval\",\"epoch\":%d,\"loss\":%.6f,\"accuracy\":%.6f,\"samples\":%lld}\n",
-                   epoch + 1, ev.loss, ev.accuracy, (long long)ev.samples);
-            fflush(stdout);
-            write_metrics(mf,
-                          "{\"epoch\":%d,\"step\":%lld,\"train_loss\":%.6f,\"eval_loss\":%.6f,"
-                          "\"eval_accuracy\":%.6f,\"eval_samples\":%lld,\"lr\":%.6g,\"epoch_s\":%.3f,"
-                          "\"samples_per_s\":%.1f,\"ranks\":%d%s}\n",
-                          epoch + 1, (long long)step, tl[0], ev.loss, ev.accuracy, (long long)ev.samples,
-                          ct_optim_lr(opt, 0), secs, (double)(steps * c->train.batch_size * r->d.size) / secs,
-                          r->d.size, skipped_field(decoding, tl[1]));
+            json_t *o = ct_json_record("eval");
+            ct_json_int(o, "epoch", epoch + 1);
+            ct_json_real(o, "loss", ev.loss, "%.6f");
+            ct_json_real(o, "accuracy", ev.accuracy, "%.6f");
+            ct_json_int(o, "samples", ev.samples);
+            ct_json_emit(o, stdout);
+            o = ct_json_record(NULL);
+            ct_json_int(o, "epoch", epoch + 1);
+            ct_json_int(o, "step", step);
+            ct_json_real(o, "train_loss", tl[0], "%.6f");
+            ct_json_real(o, "eval_loss", ev.loss, "%.6f");
+            ct_json_real(o, "eval_accuracy", ev.accuracy, "%.6f");
+            ct_json_int(o, "eval_samples", ev.samples);
+            ct_json_real(o, "lr", ct_optim_lr(opt, 0), "%.6g");
+            ct_json_real(o, "epoch_s", secs, "%.3f");
+            ct_json_real(o, "samples_per_s",
+                         (double)(steps * c->train.batch_size * r->d.size) / secs, "%.1f");
+            ct_json_int(o, "ranks", r->d.size);
+            if (decoding) ct_json_int(o, "skipped", (int64_t)tl[1]); /* image files skipped */
+            ct_json_emit(o, mf);
         }
         bool ckpt = (epoch + 1) % c->output.checkpoint_every == 0 || epoch + 1 == c->train.epochs;
         if (ckpt) {
             st = r->d.rank == 0 ? save_checkpoint(r, opt, epoch + 1, step) : CT_OK;
             /* The barrier is the agreement: nobody goes on while the file may be missing. */
-            if (ct_run_agree(&r->d, st) != CT_OK) goto out;
+            if (ct_run_check(&r->d, st) != CT_OK) goto out;
         }
     }
 out:

@@ -37,8 +37,7 @@ void *ct_alloc(size_t bytes) {
         return b;
     }
     size_t sz = c < NCLASS ? (size_t)1 << (c + MIN_SHIFT) : (bytes + 63) / 64 * 64;
-    void *p = aligned_alloc(64, sz);
-    CT_ASSERT(p, "ct_alloc: out of memory allocating %zu bytes", sz);
+    void *p = ct_aligned_malloc(64, sz);
     ct__stats.mallocs++;
     return p;
 }

@@ -24,6 +24,10 @@ typedef enum {
     CT_ERR_ARG,
 } ct_status;
 
+/* Size of ct_last_error()'s buffer and of abort messages, terminator included; longer
+ * messages are truncated. */
+#define CT_ERROR_MSG_SIZE 1024
+
 /* Records a formatted message for ct_last_error() and returns `st`. */
 ct_status ct_error(ct_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* The message of the last failing call on this thread ("" if none). */
@@ -67,6 +71,17 @@ const char *ct_dtype_name(ct_dtype d); /* "F32", ...; NULL for an invalid value 
 size_t ct_dtype_size(ct_dtype d);      /* bytes per element; 0 for an invalid value */
 /* Sets *out to the dtype named s ("F32"...); false if s names none. */
 bool ct_dtype_parse(const char *s, ct_dtype *out);
+
+/* ---- checked allocation ------------------------------------------------------------ */
+
+/* malloc, calloc, realloc, aligned_alloc and strdup that never return NULL: out of memory
+ * goes through the abort hook naming the size. A size of 0 allocates one byte (or one
+ * alignment unit), so the result is always a fresh pointer to free(). */
+void *ct_malloc(size_t bytes);
+void *ct_calloc(size_t count, size_t size);
+void *ct_realloc(void *p, size_t bytes);
+void *ct_aligned_malloc(size_t align, size_t bytes); /* align: a power of two */
+char *ct_strdup(const char *s);
 
 /* ---- allocator and counters -------------------------------------------------------- */
 

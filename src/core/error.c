@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static _Thread_local char last_error[1024];
+static _Thread_local char last_error[CT_ERROR_MSG_SIZE];
 
 /* Formats into a temporary first: callers wrap an earlier message in a new one
  * (ct_error(st, "%s: %s", path, ct_last_error())), and formatting straight into last_error
@@ -39,7 +39,7 @@ ct_abort_fn ct_set_abort_hook(ct_abort_fn fn) {
 }
 
 _Noreturn void ct_fatal(const char *fmt, ...) {
-    char msg[1024];
+    char msg[CT_ERROR_MSG_SIZE];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);

@@ -21,8 +21,7 @@ static _Thread_local size_t n_keeps, cap_keeps;
 
 static void *grow(void *p, size_t *cap, size_t elem) {
     *cap = *cap ? *cap * 2 : 256;
-    p = realloc(p, *cap * elem);
-    CT_ASSERT(p, "scope: out of memory");
+    p = ct_realloc(p, *cap * elem);
     return p;
 }
 

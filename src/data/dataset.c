@@ -30,7 +30,7 @@ static const char *dtype_name(ct_dtype t) {
 
 static int64_t *labels_to_i64(const ct_array *a) {
     if (a->dtype == CT_DTYPE_I64) return a->data;
-    int64_t *y = ct__data_malloc((size_t)a->numel * sizeof *y);
+    int64_t *y = ct_malloc((size_t)a->numel * sizeof *y);
     const uint8_t *u = a->data;
     for (int64_t i = 0; i < a->numel; i++) y[i] = u[i];
     return y;
@@ -162,12 +162,12 @@ static ct_status from_memory(ct_dataset *ds, int64_t n, int sample_ndim, const i
     if (n < 0) return ct_error(CT_ERR_ARG, "dataset: negative sample count %lld", (long long)n);
     memcpy(d.sample_shape, sample_shape, (size_t)sample_ndim * sizeof *sample_shape);
     size_t xbytes = (size_t)(n * d.sample_numel) * elem;
-    void *xd = ct__data_malloc(xbytes);
+    void *xd = ct_malloc(xbytes);
     if (elem == 1)
         d.x8 = xd;
     else
         d.x = xd;
-    d.y = ct__data_malloc((size_t)n * sizeof *d.y);
+    d.y = ct_malloc((size_t)n * sizeof *d.y);
     if (n) {
         memcpy(xd, x, xbytes);
         memcpy(d.y, y, (size_t)n * sizeof *d.y);
@@ -195,7 +195,7 @@ void ct_dataset_sample(const ct_dataset *ds, int64_t i, float *out) {
               (long long)ds->n - 1);
     int64_t f = ds->sample_numel;
     if (ds->files) {
-        uint8_t *px = ct__data_malloc((size_t)f);
+        uint8_t *px = ct_malloc((size_t)f);
         CT_ASSERT(ct_dataset_load_image(ds, i, px) == CT_OK, "dataset: %s", ct_last_error());
         for (int64_t j = 0; j < f; j++) out[j] = (float)px[j] / 255.0f;
         free(px);
@@ -255,9 +255,9 @@ static void compact(ct_dataset *ds, const unsigned char *keep) {
     }
     ds->n = m;
     if (m > 0) { /* shrinking realloc cannot fail in practice; keep the old block if it does */
-        unsigned char *nx = realloc(x, (size_t)m * rec);
+        unsigned char *nx = ct_realloc(x, (size_t)m * rec);
         if (nx) x = nx;
-        int64_t *y = realloc(ds->y, (size_t)m * sizeof *y);
+        int64_t *y = ct_realloc(ds->y, (size_t)m * sizeof *y);
         if (y) ds->y = y;
     }
     if (ds->x8)
@@ -268,7 +268,7 @@ static void compact(ct_dataset *ds, const unsigned char *keep) {
 
 ct_status ct_dataset_keep_classes(ct_dataset *ds, const int64_t *classes, int k, bool remap) {
     if (k < 1) return ct_error(CT_ERR_ARG, "keep_classes: need at least one class, got %d", k);
-    int64_t *map = ct__data_malloc((size_t)ds->num_classes * sizeof *map + 1);
+    int64_t *map = ct_malloc((size_t)ds->num_classes * sizeof *map + 1);
     for (int c = 0; c < ds->num_classes; c++) map[c] = -1;
     for (int i = 0; i < k; i++) {
         int64_t c = classes[i];
@@ -284,7 +284,7 @@ ct_status ct_dataset_keep_classes(ct_dataset *ds, const int64_t *classes, int k,
         }
         map[c] = remap ? i : c;
     }
-    unsigned char *keep = ct__data_malloc((size_t)ds->n);
+    unsigned char *keep = ct_malloc((size_t)ds->n);
     for (int64_t i = 0; i < ds->n; i++) {
         keep[i] = map[ds->y[i]] >= 0;
         if (keep[i]) ds->y[i] = map[ds->y[i]];
@@ -293,7 +293,7 @@ ct_status ct_dataset_keep_classes(ct_dataset *ds, const int64_t *classes, int k,
     if (remap) ds->num_classes = k;
     if (remap && ds->files) { /* the names follow their classes to the new labels */
         ct_classes *c = &ds->files->classes;
-        char **names = ct__data_malloc((size_t)k * sizeof *names);
+        char **names = ct_malloc((size_t)k * sizeof *names);
         for (int i = 0; i < k; i++) names[i] = c->names[classes[i]], c->names[classes[i]] = NULL;
         for (int i = 0; i < c->n; i++) free(c->names[i]);
         free(c->names);
@@ -307,9 +307,8 @@ ct_status ct_dataset_keep_classes(ct_dataset *ds, const int64_t *classes, int k,
 ct_status ct_dataset_few_shot(ct_dataset *ds, int64_t k) {
     if (k < 1)
         return ct_error(CT_ERR_ARG, "few_shot: k must be at least 1, got %lld", (long long)k);
-    int64_t *seen = calloc((size_t)ds->num_classes + 1, sizeof *seen);
-    CT_ASSERT(seen, "data: out of memory");
-    unsigned char *keep = ct__data_malloc((size_t)ds->n);
+    int64_t *seen = ct_calloc((size_t)ds->num_classes + 1, sizeof *seen);
+    unsigned char *keep = ct_malloc((size_t)ds->n);
     for (int64_t i = 0; i < ds->n; i++) keep[i] = seen[ds->y[i]]++ < k;
     compact(ds, keep);
     free(keep);

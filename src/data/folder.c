@@ -35,7 +35,7 @@ static void sv_free(strvec *v) {
 
 static char *join(const char *dir, const char *name) {
     size_t a = strlen(dir), b = strlen(name);
-    char *p = ct__data_malloc(a + b + 2);
+    char *p = ct_malloc(a + b + 2);
     memcpy(p, dir, a);
     p[a] = '/';
     memcpy(p + a + 1, name, b + 1);
@@ -126,7 +126,7 @@ static int64_t find_class(const ct_classes *c, const char *name) {
 
 static void copy_classes(ct_classes *dst, const ct_classes *src) {
     *dst = (ct_classes){.n = src->n, .numeric = src->numeric};
-    dst->names = ct__data_malloc((size_t)src->n * sizeof *dst->names);
+    dst->names = ct_malloc((size_t)src->n * sizeof *dst->names);
     for (int i = 0; i < src->n; i++) dst->names[i] = strdup(src->names[i]);
 }
 
@@ -150,7 +150,7 @@ static ct_status finish(ct_dataset *ds, strvec *paths, int64_t *y, const ct_clas
         free(y);
         return st;
     }
-    ct_image_files *f = ct__data_malloc(sizeof *f);
+    ct_image_files *f = ct_malloc(sizeof *f);
     *f = (ct_image_files){.paths = paths->s, .channels = channels};
     copy_classes(&f->classes, classes);
     *ds = (ct_dataset){.n = paths->n, .sample_ndim = 3, .sample_shape = {channels, h, w},
@@ -295,7 +295,7 @@ ct_status ct_classes_from_list(const char *csv, ct_classes *out) {
     ct_classes c = {.numeric = s.numeric};
     if (s.numeric) {
         c.n = (int)s.max + 1;
-        c.names = ct__data_malloc((size_t)c.n * sizeof *c.names);
+        c.names = ct_malloc((size_t)c.n * sizeof *c.names);
         for (int i = 0; i < c.n; i++) {
             char buf[16];
             snprintf(buf, sizeof buf, "%d", i);

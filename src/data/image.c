@@ -27,7 +27,7 @@ static ct_status read_file(const char *path, uint8_t **buf, size_t *n) {
     FILE *f = fopen(path, "rb");
     if (!f) return ct_error(CT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     size_t cap = 1 << 16, len = 0;
-    uint8_t *b = ct__data_malloc(cap);
+    uint8_t *b = ct_malloc(cap);
     size_t got;
     while ((got = fread(b + len, 1, cap - len, f)) > 0) {
         len += got;
@@ -132,7 +132,7 @@ static ct_status decode_jpeg(const uint8_t *buf, size_t n, const char *name, int
     jpeg_start_decompress(&ci);
     int sc = ci.output_components;
     size_t row = (size_t)out->w * (size_t)sc;
-    rgb = ct__data_malloc(row * (size_t)out->h);
+    rgb = ct_malloc(row * (size_t)out->h);
     while (ci.output_scanline < ci.output_height) {
         JSAMPROW r = rgb + row * ci.output_scanline;
         jpeg_read_scanlines(&ci, &r, 1);
@@ -144,7 +144,7 @@ static ct_status decode_jpeg(const uint8_t *buf, size_t n, const char *name, int
         return ct_error(CT_ERR_FORMAT, "%s: cannot decode JPEG: the data ends early (truncated "
                         "file)", name);
     }
-    out->px = ct__data_malloc((size_t)(out->h * out->w) * (size_t)channels);
+    out->px = ct_malloc((size_t)(out->h * out->w) * (size_t)channels);
     convert(rgb, sc, out);
     free(rgb);
     return CT_OK;
@@ -190,10 +190,10 @@ static ct_status decode_png(const uint8_t *buf, size_t n, const char *name, int 
     size_t len;
     what = "image";
     if ((e = spng_decoded_image_size(ctx, fmt, &len))) goto fail;
-    raw = ct__data_malloc(len);
+    raw = ct_malloc(len);
     if ((e = spng_decode_image(ctx, raw, len, fmt, 0))) goto fail;
     spng_ctx_free(ctx);
-    out->px = ct__data_malloc((size_t)(out->h * out->w) * (size_t)channels);
+    out->px = ct_malloc((size_t)(out->h * out->w) * (size_t)channels);
     convert(raw, sc, out);
     free(raw);
     return CT_OK;

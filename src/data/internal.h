@@ -6,9 +6,6 @@
 
 #include "data.h"
 
-/* malloc that aborts on failure, like ct_alloc (data buffers are not tensor storage). */
-void *ct__data_malloc(size_t bytes);
-
 /* Opens path for reading through zlib, which reads gzip and plain files alike.
  * CT_ERR_IO naming the file and the system's reason if it cannot be opened. */
 ct_status ct__gz_open(const char *path, gzFile *out);

@@ -7,12 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-void *ct__data_malloc(size_t bytes) {
-    void *p = malloc(bytes ? bytes : 1);
-    CT_ASSERT(p, "data: out of memory allocating %zu bytes", bytes);
-    return p;
-}
-
 void ct_array_free(ct_array *a) {
     free(a->data);
     memset(a, 0, sizeof *a);
@@ -51,7 +45,7 @@ int64_t ct__gz_read(gzFile f, const char *path, void *buf, int64_t n) {
 ct_status ct__read_payload(gzFile f, const char *path, int64_t nbytes, void **out) {
     const int64_t first = (int64_t)1 << 26; /* 64 MiB: MNIST's train images fit at once */
     int64_t cap = nbytes < first ? nbytes : first;
-    char *buf = ct__data_malloc((size_t)cap);
+    char *buf = ct_malloc((size_t)cap);
     int64_t got = 0;
     for (;;) {
         int64_t r = ct__gz_read(f, path, buf + got, cap - got);
@@ -62,9 +56,7 @@ ct_status ct__read_payload(gzFile f, const char *path, int64_t nbytes, void **ou
         got += r;
         if (got < cap || cap == nbytes) break; /* end of file, or everything arrived */
         cap = cap > nbytes / 2 ? nbytes : 2 * cap;
-        char *nb = realloc(buf, (size_t)cap);
-        CT_ASSERT(nb, "data: out of memory allocating %lld bytes", (long long)cap);
-        buf = nb;
+        buf = ct_realloc(buf, (size_t)cap);
     }
     if (got < nbytes) {
         free(buf);

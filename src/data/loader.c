@@ -45,12 +45,12 @@ ct_status ct_loader_new(ct_loader **out, const ct_dataset *ds, const ct_loader_o
     if (aug && ds->sample_ndim != 2 && ds->sample_ndim != 3)
         return ct_error(CT_ERR_ARG, "loader: crop/flip augmentation needs [C, H, W] or [H, W] "
                         "samples, the data set's have %d dims", ds->sample_ndim);
-    ct_loader *l = ct__data_malloc(sizeof *l);
+    ct_loader *l = ct_malloc(sizeof *l);
     *l = (ct_loader){.ds = ds, .o = *o};
     ct_rng_seed(&l->rng, o->seed);
-    l->y = ct__data_malloc((size_t)o->batch_size * sizeof *l->y);
-    l->bidx = ct__data_malloc((size_t)o->batch_size * sizeof *l->bidx);
-    if (ds->files) l->pix = ct__data_malloc((size_t)ds->sample_numel);
+    l->y = ct_malloc((size_t)o->batch_size * sizeof *l->y);
+    l->bidx = ct_malloc((size_t)o->batch_size * sizeof *l->bidx);
+    if (ds->files) l->pix = ct_malloc((size_t)ds->sample_numel);
     int s = ds->sample_ndim;
     l->C = s == 3 ? ds->sample_shape[0] : 1;
     l->H = s >= 2 ? ds->sample_shape[s - 2] : 1;

@@ -175,7 +175,7 @@ static ct_status npy_parse(gzFile f, const char *path, ct_array *out) {
     if (major == 2) hlen |= (uint32_t)pre[10] << 16 | (uint32_t)pre[11] << 24;
     if (hlen > NPY_MAX_HEADER)
         return ct_error(CT_ERR_FORMAT, "%s: NPY header length %u is too large", path, hlen);
-    char *text = ct__data_malloc(hlen + 1);
+    char *text = ct_malloc(hlen + 1);
     got = ct__gz_read(f, path, text, hlen);
     if (got != (int64_t)hlen) {
         free(text);

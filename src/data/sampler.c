@@ -43,10 +43,10 @@ ct_status ct_sampler_new(ct_sampler **out, const ct_sampler_opts *opts) {
         return ct_error(CT_ERR_ARG, "sampler: unknown mode %d", (int)o->mode);
     if (o->mode == CT_SHARD_EXACT && o->shuffle)
         return ct_error(CT_ERR_ARG, "sampler: exact evaluation mode does not shuffle");
-    ct_sampler *s = ct__data_malloc(sizeof *s);
+    ct_sampler *s = ct_malloc(sizeof *s);
     *s = (ct_sampler){.o = *o, .size = ct_shard_size(o->n, o->world, o->rank, o->mode)};
-    s->perm = o->shuffle ? ct__data_malloc((size_t)o->n * sizeof *s->perm) : NULL;
-    s->out = ct__data_malloc((size_t)s->size * sizeof *s->out);
+    s->perm = o->shuffle ? ct_malloc((size_t)o->n * sizeof *s->perm) : NULL;
+    s->out = ct_malloc((size_t)s->size * sizeof *s->out);
     *out = s;
     return CT_OK;
 }

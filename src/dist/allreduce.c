@@ -82,8 +82,7 @@ static bool node_reached(const ct_allreduce *a, int which, int64_t n, int skip) 
  * store, each rank's part on its own pages from a 64-byte boundary (Open MPI does not align
  * the parts). Returns every rank's part (malloc'd array; free it). */
 static char **shared_alloc(ct_allreduce *a, size_t bytes, MPI_Win *win) {
-    char **parts = calloc((size_t)a->nsize, sizeof *parts);
-    CT_ASSERT(parts, "allreduce: out of memory");
+    char **parts = ct_calloc((size_t)a->nsize, sizeof *parts);
     MPI_Info info;
     MPI_Info_create(&info);
     MPI_Info_set(info, "alloc_shared_noncontig", "true");
@@ -108,8 +107,7 @@ static char **shared_alloc(ct_allreduce *a, size_t bytes, MPI_Win *win) {
 }
 
 ct_allreduce *ct_allreduce_new(const ct_dist *d, bool shm) {
-    ct_allreduce *a = calloc(1, sizeof *a);
-    CT_ASSERT(a, "allreduce: out of memory");
+    ct_allreduce *a = ct_calloc(1, sizeof *a);
     a->world = d->size;
     a->scale = 1.0f / (float)d->size;
     CT_CHECK_MPI(MPI_Comm_dup(shm ? d->local : MPI_COMM_SELF, &a->node));
@@ -118,9 +116,8 @@ ct_allreduce *ct_allreduce_new(const ct_dist *d, bool shm) {
     CT_CHECK_MPI(MPI_Comm_split(d->world, a->nrank == 0 ? 0 : MPI_UNDEFINED, d->rank, &a->leaders));
     if (a->nrank == 0) MPI_Comm_size(a->leaders, &a->nnodes);
     CT_CHECK_MPI(MPI_Bcast(&a->nnodes, 1, MPI_INT, 0, a->node));
-    a->buf = calloc((size_t)a->nsize, sizeof *a->buf);
-    a->ctr = calloc((size_t)a->nsize, sizeof *a->ctr);
-    CT_ASSERT(a->buf && a->ctr, "allreduce: out of memory");
+    a->buf = ct_calloc((size_t)a->nsize, sizeof *a->buf);
+    a->ctr = ct_calloc((size_t)a->nsize, sizeof *a->ctr);
     if (a->nsize == 1) {
         a->ctr[0] = &a->own;
     } else {
@@ -165,8 +162,7 @@ float *ct_allreduce_resize(ct_allreduce *a, int64_t numel) {
     release_buffer(a);
     size_t bytes = ((size_t)numel * sizeof(float) + 63) / 64 * 64;
     if (a->nsize == 1) {
-        a->priv = aligned_alloc(64, bytes ? bytes : 64);
-        CT_ASSERT(a->priv, "allreduce: out of memory for %lld gradients", (long long)numel);
+        a->priv = ct_aligned_malloc(64, bytes ? bytes : 64);
         a->buf[0] = a->priv;
     } else {
         char **parts = shared_alloc(a, bytes, &a->data);
@@ -181,9 +177,8 @@ void ct_allreduce_start(ct_allreduce *a, int64_t begin, int64_t end) {
     if (a->world == 1) return;
     if (a->nr == a->cap) {
         a->cap = a->cap ? 2 * a->cap : 16;
-        a->r = realloc(a->r, (size_t)a->cap * sizeof *a->r);
-        a->req = realloc(a->req, (size_t)a->cap * sizeof *a->req);
-        CT_ASSERT(a->r && a->req, "allreduce: out of memory");
+        a->r = ct_realloc(a->r, (size_t)a->cap * sizeof *a->r);
+        a->req = ct_realloc(a->req, (size_t)a->cap * sizeof *a->req);
     }
     a->r[a->nr] = (range){begin, end};
     a->req[a->nr] = MPI_REQUEST_NULL;

@@ -62,7 +62,7 @@ void ct_dist_print_bindings(const ct_dist *d, const ct_binding *b) {
     snprintf(line, sizeof line, "rank %d/%d host %s cores %s (%d) threads %d%s", d->rank, d->size,
              d->host, b->cpus, b->cores, b->threads,
              b->bound_by_us ? "" : " (binding from the launcher or none)");
-    char *all = d->rank == 0 ? malloc(sizeof line * (size_t)d->size) : NULL;
+    char *all = d->rank == 0 ? ct_malloc(sizeof line * (size_t)d->size) : NULL;
     CT_CHECK_MPI(MPI_Gather(line, sizeof line, MPI_CHAR, all, sizeof line, MPI_CHAR, 0, d->world));
     if (d->rank == 0) {
         for (int r = 0; r < d->size; r++) fprintf(stderr, "ctrain: %s\n", all + (size_t)r * sizeof line);

@@ -37,11 +37,9 @@ ct_status ct_dist_cache_features(const ct_dist *d, ct_module *m, int prefix, con
     if ((double)in->n * (double)fnumel > (double)INT_MAX)
         return ct_error(CT_ERR_ARG, "feature cache: %lld samples x %lld features exceed one MPI message",
                         (long long)in->n, (long long)fnumel);
-    int *counts = malloc((size_t)d->size * sizeof *counts), *displs = malloc((size_t)d->size * sizeof *displs);
-    float *all = malloc((size_t)in->n * (size_t)fnumel * sizeof(float) + 64);
-    int64_t *y = malloc((size_t)in->n * sizeof *y + 8);
-    CT_ASSERT(counts && displs && all && y, "feature cache: out of memory for %lld x %lld floats",
-              (long long)in->n, (long long)fnumel);
+    int *counts = ct_malloc((size_t)d->size * sizeof *counts), *displs = ct_malloc((size_t)d->size * sizeof *displs);
+    float *all = ct_malloc((size_t)in->n * (size_t)fnumel * sizeof(float) + 64);
+    int64_t *y = ct_malloc((size_t)in->n * sizeof *y + 8);
     int64_t off = 0;
     for (int r = 0; r < d->size; r++) {
         int64_t c = ct_shard_size(in->n, d->size, r, CT_SHARD_EXACT);
@@ -72,14 +70,13 @@ ct_status ct_dist_cache_features(const ct_dist *d, ct_module *m, int prefix, con
     /* Every rank joins the gather even after a local failure (so none is left waiting);
      * the verdict is agreed on afterwards. */
     CT_CHECK_MPI(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, all, counts, displs, MPI_FLOAT, d->world));
-    int bad = st != CT_OK;
-    CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, d->world));
+    st = ct_dist_agree(d, st, NULL);
     free(counts);
     free(displs);
-    if (bad) {
+    if (st != CT_OK) {
         free(all);
         free(y);
-        return st != CT_OK ? st : ct_error(CT_ERR_MPI, "feature cache: another rank failed");
+        return st;
     }
     memcpy(y, in->y, (size_t)in->n * sizeof *y);
     out->n = in->n;

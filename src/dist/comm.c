@@ -1,5 +1,8 @@
-/* MPI set-up and tear-down, and the abort hook that makes one rank's fatal error end the
- * whole job instead of leaving the others blocked in a collective. */
+/* MPI set-up and tear-down, the abort hook that makes one rank's fatal error end the
+ * whole job instead of leaving the others blocked in a collective, and the few collectives
+ * the layers above use (agreement on a status, broadcast, sum), so they make no MPI calls
+ * of their own. */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,4 +88,33 @@ void ct_dist_finalize(ct_dist *d) {
     int fin = 0;
     MPI_Finalized(&fin);
     if (!fin) MPI_Finalize();
+}
+
+/* ---- agreement, broadcast, sum ---------------------------------------------------------- */
+
+ct_status ct_dist_agree(const ct_dist *d, ct_status st, int *failed_rank) {
+    int first = st != CT_OK ? d->rank : d->size;
+    CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, d->world));
+    if (failed_rank) *failed_rank = first < d->size ? first : -1;
+    if (first == d->size) return CT_OK;
+    /* The failing rank's status and message go to every rank, so all report one reason. */
+    struct {
+        int st;
+        char msg[CT_ERROR_MSG_SIZE];
+    } why = {0};
+    if (d->rank == first) {
+        why.st = (int)st;
+        snprintf(why.msg, sizeof why.msg, "%s", ct_last_error());
+    }
+    CT_CHECK_MPI(MPI_Bcast(&why, (int)sizeof why, MPI_BYTE, first, d->world));
+    return ct_error((ct_status)why.st, "%s", why.msg);
+}
+
+void ct_dist_bcast(const ct_dist *d, void *buf, size_t bytes, int root) {
+    CT_ASSERT(bytes <= INT_MAX, "ct_dist_bcast: %zu bytes is more than one call sends", bytes);
+    CT_CHECK_MPI(MPI_Bcast(buf, (int)bytes, MPI_BYTE, root, d->world));
+}
+
+void ct_dist_sum(const ct_dist *d, double *x, int n) {
+    CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_DOUBLE, MPI_SUM, d->world));
 }

@@ -49,8 +49,7 @@ ct_ddp_config ct_ddp_defaults(void) {
 
 static void describe(ct_module *m, char **out, int *len) {
     size_t cap = 256, n = 0;
-    char *s = malloc(cap);
-    CT_ASSERT(s, "ddp: out of memory");
+    char *s = ct_malloc(cap);
     s[0] = 0;
     for (int pass = 0; pass < 2; pass++) {
         ct_named l = pass ? ct_module_buffers(m) : ct_module_params(m, false);
@@ -61,8 +60,7 @@ static void describe(ct_module *m, char **out, int *len) {
                              pass ? "" : l.tensors[i]->requires_grad ? "requires_grad=true" : "requires_grad=false");
             while (n + (size_t)k + 1 > cap) {
                 cap *= 2;
-                s = realloc(s, cap);
-                CT_ASSERT(s, "ddp: out of memory");
+                s = ct_realloc(s, cap);
             }
             memcpy(s + n, line, (size_t)k + 1);
             n += (size_t)k;
@@ -99,26 +97,16 @@ static ct_status check_same_model(const ct_dist *d, ct_module *m) {
     describe(m, &mine, &len);
     int rlen = len;
     CT_CHECK_MPI(MPI_Bcast(&rlen, 1, MPI_INT, 0, d->world));
-    char *ref = malloc((size_t)rlen);
-    CT_ASSERT(ref, "ddp: out of memory");
+    char *ref = ct_malloc((size_t)rlen);
     if (d->rank == 0) memcpy(ref, mine, (size_t)len);
     CT_CHECK_MPI(MPI_Bcast(ref, rlen, MPI_CHAR, 0, d->world));
     char ref_line[512], my_line[512];
     int diff = first_diff(ref, mine, ref_line, my_line, sizeof ref_line);
-    /* Everyone learns the lowest rank that differs, so every rank fails the same way. */
-    int bad_rank = diff >= 0 ? d->rank : d->size;
-    CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &bad_rank, 1, MPI_INT, MPI_MIN, d->world));
-    ct_status st = CT_OK;
-    if (bad_rank < d->size) {
-        /* The differing rank shares its view so every rank can print the same message. */
-        char msg[1200];
-        if (d->rank == bad_rank)
-            snprintf(msg, sizeof msg,
-                     "model differs across ranks: entry %d is '%s' on rank 0 but '%s' on rank %d",
-                     diff + 1, ref_line, my_line, bad_rank);
-        CT_CHECK_MPI(MPI_Bcast(msg, sizeof msg, MPI_CHAR, bad_rank, d->world));
-        st = ct_error(CT_ERR_MPI, "%s", msg);
-    }
+    /* Everyone gets the lowest differing rank's view, so every rank fails the same way. */
+    ct_status st = diff < 0 ? CT_OK
+                   : ct_error(CT_ERR_MPI, "model differs across ranks: entry %d is '%s' on "
+                              "rank 0 but '%s' on rank %d", diff + 1, ref_line, my_line, d->rank);
+    st = ct_dist_agree(d, st, NULL);
     free(ref);
     free(mine);
     return st;
@@ -184,8 +172,7 @@ static void build_plan(ct_ddp *p, uint64_t sig) {
         if (ps->tensors[i]->requires_grad) total += ps->tensors[i]->numel;
     p->slab = ct_allreduce_resize(p->ar, total);
     p->slab_numel = total;
-    p->buckets = calloc((size_t)ps->n + 1, sizeof *p->buckets);
-    CT_ASSERT(p->buckets, "ddp: out of memory");
+    p->buckets = ct_calloc((size_t)ps->n + 1, sizeof *p->buckets);
     /* Offsets in registration order; buckets filled walking backwards from the end. */
     int64_t off = total;
     bucket *cur = NULL;
@@ -224,8 +211,7 @@ ct_status ct_ddp_new(ct_module *m, const ct_dist *d, const ct_ddp_config *cfg, c
     *out = NULL;
     ct_status st = check_same_model(d, m);
     if (st != CT_OK) return st;
-    ct_ddp *p = calloc(1, sizeof *p);
-    CT_ASSERT(p, "ddp: out of memory");
+    ct_ddp *p = ct_calloc(1, sizeof *p);
     p->m = m;
     p->d = d;
     p->cfg = cfg ? *cfg : ct_ddp_defaults();
@@ -233,8 +219,7 @@ ct_status ct_ddp_new(ct_module *m, const ct_dist *d, const ct_ddp_config *cfg, c
     if (!p->cfg.first_bucket_bytes) p->cfg.first_bucket_bytes = p->cfg.bucket_bytes;
     p->sync = true;
     p->params = ct_module_params(m, false);
-    p->slots = calloc((size_t)p->params.n + 1, sizeof *p->slots);
-    CT_ASSERT(p->slots, "ddp: out of memory");
+    p->slots = ct_calloc((size_t)p->params.n + 1, sizeof *p->slots);
     p->ar = ct_allreduce_new(d, !p->cfg.mpi_only);
     ct_dist_broadcast_module(d, m, 0);
     *out = p;

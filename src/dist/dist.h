@@ -27,6 +27,16 @@ ct_status ct_dist_from_comm(MPI_Comm comm, ct_dist *d);
 void ct_dist_free(ct_dist *d);
 /* ct_dist_free plus MPI_Finalize. */
 void ct_dist_finalize(ct_dist *d);
+/* Collective over d: CT_OK on every rank if st is CT_OK on every rank. Otherwise every rank
+ * returns the status of the lowest failing rank, whose ct_last_error() message becomes every
+ * rank's message, so all ranks report the same reason; *failed_rank (may be NULL) gets that
+ * rank, or -1 when none failed. The one way ranks agree on "did anyone fail, and who". */
+ct_status ct_dist_agree(const ct_dist *d, ct_status st, int *failed_rank);
+/* MPI_Bcast of bytes bytes (at most INT_MAX) from root over d. */
+void ct_dist_bcast(const ct_dist *d, void *buf, size_t bytes, int root);
+/* Sums x[0..n) over the ranks of d, in place. */
+void ct_dist_sum(const ct_dist *d, double *x, int n);
+
 /* Ends the whole job: prints "rank R: msg" and calls MPI_Abort(code). */
 _Noreturn void ct_dist_abort(const ct_dist *d, int code, const char *msg);
 
@@ -122,12 +132,7 @@ int64_t ct_dist_cache_numel(ct_module *m, int prefix, const ct_dataset *in);
 ct_status ct_dist_cache_features(const ct_dist *d, ct_module *m, int prefix, const ct_dataset *in,
                                  const ct_loader_opts *opts, ct_dataset *out);
 
-/* ---- agreement and sweeps ------------------------------------------------------------------ */
-
-/* Collective over d: CT_OK on every rank if st is CT_OK on every rank. Otherwise every rank
- * returns the status of the lowest failing rank and its ct_last_error() message becomes
- * that rank's message, so all ranks report the same reason. */
-ct_status ct_dist_agree(const ct_dist *d, ct_status st);
+/* ---- sweeps --------------------------------------------------------------------------------- */
 
 /* A sweep splits the world into groups of group_size consecutive ranks (the last may be
  * smaller), and the groups take jobs 0..njobs-1 from one queue: each job goes to exactly one

@@ -23,8 +23,7 @@ ct_status ct_dist_evaluate_from(const ct_dist *d, ct_module *m, int first, const
     if (st == CT_OK) {
         ct_loader_start(l, ct_sampler_epoch(s, 0), ct_sampler_size(s));
         int64_t nb = ct_loader_num_batches(l);
-        int64_t *pred = malloc((size_t)lo.batch_size * sizeof *pred);
-        CT_ASSERT(pred, "evaluate: out of memory");
+        int64_t *pred = ct_malloc((size_t)lo.batch_size * sizeof *pred);
         int nlayers = ct_seq_num_layers(m);
         CT_EVALUATE(m) {
             for (int64_t i = 0; i < nb; i++) CT_SCOPE {
@@ -43,13 +42,11 @@ ct_status ct_dist_evaluate_from(const ct_dist *d, ct_module *m, int first, const
     }
     ct_loader_free(l);
     ct_sampler_free(s);
-    /* Every rank reaches this one collective, even one whose set-up failed, so a local
-     * error cannot leave the others waiting; a negative count marks the failure. */
-    if (st != CT_OK) sums[2] = -1e18;
-    CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_DOUBLE, MPI_SUM, d->world));
-    if (st == CT_OK && sums[2] < 0)
-        st = ct_error(CT_ERR_MPI, "evaluate: another rank failed to set up its shard");
+    /* Every rank reaches the agreement, even one whose set-up failed, so a local error
+     * cannot leave the others waiting; then all sum, or all return the same error. */
+    st = ct_dist_agree(d, st, NULL);
     if (st != CT_OK) return st;
+    ct_dist_sum(d, sums, 3);
     out->samples = (int64_t)sums[2];
     out->loss = sums[2] > 0 ? sums[0] / sums[2] : 0;
     out->accuracy = sums[2] > 0 ? sums[1] / sums[2] : 0;

@@ -1,5 +1,5 @@
-/* Sweeps: groups of ranks taking jobs from one shared queue, and the agreement helper that
- * lets a group turn one rank's failure into the same failed result on all of its ranks.
+/* Sweeps: groups of ranks taking jobs from one shared queue (a group turns one rank's
+ * failure into the same failed result on all of its ranks with ct_dist_agree).
  *
  * Why a one-sided counter and not a master loop: every rank evaluates (a master that only
  * hands out jobs would idle a rank, half the machine at -np 2), and a master that also
@@ -13,22 +13,6 @@
 #include <string.h>
 
 #include "dist.h"
-
-ct_status ct_dist_agree(const ct_dist *d, ct_status st) {
-    int first = st != CT_OK ? d->rank : d->size;
-    CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, d->world));
-    if (first == d->size) return CT_OK;
-    struct {
-        int st;
-        char msg[1024];
-    } why = {0};
-    if (d->rank == first) {
-        why.st = (int)st;
-        snprintf(why.msg, sizeof why.msg, "%s", ct_last_error());
-    }
-    CT_CHECK_MPI(MPI_Bcast(&why, (int)sizeof why, MPI_BYTE, first, d->world));
-    return ct_error((ct_status)why.st, "%s", why.msg);
-}
 
 ct_status ct_sweep_open(const ct_dist *world, int group_size, int64_t njobs, ct_sweep *s) {
     memset(s, 0, sizeof *s);
@@ -52,8 +36,9 @@ ct_status ct_sweep_open(const ct_dist *world, int group_size, int64_t njobs, ct_
     int rc = MPI_Win_allocate(world->rank == 0 ? (MPI_Aint)sizeof(int64_t) : 0,
                               (int)sizeof(int64_t), MPI_INFO_NULL, world->world, &counter,
                               &s->win);
-    int ok = rc == MPI_SUCCESS, all_ok = ok;
-    CT_CHECK_MPI(MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, world->world));
+    int all_ok = ct_dist_agree(world, rc == MPI_SUCCESS ? CT_OK
+                                      : ct_error(CT_ERR_MPI, "MPI_Win_allocate failed"),
+                               NULL) == CT_OK;
     /* A window made on some ranks only cannot be freed (the free is collective); it is
      * left to MPI_Finalize. */
     s->have_win = all_ok;
@@ -96,9 +81,8 @@ void ct_sweep_gather(ct_sweep *s, const void *recs, int n, size_t rec_size, void
     MPI_Datatype rec;
     CT_CHECK_MPI(MPI_Type_contiguous((int)rec_size, MPI_BYTE, &rec));
     CT_CHECK_MPI(MPI_Type_commit(&rec));
-    int *counts = rank == 0 ? calloc((size_t)size, sizeof *counts) : NULL;
-    int *displs = rank == 0 ? calloc((size_t)size, sizeof *displs) : NULL;
-    CT_ASSERT(rank != 0 || (counts && displs), "sweep gather: out of memory");
+    int *counts = rank == 0 ? ct_calloc((size_t)size, sizeof *counts) : NULL;
+    int *displs = rank == 0 ? ct_calloc((size_t)size, sizeof *displs) : NULL;
     CT_CHECK_MPI(MPI_Gather(&n, 1, MPI_INT, counts, 1, MPI_INT, 0, s->world));
     int total = 0;
     for (int r = 0; rank == 0 && r < size; r++) {
@@ -107,8 +91,7 @@ void ct_sweep_gather(ct_sweep *s, const void *recs, int n, size_t rec_size, void
     }
     void *buf = NULL;
     if (rank == 0) {
-        buf = malloc(total ? (size_t)total * rec_size : 1);
-        CT_ASSERT(buf, "sweep gather: out of memory for %d records", total);
+        buf = ct_malloc(total ? (size_t)total * rec_size : 1);
     }
     CT_CHECK_MPI(MPI_Gatherv(recs, n, rec, buf, counts, displs, rec, 0, s->world));
     MPI_Type_free(&rec);

@@ -21,14 +21,12 @@ typedef struct {
 static ct_st_entry *push(entries *l, const char *name) {
     if (l->n == l->cap) {
         l->cap = l->cap ? 2 * l->cap : 64;
-        l->e = realloc(l->e, (size_t)l->cap * sizeof *l->e);
-        l->names = realloc(l->names, (size_t)l->cap * sizeof *l->names);
-        l->owned = realloc(l->owned, (size_t)l->cap * sizeof *l->owned);
-        CT_ASSERT(l->e && l->names && l->owned, "checkpoint: out of memory");
+        l->e = ct_realloc(l->e, (size_t)l->cap * sizeof *l->e);
+        l->names = ct_realloc(l->names, (size_t)l->cap * sizeof *l->names);
+        l->owned = ct_realloc(l->owned, (size_t)l->cap * sizeof *l->owned);
     }
-    l->names[l->n] = strdup(name);
+    l->names[l->n] = ct_strdup(name);
     l->owned[l->n] = NULL;
-    CT_ASSERT(l->names[l->n], "checkpoint: out of memory");
     ct_st_entry *e = &l->e[l->n++];
     memset(e, 0, sizeof *e);
     e->name = l->names[l->n - 1];
@@ -36,8 +34,7 @@ static ct_st_entry *push(entries *l, const char *name) {
 }
 
 static void *own_copy(entries *l, const void *src, size_t bytes) {
-    void *p = malloc(bytes);
-    CT_ASSERT(p, "checkpoint: out of memory");
+    void *p = ct_malloc(bytes);
     memcpy(p, src, bytes);
     l->owned[l->n - 1] = p;
     return p;
@@ -123,8 +120,7 @@ static void report(char **r, size_t *len, const char *fmt, const char *a, const 
                    const char *c) {
     char line[700];
     int k = snprintf(line, sizeof line, fmt, a, b, c);
-    *r = realloc(*r, *len + (size_t)k + 3);
-    CT_ASSERT(*r, "checkpoint: out of memory");
+    *r = ct_realloc(*r, *len + (size_t)k + 3);
     if (*len) memcpy(*r + *len, "; ", 2), *len += 2;
     memcpy(*r + *len, line, (size_t)k + 1);
     *len += (size_t)k;
@@ -159,8 +155,7 @@ ct_status ct_ckpt_load_model_except(const ct_st_file *f, ct_module *m, bool stri
     char *rep = NULL;
     size_t len = 0;
     int errors = 0;
-    bool *used = calloc((size_t)ct_st_count(f) + 1, 1);
-    CT_ASSERT(used, "checkpoint: out of memory");
+    bool *used = ct_calloc((size_t)ct_st_count(f) + 1, 1);
     /* First pass: check everything, so the report lists every mismatch at once. */
     for (int i = 0; i < want.n; i++) {
         const ct_st_entry *w = &want.e[i];

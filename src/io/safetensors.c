@@ -115,8 +115,7 @@ static ct_status check_entries(const char *path, const ct_st_entry *entries, int
         if (!meta[i].key || !meta[i].value)
             return ct_error(CT_ERR_ARG, "%s: metadata item %d has a NULL key or value", path, i);
 
-    const char **names = malloc(sizeof *names * (size_t)(n > nmeta ? n : nmeta) + 1);
-    if (!names) return ct_error(CT_ERR_IO, "%s: out of memory", path);
+    const char **names = ct_malloc(sizeof *names * (size_t)(n > nmeta ? n : nmeta) + 1);
     for (int i = 0; i < n; i++) names[i] = entries[i].name;
     const char *dup = find_duplicate(names, n);
     ct_status st = CT_OK;
@@ -185,13 +184,8 @@ ct_status ct_st_save(const char *path, const ct_st_entry *entries, int n, const 
                      int nmeta) {
     ct_status st = check_entries(path, entries, n, meta, nmeta);
     if (st) return st;
-    int *layout = malloc(sizeof *layout * (size_t)n + 1);
-    uint64_t *begin = malloc(sizeof *begin * (size_t)n + 1);
-    if (!layout || !begin) {
-        free(layout);
-        free(begin);
-        return ct_error(CT_ERR_IO, "%s: out of memory", path);
-    }
+    int *layout = ct_malloc(sizeof *layout * (size_t)n + 1);
+    uint64_t *begin = ct_malloc(sizeof *begin * (size_t)n + 1);
     data_layout(entries, n, layout);
     uint64_t off = 0;
     for (int k = 0; k < n; k++) {
@@ -365,16 +359,12 @@ static int cmp_name(const void *a, const void *b, void *entries) {
 static ct_status index_header(ct_st_file *f, uint64_t data_size) {
     const char *path = f->path;
     size_t nkeys = json_object_size(f->root);
-    f->entries = calloc(nkeys + 1, sizeof *f->entries);
-    f->copies = calloc(nkeys + 1, sizeof *f->copies);
-    f->by_name = calloc(nkeys + 1, sizeof *f->by_name);
-    uint64_t *begin = calloc(nkeys + 1, sizeof *begin), *end = calloc(nkeys + 1, sizeof *end);
-    int *order = calloc(nkeys + 1, sizeof *order);
+    f->entries = ct_calloc(nkeys + 1, sizeof *f->entries);
+    f->copies = ct_calloc(nkeys + 1, sizeof *f->copies);
+    f->by_name = ct_calloc(nkeys + 1, sizeof *f->by_name);
+    uint64_t *begin = ct_calloc(nkeys + 1, sizeof *begin), *end = ct_calloc(nkeys + 1, sizeof *end);
+    int *order = ct_calloc(nkeys + 1, sizeof *order);
     ct_status st = CT_OK;
-    if (!f->entries || !f->copies || !f->by_name || !begin || !end || !order) {
-        st = ct_error(CT_ERR_IO, "%s: out of memory", path);
-        goto done;
-    }
 
     const char *key;
     json_t *v;
@@ -384,11 +374,7 @@ static ct_status index_header(ct_st_file *f, uint64_t data_size) {
                 st = ct_error(CT_ERR_FORMAT, "%s: __metadata__ is not a JSON object", path);
                 goto done;
             }
-            f->meta = calloc(json_object_size(v) + 1, sizeof *f->meta);
-            if (!f->meta) {
-                st = ct_error(CT_ERR_IO, "%s: out of memory", path);
-                goto done;
-            }
+            f->meta = ct_calloc(json_object_size(v) + 1, sizeof *f->meta);
             const char *mk;
             json_t *mv;
             json_object_foreach(v, mk, mv) {
@@ -440,11 +426,7 @@ static ct_status index_header(ct_st_file *f, uint64_t data_size) {
         e->data = f->data + begin[i];
         if (begin[i] % es != 0 && nb > 0) {
             /* the data section is 64-byte aligned, so only an odd offset needs a copy */
-            f->copies[i] = malloc(nb);
-            if (!f->copies[i]) {
-                st = ct_error(CT_ERR_IO, "%s: out of memory", path);
-                goto done;
-            }
+            f->copies[i] = ct_malloc(nb);
             memcpy(f->copies[i], e->data, nb);
             e->data = f->copies[i];
         }
@@ -484,9 +466,7 @@ static ct_status load_into(ct_st_file *f, FILE *fp) {
         return ct_error(CT_ERR_FORMAT, "%s: header length %llu exceeds the file size (%llu bytes)",
                         path, (unsigned long long)hlen, (unsigned long long)size);
 
-    char *header = malloc(hlen + 1);
-    if (!header) return ct_error(CT_ERR_IO, "%s: out of memory for a %llu-byte header", path,
-                                 (unsigned long long)hlen);
+    char *header = ct_malloc(hlen + 1);
     st = read_exact(fp, header, hlen, path, "header");
     if (!st) {
         json_error_t err;
@@ -503,10 +483,7 @@ static ct_status load_into(ct_st_file *f, FILE *fp) {
     uint64_t data_size = size - 8 - hlen;
     if (data_size > SIZE_MAX - 64) return ct_error(CT_ERR_IO, "%s: data section too large", path);
     /* 64-byte aligned so that aligned offsets give aligned tensor pointers */
-    f->data = aligned_alloc(64, (data_size + 63) / 64 * 64 + 64);
-    if (!f->data)
-        return ct_error(CT_ERR_IO, "%s: out of memory for %llu bytes of data", path,
-                        (unsigned long long)data_size);
+    f->data = ct_aligned_malloc(64, (data_size + 63) / 64 * 64 + 64);
     st = read_exact(fp, f->data, data_size, path, "data section");
     if (st) return st;
     return index_header(f, data_size);
@@ -517,12 +494,8 @@ ct_status ct_st_load(const char *path, ct_st_file **out) {
     FILE *fp = NULL;
     ct_status st = ct_fopen_regular(path, &fp);
     if (st != CT_OK) return st;
-    ct_st_file *f = calloc(1, sizeof *f);
-    if (!f || !(f->path = strdup(path))) {
-        free(f);
-        fclose(fp);
-        return ct_error(CT_ERR_IO, "%s: out of memory", path);
-    }
+    ct_st_file *f = ct_calloc(1, sizeof *f);
+    f->path = ct_strdup(path);
     st = load_into(f, fp);
     fclose(fp);
     if (st) {

@@ -63,8 +63,7 @@ static int64_t prod(int nd, const int64_t *s) {
 
 ct_status ct_nn_from_spec(const char *spec, int ndim, const int64_t *in_shape, float dropout,
                           ct_rng *rng, ct_module **out) {
-    char *buf = strdup(spec);
-    CT_ASSERT(buf, "nn: out of memory");
+    char *buf = ct_strdup(spec);
     int nd = ndim;
     int64_t sh[CT_MAX_DIMS];
     memcpy(sh, in_shape, (size_t)ndim * sizeof *sh);

@@ -7,18 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void *xrealloc(void *p, size_t n) {
-    p = realloc(p, n);
-    CT_ASSERT(p || n == 0, "nn: out of memory");
-    return p;
-}
-
-static char *xstrdup(const char *s) {
-    char *d = strdup(s);
-    CT_ASSERT(d, "nn: out of memory");
-    return d;
-}
-
 /* ---- Sequential ------------------------------------------------------------------------ */
 
 static ct_tensor *sequential_forward(ct_module *m, ct_tensor *x);
@@ -83,8 +71,7 @@ static ct_tensor *sequential_forward(ct_module *m, ct_tensor *x) {
 ct_module *ct_module_new(size_t size, const ct_module_ops *ops) {
     CT_ASSERT(size >= sizeof(ct_module) && ops && ops->type && ops->forward,
               "module_new: needs a size >= sizeof(ct_module) and ops with a type and a forward");
-    ct_module *m = calloc(1, size);
-    CT_ASSERT(m, "nn: out of memory");
+    ct_module *m = ct_calloc(1, size);
     m->ops = ops;
     m->training = true;
     return m;
@@ -110,10 +97,10 @@ ct_module *ct_module_add_child(ct_module *m, const char *name, ct_module *child)
         CT_ASSERT(strcmp(m->child_names[i], name) != 0, "%s: duplicate child name '%s'",
                   ct_module_type(m), name);
     int n = m->nchildren + 1;
-    m->children = xrealloc(m->children, (size_t)n * sizeof *m->children);
-    m->child_names = xrealloc(m->child_names, (size_t)n * sizeof *m->child_names);
+    m->children = ct_realloc(m->children, (size_t)n * sizeof *m->children);
+    m->child_names = ct_realloc(m->child_names, (size_t)n * sizeof *m->child_names);
     m->children[n - 1] = child;
-    m->child_names[n - 1] = xstrdup(name);
+    m->child_names[n - 1] = ct_strdup(name);
     m->nchildren = n;
     ct_module_train(child, m->training);
     return child;
@@ -163,12 +150,11 @@ typedef enum { WALK_PARAMS, WALK_TRAINABLE, WALK_BUFFERS, WALK_MODULES } walk_ki
 static void named_push(ct_named *l, const char *prefix, const char *name, ct_tensor *t,
                        ct_module *owner) {
     size_t len = strlen(prefix) + strlen(name) + 2;
-    char *full = malloc(len);
-    CT_ASSERT(full, "nn: out of memory");
+    char *full = ct_malloc(len);
     snprintf(full, len, "%s%s%s", prefix, *prefix && *name ? "." : "", name);
-    l->names = xrealloc(l->names, (size_t)(l->n + 1) * sizeof *l->names);
-    l->tensors = xrealloc(l->tensors, (size_t)(l->n + 1) * sizeof *l->tensors);
-    l->owners = xrealloc(l->owners, (size_t)(l->n + 1) * sizeof *l->owners);
+    l->names = ct_realloc(l->names, (size_t)(l->n + 1) * sizeof *l->names);
+    l->tensors = ct_realloc(l->tensors, (size_t)(l->n + 1) * sizeof *l->tensors);
+    l->owners = ct_realloc(l->owners, (size_t)(l->n + 1) * sizeof *l->owners);
     l->names[l->n] = full;
     l->tensors[l->n] = t;
     l->owners[l->n] = owner;
@@ -186,8 +172,7 @@ static void walk(ct_module *m, const char *prefix, walk_kind kind, ct_named *out
             named_push(out, prefix, m->buffer_names[i], m->buffers[i], m);
     for (int i = 0; i < m->nchildren; i++) {
         size_t len = strlen(prefix) + strlen(m->child_names[i]) + 2;
-        char *p = malloc(len);
-        CT_ASSERT(p, "nn: out of memory");
+        char *p = ct_malloc(len);
         snprintf(p, len, "%s%s%s", prefix, *prefix ? "." : "", m->child_names[i]);
         walk(m->children[i], p, kind, out);
         free(p);
@@ -247,8 +232,7 @@ void ct_module_train(ct_module *m, bool on) {
 ct_eval_state ct_eval_enter(ct_module *m) {
     ct_named mods = ct_module_modules(m);
     ct_eval_state s = {.grad = ct_set_grad_enabled(false), .n = mods.n};
-    s.modes = malloc((size_t)mods.n * sizeof *s.modes);
-    CT_ASSERT(s.modes, "nn: out of memory");
+    s.modes = ct_malloc((size_t)mods.n * sizeof *s.modes);
     for (int i = 0; i < mods.n; i++) s.modes[i] = mods.owners[i]->training;
     ct_named_free(&mods);
     ct_module_train(m, false);
@@ -304,8 +288,7 @@ void ct_module_pack(ct_module *m) {
     ct_named l = ct_module_params(m, false);
     /* Back to back, no padding: the optimizer fuses adjacent parameters into one loop. */
     size_t total = (size_t)ct_named_numel(&l);
-    m->slab = aligned_alloc(64, ((total + 15) / 16 * 16 + 16) * sizeof(float));
-    CT_ASSERT(m->slab, "pack: out of memory for %zu parameters", total);
+    m->slab = ct_aligned_malloc(64, ((total + 15) / 16 * 16 + 16) * sizeof(float));
     m->slab_floats = total;
     size_t off = 0;
     for (int i = 0; i < l.n; i++) {

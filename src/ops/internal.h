@@ -27,23 +27,59 @@ float ct__maxf(const float *x, int64_t n);
 /* y += a * x over n floats (reduce.c). */
 void ct__axpy(float *restrict y, const float *restrict x, float a, int64_t n);
 
-/* CT_VFOR(i, n, body...) runs body for i in [0, n) in a form GCC vectorises at -O2. GCC
- * 12's -O2 cost model ("very cheap") only vectorises a loop whose vector code replaces it
- * entirely, so a plain loop of unknown length stays scalar; fixed blocks of 8 plus a
- * scalar tail are vectorised. Without a runtime alias check (also not allowed at -O2) the
- * stores must be provably independent of the loads: put the loop in a small kernel whose
- * pointers are `restrict` PARAMETERS (GCC ignores restrict on local pointers here), and
- * make loads unconditional (hoist them into locals before a ?:). */
-#define CT_VFOR(i, n, ...)                                                                \
-    do {                                                                                  \
-        int64_t ct__vn = (n), ct__vm = ct__vn & ~(int64_t)7;                              \
-        for (int64_t ct__vb = 0; ct__vb < ct__vm; ct__vb += 8)                            \
-            for (int64_t i = ct__vb; i < ct__vb + 8; i++) {                               \
-                __VA_ARGS__;                                                              \
-            }                                                                             \
-        for (int64_t i = ct__vm; i < ct__vn; i++) {                                       \
-            __VA_ARGS__;                                                                  \
-        }                                                                                 \
+/* The one vectorisation idiom, for float sums whose order is part of the result: the lanes
+ * fix the order (the compiler may not reassociate a float sum, so a single running sum
+ * would stay scalar). Loops whose order does not matter (elementwise passes) are plain
+ * loops, which the build's dynamic cost model vectorises. */
+
+/* Sums EXPR over k in [b, e) for a contiguous run: eight float lanes let the compiler
+ * vectorise without reassociating, and each 256-element block is flushed into a double so
+ * long planes (e.g. 224x224) keep their precision. */
+#define CT_LANE_SUM(b, e, k, EXPR, out)                                               \
+    do {                                                                              \
+        double t_ = 0;                                                                \
+        for (int64_t b_ = (b); b_ < (e); b_ += 256) {                                 \
+            int64_t e_ = b_ + 256 < (e) ? b_ + 256 : (e);                             \
+            float a_[8] = {0};                                                        \
+            int64_t k0_ = b_;                                                         \
+            for (; k0_ + 8 <= e_; k0_ += 8)                                           \
+                for (int j_ = 0; j_ < 8; j_++) {                                      \
+                    int64_t k = k0_ + j_;                                             \
+                    a_[j_] += (EXPR);                                                 \
+                }                                                                     \
+            for (int64_t k = k0_; k < e_; k++) a_[0] += (EXPR);                       \
+            t_ += (double)(((a_[0] + a_[1]) + (a_[2] + a_[3])) +                      \
+                           ((a_[4] + a_[5]) + (a_[6] + a_[7])));                      \
+        }                                                                             \
+        (out) += t_;                                                                  \
+    } while (0)
+
+/* CT_LANE_SUM of two expressions in one pass over the run, each summed exactly as
+ * CT_LANE_SUM would (same lanes, same order), so fusing changes no bit of either result. */
+#define CT_LANE_SUM2(b, e, k, EXPR1, out1, EXPR2, out2)                               \
+    do {                                                                              \
+        double t1_ = 0, t2_ = 0;                                                      \
+        for (int64_t b_ = (b); b_ < (e); b_ += 256) {                                 \
+            int64_t e_ = b_ + 256 < (e) ? b_ + 256 : (e);                             \
+            float a_[8] = {0}, c_[8] = {0};                                           \
+            int64_t k0_ = b_;                                                         \
+            for (; k0_ + 8 <= e_; k0_ += 8)                                           \
+                for (int j_ = 0; j_ < 8; j_++) {                                      \
+                    int64_t k = k0_ + j_;                                             \
+                    a_[j_] += (EXPR1);                                                \
+                    c_[j_] += (EXPR2);                                                \
+                }                                                                     \
+            for (int64_t k = k0_; k < e_; k++) {                                      \
+                a_[0] += (EXPR1);                                                     \
+                c_[0] += (EXPR2);                                                     \
+            }                                                                         \
+            t1_ += (double)(((a_[0] + a_[1]) + (a_[2] + a_[3])) +                     \
+                            ((a_[4] + a_[5]) + (a_[6] + a_[7])));                     \
+            t2_ += (double)(((c_[0] + c_[1]) + (c_[2] + c_[3])) +                     \
+                            ((c_[4] + c_[5]) + (c_[6] + c_[7])));                     \
+        }                                                                             \
+        (out1) += t1_;                                                                \
+        (out2) += t2_;                                                                \
     } while (0)
 
 #endif

@@ -9,7 +9,7 @@
 
 /* gx += p * scale over all N*C, then the one-hot term row by row. */
 static void ce_bwd(float *restrict gx, const float *restrict p, float scale, int64_t n) {
-    CT_VFOR(i, n, gx[i] += p[i] * scale);
+    for (int64_t i = 0; i < n; i++) gx[i] += p[i] * scale;
 }
 
 static void ce_backward(ct_node *n, const ct_tensor *gout) {
@@ -84,7 +84,7 @@ static double sq_diff_sum(const float *restrict a, const float *restrict b, int6
 /* g += s * (a - b); for b's gradient the caller passes -s. */
 static void mse_bwd(float *restrict g, const float *restrict a, const float *restrict b, float s,
                     int64_t n) {
-    CT_VFOR(i, n, g[i] += s * (a[i] - b[i]));
+    for (int64_t i = 0; i < n; i++) g[i] += s * (a[i] - b[i]);
 }
 
 static void mse_backward(ct_node *n, const ct_tensor *gout) {

@@ -9,72 +9,6 @@
 #include <math.h>
 #include <string.h>
 
-/* Sums EXPR over k in [b, e) for a contiguous run: eight float lanes let the compiler
- * vectorise without reassociating, and each 256-element block is flushed into a double so
- * long planes (e.g. 224x224) keep their precision. */
-#define LANE_SUM(b, e, k, EXPR, out)                                                      \
-    do {                                                                                  \
-        double t_ = 0;                                                                    \
-        for (int64_t b_ = (b); b_ < (e); b_ += 256) {                                     \
-            int64_t e_ = b_ + 256 < (e) ? b_ + 256 : (e);                                 \
-            float a_[8] = {0};                                                            \
-            int64_t k0_ = b_;                                                             \
-            for (; k0_ + 8 <= e_; k0_ += 8)                                               \
-                for (int j_ = 0; j_ < 8; j_++) {                                          \
-                    int64_t k = k0_ + j_;                                                 \
-                    a_[j_] += (EXPR);                                                     \
-                }                                                                         \
-            for (int64_t k = k0_; k < e_; k++) a_[0] += (EXPR);                           \
-            t_ += (double)(((a_[0] + a_[1]) + (a_[2] + a_[3])) +                          \
-                           ((a_[4] + a_[5]) + (a_[6] + a_[7])));                          \
-        }                                                                                 \
-        (out) += t_;                                                                      \
-    } while (0)
-
-/* LANE_SUM of two expressions in one pass over the run, each summed exactly as LANE_SUM
- * would (same lanes, same order), so fusing changes no bit of either result. */
-#define LANE_SUM2(b, e, k, EXPR1, out1, EXPR2, out2)                                      \
-    do {                                                                                  \
-        double t1_ = 0, t2_ = 0;                                                          \
-        for (int64_t b_ = (b); b_ < (e); b_ += 256) {                                     \
-            int64_t e_ = b_ + 256 < (e) ? b_ + 256 : (e);                                 \
-            float a_[8] = {0}, c_[8] = {0};                                               \
-            int64_t k0_ = b_;                                                             \
-            for (; k0_ + 8 <= e_; k0_ += 8)                                               \
-                for (int j_ = 0; j_ < 8; j_++) {                                          \
-                    int64_t k = k0_ + j_;                                                 \
-                    a_[j_] += (EXPR1);                                                    \
-                    c_[j_] += (EXPR2);                                                    \
-                }                                                                         \
-            for (int64_t k = k0_; k < e_; k++) {                                          \
-                a_[0] += (EXPR1);                                                         \
-                c_[0] += (EXPR2);                                                         \
-            }                                                                             \
-            t1_ += (double)(((a_[0] + a_[1]) + (a_[2] + a_[3])) +                         \
-                            ((a_[4] + a_[5]) + (a_[6] + a_[7])));                         \
-            t2_ += (double)(((c_[0] + c_[1]) + (c_[2] + c_[3])) +                         \
-                            ((c_[4] + c_[5]) + (c_[6] + c_[7])));                         \
-        }                                                                                 \
-        (out1) += t1_;                                                                    \
-        (out2) += t2_;                                                                    \
-    } while (0)
-
-/* Runs BODY for k in [0, n) in fixed groups of eight plus a tail. GCC's -O2 cost model
- * vectorises only loops it can replace without a scalar epilogue; a group of eight is
- * such a loop, so the elementwise passes get SIMD without changing the build flags. */
-#define LANE_FOR(n, k, BODY)                                                              \
-    do {                                                                                  \
-        int64_t n_ = (n), k0_ = 0;                                                        \
-        for (; k0_ + 8 <= n_; k0_ += 8)                                                   \
-            for (int j_ = 0; j_ < 8; j_++) {                                              \
-                int64_t k = k0_ + j_;                                                     \
-                BODY;                                                                     \
-            }                                                                             \
-        for (int64_t k = k0_; k < n_; k++) {                                              \
-            BODY;                                                                         \
-        }                                                                                 \
-    } while (0)
-
 /* ---- batch norm -------------------------------------------------------------------- */
 
 /* x viewed as [N, C, HW]; cnt = N * HW values per channel. */
@@ -115,10 +49,10 @@ static void bn_sums(const float *restrict g, const float *restrict x,
     if (HW == 1) {
         for (int64_t r = 0; r < d.N; r++) {
             const float *gr = g + r * C;
-            LANE_FOR(C, c, s1[c] += gr[c]);
+            for (int64_t c = 0; c < C; c++) s1[c] += gr[c];
             if (!x) continue;
             const float *xr = x + r * C;
-            LANE_FOR(C, c, s2[c] += gr[c] * (xr[c] - mean[c]));
+            for (int64_t c = 0; c < C; c++) s2[c] += gr[c] * (xr[c] - mean[c]);
         }
         return;
     }
@@ -129,12 +63,12 @@ static void bn_sums(const float *restrict g, const float *restrict x,
         for (int64_t c = 0; c < C; c++) {
             const float *gp = g + (r * C + c) * HW;
             if (!x) {
-                LANE_SUM(0, HW, k, gp[k], s1[c]);
+                CT_LANE_SUM(0, HW, k, gp[k], s1[c]);
                 continue;
             }
             const float *xp = x + (r * C + c) * HW;
             float m = mean[c];
-            LANE_SUM2(0, HW, k, gp[k], s1[c], gp[k] * (xp[k] - m), s2[c]);
+            CT_LANE_SUM2(0, HW, k, gp[k], s1[c], gp[k] * (xp[k] - m), s2[c]);
         }
     }
 }
@@ -145,21 +79,21 @@ static void bn_batch_stats(const float *x, bn_dims d, bn_scratch *s, float *mean
     if (HW == 1) {
         double *restrict s1 = s->s1, *restrict s2 = s->s2;
         float *restrict mu = mean;
-        for (int64_t r = 0; r < d.N; r++) LANE_FOR(C, c, s1[c] += x[r * C + c]);
+        for (int64_t r = 0; r < d.N; r++) for (int64_t c = 0; c < C; c++) s1[c] += x[r * C + c];
         for (int64_t c = 0; c < C; c++) mu[c] = (float)(s1[c] / (double)d.cnt);
         for (int64_t r = 0; r < d.N; r++)
-            LANE_FOR(C, c, s2[c] += (x[r * C + c] - mu[c]) * (x[r * C + c] - mu[c]));
+            for (int64_t c = 0; c < C; c++) s2[c] += (x[r * C + c] - mu[c]) * (x[r * C + c] - mu[c]);
     } else {
         for (int64_t c = 0; c < C; c++) {
             for (int64_t r = 0; r < d.N; r++) {
                 const float *xp = x + (r * C + c) * HW;
-                LANE_SUM(0, HW, k, xp[k], s->s1[c]);
+                CT_LANE_SUM(0, HW, k, xp[k], s->s1[c]);
             }
             mean[c] = (float)(s->s1[c] / (double)d.cnt);
             float m = mean[c];
             for (int64_t r = 0; r < d.N; r++) {
                 const float *xp = x + (r * C + c) * HW;
-                LANE_SUM(0, HW, k, (xp[k] - m) * (xp[k] - m), s->s2[c]);
+                CT_LANE_SUM(0, HW, k, (xp[k] - m) * (xp[k] - m), s->s2[c]);
             }
         }
     }
@@ -176,13 +110,13 @@ static void bn_affine(float *restrict y, bool acc, const float *restrict u,
             float *yr = y + r * C;
             const float *ur = u + r * C, *vr = v ? v + r * C : NULL;
             if (vr && acc)
-                LANE_FOR(C, c, yr[c] += a[c] * ur[c] + b[c] + e[c] * vr[c]);
+                for (int64_t c = 0; c < C; c++) yr[c] += a[c] * ur[c] + b[c] + e[c] * vr[c];
             else if (vr)
-                LANE_FOR(C, c, yr[c] = a[c] * ur[c] + b[c] + e[c] * vr[c]);
+                for (int64_t c = 0; c < C; c++) yr[c] = a[c] * ur[c] + b[c] + e[c] * vr[c];
             else if (acc)
-                LANE_FOR(C, c, yr[c] += a[c] * ur[c] + b[c]);
+                for (int64_t c = 0; c < C; c++) yr[c] += a[c] * ur[c] + b[c];
             else
-                LANE_FOR(C, c, yr[c] = a[c] * ur[c] + b[c]);
+                for (int64_t c = 0; c < C; c++) yr[c] = a[c] * ur[c] + b[c];
             continue;
         }
         for (int64_t c = 0; c < C; c++) {
@@ -194,13 +128,13 @@ static void bn_affine(float *restrict y, bool acc, const float *restrict u,
                 const float *vp = v + o;
                 float ec = e[c];
                 if (acc)
-                    LANE_FOR(HW, k, yp[k] += ac * up[k] + bc + ec * vp[k]);
+                    for (int64_t k = 0; k < HW; k++) yp[k] += ac * up[k] + bc + ec * vp[k];
                 else
-                    LANE_FOR(HW, k, yp[k] = ac * up[k] + bc + ec * vp[k]);
+                    for (int64_t k = 0; k < HW; k++) yp[k] = ac * up[k] + bc + ec * vp[k];
             } else if (acc) {
-                LANE_FOR(HW, k, yp[k] += ac * up[k] + bc);
+                for (int64_t k = 0; k < HW; k++) yp[k] += ac * up[k] + bc;
             } else {
-                LANE_FOR(HW, k, yp[k] = ac * up[k] + bc);
+                for (int64_t k = 0; k < HW; k++) yp[k] = ac * up[k] + bc;
             }
         }
     }
@@ -340,27 +274,26 @@ ct_tensor *ct_batch_norm(ct_tensor *x, ct_tensor *weight, ct_tensor *bias,
 
 /* ---- layer norm -------------------------------------------------------------------- */
 
-/* Row kernels. restrict parameters (GCC honours them on parameters, not on locals) let
- * the lane loops vectorise. */
+/* Row kernels; restrict parameters spare the vectoriser its runtime alias checks. */
 static void ln_row_forward(float *restrict y, const float *restrict x, const float *restrict w,
                            const float *restrict b, float m, float is, int64_t D) {
     if (w && b)
-        LANE_FOR(D, j, y[j] = (x[j] - m) * is * w[j] + b[j]);
+        for (int64_t j = 0; j < D; j++) y[j] = (x[j] - m) * is * w[j] + b[j];
     else if (w)
-        LANE_FOR(D, j, y[j] = (x[j] - m) * is * w[j]);
+        for (int64_t j = 0; j < D; j++) y[j] = (x[j] - m) * is * w[j];
     else if (b)
-        LANE_FOR(D, j, y[j] = (x[j] - m) * is + b[j]);
+        for (int64_t j = 0; j < D; j++) y[j] = (x[j] - m) * is + b[j];
     else
-        LANE_FOR(D, j, y[j] = (x[j] - m) * is);
+        for (int64_t j = 0; j < D; j++) y[j] = (x[j] - m) * is;
 }
 
 /* gw += g * xhat (x given) or gb += g (x NULL). */
 static void ln_row_param_grad(float *restrict acc, const float *restrict g,
                               const float *restrict x, float m, float is, int64_t D) {
     if (x)
-        LANE_FOR(D, j, acc[j] += g[j] * (x[j] - m) * is);
+        for (int64_t j = 0; j < D; j++) acc[j] += g[j] * (x[j] - m) * is;
     else
-        LANE_FOR(D, j, acc[j] += g[j]);
+        for (int64_t j = 0; j < D; j++) acc[j] += g[j];
 }
 
 /* dx = invstd * (dxh - mean(dxh) - xhat * mean(dxh * xhat)), dxh = dy * w. */
@@ -369,17 +302,17 @@ static void ln_row_input_grad(float *restrict gx, const float *restrict g,
                               float is, int64_t D) {
     double c1 = 0, c2 = 0;
     if (w) {
-        LANE_SUM(0, D, k, g[k] * w[k], c1);
-        LANE_SUM(0, D, k, g[k] * w[k] * (x[k] - m), c2);
+        CT_LANE_SUM(0, D, k, g[k] * w[k], c1);
+        CT_LANE_SUM(0, D, k, g[k] * w[k] * (x[k] - m), c2);
     } else {
-        LANE_SUM(0, D, k, g[k], c1);
-        LANE_SUM(0, D, k, g[k] * (x[k] - m), c2);
+        CT_LANE_SUM(0, D, k, g[k], c1);
+        CT_LANE_SUM(0, D, k, g[k] * (x[k] - m), c2);
     }
     float k1 = (float)(c1 / (double)D), k2 = (float)(c2 * is / (double)D);
     if (w)
-        LANE_FOR(D, j, gx[j] += is * (g[j] * w[j] - k1 - (x[j] - m) * is * k2));
+        for (int64_t j = 0; j < D; j++) gx[j] += is * (g[j] * w[j] - k1 - (x[j] - m) * is * k2);
     else
-        LANE_FOR(D, j, gx[j] += is * (g[j] - k1 - (x[j] - m) * is * k2));
+        for (int64_t j = 0; j < D; j++) gx[j] += is * (g[j] - k1 - (x[j] - m) * is * k2);
 }
 
 /* Node layout: i[0] rows M, i[1] row length D, i[2] saved slot of x, i[3] saved slot of
@@ -424,9 +357,9 @@ ct_tensor *ct_layer_norm(ct_tensor *x, int nlast, ct_tensor *weight, ct_tensor *
     for (int64_t r = 0; r < M; r++) {
         const float *xr = x->data + r * D;
         double sum = 0, sq = 0;
-        LANE_SUM(0, D, k, xr[k], sum);
+        CT_LANE_SUM(0, D, k, xr[k], sum);
         float m = (float)(sum / (double)D);
-        LANE_SUM(0, D, k, (xr[k] - m) * (xr[k] - m), sq);
+        CT_LANE_SUM(0, D, k, (xr[k] - m) * (xr[k] - m), sq);
         float is = 1.0f / sqrtf((float)(sq / (double)D) + eps);
         if (st) st[r] = m, st[M + r] = is;
         ln_row_forward(out->data + r * D, xr, w, b, m, is, D);

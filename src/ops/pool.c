@@ -356,8 +356,8 @@ static void adaptive_avg_pool2d_backward(ct_node *n, const ct_tensor *gout) {
                 /* += : windows overlap when the output size does not divide the input's */
                 float v = go[oy * ow + ox] / (float)((y1 - y0) * (x1 - x0));
                 for (int64_t iy = y0; iy < y1; iy++) {
-                    float *row = dx + iy * w;
-                    CT_VFOR(j, x1 - x0, row[x0 + j] += v);
+                    float *row = dx + iy * w + x0;
+                    for (int64_t j = 0; j < x1 - x0; j++) row[j] += v;
                 }
             }
         }

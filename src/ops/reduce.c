@@ -29,7 +29,7 @@ float ct__maxf(const float *x, int64_t n) {
 }
 
 void ct__axpy(float *restrict y, const float *restrict x, float a, int64_t n) {
-    CT_VFOR(i, n, y[i] += a * x[i]);
+    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
 }
 
 void ct__split_dim(const ct_tensor *x, int dim, int64_t *outer, int64_t *d, int64_t *inner) {
@@ -46,7 +46,7 @@ static void reduce_all_backward(ct_node *n, const ct_tensor *gout) {
     if (gx->numel == 0) return;
     float g = gout->data[0] / (float)n->i[0]; /* i[0]: 1 for sum, numel for mean */
     float *d = gx->data;
-    CT_VFOR(i, gx->numel, d[i] += g);
+    for (int64_t i = 0; i < gx->numel; i++) d[i] += g;
 }
 
 static ct_tensor *reduce_all(const char *op, ct_tensor *x, bool mean) {
@@ -73,7 +73,7 @@ static void reduce_dim_backward(ct_node *n, const ct_tensor *gout) {
         if (inner == 1) { /* reducing the last dim: broadcast one value along the row */
             float go = g[o] * scale;
             float *row = gx + o * d;
-            CT_VFOR(k, d, row[k] += go);
+            for (int64_t k = 0; k < d; k++) row[k] += go;
         } else {
             for (int64_t k = 0; k < d; k++)
                 ct__axpy(gx + (o * d + k) * inner, g + o * inner, scale, inner);
@@ -108,7 +108,7 @@ static ct_tensor *reduce_dim(const char *op, ct_tensor *x, int dim, bool keepdim
         for (int64_t k = 0; k < d; k++) ct__axpy(orow, p + (a * d + k) * inner, 1.0f, inner);
         if (mean) {
             float fd = d ? (float)d : NAN;
-            CT_VFOR(i, inner, orow[i] /= fd);
+            for (int64_t i = 0; i < inner; i++) orow[i] /= fd;
         }
     }
     ct_node *n = CT_RECORD(op, reduce_dim_backward, out, x);

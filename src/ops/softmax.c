@@ -6,7 +6,7 @@
 
 #include <math.h>
 
-/* ---- kernels (restrict parameters so GCC vectorises them) --------------------------- */
+/* ---- kernels (restrict parameters: vectorised without runtime alias checks) --------- */
 
 static float dotf(const float *restrict a, const float *restrict b, int64_t n) {
     float acc[8] = {0};
@@ -18,33 +18,36 @@ static float dotf(const float *restrict a, const float *restrict b, int64_t n) {
 }
 
 static void vmax(float *restrict m, const float *restrict x, int64_t n) {
-    CT_VFOR(i, n, float v = x[i]; m[i] = v > m[i] ? v : m[i]);
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        m[i] = v > m[i] ? v : m[i];
+    }
 }
 
 static void vscale(float *restrict y, const float *restrict s, int64_t n) {
-    CT_VFOR(i, n, y[i] *= s[i]);
+    for (int64_t i = 0; i < n; i++) y[i] *= s[i];
 }
 
 static void vmuladd(float *restrict acc, const float *restrict a, const float *restrict b,
                     int64_t n) {
-    CT_VFOR(i, n, acc[i] += a[i] * b[i]);
+    for (int64_t i = 0; i < n; i++) acc[i] += a[i] * b[i];
 }
 
 /* y = (x - m) - ls, with m and ls per element (strided) */
 static void vlogsm(float *restrict y, const float *restrict x, const float *restrict m,
                    const float *restrict ls, int64_t n) {
-    CT_VFOR(i, n, y[i] = (x[i] - m[i]) - ls[i]);
+    for (int64_t i = 0; i < n; i++) y[i] = (x[i] - m[i]) - ls[i];
 }
 
 /* gx += y * (g - dot) */
 static void softmax_bwd_row(float *restrict gx, const float *restrict y, const float *restrict g,
                             float dot, int64_t n) {
-    CT_VFOR(i, n, gx[i] += y[i] * (g[i] - dot));
+    for (int64_t i = 0; i < n; i++) gx[i] += y[i] * (g[i] - dot);
 }
 
 static void softmax_bwd_strided(float *restrict gx, const float *restrict y,
                                 const float *restrict g, const float *restrict dot, int64_t n) {
-    CT_VFOR(i, n, gx[i] += y[i] * (g[i] - dot[i]));
+    for (int64_t i = 0; i < n; i++) gx[i] += y[i] * (g[i] - dot[i]);
 }
 
 /* ---- forward ----------------------------------------------------------------------- */

@@ -8,13 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* GCC's -O2 cost model ("very cheap") only vectorises loops whose trip count is a known
- * multiple of the vector width; the update loops run over any n, so ask for the normal
- * cost model here. (sqrtf vectorises because the Makefile passes -fno-math-errno.) */
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("-fvect-cost-model=dynamic")
-#endif
-
 /* ---- configuration ----------------------------------------------------------------- */
 
 ct_optim_config ct_sgd_config(double lr, double momentum, double weight_decay, bool nesterov) {
@@ -41,12 +34,6 @@ static const char *kind_name(ct_optim_kind k) {
 
 /* ---- lifetime ---------------------------------------------------------------------- */
 
-static void *xrealloc(void *p, size_t bytes) {
-    p = realloc(p, bytes ? bytes : 1);
-    CT_ASSERT(p, "optim: out of memory (%zu bytes)", bytes);
-    return p;
-}
-
 ct_optim *ct_optim_new(ct_optim_config cfg) {
     const char *k = kind_name(cfg.kind);
     CT_ASSERT(cfg.kind == CT_OPTIM_SGD || cfg.kind == CT_OPTIM_ADAM || cfg.kind == CT_OPTIM_ADAMW,
@@ -66,7 +53,7 @@ ct_optim *ct_optim_new(ct_optim_config cfg) {
         CT_ASSERT(cfg.eps >= 0, "%s: invalid eps %g", k, cfg.eps);
         nmom = 2;
     }
-    ct_optim *o = xrealloc(NULL, sizeof *o);
+    ct_optim *o = ct_realloc(NULL, sizeof *o);
     memset(o, 0, sizeof *o);
     o->cfg = cfg;
     o->nmom = nmom;
@@ -122,18 +109,18 @@ int ct_optim_add_group(ct_optim *o, int n, const char *const *names, ct_tensor *
     }
     if (o->ngroups == o->groups_cap) {
         o->groups_cap = o->groups_cap ? 2 * o->groups_cap : 4;
-        o->groups = xrealloc(o->groups, (size_t)o->groups_cap * sizeof *o->groups);
+        o->groups = ct_realloc(o->groups, (size_t)o->groups_cap * sizeof *o->groups);
     }
     int g = o->ngroups++;
     o->groups[g] = (ct__optim_group){.lr = lr, .base_lr = lr, .weight_decay = weight_decay};
     if (o->nparams + n > o->params_cap) {
         o->params_cap = o->nparams + n;
-        o->params = xrealloc(o->params, (size_t)o->params_cap * sizeof *o->params);
-        o->segs = xrealloc(o->segs, (size_t)o->params_cap * sizeof *o->segs);
+        o->params = ct_realloc(o->params, (size_t)o->params_cap * sizeof *o->params);
+        o->segs = ct_realloc(o->segs, (size_t)o->params_cap * sizeof *o->segs);
     }
     for (int j = 0; j < n; j++) {
         size_t len = strlen(names[j]) + 1;
-        char *name = xrealloc(NULL, len);
+        char *name = ct_realloc(NULL, len);
         memcpy(name, names[j], len);
         ct_retain(params[j]);
         o->params[o->nparams++] =

@@ -113,21 +113,26 @@ END_TEST
 
 START_TEST(agree_reports_lowest_failing_rank) {
     ct_error(CT_ERR_ARG, "stale message");
-    ck_assert_int_eq(ct_dist_agree(&D, CT_OK), CT_OK);
+    int failed = 42;
+    ck_assert_int_eq(ct_dist_agree(&D, CT_OK, &failed), CT_OK);
+    ck_assert_int_eq(failed, -1);
 
     /* ranks >= 1 fail with their own reason; everyone reports rank 1's */
     ct_status st = D.rank >= 1 ? ct_error(D.rank == 1 ? CT_ERR_IO : CT_ERR_SHAPE,
                                           "rank %d: file%d is bad", D.rank, D.rank)
                                : CT_OK;
-    st = ct_dist_agree(&D, st);
+    st = ct_dist_agree(&D, st, &failed);
     ck_assert_int_eq(st, CT_ERR_IO);
     ck_assert_str_eq(ct_last_error(), "rank 1: file1 is bad");
+    ck_assert_int_eq(failed, 1);
 
     /* only the last rank fails */
     st = D.rank == D.size - 1 ? ct_error(CT_ERR_FORMAT, "last rank says no") : CT_OK;
-    st = ct_dist_agree(&D, st);
+    st = ct_dist_agree(&D, st, &failed);
     ck_assert_int_eq(st, CT_ERR_FORMAT);
     ck_assert_str_eq(ct_last_error(), "last rank says no");
+    ck_assert_int_eq(failed, D.size - 1);
+    ck_assert_int_eq(ct_dist_agree(&D, CT_OK, NULL), CT_OK); /* failed_rank may be NULL */
 }
 END_TEST
 

@@ -92,16 +92,8 @@ static void write_split(const char *split, uint32_t n, uint32_t m, bool gz) {
 }
 
 /* Asserts that the call returned `want` and that its message contains every given string. */
-static void expect_error(ct_status got, ct_status want, ...) {
-    const char *msg = ct_last_error();
-    ck_assert_msg(got == want, "status %d, expected %d (message: %s)", got, want, msg);
-    va_list ap;
-    va_start(ap, want);
-    for (const char *s; (s = va_arg(ap, const char *));)
-        ck_assert_msg(strstr(msg, s), "message \"%s\" does not contain \"%s\"", msg, s);
-    va_end(ap);
-}
-#define EXPECT_ERROR(call, want, ...) expect_error((call), (want), __VA_ARGS__, (const char *)NULL)
+#define EXPECT_ERROR(call, want, ...)                                                     \
+    ct_test_expect_error((call), (want), __VA_ARGS__, (const char *)NULL)
 
 /* ---- IDX ---------------------------------------------------------------------------------- */
 
