@@ -27,7 +27,7 @@ static void json_string(FILE *f, const char *s) {
 
 int ct_cmd_eval(ct_run *r, const char *checkpoint) {
     ct_st_file *f = NULL;
-    ct_status st = ct_st_load(checkpoint, &f);
+    ct_status st = ct_run_open_checkpoint(r, checkpoint, &f);
     if (st == CT_OK) st = ct_run_explain_classes(r, ct_ckpt_load_model(f, r->model, true, NULL));
     ct_st_free(f);
     if (ct_run_agree(&r->d, st) != CT_OK) return 1;
@@ -37,8 +37,9 @@ int ct_cmd_eval(ct_run *r, const char *checkpoint) {
     if (r->d.rank == 0) {
         printf("{\"event\":\"eval\",\"checkpoint\":");
         json_string(stdout, checkpoint);
-        printf(",\"loss\":%.6f,\"accuracy\":%.6f,\"samples\":%lld}\n", ev.loss, ev.accuracy,
-               (long long)ev.samples);
+        char jl[32], ja[32];
+        printf(",\"loss\":%s,\"accuracy\":%s,\"samples\":%lld}\n", ct_json_num(jl, ev.loss, 6),
+               ct_json_num(ja, ev.accuracy, 6), (long long)ev.samples);
         fflush(stdout);
     }
     return 0;

@@ -245,7 +245,7 @@ static void run_job(worker *w, const char *path, const ct_dist *group, job_resul
         snprintf(res->error, sizeof res->error, "%s", w->error);
     } else {
         ct_st_file *f = NULL;
-        st = ct_st_load(path, &f);
+        st = ct_run_open_checkpoint(&w->run, path, &f);
         if (st == CT_ERR_IO && has_glob_chars(path) && access(path, F_OK) != 0)
             st = ct_error(st, "%s: no file matches this pattern", path);
         if (st == CT_OK) st = ct_ckpt_load_model(f, w->run.model, true, NULL);
@@ -569,9 +569,10 @@ int ct_cmd_sweep(ct_run *r) {
         printf("{\"event\":\"sweep_job\",\"job\":%lld,\"jobs\":%lld,\"group\":%d,\"checkpoint\":",
                (long long)j, (long long)njobs, sq.group_index);
         json_str(stdout, path);
+        char ja[32], jl[32];
         if (res.ok)
-            printf(",\"status\":\"ok\",\"accuracy\":%.6f,\"loss\":%.6f,\"samples\":%lld",
-                   res.accuracy, res.loss, (long long)res.samples);
+            printf(",\"status\":\"ok\",\"accuracy\":%s,\"loss\":%s,\"samples\":%lld",
+                   ct_json_num(ja, res.accuracy, 6), ct_json_num(jl, res.loss, 6), (long long)res.samples);
         else {
             printf(",\"status\":\"failed\",\"error\":");
             json_str(stdout, res.error);

@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -147,7 +148,7 @@ static ct_status resume(ct_run *r, ct_optim *o, int *start_epoch, int64_t *step)
     ct_st_file *f = NULL;
     ct_progress p = {0};
     ct_status st = latest_checkpoint(r->cfg.output.dir, path, sizeof path);
-    if (st == CT_OK) st = ct_st_load(path, &f);
+    if (st == CT_OK) st = ct_run_open_checkpoint(r, path, &f);
     if (st == CT_OK) st = ct_ckpt_progress(f, &p);
     /* Replay staged unfreezing so the optimizer has the groups the saved state names. */
     int at = r->cfg.train.unfreeze_after; /* unfreezing happens at most once, at this epoch */
@@ -374,6 +375,7 @@ int ct_cmd_train(ct_run *r) {
         ct_progress_bar bar;
         ct_progress_start(&bar, steps, c->train.log_every);
         double loss_sum = 0, t0 = ct_now();
+        int64_t skipped = 0;
         for (int64_t s = 0; s < steps; s++, step++) CT_SCOPE {
             maybe_inject_fault(&r->d, step);
             ct_batch b;
@@ -384,17 +386,31 @@ int ct_cmd_train(ct_run *r) {
             ct_tensor *logits = prefix ? ct_seq_forward_range(r->model, prefix, nlayers, b.x)
                                        : ct_module_forward(r->model, b.x);
             ct_tensor *loss = ct_cross_entropy(logits, b.y, CT_REDUCE_MEAN);
+            bool finite = isfinite(loss->data[0]);
+            if (!finite && c->train.on_nonfinite == CT_CFG_NONFINITE_ERROR)
+                ct_fatal("epoch %d step %lld: the training loss is %f (train.on_nonfinite = error; 'skip' "
+                         "skips such steps)", epoch + 1, (long long)s + 1, loss->data[0]);
             ct_backward(loss);
             ct_ddp_finish(ddp);
-            ct_optim_step(opt);
+            /* A non-finite loss on any rank makes the averaged gradients non-finite on all
+             * of them: every rank skips the update together. */
+            if (c->train.on_nonfinite == CT_CFG_NONFINITE_SKIP && !ct_ddp_all(ddp, finite)) {
+                skipped++;
+            } else {
+                ct_optim_step(opt);
+                loss_sum += loss->data[0];
+            }
             ct_ddp_zero_grad(ddp);
-            loss_sum += loss->data[0];
-            if (r->d.rank == 0) ct_progress_update(&bar, epoch + 1, s, steps, loss_sum / (double)(s + 1), b.size * r->d.size);
+            if (r->d.rank == 0 && s >= skipped)
+                ct_progress_update(&bar, epoch + 1, s, steps, loss_sum / (double)(s + 1 - skipped), b.size * r->d.size);
         }
+        if (skipped && r->d.rank == 0)
+            fprintf(stderr, "ctrain: warning: epoch %d: skipped %lld of %lld steps with a non-finite loss "
+                    "(train.on_nonfinite = skip)\n", epoch + 1, (long long)skipped, (long long)steps);
         double secs = ct_now() - t0;
         if (r->d.rank == 0) ct_progress_end(&bar);
         /* The epoch's training loss averaged over ranks, and the evaluation. */
-        double tl[1] = {loss_sum / (double)steps};
+        double tl[1] = {steps > skipped ? loss_sum / (double)(steps - skipped) : NAN};
         CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, tl, 1, MPI_DOUBLE, MPI_SUM, r->d.world));
         tl[0] /= r->d.size;
         ct_ddp_sync_buffers(ddp);
@@ -402,16 +418,17 @@ int ct_cmd_train(ct_run *r) {
         st = ct_dist_evaluate_from(&r->d, r->model, prefix, test_ds, &eval_lo, &ev);
         if (st != CT_OK) ct_fatal("evaluation: %s", ct_last_error());
         if (r->d.rank == 0) {
-            printf("{\"event\":\"eval\",\"epoch\":%d,\"loss\":%.6f,\"accuracy\":%.6f,\"samples\":%lld}\n",
-                   epoch + 1, ev.loss, ev.accuracy, (long long)ev.samples);
+            char j[5][32];
+            printf("{\"event\":\"eval\",\"epoch\":%d,\"loss\":%s,\"accuracy\":%s,\"samples\":%lld}\n",
+                   epoch + 1, ct_json_num(j[0], ev.loss, 6), ct_json_num(j[1], ev.accuracy, 6), (long long)ev.samples);
             fflush(stdout);
             write_metrics(mf,
-                          "{\"epoch\":%d,\"step\":%lld,\"train_loss\":%.6f,\"eval_loss\":%.6f,"
-                          "\"eval_accuracy\":%.6f,\"eval_samples\":%lld,\"lr\":%.6g,\"epoch_s\":%.3f,"
-                          "\"samples_per_s\":%.1f,\"ranks\":%d}\n",
-                          epoch + 1, (long long)step, tl[0], ev.loss, ev.accuracy, (long long)ev.samples,
-                          ct_optim_lr(opt, 0), secs, (double)(steps * c->train.batch_size * r->d.size) / secs,
-                          r->d.size);
+                          "{\"epoch\":%d,\"step\":%lld,\"train_loss\":%s,\"eval_loss\":%s,"
+                          "\"eval_accuracy\":%s,\"eval_samples\":%lld,\"lr\":%.6g,\"epoch_s\":%.3f,"
+                          "\"samples_per_s\":%s,\"ranks\":%d}\n",
+                          epoch + 1, (long long)step, ct_json_num(j[2], tl[0], 6), j[0], j[1], (long long)ev.samples,
+                          ct_optim_lr(opt, 0), secs,
+                          ct_json_num(j[3], (double)(steps * c->train.batch_size * r->d.size) / secs, 1), r->d.size);
         }
         bool ckpt = (epoch + 1) % c->output.checkpoint_every == 0 || epoch + 1 == c->train.epochs;
         if (ckpt) {

@@ -323,4 +323,9 @@ void ct_ddp_zero_grad(ct_ddp *p) {
     if (p->slab) memset(p->slab, 0, (size_t)p->slab_numel * sizeof(float));
 }
 
+bool ct_ddp_all(ct_ddp *p, bool v) {
+    /* agree() is true iff every rank passed the same value, which is then everyone's v */
+    return ct_allreduce_agree(p->ar, v) && v;
+}
+
 ct_ddp_stats ct_ddp_get_stats(const ct_ddp *p) { return p->stats; }

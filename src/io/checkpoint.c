@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -262,6 +263,20 @@ ct_status ct_ckpt_load_optim(const ct_st_file *f, ct_optim *o) {
     if (st != CT_OK && !strstr(ct_last_error(), ct_st_path(f)))
         st = ct_error(st, "%s: %s", ct_st_path(f), ct_last_error());
     return st;
+}
+
+ct_status ct_ckpt_check_finite(const ct_st_file *f) {
+    for (int i = 0; i < ct_st_count(f); i++) {
+        const ct_st_entry *e = ct_st_at(f, i);
+        int64_t n = ct_st_numel(e);
+        for (int64_t k = 0; k < n && (e->dtype == CT_DTYPE_F32 || e->dtype == CT_DTYPE_F64); k++) {
+            double v = e->dtype == CT_DTYPE_F32 ? ((const float *)e->data)[k] : ((const double *)e->data)[k];
+            if (!isfinite(v))
+                return ct_error(CT_ERR_FORMAT, "%s: tensor '%s' holds %s at element %lld", ct_st_path(f), e->name,
+                                isnan(v) ? "NaN" : v > 0 ? "+Inf" : "-Inf", (long long)k);
+        }
+    }
+    return CT_OK;
 }
 
 /* A metadata integer in [lo, hi]: anything else (missing, not a number, out of range) is

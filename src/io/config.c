@@ -101,6 +101,12 @@ static const key_def keys[] = {
     INT("sweep", "group_size", sweep.group_size, "1", 1, NULL),
     STR("sweep", "out", sweep.out, ""),
     KEY("sweep", "overrides", T_OVERRIDES, sweep.overrides, "", NULL, 0, 0, 0),
+
+    /* ---- robustness (issue 14): untrusted values and stopped ranks ---------------------- */
+    ENUM("train", "on_nonfinite", train.on_nonfinite, "error", "error|skip"),
+    BOOL("model", "allow_nonfinite", model.allow_nonfinite, "false"),
+    INT("dist", "timeout_s", dist.timeout_s, "1800", 0, "never"),
+    /* ---- end of the issue-14 keys ------------------------------------------------------- */
 };
 #define NKEYS ((int)(sizeof keys / sizeof keys[0]))
 
@@ -114,7 +120,8 @@ _Static_assert(MAX_STR_NAME + 3 + (CT_CFG_STR - 1) + 2 <= INI_MAX_LINE,
 _Static_assert(sizeof(ct_cfg_format) == sizeof(int) && sizeof(ct_cfg_augment) == sizeof(int) &&
                    sizeof(ct_cfg_model) == sizeof(int) && sizeof(ct_cfg_cache) == sizeof(int) &&
                    sizeof(ct_cfg_optim) == sizeof(int) && sizeof(ct_cfg_sched) == sizeof(int) &&
-                   sizeof(ct_cfg_buffers) == sizeof(int) && sizeof(ct_cfg_shard) == sizeof(int),
+                   sizeof(ct_cfg_buffers) == sizeof(int) && sizeof(ct_cfg_shard) == sizeof(int) &&
+                   sizeof(ct_cfg_nonfinite) == sizeof(int),
                "config enums must be int-sized");
 
 static void *field(ct_config *c, const key_def *k) { return (char *)c + k->offset; }
@@ -616,11 +623,18 @@ ct_status ct_config_get(const ct_config *c, const char *key, char *buf, size_t n
 ct_status ct_config_write(const ct_config *c, FILE *f) {
     char value[CT_CFG_STR + 64];
     bool ok = fputs("# ctrain effective config\n", f) >= 0;
+    /* each section once, in the order of first appearance, even if its keys are not
+     * adjacent in the table */
     for (int i = 0; ok && i < NKEYS; i++) {
-        if (i == 0 || strcmp(keys[i].section, keys[i - 1].section) != 0)
-            ok = fprintf(f, "%s[%s]\n", i ? "\n" : "", keys[i].section) > 0;
-        format_value(c, &keys[i], value, sizeof value);
-        ok = ok && fprintf(f, "%s = %s\n", keys[i].name, value) > 0;
+        bool first = true;
+        for (int j = 0; j < i && first; j++) first = strcmp(keys[j].section, keys[i].section) != 0;
+        if (!first) continue;
+        ok = fprintf(f, "%s[%s]\n", i ? "\n" : "", keys[i].section) > 0;
+        for (int j = i; ok && j < NKEYS; j++) {
+            if (strcmp(keys[j].section, keys[i].section) != 0) continue;
+            format_value(c, &keys[j], value, sizeof value);
+            ok = fprintf(f, "%s = %s\n", keys[j].name, value) > 0;
+        }
     }
     return ok ? CT_OK : ct_error(CT_ERR_IO, "writing the config failed: %s", strerror(errno));
 }

@@ -103,6 +103,7 @@ typedef enum {
     CT_CFG_BUFFERS_NONE
 } ct_cfg_buffers;
 typedef enum { CT_CFG_SHARD_DROP, CT_CFG_SHARD_PAD } ct_cfg_shard;
+typedef enum { CT_CFG_NONFINITE_ERROR, CT_CFG_NONFINITE_SKIP } ct_cfg_nonfinite;
 
 /* Everything a training run reads from its INI file. Keys are "section.field"; the
  * defaults, types and allowed values live in one table in config.c. Counts documented
@@ -128,6 +129,7 @@ typedef struct {
         char init_exclude[CT_CFG_STR]; /* globs of init_from entries not to load (a fresh head) */
         bool bn_eval_when_frozen;
         double dropout;
+        bool allow_nonfinite; /* load checkpoints holding NaN/Inf (refused by default) */
     } model;
     struct {
         int epochs, batch_size;
@@ -141,6 +143,7 @@ typedef struct {
         double unfreeze_lr_scale;
         ct_cfg_cache feature_cache;
         int feature_cache_max_mb; /* auto caches only features that fit this, per rank */
+        ct_cfg_nonfinite on_nonfinite; /* a NaN/Inf training loss ends the run, or skips the step */
     } train;
     struct {
         ct_cfg_optim name;
@@ -165,6 +168,7 @@ typedef struct {
         double bucket_mb, first_bucket_mb;
         ct_cfg_shard shard;
         bool shm; /* all-reduce within a node through shared memory */
+        int timeout_s; /* a rank silent this long in the all-reduce ends the job; 0 = never */
     } dist;
     struct {
         char checkpoints[CT_CFG_STR]; /* comma-separated paths and globs; @FILE reads more,
@@ -240,6 +244,9 @@ ct_status ct_ckpt_load_model_except(const ct_st_file *f, ct_module *m, bool stri
                                     const char *exclude, char **not_loaded);
 /* Restores the optimizer state saved in f into o (whose groups match the saving run). */
 ct_status ct_ckpt_load_optim(const ct_st_file *f, ct_optim *o);
+/* CT_ERR_FORMAT naming the file, the tensor and the element if any F32 or F64 tensor of f
+ * (model or optimizer state) holds a NaN or an infinity; CT_OK otherwise. */
+ct_status ct_ckpt_check_finite(const ct_st_file *f);
 /* Reads the progress metadata; CT_ERR_FORMAT (naming the file and key) if f is not a ctrain
  * checkpoint or a field is out of range: epoch 0..INT_MAX, step >= 0, world 1..INT_MAX,
  * seed a uint64. p is unchanged on error. */
