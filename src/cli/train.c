@@ -255,6 +255,7 @@ int ct_cmd_train(ct_run *r) {
     dc.bucket_bytes = (size_t)(c->dist.bucket_mb * 1048576);
     dc.first_bucket_bytes = (size_t)(c->dist.first_bucket_mb * 1048576);
     dc.mpi_only = !c->dist.shm;
+    dc.timeout_s = c->dist.timeout_s;
     dc.buffers = c->dist.buffers == CT_CFG_BUFFERS_BROADCAST ? CT_BUFFERS_BROADCAST
                  : c->dist.buffers == CT_CFG_BUFFERS_NONE    ? CT_BUFFERS_NONE
                                                              : CT_BUFFERS_AVERAGE;

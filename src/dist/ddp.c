@@ -42,7 +42,7 @@ struct ct_ddp {
 
 ct_ddp_config ct_ddp_defaults(void) {
     return (ct_ddp_config){.bucket_bytes = 25u << 20, .first_bucket_bytes = 1u << 20,
-                           .buffers = CT_BUFFERS_AVERAGE, .mpi_only = false};
+                           .buffers = CT_BUFFERS_AVERAGE, .mpi_only = false, .timeout_s = 1800};
 }
 
 /* ---- start-up: same model everywhere, then rank 0's values -------------------------------- */
@@ -231,6 +231,7 @@ ct_status ct_ddp_new(ct_module *m, const ct_dist *d, const ct_ddp_config *cfg, c
     p->slots = calloc((size_t)p->params.n + 1, sizeof *p->slots);
     CT_ASSERT(p->slots, "ddp: out of memory");
     p->ar = ct_allreduce_new(d, !p->cfg.mpi_only);
+    ct_allreduce_set_timeout(p->ar, p->cfg.timeout_s);
     ct_dist_broadcast_module(d, m, 0);
     *out = p;
     return ct_ddp_prepare(p);

@@ -50,6 +50,9 @@ typedef struct {
     bool mpi_only;             /* all-reduce through MPI even between ranks of one node;
                                   default false: shared memory within a node, MPI between
                                   nodes (src/dist/allreduce.h) */
+    double timeout_s;          /* a rank silent this long in the gradient all-reduce ends the
+                                  job, naming it; 0 = wait forever; default 1800 (PyTorch's
+                                  30 minutes) */
 } ct_ddp_config;
 ct_ddp_config ct_ddp_defaults(void);
 

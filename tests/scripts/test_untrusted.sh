@@ -181,6 +181,50 @@ run nan-allowed eval "$CFG" "${DATA[@]}" "${SMALL[@]}" model.allow_nonfinite=tru
 ran_ok "model.allow_nonfinite = true loads it" nan-allowed
 check "... and its eval line is strict JSON" python3 -c "$JSON_CHECK" "$T/nan-allowed.out"
 
+# ---- a stopped rank: the others stop spinning and, after dist.timeout_s, end the job -----------
+# Rank 1 is stopped (SIGSTOP) early in epoch 1 of 312 steps; rank 0 waits for it in the
+# gradient all-reduce, sleeping, and after 3 s ends the job naming rank 1.
+/usr/bin/python3 - "$T" <<'EOF'
+import sys
+import numpy as np
+rng = np.random.default_rng(1)
+y = rng.integers(0, 4, 20000)
+np.save(f"{sys.argv[1]}/big_x.npy", (rng.normal(0, 1, (20000, 16)) + y[:, None]).astype(np.float32))
+np.save(f"{sys.argv[1]}/big_y.npy", y.astype(np.int64))
+EOF
+timeout 120 "${MPIRUN[@]}" -np 2 "$CTRAIN" train "$CFG" "${DATA[@]}" "${SMALL[@]}" data.train_x="$T/big_x.npy" \
+    data.train_y="$T/big_y.npy" train.log_every=10 train.epochs=50 dist.timeout_s=3 output.dir="$T/stop" \
+    >"$T/stop.out" 2>"$T/stop.err" &
+job=$!
+rank1=
+for _ in $(seq 600); do # up to 60 s for start-up on a loaded machine
+    if grep -q '^epoch 1 step 10/' "$T/stop.err" 2>/dev/null; then
+        for p in $(pgrep -f "$CTRAIN train"); do
+            tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx OMPI_COMM_WORLD_RANK=1 &&
+                grep -qF "$T/stop" "/proc/$p/cmdline" 2>/dev/null && rank1=$p
+        done
+        break
+    fi
+    sleep 0.1
+done
+if [ -n "$rank1" ]; then
+    kill -STOP "$rank1"
+    start=$(date +%s)
+    wait $job
+    rc=$?
+    secs=$(($(date +%s) - start))
+    kill -KILL "$rank1" 2>/dev/null # in case the launcher left it stopped
+    check "stopped rank: the job ends non-zero (got $rc)" [ "$rc" -ne 0 -a "$rc" -ne 124 ]
+    check "stopped rank: it ends within the timeout + 30 s (took ${secs} s)" [ "$secs" -le 33 ]
+    check "stopped rank: rank 0 names rank 1 and the timeout" \
+        contains "$T/stop.err" "rank 0: fatal: all-reduce: rank 1 has not answered for 3 s (dist.timeout_s = 3)"
+else
+    kill $job 2>/dev/null
+    wait $job
+    fail "stopped rank: rank 1 of the job was not found"
+    show "$T/stop.err"
+fi
+
 for d in e1 e2 e3 e4 e5 e6 e7 e8; do check "no output dir made by a failed start-up ($d)" [ ! -e "$T/$d" ]; done
 
 finish
