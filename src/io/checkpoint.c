@@ -112,8 +112,10 @@ ct_status ct_ckpt_save(const char *path, ct_module *m, const ct_optim *o, const 
     snprintf(step, sizeof step, "%" PRId64, p->step);
     snprintf(seed, sizeof seed, "%" PRIu64, p->seed);
     snprintf(world, sizeof world, "%d", p->world);
+    char crc[16] = "";
+    if (st == CT_OK) snprintf(crc, sizeof crc, "%08x", (unsigned)ct_st_entries_crc32(l.e, l.n));
     ct_st_meta meta[] = {{"format", "ctrain-checkpoint-1"}, {"epoch", epoch}, {"step", step},
-                         {"seed", seed}, {"world", world}};
+                         {"seed", seed}, {"world", world}, {"data_crc32", crc}};
     if (st == CT_OK) st = ct_st_save(path, l.e, l.n, meta, (int)(sizeof meta / sizeof *meta));
     entries_free(&l);
     return st;

@@ -59,11 +59,16 @@ typedef struct {
 ct_status ct_st_save(const char *path, const ct_st_entry *entries, int n, const ct_st_meta *meta,
                      int nmeta);
 
+/* The CRC32 (zlib's) of the data section ct_st_save writes for these entries, as lowercase
+ * hex it goes into the "data_crc32" metadata value that ct_st_load checks. */
+uint32_t ct_st_entries_crc32(const ct_st_entry *entries, int n);
+
 /* A loaded safetensors file; every pointer it hands out lives until ct_st_free. */
 typedef struct ct_st_file ct_st_file;
 
-/* Reads and validates path (sizes, JSON, dtypes, shapes vs offsets, offsets inside the data
- * and not overlapping); on success *out owns the file's contents, else *out = NULL and the
+/* Reads and validates path (a regular file; sizes, JSON, dtypes, shapes vs offsets, tensors
+ * tiling the data section exactly, and the data against a "data_crc32" metadata value if
+ * there is one); on success *out owns the file's contents, else *out = NULL and the
  * message names path and what is wrong (CT_ERR_IO or CT_ERR_FORMAT). */
 ct_status ct_st_load(const char *path, ct_st_file **out);
 void ct_st_free(ct_st_file *f); /* NULL is fine */
@@ -228,7 +233,8 @@ typedef struct {
 
 /* Atomically writes the model's state_dict (PyTorch names and layouts; BatchNorm's
  * num_batches_tracked as I64), the optimizer state when o is not NULL ("optim.*"), the
- * dropout RNG streams ("rng.*") and p (metadata) to path. */
+ * dropout RNG streams ("rng.*"), and p with the CRC32 of the tensor data ("data_crc32",
+ * which ct_st_load checks) as metadata to path. */
 ct_status ct_ckpt_save(const char *path, ct_module *m, const ct_optim *o, const ct_progress *p);
 /* Loads the model part of f into m, checking every name, shape and dtype. Strict: any
  * missing, unexpected or mismatched entry of the state_dict is CT_ERR_SHAPE listing all of

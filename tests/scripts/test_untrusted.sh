@@ -161,14 +161,19 @@ check "stdout is strict JSON" python3 -c "$JSON_CHECK" "$T/nan-eval.out"
 check "metrics.jsonl: eval_loss null" grep -q '"eval_loss":null' "$T/nan_eval/metrics.jsonl"
 check "metrics.jsonl is strict JSON" python3 -c "$JSON_CHECK" "$T/nan_eval/metrics.jsonl"
 
-# A checkpoint with one NaN weight is refused unless model.allow_nonfinite.
+# A checkpoint with one NaN weight (and a checksum that matches) is refused unless
+# model.allow_nonfinite.
 python3 - "$T/base/ckpt-epoch0002.safetensors" "$T/nan.safetensors" <<'EOF'
-import json, struct, sys
-raw = open(sys.argv[1], "rb").read()
+import json, struct, sys, zlib
+raw = bytearray(open(sys.argv[1], "rb").read())
 n = struct.unpack("<Q", raw[:8])[0]
-b, e = json.loads(raw[8:8 + n])["2.weight"]["data_offsets"]
+header = json.loads(raw[8:8 + n])
+b, e = header["2.weight"]["data_offsets"]
 at = 8 + n + b + 4 * 5  # element 5 of 2.weight
-open(sys.argv[2], "wb").write(raw[:at] + struct.pack("<f", float("nan")) + raw[at + 4:])
+raw[at:at + 4] = struct.pack("<f", float("nan"))
+crc = header["__metadata__"]["data_crc32"].encode()
+raw[8:8 + n] = raw[8:8 + n].replace(crc, b"%08x" % zlib.crc32(raw[8 + n:]))
+open(sys.argv[2], "wb").write(raw)
 EOF
 fails nan-checkpoint "$T/nan.safetensors: tensor '2.weight' holds NaN at element 5" "model.allow_nonfinite = true" -- \
     eval "$CFG" "${DATA[@]}" "${SMALL[@]}" --checkpoint "$T/nan.safetensors"
