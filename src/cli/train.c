@@ -1,5 +1,6 @@
 /* ctrain train: the data-parallel training loop, evaluation after every epoch, atomic
  * checkpoints from rank 0, and exact resume. */
+#include <dirent.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <inttypes.h>
@@ -143,13 +144,85 @@ static ct_status save_checkpoint(ct_run *r, ct_optim *o, int epochs_done, int64_
     return st;
 }
 
+/* Opens a checkpoint to resume from: its structure and checksum (ct_st_load), finite
+ * values, and its progress metadata. *f is NULL on error. */
+static ct_status open_valid(const ct_run *r, const char *path, ct_st_file **f, ct_progress *p) {
+    ct_status st = ct_run_open_checkpoint(r, path, f);
+    if (st == CT_OK && (st = ct_ckpt_progress(*f, p)) != CT_OK) {
+        ct_st_free(*f);
+        *f = NULL;
+    }
+    return st;
+}
+
+typedef struct {
+    char name[256];
+    struct timespec mtime;
+} candidate;
+
+static int newest_first(const void *a, const void *b) {
+    const candidate *x = a, *y = b;
+    if (x->mtime.tv_sec != y->mtime.tv_sec) return x->mtime.tv_sec < y->mtime.tv_sec ? 1 : -1;
+    if (x->mtime.tv_nsec != y->mtime.tv_nsec) return x->mtime.tv_nsec < y->mtime.tv_nsec ? 1 : -1;
+    return strcmp(y->name, x->name);
+}
+
+/* The checkpoint `latest` names is unusable (missing, truncated, corrupt): opens the newest
+ * other ckpt-*.safetensors in dir that is valid, newest by modification time, into path.
+ * CT_ERR_IO if there is none. */
+static ct_status fall_back(const ct_run *r, const char *bad, char *path, size_t n, ct_st_file **f,
+                           ct_progress *p) {
+    const char *dir = r->cfg.output.dir;
+    DIR *d = opendir(dir);
+    candidate *c = NULL;
+    int nc = 0, cap = 0;
+    for (struct dirent *e; d && (e = readdir(d));) {
+        size_t len = strlen(e->d_name);
+        struct stat sb;
+        if (strncmp(e->d_name, "ckpt-", 5) || len < 17 || len >= sizeof c->name ||
+            strcmp(e->d_name + len - 12, ".safetensors") || snprintf(path, n, "%s/%s", dir, e->d_name) >= (int)n ||
+            !strcmp(path, bad) || stat(path, &sb) != 0 || !S_ISREG(sb.st_mode))
+            continue;
+        if (nc == cap) {
+            cap = cap ? 2 * cap : 16;
+            c = realloc(c, (size_t)cap * sizeof *c);
+            CT_ASSERT(c, "resume: out of memory");
+        }
+        snprintf(c[nc].name, sizeof c[nc].name, "%s", e->d_name);
+        c[nc++].mtime = sb.st_mtim;
+    }
+    if (d) closedir(d);
+    if (nc) qsort(c, (size_t)nc, sizeof *c, newest_first);
+    ct_status st = CT_ERR_IO;
+    for (int i = 0; i < nc && st != CT_OK; i++) {
+        snprintf(path, n, "%s/%s", dir, c[i].name);
+        st = open_valid(r, path, f, p);
+        if (st != CT_OK && r->d.rank == 0)
+            fprintf(stderr, "ctrain: warning: not resuming from %s either: %s\n", path, ct_last_error());
+    }
+    free(c);
+    return st;
+}
+
 static ct_status resume(ct_run *r, ct_optim *o, int *start_epoch, int64_t *step) {
     char path[CT_CFG_STR + 300];
     ct_st_file *f = NULL;
     ct_progress p = {0};
     ct_status st = latest_checkpoint(r->cfg.output.dir, path, sizeof path);
-    if (st == CT_OK) st = ct_run_open_checkpoint(r, path, &f);
-    if (st == CT_OK) st = ct_ckpt_progress(f, &p);
+    if (st != CT_OK) return st; /* no latest, or one naming a file outside output.dir */
+    if ((st = open_valid(r, path, &f, &p)) != CT_OK) {
+        /* A crash or a bad disk can leave the newest checkpoint unreadable while older ones
+         * are fine: resume from the newest valid one, and say so. */
+        char bad[sizeof path], why[1024];
+        snprintf(bad, sizeof bad, "%s", path);
+        snprintf(why, sizeof why, "%s", ct_last_error());
+        st = fall_back(r, bad, path, sizeof path, &f, &p);
+        if (st != CT_OK)
+            return ct_error(st, "%s (and no other checkpoint in %s is valid)", why, r->cfg.output.dir);
+        if (r->d.rank == 0)
+            fprintf(stderr, "ctrain: warning: %s/latest names %s, which is unusable (%s); resuming from %s, "
+                    "the newest valid checkpoint\n", r->cfg.output.dir, bad, why, path);
+    }
     /* Replay staged unfreezing so the optimizer has the groups the saved state names. */
     int at = r->cfg.train.unfreeze_after; /* unfreezing happens at most once, at this epoch */
     if (st == CT_OK && at > 0 && at < p.epoch) maybe_unfreeze(r, o, at);

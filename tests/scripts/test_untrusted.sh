@@ -99,6 +99,36 @@ fails eval-checkpoint-is-a-fifo "$T/fifo.safetensors: not a regular file (a FIFO
 fails init-from-a-fifo "$T/fifo.safetensors: not a regular file (a FIFO)" -- \
     train "$CFG" "${DATA[@]}" "${SMALL[@]}" model.init_from="$T/fifo.safetensors" output.dir="$T/e5"
 
+# ---- integrity: a corrupt or truncated newest checkpoint falls back to the newest valid one ----
+FB=$T/fb
+run fb-full train "$CFG" "${DATA[@]}" "${SMALL[@]}" train.epochs=3 output.dir="$FB"
+ran_ok "3 epochs with a checkpoint each" fb-full
+last=$(tail -1 "$T/fb-full.out")
+head -c 1000 "$FB/ckpt-epoch0003.safetensors" >"$T/cut" && mv "$T/cut" "$FB/ckpt-epoch0003.safetensors"
+run fb-truncated "${RESUME[@]/$L/$FB}"
+ran_ok "resume with a truncated newest checkpoint" fb-truncated
+check "truncated: the warning names both files" contains "$T/fb-truncated.err" \
+    "$FB/latest names $FB/ckpt-epoch0003.safetensors, which is unusable"
+check "truncated: ... and the one it resumed from" contains "$T/fb-truncated.err" \
+    "resuming from $FB/ckpt-epoch0002.safetensors, the newest valid checkpoint"
+expect_eq "truncated: epoch 3 replays exactly" "$last" "$(cat "$T/fb-truncated.out")"
+# one flipped bit in the data of epochs 3 and 2 (the checksum catches it): back to epoch 1
+for e in 3 2; do
+    python3 -c 'import sys; p = sys.argv[1]; b = bytearray(open(p, "rb").read()); b[-9] ^= 1; open(p, "wb").write(b)' \
+        "$FB/ckpt-epoch000$e.safetensors"
+done
+run fb-corrupt "${RESUME[@]/$L/$FB}"
+ran_ok "resume with the two newest checkpoints corrupt" fb-corrupt
+check "corrupt: the checksum mismatch is named" contains "$T/fb-corrupt.err" \
+    "$FB/ckpt-epoch0003.safetensors: the tensor data does not match its checksum"
+check "corrupt: the other bad one is named too" contains "$T/fb-corrupt.err" \
+    "not resuming from $FB/ckpt-epoch0002.safetensors either"
+check "corrupt: resumed from epoch 1" contains "$T/fb-corrupt.err" "resumed from $FB/ckpt-epoch0001.safetensors (epoch 1,"
+expect_eq "corrupt: epoch 3 replays exactly" "$last" "$(tail -1 "$T/fb-corrupt.out")"
+rm "$FB"/ckpt-epoch000[12].safetensors
+head -c 1000 "$T/base/ckpt-epoch0001.safetensors" >"$FB/ckpt-epoch0003.safetensors"
+fails fb-none-valid "$FB/ckpt-epoch0003.safetensors" "(and no other checkpoint in $FB is valid)" -- "${RESUME[@]/$L/$FB}"
+
 # ---- a non-strict init_from that loads nothing is an error --------------------------------
 fails init-from-another-model "$MLP/ckpt-epoch0001.safetensors: not one tensor of the model could be loaded" -- \
     train "$CFG" "${DATA[@]}" "${SMALL[@]}" model.init_from="$MLP/ckpt-epoch0001.safetensors" output.dir="$T/e6"
