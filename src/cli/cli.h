@@ -41,6 +41,10 @@ ct_status ct_run_setup(ct_run *r, const char *cfg_path, int noverrides, char *co
 /* The part of ct_run_setup after the config: r->cfg, r->cfg_path and r->d are filled. */
 ct_status ct_run_build(ct_run *r, bool with_train);
 void ct_run_free(ct_run *r);
+/* ct_st_load of a checkpoint (or init_from file) that is then checked to hold only finite
+ * values, unless model.allow_nonfinite: NaN/Inf weights or optimizer state would otherwise
+ * load silently and train on as NaN. The message names the file, tensor and element. */
+ct_status ct_run_open_checkpoint(const ct_run *r, const char *path, ct_st_file **f);
 /* For a checkpoint that does not fit the model (st == CT_ERR_SHAPE): appends to the message
  * where the model's class count came from (the label file and sample of the largest test
  * label), since a stray label there shows up as a classifier of the wrong size. Returns st. */
@@ -79,5 +83,8 @@ void ct_progress_update(ct_progress_bar *p, int epoch, int64_t step_in_epoch, in
                         double loss, int64_t global_samples);
 void ct_progress_end(ct_progress_bar *p);
 double ct_now(void);
+/* v as a JSON number with that many decimals, or "null" when v is NaN or infinite (JSON has
+ * no such numbers; printf's "nan" made the line unreadable). buf holds 32 bytes; returns buf. */
+const char *ct_json_num(char buf[32], double v, int decimals);
 
 #endif

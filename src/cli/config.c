@@ -93,6 +93,7 @@ static const key_def keys[] = {
     BOOL("model", "init_strict", model.init_strict, "false"),
     LIST_STR("model", "init_exclude", model.init_exclude, ""),
     BOOL("model", "bn_eval_when_frozen", model.bn_eval_when_frozen, "true"),
+    BOOL("model", "allow_nonfinite", model.allow_nonfinite, "false"),
     REAL("model", "dropout", model.dropout, "0.25", 0, 1, HI_OPEN),
 
     INT("train", "epochs", train.epochs, "10", 1, NULL),
@@ -108,6 +109,8 @@ static const key_def keys[] = {
     ENUM("train", "feature_cache", train.feature_cache, "auto", {"auto", CT_CFG_CACHE_AUTO},
          {"off", CT_CFG_CACHE_OFF}),
     INT("train", "feature_cache_max_mb", train.feature_cache_max_mb, "4096", 1, NULL),
+    ENUM("train", "on_nonfinite", train.on_nonfinite, "error", {"error", CT_CFG_NONFINITE_ERROR},
+         {"skip", CT_CFG_NONFINITE_SKIP}),
 
     ENUM("optim", "name", optim.kind, "adam", {"sgd", CT_OPTIM_SGD}, {"adam", CT_OPTIM_ADAM},
          {"adamw", CT_OPTIM_ADAMW}),
@@ -136,6 +139,7 @@ static const key_def keys[] = {
     REAL("dist", "first_bucket_mb", dist.first_bucket_mb, "1", 0, INFINITY, LO_OPEN),
     ENUM("dist", "shard", dist.shard, "drop", {"drop", CT_SHARD_DROP}, {"pad", CT_SHARD_PAD}),
     BOOL("dist", "shm", dist.shm, "true"),
+    INT("dist", "timeout_s", dist.timeout_s, "1800", 0, "never"),
 
     LIST_STR("sweep", "checkpoints", sweep.checkpoints, ""),
     LIST_STR("sweep", "datasets", sweep.datasets, ""),
@@ -157,7 +161,8 @@ _Static_assert(MAX_STR_NAME + 3 + (CT_CFG_STR - 1) + 2 <= INI_MAX_LINE,
 _Static_assert(sizeof(ct_cfg_format) == sizeof(int) && sizeof(ct_cfg_augment) == sizeof(int) &&
                    sizeof(ct_cfg_model) == sizeof(int) && sizeof(ct_cfg_cache) == sizeof(int) &&
                    sizeof(ct_optim_kind) == sizeof(int) && sizeof(ct_sched_kind) == sizeof(int) &&
-                   sizeof(ct_buffer_policy) == sizeof(int) && sizeof(ct_shard_mode) == sizeof(int),
+                   sizeof(ct_buffer_policy) == sizeof(int) && sizeof(ct_shard_mode) == sizeof(int) &&
+                   sizeof(ct_cfg_nonfinite) == sizeof(int),
                "config enums must be int-sized");
 
 static void *field(ct_config *c, const key_def *k) { return (char *)c + k->offset; }
@@ -738,6 +743,8 @@ static bool write_key(FILE *f, const key_def *k, const char *value) {
 ct_status ct_config_write(const ct_config *c, FILE *f) {
     char value[CT_CFG_LIST + 64];
     bool ok = fputs("# ctrain effective config\n", f) >= 0;
+    /* each section once, in the order of first appearance, even if its keys are not
+     * adjacent in the table */
     for (int i = 0; ok && i < NKEYS; i++) {
         if (i == 0 || strcmp(keys[i].section, keys[i - 1].section) != 0)
             ok = fprintf(f, "%s[%s]\n", i ? "\n" : "", keys[i].section) > 0;

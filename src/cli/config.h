@@ -20,6 +20,7 @@
 
 typedef enum { CT_CFG_FORMAT_IDX, CT_CFG_FORMAT_NPY, CT_CFG_FORMAT_FOLDER, CT_CFG_FORMAT_LIST } ct_cfg_format;
 typedef enum { CT_CFG_ON_BAD_ERROR, CT_CFG_ON_BAD_SKIP } ct_cfg_on_bad;
+typedef enum { CT_CFG_NONFINITE_ERROR, CT_CFG_NONFINITE_SKIP } ct_cfg_nonfinite;
 typedef enum {
     CT_CFG_AUGMENT_NONE,
     CT_CFG_AUGMENT_CROP,
@@ -58,6 +59,7 @@ typedef struct {
         bool init_strict;
         char init_exclude[CT_CFG_STR]; /* list: globs of init_from entries not to load */
         bool bn_eval_when_frozen;
+        bool allow_nonfinite; /* load checkpoints holding NaN/Inf (refused by default) */
         double dropout;
     } model;
     struct {
@@ -72,6 +74,7 @@ typedef struct {
         double unfreeze_lr_scale;
         ct_cfg_cache feature_cache;
         int feature_cache_max_mb; /* auto caches only features that fit this, per rank */
+        ct_cfg_nonfinite on_nonfinite; /* a NaN/Inf training loss ends the run, or skips the step */
     } train;
     /* [optim]: name is .kind; dampening is not a key and stays 0 */
     ct_optim_config optim;
@@ -92,6 +95,7 @@ typedef struct {
         double bucket_mb, first_bucket_mb;
         ct_shard_mode shard; /* drop or pad */
         bool shm;            /* all-reduce within a node through shared memory */
+        int timeout_s;       /* a rank silent this long ends the job; 0 = never */
     } dist;
     struct {
         /* the long lists are stored with blanks around items and empty items removed, so

@@ -16,7 +16,7 @@ static int usage(void) {
 
 int ct_cmd_eval(ct_run *r, const char *checkpoint) {
     ct_st_file *f = NULL;
-    ct_status st = ct_st_load(checkpoint, &f);
+    ct_status st = ct_run_open_checkpoint(r, checkpoint, &f);
     if (st == CT_OK) st = ct_run_explain_classes(r, ct_ckpt_load_model(f, r->model, true, NULL));
     ct_st_free(f);
     if (ct_run_check(&r->d, st) != CT_OK) return 1;

@@ -1,9 +1,16 @@
-/* Rank 0's progress display. */
+/* Rank 0's progress display, and the JSON number formatting of the output lines. */
+#include <math.h>
 #include <stdio.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
+
+const char *ct_json_num(char buf[32], double v, int decimals) {
+    if (isfinite(v)) snprintf(buf, 32, "%.*f", decimals, v);
+    else snprintf(buf, 32, "null");
+    return buf;
+}
 
 double ct_now(void) {
     struct timespec ts;

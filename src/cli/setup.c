@@ -35,6 +35,16 @@ static void note_labels(ct_run *r, ct_split split, const ct_dataset *ds) {
         if (ds->y[i] > r->labels[split].max) r->labels[split].max = ds->y[i], r->labels[split].sample = i;
 }
 
+ct_status ct_run_open_checkpoint(const ct_run *r, const char *path, ct_st_file **f) {
+    ct_status st = ct_st_load(path, f);
+    if (st != CT_OK || r->cfg.model.allow_nonfinite) return st;
+    st = ct_ckpt_check_finite(*f);
+    if (st == CT_OK) return st;
+    ct_st_free(*f);
+    *f = NULL;
+    return ct_error(st, "%s (model.allow_nonfinite = true loads it anyway)", ct_last_error());
+}
+
 ct_status ct_run_explain_classes(const ct_run *r, ct_status st) {
     if (st != CT_ERR_SHAPE || strcmp(r->cfg.data.classes, "all") != 0 || r->labels[CT_SPLIT_TEST].max < 0)
         return st;
@@ -163,7 +173,7 @@ static ct_status init_from(ct_run *r) {
     const char *path = r->cfg.model.init_from;
     if (!*path) return CT_OK;
     ct_st_file *f = NULL;
-    ct_status st = ct_st_load(path, &f);
+    ct_status st = ct_run_open_checkpoint(r, path, &f);
     char *rep = NULL;
     if (st == CT_OK) {
         st = ct_ckpt_load_model_except(f, r->model, r->cfg.model.init_strict, r->cfg.model.init_exclude, &rep);

@@ -240,7 +240,7 @@ static void run_job(worker *w, const char *path, const ct_dist *group, job_resul
         snprintf(res->error, sizeof res->error, "%s", w->error);
     } else {
         ct_st_file *f = NULL;
-        st = ct_st_load(path, &f);
+        st = ct_run_open_checkpoint(&w->run, path, &f);
         if (st == CT_ERR_IO && has_glob_chars(path) && access(path, F_OK) != 0)
             st = ct_error(st, "%s: no file matches this pattern", path);
         if (st == CT_OK) st = ct_ckpt_load_model(f, w->run.model, true, NULL);

@@ -1,9 +1,11 @@
 /* ctrain train: the data-parallel training loop, evaluation after every epoch, atomic
  * checkpoints from rank 0, and exact resume. */
+#include <dirent.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,13 +131,85 @@ static ct_status save_checkpoint(ct_run *r, ct_optim *o, int epochs_done, int64_
     return st;
 }
 
+/* Opens a checkpoint to resume from: its structure and checksum (ct_st_load), finite
+ * values, and its progress metadata. *f is NULL on error. */
+static ct_status open_valid(const ct_run *r, const char *path, ct_st_file **f, ct_progress *p) {
+    ct_status st = ct_run_open_checkpoint(r, path, f);
+    if (st == CT_OK && (st = ct_ckpt_progress(*f, p)) != CT_OK) {
+        ct_st_free(*f);
+        *f = NULL;
+    }
+    return st;
+}
+
+typedef struct {
+    char name[256];
+    struct timespec mtime;
+} candidate;
+
+static int newest_first(const void *a, const void *b) {
+    const candidate *x = a, *y = b;
+    if (x->mtime.tv_sec != y->mtime.tv_sec) return x->mtime.tv_sec < y->mtime.tv_sec ? 1 : -1;
+    if (x->mtime.tv_nsec != y->mtime.tv_nsec) return x->mtime.tv_nsec < y->mtime.tv_nsec ? 1 : -1;
+    return strcmp(y->name, x->name);
+}
+
+/* The checkpoint `latest` names is unusable (missing, truncated, corrupt): opens the newest
+ * other ckpt-*.safetensors in dir that is valid, newest by modification time, into path.
+ * CT_ERR_IO if there is none. */
+static ct_status fall_back(const ct_run *r, const char *bad, char *path, size_t n, ct_st_file **f,
+                           ct_progress *p) {
+    const char *dir = r->cfg.output.dir;
+    DIR *d = opendir(dir);
+    candidate *c = NULL;
+    int nc = 0, cap = 0;
+    for (struct dirent *e; d && (e = readdir(d));) {
+        size_t len = strlen(e->d_name);
+        struct stat sb;
+        if (strncmp(e->d_name, "ckpt-", 5) || len < 17 || len >= sizeof c->name ||
+            strcmp(e->d_name + len - 12, ".safetensors") || snprintf(path, n, "%s/%s", dir, e->d_name) >= (int)n ||
+            !strcmp(path, bad) || stat(path, &sb) != 0 || !S_ISREG(sb.st_mode))
+            continue;
+        if (nc == cap) {
+            cap = cap ? 2 * cap : 16;
+            c = realloc(c, (size_t)cap * sizeof *c);
+            CT_ASSERT(c, "resume: out of memory");
+        }
+        snprintf(c[nc].name, sizeof c[nc].name, "%s", e->d_name);
+        c[nc++].mtime = sb.st_mtim;
+    }
+    if (d) closedir(d);
+    if (nc) qsort(c, (size_t)nc, sizeof *c, newest_first);
+    ct_status st = CT_ERR_IO;
+    for (int i = 0; i < nc && st != CT_OK; i++) {
+        snprintf(path, n, "%s/%s", dir, c[i].name);
+        st = open_valid(r, path, f, p);
+        if (st != CT_OK && r->d.rank == 0)
+            fprintf(stderr, "ctrain: warning: not resuming from %s either: %s\n", path, ct_last_error());
+    }
+    free(c);
+    return st;
+}
+
 static ct_status resume(ct_run *r, ct_optim *o, int *start_epoch, int64_t *step) {
     char path[CT_CFG_STR + 300];
     ct_st_file *f = NULL;
     ct_progress p = {0};
     ct_status st = latest_checkpoint(r->cfg.output.dir, path, sizeof path);
-    if (st == CT_OK) st = ct_st_load(path, &f);
-    if (st == CT_OK) st = ct_ckpt_progress(f, &p);
+    if (st != CT_OK) return st; /* no latest, or one naming a file outside output.dir */
+    if ((st = open_valid(r, path, &f, &p)) != CT_OK) {
+        /* A crash or a bad disk can leave the newest checkpoint unreadable while older ones
+         * are fine: resume from the newest valid one, and say so. */
+        char bad[sizeof path], why[1024];
+        snprintf(bad, sizeof bad, "%s", path);
+        snprintf(why, sizeof why, "%s", ct_last_error());
+        st = fall_back(r, bad, path, sizeof path, &f, &p);
+        if (st != CT_OK)
+            return ct_error(st, "%s (and no other checkpoint in %s is valid)", why, r->cfg.output.dir);
+        if (r->d.rank == 0)
+            fprintf(stderr, "ctrain: warning: %s/latest names %s, which is unusable (%s); resuming from %s, "
+                    "the newest valid checkpoint\n", r->cfg.output.dir, bad, why, path);
+    }
     /* Replay staged unfreezing so the optimizer has the groups the saved state names. */
     int at = r->cfg.train.unfreeze_after; /* unfreezing happens at most once, at this epoch */
     if (st == CT_OK && at > 0 && at < p.epoch) maybe_unfreeze(r, o, at);
@@ -243,6 +317,7 @@ int ct_cmd_train(ct_run *r) {
     dc.bucket_bytes = (size_t)(c->dist.bucket_mb * 1048576);
     dc.first_bucket_bytes = (size_t)(c->dist.first_bucket_mb * 1048576);
     dc.mpi_only = !c->dist.shm;
+    dc.timeout_s = c->dist.timeout_s;
     dc.buffers = c->dist.buffers;
     st = ct_ddp_new(r->model, &r->d, &dc, &ddp);
     if (st != CT_OK) {
@@ -368,6 +443,7 @@ int ct_cmd_train(ct_run *r) {
         ct_progress_bar bar;
         ct_progress_start(&bar, steps, c->train.log_every);
         double loss_sum = 0, t0 = ct_now();
+        int64_t skipped = 0; /* steps skipped for a non-finite loss (train.on_nonfinite) */
         for (int64_t s = 0; s < steps && !failed; s++, step++) CT_SCOPE {
             maybe_inject_fault(&r->d, step);
             ct_batch b;
@@ -382,19 +458,34 @@ int ct_cmd_train(ct_run *r) {
             ct_tensor *logits = prefix ? ct_seq_forward_range(r->model, prefix, nlayers, b.x)
                                        : ct_module_forward(r->model, b.x);
             ct_tensor *loss = ct_cross_entropy(logits, b.y, CT_REDUCE_MEAN);
+            bool finite = isfinite(loss->data[0]);
+            if (!finite && c->train.on_nonfinite == CT_CFG_NONFINITE_ERROR)
+                ct_fatal("epoch %d step %lld: the training loss is %f (train.on_nonfinite = error; 'skip' "
+                         "skips such steps)", epoch + 1, (long long)s + 1, loss->data[0]);
             ct_backward(loss);
             ct_ddp_finish(ddp);
-            ct_optim_step(opt);
+            /* A non-finite loss on any rank makes the averaged gradients non-finite on all
+             * of them: every rank skips the update together. */
+            if (c->train.on_nonfinite == CT_CFG_NONFINITE_SKIP && !ct_ddp_all(ddp, finite)) {
+                skipped++;
+            } else {
+                ct_optim_step(opt);
+                loss_sum += loss->data[0];
+            }
             ct_ddp_zero_grad(ddp);
-            loss_sum += loss->data[0];
-            if (r->d.rank == 0) ct_progress_update(&bar, epoch + 1, s, steps, loss_sum / (double)(s + 1), b.size * r->d.size);
+            if (r->d.rank == 0 && s >= skipped)
+                ct_progress_update(&bar, epoch + 1, s, steps, loss_sum / (double)(s + 1 - skipped), b.size * r->d.size);
         }
+        if (skipped && r->d.rank == 0)
+            fprintf(stderr, "ctrain: warning: epoch %d: skipped %lld of %lld steps with a non-finite loss "
+                    "(train.on_nonfinite = skip)\n", epoch + 1, (long long)skipped, (long long)steps);
         double secs = ct_now() - t0;
         if (r->d.rank == 0) ct_progress_end(&bar);
         if (failed) break;
-        /* The epoch's training loss averaged over ranks, the files skipped on all ranks, and
-         * the evaluation. */
-        double tl[2] = {loss_sum / (double)steps, (double)ct_loader_skipped(loader)};
+        /* The epoch's training loss averaged over ranks (NaN if every step was skipped), the
+         * image files skipped on all ranks, and the evaluation. */
+        double tl[2] = {steps > skipped ? loss_sum / (double)(steps - skipped) : NAN,
+                        (double)ct_loader_skipped(loader)};
         ct_dist_sum(&r->d, tl, 2);
         tl[0] /= r->d.size;
         ct_ddp_sync_buffers(ddp);

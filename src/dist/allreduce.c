@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "allreduce.h"
 
@@ -50,6 +51,8 @@ struct ct_allreduce {
     int nreduced, nposted, npublished, ncopied; /* this rank's progress through r */
     int64_t base;     /* ranges finished in earlier steps */
     int64_t rounds;   /* agreement rounds so far */
+    int *wrank;       /* world rank of every node rank, for messages */
+    double timeout_s; /* a wait this long ends the job; 0 = never */
 };
 
 static int64_t get(const ct_allreduce *a, int q, int which) {
@@ -60,15 +63,48 @@ static void set(ct_allreduce *a, int which, int64_t v) {
     atomic_store_explicit(&a->ctr[a->nrank]->c[which].v, v, memory_order_release);
 }
 
-/* One turn of a wait loop: a short spin, then the core is given away, since with more
- * ranks than cores the rank this one waits for may need it. */
-static void backoff(int spins) {
-    if (spins > 64) sched_yield();
+/* The state of one wait. It spins for a few turns (the others are usually microseconds
+ * behind), then gives the core away (with more ranks than cores the rank it waits for may
+ * need it), then sleeps, twice as long each time up to 1 ms: a rank waiting for a stopped
+ * or hung peer costs no CPU. Past the timeout it ends the job. */
+typedef struct {
+    int spins;
+    double t0;     /* when the wait began yielding; 0 before */
+    long sleep_ns; /* the next sleep; 0 while still yielding */
+} waiter;
+
+enum { SPINS = 64 };
+#define YIELD_S 0.002 /* yield this long before sleeping */
+#define MAX_SLEEP_NS 1000000L
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Names the rank the wait is for: the first node rank whose counter `which` is below n, or
+ * (between nodes) the leaders' MPI all-reduce. */
+_Noreturn static void timed_out(const ct_allreduce *a, int which, int64_t n, double waited);
+
+/* One turn of a wait loop for node ranks to reach n at `which`. */
+static void backoff(const ct_allreduce *a, waiter *w, int which, int64_t n) {
+    if (++w->spins <= SPINS) return;
+    double t = now_s();
+    if (w->t0 == 0) w->t0 = t;
+    if (a->timeout_s > 0 && t - w->t0 > a->timeout_s) timed_out(a, which, n, t - w->t0);
+    if (t - w->t0 < YIELD_S) {
+        sched_yield();
+        return;
+    }
+    w->sleep_ns = w->sleep_ns ? w->sleep_ns * 2 : 10000;
+    if (w->sleep_ns > MAX_SLEEP_NS) w->sleep_ns = MAX_SLEEP_NS;
+    nanosleep(&(struct timespec){0, w->sleep_ns}, NULL);
 }
 
 /* Waits until node rank q has counted n at `which`. */
 static void spin_until(const ct_allreduce *a, int q, int which, int64_t n) {
-    for (int spins = 0; get(a, q, which) < n; spins++) backoff(spins);
+    for (waiter w = {0}; get(a, q, which) < n;) backoff(a, &w, which, n);
 }
 
 /* True when every node rank except `skip` has taken n ranges through stage `which`. */
@@ -118,6 +154,8 @@ ct_allreduce *ct_allreduce_new(const ct_dist *d, bool shm) {
     CT_CHECK_MPI(MPI_Bcast(&a->nnodes, 1, MPI_INT, 0, a->node));
     a->buf = ct_calloc((size_t)a->nsize, sizeof *a->buf);
     a->ctr = ct_calloc((size_t)a->nsize, sizeof *a->ctr);
+    a->wrank = ct_calloc((size_t)a->nsize, sizeof *a->wrank);
+    CT_CHECK_MPI(MPI_Allgather(&d->rank, 1, MPI_INT, a->wrank, 1, MPI_INT, a->node));
     if (a->nsize == 1) {
         a->ctr[0] = &a->own;
     } else {
@@ -130,6 +168,8 @@ ct_allreduce *ct_allreduce_new(const ct_dist *d, bool shm) {
     }
     return a;
 }
+
+void ct_allreduce_set_timeout(ct_allreduce *a, double seconds) { a->timeout_s = seconds > 0 ? seconds : 0; }
 
 static void release_buffer(ct_allreduce *a) {
     if (a->have_data) {
@@ -152,6 +192,7 @@ void ct_allreduce_free(ct_allreduce *a) {
     MPI_Comm_free(&a->node);
     free(a->buf);
     free(a->ctr);
+    free(a->wrank);
     free(a->r);
     free(a->req);
     free(a);
@@ -257,10 +298,34 @@ static bool finished(const ct_allreduce *a) {
     return a->npublished == a->nr && node_reached(a, COPIED, end, 0); /* all copied mine */
 }
 
+/* What an unfinished wait is waiting for: node ranks to reach *n at *which, or (*which =
+ * -1) the leaders' MPI all-reduce. Mirrors finished() and progress(). */
+static void pending(const ct_allreduce *a, int *which, int64_t *n) {
+    int64_t end = a->base + a->nr;
+    *which = -1;
+    if (a->nreduced < a->nr) *which = ARRIVED, *n = a->base + a->nreduced + 1;
+    else if (a->nnodes == 1) *which = REDUCED, *n = end;
+    else if (a->nrank != 0) *which = PUBLISHED, *n = a->base + a->ncopied + 1; /* the leader's */
+    else if (a->nposted < a->nr) *which = REDUCED, *n = a->base + a->nposted + 1;
+    else if (a->npublished == a->nr) *which = COPIED, *n = end;
+}
+
+_Noreturn static void timed_out(const ct_allreduce *a, int which, int64_t n, double waited) {
+    for (int q = 0; which >= 0 && q < a->nsize; q++)
+        if (q != a->nrank && get(a, q, which) < n)
+            ct_fatal("all-reduce: rank %d has not answered for %.0f s (dist.timeout_s = %g): it is stopped, "
+                     "hung or dead", a->wrank[q], waited, a->timeout_s);
+    ct_fatal("all-reduce: the node leaders' MPI all-reduce has not completed for %.0f s (dist.timeout_s = %g): "
+             "a rank on another node is stopped, hung or dead", waited, a->timeout_s);
+}
+
 void ct_allreduce_wait(ct_allreduce *a) {
-    for (int spins = 0; !finished(a); spins++) {
+    for (waiter w = {0}; !finished(a);) {
         ct_allreduce_progress(a);
-        backoff(spins);
+        int which;
+        int64_t n = 0;
+        if (w.spins >= SPINS) pending(a, &which, &n); /* only needed once the wait is long */
+        backoff(a, &w, w.spins >= SPINS ? which : -1, n);
     }
     a->base += a->nr;
     a->nr = a->nreduced = a->nposted = a->npublished = a->ncopied = 0;

@@ -18,6 +18,10 @@ typedef struct ct_allreduce ct_allreduce;
 /* Collective over d->world: the node groups (d->local, or single ranks if !shm) and the
  * leaders' communicator. No buffer yet. */
 ct_allreduce *ct_allreduce_new(const ct_dist *d, bool shm);
+/* Waits back off from spinning to sleeping (up to 1 ms at a time), so a rank waiting for a
+ * stopped peer costs no CPU; a wait longer than `seconds` ends the job through ct_fatal,
+ * naming the rank that stopped answering. 0 (the default) waits forever. */
+void ct_allreduce_set_timeout(ct_allreduce *a, double seconds);
 /* Collective: frees the buffer and the communicators. */
 void ct_allreduce_free(ct_allreduce *a);
 /* Collective: replaces the buffer by one of numel floats (64-byte aligned, contents

@@ -42,7 +42,7 @@ struct ct_ddp {
 
 ct_ddp_config ct_ddp_defaults(void) {
     return (ct_ddp_config){.bucket_bytes = 25u << 20, .first_bucket_bytes = 1u << 20,
-                           .buffers = CT_BUFFERS_AVERAGE, .mpi_only = false};
+                           .buffers = CT_BUFFERS_AVERAGE, .mpi_only = false, .timeout_s = 1800};
 }
 
 /* ---- start-up: same model everywhere, then rank 0's values -------------------------------- */
@@ -221,6 +221,7 @@ ct_status ct_ddp_new(ct_module *m, const ct_dist *d, const ct_ddp_config *cfg, c
     p->params = ct_module_params(m, false);
     p->slots = ct_calloc((size_t)p->params.n + 1, sizeof *p->slots);
     p->ar = ct_allreduce_new(d, !p->cfg.mpi_only);
+    ct_allreduce_set_timeout(p->ar, p->cfg.timeout_s);
     ct_dist_broadcast_module(d, m, 0);
     *out = p;
     return ct_ddp_prepare(p);
@@ -311,6 +312,11 @@ void ct_ddp_sync_buffers(ct_ddp *p) {
 
 void ct_ddp_zero_grad(ct_ddp *p) {
     if (p->slab) memset(p->slab, 0, (size_t)p->slab_numel * sizeof(float));
+}
+
+bool ct_ddp_all(ct_ddp *p, bool v) {
+    /* agree() is true iff every rank passed the same value, which is then everyone's v */
+    return ct_allreduce_agree(p->ar, v) && v;
 }
 
 ct_ddp_stats ct_ddp_get_stats(const ct_ddp *p) { return p->stats; }

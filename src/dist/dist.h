@@ -60,6 +60,9 @@ typedef struct {
     bool mpi_only;             /* all-reduce through MPI even between ranks of one node;
                                   default false: shared memory within a node, MPI between
                                   nodes (src/dist/allreduce.h) */
+    double timeout_s;          /* a rank silent this long in the gradient all-reduce ends the
+                                  job, naming it; 0 = wait forever; default 1800 (PyTorch's
+                                  30 minutes) */
 } ct_ddp_config;
 ct_ddp_config ct_ddp_defaults(void);
 
@@ -93,6 +96,9 @@ void ct_ddp_sync_buffers(ct_ddp *p);
 ct_ddp_stats ct_ddp_get_stats(const ct_ddp *p);
 /* Zeroes every trainable gradient (the bucket memory). */
 void ct_ddp_zero_grad(ct_ddp *p);
+/* Collective over the DDP's ranks: true on every rank iff v is true on every rank (through
+ * the all-reduce's shared-memory counters within a node). */
+bool ct_ddp_all(ct_ddp *p, bool v);
 
 /* Broadcasts every parameter and buffer (and BatchNorm counters) from root. */
 void ct_dist_broadcast_module(const ct_dist *d, ct_module *m, int root);

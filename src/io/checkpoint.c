@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,8 +109,10 @@ ct_status ct_ckpt_save(const char *path, ct_module *m, const ct_optim *o, const 
     snprintf(step, sizeof step, "%" PRId64, p->step);
     snprintf(seed, sizeof seed, "%" PRIu64, p->seed);
     snprintf(world, sizeof world, "%d", p->world);
+    char crc[16] = "";
+    if (st == CT_OK) snprintf(crc, sizeof crc, "%08x", (unsigned)ct_st_entries_crc32(l.e, l.n));
     ct_st_meta meta[] = {{"format", "ctrain-checkpoint-1"}, {"epoch", epoch}, {"step", step},
-                         {"seed", seed}, {"world", world}};
+                         {"seed", seed}, {"world", world}, {"data_crc32", crc}};
     if (st == CT_OK) st = ct_st_save(path, l.e, l.n, meta, (int)(sizeof meta / sizeof *meta));
     entries_free(&l);
     return st;
@@ -240,6 +243,20 @@ ct_status ct_ckpt_load_optim(const ct_st_file *f, ct_optim *o) {
     if (st != CT_OK && !strstr(ct_last_error(), ct_st_path(f)))
         st = ct_error(st, "%s: %s", ct_st_path(f), ct_last_error());
     return st;
+}
+
+ct_status ct_ckpt_check_finite(const ct_st_file *f) {
+    for (int i = 0; i < ct_st_count(f); i++) {
+        const ct_st_entry *e = ct_st_at(f, i);
+        int64_t n = ct_st_numel(e);
+        for (int64_t k = 0; k < n && (e->dtype == CT_DTYPE_F32 || e->dtype == CT_DTYPE_F64); k++) {
+            double v = e->dtype == CT_DTYPE_F32 ? ((const float *)e->data)[k] : ((const double *)e->data)[k];
+            if (!isfinite(v))
+                return ct_error(CT_ERR_FORMAT, "%s: tensor '%s' holds %s at element %lld", ct_st_path(f), e->name,
+                                isnan(v) ? "NaN" : v > 0 ? "+Inf" : "-Inf", (long long)k);
+        }
+    }
+    return CT_OK;
 }
 
 /* A metadata integer in [lo, hi]: anything else (missing, not a number, out of range) is

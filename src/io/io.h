@@ -59,11 +59,16 @@ typedef struct {
 ct_status ct_st_save(const char *path, const ct_st_entry *entries, int n, const ct_st_meta *meta,
                      int nmeta);
 
+/* The CRC32 (zlib's) of the data section ct_st_save writes for these entries, as lowercase
+ * hex it goes into the "data_crc32" metadata value that ct_st_load checks. */
+uint32_t ct_st_entries_crc32(const ct_st_entry *entries, int n);
+
 /* A loaded safetensors file; every pointer it hands out lives until ct_st_free. */
 typedef struct ct_st_file ct_st_file;
 
-/* Reads and validates path (sizes, JSON, dtypes, shapes vs offsets, offsets inside the data
- * and not overlapping); on success *out owns the file's contents, else *out = NULL and the
+/* Reads and validates path (a regular file; sizes, JSON, dtypes, shapes vs offsets, tensors
+ * tiling the data section exactly, and the data against a "data_crc32" metadata value if
+ * there is one); on success *out owns the file's contents, else *out = NULL and the
  * message names path and what is wrong (CT_ERR_IO or CT_ERR_FORMAT). */
 ct_status ct_st_load(const char *path, ct_st_file **out);
 void ct_st_free(ct_st_file *f); /* NULL is fine */
@@ -91,7 +96,8 @@ typedef struct {
 
 /* Atomically writes the model's state_dict (PyTorch names and layouts; BatchNorm's
  * num_batches_tracked as I64), the optimizer state when o is not NULL ("optim.*"), the
- * dropout RNG streams ("rng.*") and p (metadata) to path. */
+ * dropout RNG streams ("rng.*"), and p with the CRC32 of the tensor data ("data_crc32",
+ * which ct_st_load checks) as metadata to path. */
 ct_status ct_ckpt_save(const char *path, ct_module *m, const ct_optim *o, const ct_progress *p);
 /* Loads the model part of f into m, checking every name, shape and dtype. Strict: any
  * missing, unexpected or mismatched entry of the state_dict is CT_ERR_SHAPE listing all of
@@ -107,6 +113,9 @@ ct_status ct_ckpt_load_model_except(const ct_st_file *f, ct_module *m, bool stri
                                     const char *exclude, char **not_loaded);
 /* Restores the optimizer state saved in f into o (whose groups match the saving run). */
 ct_status ct_ckpt_load_optim(const ct_st_file *f, ct_optim *o);
+/* CT_ERR_FORMAT naming the file, the tensor and the element if any F32 or F64 tensor of f
+ * (model or optimizer state) holds a NaN or an infinity; CT_OK otherwise. */
+ct_status ct_ckpt_check_finite(const ct_st_file *f);
 /* Reads the progress metadata; CT_ERR_FORMAT (naming the file and key) if f is not a ctrain
  * checkpoint or a field is out of range: epoch 0..INT_MAX, step >= 0, world 1..INT_MAX,
  * seed a uint64. p is unchanged on error. */

@@ -1,7 +1,8 @@
 /* safetensors (https://github.com/huggingface/safetensors): an 8-byte little-endian header
  * length N, N bytes of JSON describing each tensor's dtype, shape and [begin, end) byte range
  * in the data section that follows, and an optional "__metadata__" string map. The JSON is
- * built and parsed by jansson. */
+ * built and parsed by jansson. A "data_crc32" metadata value (ctrain's checkpoints carry
+ * one) is checked against the data section on every load. */
 #include "io.h"
 
 #include <errno.h>
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <zlib.h>
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors data is little-endian; this reader copies it as-is"
@@ -76,6 +78,21 @@ static ct_status save_write(FILE *f, void *vctx) {
         ok = nb == 0 || fwrite(e->data, 1, nb, f) == nb;
     }
     return ok ? CT_OK : ct_error(CT_ERR_IO, "short write: %s", strerror(errno));
+}
+
+static void data_layout(const ct_st_entry *entries, int n, int *layout);
+
+uint32_t ct_st_entries_crc32(const ct_st_entry *entries, int n) {
+    int *layout = malloc(sizeof *layout * (size_t)n + 1);
+    CT_ASSERT(layout, "safetensors: out of memory");
+    data_layout(entries, n, layout);
+    uLong crc = crc32_z(0L, Z_NULL, 0);
+    for (int k = 0; k < n; k++) {
+        const ct_st_entry *e = &entries[layout[k]];
+        if (ct_st_nbytes(e)) crc = crc32_z(crc, e->data, ct_st_nbytes(e));
+    }
+    free(layout);
+    return (uint32_t)crc;
 }
 
 static int cmp_str(const void *a, const void *b) {
@@ -486,7 +503,18 @@ static ct_status load_into(ct_st_file *f, FILE *fp) {
     f->data = ct_aligned_malloc(64, (data_size + 63) / 64 * 64 + 64);
     st = read_exact(fp, f->data, data_size, path, "data section");
     if (st) return st;
-    return index_header(f, data_size);
+    st = index_header(f, data_size);
+    if (st) return st;
+    /* The tensors tile the data section exactly (index_header), so its CRC is theirs. */
+    const char *want = ct_st_meta_get(f, "data_crc32");
+    if (want) {
+        char got[16];
+        snprintf(got, sizeof got, "%08x", (unsigned)crc32_z(crc32_z(0L, Z_NULL, 0), f->data, data_size));
+        if (strcmp(want, got) != 0)
+            return ct_error(CT_ERR_FORMAT, "%s: the tensor data does not match its checksum (CRC32 %s, the "
+                            "metadata says %.16s): the file is corrupt", path, got, want);
+    }
+    return CT_OK;
 }
 
 ct_status ct_st_load(const char *path, ct_st_file **out) {

@@ -13,8 +13,8 @@ run() {
     timeout 120 "$CTRAIN" "$@" >"$T/$name.out" 2>"$T/$name.err"
     rc=$?
 }
-# fails NAME MUST_CONTAIN... -- ARGS: ctrain must exit non-zero (not by a signal or the
-# timeout) and say every MUST_CONTAIN on stderr.
+# fails NAME MUST_CONTAIN... -- ARGS: ctrain must exit non-zero (124, the timeout, is not
+# enough) and say every MUST_CONTAIN on stderr.
 fails() {
     local name=$1
     shift
@@ -22,7 +22,7 @@ fails() {
     while [ "$1" != -- ]; do want+=("$1"); shift; done
     shift
     run "$name" "$@"
-    [ "$rc" -ne 0 -a "$rc" -lt 124 ] || ok=0
+    [ "$rc" -ne 0 -a "$rc" -ne 124 ] || ok=0
     for w in "${want[@]}"; do contains "$T/$name.err" "$w" || ok=0; done
     if [ "$ok" = 1 ]; then pass "error: $name (exit $rc)"; else fail "error: $name (exit $rc)"; show "$T/$name.err"; fi
 }
@@ -43,6 +43,9 @@ for split, n in (("train", 256), ("test", 128)):
     np.save(f"{d}/{split}_y.npy", y.astype(np.int64))
     y[17 if split == "test" else 40] = 255
     np.save(f"{d}/{split}_y_bad.npy", y.astype(np.int64))
+    x = np.load(f"{d}/{split}_x.npy")
+    x[[3, 100]] = np.nan  # two samples of NaN features
+    np.save(f"{d}/{split}_x_nan.npy", x)
 EOF
 DATA=(data.format=npy data.train_x="$T/train_x.npy" data.train_y="$T/train_y.npy"
       data.test_x="$T/test_x.npy" data.test_y="$T/test_y.npy" data.mean=0 data.std=1)
@@ -96,6 +99,36 @@ fails eval-checkpoint-is-a-fifo "$T/fifo.safetensors: not a regular file (a FIFO
 fails init-from-a-fifo "$T/fifo.safetensors: not a regular file (a FIFO)" -- \
     train "$CFG" "${DATA[@]}" "${SMALL[@]}" model.init_from="$T/fifo.safetensors" output.dir="$T/e5"
 
+# ---- integrity: a corrupt or truncated newest checkpoint falls back to the newest valid one ----
+FB=$T/fb
+run fb-full train "$CFG" "${DATA[@]}" "${SMALL[@]}" train.epochs=3 output.dir="$FB"
+ran_ok "3 epochs with a checkpoint each" fb-full
+last=$(tail -1 "$T/fb-full.out")
+head -c 1000 "$FB/ckpt-epoch0003.safetensors" >"$T/cut" && mv "$T/cut" "$FB/ckpt-epoch0003.safetensors"
+run fb-truncated "${RESUME[@]/$L/$FB}"
+ran_ok "resume with a truncated newest checkpoint" fb-truncated
+check "truncated: the warning names both files" contains "$T/fb-truncated.err" \
+    "$FB/latest names $FB/ckpt-epoch0003.safetensors, which is unusable"
+check "truncated: ... and the one it resumed from" contains "$T/fb-truncated.err" \
+    "resuming from $FB/ckpt-epoch0002.safetensors, the newest valid checkpoint"
+expect_eq "truncated: epoch 3 replays exactly" "$last" "$(cat "$T/fb-truncated.out")"
+# one flipped bit in the data of epochs 3 and 2 (the checksum catches it): back to epoch 1
+for e in 3 2; do
+    python3 -c 'import sys; p = sys.argv[1]; b = bytearray(open(p, "rb").read()); b[-9] ^= 1; open(p, "wb").write(b)' \
+        "$FB/ckpt-epoch000$e.safetensors"
+done
+run fb-corrupt "${RESUME[@]/$L/$FB}"
+ran_ok "resume with the two newest checkpoints corrupt" fb-corrupt
+check "corrupt: the checksum mismatch is named" contains "$T/fb-corrupt.err" \
+    "$FB/ckpt-epoch0003.safetensors: the tensor data does not match its checksum"
+check "corrupt: the other bad one is named too" contains "$T/fb-corrupt.err" \
+    "not resuming from $FB/ckpt-epoch0002.safetensors either"
+check "corrupt: resumed from epoch 1" contains "$T/fb-corrupt.err" "resumed from $FB/ckpt-epoch0001.safetensors (epoch 1,"
+expect_eq "corrupt: epoch 3 replays exactly" "$last" "$(tail -1 "$T/fb-corrupt.out")"
+rm "$FB"/ckpt-epoch000[12].safetensors
+head -c 1000 "$T/base/ckpt-epoch0001.safetensors" >"$FB/ckpt-epoch0003.safetensors"
+fails fb-none-valid "$FB/ckpt-epoch0003.safetensors" "(and no other checkpoint in $FB is valid)" -- "${RESUME[@]/$L/$FB}"
+
 # ---- a non-strict init_from that loads nothing is an error --------------------------------
 fails init-from-another-model "$MLP/ckpt-epoch0001.safetensors: not one tensor of the model could be loaded" -- \
     train "$CFG" "${DATA[@]}" "${SMALL[@]}" model.init_from="$MLP/ckpt-epoch0001.safetensors" output.dir="$T/e6"
@@ -122,6 +155,111 @@ expect_eq "stale temporaries of dead pids removed; a live pid's and other files 
     "ckpt-epoch0002.safetensors.tmp.$$ notes.tmp.txt" "$(cd "$S" && ls | grep tmp | tr '\n' ' ' | sed 's/ $//')"
 check "the run says it removed them" contains "$T/stale.err" "removed 3 temporary file(s) in $S"
 
-for d in e1 e2 e3 e4 e5 e6 e7; do check "no output dir made by a failed start-up ($d)" [ ! -e "$T/$d" ]; done
+# ---- non-finite values: the training loss, checkpoints, and the JSON lines -------------------
+# strict JSON: Python's json accepts NaN and Infinity unless told not to
+JSON_CHECK='import json,sys
+def bad(c): raise ValueError("non-JSON number " + c)
+for l in open(sys.argv[1]): json.loads(l, parse_constant=bad)'
+NANX=data.train_x="$T/train_x_nan.npy"
+fails nan-loss-is-an-error "fatal: epoch 1 step" "the training loss is nan (train.on_nonfinite = error" -- \
+    train "$CFG" "${DATA[@]}" "${SMALL[@]}" "$NANX" output.dir="$T/nan_err"
+check "a NaN loss writes no checkpoint" [ ! -e "$T/nan_err/ckpt-epoch0001.safetensors" ]
+check "a NaN loss prints no eval line" [ ! -s "$T/nan-loss-is-an-error.out" ]
+run nan-skip train "$CFG" "${DATA[@]}" "${SMALL[@]}" "$NANX" train.on_nonfinite=skip train.epochs=2 output.dir="$T/nan_skip"
+ran_ok "train.on_nonfinite = skip" nan-skip
+check "skip: says how many steps it skipped" grep -q "epoch 1: skipped 2 of 8 steps with a non-finite loss" "$T/nan-skip.err"
+check "skip: finite evaluations" python3 -c 'import json,sys; assert all(0 < json.loads(l)["loss"] < 10 for l in open(sys.argv[1]))' \
+    "$T/nan-skip.out"
+run nan-skip-eval eval "$CFG" "${DATA[@]}" "${SMALL[@]}" --checkpoint "$T/nan_skip/ckpt-epoch0002.safetensors"
+ran_ok "skip: the checkpoint is finite and loads" nan-skip-eval
+timeout 120 "${MPIRUN[@]}" -np 2 "$CTRAIN" train "$CFG" "${DATA[@]}" "${SMALL[@]}" "$NANX" train.on_nonfinite=skip \
+    output.dir="$T/nan_skip2" >"$T/nan-skip-2.out" 2>"$T/nan-skip-2.err"
+rc=$?
+ran_ok "2 ranks: train.on_nonfinite = skip" nan-skip-2
+check "2 ranks, skip: both ranks skip the same steps (counted once)" grep -q "skipped 2 of 4 steps" "$T/nan-skip-2.err"
+timeout 120 "${MPIRUN[@]}" -np 2 "$CTRAIN" train "$CFG" "${DATA[@]}" "${SMALL[@]}" "$NANX" \
+    output.dir="$T/nan_err2" >"$T/nan-err-2.out" 2>"$T/nan-err-2.err"
+rc=$?
+check "2 ranks: a NaN loss ends the job non-zero (got $rc)" [ "$rc" -ne 0 -a "$rc" -ne 124 ]
+check "2 ranks: the message names the rank" grep -q "rank [01]: fatal: epoch 1 step [0-9]*: the training loss is nan" \
+    "$T/nan-err-2.err"
+
+run nan-eval train "$CFG" "${DATA[@]}" "${SMALL[@]}" data.test_x="$T/test_x_nan.npy" train.epochs=1 output.dir="$T/nan_eval"
+ran_ok "training with NaN test features" nan-eval
+check "stdout: a NaN evaluation loss is null" grep -q '"loss":null' "$T/nan-eval.out"
+check "stdout is strict JSON" python3 -c "$JSON_CHECK" "$T/nan-eval.out"
+check "metrics.jsonl: eval_loss null" grep -q '"eval_loss":null' "$T/nan_eval/metrics.jsonl"
+check "metrics.jsonl is strict JSON" python3 -c "$JSON_CHECK" "$T/nan_eval/metrics.jsonl"
+
+# A checkpoint with one NaN weight (and a checksum that matches) is refused unless
+# model.allow_nonfinite.
+python3 - "$T/base/ckpt-epoch0002.safetensors" "$T/nan.safetensors" <<'EOF'
+import json, struct, sys, zlib
+raw = bytearray(open(sys.argv[1], "rb").read())
+n = struct.unpack("<Q", raw[:8])[0]
+header = json.loads(raw[8:8 + n])
+b, e = header["2.weight"]["data_offsets"]
+at = 8 + n + b + 4 * 5  # element 5 of 2.weight
+raw[at:at + 4] = struct.pack("<f", float("nan"))
+crc = header["__metadata__"]["data_crc32"].encode()
+raw[8:8 + n] = raw[8:8 + n].replace(crc, b"%08x" % zlib.crc32(raw[8 + n:]))
+open(sys.argv[2], "wb").write(raw)
+EOF
+fails nan-checkpoint "$T/nan.safetensors: tensor '2.weight' holds NaN at element 5" "model.allow_nonfinite = true" -- \
+    eval "$CFG" "${DATA[@]}" "${SMALL[@]}" --checkpoint "$T/nan.safetensors"
+fails nan-init-from "$T/nan.safetensors: tensor '2.weight' holds NaN at element 5" -- \
+    train "$CFG" "${DATA[@]}" "${SMALL[@]}" model.init_from="$T/nan.safetensors" output.dir="$T/e8"
+mkdir -p "$T/nan_resume" && cp "$T/nan.safetensors" "$T/nan_resume/" && echo nan.safetensors >"$T/nan_resume/latest"
+fails nan-resume "$T/nan_resume/nan.safetensors: tensor '2.weight' holds NaN" -- \
+    train "$CFG" "${DATA[@]}" "${SMALL[@]}" train.epochs=3 resume=true output.dir="$T/nan_resume"
+run nan-allowed eval "$CFG" "${DATA[@]}" "${SMALL[@]}" model.allow_nonfinite=true --checkpoint "$T/nan.safetensors"
+ran_ok "model.allow_nonfinite = true loads it" nan-allowed
+check "... and its eval line is strict JSON" python3 -c "$JSON_CHECK" "$T/nan-allowed.out"
+
+# ---- a stopped rank: the others stop spinning and, after dist.timeout_s, end the job -----------
+# Rank 1 is stopped (SIGSTOP) early in epoch 1 of 312 steps; rank 0 waits for it in the
+# gradient all-reduce, sleeping, and after 3 s ends the job naming rank 1.
+/usr/bin/python3 - "$T" <<'EOF'
+import sys
+import numpy as np
+rng = np.random.default_rng(1)
+y = rng.integers(0, 4, 20000)
+np.save(f"{sys.argv[1]}/big_x.npy", (rng.normal(0, 1, (20000, 16)) + y[:, None]).astype(np.float32))
+np.save(f"{sys.argv[1]}/big_y.npy", y.astype(np.int64))
+EOF
+timeout 120 "${MPIRUN[@]}" -np 2 "$CTRAIN" train "$CFG" "${DATA[@]}" "${SMALL[@]}" data.train_x="$T/big_x.npy" \
+    data.train_y="$T/big_y.npy" train.log_every=10 train.epochs=50 dist.timeout_s=3 output.dir="$T/stop" \
+    >"$T/stop.out" 2>"$T/stop.err" &
+job=$!
+rank1=
+for _ in $(seq 600); do # up to 60 s for start-up on a loaded machine
+    if grep -q '^epoch 1 step 10/' "$T/stop.err" 2>/dev/null; then
+        for p in $(pgrep -f "$CTRAIN train"); do
+            tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx OMPI_COMM_WORLD_RANK=1 &&
+                grep -qF "$T/stop" "/proc/$p/cmdline" 2>/dev/null && rank1=$p
+        done
+        break
+    fi
+    sleep 0.1
+done
+if [ -n "$rank1" ]; then
+    kill -STOP "$rank1"
+    start=$(date +%s)
+    wait $job
+    rc=$?
+    secs=$(($(date +%s) - start))
+    kill -KILL "$rank1" 2>/dev/null # in case the launcher left it stopped
+    check "stopped rank: the job ends non-zero (got $rc)" [ "$rc" -ne 0 -a "$rc" -ne 124 ]
+    check "stopped rank: it ends within the timeout + 30 s (took ${secs} s)" [ "$secs" -le 33 ]
+    check "stopped rank: rank 0 names rank 1 and the timeout" \
+        contains "$T/stop.err" "rank 0: fatal: all-reduce: rank 1 has not answered for 3 s (dist.timeout_s = 3)"
+else
+    kill $job 2>/dev/null
+    wait $job
+    fail "stopped rank: rank 1 of the job was not found"
+    show "$T/stop.err"
+fi
+
+for d in e1 e2 e3 e4 e5 e6 e7 e8; do check "no output dir made by a failed start-up ($d)" [ ! -e "$T/$d" ]; done
 
 finish

@@ -272,6 +272,47 @@ START_TEST(non_strict_loading_nothing_fails) {
 }
 END_TEST
 
+/* Every checkpoint carries the CRC32 of its tensor data; one flipped bit anywhere in the
+ * data makes the load fail naming the file, where it used to load a silently wrong weight. */
+START_TEST(checksum_catches_a_flipped_bit) {
+    ct_module *a = model(1, 10);
+    ct_optim *oa = adam_over(a);
+    train_step(a, oa, 10);
+    ct_progress p = {.epoch = 1, .step = 1, .world = 1};
+    ck_assert_int_eq(ct_ckpt_save(path, a, oa, &p), CT_OK);
+    ct_st_file *f = NULL;
+    ck_assert_int_eq(ct_st_load(path, &f), CT_OK);
+    ck_assert_ptr_nonnull(ct_st_meta_get(f, "data_crc32"));
+    ck_assert_uint_eq(strlen(ct_st_meta_get(f, "data_crc32")), 8);
+    ct_st_free(f);
+    FILE *fp = fopen(path, "r+b");
+    ck_assert_ptr_nonnull(fp);
+    fseek(fp, 0, SEEK_END);
+    long size = ftell(fp);
+    long at[] = {size - 1, size / 2};
+    for (int k = 0; k < 2; k++) {
+        fseek(fp, at[k], SEEK_SET);
+        int c = fgetc(fp);
+        fseek(fp, at[k], SEEK_SET);
+        fputc(c ^ 0x10, fp);
+        fflush(fp);
+        f = (ct_st_file *)1;
+        ck_assert_int_eq(ct_st_load(path, &f), CT_ERR_FORMAT);
+        ck_assert_ptr_null(f);
+        ck_assert_msg(strstr(ct_last_error(), path) && strstr(ct_last_error(), "does not match its checksum"), "%s",
+                      ct_last_error());
+        fseek(fp, at[k], SEEK_SET);
+        fputc(c, fp); /* restored: loads again */
+        fflush(fp);
+        ck_assert_int_eq(ct_st_load(path, &f), CT_OK);
+        ct_st_free(f);
+    }
+    fclose(fp);
+    ct_optim_free(oa);
+    ct_module_free(a);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("checkpoint");
     TCase *tc = tcase_create("checkpoint");
@@ -282,6 +323,7 @@ int main(void) {
     tcase_add_test(tc, failed_save_keeps_old_file);
     tcase_add_test(tc, wrapped_errors_keep_the_inner_message);
     tcase_add_test(tc, non_strict_loading_nothing_fails);
+    tcase_add_test(tc, checksum_catches_a_flipped_bit);
     tcase_add_loop_test(tc, progress_fields_are_range_checked, 0,
                         (int)(sizeof progress_cases / sizeof progress_cases[0]));
     suite_add_tcase(s, tc);
