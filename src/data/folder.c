@@ -145,6 +145,13 @@ static ct_status finish(ct_dataset *ds, strvec *paths, int64_t *y, const ct_clas
     ct_status st = channels == 1 || channels == 3
                        ? ct_image_info(paths->s[0], &h, &w)
                        : ct_error(CT_ERR_ARG, "image data set: channels must be 1 or 3, got %d", channels);
+    /* An unreadable first file is the loader's to report (or skip) like any other bad file:
+     * the size may come from one of the next few. */
+    char first[512];
+    snprintf(first, sizeof first, "%s", ct_last_error());
+    for (int64_t i = 1; i < paths->n && i < 16 && (st == CT_ERR_FORMAT || st == CT_ERR_IO); i++)
+        st = ct_image_info(paths->s[i], &h, &w);
+    if (st == CT_ERR_FORMAT || st == CT_ERR_IO) st = ct_error(st, "%s", first);
     if (st != CT_OK) {
         sv_free(paths);
         free(y);
