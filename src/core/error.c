@@ -3,15 +3,19 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <stdlib.h>
 
 static _Thread_local char last_error[1024];
 
 ct_status ct_error(ct_status st, const char *fmt, ...) {
+    /* through a copy: callers may wrap the previous message, ct_error(st, "x: %s", ct_last_error()) */
+    char buf[sizeof last_error];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
+    memcpy(last_error, buf, sizeof buf);
     return st;
 }
 

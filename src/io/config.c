@@ -55,6 +55,10 @@ static const key_def keys[] = {
     STR("data", "test_list", data.test_list, ""),
     KEY("data", "channels", T_INT, data.channels, "3", NULL, 1, 3, 0), /* 2 is refused at set-up */
     ENUM("data", "on_bad", data.on_bad, "error", "error|skip"),
+    STR("data", "train_transforms", data.train_transforms, ""),
+    STR("data", "test_transforms", data.test_transforms, ""),
+    STR("data", "channel_mean", data.channel_mean, ""),
+    STR("data", "channel_std", data.channel_std, ""),
     /* ---- end of the image data set keys ---- */
 
     ENUM("model", "name", model.name, "mlp", "mlp|cnn|custom"),

@@ -7,7 +7,8 @@
 #   class, which is ImageFolder's order);
 # - classes.txt, the JPEG tree, and the errors: undecodable files (an error naming the file,
 #   on any rank, without a hang; or skipped, logged and counted), a missing directory, an
-#   empty class folder, an unknown label, a model whose input does not match the images.
+#   empty class folder, an unknown label, a model whose input does not match the images;
+# - transforms and per-channel normalisation from the config on 1 and 2 ranks.
 source "$(dirname "$0")/lib.sh"
 PY=/usr/bin/python3
 CFG=$ROOT/examples/fmnist_cnn.ini
@@ -108,6 +109,24 @@ run jpeg 0 train "$CFG" "${RUN[@]}" data.format=folder data.train_dir="$T/fmj/tr
 ran_ok "JPEG folder as RGB" jpeg
 check "JPEG folder trains (accuracy > 0.5 after 2 epochs)" \
     $PY -c "import json,sys; a=json.loads(open(sys.argv[1]).read().split(chr(10))[1])['accuracy']; sys.exit(a <= 0.5)" "$T/jpeg.out"
+
+# ---- transforms (their pixels are checked against torchvision in tests/unit/test_transform.c)
+TF=(data.format=folder data.train_dir="$T/fmj/train" data.test_dir="$T/fmj/test" data.channels=3
+    data.train_transforms=random_resized_crop:24,random_horizontal_flip data.test_transforms=resize:28,center_crop:24
+    data.channel_mean=0.29,0.29,0.29 data.channel_std=0.35,0.35,0.35)
+for np in 0 2; do
+    run tf$np $np train "$CFG" "${RUN[@]}" "${TF[@]}" output.dir="$T/tf$np"
+    ran_ok "random_resized_crop + flip, per-channel normalisation, np=$np" tf$np
+done
+check "transforms: 24x24 RGB inputs (the CNN's 3x3x3 first conv)" contains "$T/tf0.err" "315914 parameters"
+fails train-test-shapes 0 "[3, 24, 24]" "[3, 28, 28]" -- train "$CFG" "${RUN[@]}" "${TF[@]}" data.test_transforms= \
+    output.dir="$T/e_shapes"
+fails channel-mean-count 0 "data.channel_mean" "3 comma-separated" -- train "$CFG" "${RUN[@]}" "${TF[@]}" \
+    data.channel_mean=0.5 output.dir="$T/e_cm"
+fails bad-transform 0 "data.train_transforms" "blur:3" -- train "$CFG" "${RUN[@]}" "${TF[@]}" \
+    data.train_transforms=blur:3 output.dir="$T/e_tf"
+fails transforms-on-idx 0 "data.format = folder or list" -- train "$CFG" "${RUN[@]}" data.dir="$D/idx" \
+    data.train_transforms=resize:32 output.dir="$T/e_tfidx"
 
 # ---- bad data --------------------------------------------------------------------------------
 cp -r "$D" "$T/bad"
