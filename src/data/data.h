@@ -212,7 +212,8 @@ const char *ct_dataset_path(const ct_dataset *ds, int64_t i);
 ct_status ct_dataset_load_image(const ct_dataset *ds, int64_t i, ct_rng *rng, uint8_t *out);
 /* Gives an image data set the transforms t (copied), applied to every sample as it is
  * decoded, and the sample shape they produce (from the first file's size when the last
- * sizing step is a resize: every image must then produce that size). */
+ * sizing step is a resize: every image must then produce that size). Call it before making
+ * a loader over the data set: the loader sizes its buffers from the sample shape. */
 void ct_dataset_set_transforms(ct_dataset *ds, const ct_transforms *t);
 
 /* ---- loader -------------------------------------------------------------------------------- */
