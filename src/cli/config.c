@@ -83,6 +83,10 @@ static const key_def keys[] = {
     STR("data", "test_list", data.test_list, ""),
     INT("data", "channels", data.channels, "3", 1, NULL), /* only 1 and 3: checked at set-up */
     ENUM("data", "on_bad", data.on_bad, "error", {"error", CT_CFG_ON_BAD_ERROR}, {"skip", CT_CFG_ON_BAD_SKIP}),
+    STR("data", "train_transforms", data.train_transforms, ""),
+    STR("data", "test_transforms", data.test_transforms, ""),
+    STR("data", "channel_mean", data.channel_mean, ""),
+    STR("data", "channel_std", data.channel_std, ""),
     /* ---- end of the image data set keys ---- */
 
     ENUM("model", "name", model.name, "mlp", {"mlp", CT_CFG_MODEL_MLP}, {"cnn", CT_CFG_MODEL_CNN},

@@ -50,6 +50,8 @@ typedef struct {
         char train_list[CT_CFG_STR], test_list[CT_CFG_STR]; /* list: CSV of path,label */
         int channels;             /* 1 or 3: images become L or RGB */
         ct_cfg_on_bad on_bad;     /* an undecodable file: error, or skip (logged and counted) */
+        char train_transforms[CT_CFG_STR], test_transforms[CT_CFG_STR]; /* parsed by data */
+        char channel_mean[CT_CFG_STR], channel_std[CT_CFG_STR]; /* "a,b,c" or "" (data.mean/std) */
     } data;
     struct {
         ct_cfg_model name;

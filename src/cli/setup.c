@@ -88,7 +88,42 @@ static ct_status load_images(ct_run *r, ct_split split, ct_dataset *ds) {
         st = folder ? ct_dataset_from_folder(ds, src, *train ? &cls : NULL, c->data.channels)
                     : ct_dataset_from_list(ds, src, *train ? &cls : NULL, c->data.channels);
     ct_classes_free(&cls);
+    const char *spec = split == CT_SPLIT_TRAIN ? c->data.train_transforms : c->data.test_transforms;
+    ct_transforms tf;
+    if (st == CT_OK && *spec) {
+        if (ct_transforms_parse(spec, &tf) != CT_OK)
+            st = ct_error(CT_ERR_CONFIG, "%s: data.%s_transforms: %s", r->cfg_path,
+                          split == CT_SPLIT_TRAIN ? "train" : "test", ct_last_error());
+        else
+            ct_dataset_set_transforms(ds, &tf);
+    }
     return st;
+}
+
+/* data.channel_mean / data.channel_std: "0.485,0.456,0.406" into o (one per channel). */
+static ct_status channel_norm(const ct_run *r, const ct_dataset *ds, ct_loader_opts *o) {
+    const ct_config *c = &r->cfg;
+    if (!*c->data.channel_mean && !*c->data.channel_std) return CT_OK;
+    int64_t C = ds->sample_ndim == 3 ? ds->sample_shape[0] : -1;
+    const char *spec[2] = {c->data.channel_mean, c->data.channel_std}, *key[2] = {"channel_mean", "channel_std"};
+    float *dst[2] = {o->channel_mean, o->channel_std};
+    for (int k = 0; k < 2; k++) {
+        int n = 0;
+        const char *p = spec[k];
+        while (*p && n < CT_MAX_NORM_CHANNELS) {
+            char *end;
+            double v = strtod(p, &end);
+            if (end == p || (*end && *end != ',') || !(k == 0 || v > 0)) break;
+            dst[k][n++] = (float)v;
+            p = *end ? end + 1 : end;
+        }
+        if (*p || n != C)
+            return ct_error(CT_ERR_CONFIG, "%s: data.%s = '%s': needs %lld comma-separated numbers%s, one "
+                            "per channel of the [C, H, W] samples", r->cfg_path, key[k], spec[k], (long long)C,
+                            k ? " > 0" : "");
+    }
+    o->norm_channels = (int)C;
+    return CT_OK;
 }
 
 void ct_run_log(void *ctx, const char *msg) {
@@ -99,6 +134,10 @@ void ct_run_log(void *ctx, const char *msg) {
 static ct_status load_split(ct_run *r, ct_split split, ct_dataset *ds) {
     const ct_config *c = &r->cfg;
     ct_status st;
+    bool images = c->data.format == CT_CFG_FORMAT_FOLDER || c->data.format == CT_CFG_FORMAT_LIST;
+    if (!images && (*c->data.train_transforms || *c->data.test_transforms))
+        return ct_error(CT_ERR_CONFIG, "%s: data.train_transforms and data.test_transforms need "
+                        "data.format = folder or list", r->cfg_path);
     if (c->data.format == CT_CFG_FORMAT_IDX) {
         st = ct_dataset_from_idx(ds, c->data.dir, split);
     } else if (c->data.format == CT_CFG_FORMAT_FOLDER || c->data.format == CT_CFG_FORMAT_LIST) {
@@ -228,6 +267,14 @@ ct_status ct_run_build(ct_run *r, bool with_train) {
     if (st == CT_OK && with_train) {
         st = load_split(r, CT_SPLIT_TRAIN, &r->train);
         r->have_train = st == CT_OK;
+        bool same = st == CT_OK && r->train.sample_ndim == r->test.sample_ndim;
+        for (int i = 0; same && i < r->train.sample_ndim; i++) same = r->train.sample_shape[i] == r->test.sample_shape[i];
+        if (st == CT_OK && !same) {
+            char tr[96];
+            snprintf(tr, sizeof tr, "%s", shape_str(&r->train));
+            st = ct_error(CT_ERR_SHAPE, "%s: training samples are %s but test samples %s (see "
+                          "data.train_transforms and data.test_transforms)", r->cfg_path, tr, shape_str(&r->test));
+        }
         if (st == CT_OK && r->train.num_classes != r->test.num_classes) st = classes_differ(r);
     }
     if (st == CT_OK) st = build_model(r);
@@ -251,6 +298,7 @@ ct_status ct_run_build(ct_run *r, bool with_train) {
     r->eval_opts = ct_loader_opts_default(r->cfg.train.eval_batch_size);
     r->eval_opts.mean = (float)r->cfg.data.mean;
     r->eval_opts.std = (float)r->cfg.data.std;
+    if (st == CT_OK) st = channel_norm(r, &r->test, &r->eval_opts);
     r->eval_opts.skip_bad = r->cfg.data.on_bad == CT_CFG_ON_BAD_SKIP;
     r->eval_opts.log = ct_run_log;
     r->eval_opts.log_ctx = &r->d;

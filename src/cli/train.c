@@ -266,6 +266,11 @@ static void maybe_inject_fault(const ct_dist *d, int64_t step) {
         ct_fatal("injected fault (CT_FAULT=%s) at step %lld", f, at);
 }
 
+/* Random transforms make every epoch's inputs differ: no feature cache then. */
+static bool has_random_transform(const ct_config *c) {
+    return strstr(c->data.train_transforms, "random") || strstr(c->data.test_transforms, "random");
+}
+
 /* An image data set's class names, one a line in label order, to <output.dir>/classes.txt:
  * what a label in the checkpoint's head means. */
 static ct_status write_classes(const ct_run *r) {
@@ -340,6 +345,9 @@ int ct_cmd_train(ct_run *r) {
                       ? c->data.crop_pad : 0;
     lo.hflip = c->data.augment == CT_CFG_AUGMENT_FLIP || c->data.augment == CT_CFG_AUGMENT_CROP_FLIP;
     lo.skip_bad = r->eval_opts.skip_bad;
+    lo.norm_channels = r->eval_opts.norm_channels;
+    memcpy(lo.channel_mean, r->eval_opts.channel_mean, sizeof lo.channel_mean);
+    memcpy(lo.channel_std, r->eval_opts.channel_std, sizeof lo.channel_std);
     lo.wrap = true; /* a skipped file's place goes to another: every rank keeps its step count */
     lo.log = r->eval_opts.log;
     lo.log_ctx = r->eval_opts.log_ctx;
@@ -348,7 +356,7 @@ int ct_cmd_train(ct_run *r) {
      * memory budget (a frozen first conv alone would make 32 times the input). Staged
      * unfreezing could change the prefix, so it turns the cache off. */
     ct_module_train(r->model, true);
-    bool augment = lo.crop_pad > 0 || lo.hflip;
+    bool augment = lo.crop_pad > 0 || lo.hflip || has_random_transform(c);
     int fixed = c->train.feature_cache == CT_CFG_CACHE_AUTO ? ct_module_frozen_prefix(r->model) : 0;
     bool skipping = r->train.files && lo.skip_bad; /* the cache needs every sample's features */
     const char *why_off = augment ? "data augmentation is on"

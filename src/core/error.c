@@ -3,6 +3,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,12 +13,13 @@ static _Thread_local char last_error[CT_ERROR_MSG_SIZE];
  * (ct_error(st, "%s: %s", path, ct_last_error())), and formatting straight into last_error
  * would overwrite the text being read. */
 ct_status ct_error(ct_status st, const char *fmt, ...) {
-    char msg[sizeof last_error];
+    /* through a copy: callers may wrap the previous message, ct_error(st, "x: %s", ct_last_error()) */
+    char buf[sizeof last_error];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    memcpy(last_error, msg, sizeof msg);
+    memcpy(last_error, buf, sizeof buf);
     return st;
 }
 

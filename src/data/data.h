@@ -63,6 +63,46 @@ ct_status ct_image_decode(const void *buf, size_t n, const char *name, int chann
 ct_status ct_image_info(const char *path, int64_t *h, int64_t *w);
 void ct_image_free(ct_image *im);
 
+/* ---- image transforms (torchvision's, on uint8 images) ------------------------------------------- */
+
+/* The pixels torchvision 0.14 gives on PIL images, exactly:
+ *  - resize:N                  Resize(N): the shorter side becomes N, the longer int(N * long /
+ *                              short); PIL's bilinear resampling, which antialiases when shrinking
+ *  - center_crop:N             CenterCrop(N) (zero padding where N exceeds the image)
+ *  - random_resized_crop:N     RandomResizedCrop(N): scale 0.08-1, ratio 3/4-4/3, torchvision's
+ *                              10 tries then a central fallback; the crop resized as resize does
+ *  - random_horizontal_flip    RandomHorizontalFlip(0.5)
+ * Random choices come from the rng the caller passes (the loader seeds one per sample). */
+typedef enum { CT_TF_RESIZE, CT_TF_CENTER_CROP, CT_TF_RANDOM_RESIZED_CROP, CT_TF_HFLIP } ct_transform_kind;
+typedef struct {
+    ct_transform_kind kind;
+    int64_t size;                 /* pixels (resize: the shorter side) */
+    double scale[2], ratio[2];    /* random_resized_crop: (0.08, 1), (3/4, 4/3) */
+} ct_transform;
+#define CT_MAX_TRANSFORMS 8
+typedef struct {
+    int n;
+    ct_transform t[CT_MAX_TRANSFORMS];
+} ct_transforms;
+
+/* Parses "resize:256,center_crop:224" (empty: none). CT_ERR_ARG naming the spec and the
+ * bad part otherwise. */
+ct_status ct_transforms_parse(const char *spec, ct_transforms *out);
+/* The output size for an h x w input. */
+void ct_transforms_out_size(const ct_transforms *t, int64_t h, int64_t w, int64_t *oh, int64_t *ow);
+/* True when the output size is the same for every input (the last sizing step is a crop). */
+bool ct_transforms_fixed_size(const ct_transforms *t);
+/* Applies t to *im in place (its pixels may be replaced). */
+void ct_transforms_apply(const ct_transforms *t, ct_image *im, ct_rng *rng);
+/* PIL's Image.resize((w, h), BILINEAR) into a new *out. */
+void ct_image_resize(const ct_image *in, int64_t h, int64_t w, ct_image *out);
+/* PIL's crop((left, top, left + w, top + h)) into a new *out: zeros outside the image. */
+void ct_image_crop(const ct_image *in, int64_t top, int64_t left, int64_t h, int64_t w, ct_image *out);
+void ct_image_hflip(ct_image *im);
+/* RandomResizedCrop.get_params on an H x W image: out = {top, left, h, w}. */
+void ct_rrc_params(int64_t H, int64_t W, const double scale[2], const double ratio[2], ct_rng *rng,
+                   int64_t out[4]);
+
 /* ---- data set ------------------------------------------------------------------------------ */
 
 typedef enum { CT_SPLIT_TRAIN, CT_SPLIT_TEST } ct_split;
@@ -165,9 +205,16 @@ ct_status ct_dataset_from_list(ct_dataset *ds, const char *csv, const ct_classes
 const ct_classes *ct_dataset_classes(const ct_dataset *ds);
 /* The file behind sample i of an image data set, or NULL for an in-memory one. */
 const char *ct_dataset_path(const ct_dataset *ds, int64_t i);
-/* Decodes sample i of an image data set into out (sample_numel bytes, [C, H, W]). Errors
- * name the file: as ct_image_read, or CT_ERR_SHAPE when its size is not the data set's. */
-ct_status ct_dataset_load_image(const ct_dataset *ds, int64_t i, uint8_t *out);
+/* Decodes sample i of an image data set, applies its transforms (random ones draw from
+ * rng, which may be NULL when none is random) and writes it to out (sample_numel bytes,
+ * [C, H, W]). Errors name the file: as ct_image_read, or CT_ERR_SHAPE when its size is not
+ * the data set's. */
+ct_status ct_dataset_load_image(const ct_dataset *ds, int64_t i, ct_rng *rng, uint8_t *out);
+/* Gives an image data set the transforms t (copied), applied to every sample as it is
+ * decoded, and the sample shape they produce (from the first file's size when the last
+ * sizing step is a resize: every image must then produce that size). Call it before making
+ * a loader over the data set: the loader sizes its buffers from the sample shape. */
+void ct_dataset_set_transforms(ct_dataset *ds, const ct_transforms *t);
 
 /* ---- loader -------------------------------------------------------------------------------- */
 
@@ -175,6 +222,7 @@ ct_status ct_dataset_load_image(const ct_dataset *ds, int64_t i, uint8_t *out);
  * RandomCrop(size, padding=crop_pad) then RandomHorizontalFlip() then Normalize): samples
  * must be [C, H, W] or [H, W]. Per sample the RNG draws dy, dx in 0..2*crop_pad (when
  * crop_pad > 0) then a flip bit (when hflip), so a seed fixes every batch. */
+#define CT_MAX_NORM_CHANNELS 4
 typedef struct {
     int64_t batch_size; /* > 0 */
     float mean, std;    /* every feature becomes (x - mean) / std; std > 0 */
@@ -193,6 +241,11 @@ typedef struct {
     bool wrap;
     void (*log)(void *ctx, const char *msg);
     void *log_ctx;
+    /* Per-channel normalisation of [C, H, W] samples (torchvision's Normalize(mean, std)):
+     * with norm_channels = C > 0, channel c becomes (x - channel_mean[c]) / channel_std[c]
+     * and mean/std are unused. */
+    int norm_channels;
+    float channel_mean[CT_MAX_NORM_CHANNELS], channel_std[CT_MAX_NORM_CHANNELS];
 } ct_loader_opts;
 
 /* mean 0, std 1, no augmentation, seed 0. */

@@ -196,7 +196,7 @@ void ct_dataset_sample(const ct_dataset *ds, int64_t i, float *out) {
     int64_t f = ds->sample_numel;
     if (ds->files) {
         uint8_t *px = ct_malloc((size_t)f);
-        CT_ASSERT(ct_dataset_load_image(ds, i, px) == CT_OK, "dataset: %s", ct_last_error());
+        CT_ASSERT(ct_dataset_load_image(ds, i, NULL, px) == CT_OK, "dataset: %s", ct_last_error());
         for (int64_t j = 0; j < f; j++) out[j] = (float)px[j] / 255.0f;
         free(px);
     } else if (ds->x8) {

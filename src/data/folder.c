@@ -145,13 +145,20 @@ static ct_status finish(ct_dataset *ds, strvec *paths, int64_t *y, const ct_clas
     ct_status st = channels == 1 || channels == 3
                        ? ct_image_info(paths->s[0], &h, &w)
                        : ct_error(CT_ERR_ARG, "image data set: channels must be 1 or 3, got %d", channels);
+    /* An unreadable first file is the loader's to report (or skip) like any other bad file:
+     * the size may come from one of the next few. */
+    char first[512];
+    snprintf(first, sizeof first, "%s", ct_last_error());
+    for (int64_t i = 1; i < paths->n && i < 16 && (st == CT_ERR_FORMAT || st == CT_ERR_IO); i++)
+        st = ct_image_info(paths->s[i], &h, &w);
+    if (st == CT_ERR_FORMAT || st == CT_ERR_IO) st = ct_error(st, "%s", first);
     if (st != CT_OK) {
         sv_free(paths);
         free(y);
         return st;
     }
     ct_image_files *f = ct_malloc(sizeof *f);
-    *f = (ct_image_files){.paths = paths->s, .channels = channels};
+    *f = (ct_image_files){.paths = paths->s, .channels = channels, .h0 = h, .w0 = w};
     copy_classes(&f->classes, classes);
     *ds = (ct_dataset){.n = paths->n, .sample_ndim = 3, .sample_shape = {channels, h, w},
                        .sample_numel = channels * h * w, .files = f, .y = y,
@@ -379,17 +386,30 @@ const char *ct_dataset_path(const ct_dataset *ds, int64_t i) {
     return ds->files ? ds->files->paths[i] : NULL;
 }
 
-ct_status ct_dataset_load_image(const ct_dataset *ds, int64_t i, uint8_t *out) {
+void ct_dataset_set_transforms(ct_dataset *ds, const ct_transforms *t) {
+    CT_ASSERT(ds->files, "dataset: transforms need an image data set");
+    ds->files->tf = *t;
+    ct_transforms_out_size(t, ds->files->h0, ds->files->w0, &ds->sample_shape[1], &ds->sample_shape[2]);
+    ds->sample_numel = ds->sample_shape[0] * ds->sample_shape[1] * ds->sample_shape[2];
+}
+
+ct_status ct_dataset_load_image(const ct_dataset *ds, int64_t i, ct_rng *rng, uint8_t *out) {
     const char *path = ct_dataset_path(ds, i);
     CT_ASSERT(path, "dataset: load_image on a data set without files");
     ct_image im;
     ct_status st = ct_image_read(path, ds->files->channels, &im);
     if (st != CT_OK) return st;
+    ct_rng fixed;
+    if (!rng) { /* only deterministic transforms are expected; a fixed stream keeps it defined */
+        ct_rng_seed(&fixed, (uint64_t)i);
+        rng = &fixed;
+    }
+    ct_transforms_apply(&ds->files->tf, &im, rng);
     int64_t C = ds->sample_shape[0], H = ds->sample_shape[1], W = ds->sample_shape[2];
     if (im.h != H || im.w != W) {
-        st = ct_error(CT_ERR_SHAPE, "%s: image is %lldx%lld but the data set's are %lldx%lld (the "
-                      "first file's size)", path, (long long)im.w, (long long)im.h, (long long)W,
-                      (long long)H);
+        st = ct_error(CT_ERR_SHAPE, "%s: image is %lldx%lld%s but the data set's are %lldx%lld (the "
+                      "first file's size; a crop transform makes every size fit)", path, (long long)im.w,
+                      (long long)im.h, ds->files->tf.n ? " after the transforms" : "", (long long)W, (long long)H);
         ct_image_free(&im);
         return st;
     }

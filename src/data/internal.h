@@ -23,6 +23,8 @@ struct ct_image_files {
     char **paths;  /* malloc'd each */
     int channels;  /* 1 or 3 */
     ct_classes classes;
+    int64_t h0, w0; /* the size of the first readable file, before transforms */
+    ct_transforms tf;
 };
 
 /* Frees f and everything it holds (n paths); NULL is fine. */

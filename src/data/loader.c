@@ -24,7 +24,9 @@ struct ct_loader {
     char msg[512];
     int64_t skipped;
     int64_t C, H, W;    /* sample layout for augmentation ([H, W] is C = 1) */
-    float lut[256];     /* x8 data sets: pixel p's normalised feature */
+    float mean[CT_MAX_NORM_CHANNELS], std[CT_MAX_NORM_CHANNELS]; /* per channel */
+    float lut[CT_MAX_NORM_CHANNELS][256]; /* x8 data sets: pixel p's normalised feature, per channel */
+    uint64_t key;       /* image data sets: the epoch's key for per-sample transform RNGs */
 };
 
 ct_loader_opts ct_loader_opts_default(int64_t batch_size) {
@@ -39,6 +41,16 @@ ct_status ct_loader_new(ct_loader **out, const ct_dataset *ds, const ct_loader_o
     if (!(o->std > 0) || !isfinite(o->std) || !isfinite(o->mean))
         return ct_error(CT_ERR_ARG, "loader: normalisation needs a finite mean and std > 0, got "
                         "mean %g std %g", o->mean, o->std);
+    for (int c = 0; c < o->norm_channels; c++)
+        if (!(o->channel_std[c] > 0) || !isfinite(o->channel_std[c]) || !isfinite(o->channel_mean[c]))
+            return ct_error(CT_ERR_ARG, "loader: channel %d's normalisation needs a finite mean and std > 0, "
+                            "got mean %g std %g", c, o->channel_mean[c], o->channel_std[c]);
+    if (o->norm_channels && (ds->sample_ndim != 3 || ds->sample_shape[0] != o->norm_channels))
+        return ct_error(CT_ERR_ARG, "loader: %d per-channel means and stds for samples that are not "
+                        "[%d, H, W]", o->norm_channels, o->norm_channels);
+    if (o->norm_channels < 0 || o->norm_channels > CT_MAX_NORM_CHANNELS)
+        return ct_error(CT_ERR_ARG, "loader: norm_channels %d outside 0..%d", o->norm_channels,
+                        CT_MAX_NORM_CHANNELS);
     if (o->crop_pad < 0)
         return ct_error(CT_ERR_ARG, "loader: crop_pad must be >= 0, got %d", o->crop_pad);
     bool aug = o->crop_pad > 0 || o->hflip;
@@ -57,7 +69,11 @@ ct_status ct_loader_new(ct_loader **out, const ct_dataset *ds, const ct_loader_o
     l->W = ds->sample_shape[s - 1];
     /* Exactly the float path's arithmetic: the feature p / 255.0f, then (x - mean) / std.
      * Float division is correctly rounded, so the table is bit-identical to it. */
-    for (int p = 0; p < 256; p++) l->lut[p] = ((float)p / 255.0f - o->mean) / o->std;
+    for (int c = 0; c < CT_MAX_NORM_CHANNELS; c++) {
+        l->mean[c] = o->norm_channels ? o->channel_mean[c < o->norm_channels ? c : 0] : o->mean;
+        l->std[c] = o->norm_channels ? o->channel_std[c < o->norm_channels ? c : 0] : o->std;
+        for (int p = 0; p < 256; p++) l->lut[c][p] = ((float)p / 255.0f - l->mean[c]) / l->std[c];
+    }
     *out = l;
     return CT_OK;
 }
@@ -72,6 +88,7 @@ void ct_loader_start(ct_loader *l, const int64_t *indices, int64_t n) {
     l->n = n;
     l->pos = l->cur = l->skipped = 0;
     l->st = CT_OK;
+    if (l->ds->files) l->key = ct_rng_next(&l->rng);
 }
 
 ct_status ct_loader_status(const ct_loader *l) {
@@ -87,9 +104,9 @@ int64_t ct_loader_num_batches(const ct_loader *l) {
 ct_rng *ct_loader_rng(ct_loader *l) { return &l->rng; }
 
 /* Feature k of a sample (float xf or uint8 x8, whichever is non-NULL), normalised. */
-static inline float feature(const ct_loader *l, const float *xf, const uint8_t *x8, int64_t k) {
+static inline float feature(const ct_loader *l, const float *xf, const uint8_t *x8, int c, int64_t k) {
     /* subtract then divide, as torchvision's Normalize, so values match it bit for bit */
-    return x8 ? l->lut[x8[k]] : (xf[k] - l->o.mean) / l->o.std;
+    return x8 ? l->lut[c][x8[k]] : (xf[k] - l->mean[c]) / l->std[c];
 }
 
 /* torchvision's RandomCrop(padding=P) then RandomHorizontalFlip() then Normalize: output
@@ -100,8 +117,9 @@ static void augment(ct_loader *l, const float *xf, const uint8_t *x8, float *dst
     int64_t dy = P ? (int64_t)ct_rng_below(&l->rng, (uint64_t)(2 * P + 1)) - P : 0;
     int64_t dx = P ? (int64_t)ct_rng_below(&l->rng, (uint64_t)(2 * P + 1)) - P : 0;
     bool flip = l->o.hflip && ct_rng_below(&l->rng, 2);
-    float pad = (0.0f - l->o.mean) / l->o.std; /* == lut[0], since 0 / 255.0f is 0 */
     for (int64_t c = 0, off = 0; c < l->C; c++, off += H * W) {
+        int nc = c < CT_MAX_NORM_CHANNELS ? (int)c : 0;
+        float pad = (0.0f - l->mean[nc]) / l->std[nc]; /* == lut[nc][0], since 0 / 255.0f is 0 */
         for (int64_t i = 0; i < H; i++, dst += W) {
             int64_t si = i + dy;
             if (si < 0 || si >= H) {
@@ -110,7 +128,7 @@ static void augment(ct_loader *l, const float *xf, const uint8_t *x8, float *dst
             }
             for (int64_t j = 0; j < W; j++) {
                 int64_t sj = (flip ? W - 1 - j : j) + dx;
-                dst[j] = sj >= 0 && sj < W ? feature(l, xf, x8, off + si * W + sj) : pad;
+                dst[j] = sj >= 0 && sj < W ? feature(l, xf, x8, nc, off + si * W + sj) : pad;
             }
         }
     }
@@ -125,7 +143,11 @@ static bool fetch(ct_loader *l, int64_t i, const float **xf, const uint8_t **x8)
     *xf = ds->x ? ds->x + i * F : NULL;
     *x8 = ds->x8 ? ds->x8 + i * F : l->pix;
     if (!ds->files) return true;
-    ct_status st = ct_dataset_load_image(ds, i, l->pix);
+    /* a function of (seed, epoch, rank) through the key, and of the sample: not of the order
+     * or the thread that decodes it */
+    ct_rng rng;
+    ct_rng_seed(&rng, l->key ^ ((uint64_t)i * 0x9e3779b97f4a7c15ULL));
+    ct_status st = ct_dataset_load_image(ds, i, &rng, l->pix);
     if (st == CT_OK) return true;
     if (l->o.skip_bad) {
         char msg[600];
@@ -153,7 +175,6 @@ bool ct_loader_next(ct_loader *l, ct_batch *b) {
     memcpy(shape + 1, ds->sample_shape, (size_t)ds->sample_ndim * sizeof *shape);
     ct_tensor *x = ct_tensor_new(ds->sample_ndim + 1, shape);
     bool aug = l->o.crop_pad > 0 || l->o.hflip;
-    float mean = l->o.mean, std = l->o.std;
     int64_t k = 0, fails = 0;
     while (k < B) {
         if (l->cur >= l->n && !l->o.wrap) break;
@@ -172,12 +193,21 @@ bool ct_loader_next(ct_loader *l, ct_batch *b) {
         }
         fails = 0;
         float *dst = x->data + k * F;
-        if (aug)
+        if (aug) {
             augment(l, xf, x8, dst);
-        else if (x8)
-            for (int64_t j = 0; j < F; j++) dst[j] = l->lut[x8[j]];
-        else /* subtract then divide, as torchvision's Normalize */
-            for (int64_t j = 0; j < F; j++) dst[j] = (xf[j] - mean) / std;
+        } else {
+            int64_t plane = F / l->C;
+            for (int64_t c = 0; c < l->C; c++) {
+                int nc = c < CT_MAX_NORM_CHANNELS ? (int)c : 0;
+                const float *lut = l->lut[nc];
+                float mean = l->mean[nc], std = l->std[nc];
+                float *d = dst + c * plane;
+                if (x8)
+                    for (int64_t j = 0; j < plane; j++) d[j] = lut[x8[c * plane + j]];
+                else /* subtract then divide, as torchvision's Normalize */
+                    for (int64_t j = 0; j < plane; j++) d[j] = (xf[c * plane + j] - mean) / std;
+            }
+        }
         l->bidx[k] = i;
         l->y[k++] = ds->y[i];
     }

@@ -72,6 +72,7 @@ bad = {
     "truncated.jpg": jpg[: len(jpg) // 2],
     "truncated.png": png[: len(png) // 2],
     "text.jpg": b"this is not an image\n",
+    "corrupt.jpg": jpg[:2] + b"\xff\x01" + bytes(range(256)) * 4,
     "empty.png": b"",
 }
 buf = io.BytesIO()

@@ -258,7 +258,7 @@ START_TEST(load_image_layout_and_size) {
     ct_dataset ds;
     ck_assert_int_eq(ct_dataset_from_folder(&ds, root, NULL, 3), CT_OK);
     uint8_t *px = malloc((size_t)ds.sample_numel);
-    ck_assert_int_eq(ct_dataset_load_image(&ds, 0, px), CT_OK);
+    ck_assert_int_eq(ct_dataset_load_image(&ds, 0, NULL, px), CT_OK);
     ct_image im;
     ck_assert_int_eq(ct_image_read(ct_dataset_path(&ds, 0), 3, &im), CT_OK);
     for (int64_t c = 0; c < 3; c++)
@@ -267,7 +267,7 @@ START_TEST(load_image_layout_and_size) {
     ct_dataset_sample(&ds, 0, f);
     ck_assert(f[5] == (float)px[5] / 255.0f);
     ct_image_free(&im);
-    ck_assert_int_eq(ct_dataset_load_image(&ds, 1, px), CT_ERR_SHAPE);
+    ck_assert_int_eq(ct_dataset_load_image(&ds, 1, NULL, px), CT_ERR_SHAPE);
     ck_assert_msg(strstr(ct_last_error(), "2.jpeg") && strstr(ct_last_error(), "171x130"), "%s", ct_last_error());
     free(px);
     ct_dataset_free(&ds);

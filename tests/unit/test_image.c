@@ -100,14 +100,15 @@ START_TEST(bad_files_refused) {
     static const struct { const char *name, *why; } cases[] = {
         {"truncated.jpg", "truncated"},   {"truncated.png", "PNG"},
         {"text.jpg", "not a JPEG or PNG"}, {"empty.png", "not a JPEG or PNG"},
-        {"deep16.png", "16-bit"},          {"missing.png", "cannot open"},
+        {"deep16.png", "16-bit"},          {"corrupt.jpg", "cannot decode JPEG"},
+        {"missing.png", "cannot open"},
     };
     char path[256];
     snprintf(path, sizeof path, "%s/%s", fixdir, cases[_i].name);
     ct_image im = {.h = -7};
     ct_status st = ct_image_read(path, 3, &im);
     ck_assert_int_ne(st, CT_OK);
-    ck_assert_int_eq(st, _i == 5 ? CT_ERR_IO : CT_ERR_FORMAT);
+    ck_assert_int_eq(st, _i == 6 ? CT_ERR_IO : CT_ERR_FORMAT);
     ck_assert_msg(strstr(ct_last_error(), path) && strstr(ct_last_error(), cases[_i].why),
                   "message '%s' should name %s and say '%s'", ct_last_error(), path, cases[_i].why);
     ck_assert_int_eq(im.h, -7); /* untouched */
@@ -130,7 +131,7 @@ int main(void) {
     tcase_set_timeout(t, 60);
     tcase_add_loop_test(t, decode_matches_pil, 0, 2);
     tcase_add_test(t, decode_from_memory);
-    tcase_add_loop_test(t, bad_files_refused, 0, 6);
+    tcase_add_loop_test(t, bad_files_refused, 0, 7);
     tcase_add_test(t, bad_channel_count);
     suite_add_tcase(s, t);
     return ct_test_run(s);

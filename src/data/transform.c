@@ -1,0 +1,282 @@
+/* torchvision's image transforms on 8-bit images, with the same pixels torchvision 0.14
+ * gives on PIL images: Resize (PIL's bilinear resampling, which antialiases when it
+ * shrinks), CenterCrop, RandomResizedCrop (torchvision's 10-try algorithm, then PIL's
+ * crop and resize) and RandomHorizontalFlip. Images stay uint8 throughout, as in PIL. */
+#include "internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- PIL's resampling (libImaging/Resample.c, 8 bits per channel, bilinear filter) ---- */
+
+#define PRECISION_BITS (32 - 8 - 2)
+
+static double bilinear(double x) {
+    if (x < 0.0) x = -x;
+    return x < 1.0 ? 1.0 - x : 0.0;
+}
+
+/* PIL's precompute_coeffs + normalize_coeffs_8bpc: for each output index, the first input
+ * index and count (bounds) and ksize fixed-point weights. Returns ksize. */
+static int coeffs(int64_t in_size, int64_t out_size, int64_t **bounds, int32_t **kk) {
+    double scale = (double)in_size / (double)out_size, filterscale = scale < 1.0 ? 1.0 : scale;
+    double support = 1.0 * filterscale; /* the bilinear filter's support is 1 */
+    int ksize = (int)ceil(support) * 2 + 1;
+    double *k = ct_malloc((size_t)(out_size * ksize) * sizeof *k);
+    *bounds = ct_malloc((size_t)out_size * 2 * sizeof **bounds);
+    *kk = ct_malloc((size_t)(out_size * ksize) * sizeof **kk);
+    for (int64_t xx = 0; xx < out_size; xx++) {
+        double center = ((double)xx + 0.5) * scale, ww = 0.0, ss = 1.0 / filterscale;
+        int64_t xmin = (int64_t)(center - support + 0.5), xmax = (int64_t)(center + support + 0.5);
+        if (xmin < 0) xmin = 0;
+        if (xmax > in_size) xmax = in_size;
+        xmax -= xmin;
+        double *kx = k + xx * ksize;
+        int64_t x;
+        for (x = 0; x < xmax; x++) {
+            double w = bilinear(((double)(x + xmin) - center + 0.5) * ss);
+            kx[x] = w;
+            ww += w;
+        }
+        for (x = 0; x < xmax; x++)
+            if (ww != 0.0) kx[x] /= ww;
+        for (; x < ksize; x++) kx[x] = 0;
+        (*bounds)[xx * 2] = xmin;
+        (*bounds)[xx * 2 + 1] = xmax;
+    }
+    for (int64_t i = 0; i < out_size * ksize; i++)
+        (*kk)[i] = k[i] < 0 ? (int32_t)(-0.5 + k[i] * (1 << PRECISION_BITS))
+                            : (int32_t)(0.5 + k[i] * (1 << PRECISION_BITS));
+    free(k);
+    return ksize;
+}
+
+static inline uint8_t clip8(int32_t v) {
+    v >>= PRECISION_BITS; /* arithmetic: negative sums stay negative */
+    return v < 0 ? 0 : v > 255 ? 255 : (uint8_t)v;
+}
+
+void ct_image_resize(const ct_image *in, int64_t h, int64_t w, ct_image *out) {
+    CT_ASSERT(h > 0 && w > 0 && in->h > 0 && in->w > 0, "resize: %lldx%lld to %lldx%lld", (long long)in->w,
+              (long long)in->h, (long long)w, (long long)h);
+    int C = in->c;
+    *out = (ct_image){.h = h, .w = w, .c = C, .px = ct_malloc((size_t)(h * w * C))};
+    if (h == in->h && w == in->w) { /* PIL returns a copy */
+        memcpy(out->px, in->px, (size_t)(h * w * C));
+        return;
+    }
+    int64_t *bh, *bv;
+    int32_t *kh, *kv;
+    int ksh = coeffs(in->w, w, &bh, &kh), ksv = coeffs(in->h, h, &bv, &kv);
+    /* PIL resamples horizontally first, only the rows the vertical pass will read, into an
+     * 8-bit image (rounded and clipped), then vertically */
+    const uint8_t *src = in->px;
+    int64_t rows = in->h, first = 0;
+    uint8_t *tmp = NULL;
+    if (w != in->w) {
+        first = bv[0];
+        int64_t last = bv[(h - 1) * 2] + bv[(h - 1) * 2 + 1];
+        rows = last - first;
+        tmp = ct_malloc((size_t)(rows * w * C));
+        for (int64_t y = 0; y < rows; y++) {
+            const uint8_t *row = in->px + (y + first) * in->w * C;
+            for (int64_t xx = 0; xx < w; xx++) {
+                const int32_t *k = kh + xx * ksh;
+                int64_t xmin = bh[xx * 2], xmax = bh[xx * 2 + 1];
+                for (int c = 0; c < C; c++) {
+                    int32_t ss = 1 << (PRECISION_BITS - 1);
+                    for (int64_t x = 0; x < xmax; x++) ss += row[(x + xmin) * C + c] * k[x];
+                    tmp[(y * w + xx) * C + c] = clip8(ss);
+                }
+            }
+        }
+        src = tmp;
+    }
+    if (h != in->h) {
+        for (int64_t yy = 0; yy < h; yy++) {
+            const int32_t *k = kv + yy * ksv;
+            int64_t ymin = bv[yy * 2] - first, ymax = bv[yy * 2 + 1];
+            for (int64_t i = 0; i < w * C; i++) {
+                int32_t ss = 1 << (PRECISION_BITS - 1);
+                for (int64_t y = 0; y < ymax; y++) ss += src[(y + ymin) * w * C + i] * k[y];
+                out->px[yy * w * C + i] = clip8(ss);
+            }
+        }
+    } else {
+        memcpy(out->px, src, (size_t)(h * w * C));
+    }
+    free(tmp);
+    free(bh);
+    free(bv);
+    free(kh);
+    free(kv);
+}
+
+void ct_image_crop(const ct_image *in, int64_t top, int64_t left, int64_t h, int64_t w, ct_image *out) {
+    CT_ASSERT(h > 0 && w > 0, "crop: %lldx%lld", (long long)w, (long long)h);
+    int C = in->c;
+    *out = (ct_image){.h = h, .w = w, .c = C, .px = ct_malloc((size_t)(h * w * C))};
+    for (int64_t y = 0; y < h; y++) {
+        int64_t sy = y + top;
+        for (int64_t x = 0; x < w; x++) {
+            int64_t sx = x + left;
+            bool inside = sy >= 0 && sy < in->h && sx >= 0 && sx < in->w; /* PIL fills 0 outside */
+            for (int c = 0; c < C; c++) out->px[(y * w + x) * C + c] = inside ? in->px[(sy * in->w + sx) * C + c] : 0;
+        }
+    }
+}
+
+void ct_image_hflip(ct_image *im) {
+    int C = im->c;
+    for (int64_t y = 0; y < im->h; y++) {
+        uint8_t *row = im->px + y * im->w * C;
+        for (int64_t a = 0, b = im->w - 1; a < b; a++, b--)
+            for (int c = 0; c < C; c++) {
+                uint8_t t = row[a * C + c];
+                row[a * C + c] = row[b * C + c];
+                row[b * C + c] = t;
+            }
+    }
+}
+
+/* ---- parameters ---- */
+
+/* torchvision's _compute_resized_output_size for Resize(int): the shorter side becomes s,
+ * the longer int(s * long / short). */
+static void resize_size(int64_t h, int64_t w, int64_t s, int64_t *oh, int64_t *ow) {
+    int64_t shorter = w <= h ? w : h, longer = w <= h ? h : w;
+    int64_t nl = (int64_t)((double)(s * longer) / (double)shorter);
+    *ow = w <= h ? s : nl;
+    *oh = w <= h ? nl : s;
+}
+
+/* CenterCrop's offset: int(round((size - crop) / 2.0)) with Python's half-to-even round,
+ * or, for a crop larger than the image, minus the padding torchvision adds in front. */
+static int64_t center_offset(int64_t size, int64_t crop) {
+    if (crop > size) return -((crop - size) / 2);
+    return (int64_t)nearbyint((double)(size - crop) / 2.0); /* default rounding: half to even */
+}
+
+/* A float32 uniform in [lo, hi), as torch.empty(1).uniform_(lo, hi).item() is a float32. */
+static double uniform_f32(ct_rng *rng, double lo, double hi) {
+    double u = (double)(ct_rng_next(rng) >> 11) * 0x1.0p-53;
+    float v = (float)(lo + u * (hi - lo));
+    if ((double)v >= hi) v = nextafterf((float)hi, -INFINITY);
+    return v;
+}
+
+void ct_rrc_params(int64_t H, int64_t W, const double scale[2], const double ratio[2], ct_rng *rng,
+                   int64_t out[4]) {
+    double area = (double)(H * W);
+    /* torch.log(torch.tensor(ratio)): float32 */
+    double lr0 = logf((float)ratio[0]), lr1 = logf((float)ratio[1]);
+    for (int attempt = 0; attempt < 10; attempt++) {
+        double target = area * uniform_f32(rng, scale[0], scale[1]);
+        double aspect = expf((float)uniform_f32(rng, lr0, lr1));
+        int64_t w = (int64_t)nearbyint(sqrt(target * aspect)), h = (int64_t)nearbyint(sqrt(target / aspect));
+        if (w > 0 && w <= W && h > 0 && h <= H) {
+            out[0] = (int64_t)ct_rng_below(rng, (uint64_t)(H - h + 1));
+            out[1] = (int64_t)ct_rng_below(rng, (uint64_t)(W - w + 1));
+            out[2] = h;
+            out[3] = w;
+            return;
+        }
+    }
+    /* torchvision's fallback: a central crop clamped to the ratio range */
+    double in_ratio = (double)W / (double)H, rmin = fmin(ratio[0], ratio[1]), rmax = fmax(ratio[0], ratio[1]);
+    int64_t w = W, h = H;
+    if (in_ratio < rmin)
+        h = (int64_t)nearbyint((double)w / rmin);
+    else if (in_ratio > rmax)
+        w = (int64_t)nearbyint((double)h * rmax);
+    out[0] = (H - h) / 2;
+    out[1] = (W - w) / 2;
+    out[2] = h;
+    out[3] = w;
+}
+
+/* ---- pipelines ---- */
+
+static const char *const names[] = {"resize", "center_crop", "random_resized_crop", "random_horizontal_flip"};
+
+ct_status ct_transforms_parse(const char *spec, ct_transforms *out) {
+    ct_transforms t = {0};
+    char buf[512];
+    if (snprintf(buf, sizeof buf, "%s", spec) >= (int)sizeof buf)
+        return ct_error(CT_ERR_ARG, "transforms '%.40s...': too long", spec);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ') tok++;
+        char *arg = strchr(tok, ':');
+        if (arg) *arg++ = 0;
+        int kind = -1;
+        for (int i = 0; i < 4; i++)
+            if (!strcmp(tok, names[i])) kind = i;
+        if (kind < 0)
+            return ct_error(CT_ERR_ARG, "transforms '%s': unknown transform '%s' (expected resize:N, "
+                            "center_crop:N, random_resized_crop:N or random_horizontal_flip)", spec, tok);
+        if (t.n == CT_MAX_TRANSFORMS)
+            return ct_error(CT_ERR_ARG, "transforms '%s': more than %d", spec, CT_MAX_TRANSFORMS);
+        ct_transform *x = &t.t[t.n++];
+        *x = (ct_transform){.kind = (ct_transform_kind)kind, .scale = {0.08, 1.0}, .ratio = {3.0 / 4.0, 4.0 / 3.0}};
+        char *end = NULL;
+        long v = arg ? strtol(arg, &end, 10) : 0;
+        if (kind == CT_TF_HFLIP) {
+            if (arg) return ct_error(CT_ERR_ARG, "transforms '%s': random_horizontal_flip takes no size", spec);
+        } else if (!arg || *end || v < 1 || v > 65536) {
+            return ct_error(CT_ERR_ARG, "transforms '%s': %s needs a size in pixels, e.g. %s:224", spec, tok, tok);
+        }
+        x->size = v;
+    }
+    *out = t;
+    return CT_OK;
+}
+
+void ct_transforms_out_size(const ct_transforms *t, int64_t h, int64_t w, int64_t *oh, int64_t *ow) {
+    for (int i = 0; i < t->n; i++) {
+        const ct_transform *x = &t->t[i];
+        if (x->kind == CT_TF_RESIZE) resize_size(h, w, x->size, &h, &w);
+        if (x->kind == CT_TF_CENTER_CROP || x->kind == CT_TF_RANDOM_RESIZED_CROP) h = w = x->size;
+    }
+    *oh = h;
+    *ow = w;
+}
+
+bool ct_transforms_fixed_size(const ct_transforms *t) {
+    for (int i = t->n - 1; i >= 0; i--) {
+        if (t->t[i].kind == CT_TF_CENTER_CROP || t->t[i].kind == CT_TF_RANDOM_RESIZED_CROP) return true;
+        if (t->t[i].kind == CT_TF_RESIZE) return false;
+    }
+    return false;
+}
+
+void ct_transforms_apply(const ct_transforms *t, ct_image *im, ct_rng *rng) {
+    for (int i = 0; i < t->n; i++) {
+        const ct_transform *x = &t->t[i];
+        ct_image out = {0};
+        int64_t oh, ow, p[4];
+        switch (x->kind) {
+        case CT_TF_RESIZE:
+            resize_size(im->h, im->w, x->size, &oh, &ow);
+            ct_image_resize(im, oh, ow, &out);
+            break;
+        case CT_TF_CENTER_CROP:
+            ct_image_crop(im, center_offset(im->h, x->size), center_offset(im->w, x->size), x->size, x->size, &out);
+            break;
+        case CT_TF_RANDOM_RESIZED_CROP: {
+            ct_rrc_params(im->h, im->w, x->scale, x->ratio, rng, p);
+            ct_image crop;
+            ct_image_crop(im, p[0], p[1], p[2], p[3], &crop);
+            ct_image_resize(&crop, x->size, x->size, &out);
+            ct_image_free(&crop);
+            break;
+        }
+        case CT_TF_HFLIP:
+            if (ct_rng_below(rng, 2)) ct_image_hflip(im); /* p = 0.5 */
+            continue;
+        }
+        ct_image_free(im);
+        *im = out;
+    }
+}
