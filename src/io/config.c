@@ -49,7 +49,7 @@ static const key_def keys[] = {
     KEY("data", "classes", T_CLASSES, data.classes, "all", NULL, 0, 0, 0),
     INT("data", "per_class", data.per_class, "all", 0, "all"),
 
-    ENUM("model", "name", model.name, "mlp", "mlp|cnn|custom"),
+    ENUM("model", "name", model.name, "mlp", "mlp|cnn|custom|resnet18|resnet34|resnet50"),
     STR("model", "layers", model.layers, ""),
     STR("model", "freeze", model.freeze, ""),
     STR("model", "init_from", model.init_from, ""),
@@ -57,6 +57,10 @@ static const key_def keys[] = {
     STR("model", "init_exclude", model.init_exclude, ""),
     BOOL("model", "bn_eval_when_frozen", model.bn_eval_when_frozen, "true"),
     REAL("model", "dropout", model.dropout, "0.25", 0, 1, HI_OPEN),
+    /* the ResNets (issue 10) */
+    INT("model", "in_channels", model.in_channels, "3", 1, NULL),
+    INT("model", "num_classes", model.num_classes, "data", 0, "data"),
+    ENUM("model", "stem", model.stem, "imagenet", "imagenet|small"),
 
     INT("train", "epochs", train.epochs, "10", 1, NULL),
     INT("train", "batch_size", train.batch_size, "64", 1, NULL),
@@ -113,6 +117,7 @@ _Static_assert(MAX_STR_NAME + 3 + (CT_CFG_STR - 1) + 2 <= INI_MAX_LINE,
 /* Enum fields are written through an int pointer. */
 _Static_assert(sizeof(ct_cfg_format) == sizeof(int) && sizeof(ct_cfg_augment) == sizeof(int) &&
                    sizeof(ct_cfg_model) == sizeof(int) && sizeof(ct_cfg_cache) == sizeof(int) &&
+                   sizeof(ct_cfg_stem) == sizeof(int) &&
                    sizeof(ct_cfg_optim) == sizeof(int) && sizeof(ct_cfg_sched) == sizeof(int) &&
                    sizeof(ct_cfg_buffers) == sizeof(int) && sizeof(ct_cfg_shard) == sizeof(int),
                "config enums must be int-sized");

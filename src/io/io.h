@@ -84,7 +84,15 @@ typedef enum {
     CT_CFG_AUGMENT_FLIP,
     CT_CFG_AUGMENT_CROP_FLIP
 } ct_cfg_augment;
-typedef enum { CT_CFG_MODEL_MLP, CT_CFG_MODEL_CNN, CT_CFG_MODEL_CUSTOM } ct_cfg_model;
+typedef enum {
+    CT_CFG_MODEL_MLP,
+    CT_CFG_MODEL_CNN,
+    CT_CFG_MODEL_CUSTOM,
+    CT_CFG_MODEL_RESNET18,
+    CT_CFG_MODEL_RESNET34,
+    CT_CFG_MODEL_RESNET50
+} ct_cfg_model;
+typedef enum { CT_CFG_STEM_IMAGENET, CT_CFG_STEM_SMALL } ct_cfg_stem;
 typedef enum { CT_CFG_CACHE_AUTO, CT_CFG_CACHE_OFF } ct_cfg_cache;
 typedef enum { CT_CFG_OPTIM_SGD, CT_CFG_OPTIM_ADAM, CT_CFG_OPTIM_ADAMW } ct_cfg_optim;
 typedef enum { CT_CFG_SCHED_NONE, CT_CFG_SCHED_STEP, CT_CFG_SCHED_COSINE } ct_cfg_sched;
@@ -119,6 +127,10 @@ typedef struct {
         char init_exclude[CT_CFG_STR]; /* globs of init_from entries not to load (a fresh head) */
         bool bn_eval_when_frozen;
         double dropout;
+        /* resnet18|34|50 */
+        int in_channels;
+        int num_classes; /* 0 = the data set's */
+        ct_cfg_stem stem;
     } model;
     struct {
         int epochs, batch_size;

@@ -1,0 +1,164 @@
+/* torchvision's ResNets as ctrain modules: names, sizes and initialisation as torchvision
+ * 0.14 has them, shapes through both stems, modes reaching into blocks, and freezing by
+ * torchvision names (backward stops at the frozen stages; the frozen stages can be cached). */
+#include <string.h>
+
+#include "util.h"
+
+static ct_module *resnet(int depth, int64_t in_ch, int64_t classes, ct_resnet_stem stem, uint64_t seed) {
+    ct_rng r;
+    ct_rng_seed(&r, seed);
+    ct_resnet_config c = {.depth = depth, .in_channels = in_ch, .num_classes = classes, .stem = stem};
+    ct_module *m = NULL;
+    ck_assert_msg(ct_nn_resnet(&c, &r, &m) == CT_OK, "%s", ct_last_error());
+    return m;
+}
+
+/* Counts from torchvision 0.14: sum(p.numel()), len(list(parameters())) and len(state_dict())
+ * of resnet18/34/50() (1000 classes, 3 channels). */
+START_TEST(sizes_match_torchvision) {
+    static const struct {
+        int depth;
+        int64_t numel;
+        int nparams, nstate;
+    } want[] = {{18, 11689512, 62, 122}, {34, 21797672, 110, 218}, {50, 25557032, 161, 320}};
+    for (int i = 0; i < 3; i++) {
+        ct_module *m = resnet(want[i].depth, 3, 1000, CT_RESNET_STEM_IMAGENET, 1);
+        ct_named p = ct_module_params(m, false), b = ct_module_buffers(m);
+        ck_assert_int_eq(ct_named_numel(&p), want[i].numel);
+        ck_assert_int_eq(p.n, want[i].nparams);
+        /* the state_dict adds num_batches_tracked to each BatchNorm's two buffers */
+        ck_assert_int_eq(p.n + b.n + b.n / 2, want[i].nstate);
+        ct_named_free(&p);
+        ct_named_free(&b);
+        ct_module_free(m);
+    }
+    ct_rng r;
+    ct_rng_seed(&r, 1);
+    ct_module *m = NULL;
+    ct_resnet_config bad = {.depth = 101, .in_channels = 3, .num_classes = 10};
+    ck_assert_int_eq(ct_nn_resnet(&bad, &r, &m), CT_ERR_CONFIG);
+    ck_assert_ptr_null(m);
+    ck_assert_ptr_nonnull(strstr(ct_last_error(), "depth 101"));
+}
+END_TEST
+
+/* torchvision's own state_dict order for resnet50, the first 30 entries (a Bottleneck with
+ * its downsample), and names from each part of resnet18. */
+START_TEST(names_are_torchvisions) {
+    ct_module *m = resnet(50, 3, 10, CT_RESNET_STEM_IMAGENET, 2);
+    const char *want[] = {"conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var",
+                          "layer1.0.conv1.weight", "layer1.0.bn1.weight", "layer1.0.bn1.bias",
+                          "layer1.0.bn1.running_mean", "layer1.0.bn1.running_var", "layer1.0.conv2.weight",
+                          "layer1.0.bn2.weight", "layer1.0.bn2.bias", "layer1.0.bn2.running_mean",
+                          "layer1.0.bn2.running_var", "layer1.0.conv3.weight", "layer1.0.bn3.weight",
+                          "layer1.0.bn3.bias", "layer1.0.bn3.running_mean", "layer1.0.bn3.running_var",
+                          "layer1.0.downsample.0.weight", "layer1.0.downsample.1.weight",
+                          "layer1.0.downsample.1.bias", "layer1.0.downsample.1.running_mean",
+                          "layer1.0.downsample.1.running_var"};
+    /* module by module, parameters then buffers: the state_dict order without the counters */
+    ct_named mods = ct_module_modules(m);
+    int k = 0, n = (int)(sizeof want / sizeof *want);
+    for (int i = 0; i < mods.n && k < n; i++) {
+        ct_module *mm = mods.owners[i];
+        for (int j = 0; j < mm->nparams + mm->nbuffers && k < n; j++, k++) {
+            const char *leaf = j < mm->nparams ? mm->param_names[j] : mm->buffer_names[j - mm->nparams];
+            char full[256];
+            snprintf(full, sizeof full, "%s%s%s", mods.names[i], *mods.names[i] ? "." : "", leaf);
+            ck_assert_str_eq(full, want[k]);
+        }
+    }
+    ck_assert_int_eq(k, n);
+    ct_named_free(&mods);
+    ct_tensor *w = ct_module_find(m, "layer4.2.conv3.weight");
+    ck_assert(w && w->shape[0] == 2048 && w->shape[1] == 512 && w->shape[2] == 1);
+    ck_assert_ptr_null(ct_module_find(m, "layer1.1.downsample.0.weight"));
+    ct_module_free(m);
+
+    m = resnet(18, 1, 10, CT_RESNET_STEM_IMAGENET, 2);
+    ck_assert_ptr_null(ct_module_find(m, "layer1.0.downsample.0.weight")); /* 64 -> 64, stride 1 */
+    w = ct_module_find(m, "layer2.0.downsample.0.weight");
+    ck_assert(w && w->shape[0] == 128 && w->shape[1] == 64 && w->shape[2] == 1);
+    ck_assert_ptr_nonnull(ct_module_find(m, "layer2.0.downsample.1.running_var"));
+    ck_assert_ptr_null(ct_module_find(m, "layer1.0.conv3.weight"));
+    w = ct_module_find(m, "conv1.weight");
+    ck_assert(w->shape[0] == 64 && w->shape[1] == 1 && w->shape[2] == 7);
+    w = ct_module_find(m, "fc.weight");
+    ck_assert(w->shape[0] == 10 && w->shape[1] == 512);
+    ck_assert_str_eq(ct_module_type(m->children[4]->children[0]), "BasicBlock");
+    ct_module_free(m);
+    m = resnet(18, 3, 10, CT_RESNET_STEM_SMALL, 2);
+    w = ct_module_find(m, "conv1.weight");
+    ck_assert(w->shape[1] == 3 && w->shape[2] == 3);
+    ct_module_free(m);
+}
+END_TEST
+
+/* kaiming_normal_(fan_out, relu) for convs, BatchNorm 1 and 0, fc Linear's default. */
+START_TEST(init_is_torchvisions) {
+    ct_module *m = resnet(18, 3, 10, CT_RESNET_STEM_IMAGENET, 3);
+    ct_tensor *w = ct_module_find(m, "layer4.1.conv2.weight"); /* 2.4M draws */
+    double s = 0, s2 = 0;
+    for (int64_t i = 0; i < w->numel; i++) s += w->data[i], s2 += (double)w->data[i] * w->data[i];
+    double mean = s / (double)w->numel, var = s2 / (double)w->numel - mean * mean;
+    ck_assert(fabs(mean) < 1e-4);
+    ck_assert_close(var, 2.0 / (512 * 9), 0.01);
+    w = ct_module_find(m, "conv1.weight");
+    s2 = 0;
+    for (int64_t i = 0; i < w->numel; i++) s2 += (double)w->data[i] * w->data[i];
+    ck_assert_close(s2 / (double)w->numel, 2.0 / (64 * 49), 0.1);
+    ct_named p = ct_module_params(m, false);
+    for (int i = 0; i < p.n; i++) {
+        if (!strstr(p.names[i], "bn") && !strstr(p.names[i], "downsample.1")) continue;
+        float v = strstr(p.names[i], "weight") ? 1.0f : 0.0f;
+        for (int64_t k = 0; k < p.tensors[i]->numel; k++) ck_assert_float_eq(p.tensors[i]->data[k], v);
+    }
+    ct_named_free(&p);
+    w = ct_module_find(m, "fc.weight");
+    float bound = 1.0f / sqrtf(512), mx = 0;
+    for (int64_t i = 0; i < w->numel; i++) mx = fmaxf(mx, fabsf(w->data[i]));
+    ck_assert(mx <= bound && mx > 0.9f * bound);
+    ct_module_free(m);
+}
+END_TEST
+
+/* Output shapes through both stems and both block kinds; modes reach every block's layers. */
+START_TEST(forward_shapes_and_modes) {
+    static const struct {
+        int depth;
+        ct_resnet_stem stem;
+        int64_t c, hw;
+    } cases[] = {{18, CT_RESNET_STEM_IMAGENET, 1, 28}, {18, CT_RESNET_STEM_SMALL, 3, 12},
+                 {50, CT_RESNET_STEM_SMALL, 2, 6}, {34, CT_RESNET_STEM_IMAGENET, 3, 17}};
+    for (int i = 0; i < 4; i++) {
+        ct_module *m = resnet(cases[i].depth, cases[i].c, 7, cases[i].stem, 4);
+        ct_rng r;
+        ct_rng_seed(&r, 5);
+        for (int train = 1; train >= 0; train--) CT_NO_GRAD CT_SCOPE {
+            ct_module_train(m, train);
+            ct_tensor *x = ct_rand_normal(CT_SHAPE(3, cases[i].c, cases[i].hw, cases[i].hw), 0, 1, &r);
+            ct_tensor *y = ct_module_forward(m, x);
+            ck_assert_int_eq(y->ndim, 2);
+            ck_assert_int_eq(y->shape[0], 3);
+            ck_assert_int_eq(y->shape[1], 7);
+            for (int64_t k = 0; k < y->numel; k++) ck_assert(isfinite(y->data[k]));
+        }
+        ct_named mods = ct_module_modules(m);
+        for (int k = 0; k < mods.n; k++) ck_assert_msg(!mods.owners[k]->training, "%s", mods.names[k]);
+        ct_named_free(&mods);
+        ct_module_free(m);
+    }
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("resnet");
+    TCase *tc = tcase_create("resnet");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, sizes_match_torchvision);
+    tcase_add_test(tc, names_are_torchvisions);
+    tcase_add_test(tc, init_is_torchvisions);
+    tcase_add_test(tc, forward_shapes_and_modes);
+    suite_add_tcase(s, tc);
+    return ct_test_run(s);
+}
