@@ -8,7 +8,10 @@
  * Then: a train-mode forward, mean cross entropy and backward; one SGD step (lr 0.1, no
  * momentum); ct_ckpt_save to OUT.step.safetensors (the stepped parameters, the running
  * statistics and num_batches_tracked the train pass left); an eval-mode forward and backward
- * from there. OUT.dump.safetensors holds <mode>.logits, <mode>.loss, <mode>.grad.<param>.
+ * from there. OUT.dump.safetensors holds <mode>.logits, <mode>.loss, <mode>.grad.<param>, and
+ * <mode>.relu.<k>, the output of the k-th ReLU call: float32 rounding puts a few ReLU inputs on
+ * the other side of 0 than float64 does (ResNet-50 has millions), which changes a gradient
+ * entry by its full size; the float64 referee takes ctrain's side at those kinks.
  * A STATE that does not fit is refused: the loader's message (every key with both shapes)
  * goes to stderr and the exit status is 1, before anything is written. */
 #include <stdio.h>
@@ -27,7 +30,8 @@ static void die(const char *what) {
 typedef struct {
     ct_st_entry e[1024];
     char *names[1024];
-    int n;
+    ct_tensor *owned[1024]; /* copies that must outlive the scopes they were made in */
+    int n, nowned;
 } dump;
 
 /* Entries point at tensors kept alive by the scope the caller is in; names are owned. */
@@ -39,10 +43,43 @@ static void put(dump *d, const char *name, const ct_tensor *t) {
     d->n++;
 }
 
+/* Every ReLU call appends its output to the dump (the ReLU modules' table is swapped for a
+ * copy whose forward records). */
+static dump *rec_dump;
+static const char *rec_mode;
+static int rec_calls;
+static const ct_module_ops *relu_ops;
+static ct_module_ops relu_rec_ops;
+
+static ct_tensor *relu_recorded(ct_module *m, ct_tensor *x) {
+    ct_tensor *y = relu_ops->forward(m, x);
+    char name[64];
+    snprintf(name, sizeof name, "%s.relu.%d", rec_mode, rec_calls++);
+    /* Sequential releases what a layer made when the layer ends: own the copy */
+    ct_tensor *c = ct_own(ct_clone_data(y));
+    rec_dump->owned[rec_dump->nowned++] = c;
+    put(rec_dump, name, c);
+    return y;
+}
+
+static void record_relus(ct_module *m) {
+    ct_named mods = ct_module_modules(m);
+    for (int i = 0; i < mods.n; i++) {
+        ct_module *mm = mods.owners[i];
+        if (strcmp(ct_module_type(mm), "ReLU") != 0) continue;
+        relu_ops = mm->ops;
+        relu_rec_ops = *mm->ops;
+        relu_rec_ops.forward = relu_recorded;
+        mm->ops = &relu_rec_ops;
+    }
+    ct_named_free(&mods);
+}
+
 static void pass(dump *d, ct_module *m, const ct_named *ps, ct_tensor *x, const int64_t *y, bool train) {
     const char *mode = train ? "train" : "eval";
     char name[600];
     ct_module_train(m, train);
+    rec_dump = d, rec_mode = mode, rec_calls = 0;
     ct_tensor *logits = ct_module_forward(m, x);
     ct_tensor *loss = ct_cross_entropy(logits, y, CT_REDUCE_MEAN);
     ct_backward(loss);
@@ -82,6 +119,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "resnet_dump: %s: needs x F32 [N, C, H, W] and y I64 [N]\n", argv[6]);
         return 1;
     }
+    record_relus(m);
     ct_named ps = ct_module_params(m, true);
     ct_optim *o = ct_optim_new(ct_sgd_config(LR, 0, 0, false));
     ct_optim_add_group(o, ps.n, (const char *const *)ps.names, ps.tensors, CT_OPTIM_DEFAULT, CT_OPTIM_DEFAULT);
@@ -101,6 +139,7 @@ int main(int argc, char **argv) {
         if (ct_st_save(path, d.e, d.n, NULL, 0) != CT_OK) die(path);
     }
     for (int i = 0; i < d.n; i++) free(d.names[i]);
+    for (int i = 0; i < d.nowned; i++) ct_release(d.owned[i]);
     printf("resnet_dump: resnet%d: %d parameters, %lld values, %d dumped tensors\n", c.depth, ps.n,
            (long long)ct_named_numel(&ps), d.n);
     ct_optim_free(o);

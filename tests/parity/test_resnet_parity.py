@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """torchvision parity for ctrain's ResNets (run by tests/scripts/test_resnet_parity.sh).
 
-usage: test_resnet_parity.py BUILD_DIR
+usage: test_resnet_parity.py BUILD_DIR [CASE ...]   (cases: resnet18, resnet50, resnet18_small)
 
 For each case below, torchvision builds the model (random initialisation; conv1 swapped for
 the case's channel count or for the small stem, with the max pool an Identity; every
@@ -19,7 +19,13 @@ a checkpoint, then an eval-mode forward and backward. Compared, per case:
            torchvision with strict=True, every tensor unchanged
   control  the train comparison with one conv weight scaled by 1 + 1e-3 must fail
 Metric as in tests/parity/test_parity.py: max|a - b| / max|b| <= 1e-4 per tensor, b from
-torchvision in float64 on the same float32 weights and batch.
+torchvision in float64 on the same float32 weights and batch. One adjustment: float32 rounding
+(ctrain's or PyTorch's alike: float32 torchvision is 1e-2 to 3e-1 away from float64 on
+ResNet-50's train-mode gradients here) puts a few of ResNet-50's millions of ReLU inputs on the
+other side of 0 than float64, and each such entry changes a gradient by its full size. So the
+float64 referee's ReLUs take ctrain's side of the kink (resnet_dump records every ReLU call),
+and a check asserts that they only ever differ where the float64 input is within 1e-4 of its
+tensor's scale from 0.
 Then, refusals: state_dicts that do not fit (another depth, width, channel count, class count,
 a missing key) make resnet_dump exit 1 before writing anything, with a message naming the key
 and, for a shape, both shapes. Last, `ctrain eval --checkpoint` of a bare torchvision
@@ -59,7 +65,7 @@ DATA = "/usr/share/datasets/fashion-mnist"
 # name, depth, in_channels, classes, stem, batch shape [N, C, H, W]
 CASES = [
     ("resnet18", 18, 1, 10, "imagenet", (8, 1, 32, 32)),
-    ("resnet50", 50, 3, 10, "small", (4, 3, 16, 16)),
+    ("resnet50", 50, 3, 10, "small", (8, 3, 12, 12)),
     ("resnet18_small", 18, 1, 10, "small", (4, 1, 12, 12)),
 ]
 
@@ -114,6 +120,57 @@ def export(model_or_sd, path, tmp):
     pt = os.path.join(tmp, "export.pt")
     torch.save(sd, pt)
     subprocess.run([sys.executable, os.path.join(SCRIPTS, "torch_to_safetensors.py"), pt, path], check=True)
+
+
+class KinkReLU(nn.Module):
+    """ReLU that takes ctrain's side of the kink: calls pop ctrain's outputs of the same ReLU
+    calls in order (torchvision calls a block's one relu module two or three times, ctrain
+    the same sequence) and keep x where ctrain's output was > 0. Where float64 disagrees, x
+    is within rounding of 0 (checked: kink_check)."""
+
+    def __init__(self, calls):
+        super().__init__()
+        self.calls = calls
+
+    def forward(self, x):
+        c = self.calls.pop(0)
+        if c.shape != x.shape:
+            raise RuntimeError(f"ReLU call shape {tuple(x.shape)}, ctrain's {tuple(c.shape)}")
+        self.calls.seen.append((x.detach(), c))
+        return x * (c > 0).to(x.dtype)
+
+
+class Calls(list):
+    seen = None
+
+
+def follow_kinks(model, outputs):
+    """Makes every ReLU of the torchvision model a KinkReLU over ctrain's outputs."""
+    calls = Calls(outputs)
+    calls.seen = []
+    for mod in [model] + [m for m in model.modules() if hasattr(m, "relu")]:
+        if isinstance(getattr(mod, "relu", None), nn.ReLU):
+            mod.relu = KinkReLU(calls)
+    return calls
+
+
+def relu_calls(dump, mode):
+    n = sum(1 for k in dump if k.startswith(f"{mode}.relu."))
+    return [dump[f"{mode}.relu.{i}"] for i in range(n)]
+
+
+def kink_check(label, calls, total):
+    """Every ReLU call used, and ctrain's side of the kink differs from float64's only where
+    the float64 input is within 1e-4 of the call's largest |input| (rounding, not a bug)."""
+    flips, worst = 0, 0.0
+    for x, c in calls.seen:
+        differ = (x > 0) != (c > 0)
+        flips += int(differ.sum())
+        if differ.any():
+            worst = max(worst, (x[differ].abs().max() / x.abs().max()).item())
+    check(not calls and len(calls.seen) == total and worst <= RTOL,
+          f"{label}: {total} ReLU calls; float64 on the other side of the kink at {flips} entries",
+          f"largest such |input| {worst:.1e} of its call's scale" + (f"; {len(calls)} unused" if calls else ""))
 
 
 def run(model, x, y, train):
@@ -172,7 +229,9 @@ def run_case(bin_dir, tmp, case, seed):
     # train mode, float64 torchvision from the same weights
     m64 = torchvision_resnet(depth, in_ch, classes, stem, seed).double()
     m64.load_state_dict(init, strict=True)
+    calls = follow_kinks(m64, relu_calls(dump, "train"))
     ref = run(m64, x, y, True)
+    kink_check(f"{name} train", calls, len(relu_calls(dump, "train")))
     compare_pass(name, "train", dump, ref)
     bufs = OrderedDict(m64.named_buffers())
     worst, bad = 0.0, []
@@ -199,7 +258,10 @@ def run_case(bin_dir, tmp, case, seed):
     # eval mode from ctrain's checkpoint, loaded strict
     e64 = torchvision_resnet(depth, in_ch, classes, stem, seed).double()
     e64.load_state_dict(step, strict=True)
-    compare_pass(name, "eval", dump, run(e64, x, y, False))
+    calls = follow_kinks(e64, relu_calls(dump, "eval"))
+    ref = run(e64, x, y, False)
+    kink_check(f"{name} eval", calls, len(relu_calls(dump, "eval")))
+    compare_pass(name, "eval", dump, ref)
 
     # ctrain's checkpoint back into torchvision through the converter, strict
     pt = os.path.join(tmp, f"{name}.back.pt")
@@ -222,6 +284,7 @@ def run_case(bin_dir, tmp, case, seed):
     bad_sd["layer1.0.conv1.weight"] *= 1 + 1e-3
     c64 = torchvision_resnet(depth, in_ch, classes, stem, seed).double()
     c64.load_state_dict(bad_sd, strict=True)
+    follow_kinks(c64, relu_calls(dump, "train"))
     rb = run(c64, x, y, True)
     caught = max_rel(dump["train.logits"], rb[0]) > RTOL or any(
         max_rel(dump[f"train.grad.{n}"], g) > RTOL for n, g in rb[2].items())
@@ -245,9 +308,9 @@ def refusals(bin_dir, tmp):
         ("resnet34", torchvision_resnet(34, 1, 10, "imagenet", 5),
          ["unexpected in the checkpoint: layer1.2.conv1.weight"]),
         ("resnet50", torchvision_resnet(50, 1, 10, "imagenet", 5),
-         ["layer1.0.conv1.weight is F32 [64, 64, 1, 1] in the checkpoint but F32 [64, 64, 3, 3] in the model",
-          "fc.weight is F32 [10, 2048] in the checkpoint but F32 [10, 512] in the model",
-          "unexpected in the checkpoint: layer1.0.conv3.weight"]),
+         # the report is cut at the error buffer's 1 KiB; the first mismatch is named
+         ["does not match the model",
+          "layer1.0.conv1.weight is F32 [64, 64, 1, 1] in the checkpoint but F32 [64, 64, 3, 3] in the model"]),
         ("a missing running_var", no_bn_var, ["missing from the checkpoint: layer4.1.bn2.running_var"]),
     ]
     for label, model, want in cases:
@@ -293,20 +356,23 @@ def cli_eval(build, tmp):
 
 
 def main():
-    if len(sys.argv) != 2:
+    if len(sys.argv) < 2:
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2
-    build = sys.argv[1]
+    build, only = sys.argv[1], sys.argv[2:]  # CASE ...: only those cases, no refusals or CLI
     bin_dir = os.path.join(build, "tests", "parity")
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         for i, case in enumerate(CASES):
+            if only and case[0] not in only:
+                continue
             try:
                 run_case(bin_dir, tmp, case, 100 + i)
             except Exception as e:  # noqa: BLE001 - one case's crash is one failure
                 check(False, f"{case[0]}: {type(e).__name__}: {e}")
-        refusals(bin_dir, tmp)
-        cli_eval(build, tmp)
+        if not only:
+            refusals(bin_dir, tmp)
+            cli_eval(build, tmp)
     print(f"{passed} passed, {failed} failed")
     return 1 if failed or not passed else 0
 

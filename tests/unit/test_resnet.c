@@ -1,7 +1,9 @@
 /* torchvision's ResNets as ctrain modules: names, sizes and initialisation as torchvision
  * 0.14 has them, shapes through both stems, modes reaching into blocks, and freezing by
  * torchvision names (backward stops at the frozen stages; the frozen stages can be cached). */
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "util.h"
 
@@ -12,6 +14,17 @@ static ct_module *resnet(int depth, int64_t in_ch, int64_t classes, ct_resnet_st
     ct_module *m = NULL;
     ck_assert_msg(ct_nn_resnet(&c, &r, &m) == CT_OK, "%s", ct_last_error());
     return m;
+}
+
+/* The module at a dotted path. */
+static ct_module *sub(ct_module *m, const char *path) {
+    ct_named mods = ct_module_modules(m);
+    ct_module *found = NULL;
+    for (int i = 0; i < mods.n; i++)
+        if (!strcmp(mods.names[i], path)) found = mods.owners[i];
+    ct_named_free(&mods);
+    ck_assert_msg(found, "no module %s", path);
+    return found;
 }
 
 /* Counts from torchvision 0.14: sum(p.numel()), len(list(parameters())) and len(state_dict())
@@ -151,6 +164,55 @@ START_TEST(forward_shapes_and_modes) {
 }
 END_TEST
 
+/* A checkpoint round trip reaches into blocks (num_batches_tracked of a block's BatchNorm);
+ * a state_dict of another depth or width is refused naming the key and both shapes, and
+ * nothing of it is loaded. */
+START_TEST(checkpoints_through_blocks) {
+    char dir[] = "/tmp/ct_resnet_XXXXXX", path[64], p34[64];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/r18.safetensors", dir);
+    snprintf(p34, sizeof p34, "%s/r34.safetensors", dir);
+    ct_module *a = resnet(18, 1, 10, CT_RESNET_STEM_SMALL, 6), *b = resnet(18, 1, 10, CT_RESNET_STEM_SMALL, 7);
+    ct_nn_as_batchnorm(sub(a, "layer2.1.bn2"))->num_batches_tracked = 7;
+    ct_module_find(a, "layer3.0.downsample.1.running_var")->data[3] = 2.5f;
+    ct_progress prog = {.epoch = 1, .world = 1};
+    ck_assert_int_eq(ct_ckpt_save(path, a, NULL, &prog), CT_OK);
+    ct_st_file *f = NULL;
+    ck_assert_int_eq(ct_st_load(path, &f), CT_OK);
+    const ct_st_entry *e = ct_st_find(f, "layer2.1.bn2.num_batches_tracked");
+    ck_assert(e && e->dtype == CT_DTYPE_I64 && e->ndim == 0 && *(const int64_t *)e->data == 7);
+    ck_assert_int_eq(ct_ckpt_load_model(f, b, true, NULL), CT_OK);
+    ck_assert_int_eq(ct_nn_as_batchnorm(sub(b, "layer2.1.bn2"))->num_batches_tracked, 7);
+    ck_assert_float_eq(ct_module_find(b, "layer3.0.downsample.1.running_var")->data[3], 2.5f);
+    ck_assert_mem_eq(ct_module_find(b, "layer4.1.conv2.weight")->data, ct_module_find(a, "layer4.1.conv2.weight")->data,
+                     512 * 512 * 9 * sizeof(float));
+
+    /* another width (5 classes) and another depth: refused, the model untouched */
+    ct_module *c5 = resnet(18, 1, 5, CT_RESNET_STEM_SMALL, 8), *c34 = resnet(34, 1, 10, CT_RESNET_STEM_SMALL, 8);
+    float before = ct_module_find(c5, "conv1.weight")->data[0];
+    ck_assert_int_eq(ct_ckpt_load_model(f, c5, true, NULL), CT_ERR_SHAPE);
+    ck_assert_msg(strstr(ct_last_error(), "fc.weight is F32 [10, 512] in the checkpoint but F32 [5, 512] in the model"),
+                  "%s", ct_last_error());
+    ck_assert_float_eq(ct_module_find(c5, "conv1.weight")->data[0], before);
+    ck_assert_int_eq(ct_ckpt_save(p34, c34, NULL, &prog), CT_OK);
+    ct_st_file *f34 = NULL;
+    ck_assert_int_eq(ct_st_load(p34, &f34), CT_OK);
+    before = ct_module_find(b, "layer1.0.conv1.weight")->data[0];
+    ck_assert_int_eq(ct_ckpt_load_model(f34, b, true, NULL), CT_ERR_SHAPE);
+    ck_assert_msg(strstr(ct_last_error(), "unexpected in the checkpoint: layer1.2.conv1.weight"), "%s", ct_last_error());
+    ck_assert_float_eq(ct_module_find(b, "layer1.0.conv1.weight")->data[0], before);
+    ct_st_free(f34);
+    ct_st_free(f);
+    unlink(path);
+    unlink(p34);
+    rmdir(dir);
+    ct_module_free(a);
+    ct_module_free(b);
+    ct_module_free(c5);
+    ct_module_free(c34);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("resnet");
     TCase *tc = tcase_create("resnet");
@@ -159,6 +221,7 @@ int main(void) {
     tcase_add_test(tc, names_are_torchvisions);
     tcase_add_test(tc, init_is_torchvisions);
     tcase_add_test(tc, forward_shapes_and_modes);
+    tcase_add_test(tc, checkpoints_through_blocks);
     suite_add_tcase(s, tc);
     return ct_test_run(s);
 }
