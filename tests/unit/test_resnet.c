@@ -213,6 +213,67 @@ START_TEST(checkpoints_through_blocks) {
 }
 END_TEST
 
+/* model.freeze = conv1.*,bn1.*,layer1.*,layer2.*,layer3.* by torchvision names: backward stops
+ * at the boundary (the same graph nodes and GEMMs as running layer4 and fc alone on the frozen
+ * stages' output), frozen BatchNorm stays on its running statistics in train mode, and the
+ * frozen stages form a cacheable prefix whose output, fed to the rest, is the full forward. */
+START_TEST(frozen_stages_stop_backward_and_cache) {
+    ct_module *m = resnet(18, 1, 10, CT_RESNET_STEM_SMALL, 9);
+    int hits = ct_module_set_requires_grad(m, "conv1.*,bn1.*,layer1.*,layer2.*,layer3.*", false);
+    ck_assert_int_eq(hits, 3 + 12 + 15 + 15); /* stem; 2 blocks of 6; the same + downsample's 3, twice */
+    int n = ct_seq_num_layers(m);
+    ck_assert_int_eq(n, 3 + 8 + 3);                   /* conv1 bn1 relu, 8 blocks, avgpool flatten fc */
+    ck_assert_int_eq(ct_module_frozen_prefix(m), 3 + 6); /* through layer3 */
+    ct_rng r;
+    ct_rng_seed(&r, 10);
+    int64_t y[3] = {1, 4, 7};
+    ct_tensor *rm_frozen = ct_module_find(m, "layer3.1.bn2.running_mean");
+    ct_tensor *rm_train = ct_module_find(m, "layer4.1.bn2.running_mean");
+    float f0 = rm_frozen->data[0], t0 = rm_train->data[0];
+    CT_SCOPE {
+        ct_tensor *x = ct_rand_normal(CT_SHAPE(3, 1, 8, 8), 0, 1, &r);
+        /* the rest alone, on the frozen stages' output (what the feature cache feeds it) */
+        ct_tensor *feat = ct_seq_forward_range(m, 0, 9, x);
+        ck_assert(!feat->requires_grad);
+        ct_stats s0 = ct_stats_get();
+        ct_tensor *loss = ct_cross_entropy(ct_seq_forward_range(m, 9, n, feat), y, CT_REDUCE_MEAN);
+        int64_t nodes_rest = ct_stats_get().graph_nodes - s0.graph_nodes;
+        int64_t g0 = ct_stats_get().gemm_calls;
+        ct_backward(loss);
+        int64_t gemms_rest = ct_stats_get().gemm_calls - g0;
+        ct_named p = ct_module_params(m, true);
+        for (int i = 0; i < p.n; i++) ct_zero_grad(p.tensors[i]);
+        ct_named_free(&p);
+        /* the full model: the frozen stages record nothing and backward does no more */
+        s0 = ct_stats_get();
+        ct_tensor *full = ct_module_forward(m, x);
+        ct_tensor *loss2 = ct_cross_entropy(full, y, CT_REDUCE_MEAN);
+        ck_assert_int_eq(ct_stats_get().graph_nodes - s0.graph_nodes, nodes_rest);
+        g0 = ct_stats_get().gemm_calls;
+        ct_backward(loss2);
+        ck_assert_int_eq(ct_stats_get().gemm_calls - g0, gemms_rest);
+        ck_assert(gemms_rest > 0);
+        ck_assert_float_eq(loss->data[0], loss2->data[0]);
+    }
+    ct_named p = ct_module_params(m, false);
+    for (int i = 0; i < p.n; i++) {
+        bool trains = !strncmp(p.names[i], "layer4.", 7) || !strncmp(p.names[i], "fc.", 3);
+        ck_assert_msg(trains == (ct_grad(p.tensors[i]) != NULL), "%s", p.names[i]);
+    }
+    ct_named_free(&p);
+    ck_assert_float_eq(rm_frozen->data[0], f0); /* frozen BN on running statistics */
+    ck_assert_float_ne(rm_train->data[0], t0);
+    ck_assert_int_eq(ct_nn_as_batchnorm(sub(m, "layer3.1.bn2"))->num_batches_tracked, 0);
+    ck_assert_int_eq(ct_nn_as_batchnorm(sub(m, "layer4.1.bn2"))->num_batches_tracked, 2); /* two passes */
+    /* the prefix ends after any stage; a trainable BN inside a stage ends it there */
+    ct_module_set_requires_grad(m, "layer3.*", true);
+    ck_assert_int_eq(ct_module_frozen_prefix(m), 3 + 4);
+    ct_module_set_requires_grad(m, "layer2.1.bn1.*", true);
+    ck_assert_int_eq(ct_module_frozen_prefix(m), 3 + 3);
+    ct_module_free(m);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("resnet");
     TCase *tc = tcase_create("resnet");
@@ -222,6 +283,7 @@ int main(void) {
     tcase_add_test(tc, init_is_torchvisions);
     tcase_add_test(tc, forward_shapes_and_modes);
     tcase_add_test(tc, checkpoints_through_blocks);
+    tcase_add_test(tc, frozen_stages_stop_backward_and_cache);
     suite_add_tcase(s, tc);
     return ct_test_run(s);
 }
