@@ -90,7 +90,8 @@ static const key_def keys[] = {
     /* ---- end of the image data set keys ---- */
 
     ENUM("model", "name", model.name, "mlp", {"mlp", CT_CFG_MODEL_MLP}, {"cnn", CT_CFG_MODEL_CNN},
-         {"custom", CT_CFG_MODEL_CUSTOM}),
+         {"custom", CT_CFG_MODEL_CUSTOM}, {"resnet18", CT_CFG_MODEL_RESNET18},
+         {"resnet34", CT_CFG_MODEL_RESNET34}, {"resnet50", CT_CFG_MODEL_RESNET50}),
     STR("model", "layers", model.layers, ""),
     LIST_STR("model", "freeze", model.freeze, ""),
     STR("model", "init_from", model.init_from, ""),
@@ -99,6 +100,10 @@ static const key_def keys[] = {
     BOOL("model", "bn_eval_when_frozen", model.bn_eval_when_frozen, "true"),
     BOOL("model", "allow_nonfinite", model.allow_nonfinite, "false"),
     REAL("model", "dropout", model.dropout, "0.25", 0, 1, HI_OPEN),
+    /* the ResNets (issue 10) */
+    INT("model", "in_channels", model.in_channels, "3", 1, NULL),
+    INT("model", "num_classes", model.num_classes, "data", 0, "data"),
+    ENUM("model", "stem", model.stem, "imagenet", {"imagenet", CT_CFG_STEM_IMAGENET}, {"small", CT_CFG_STEM_SMALL}),
 
     INT("train", "epochs", train.epochs, "10", 1, NULL),
     INT("train", "batch_size", train.batch_size, "64", 1, NULL),
@@ -166,7 +171,7 @@ _Static_assert(sizeof(ct_cfg_format) == sizeof(int) && sizeof(ct_cfg_augment) ==
                    sizeof(ct_cfg_model) == sizeof(int) && sizeof(ct_cfg_cache) == sizeof(int) &&
                    sizeof(ct_optim_kind) == sizeof(int) && sizeof(ct_sched_kind) == sizeof(int) &&
                    sizeof(ct_buffer_policy) == sizeof(int) && sizeof(ct_shard_mode) == sizeof(int) &&
-                   sizeof(ct_cfg_nonfinite) == sizeof(int),
+                   sizeof(ct_cfg_nonfinite) == sizeof(int) && sizeof(ct_cfg_stem) == sizeof(int),
                "config enums must be int-sized");
 
 static void *field(ct_config *c, const key_def *k) { return (char *)c + k->offset; }

@@ -27,7 +27,15 @@ typedef enum {
     CT_CFG_AUGMENT_FLIP,
     CT_CFG_AUGMENT_CROP_FLIP
 } ct_cfg_augment;
-typedef enum { CT_CFG_MODEL_MLP, CT_CFG_MODEL_CNN, CT_CFG_MODEL_CUSTOM } ct_cfg_model;
+typedef enum {
+    CT_CFG_MODEL_MLP,
+    CT_CFG_MODEL_CNN,
+    CT_CFG_MODEL_CUSTOM,
+    CT_CFG_MODEL_RESNET18,
+    CT_CFG_MODEL_RESNET34,
+    CT_CFG_MODEL_RESNET50
+} ct_cfg_model;
+typedef enum { CT_CFG_STEM_IMAGENET, CT_CFG_STEM_SMALL } ct_cfg_stem;
 typedef enum { CT_CFG_CACHE_AUTO, CT_CFG_CACHE_OFF } ct_cfg_cache;
 
 /* Everything a training run reads from its INI file. Keys are "section.field"; the
@@ -63,6 +71,10 @@ typedef struct {
         bool bn_eval_when_frozen;
         bool allow_nonfinite; /* load checkpoints holding NaN/Inf (refused by default) */
         double dropout;
+        /* resnet18|34|50 */
+        int in_channels;
+        int num_classes; /* 0 = the data set's */
+        ct_cfg_stem stem;
     } model;
     struct {
         int epochs, batch_size;

@@ -186,6 +186,12 @@ static ct_status build_model(ct_run *r) {
     ct_rng rng;
     ct_rng_seed(&rng, c->train.seed);
     r->classes = ds->num_classes;
+    if (c->model.num_classes) {
+        if (c->model.num_classes < ds->num_classes)
+            return ct_error(CT_ERR_CONFIG, "%s: model.num_classes = %d but the data has %lld classes",
+                            r->cfg_path, c->model.num_classes, (long long)ds->num_classes);
+        r->classes = c->model.num_classes;
+    }
     switch (c->model.name) {
     case CT_CFG_MODEL_MLP:
         r->model = ct_nn_mlp(ds->sample_numel, r->classes, &rng);
@@ -198,6 +204,23 @@ static ct_status build_model(ct_run *r) {
         r->model = ct_nn_cnn(ds->sample_shape[0], ds->sample_shape[1], r->classes,
                              (float)c->model.dropout, &rng);
         return CT_OK;
+    case CT_CFG_MODEL_RESNET18:
+    case CT_CFG_MODEL_RESNET34:
+    case CT_CFG_MODEL_RESNET50: {
+        int depth = c->model.name == CT_CFG_MODEL_RESNET18 ? 18 : c->model.name == CT_CFG_MODEL_RESNET34 ? 34 : 50;
+        if (ds->sample_ndim != 3 || ds->sample_shape[0] != c->model.in_channels)
+            return ct_error(CT_ERR_CONFIG,
+                            "%s: model.name = resnet%d with model.in_channels = %d needs [%d, H, W] samples; "
+                            "the data's are %d-dimensional with %lld in the first dimension",
+                            r->cfg_path, depth, c->model.in_channels, c->model.in_channels,
+                            ds->sample_ndim, (long long)ds->sample_shape[0]);
+        ct_resnet_config rc = {.depth = depth, .in_channels = c->model.in_channels, .num_classes = r->classes,
+                               .stem = c->model.stem == CT_CFG_STEM_SMALL ? CT_RESNET_STEM_SMALL
+                                                                          : CT_RESNET_STEM_IMAGENET};
+        ct_status st = ct_nn_resnet(&rc, &rng, &r->model);
+        if (st != CT_OK) return ct_error(st, "%s: %s", r->cfg_path, ct_last_error());
+        return CT_OK;
+    }
     case CT_CFG_MODEL_CUSTOM: {
         ct_status st = ct_nn_from_spec(c->model.layers, ds->sample_ndim, ds->sample_shape,
                                        (float)c->model.dropout, &rng, &r->model);

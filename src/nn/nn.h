@@ -206,6 +206,25 @@ void ct_module_pack(ct_module *m);
  * Dropout, Linear 128-classes)). */
 ct_module *ct_nn_mlp(int64_t in, int64_t classes, ct_rng *rng);
 ct_module *ct_nn_cnn(int64_t in_ch, int64_t hw, int64_t classes, float dropout, ct_rng *rng);
+/* torchvision's ResNets: resnet18/34 (BasicBlock), resnet50 (Bottleneck), with its names
+ * ("conv1.weight", "layer2.0.downsample.1.running_var", "fc.bias") and initialisation (convs
+ * kaiming-normal fan_out without bias, BatchNorm weight 1 and bias 0, fc Linear's default).
+ * The stem is torchvision's (7x7 stride 2 and a 3x3 stride-2 max pool) or, for 28-32 px
+ * images, a 3x3 stride-1 conv1 without the max pool. The model is a Sequential of conv1,
+ * bn1, relu, [maxpool,] layer1-4, avgpool, flatten, fc. Returns CT_ERR_CONFIG for a depth
+ * other than 18, 34, 50. */
+typedef enum { CT_RESNET_STEM_IMAGENET, CT_RESNET_STEM_SMALL } ct_resnet_stem;
+typedef struct {
+    int depth; /* 18, 34 or 50 */
+    int64_t in_channels, num_classes;
+    ct_resnet_stem stem;
+} ct_resnet_config;
+ct_status ct_nn_resnet(const ct_resnet_config *c, ct_rng *rng, ct_module **out);
+/* One block with children conv1, bn1, relu, conv2, bn2 (BasicBlock) or conv1, bn1, conv2,
+ * bn2, conv3, bn3, relu (Bottleneck: planes wide, 4 * planes out), and a downsample
+ * Sequential (1x1 conv, BatchNorm) when stride != 1 or the channel count changes. */
+ct_module *ct_nn_resnet_block(int64_t inplanes, int64_t planes, int stride, bool bottleneck,
+                              ct_rng *rng);
 /* Builds a Sequential from a layer list such as "flatten,linear:256,relu,linear:10" for
  * inputs of shape in_shape (per sample); shapes are inferred layer by layer. Returns
  * CT_ERR_CONFIG naming the bad item. */
