@@ -129,6 +129,29 @@ rm "$FB"/ckpt-epoch000[12].safetensors
 head -c 1000 "$T/base/ckpt-epoch0001.safetensors" >"$FB/ckpt-epoch0003.safetensors"
 fails fb-none-valid "$FB/ckpt-epoch0003.safetensors" "(and no other checkpoint in $FB is valid)" -- "${RESUME[@]/$L/$FB}"
 
+# ---- a full disk while writing a checkpoint: the previous one stays, the job ends naming the file
+# (a 64 KiB tmpfs holds config.ini, metrics and four checkpoints of this model; needs root)
+FULL=$T/full
+mkdir -p "$FULL"
+if mount -t tmpfs -o size=64k tmpfs "$FULL" 2>/dev/null; then
+    timeout 120 "${MPIRUN[@]}" -np 2 "$CTRAIN" train "$CFG" "${DATA[@]}" "${SMALL[@]}" train.epochs=20 \
+        output.dir="$FULL/run" >"$T/full.out" 2>"$T/full.err"
+    rc=$?
+    check "disk full: the job ends non-zero (got $rc)" [ "$rc" -ne 0 -a "$rc" -ne 124 ]
+    check "disk full: the error names the checkpoint and ENOSPC" \
+        grep -q "error: $FULL/run/ckpt-epoch[0-9]*.safetensors: write failed: .*No space left on device" "$T/full.err"
+    cp -r "$FULL/run" "$T/full_copy"
+    umount "$FULL"
+    expect_eq "disk full: no temporary file left" "" "$(ls "$T/full_copy" | grep tmp)"
+    n=$(grep -c '"event":"eval"' "$T/full.out") # the last epoch evaluated, then failed to save
+    expect_eq "disk full: latest names the epoch before" "ckpt-epoch$(printf %04d $((n - 1))).safetensors" \
+        "$(cat "$T/full_copy/latest")"
+    run full-eval eval "$CFG" "${DATA[@]}" "${SMALL[@]}" --checkpoint "$T/full_copy/$(cat "$T/full_copy/latest")"
+    ran_ok "disk full: that checkpoint is intact" full-eval
+else
+    echo "skip: cannot mount a tmpfs (not root?): the full-disk case"
+fi
+
 # ---- a non-strict init_from that loads nothing is an error --------------------------------
 fails init-from-another-model "$MLP/ckpt-epoch0001.safetensors: not one tensor of the model could be loaded" -- \
     train "$CFG" "${DATA[@]}" "${SMALL[@]}" model.init_from="$MLP/ckpt-epoch0001.safetensors" output.dir="$T/e6"
