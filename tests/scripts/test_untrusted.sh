@@ -138,6 +138,7 @@ fails fb-none-valid "$FB/ckpt-epoch0003.safetensors" "(and no other checkpoint i
 # (a 64 KiB tmpfs holds config.ini, metrics and four checkpoints of this model; needs root)
 FULL=$T/full
 mkdir -p "$FULL"
+trap 'umount "$FULL" 2>/dev/null; rm -rf "$T"' EXIT # a failed step must not leave it mounted
 if mount -t tmpfs -o size=64k tmpfs "$FULL" 2>/dev/null; then
     timeout 120 "${MPIRUN[@]}" -np 2 "$CTRAIN" train "$CFG" "${DATA[@]}" "${SMALL[@]}" train.epochs=20 \
         output.dir="$FULL/run" >"$T/full.out" 2>"$T/full.err"
