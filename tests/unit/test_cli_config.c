@@ -30,6 +30,17 @@ START_TEST(config_defaults) {
     ck_assert(!c.model.init_strict);
     ck_assert(c.model.bn_eval_when_frozen);
     ck_assert_double_eq(c.model.dropout, 0.25);
+    /* the ResNets' keys */
+    ck_assert_int_eq(c.model.in_channels, 3);
+    ck_assert_int_eq(c.model.num_classes, 0);
+    ck_assert_int_eq(c.model.stem, CT_CFG_STEM_IMAGENET);
+    ck_assert_int_eq(ct_config_apply_overrides(&c, "model.name=resnet50 model.stem=small model.num_classes=data"),
+                     CT_OK);
+    ck_assert_int_eq(c.model.name, CT_CFG_MODEL_RESNET50);
+    ck_assert_int_eq(c.model.stem, CT_CFG_STEM_SMALL);
+    ct_test_expect_error(ct_config_apply_overrides(&c, "model.stem=tiny"), CT_ERR_CONFIG, "model.stem", NULL);
+    ct_test_expect_error(ct_config_apply_overrides(&c, "model.in_channels=0"), CT_ERR_CONFIG, "model.in_channels", NULL);
+    ct_config_defaults(&c);
     ck_assert_int_eq(c.train.epochs, 10);
     ck_assert_int_eq(c.train.batch_size, 64);
     ck_assert_uint_eq(c.train.seed, 0);
