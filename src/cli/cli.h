@@ -39,6 +39,8 @@ ct_status ct_run_setup(ct_run *r, const char *cfg_path, int noverrides, char *co
 /* The part of ct_run_setup after the config: r->cfg, r->cfg_path and r->d are filled. */
 ct_status ct_run_build(ct_run *r, bool with_train);
 void ct_run_free(ct_run *r);
+/* model.name = vit*: builds r->model from the ViT keys and the test set's samples (model_vit.c). */
+ct_status ct_run_build_vit(ct_run *r, ct_rng *rng);
 /* For a checkpoint that does not fit the model (st == CT_ERR_SHAPE): appends to the message
  * where the model's class count came from (the label file and sample of the largest test
  * label), since a stray label there shows up as a classifier of the wrong size. Returns st. */

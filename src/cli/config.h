@@ -26,7 +26,16 @@ typedef enum {
     CT_CFG_AUGMENT_FLIP,
     CT_CFG_AUGMENT_CROP_FLIP
 } ct_cfg_augment;
-typedef enum { CT_CFG_MODEL_MLP, CT_CFG_MODEL_CNN, CT_CFG_MODEL_CUSTOM } ct_cfg_model;
+typedef enum {
+    CT_CFG_MODEL_MLP,
+    CT_CFG_MODEL_CNN,
+    CT_CFG_MODEL_CUSTOM,
+    /* torchvision's VisionTransformer: explicit architecture keys, or a preset's */
+    CT_CFG_MODEL_VIT,
+    CT_CFG_MODEL_VIT_B_16,
+    CT_CFG_MODEL_VIT_B_32,
+    CT_CFG_MODEL_VIT_TINY
+} ct_cfg_model;
 typedef enum { CT_CFG_CACHE_AUTO, CT_CFG_CACHE_OFF } ct_cfg_cache;
 
 /* Everything a training run reads from its INI file. Keys are "section.field"; the
@@ -59,6 +68,11 @@ typedef struct {
         char init_exclude[CT_CFG_STR]; /* list: globs of init_from entries not to load */
         bool bn_eval_when_frozen;
         double dropout;
+        int in_channels;
+        int num_classes; /* 0 = the data set's */
+        /* ViT architecture; 0 = the preset's (image_size: the samples' H = W) */
+        int image_size, patch_size, num_layers, num_heads, hidden_dim, mlp_dim;
+        double attention_dropout;
     } model;
     struct {
         int epochs, batch_size;
