@@ -103,13 +103,15 @@ def run_dump(build_dir, cfg, state, batch, out, extra=()):
     return subprocess.run(args + [state, batch, out, *extra], capture_output=True, text=True)
 
 
-def reference(m32, x, y):
+def reference(m32, x, y, backward=True):
     """float64 torchvision: logits, loss, grads (by name) from m32's float32 weights."""
     m = build_like(m32).double()
     m.train()
-    logits = m(x.double())
-    loss = F.cross_entropy(logits, y)
-    loss.backward()
+    with torch.set_grad_enabled(backward):
+        logits = m(x.double())
+        loss = F.cross_entropy(logits, y)
+    if backward:
+        loss.backward()
     return m, logits.detach(), loss.detach(), {n: p.grad for n, p in m.named_parameters()}
 
 
@@ -142,7 +144,7 @@ def run_case(build_dir, tmp, name):
                  r.stderr.strip()[-400:]):
         return
     dump, _ = read(out + ".dump.safetensors")
-    ref, logits, loss, grads = reference(m, x, y)
+    ref, logits, loss, grads = reference(m, x, y, backward=not fwd)
     close(f"{name}: logits {list(logits.shape)}", dump["logits"], logits)
     close(f"{name}: loss {loss.item():.6f}", dump["loss"], loss)
     if fwd:
@@ -153,9 +155,9 @@ def run_case(build_dir, tmp, name):
           f"{name}: all {len(grads)} parameter gradients", f"worst max_rel {worst:.2e}; over: {bad}")
     # layout and the step
     ck, _ = read(out + ".step.safetensors", is_model_entry)
-    check(list(ck) == list(sd) and all(ck[k].shape == sd[k].shape for k in sd),
-          f"{name}: checkpoint names, order and shapes are torchvision's ({len(sd)} entries)",
-          f"ctrain {list(ck)} vs torchvision {list(sd)}")
+    same = list(ck) == list(sd) and all(ck[k].shape == sd[k].shape for k in sd)
+    check(same, f"{name}: checkpoint names, order and shapes are torchvision's ({len(sd)} entries)",
+          "" if same else f"ctrain {list(ck)} vs torchvision {list(sd)}")
     stepped = {n: p.detach() - LR * grads[n] for n, p in ref.named_parameters()}
     bad = [n for n in stepped if max_rel(ck[n], stepped[n]) > RTOL]
     check(not bad, f"{name}: every parameter after the SGD step", f"over: {bad}")
