@@ -229,7 +229,7 @@ typedef struct {
     float dropout, attention_dropout;
 } ct_vit_config;
 /* Sets the architecture fields (image_size .. mlp_dim) of a named preset: vit_b_16,
- * vit_b_32 (224 px), vit_tiny (28 px, 4x4 patches, 6 layers, 4 heads, 128 wide, mlp 256).
+ * vit_b_32 (224 px), vit_tiny (28 px, 4x4 patches, 4 layers, 4 heads, 64 wide, mlp 128).
  * CT_ERR_CONFIG naming the preset if there is no such one. */
 ct_status ct_vit_preset(const char *name, ct_vit_config *c);
 /* torchvision's VisionTransformer with its state_dict names and init; inputs

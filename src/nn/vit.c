@@ -66,8 +66,8 @@ ct_status ct_vit_preset(const char *name, ct_vit_config *c) {
     } presets[] = {
         {"vit_b_16", {224, 16, 12, 12, 768, 3072}},
         {"vit_b_32", {224, 32, 12, 12, 768, 3072}},
-        /* for 28-32 px images: 4x4 patches (49 tokens + class at 28 px), 6 blocks of 128 */
-        {"vit_tiny", {28, 4, 6, 4, 128, 256}},
+        /* for 28-32 px images: 4x4 patches (49 tokens + class at 28 px), 4 blocks of 64 */
+        {"vit_tiny", {28, 4, 4, 4, 64, 128}},
     };
     for (size_t i = 0; i < sizeof presets / sizeof *presets; i++)
         if (strcmp(name, presets[i].name) == 0) {
