@@ -69,4 +69,27 @@ PY
 )
 # class_token, conv_proj 2, pos_embedding, 4 blocks of 12, encoder.ln 2: 54 tensors
 expect_eq "probe checkpoints: the 54 backbone tensors unchanged, both head tensors changed" "54 True 2 True" "$same"
+
+# dropout and attention dropout on 2 ranks, then an exact resume: every stream (the
+# MultiheadAttention modules' own, as "rng.<path>" checkpoint entries) is restored
+DROP=(model.dropout=0.1 model.attention_dropout=0.1 train.epochs=2)
+run drop 2 "${DROP[@]}"
+if [ "$rc" -eq 0 ] && [ "$(grep -c '"event":"eval"' "$T/drop.out")" -eq 2 ]; then
+    pass "full training with dropout 0.1 and attention dropout 0.1 on 2 ranks"
+else
+    fail "dropout run: status $rc"; show "$T/drop.err"
+fi
+n_rng=$(python3 - "$T/drop/ckpt-epoch0001.safetensors" <<'PY'
+import json, struct, sys
+b = open(sys.argv[1], "rb").read()
+h = json.loads(b[8:8 + struct.unpack("<Q", b[:8])[0]])
+print(sum(k.startswith("rng.") and k.endswith(".self_attention") for k in h))
+PY
+)
+expect_eq "the checkpoint holds the 4 attention dropout streams" "4" "$n_rng"
+rm -f "$T/drop/ckpt-epoch0002.safetensors"
+echo ckpt-epoch0001.safetensors >"$T/drop/latest"
+cp "$T/drop.out" "$T/drop.keep"
+run drop 2 "${DROP[@]}" train.resume=true
+expect_eq "resumed epoch 2 prints the same eval line" "$(tail -1 "$T/drop.keep")" "$(grep '"event":"eval"' "$T/drop.out")"
 finish
