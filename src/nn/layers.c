@@ -37,7 +37,9 @@ ct_module *ct_nn_linear(int64_t in, int64_t out, bool bias, ct_rng *rng) {
 
 static ct_tensor *conv_forward(ct_module *m, ct_tensor *x) {
     const ct_conv2d_module *c = AS(ct_conv2d_module, m);
-    return ct_conv2d(x, m->params[0], m->nparams > 1 ? m->params[1] : NULL, c->stride, c->padding);
+    ct_conv2d_opts o = {.stride_h = c->stride, .stride_w = c->stride, .pad_h = c->padding,
+                        .pad_w = c->padding, .groups = c->groups};
+    return ct_conv2d_ex(x, m->params[0], m->nparams > 1 ? m->params[1] : NULL, &o);
 }
 
 static const ct_module_ops conv_ops = {.type = "Conv2d", .forward = conv_forward};
@@ -46,16 +48,25 @@ ct_conv2d_module *ct_nn_as_conv2d(ct_module *m) {
     return m->ops == &conv_ops ? AS(ct_conv2d_module, m) : NULL;
 }
 
-ct_module *ct_nn_conv2d(int64_t in_ch, int64_t out_ch, int kernel, int stride, int padding,
-                        bool bias, ct_rng *rng) {
+ct_module *ct_nn_conv2d_groups(int64_t in_ch, int64_t out_ch, int kernel, int stride, int padding,
+                               int groups, bool bias, ct_rng *rng) {
+    CT_ASSERT(groups >= 1 && in_ch % groups == 0 && out_ch % groups == 0,
+              "Conv2d: groups %d must divide in_channels %lld and out_channels %lld", groups,
+              (long long)in_ch, (long long)out_ch);
     ct_module *m = ct_module_new(sizeof(ct_conv2d_module), &conv_ops);
     ct_conv2d_module *c = AS(ct_conv2d_module, m);
     c->in_channels = in_ch, c->out_channels = out_ch;
-    c->kernel = kernel, c->stride = stride, c->padding = padding;
-    int64_t fan_in = in_ch * kernel * kernel;
-    ct_module_add_param(m, "weight", init_uniform(CT_SHAPE(out_ch, in_ch, kernel, kernel), fan_in, rng));
+    c->kernel = kernel, c->stride = stride, c->padding = padding, c->groups = groups;
+    int64_t fan_in = in_ch / groups * kernel * kernel;
+    ct_module_add_param(m, "weight",
+                        init_uniform(CT_SHAPE(out_ch, in_ch / groups, kernel, kernel), fan_in, rng));
     if (bias) ct_module_add_param(m, "bias", init_uniform(CT_SHAPE(out_ch), fan_in, rng));
     return m;
+}
+
+ct_module *ct_nn_conv2d(int64_t in_ch, int64_t out_ch, int kernel, int stride, int padding,
+                        bool bias, ct_rng *rng) {
+    return ct_nn_conv2d_groups(in_ch, out_ch, kernel, stride, padding, 1, bias, rng);
 }
 
 /* ---- BatchNorm ---------------------------------------------------------------------------- */
@@ -195,13 +206,10 @@ ct_module *ct_nn_maxpool2d_padded(int kernel, int stride, int padding) {
 }
 ct_module *ct_nn_avgpool2d(int kernel, int stride) { return pool2d(&avgpool_ops, kernel, stride, 0); }
 
-/* The one place the global average pool is computed: a square plane is one average pool
- * over all of it; otherwise the mean over W, then over H. (An adaptive-pool op can take
- * its place here.) */
+/* nn.AdaptiveAvgPool2d((1, 1)), ResNet's global pool. */
 static ct_tensor *global_avgpool_forward(ct_module *m, ct_tensor *x) {
     CT_ASSERT(x->ndim == 4, "%s: expected input [N, C, H, W], got %s", ct_module_type(m), CT_SHAPE_STR(x));
-    if (x->shape[2] == x->shape[3]) return ct_avg_pool2d(x, (int)x->shape[2], (int)x->shape[2], 0);
-    return ct_mean_dim(ct_mean_dim(x, 3, true), 2, true);
+    return ct_adaptive_avg_pool2d(x, 1, 1);
 }
 
 static const ct_module_ops global_avgpool_ops = {.type = "AdaptiveAvgPool2d", .forward = global_avgpool_forward};

@@ -67,6 +67,7 @@ typedef struct {
     ct_module base;
     int64_t in_channels, out_channels;
     int kernel, stride, padding;
+    int groups; /* weight [out, in/groups, k, k]; in = out = groups is depthwise */
 } ct_conv2d_module;
 typedef struct {
     ct_module base;
@@ -110,6 +111,9 @@ ct_module *ct_module_add_child(ct_module *m, const char *name, ct_module *child)
 ct_module *ct_nn_linear(int64_t in, int64_t out, bool bias, ct_rng *rng);
 ct_module *ct_nn_conv2d(int64_t in_ch, int64_t out_ch, int kernel, int stride, int padding,
                         bool bias, ct_rng *rng);
+/* nn.Conv2d(..., groups=groups): groups divides in_ch and out_ch; fan_in = in_ch/groups*k*k. */
+ct_module *ct_nn_conv2d_groups(int64_t in_ch, int64_t out_ch, int kernel, int stride, int padding,
+                               int groups, bool bias, ct_rng *rng);
 /* eps 1e-5, momentum 0.1, affine, tracking running stats (PyTorch's defaults). */
 ct_module *ct_nn_batchnorm1d(int64_t features);
 ct_module *ct_nn_batchnorm2d(int64_t channels);

@@ -1,6 +1,8 @@
 /* Modules: PyTorch names and layouts, init, train/eval vs grad mode, freezing, packing. */
 #include <string.h>
 
+#include <signal.h>
+
 #include "util.h"
 
 static ct_rng rng_of(uint64_t seed) {
@@ -318,6 +320,36 @@ START_TEST(frozen_prefix_ends_inside_a_nested_sequential) {
 }
 END_TEST
 
+/* A grouped (depthwise) Conv2d module: the weight is [out, in/groups, k, k] and the forward
+ * is the grouped convolution op with the module's stride and padding; groups that do not
+ * divide the channels are refused. */
+START_TEST(conv2d_module_groups) {
+    CT_SCOPE {
+        ct_rng r;
+        ct_rng_seed(&r, 5);
+        ct_module *m = ct_nn_conv2d_groups(4, 8, 3, 2, 1, 4, true, &r);
+        ck_assert_int_eq(m->params[0]->shape[0], 8);
+        ck_assert_int_eq(m->params[0]->shape[1], 1);
+        ck_assert_int_eq(ct_nn_as_conv2d(m)->groups, 4);
+        ct_tensor *x = ct_test_rand(CT_SHAPE(2, 4, 7, 6), -1, 1, 9);
+        ct_tensor *y = ct_module_forward(m, x);
+        ct_conv2d_opts o = {.stride_h = 2, .stride_w = 2, .pad_h = 1, .pad_w = 1, .groups = 4};
+        ct_tensor *want = ct_conv2d_ex(x, m->params[0], m->params[1], &o);
+        ck_assert_int_eq(y->numel, want->numel);
+        ck_assert_mem_eq(y->data, want->data, (size_t)y->numel * sizeof(float));
+        ct_module_free(m);
+    }
+}
+END_TEST
+
+START_TEST(conv2d_module_bad_groups_aborts) {
+    ct_test_expect_abort("groups 3 must divide");
+    ct_rng r;
+    ct_rng_seed(&r, 5);
+    ct_nn_conv2d_groups(4, 8, 3, 1, 1, 3, false, &r);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("nn");
     TCase *tc = tcase_create("modules");
@@ -333,6 +365,8 @@ int main(void) {
     tcase_add_test(tc, mlp_fits_synthetic_problem);
     tcase_add_test(tc, frozen_backbone_costs_no_backward);
     tcase_add_test(tc, frozen_prefix_ends_inside_a_nested_sequential);
+    tcase_add_test(tc, conv2d_module_groups);
+    tcase_add_test_raise_signal(tc, conv2d_module_bad_groups_aborts, SIGABRT);
     suite_add_tcase(s, tc);
     return ct_test_run(s);
 }
