@@ -60,6 +60,8 @@ typedef struct {
         ct_cfg_on_bad on_bad;     /* an undecodable file: error, or skip (logged and counted) */
         char train_transforms[CT_CFG_STR], test_transforms[CT_CFG_STR]; /* parsed by data */
         char channel_mean[CT_CFG_STR], channel_std[CT_CFG_STR]; /* "a,b,c" or "" (data.mean/std) */
+        int workers;  /* decoding threads per rank; 0 decodes inline */
+        int prefetch; /* batches the workers may decode ahead */
     } data;
     struct {
         ct_cfg_model name;
