@@ -117,7 +117,7 @@ typedef struct {
         /* the long lists are stored with blanks around items and empty items removed, so
            that a dump can put one item a line */
         char checkpoints[CT_CFG_LIST]; /* list of paths and globs; @FILE reads more, one a line */
-        char datasets[CT_CFG_LIST];    /* list of IDX data dirs; "" = data.dir */
+        char datasets[CT_CFG_LIST];    /* list of IDX dirs, folder:DIR, list:CSV; "" = data.* */
         int group_size;                /* ranks per sweep group */
         char out[CT_CFG_STR];          /* results dir; "" = <output.dir>/sweep */
         char overrides[CT_CFG_STR];    /* config variants: groups separated by '|', each a

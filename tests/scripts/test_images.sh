@@ -93,6 +93,19 @@ for np in 0 2; do
 done
 check "the list's runs differ from the by-class runs (the comparison can fail)" \
     [ "$(eval_lines list0)" != "$(eval_lines folder0)" ]
+# ---- sweeps over folder and list data sets ----------------------------------------------------
+# The folder run's last checkpoint on the test split as a folder tree, a list and IDX files:
+# the same 200 samples, so the same accuracy, and the folder row is the run's own evaluation.
+run sweep 2 sweep "$CFG" "${RUN[@]}" "${FOLDER[@]}" sweep.checkpoints="$T/folder0/ckpt-epoch0002.safetensors" \
+    "sweep.datasets=folder:$D/test,list:$D/test.csv,$D/idx,folder:$T/nowhere" sweep.out="$T/sweep_out"
+expect_eq "sweep over folder, list and IDX data sets: exit 3 (one missing folder)" 3 "$rc"
+sweep_acc() { $PY -c "import csv,sys; print(*[r['accuracy'] if r['status'] == 'ok' else r['error'] for r in csv.DictReader(open(sys.argv[1]))], sep='\n')" "$T/sweep_out/results.csv"; }
+acc=$($PY -c "import json,sys; print('%.6f' % json.loads(open(sys.argv[1]).read().split(chr(10))[1])['accuracy'])" "$T/folder0.out")
+mapfile -t rows < <(sweep_acc)
+expect_eq "sweep: folder row = the training run's evaluation" "$acc" "$(printf '%.6f' "${rows[0]}")"
+expect_eq "sweep: list row = folder row" "${rows[0]}" "${rows[1]}"
+expect_eq "sweep: IDX row = folder row" "${rows[0]}" "${rows[2]}"
+check "sweep: a missing folder is a failed row naming it" grep -q "$T/nowhere" <(echo "${rows[3]}")
 check "classes.txt: the class folders in label order" \
     diff <(printf '%s\n' 0_tshirt_top 1_trouser 2_pullover 3_dress 4_coat 5_sandal 6_shirt 7_sneaker 8_bag 9_ankle_boot) \
     "$T/folder0/classes.txt"
