@@ -247,8 +247,8 @@ typedef struct {
     int norm_channels;
     float channel_mean[CT_MAX_NORM_CHANNELS], channel_std[CT_MAX_NORM_CHANNELS];
     /* Image data sets: workers > 0 threads (at most 256) decode and transform samples ahead
-     * of the caller into a ring of prefetch batches of uint8 samples, so memory is
-     * bounded by prefetch (0 means 2) * batch_size samples whatever the data set's size; 0 decodes
+     * of the caller into a ring of prefetch (0 means 2) batches of uint8 samples, so memory
+     * is bounded by prefetch * batch_size samples whatever the data set's size; 0 decodes
      * inline in ct_loader_next. Batches are bit-identical for every value of both, and
      * everything but decoding (bad files, logging, augmentation, normalisation, tensors)
      * stays on the calling thread. Ignored for in-memory data sets. */
