@@ -173,3 +173,5 @@ EOF
 # The sweep benchmark (sweep_8ckpt) and the frozen-backbone benchmarks.
 B="$B" ROUNDS=$ROUNDS bash "$here/bench_sweep.sh"
 B="$B" ROUNDS=$ROUNDS bash "$here/bench_frozen.sh"
+# The image loader (loader_folder, train_from_folder).
+B="$B" ROUNDS=$ROUNDS bash "$here/bench_loader.sh"

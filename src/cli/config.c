@@ -87,6 +87,8 @@ static const key_def keys[] = {
     STR("data", "test_transforms", data.test_transforms, ""),
     STR("data", "channel_mean", data.channel_mean, ""),
     STR("data", "channel_std", data.channel_std, ""),
+    {"data", "workers", T_INT, FIELD(data.workers), "0", .lo = 0, .hi = 256}, /* the loader's limit */
+    INT("data", "prefetch", data.prefetch, "2", 1, NULL),
     /* ---- end of the image data set keys ---- */
 
     ENUM("model", "name", model.name, "mlp", {"mlp", CT_CFG_MODEL_MLP}, {"cnn", CT_CFG_MODEL_CNN},

@@ -65,6 +65,8 @@ typedef struct {
         ct_cfg_on_bad on_bad;     /* an undecodable file: error, or skip (logged and counted) */
         char train_transforms[CT_CFG_STR], test_transforms[CT_CFG_STR]; /* parsed by data */
         char channel_mean[CT_CFG_STR], channel_std[CT_CFG_STR]; /* "a,b,c" or "" (data.mean/std) */
+        int workers;  /* decoding threads per rank; 0 decodes inline */
+        int prefetch; /* batches the workers may decode ahead */
     } data;
     struct {
         ct_cfg_model name;
@@ -123,7 +125,7 @@ typedef struct {
         /* the long lists are stored with blanks around items and empty items removed, so
            that a dump can put one item a line */
         char checkpoints[CT_CFG_LIST]; /* list of paths and globs; @FILE reads more, one a line */
-        char datasets[CT_CFG_LIST];    /* list of IDX data dirs; "" = data.dir */
+        char datasets[CT_CFG_LIST];    /* list of IDX dirs, folder:DIR, list:CSV; "" = data.* */
         int group_size;                /* ranks per sweep group */
         char out[CT_CFG_STR];          /* results dir; "" = <output.dir>/sweep */
         char overrides[CT_CFG_STR];    /* config variants: groups separated by '|', each a

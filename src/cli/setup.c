@@ -327,6 +327,8 @@ ct_status ct_run_build(ct_run *r, bool with_train) {
     r->eval_opts.std = (float)r->cfg.data.std;
     if (st == CT_OK) st = channel_norm(r, &r->test, &r->eval_opts);
     r->eval_opts.skip_bad = r->cfg.data.on_bad == CT_CFG_ON_BAD_SKIP;
+    r->eval_opts.workers = r->cfg.data.workers;
+    r->eval_opts.prefetch = r->cfg.data.prefetch;
     r->eval_opts.log = ct_run_log;
     r->eval_opts.log_ctx = &r->d;
     return st;

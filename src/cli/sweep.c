@@ -165,6 +165,33 @@ static ct_status share_checkpoints(const ct_dist *d, const char *spec, strlist *
     return CT_OK;
 }
 
+/* A sweep.datasets entry into c: "folder:DIR" (an ImageFolder tree) or "list:CSV" becomes
+ * the test split of an image data set (the base config's data.train_dir / train_list, if
+ * any, still numbers the classes, so labels mean what they meant in training); anything
+ * else is an IDX directory. */
+static ct_status set_dataset(ct_config *c, const char *entry) {
+    if (!strncmp(entry, "folder:", 7)) {
+        ct_status st = ct_config_set(c, "data.format", "folder");
+        return st == CT_OK ? ct_config_set(c, "data.test_dir", entry + 7) : st;
+    }
+    if (!strncmp(entry, "list:", 5)) {
+        ct_status st = ct_config_set(c, "data.format", "list");
+        return st == CT_OK ? ct_config_set(c, "data.test_list", entry + 5) : st;
+    }
+    ct_status st = ct_config_set(c, "data.dir", entry);
+    return st == CT_OK ? ct_config_set(c, "data.format", "idx") : st;
+}
+
+/* The data set a variant evaluates on, for the tables. */
+static const char *dataset_name(const ct_config *c) {
+    switch (c->data.format) {
+    case CT_CFG_FORMAT_IDX: return c->data.dir;
+    case CT_CFG_FORMAT_FOLDER: return c->data.test_dir;
+    case CT_CFG_FORMAT_LIST: return c->data.test_list;
+    default: return c->data.test_x;
+    }
+}
+
 /* Every (data set, override group) pair, data sets outer; the same on every rank. */
 static variant *make_variants(const ct_config *base, int *nout) {
     strlist ds = {0};
@@ -179,10 +206,7 @@ static variant *make_variants(const ct_config *base, int *nout) {
             variant *v = &vs[i * nov + j];
             v->cfg = *base;
             ct_status st = CT_OK;
-            if (ds.n) {
-                st = ct_config_set(&v->cfg, "data.dir", ds.s[i]);
-                if (st == CT_OK) st = ct_config_set(&v->cfg, "data.format", "idx");
-            }
+            if (ds.n) st = set_dataset(&v->cfg, ds.s[i]);
             if (!ct_config_override_group(base->sweep.overrides, j, group, sizeof group))
                 group[0] = '\0';
             snprintf(v->overrides, sizeof v->overrides, "%s", group);
@@ -191,9 +215,7 @@ static variant *make_variants(const ct_config *base, int *nout) {
                 v->st = st;
                 snprintf(v->error, sizeof v->error, "%s", ct_last_error());
             }
-            const ct_config *c = &v->cfg;
-            snprintf(v->dataset, sizeof v->dataset, "%s",
-                     c->data.format == CT_CFG_FORMAT_IDX ? c->data.dir : c->data.test_x);
+            snprintf(v->dataset, sizeof v->dataset, "%s", dataset_name(&v->cfg));
         }
     }
     strlist_free(&ds);

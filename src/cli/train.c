@@ -345,6 +345,8 @@ int ct_cmd_train(ct_run *r) {
                       ? c->data.crop_pad : 0;
     lo.hflip = c->data.augment == CT_CFG_AUGMENT_FLIP || c->data.augment == CT_CFG_AUGMENT_CROP_FLIP;
     lo.skip_bad = r->eval_opts.skip_bad;
+    lo.workers = r->eval_opts.workers;
+    lo.prefetch = r->eval_opts.prefetch;
     lo.norm_channels = r->eval_opts.norm_channels;
     memcpy(lo.channel_mean, r->eval_opts.channel_mean, sizeof lo.channel_mean);
     memcpy(lo.channel_std, r->eval_opts.channel_std, sizeof lo.channel_std);

@@ -246,9 +246,16 @@ typedef struct {
      * and mean/std are unused. */
     int norm_channels;
     float channel_mean[CT_MAX_NORM_CHANNELS], channel_std[CT_MAX_NORM_CHANNELS];
+    /* Image data sets: workers > 0 threads (at most 256) decode and transform samples ahead
+     * of the caller into a ring of prefetch (0 means 2) batches of uint8 samples, so memory
+     * is bounded by prefetch * batch_size samples whatever the data set's size; 0 decodes
+     * inline in ct_loader_next. Batches are bit-identical for every value of both, and
+     * everything but decoding (bad files, logging, augmentation, normalisation, tensors)
+     * stays on the calling thread. Ignored for in-memory data sets. */
+    int workers, prefetch;
 } ct_loader_opts;
 
-/* mean 0, std 1, no augmentation, seed 0. */
+/* mean 0, std 1, no augmentation, seed 0, no workers, prefetch 2. */
 ct_loader_opts ct_loader_opts_default(int64_t batch_size);
 
 typedef struct ct_loader ct_loader;
@@ -267,8 +274,9 @@ typedef struct {
  * that later epochs make no malloc calls. CT_ERR_ARG for bad options (batch_size < 1,
  * std <= 0, crop_pad < 0, augmentation on samples that are not [C,H,W] or [H,W]). */
 ct_status ct_loader_new(ct_loader **out, const ct_dataset *ds, const ct_loader_opts *opts);
-/* Starts an epoch over indices[0..n) (borrowed until the epoch ends; e.g. a sampler's
- * shard). Aborts on an index outside 0..ds->n-1. */
+/* Starts an epoch over indices[0..n) (borrowed until the epoch ends, or copied when there
+ * are workers; e.g. a sampler's shard). The previous epoch need not have been read to its
+ * end. Aborts on an index outside 0..ds->n-1. */
 void ct_loader_start(ct_loader *l, const int64_t *indices, int64_t n);
 /* Fills *b with the next batch and returns true, or returns false at the end of the epoch.
  * The last batch may be partial; dropping it is the caller's choice. */
@@ -281,6 +289,8 @@ int64_t ct_loader_skipped(const ct_loader *l);
 int64_t ct_loader_num_batches(const ct_loader *l);
 /* The augmentation RNG (to save or restore its state with a checkpoint). */
 ct_rng *ct_loader_rng(ct_loader *l);
+/* Stops the workers (waiting for the samples they are decoding; safe mid-epoch) and frees
+ * everything. */
 void ct_loader_free(ct_loader *l);
 
 /* ---- distributed sampler ------------------------------------------------------------------- */

@@ -3,34 +3,167 @@
  * converted to float here, through a table of their 256 normalised values). Image data sets
  * are decoded here, sample by sample, so a rank reads only its own files. Its buffers are
  * allocated once, and batch tensors come from the caching allocator, so after the first
- * epoch an in-memory data set makes no malloc calls. */
+ * epoch an in-memory data set makes no malloc calls.
+ *
+ * Threads (image data sets with opts.workers > 0): worker threads decode and transform the
+ * epoch's samples, in position order, into a ring of prefetch * batch_size sample buffers
+ * (prefetch batches), so memory is bounded whatever the data set's size; the calling thread
+ * takes them out in position order and does everything else exactly as the inline path:
+ * bad-file handling and logging, augmentation with the loader's RNG, normalisation, and the
+ * batch tensor. A sample's pixels depend only on (epoch key, data set index), never on which
+ * thread decoded it or when, so batches are bit-identical for any number of workers.
+ *
+ * THE RULE FOR WORKER THREADS: they run decode_sample() and nothing else of the library --
+ * the image decoders, the transforms and plain malloc/free into loader-owned uint8 buffers.
+ * They must not touch the tensor allocator (ct_alloc, ct_tensor_*), the release scopes, the
+ * live-tensor counters (ct__stats) or the loader's RNG, none of which are thread-safe; the
+ * calling thread wraps their pixels into tensors. Errors go through ct_error, whose message
+ * buffer is per thread, and are copied into the sample's slot. */
 #include "internal.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#define MSG_SIZE 512
+
+/* One sample buffer of the ring; a worker owns it from claiming position pos until it sets
+ * ready, the calling thread from then until it hands it back. */
+typedef struct {
+    int64_t pos; /* the epoch position it holds */
+    bool ready;
+    ct_status st;       /* the decode's */
+    char msg[MSG_SIZE]; /* its error message */
+} slot;
 
 struct ct_loader {
     const ct_dataset *ds;
     ct_loader_opts o;
     ct_rng rng;
-    const int64_t *idx; /* the epoch's indices (borrowed) */
+    const int64_t *idx; /* the epoch's indices (borrowed; with workers, the loader's copy) */
     int64_t n, pos;     /* how many, and how many batch places were served */
-    int64_t cur;        /* the next index to read; ahead of pos by the files skipped */
+    int64_t cur;        /* the next position to read; ahead of pos by the files skipped */
     int64_t *y, *bidx;  /* batch_size labels and data set indices */
-    uint8_t *pix;       /* image data sets: one decoded sample */
+    uint8_t *pix;       /* image data sets without workers: one decoded sample */
     ct_status st;       /* the epoch's first decode error, its message in msg */
-    char msg[512];
+    char msg[MSG_SIZE];
+    char last_bad[MSG_SIZE]; /* the last skipped file's error */
     int64_t skipped;
     int64_t C, H, W;    /* sample layout for augmentation ([H, W] is C = 1) */
     float mean[CT_MAX_NORM_CHANNELS], std[CT_MAX_NORM_CHANNELS]; /* per channel */
     float lut[CT_MAX_NORM_CHANNELS][256]; /* x8 data sets: pixel p's normalised feature, per channel */
     uint64_t key;       /* image data sets: the epoch's key for per-sample transform RNGs */
+    /* Workers (see the top of the file); mu guards everything below and key, idx, n. */
+    int nthreads;
+    pthread_t *threads;
+    pthread_mutex_t mu;
+    pthread_cond_t work, done; /* work: a position may be claimed; done: a slot became ready
+                                  or a worker went idle */
+    bool quit, active;
+    int busy;            /* workers decoding right now */
+    int64_t claim;       /* the next position a worker takes */
+    int64_t freed;       /* positions below it are handed back: at most R are out at once */
+    int64_t R;           /* ring slots: prefetch * batch_size */
+    slot *slots;
+    uint8_t *ring;       /* R * sample_numel bytes */
+    int64_t *own_idx, own_cap; /* the callers' buffer may change under the workers (the
+                                  sampler rewrites its own for the next epoch) */
 };
 
+/* Decodes sample i with its transforms into px. Its random choices are a function of (seed,
+ * epoch, rank) through key and of the sample, not of the order or the thread that decodes
+ * it. Runs on worker threads: see the rule at the top of the file. */
+static ct_status decode_sample(const ct_dataset *ds, uint64_t key, int64_t i, uint8_t *px) {
+    ct_rng rng;
+    ct_rng_seed(&rng, key ^ ((uint64_t)i * 0x9e3779b97f4a7c15ULL));
+    return ct_dataset_load_image(ds, i, &rng, px);
+}
+
+static void *worker(void *arg) {
+    ct_loader *l = arg;
+    int64_t F = l->ds->sample_numel;
+    pthread_mutex_lock(&l->mu);
+    for (;;) {
+        while (!l->quit && !(l->active && l->claim < l->freed + l->R && (l->o.wrap || l->claim < l->n)))
+            pthread_cond_wait(&l->work, &l->mu);
+        if (l->quit) break;
+        int64_t p = l->claim++, i = l->idx[p % l->n];
+        uint64_t key = l->key;
+        slot *s = &l->slots[p % l->R];
+        l->busy++;
+        pthread_mutex_unlock(&l->mu);
+        ct_status st = decode_sample(l->ds, key, i, l->ring + (p % l->R) * F);
+        pthread_mutex_lock(&l->mu);
+        l->busy--;
+        *s = (slot){.pos = p, .ready = true, .st = st};
+        if (st != CT_OK) snprintf(s->msg, sizeof s->msg, "%s", ct_last_error());
+        pthread_cond_broadcast(&l->done);
+    }
+    pthread_mutex_unlock(&l->mu);
+    return NULL;
+}
+
+/* Stops the workers (after the samples they are decoding) and frees their state. */
+static void stop_workers(ct_loader *l) {
+    if (!l->threads) return;
+    pthread_mutex_lock(&l->mu);
+    l->quit = true;
+    pthread_cond_broadcast(&l->work);
+    pthread_mutex_unlock(&l->mu);
+    for (int t = 0; t < l->nthreads; t++) pthread_join(l->threads[t], NULL);
+    pthread_cond_destroy(&l->work);
+    pthread_cond_destroy(&l->done);
+    pthread_mutex_destroy(&l->mu);
+    free(l->threads);
+    free(l->slots);
+    free(l->ring);
+    free(l->own_idx);
+    l->threads = NULL;
+    l->nthreads = 0;
+}
+
+static ct_status start_workers(ct_loader *l) {
+    int64_t B = l->o.batch_size, F = l->ds->sample_numel;
+    l->R = (int64_t)l->o.prefetch * B;
+    l->slots = ct_calloc((size_t)l->R, sizeof *l->slots);
+    l->ring = ct_malloc((size_t)(l->R * F));
+    l->threads = ct_calloc((size_t)l->o.workers, sizeof *l->threads);
+    pthread_mutex_init(&l->mu, NULL);
+    pthread_cond_init(&l->work, NULL);
+    pthread_cond_init(&l->done, NULL);
+    for (; l->nthreads < l->o.workers; l->nthreads++) {
+        int e = pthread_create(&l->threads[l->nthreads], NULL, worker, l);
+        if (e) {
+            stop_workers(l);
+            return ct_error(CT_ERR_ARG, "loader: cannot start decoding thread %d of %d (data.workers): %s",
+                            l->nthreads + 1, l->o.workers, strerror(e));
+        }
+    }
+    return CT_OK;
+}
+
+/* The ring slot of position p once a worker has filled it. */
+static const slot *wait_for(ct_loader *l, int64_t p) {
+    slot *s = &l->slots[p % l->R];
+    pthread_mutex_lock(&l->mu);
+    while (!(s->ready && s->pos == p)) pthread_cond_wait(&l->done, &l->mu);
+    pthread_mutex_unlock(&l->mu);
+    return s;
+}
+
+/* Hands position p's slot back to the workers (positions are handed back in order). */
+static void hand_back(ct_loader *l, int64_t p) {
+    pthread_mutex_lock(&l->mu);
+    l->slots[p % l->R].ready = false;
+    l->freed = p + 1;
+    pthread_cond_signal(&l->work);
+    pthread_mutex_unlock(&l->mu);
+}
+
 ct_loader_opts ct_loader_opts_default(int64_t batch_size) {
-    return (ct_loader_opts){.batch_size = batch_size, .mean = 0, .std = 1};
+    return (ct_loader_opts){.batch_size = batch_size, .mean = 0, .std = 1, .prefetch = 2};
 }
 
 ct_status ct_loader_new(ct_loader **out, const ct_dataset *ds, const ct_loader_opts *opts) {
@@ -51,6 +184,9 @@ ct_status ct_loader_new(ct_loader **out, const ct_dataset *ds, const ct_loader_o
     if (o->norm_channels < 0 || o->norm_channels > CT_MAX_NORM_CHANNELS)
         return ct_error(CT_ERR_ARG, "loader: norm_channels %d outside 0..%d", o->norm_channels,
                         CT_MAX_NORM_CHANNELS);
+    if (o->workers < 0 || o->workers > 256 || o->prefetch < 0)
+        return ct_error(CT_ERR_ARG, "loader: workers must be 0..256 and prefetch >= 0, got workers %d "
+                        "prefetch %d", o->workers, o->prefetch);
     if (o->crop_pad < 0)
         return ct_error(CT_ERR_ARG, "loader: crop_pad must be >= 0, got %d", o->crop_pad);
     bool aug = o->crop_pad > 0 || o->hflip;
@@ -59,10 +195,11 @@ ct_status ct_loader_new(ct_loader **out, const ct_dataset *ds, const ct_loader_o
                         "samples, the data set's have %d dims", ds->sample_ndim);
     ct_loader *l = ct_malloc(sizeof *l);
     *l = (ct_loader){.ds = ds, .o = *o};
+    if (!l->o.prefetch) l->o.prefetch = 2;
     ct_rng_seed(&l->rng, o->seed);
     l->y = ct_malloc((size_t)o->batch_size * sizeof *l->y);
     l->bidx = ct_malloc((size_t)o->batch_size * sizeof *l->bidx);
-    if (ds->files) l->pix = ct_malloc((size_t)ds->sample_numel);
+    if (ds->files && o->workers == 0) l->pix = ct_malloc((size_t)ds->sample_numel);
     int s = ds->sample_ndim;
     l->C = s == 3 ? ds->sample_shape[0] : 1;
     l->H = s >= 2 ? ds->sample_shape[s - 2] : 1;
@@ -74,6 +211,11 @@ ct_status ct_loader_new(ct_loader **out, const ct_dataset *ds, const ct_loader_o
         l->std[c] = o->norm_channels ? o->channel_std[c < o->norm_channels ? c : 0] : o->std;
         for (int p = 0; p < 256; p++) l->lut[c][p] = ((float)p / 255.0f - l->mean[c]) / l->std[c];
     }
+    ct_status st = ds->files && o->workers > 0 ? start_workers(l) : CT_OK;
+    if (st != CT_OK) {
+        ct_loader_free(l);
+        return st;
+    }
     *out = l;
     return CT_OK;
 }
@@ -84,11 +226,33 @@ void ct_loader_start(ct_loader *l, const int64_t *indices, int64_t n) {
         CT_ASSERT(indices[i] >= 0 && indices[i] < l->ds->n,
                   "loader: index %lld (position %lld) outside the data set's 0..%lld",
                   (long long)indices[i], (long long)i, (long long)l->ds->n - 1);
-    l->idx = indices;
-    l->n = n;
     l->pos = l->cur = l->skipped = 0;
     l->st = CT_OK;
-    if (l->ds->files) l->key = ct_rng_next(&l->rng);
+    if (!l->nthreads) {
+        l->idx = indices;
+        l->n = n;
+        if (l->ds->files) l->key = ct_rng_next(&l->rng);
+        return;
+    }
+    /* The last epoch's workers may be mid-sample (the caller need not drain an epoch): wait
+     * for them to go idle before the ring and the indices change under them. */
+    pthread_mutex_lock(&l->mu);
+    l->active = false;
+    while (l->busy) pthread_cond_wait(&l->done, &l->mu);
+    if (n > l->own_cap) {
+        free(l->own_idx);
+        l->own_idx = ct_malloc((size_t)n * sizeof *l->own_idx);
+        l->own_cap = n;
+    }
+    if (n) memcpy(l->own_idx, indices, (size_t)n * sizeof *indices);
+    l->idx = l->own_idx;
+    l->n = n;
+    l->key = ct_rng_next(&l->rng);
+    l->claim = l->freed = 0;
+    for (int64_t k = 0; k < l->R; k++) l->slots[k].ready = false;
+    l->active = n > 0;
+    pthread_cond_broadcast(&l->work);
+    pthread_mutex_unlock(&l->mu);
 }
 
 ct_status ct_loader_status(const ct_loader *l) {
@@ -134,24 +298,32 @@ static void augment(ct_loader *l, const float *xf, const uint8_t *x8, float *dst
     }
 }
 
-/* Sample i's pixels (x8) or features (xf); an image is decoded into l->pix. Returns false
- * for a file skipped under skip_bad; without skip_bad a bad file becomes zeros and the
- * loader's status records the error. */
-static bool fetch(ct_loader *l, int64_t i, const float **xf, const uint8_t **x8) {
+/* Sample i's pixels (x8) or features (xf), at epoch position p; an image is decoded into
+ * l->pix, or comes from the workers' ring (then the caller hands position p back after
+ * use). Returns false for a file skipped under skip_bad; without skip_bad a bad file
+ * becomes zeros and the loader's status records the error. */
+static bool fetch(ct_loader *l, int64_t p, int64_t i, const float **xf, const uint8_t **x8) {
     const ct_dataset *ds = l->ds;
     int64_t F = ds->sample_numel;
     *xf = ds->x ? ds->x + i * F : NULL;
     *x8 = ds->x8 ? ds->x8 + i * F : l->pix;
     if (!ds->files) return true;
-    /* a function of (seed, epoch, rank) through the key, and of the sample: not of the order
-     * or the thread that decodes it */
-    ct_rng rng;
-    ct_rng_seed(&rng, l->key ^ ((uint64_t)i * 0x9e3779b97f4a7c15ULL));
-    ct_status st = ct_dataset_load_image(ds, i, &rng, l->pix);
+    ct_status st;
+    const char *err;
+    if (l->nthreads) {
+        const slot *s = wait_for(l, p);
+        *x8 = l->ring + (p % l->R) * F;
+        st = s->st;
+        err = s->msg;
+    } else {
+        st = decode_sample(ds, l->key, i, l->pix);
+        err = ct_last_error();
+    }
     if (st == CT_OK) return true;
     if (l->o.skip_bad) {
-        char msg[600];
-        snprintf(msg, sizeof msg, "skipped an undecodable file: %s", ct_last_error());
+        snprintf(l->last_bad, sizeof l->last_bad, "%s", err);
+        char msg[MSG_SIZE + 40];
+        snprintf(msg, sizeof msg, "skipped an undecodable file: %s", err);
         if (l->o.log)
             l->o.log(l->o.log_ctx, msg);
         else
@@ -161,9 +333,9 @@ static bool fetch(ct_loader *l, int64_t i, const float **xf, const uint8_t **x8)
     }
     if (l->st == CT_OK) {
         l->st = st;
-        snprintf(l->msg, sizeof l->msg, "%s", ct_last_error());
+        snprintf(l->msg, sizeof l->msg, "%s", err);
     }
-    memset(l->pix, 0, (size_t)F);
+    memset((uint8_t *)*x8, 0, (size_t)F); /* l->pix or the sample's slot: ours until handed back */
     return true;
 }
 
@@ -180,14 +352,16 @@ bool ct_loader_next(ct_loader *l, ct_batch *b) {
         if (l->cur >= l->n && !l->o.wrap) break;
         if (fails >= l->n) { /* wrapping round: every index of the epoch failed */
             l->st = ct_error(CT_ERR_FORMAT, "loader: none of this rank's %lld files could be decoded "
-                             "(the last: %s)", (long long)l->n, ct_last_error());
+                             "(the last: %s)", (long long)l->n, l->last_bad);
             snprintf(l->msg, sizeof l->msg, "%s", ct_last_error());
             break;
         }
-        int64_t i = l->idx[l->cur++ % l->n];
+        int64_t p = l->cur++, i = l->idx[p % l->n];
         const float *xf;
         const uint8_t *x8;
-        if (!fetch(l, i, &xf, &x8)) {
+        bool got = fetch(l, p, i, &xf, &x8);
+        if (!got) {
+            if (l->nthreads) hand_back(l, p);
             fails++;
             continue;
         }
@@ -208,6 +382,7 @@ bool ct_loader_next(ct_loader *l, ct_batch *b) {
                     for (int64_t j = 0; j < plane; j++) d[j] = (xf[c * plane + j] - mean) / std;
             }
         }
+        if (l->nthreads) hand_back(l, p);
         l->bidx[k] = i;
         l->y[k++] = ds->y[i];
     }
@@ -225,6 +400,7 @@ bool ct_loader_next(ct_loader *l, ct_batch *b) {
 
 void ct_loader_free(ct_loader *l) {
     if (!l) return;
+    stop_workers(l);
     free(l->y);
     free(l->bidx);
     free(l->pix);

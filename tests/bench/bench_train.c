@@ -3,7 +3,8 @@
  * ratios). Runs under mpirun with any number of ranks, or alone as a one-rank job.
  *
  *   bench_train [--model mlp|cnn] [--mode train|eval|layers] [--steps N] [--warmup N]
- *               [--batch B] [--repeats R] [--data synthetic|fmnist] [--data-dir DIR]
+ *               [--batch B] [--repeats R] [--data synthetic|fmnist|folder] [--data-dir DIR]
+ *               [--workers N]
  *
  * train:  the CLI's training step (ddp prepare, forward, cross_entropy, backward, ddp finish,
  *         Adam step, zero grad) with DDP over every rank; per-rank batch B.
@@ -14,7 +15,9 @@
  * Data: synthetic (default) cycles 8 in-memory batches of N(0, 1) features and uniform
  * labels, so no loader cost is timed (the PyTorch side does the same); fmnist runs the
  * CLI's input path instead: Fashion-MNIST from IDX through the sampler and the loader with
- * normalisation, which is what the peak-RSS run uses.
+ * normalisation, which is what the peak-RSS run uses; folder the same from a folder tree of
+ * gray images (scripts/fmnist_to_images.py's PNG tree) decoded by the loader with N
+ * --workers, as `ctrain train` with data.format = folder and data.workers = N.
  * Each repeat times `steps` steps after `warmup` untimed ones; the best repeat (highest
  * samples/s; the machine is shared and noisy) is reported, its phase times averaged over
  * ranks. Prints one JSON object on rank 0. */
@@ -40,17 +43,18 @@ static double max_rss_mib(void) {
 
 typedef struct {
     const char *model, *mode, *data, *data_dir, *freeze;
-    int steps, warmup, batch, repeats;
+    int steps, warmup, batch, repeats, workers;
 } opts;
 
 static void usage(void) {
     fprintf(stderr, "usage: bench_train [--model mlp|cnn] [--mode train|eval|layers] [--steps N] "
-                    "[--warmup N] [--batch B] [--repeats R] [--data synthetic|fmnist] [--data-dir DIR] [--freeze GLOB]\n");
+                    "[--warmup N] [--batch B] [--repeats R] [--data synthetic|fmnist|folder] [--data-dir DIR] "
+                    "[--freeze GLOB] [--workers N]\n");
     exit(2);
 }
 
 static opts parse(int argc, char **argv) {
-    opts o = {"cnn", "train", "synthetic", CT_FASHION_MNIST_DIR, NULL, 50, 5, 64, 3};
+    opts o = {"cnn", "train", "synthetic", CT_FASHION_MNIST_DIR, NULL, 50, 5, 64, 3, 0};
     for (int i = 1; i < argc; i++) {
         if (i + 1 >= argc) usage();
         const char *k = argv[i], *v = argv[++i];
@@ -63,10 +67,11 @@ static opts parse(int argc, char **argv) {
         else if (!strcmp(k, "--warmup")) o.warmup = atoi(v);
         else if (!strcmp(k, "--batch")) o.batch = atoi(v);
         else if (!strcmp(k, "--repeats")) o.repeats = atoi(v);
+        else if (!strcmp(k, "--workers")) o.workers = atoi(v);
         else usage();
     }
     if ((strcmp(o.model, "mlp") && strcmp(o.model, "cnn")) || o.steps < 1 || o.warmup < 0 ||
-        o.batch < 1 || o.repeats < 1 || (strcmp(o.data, "synthetic") && strcmp(o.data, "fmnist")) ||
+        o.batch < 1 || o.repeats < 1 || (strcmp(o.data, "synthetic") && strcmp(o.data, "fmnist") && strcmp(o.data, "folder")) ||
         (strcmp(o.mode, "train") && strcmp(o.mode, "eval") && strcmp(o.mode, "layers")))
         usage();
     return o;
@@ -92,9 +97,11 @@ typedef struct {
 
 static void source_init(source *s, const opts *o, const ct_dist *d) {
     memset(s, 0, sizeof *s);
-    if (!strcmp(o->data, "fmnist")) {
+    if (strcmp(o->data, "synthetic")) {
         s->real = true;
-        if (ct_dataset_from_idx(&s->ds, o->data_dir, CT_SPLIT_TRAIN) != CT_OK) ct_fatal("%s", ct_last_error());
+        ct_status st = !strcmp(o->data, "fmnist") ? ct_dataset_from_idx(&s->ds, o->data_dir, CT_SPLIT_TRAIN)
+                                                  : ct_dataset_from_folder(&s->ds, o->data_dir, NULL, 1);
+        if (st != CT_OK) ct_fatal("%s", ct_last_error());
         if (!strcmp(o->model, "mlp") && ct_dataset_reshape(&s->ds, 1, (int64_t[]){784}) != CT_OK)
             ct_fatal("%s", ct_last_error());
         ct_sampler_opts so = {.n = s->ds.n, .world = d->size, .rank = d->rank, .mode = CT_SHARD_DROP,
@@ -102,6 +109,7 @@ static void source_init(source *s, const opts *o, const ct_dist *d) {
         ct_loader_opts lo = ct_loader_opts_default(o->batch);
         lo.mean = 0.2860f; /* examples/fmnist_*.ini */
         lo.std = 0.3530f;
+        lo.workers = o->workers;
         if (ct_sampler_new(&s->sampler, &so) != CT_OK || ct_loader_new(&s->loader, &s->ds, &lo) != CT_OK)
             ct_fatal("%s", ct_last_error());
         s->shard = ct_sampler_size(s->sampler);

@@ -8,7 +8,9 @@
 # - classes.txt, the JPEG tree, and the errors: undecodable files (an error naming the file,
 #   on any rank, without a hang; or skipped, logged and counted), a missing directory, an
 #   empty class folder, an unknown label, a model whose input does not match the images;
-# - transforms and per-channel normalisation from the config on 1 and 2 ranks.
+# - transforms and per-channel normalisation from the config on 1 and 2 ranks;
+# - data.workers: decoding threads give the inline runs' losses and evaluations exactly
+#   (transforms, skipped files), and a bad file is still an error on every rank.
 source "$(dirname "$0")/lib.sh"
 PY=/usr/bin/python3
 CFG=$ROOT/examples/fmnist_cnn.ini
@@ -91,6 +93,19 @@ for np in 0 2; do
 done
 check "the list's runs differ from the by-class runs (the comparison can fail)" \
     [ "$(eval_lines list0)" != "$(eval_lines folder0)" ]
+# ---- sweeps over folder and list data sets ----------------------------------------------------
+# The folder run's last checkpoint on the test split as a folder tree, a list and IDX files:
+# the same 200 samples, so the same accuracy, and the folder row is the run's own evaluation.
+run sweep 2 sweep "$CFG" "${RUN[@]}" "${FOLDER[@]}" sweep.checkpoints="$T/folder0/ckpt-epoch0002.safetensors" \
+    "sweep.datasets=folder:$D/test,list:$D/test.csv,$D/idx,folder:$T/nowhere" sweep.out="$T/sweep_out"
+expect_eq "sweep over folder, list and IDX data sets: exit 3 (one missing folder)" 3 "$rc"
+sweep_acc() { $PY -c "import csv,sys; print(*[r['accuracy'] if r['status'] == 'ok' else r['error'] for r in csv.DictReader(open(sys.argv[1]))], sep='\n')" "$T/sweep_out/results.csv"; }
+acc=$($PY -c "import json,sys; print('%.6f' % json.loads(open(sys.argv[1]).read().split(chr(10))[1])['accuracy'])" "$T/folder0.out")
+mapfile -t rows < <(sweep_acc)
+expect_eq "sweep: folder row = the training run's evaluation" "$acc" "$(printf '%.6f' "${rows[0]}")"
+expect_eq "sweep: list row = folder row" "${rows[0]}" "${rows[1]}"
+expect_eq "sweep: IDX row = folder row" "${rows[0]}" "${rows[2]}"
+check "sweep: a missing folder is a failed row naming it" grep -q "$T/nowhere" <(echo "${rows[3]}")
 check "classes.txt: the class folders in label order" \
     diff <(printf '%s\n' 0_tshirt_top 1_trouser 2_pullover 3_dress 4_coat 5_sandal 6_shirt 7_sneaker 8_bag 9_ankle_boot) \
     "$T/folder0/classes.txt"
@@ -118,6 +133,9 @@ for np in 0 2; do
     run tf$np $np train "$CFG" "${RUN[@]}" "${TF[@]}" output.dir="$T/tf$np"
     ran_ok "random_resized_crop + flip, per-channel normalisation, np=$np" tf$np
 done
+run tfw 2 train "$CFG" "${RUN[@]}" "${TF[@]}" data.workers=2 data.prefetch=3 output.dir="$T/tfw"
+ran_ok "transforms with data.workers = 2, np=2" tfw
+expect_eq "transforms: 2 workers per rank = inline, to the last digit" "$(losses "$T/tf2")" "$(losses "$T/tfw")"
 check "transforms: 24x24 RGB inputs (the CNN's 3x3x3 first conv)" contains "$T/tf0.err" "315914 parameters"
 fails train-test-shapes 0 "[3, 24, 24]" "[3, 28, 28]" -- train "$CFG" "${RUN[@]}" "${TF[@]}" data.test_transforms= \
     output.dir="$T/e_shapes"
@@ -141,6 +159,10 @@ for np in 0 2; do
     check "skip logs the file, np=$np" contains "$T/skip$np.err" "skipped an undecodable file: $BADF"
     expect_eq "skip counts it once per epoch, np=$np" 2 "$(grep -c '"skipped":1' "$T/skip$np/metrics.jsonl")"
 done
+run skipw 2 train "$CFG" "${RUN[@]}" "${BADRUN[@]}" data.on_bad=skip data.workers=3 output.dir="$T/skipw"
+ran_ok "data.on_bad = skip with data.workers = 3, np=2" skipw
+expect_eq "skip: 3 workers per rank = inline, to the last digit" "$(losses "$T/skip2")" "$(losses "$T/skipw")"
+fails bad-file-workers 2 "$BADF" "rank" -- train "$CFG" "${RUN[@]}" "${BADRUN[@]}" data.workers=2 output.dir="$T/e_badw"
 BADT=$T/bad/test/0_tshirt_top/$(ls "$T/bad/test/0_tshirt_top" | head -1) # the first: sizes the set
 echo "not a png" >"$BADT"
 fails bad-test-file-2-ranks 2 "$BADT" -- train "$CFG" "${RUN[@]}" "${BADRUN[@]}" data.train_dir="$D/train" \
