@@ -7,8 +7,9 @@ void ct_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float 
              const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
              int64_t ldc) {
     if (m == 0 || n == 0) return;
-    ct__stats.gemm_calls++;
-    ct__stats.gemm_flops += 2 * m * n * k;
+    /* atomic: the convolution calls this from its worker threads */
+    __atomic_fetch_add(&ct__stats.gemm_calls, 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&ct__stats.gemm_flops, 2 * m * n * k, __ATOMIC_RELAXED);
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
                 trans_b ? CblasTrans : CblasNoTrans, (blasint)m, (blasint)n, (blasint)k, alpha, a,
                 (blasint)lda, b, (blasint)ldb, beta, c, (blasint)ldc);

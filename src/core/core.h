@@ -224,6 +224,31 @@ int ct_blas_get_threads(void);
 /* The kernel set OpenBLAS chose at load time ("SkylakeX", "Haswell", "Prescott", ...). */
 const char *ct_blas_core(void);
 
+/* ---- intra-op threads (thread.c) --------------------------------------------------- */
+/* One thread count for the ops' own loops (OpenMP) and for OpenBLAS's GEMMs. The thread
+ * model: only the thread that runs the model (the main thread) allocates tensors, records
+ * graph nodes and opens scopes; the ops' worker threads only compute on float arrays the
+ * main thread allocated, each writing its own disjoint part. Every parallel loop splits
+ * its work into pieces whose bounds do not depend on the thread count, and reductions
+ * combine per-piece results in a fixed order, so results are bit-identical for any count. */
+void ct_set_threads(int n); /* n >= 1 (smaller is taken as 1) */
+int ct_get_threads(void);
+/* Which worker of the current parallel region this is (0 outside one). */
+int ct_thread_id(void);
+
+/* Work (elements) below which a loop stays on the calling thread: waking the team costs a
+ * few microseconds, about the time of 30k simple float operations. */
+#define CT_PAR_MIN 32768
+#define CT_PRAGMA_(x) _Pragma(#x)
+/* Before a `for` whose iterations are independent and write disjoint memory, with about
+ * `work` elements of work in all. */
+#define CT_PAR_FOR(work) CT_PRAGMA_(omp parallel for schedule(static) if ((work) >= CT_PAR_MIN))
+/* Around a parallel region whose threads call ct_gemm: OpenBLAS runs on the calling
+ * thread meanwhile (its own pool would serialise concurrent callers). Returns what _end
+ * restores. */
+int ct_blas_serial_begin(void);
+void ct_blas_serial_end(int saved);
+
 /* ---- CPU features (cpu.c) --------------------------------------------------------- */
 /* True when the CPU has AVX-512 F/BW/DQ/VL and CT_NO_AVX512 is unset (or 0). The kernels
  * that gain from it choose their AVX-512 version with this at run time. */
