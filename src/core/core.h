@@ -218,7 +218,17 @@ ct_tensor *ct_rand_normal(int ndim, const int64_t *shape, float mean, float std,
 void ct_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
              const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
              int64_t ldc);
-/* Sets the BLAS thread count (used by the binding layer). */
+/* Large products are split into blocks along the longer side of C, a split fixed by the
+ * shape alone, and the blocks run in parallel on the intra-op threads, each a one-thread
+ * OpenBLAS call. OpenBLAS's own threads are not used: its multi-threaded sgemm rounds
+ * differently from its one-thread sgemm (measured), so results would depend on the
+ * thread count. */
+/* ct_gemm as one block on the calling thread, for callers that run their own blocks in
+ * parallel (the convolution's chunks). */
+void ct_gemm_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                    const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+                    float *c, int64_t ldc);
+/* OpenBLAS's own thread count (1 once ctrain runs a GEMM or sets its threads). */
 void ct_blas_set_threads(int n);
 int ct_blas_get_threads(void);
 /* The kernel set OpenBLAS chose at load time ("SkylakeX", "Haswell", "Prescott", ...). */
@@ -243,11 +253,6 @@ int ct_thread_id(void);
 /* Before a `for` whose iterations are independent and write disjoint memory, with about
  * `work` elements of work in all. */
 #define CT_PAR_FOR(work) CT_PRAGMA_(omp parallel for schedule(static) if ((work) >= CT_PAR_MIN))
-/* Around a parallel region whose threads call ct_gemm: OpenBLAS runs on the calling
- * thread meanwhile (its own pool would serialise concurrent callers). Returns what _end
- * restores. */
-int ct_blas_serial_begin(void);
-void ct_blas_serial_end(int saved);
 
 /* ---- CPU features (cpu.c) --------------------------------------------------------- */
 /* True when the CPU has AVX-512 F/BW/DQ/VL and CT_NO_AVX512 is unset (or 0). The kernels

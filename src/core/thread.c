@@ -1,4 +1,5 @@
-/* Intra-op threads: OpenMP runs the ops' own loops, OpenBLAS its GEMMs; one count sets both. */
+/* Intra-op threads: OpenMP runs the ops' loops and the blocks of large GEMMs (ct_gemm),
+ * each block a one-thread OpenBLAS call; one count sets it all. */
 #include "core.h"
 
 #ifdef _OPENMP
@@ -10,7 +11,7 @@ void ct_set_threads(int n) {
 #ifdef _OPENMP
     omp_set_num_threads(n);
 #endif
-    ct_blas_set_threads(n);
+    ct_blas_set_threads(1);
 }
 
 int ct_get_threads(void) {
@@ -27,14 +28,4 @@ int ct_thread_id(void) {
 #else
     return 0;
 #endif
-}
-
-int ct_blas_serial_begin(void) {
-    int saved = ct_blas_get_threads();
-    if (saved > 1) ct_blas_set_threads(1);
-    return saved;
-}
-
-void ct_blas_serial_end(int saved) {
-    if (saved > 1) ct_blas_set_threads(saved);
 }

@@ -353,9 +353,11 @@ static void geom_store(ct_node *n, const conv_geom *g) {
  * parallel, and the backward runs parts of consecutive chunks in parallel, each part
  * summing its own partial dW; the partials are then added in part order. The number of
  * parts depends only on the shapes, never on the thread count, so the bits do not either.
- * Each worker has its own scratch, allocated up front on the calling thread, and calls
- * OpenBLAS single-threaded; with one part (or one thread) the chunks run in order on the
- * calling thread and OpenBLAS uses its own threads. */
+ * Each worker has its own scratch, allocated up front on the calling thread, and runs its
+ * GEMMs whole on its own thread; with a single part (or chunk) the GEMMs are split into
+ * blocks across the threads instead (ct_gemm). */
+typedef void gemm_fn(bool, bool, int64_t, int64_t, int64_t, float, const float *, int64_t,
+                     const float *, int64_t, float, float *, int64_t);
 #define MAX_TEAM 256
 #define DW_PARTS 8                /* enough to keep 8 threads busy on a batch of chunks */
 #define DW_PART_BYTES (32 << 20)  /* partials beyond this go serial (huge dW, few chunks) */
@@ -376,7 +378,8 @@ static int team_size(int64_t tasks, int64_t work) {
  * dX for the gradients asked for (dw / gx non-NULL). */
 static void backward_chunk(const conv_geom *g, int64_t ci, int64_t batch, int64_t o,
                            const float *gout, const float *x, const float *w,
-                           const col_scratch *sc, float *dw, bool acc, float *gx) {
+                           const col_scratch *sc, gemm_fn *gemm, float *dw, bool acc,
+                           float *gx) {
     int64_t og = o / g->groups, k = geom_k(g), npix = geom_pix(g), in_sz = g->c * g->h * g->w;
     int64_t i0 = ci * sc->nb, nb = batch - i0 < sc->nb ? batch - i0 : sc->nb, ld = nb * npix;
     const float *go = gout + i0 * o * npix;
@@ -387,14 +390,14 @@ static void backward_chunk(const conv_geom *g, int64_t ci, int64_t batch, int64_
     if (dw) {
         const float *cols = chunk_cols(g, x + i0 * in_sz, nb, ld, sc);
         for (int64_t gi = 0; gi < g->groups; gi++)
-            ct_gemm(false, true, og, k, ld, 1, go + gi * og * ld, ld, cols + gi * k * ld, ld,
+            gemm(false, true, og, k, ld, 1, go + gi * og * ld, ld, cols + gi * k * ld, ld,
                     acc ? 1 : 0, dw + gi * og * k, k);
     }
     if (gx) {
         /* one-sample pointwise: dX[n] += W^T @ gout[n] directly; else via col, col2im */
         float *dx = gx + i0 * in_sz, *dst = sc->col ? sc->col : dx;
         for (int64_t gi = 0; gi < g->groups; gi++)
-            ct_gemm(true, false, k, ld, og, 1, w + gi * og * k, k, go + gi * og * ld, ld,
+            gemm(true, false, k, ld, og, 1, w + gi * og * k, k, go + gi * og * ld, ld,
                     sc->col ? 0 : 1, dst + gi * k * ld, ld);
         for (int64_t j = 0; sc->col && j < nb; j++)
             col2im_add(g, sc->col + j * npix, ld, dx + j * in_sz);
@@ -429,16 +432,15 @@ static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
     int nt = team_size(parts, batch * o * npix * k);
     col_scratch sc[MAX_TEAM];
     for (int t = 0; t < nt; t++) sc[t] = scratch_new(&g, batch, o);
-    int blas = nt > 1 ? ct_blas_serial_begin() : 0;
+    gemm_fn *gemm = parts > 1 ? ct_gemm_serial : ct_gemm;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t p = 0; p < parts; p++) {
         const col_scratch *s = &sc[ct_thread_id()];
         float *dwp = part ? part + p * o * k : dw;
         for (int64_t ci = p * nchunks / parts; ci < (p + 1) * nchunks / parts; ci++)
-            backward_chunk(&g, ci, batch, o, gout->data, x, w, s, gw ? dwp : NULL,
+            backward_chunk(&g, ci, batch, o, gout->data, x, w, s, gemm, gw ? dwp : NULL,
                            !part || ci > p * nchunks / parts, gx ? gx->data : NULL);
     }
-    if (nt > 1) ct_blas_serial_end(blas);
     if (part) {
         CT_PAR_FOR(parts * o * k)
         for (int64_t i = 0; i < o * k; i++) {
@@ -491,7 +493,7 @@ ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2
         col_scratch sc[MAX_TEAM];
         for (int t = 0; t < nt; t++) sc[t] = scratch_new(&g, batch, o);
         const float *wk = geom_cropped(&g) ? crop_weight(&g, o, w->data) : w->data;
-        int blas = nt > 1 ? ct_blas_serial_begin() : 0;
+        gemm_fn *gemm = nchunks > 1 ? ct_gemm_serial : ct_gemm;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
         for (int64_t ci = 0; ci < nchunks; ci++) {
             const col_scratch *s = &sc[ct_thread_id()];
@@ -503,11 +505,10 @@ ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2
                 for (int64_t c = 0; c < o; c++)
                     for (int64_t j = 0; j < ld; j++) yc[c * ld + j] = b->data[c];
             for (int64_t gi = 0; gi < g.groups; gi++)
-                ct_gemm(false, false, og, ld, k, 1, wk + gi * og * k, k, cols + gi * k * ld, ld,
+                gemm(false, false, og, ld, k, 1, wk + gi * og * k, k, cols + gi * k * ld, ld,
                         b ? 1 : 0, yc + gi * og * ld, ld);
             if (nbs > 1) chunk_to_nchw(yc, y->data + i0 * o * npix, nb, o, npix);
         }
-        if (nt > 1) ct_blas_serial_end(blas);
     }
 
     ct_node *n = CT_RECORD("conv2d", conv2d_backward, y, x, w, b);
