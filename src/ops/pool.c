@@ -94,6 +94,7 @@ static CT_AVX512 void max_pool_2x2_512(const float *x, float *y, int32_t *idx,
     const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
     const __m512i one = _mm512_set1_epi32(1), wv = _mm512_set1_epi32((int32_t)g->w);
     int64_t w = g->w, in_plane = g->h * w, out_plane = g->oh * g->ow;
+    CT_PAR_FOR(g->planes * g->h * g->w) /* planes are independent */
     for (int64_t pl = 0; pl < g->planes; pl++)
         for (int64_t oy = 0; oy < g->oh; oy++) {
             const float *r0 = x + pl * in_plane + 2 * oy * w, *r1 = r0 + w;
@@ -134,6 +135,7 @@ static CT_AVX512 void max_pool_2x2_backward_512(float *dx, const float *go, cons
     const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
     const __m512i one = _mm512_set1_epi32(1), wv = _mm512_set1_epi32((int32_t)g->w);
     int64_t w = g->w, h = g->h, in_plane = h * w, out_plane = g->oh * g->ow;
+    CT_PAR_FOR(g->planes * g->h * g->w) /* planes are independent */
     for (int64_t pl = 0; pl < g->planes; pl++) {
         float *xp = dx + pl * in_plane;
         for (int64_t oy = 0; oy < g->oh; oy++) {
@@ -171,6 +173,7 @@ static CT_AVX512 void max_pool_2x2_backward_512(float *dx, const float *go, cons
  * of the CNN). */
 static void max_pool_2x2_any(const float *x, float *y, int32_t *idx, const pool_geom *g) {
     int64_t w = g->w, in_plane = g->h * w, out_plane = g->oh * g->ow;
+    CT_PAR_FOR(g->planes * g->h * g->w) /* planes are independent */
     for (int64_t pl = 0; pl < g->planes; pl++) {
         const float *src = x + pl * in_plane;
         float *dst = y + pl * out_plane;
@@ -213,6 +216,7 @@ static void max_pool2d_backward(ct_node *n, const ct_tensor *gout) {
     /* the scatter below adds, and overlapping windows may hit one pixel twice */
     if (fresh) memset(gx->data, 0, (size_t)gx->numel * sizeof(float));
     int64_t in_plane = g.h * g.w, out_plane = g.oh * g.ow;
+    CT_PAR_FOR(g.planes * g.h * g.w) /* planes are independent */
     for (int64_t pl = 0; pl < g.planes; pl++) {
         float *dx = gx->data + pl * in_plane;
         const float *go = gout->data + pl * out_plane;
@@ -233,7 +237,7 @@ ct_tensor *ct_max_pool2d(ct_tensor *x, int kernel, int stride, int padding) {
         pool_store(n, &g);
         idx = ct_node_aux(n, (size_t)y->numel * sizeof(int32_t));
     } else {
-        row_arg = ct_alloc((size_t)g.ow * sizeof(int32_t));
+        row_arg = ct_alloc((size_t)y->numel * sizeof(int32_t)); /* a row per thread */
     }
     int64_t in_plane = g.h * g.w, out_plane = g.oh * g.ow;
     if (g.k == 2 && g.s == 2 && g.p == 0) {
@@ -241,9 +245,10 @@ ct_tensor *ct_max_pool2d(ct_tensor *x, int kernel, int stride, int padding) {
             max_pool_2x2_512(x->data, y->data, idx, &g);
         else
             max_pool_2x2_any(x->data, y->data, idx, &g);
-        if (row_arg) ct_free(row_arg, (size_t)g.ow * sizeof(int32_t));
+        if (row_arg) ct_free(row_arg, (size_t)y->numel * sizeof(int32_t));
         return y;
     }
+    CT_PAR_FOR(g.planes * g.h * g.w) /* planes are independent */
     for (int64_t pl = 0; pl < g.planes; pl++) {
         const float *src = x->data + pl * in_plane;
         for (int64_t oy = 0; oy < g.oh; oy++) {
@@ -251,7 +256,7 @@ ct_tensor *ct_max_pool2d(ct_tensor *x, int kernel, int stride, int padding) {
              * Offsets go in row-major order, so ties keep the first maximum as in
              * PyTorch, and a NaN wins (and stays) as it does there. */
             float *best = y->data + pl * out_plane + oy * g.ow;
-            int32_t *arg = idx ? idx + pl * out_plane + oy * g.ow : row_arg;
+            int32_t *arg = (idx ? idx : row_arg) + pl * out_plane + oy * g.ow;
             int64_t y0 = oy * g.s - g.p > 0 ? oy * g.s - g.p : 0;
             for (int64_t ox = 0; ox < g.ow; ox++) {
                 int64_t x0 = ox * g.s - g.p > 0 ? ox * g.s - g.p : 0;
@@ -282,7 +287,7 @@ ct_tensor *ct_max_pool2d(ct_tensor *x, int kernel, int stride, int padding) {
             }
         }
     }
-    if (row_arg) ct_free(row_arg, (size_t)g.ow * sizeof(int32_t));
+    if (row_arg) ct_free(row_arg, (size_t)y->numel * sizeof(int32_t));
     return y;
 }
 
@@ -294,6 +299,7 @@ static void avg_pool2d_backward(ct_node *n, const ct_tensor *gout) {
     pool_geom g = pool_load(n);
     float inv = 1.0f / (float)(g.k * g.k);
     int64_t in_plane = g.h * g.w, out_plane = g.oh * g.ow;
+    CT_PAR_FOR(g.planes * g.h * g.w) /* planes are independent */
     for (int64_t pl = 0; pl < g.planes; pl++) {
         float *dx = gx->data + pl * in_plane;
         const float *go = gout->data + pl * out_plane;
@@ -313,6 +319,7 @@ ct_tensor *ct_avg_pool2d(ct_tensor *x, int kernel, int stride, int padding) {
     ct_tensor *y = ct_tensor_new(CT_SHAPE(x->shape[0], x->shape[1], g.oh, g.ow));
     float inv = 1.0f / (float)(g.k * g.k);
     int64_t in_plane = g.h * g.w, out_plane = g.oh * g.ow;
+    CT_PAR_FOR(g.planes * g.h * g.w) /* planes are independent */
     for (int64_t pl = 0; pl < g.planes; pl++) {
         const float *src = x->data + pl * in_plane;
         float *dst = y->data + pl * out_plane;
@@ -344,6 +351,7 @@ static void adaptive_avg_pool2d_backward(ct_node *n, const ct_tensor *gout) {
     if (!gx) return;
     int64_t h = n->i[0], w = n->i[1], oh = n->out_shape[2], ow = n->out_shape[3];
     int64_t planes = n->out_shape[0] * n->out_shape[1];
+    CT_PAR_FOR(planes * h * w) /* planes are independent */
     for (int64_t pl = 0; pl < planes; pl++) {
         float *dx = gx->data + pl * h * w;
         const float *go = gout->data + pl * oh * ow;
@@ -372,6 +380,7 @@ ct_tensor *ct_adaptive_avg_pool2d(ct_tensor *x, int out_h, int out_w) {
     int64_t h = x->shape[2], w = x->shape[3], oh = out_h, ow = out_w;
     ct_tensor *y = ct_tensor_new(CT_SHAPE(x->shape[0], x->shape[1], oh, ow));
     int64_t planes = x->shape[0] * x->shape[1];
+    CT_PAR_FOR(planes * h * w) /* planes are independent */
     for (int64_t pl = 0; pl < planes; pl++) {
         const float *src = x->data + pl * h * w;
         float *dst = y->data + pl * oh * ow;
