@@ -53,6 +53,7 @@ static void softmax_bwd_strided(float *restrict gx, const float *restrict y,
 /* ---- forward ----------------------------------------------------------------------- */
 
 static void forward_rows(float *y, const float *x, int64_t rows, int64_t d, bool log) {
+    CT_PAR_FOR(rows * d) /* rows are independent */
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * d;
         float *yr = y + r * d;
@@ -104,6 +105,7 @@ static void softmax_backward(ct_node *n, const ct_tensor *gout) {
     float *gx = ct_node_grad_in(n, 0)->data;
     const float *y = n->saved[0]->data, *g = gout->data;
     if (inner == 1) {
+        CT_PAR_FOR(outer * d)
         for (int64_t r = 0; r < outer; r++)
             softmax_bwd_row(gx + r * d, y + r * d, g + r * d, dotf(g + r * d, y + r * d, d), d);
         return;
