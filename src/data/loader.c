@@ -27,6 +27,15 @@ struct ct_loader {
     float mean[CT_MAX_NORM_CHANNELS], std[CT_MAX_NORM_CHANNELS]; /* per channel */
     float lut[CT_MAX_NORM_CHANNELS][256]; /* x8 data sets: pixel p's normalised feature, per channel */
     uint64_t key;       /* image data sets: the epoch's key for per-sample transform RNGs */
+    struct job *jobs;   /* in-memory data sets: the batch's samples, converted together */
+};
+
+/* One sample to convert: its source and its crop offset and flip (drawn in sample order). */
+struct job {
+    const float *xf;
+    const uint8_t *x8;
+    int64_t dy, dx;
+    bool flip;
 };
 
 ct_loader_opts ct_loader_opts_default(int64_t batch_size) {
@@ -62,6 +71,7 @@ ct_status ct_loader_new(ct_loader **out, const ct_dataset *ds, const ct_loader_o
     ct_rng_seed(&l->rng, o->seed);
     l->y = ct_malloc((size_t)o->batch_size * sizeof *l->y);
     l->bidx = ct_malloc((size_t)o->batch_size * sizeof *l->bidx);
+    l->jobs = ct_malloc((size_t)o->batch_size * sizeof *l->jobs);
     if (ds->files) l->pix = ct_malloc((size_t)ds->sample_numel);
     int s = ds->sample_ndim;
     l->C = s == 3 ? ds->sample_shape[0] : 1;
@@ -109,14 +119,21 @@ static inline float feature(const ct_loader *l, const float *xf, const uint8_t *
     return x8 ? l->lut[c][x8[k]] : (xf[k] - l->mean[c]) / l->std[c];
 }
 
+/* The random crop offset and flip of the next sample (none without augmentation). */
+static void draw_aug(ct_loader *l, struct job *j) {
+    int64_t P = l->o.crop_pad;
+    j->dy = P ? (int64_t)ct_rng_below(&l->rng, (uint64_t)(2 * P + 1)) - P : 0;
+    j->dx = P ? (int64_t)ct_rng_below(&l->rng, (uint64_t)(2 * P + 1)) - P : 0;
+    j->flip = l->o.hflip && ct_rng_below(&l->rng, 2);
+}
+
 /* torchvision's RandomCrop(padding=P) then RandomHorizontalFlip() then Normalize: output
  * pixel (i, j) is input pixel (i + dy - P, j' + dx - P) with j' = W-1-j when flipped, or 0
  * (padding) when that falls outside the image; then every pixel is normalised. */
-static void augment(ct_loader *l, const float *xf, const uint8_t *x8, float *dst) {
-    int64_t P = l->o.crop_pad, H = l->H, W = l->W;
-    int64_t dy = P ? (int64_t)ct_rng_below(&l->rng, (uint64_t)(2 * P + 1)) - P : 0;
-    int64_t dx = P ? (int64_t)ct_rng_below(&l->rng, (uint64_t)(2 * P + 1)) - P : 0;
-    bool flip = l->o.hflip && ct_rng_below(&l->rng, 2);
+static void augment(const ct_loader *l, const struct job *jb, float *dst) {
+    int64_t H = l->H, W = l->W, dy = jb->dy, dx = jb->dx;
+    const float *xf = jb->xf;
+    const uint8_t *x8 = jb->x8;
     for (int64_t c = 0, off = 0; c < l->C; c++, off += H * W) {
         int nc = c < CT_MAX_NORM_CHANNELS ? (int)c : 0;
         float pad = (0.0f - l->mean[nc]) / l->std[nc]; /* == lut[nc][0], since 0 / 255.0f is 0 */
@@ -127,10 +144,29 @@ static void augment(ct_loader *l, const float *xf, const uint8_t *x8, float *dst
                 continue;
             }
             for (int64_t j = 0; j < W; j++) {
-                int64_t sj = (flip ? W - 1 - j : j) + dx;
+                int64_t sj = (jb->flip ? W - 1 - j : j) + dx;
                 dst[j] = sj >= 0 && sj < W ? feature(l, xf, x8, nc, off + si * W + sj) : pad;
             }
         }
+    }
+}
+
+/* One sample's float features into dst: augmented, or just normalised. */
+static void convert(const ct_loader *l, const struct job *jb, bool aug, float *dst) {
+    if (aug) {
+        augment(l, jb, dst);
+        return;
+    }
+    int64_t plane = l->ds->sample_numel / l->C;
+    for (int64_t c = 0; c < l->C; c++) {
+        int nc = c < CT_MAX_NORM_CHANNELS ? (int)c : 0;
+        const float *lut = l->lut[nc];
+        float mean = l->mean[nc], std = l->std[nc];
+        float *d = dst + c * plane;
+        if (jb->x8)
+            for (int64_t j = 0; j < plane; j++) d[j] = lut[jb->x8[c * plane + j]];
+        else /* subtract then divide, as torchvision's Normalize */
+            for (int64_t j = 0; j < plane; j++) d[j] = (jb->xf[c * plane + j] - mean) / std;
     }
 }
 
@@ -192,24 +228,18 @@ bool ct_loader_next(ct_loader *l, ct_batch *b) {
             continue;
         }
         fails = 0;
-        float *dst = x->data + k * F;
-        if (aug) {
-            augment(l, xf, x8, dst);
-        } else {
-            int64_t plane = F / l->C;
-            for (int64_t c = 0; c < l->C; c++) {
-                int nc = c < CT_MAX_NORM_CHANNELS ? (int)c : 0;
-                const float *lut = l->lut[nc];
-                float mean = l->mean[nc], std = l->std[nc];
-                float *d = dst + c * plane;
-                if (x8)
-                    for (int64_t j = 0; j < plane; j++) d[j] = lut[x8[c * plane + j]];
-                else /* subtract then divide, as torchvision's Normalize */
-                    for (int64_t j = 0; j < plane; j++) d[j] = (xf[c * plane + j] - mean) / std;
-            }
-        }
+        struct job jb = {.xf = xf, .x8 = x8};
+        if (aug) draw_aug(l, &jb);
+        if (ds->files) /* l->pix holds this sample only until the next fetch */
+            convert(l, &jb, aug, x->data + k * F);
+        else
+            l->jobs[k] = jb;
         l->bidx[k] = i;
         l->y[k++] = ds->y[i];
+    }
+    if (!ds->files) { /* in-memory samples: converted on the intra-op threads */
+        CT_PAR_FOR(k * F)
+        for (int64_t q = 0; q < k; q++) convert(l, &l->jobs[q], aug, x->data + q * F);
     }
     l->pos += B;
     if (k == 0 && l->st == CT_OK) return false; /* only skipped files were left */
@@ -227,6 +257,7 @@ void ct_loader_free(ct_loader *l) {
     if (!l) return;
     free(l->y);
     free(l->bidx);
+    free(l->jobs);
     free(l->pix);
     free(l);
 }
