@@ -8,7 +8,7 @@
 #include "dist.h"
 
 /* Pins intra-op thread i to core i of the rank's cpuset (the same team the ops use), so a
- * thread keeps its core's caches; out->pinned lists each thread's PUs. */
+ * thread keeps its core's caches (CT_PIN_THREADS=1); out->pinned lists each thread's PUs. */
 static void pin_threads(hwloc_topology_t topo, hwloc_const_bitmap_t set, int threads,
                         ct_binding *out) {
     int cores = hwloc_get_nbobjs_inside_cpuset_by_type(topo, set, HWLOC_OBJ_CORE);
@@ -81,7 +81,12 @@ ct_status ct_dist_bind(const ct_dist *d, ct_binding *out) {
     out->cores = cores;
     out->threads = threads;
     ct_set_threads(threads);
-    if (launcher_bound || out->bound_by_us) pin_threads(topo, cur, threads, out);
+    /* Every thread of the rank is bound to the rank's cores (the process binding above).
+     * One thread per core only on request: on a shared node a thread pinned to a busy core
+     * cannot move, and a step waits for its slowest thread (2x slower measured here). */
+    const char *pin = getenv("CT_PIN_THREADS");
+    if ((launcher_bound || out->bound_by_us) && pin && !strcmp(pin, "1"))
+        pin_threads(topo, cur, threads, out);
     hwloc_bitmap_free(cur);
     hwloc_topology_destroy(topo);
     return CT_OK;

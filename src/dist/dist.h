@@ -185,8 +185,9 @@ typedef struct {
 /* Discovers the node's topology with hwloc and binds this rank to its share of the cores
  * (ranks per node from d->local). A binding made by the launcher is kept as it is. The
  * intra-op threads (ct_set_threads) = cores per rank unless CT_THREADS (else
- * OMP_NUM_THREADS, else OPENBLAS_NUM_THREADS) is set; never more threads than cores. When
- * the rank is bound, thread i is pinned to the i-th core of its set. */
+ * OMP_NUM_THREADS, else OPENBLAS_NUM_THREADS) is set; never more threads than cores. The
+ * threads share the rank's cores; with CT_PIN_THREADS=1 (and a bound rank) thread i is
+ * pinned to the i-th core of the set. */
 ct_status ct_dist_bind(const ct_dist *d, ct_binding *out);
 /* Rank 0 prints one line per rank: host, bound cores and threads (collective). */
 void ct_dist_print_bindings(const ct_dist *d, const ct_binding *b);
