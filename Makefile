@@ -35,9 +35,10 @@ else
 endif
 
 CC      ?= cc
+# -fopenmp: intra-op threads (libgomp; clang's fuzz build links its libomp the same way).
 CFLAGS  := -std=c11 -Wall -Wextra $(OPT) $(ARCH) -fvect-cost-model=dynamic -fno-math-errno -fPIC -D_GNU_SOURCE \
-           -Isrc $(SANFLAGS)
-LDLIBS   = $(PKG_LIBS) -lm -lpthread
+           -fopenmp -Isrc $(SANFLAGS)
+LDLIBS   = $(PKG_LIBS) -fopenmp -lm -lpthread
 
 LIB_SRC  := $(sort $(wildcard src/*/*.c))
 LIB_SRC  := $(filter-out src/cli/%,$(LIB_SRC))
@@ -64,7 +65,7 @@ BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(B)/bench/%)
 # each for a few seconds, after replaying every input in tests/fuzz/regress/.
 FUZZ_SECONDS ?= 600
 FUZZ_CHECK_SECONDS ?= 8
-FUZZ_FLAGS := -std=c11 -O1 -g -march=x86-64-v3 -fno-math-errno -fPIC -D_GNU_SOURCE -Isrc \
+FUZZ_FLAGS := -std=c11 -O1 -g -march=x86-64-v3 -fno-math-errno -fPIC -D_GNU_SOURCE -fopenmp -Isrc \
               -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)

@@ -32,6 +32,11 @@ export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 if [ -z "${OPENBLAS_CORETYPE:-}" ] && grep -qw avx512bw /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo; then
     export OPENBLAS_CORETYPE=SkylakeX
 fi
+# BENCH=threads_eff,train_cnn_1rank_2threads runs only those lines (scripts/bench_threads.sh).
+if [ -n "${BENCH:-}" ]; then
+    B="$B" bash "$here/bench_threads.sh"
+    exit 0
+fi
 
 "$B/bench/bench_core"
 # All-reduce costs on 2 and 3 ranks, with libnbc's ring (as ctrain runs) and its default.
@@ -175,3 +180,4 @@ B="$B" ROUNDS=$ROUNDS bash "$here/bench_sweep.sh"
 B="$B" ROUNDS=$ROUNDS bash "$here/bench_frozen.sh"
 # The image loader (loader_folder, train_from_folder).
 B="$B" ROUNDS=$ROUNDS bash "$here/bench_loader.sh"
+B="$B" ROUNDS=$ROUNDS bash "$here/bench_threads.sh"

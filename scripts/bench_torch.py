@@ -17,8 +17,9 @@ layers: the training step with per-layer timers: forward hooks on each leaf modu
 Data: synthetic cycles 8 in-memory batches of N(0, 1) features and uniform labels (as the C
 side); fmnist reads the IDX files into a float32 [0, 1] tensor, as ctrain's data set does,
 and builds each batch by shuffled indexing and (x - 0.2860) / 0.3530, as ctrain's loader does.
-Threads: torch.set_num_threads(1) and set_num_interop_threads(1); the caller exports
-OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1 and OPENBLAS_CORETYPE (scripts/bench.sh does).
+Threads: torch.set_num_threads(--threads, default 1) and set_num_interop_threads(1); the
+caller exports OMP_NUM_THREADS (= --threads), OPENBLAS_NUM_THREADS=1 and OPENBLAS_CORETYPE
+(scripts/bench.sh does).
 """
 import argparse
 import gzip
@@ -199,7 +200,7 @@ def run_layers(a, model, opt, src):
 
 def worker(rank, a, port, out):
     rss_start = max_rss_mib()  # the interpreter with torch imported
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     try:
         torch.set_num_interop_threads(1)
     except RuntimeError:
@@ -282,6 +283,7 @@ def main():
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads per rank (torch.set_num_threads)")
     p.add_argument("--data", choices=["synthetic", "fmnist"], default="synthetic")
     p.add_argument("--freeze", default="", help="'backbone': requires_grad=False on the CNN backbone, whose BatchNorm then stays in eval mode (as ctrain's model.freeze)")
     a = p.parse_args()

@@ -21,7 +21,8 @@ for t in ${MPI_TESTS:-}; do
             extra=()
             [ "$btl" = tcp ] && extra=(--mca btl self,tcp)
             # LeakSanitizer reports Open MPI's own allocations, which it never frees.
-            ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0" CK_FORK=no \
+            # One intra-op thread per rank: 3 ranks x 2 threads would oversubscribe 2 cores.
+            ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0" CK_FORK=no OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} \
                 timeout 600 mpirun "${CT_MPIRUN_FLAGS[@]}" "${extra[@]}" -np $np "$t" ||
                 failed+=("$t(np=$np,$btl)")
         done

@@ -218,11 +218,41 @@ ct_tensor *ct_rand_normal(int ndim, const int64_t *shape, float mean, float std,
 void ct_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
              const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
              int64_t ldc);
-/* Sets the BLAS thread count (used by the binding layer). */
+/* Large products are split into blocks along the longer side of C, a split fixed by the
+ * shape alone, and the blocks run in parallel on the intra-op threads, each a one-thread
+ * OpenBLAS call. OpenBLAS's own threads are not used: its multi-threaded sgemm rounds
+ * differently from its one-thread sgemm (measured), so results would depend on the
+ * thread count. */
+/* ct_gemm as one block on the calling thread, for callers that run their own blocks in
+ * parallel (the convolution's chunks). */
+void ct_gemm_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                    const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+                    float *c, int64_t ldc);
+/* OpenBLAS's own thread count (1 once ctrain runs a GEMM or sets its threads). */
 void ct_blas_set_threads(int n);
 int ct_blas_get_threads(void);
 /* The kernel set OpenBLAS chose at load time ("SkylakeX", "Haswell", "Prescott", ...). */
 const char *ct_blas_core(void);
+
+/* ---- intra-op threads (thread.c) --------------------------------------------------- */
+/* One thread count for the ops' own loops (OpenMP) and for OpenBLAS's GEMMs. The thread
+ * model: only the thread that runs the model (the main thread) allocates tensors, records
+ * graph nodes and opens scopes; the ops' worker threads only compute on float arrays the
+ * main thread allocated, each writing its own disjoint part. Every parallel loop splits
+ * its work into pieces whose bounds do not depend on the thread count, and reductions
+ * combine per-piece results in a fixed order, so results are bit-identical for any count. */
+void ct_set_threads(int n); /* n >= 1 (smaller is taken as 1) */
+int ct_get_threads(void);
+/* Which worker of the current parallel region this is (0 outside one). */
+int ct_thread_id(void);
+
+/* Work (elements) below which a loop stays on the calling thread: waking the team costs a
+ * few microseconds, about the time of 30k simple float operations. */
+#define CT_PAR_MIN 32768
+#define CT_PRAGMA_(x) _Pragma(#x)
+/* Before a `for` whose iterations are independent and write disjoint memory, with about
+ * `work` elements of work in all. */
+#define CT_PAR_FOR(work) CT_PRAGMA_(omp parallel for schedule(static) if ((work) >= CT_PAR_MIN))
 
 /* ---- CPU features (cpu.c) --------------------------------------------------------- */
 /* True when the CPU has AVX-512 F/BW/DQ/VL and CT_NO_AVX512 is unset (or 0). The kernels

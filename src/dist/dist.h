@@ -175,16 +175,19 @@ void ct_sweep_close(ct_sweep *s);
 
 typedef struct {
     int cores;        /* cores this rank may use */
-    int threads;      /* BLAS threads set */
+    int threads;      /* intra-op threads set (ct_set_threads: OpenMP and the GEMM blocks) */
     bool bound_by_us; /* false when mpirun/srun had already bound the rank, or when binding
                          would oversubscribe */
     char cpus[128];   /* the bound PU list, e.g. "0-3" */
+    char pinned[128]; /* thread i's PUs, e.g. "0 1" ("" when threads are not pinned) */
 } ct_binding;
 
 /* Discovers the node's topology with hwloc and binds this rank to its share of the cores
- * (ranks per node from d->local). A binding made by the launcher is kept as it is. BLAS
- * threads = cores per rank unless CT_THREADS (or OPENBLAS_NUM_THREADS) is set; never more
- * threads than cores. */
+ * (ranks per node from d->local). A binding made by the launcher is kept as it is. The
+ * intra-op threads (ct_set_threads) = cores per rank unless CT_THREADS (else
+ * OMP_NUM_THREADS, else OPENBLAS_NUM_THREADS) is set; never more threads than cores. The
+ * threads share the rank's cores; with CT_PIN_THREADS=1 (and a bound rank) thread i is
+ * pinned to the i-th core of the set. */
 ct_status ct_dist_bind(const ct_dist *d, ct_binding *out);
 /* Rank 0 prints one line per rank: host, bound cores and threads (collective). */
 void ct_dist_print_bindings(const ct_dist *d, const ct_binding *b);

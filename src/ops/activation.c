@@ -11,6 +11,7 @@
 
 static void relu_fwd(float *restrict y, const float *restrict x, int64_t n) {
     /* x < 0 ? 0 : x keeps NaN as NaN, as PyTorch does. */
+    CT_PAR_FOR(n)
     for (int64_t i = 0; i < n; i++) {
         float v = x[i];
         y[i] = v < 0 ? 0.0f : v;
@@ -20,6 +21,7 @@ static void relu_fwd(float *restrict y, const float *restrict x, int64_t n) {
 static void relu_bwd(float *restrict gx, const float *restrict y, const float *restrict g,
                      int64_t n) {
     /* PyTorch's threshold_backward: zero where y <= 0 (so the gradient at 0 is 0). */
+    CT_PAR_FOR(n)
     for (int64_t i = 0; i < n; i++) {
         float gi = g[i];
         gx[i] += y[i] <= 0 ? 0.0f : gi;
@@ -30,6 +32,7 @@ static void relu_bwd(float *restrict gx, const float *restrict y, const float *r
  * followed by a read-modify-write pass. */
 static void relu_bwd_set(float *restrict gx, const float *restrict y, const float *restrict g,
                          int64_t n) {
+    CT_PAR_FOR(n)
     for (int64_t i = 0; i < n; i++) {
         float gi = g[i];
         gx[i] = y[i] <= 0 ? 0.0f : gi;
@@ -54,6 +57,7 @@ ct_tensor *ct_relu(ct_tensor *x) {
 }
 
 static void leaky_fwd(float *restrict y, const float *restrict x, float s, int64_t n) {
+    CT_PAR_FOR(n)
     for (int64_t i = 0; i < n; i++) {
         float v = x[i];
         y[i] = v > 0 ? v : v * s;
@@ -62,6 +66,7 @@ static void leaky_fwd(float *restrict y, const float *restrict x, float s, int64
 
 static void leaky_bwd(float *restrict gx, const float *restrict v, const float *restrict g,
                       float s, int64_t n) {
+    CT_PAR_FOR(n)
     for (int64_t i = 0; i < n; i++) {
         float gi = g[i];
         gx[i] += v[i] > 0 ? gi : gi * s;
@@ -92,6 +97,7 @@ static void gelu_backward(ct_node *n, const ct_tensor *gout) {
     const float *x = n->saved[0]->data, *g = gout->data;
     const float inv_sqrt_2pi = 0.3989422804014327f;
     /* d/dx x Phi(x) = Phi(x) + x phi(x) */
+    CT_PAR_FOR(gout->numel)
     for (int64_t i = 0; i < gout->numel; i++) {
         float v = x[i];
         float cdf = 0.5f * (1.0f + erff(v * (float)M_SQRT1_2));
@@ -102,6 +108,7 @@ static void gelu_backward(ct_node *n, const ct_tensor *gout) {
 
 ct_tensor *ct_gelu(ct_tensor *x) {
     ct_tensor *out = ct_empty_like(x);
+    CT_PAR_FOR(x->numel)
     for (int64_t i = 0; i < x->numel; i++) {
         float v = x->data[i];
         out->data[i] = 0.5f * v * (1.0f + erff(v * (float)M_SQRT1_2));
@@ -115,6 +122,7 @@ ct_tensor *ct_gelu(ct_tensor *x) {
 
 static void tanh_bwd(float *restrict gx, const float *restrict y, const float *restrict g,
                      int64_t n) {
+    CT_PAR_FOR(n)
     for (int64_t i = 0; i < n; i++) gx[i] += g[i] * (1.0f - y[i] * y[i]);
 }
 
@@ -124,6 +132,7 @@ static void tanh_backward(ct_node *n, const ct_tensor *gout) {
 
 ct_tensor *ct_tanh(ct_tensor *x) {
     ct_tensor *out = ct_empty_like(x);
+    CT_PAR_FOR(x->numel)
     for (int64_t i = 0; i < x->numel; i++) out->data[i] = tanhf(x->data[i]);
     ct_node *n = CT_RECORD("tanh", tanh_backward, out, x);
     if (n) ct_save(n, out);
@@ -132,6 +141,7 @@ ct_tensor *ct_tanh(ct_tensor *x) {
 
 static void sigmoid_bwd(float *restrict gx, const float *restrict y, const float *restrict g,
                         int64_t n) {
+    CT_PAR_FOR(n)
     for (int64_t i = 0; i < n; i++) gx[i] += g[i] * y[i] * (1.0f - y[i]);
 }
 
@@ -141,6 +151,7 @@ static void sigmoid_backward(ct_node *n, const ct_tensor *gout) {
 
 ct_tensor *ct_sigmoid(ct_tensor *x) {
     ct_tensor *out = ct_empty_like(x);
+    CT_PAR_FOR(x->numel)
     for (int64_t i = 0; i < x->numel; i++) {
         /* exp of a non-positive argument only, so large |x| never overflows. */
         float v = x->data[i];

@@ -349,47 +349,104 @@ static void geom_store(ct_node *n, const conv_geom *g) {
     memcpy(n->i, &p, sizeof p);
 }
 
+/* Threads: chunks are independent except for dW, so the forward runs its chunks in
+ * parallel, and the backward runs parts of consecutive chunks in parallel, each part
+ * summing its own partial dW; the partials are then added in part order. The number of
+ * parts depends only on the shapes, never on the thread count, so the bits do not either.
+ * Each worker has its own scratch, allocated up front on the calling thread, and runs its
+ * GEMMs whole on its own thread; with a single part (or chunk) the GEMMs are split into
+ * blocks across the threads instead (ct_gemm). */
+typedef void gemm_fn(bool, bool, int64_t, int64_t, int64_t, float, const float *, int64_t,
+                     const float *, int64_t, float, float *, int64_t);
+#define MAX_TEAM 256
+#define DW_PARTS 8                /* enough to keep 8 threads busy on a batch of chunks */
+#define DW_PART_BYTES (32 << 20)  /* partials beyond this go serial (huge dW, few chunks) */
+static int64_t dw_parts(int64_t nchunks, int64_t dw_numel) {
+    int64_t p = nchunks < DW_PARTS ? nchunks : DW_PARTS;
+    int64_t cap = DW_PART_BYTES / (dw_numel * (int64_t)sizeof(float));
+    return p > cap ? (cap < 1 ? 1 : cap) : p;
+}
+
+/* Threads for `tasks` independent tasks of `work` elements in all. */
+static int team_size(int64_t tasks, int64_t work) {
+    int64_t t = work < CT_PAR_MIN ? 1 : ct_get_threads();
+    t = t < tasks ? t : tasks;
+    return (int)(t < 1 ? 1 : t > MAX_TEAM ? MAX_TEAM : t);
+}
+
+/* The backward of chunk ci (samples [ci*sc->nb, ...)): dW (into dw, onto it when acc) and
+ * dX for the gradients asked for (dw / gx non-NULL). */
+static void backward_chunk(const conv_geom *g, int64_t ci, int64_t batch, int64_t o,
+                           const float *gout, const float *x, const float *w,
+                           const col_scratch *sc, gemm_fn *gemm, float *dw, bool acc,
+                           float *gx) {
+    int64_t og = o / g->groups, k = geom_k(g), npix = geom_pix(g), in_sz = g->c * g->h * g->w;
+    int64_t i0 = ci * sc->nb, nb = batch - i0 < sc->nb ? batch - i0 : sc->nb, ld = nb * npix;
+    const float *go = gout + i0 * o * npix;
+    if (sc->nb > 1) {
+        nchw_to_chunk(go, sc->buf, nb, o, npix);
+        go = sc->buf;
+    }
+    if (dw) {
+        const float *cols = chunk_cols(g, x + i0 * in_sz, nb, ld, sc);
+        for (int64_t gi = 0; gi < g->groups; gi++)
+            gemm(false, true, og, k, ld, 1, go + gi * og * ld, ld, cols + gi * k * ld, ld,
+                    acc ? 1 : 0, dw + gi * og * k, k);
+    }
+    if (gx) {
+        /* one-sample pointwise: dX[n] += W^T @ gout[n] directly; else via col, col2im */
+        float *dx = gx + i0 * in_sz, *dst = sc->col ? sc->col : dx;
+        for (int64_t gi = 0; gi < g->groups; gi++)
+            gemm(true, false, k, ld, og, 1, w + gi * og * k, k, go + gi * og * ld, ld,
+                    sc->col ? 0 : 1, dst + gi * k * ld, ld);
+        for (int64_t j = 0; sc->col && j < nb; j++)
+            col2im_add(g, sc->col + j * npix, ld, dx + j * in_sz);
+    }
+}
+
 static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
     conv_geom g = geom_load(n);
-    int64_t batch = n->out_shape[0], o = n->out_shape[1], og = o / g.groups;
-    int64_t k = geom_k(&g), npix = geom_pix(&g), in_sz = g.c * g.h * g.w;
+    int64_t batch = n->out_shape[0], o = n->out_shape[1];
+    int64_t k = geom_k(&g), npix = geom_pix(&g);
     ct_tensor *gx = ct_node_grad_in(n, 0), *gw = ct_node_grad_in(n, 1), *gb = ct_node_grad_in(n, 2);
     /* The forward saved x only if dW is needed and w only if dX is, in that order. */
     int slot = 0;
     const float *x = gw ? n->saved[slot++]->data : NULL;
     const float *w = gx ? n->saved[slot++]->data : NULL;
 
-    col_scratch sc = {.nb = batch}; /* db alone: one pass, no scratch */
-    if (gw || gx) sc = scratch_new(&g, batch, o);
+    if (gb) { /* plane sums in parallel, added in sample order */
+        float *ps = ct_tensor_new(CT_SHAPE(batch * o))->data;
+        CT_PAR_FOR(batch * o * npix)
+        for (int64_t j = 0; j < batch * o; j++) ps[j] = sum_floats(gout->data + j * npix, npix);
+        for (int64_t j = 0; j < batch * o; j++) gb->data[j % o] += ps[j];
+    }
+    if (!gw && !gx) return;
+    int64_t nbs = chunk_samples(&g, batch), nchunks = (batch + nbs - 1) / nbs;
     /* with dead taps: the cut weight for dX, and dW accumulated cut, added back below */
     bool cut = geom_cropped(&g);
     if (gx && cut) w = crop_weight(&g, o, w);
     float *dw = gw ? gw->data : NULL;
     if (gw && cut) dw = ct_zeros(CT_SHAPE(o * k))->data;
-    for (int64_t i0 = 0; i0 < batch; i0 += sc.nb) {
-        int64_t nb = batch - i0 < sc.nb ? batch - i0 : sc.nb, ld = nb * npix;
-        const float *go = gout->data + i0 * o * npix;
-        if (gb) /* summed per chunk, while gout is in cache for the GEMMs below */
-            for (int64_t j = 0; j < nb * o; j++) gb->data[j % o] += sum_floats(go + j * npix, npix);
-        if (!gw && !gx) continue;
-        if (sc.nb > 1) {
-            nchw_to_chunk(go, sc.buf, nb, o, npix);
-            go = sc.buf;
-        }
-        if (gw) {
-            const float *cols = chunk_cols(&g, x + i0 * in_sz, nb, ld, &sc);
-            for (int64_t gi = 0; gi < g.groups; gi++)
-                ct_gemm(false, true, og, k, ld, 1, go + gi * og * ld, ld, cols + gi * k * ld, ld,
-                        1, dw + gi * og * k, k);
-        }
-        if (gx) {
-            /* one-sample pointwise: dX[n] += W^T @ gout[n] directly; else via col, col2im */
-            float *dx = gx->data + i0 * in_sz, *dst = sc.col ? sc.col : dx;
-            for (int64_t gi = 0; gi < g.groups; gi++)
-                ct_gemm(true, false, k, ld, og, 1, w + gi * og * k, k, go + gi * og * ld, ld,
-                        sc.col ? 0 : 1, dst + gi * k * ld, ld);
-            for (int64_t j = 0; sc.col && j < nb; j++)
-                col2im_add(&g, sc.col + j * npix, ld, dx + j * in_sz);
+    int64_t parts = gw ? dw_parts(nchunks, o * k) : nchunks;
+    float *part = gw && parts > 1 ? ct_tensor_new(CT_SHAPE(parts, o * k))->data : NULL;
+    int nt = team_size(parts, batch * o * npix * k);
+    col_scratch sc[MAX_TEAM];
+    for (int t = 0; t < nt; t++) sc[t] = scratch_new(&g, batch, o);
+    gemm_fn *gemm = parts > 1 ? ct_gemm_serial : ct_gemm;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t p = 0; p < parts; p++) {
+        const col_scratch *s = &sc[ct_thread_id()];
+        float *dwp = part ? part + p * o * k : dw;
+        for (int64_t ci = p * nchunks / parts; ci < (p + 1) * nchunks / parts; ci++)
+            backward_chunk(&g, ci, batch, o, gout->data, x, w, s, gemm, gw ? dwp : NULL,
+                           !part || ci > p * nchunks / parts, gx ? gx->data : NULL);
+    }
+    if (part) {
+        CT_PAR_FOR(parts * o * k)
+        for (int64_t i = 0; i < o * k; i++) {
+            float acc = dw[i];
+            for (int64_t p = 0; p < parts; p++) acc += part[p * o * k + i];
+            dw[i] = acc;
         }
     }
     if (gw && cut) uncrop_add(&g, o, dw, gw->data);
@@ -431,20 +488,26 @@ ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2
     int64_t k = geom_k(&g), npix = geom_pix(&g), in_sz = g.c * g.h * g.w;
     ct_tensor *y = ct_tensor_new(CT_SHAPE(batch, o, g.oh, g.ow));
     CT_SCOPE { /* the scratch goes back to the cache as soon as the loop is done */
-        col_scratch sc = scratch_new(&g, batch, o);
+        int64_t nbs = chunk_samples(&g, batch), nchunks = (batch + nbs - 1) / nbs;
+        int nt = team_size(nchunks, batch * o * npix * k);
+        col_scratch sc[MAX_TEAM];
+        for (int t = 0; t < nt; t++) sc[t] = scratch_new(&g, batch, o);
         const float *wk = geom_cropped(&g) ? crop_weight(&g, o, w->data) : w->data;
-        for (int64_t i0 = 0; i0 < batch; i0 += sc.nb) {
-            int64_t nb = batch - i0 < sc.nb ? batch - i0 : sc.nb, ld = nb * npix;
-            float *yc = sc.nb > 1 ? sc.buf : y->data + i0 * o * npix;
-            const float *cols = chunk_cols(&g, x->data + i0 * in_sz, nb, ld, &sc);
+        gemm_fn *gemm = nchunks > 1 ? ct_gemm_serial : ct_gemm;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+        for (int64_t ci = 0; ci < nchunks; ci++) {
+            const col_scratch *s = &sc[ct_thread_id()];
+            int64_t i0 = ci * nbs, nb = batch - i0 < nbs ? batch - i0 : nbs, ld = nb * npix;
+            float *yc = nbs > 1 ? s->buf : y->data + i0 * o * npix;
+            const float *cols = chunk_cols(&g, x->data + i0 * in_sz, nb, ld, s);
             /* Start from the broadcast bias and let sgemm accumulate onto it (beta = 1). */
             if (b)
                 for (int64_t c = 0; c < o; c++)
                     for (int64_t j = 0; j < ld; j++) yc[c * ld + j] = b->data[c];
             for (int64_t gi = 0; gi < g.groups; gi++)
-                ct_gemm(false, false, og, ld, k, 1, wk + gi * og * k, k, cols + gi * k * ld, ld,
+                gemm(false, false, og, ld, k, 1, wk + gi * og * k, k, cols + gi * k * ld, ld,
                         b ? 1 : 0, yc + gi * og * ld, ld);
-            if (sc.nb > 1) chunk_to_nchw(yc, y->data + i0 * o * npix, nb, o, npix);
+            if (nbs > 1) chunk_to_nchw(yc, y->data + i0 * o * npix, nb, o, npix);
         }
     }
 

@@ -5,6 +5,7 @@
 /* gx += g * scale where the mask bit is set; one 64-element word at a time, branch-free. */
 static void masked_axpy(float *restrict gx, const float *restrict g, const uint64_t *mask,
                         float scale, int64_t numel) {
+    CT_PAR_FOR(numel)
     for (int64_t lo = 0; lo < numel; lo += 64) {
         uint64_t bits = mask[lo >> 6];
         int64_t cnt = numel - lo < 64 ? numel - lo : 64;

@@ -29,6 +29,7 @@ typedef struct {
     int nd;
     int64_t shape[CT_MAX_DIMS], sa[CT_MAX_DIMS], sb[CT_MAX_DIMS];
     int64_t n;
+    bool plain; /* no broadcasting: both operands are laid out as the output */
 } bcast;
 
 static bcast bcast_make(const char *op, const ct_tensor *a, const ct_tensor *b) {
@@ -47,13 +48,26 @@ static bcast bcast_make(const char *op, const ct_tensor *a, const ct_tensor *b) 
         strb *= nb;
         bc.n *= bc.shape[d];
     }
+    bc.plain = a->numel == bc.n && b->numel == bc.n;
     return bc;
 }
 
-/* Runs BODY for every output element i with operand offsets oa and ob. The innermost dim
- * is a plain loop (vectorisable when its strides are 0 or 1); outer dims use an odometer. */
+/* Runs BODY for every output element i with operand offsets oa and ob. Without
+ * broadcasting that is one loop on the intra-op threads (every i writes only element i of
+ * its output, or of a gradient shaped like it). Otherwise the innermost dim is a plain
+ * loop (vectorisable when its strides are 0 or 1) and outer dims use an odometer, on the
+ * calling thread (a broadcast gradient sums many i into one element). */
 #define BCAST_FOR(bc, BODY)                                                               \
     do {                                                                                  \
+        if ((bc).plain) {                                                                 \
+            CT_PAR_FOR((bc).n)                                                            \
+            for (int64_t i = 0; i < (bc).n; i++) {                                        \
+                int64_t oa = i, ob = i;                                                   \
+                (void)oa, (void)ob;                                                       \
+                BODY;                                                                     \
+            }                                                                             \
+            break;                                                                        \
+        }                                                                                 \
         int ct__nd = (bc).nd;                                                             \
         int64_t ct__in = ct__nd ? (bc).shape[ct__nd - 1] : 1;                             \
         int64_t ct__ia = ct__nd ? (bc).sa[ct__nd - 1] : 0;                                \
@@ -139,11 +153,13 @@ ct_tensor *ct_div(ct_tensor *a, ct_tensor *b) { return binary(BIN_DIV, a, b); }
 static void affine_backward(ct_node *n, const ct_tensor *gout) {
     ct_tensor *gx = ct_node_grad_in(n, 0);
     float s = n->f[0];
+    CT_PAR_FOR(gout->numel)
     for (int64_t i = 0; i < gout->numel; i++) gx->data[i] += s * gout->data[i];
 }
 
 static ct_tensor *affine(const char *op, ct_tensor *x, float s, float c) {
     ct_tensor *out = ct_empty_like(x);
+    CT_PAR_FOR(x->numel)
     for (int64_t i = 0; i < x->numel; i++) out->data[i] = s * x->data[i] + c;
     ct_node *n = CT_RECORD(op, affine_backward, out, x);
     if (n) n->f[0] = s;
@@ -161,11 +177,13 @@ ct_tensor *ct_neg(ct_tensor *a) { return affine("neg", a, -1, 0); }
 static void exp_backward(ct_node *n, const ct_tensor *gout) {
     ct_tensor *gx = ct_node_grad_in(n, 0);
     const float *y = n->saved[0]->data; /* d exp(x) = exp(x): reuse the output */
+    CT_PAR_FOR(gout->numel)
     for (int64_t i = 0; i < gout->numel; i++) gx->data[i] += gout->data[i] * y[i];
 }
 
 ct_tensor *ct_exp(ct_tensor *a) {
     ct_tensor *out = ct_empty_like(a);
+    CT_PAR_FOR(a->numel)
     for (int64_t i = 0; i < a->numel; i++) out->data[i] = expf(a->data[i]);
     ct_node *n = CT_RECORD("exp", exp_backward, out, a);
     if (n) ct_save(n, out);
@@ -175,11 +193,13 @@ ct_tensor *ct_exp(ct_tensor *a) {
 static void log_backward(ct_node *n, const ct_tensor *gout) {
     ct_tensor *gx = ct_node_grad_in(n, 0);
     const float *x = n->saved[0]->data;
+    CT_PAR_FOR(gout->numel)
     for (int64_t i = 0; i < gout->numel; i++) gx->data[i] += gout->data[i] / x[i];
 }
 
 ct_tensor *ct_log(ct_tensor *a) {
     ct_tensor *out = ct_empty_like(a);
+    CT_PAR_FOR(a->numel)
     for (int64_t i = 0; i < a->numel; i++) out->data[i] = logf(a->data[i]);
     ct_node *n = CT_RECORD("log", log_backward, out, a);
     if (n) ct_save(n, a);

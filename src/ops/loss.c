@@ -9,6 +9,7 @@
 
 /* gx += p * scale over all N*C, then the one-hot term row by row. */
 static void ce_bwd(float *restrict gx, const float *restrict p, float scale, int64_t n) {
+    CT_PAR_FOR(n)
     for (int64_t i = 0; i < n; i++) gx[i] += p[i] * scale;
 }
 
@@ -44,7 +45,9 @@ ct_tensor *ct_cross_entropy(ct_tensor *logits, const int64_t *target, ct_reducti
         p = ct_save(n, probs)->data;
         ct_release(probs);
     }
-    double total = 0;
+    /* Rows on the intra-op threads, each loss kept, then summed in row order. */
+    double *lr = ct_alloc((size_t)(rows ? rows : 1) * sizeof(double));
+    CT_PAR_FOR(rows * c)
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = logits->data + r * c;
         float m = ct__maxf(xr, c), s = 0;
@@ -57,8 +60,11 @@ ct_tensor *ct_cross_entropy(ct_tensor *logits, const int64_t *target, ct_reducti
             for (int64_t k = 0; k < c; k++) s += expf(xr[k] - m);
         }
         /* -log_softmax[t] = log(s) - (x_t - m) */
-        total += (double)logf(s) - (double)(xr[target[r]] - m);
+        lr[r] = (double)logf(s) - (double)(xr[target[r]] - m);
     }
+    double total = 0;
+    for (int64_t r = 0; r < rows; r++) total += lr[r];
+    ct_free(lr, (size_t)(rows ? rows : 1) * sizeof(double));
     if (red == CT_REDUCE_MEAN) total = rows ? total / (double)rows : NAN;
     out->data[0] = (float)total;
     return out;

@@ -41,6 +41,9 @@ static bn_scratch bn_scratch_new(int64_t C) {
 
 static void bn_scratch_free(bn_scratch *s) { ct_free(s->base, s->bytes ? s->bytes : 1); }
 
+/* Channels per thread's block in the sums: enough for sequential streams within a sample. */
+#define BN_CBLOCK 4
+
 /* s1[c] += sum of g over channel c; if x is given, s2[c] += sum of g * (x - mean[c]). */
 static void bn_sums(const float *restrict g, const float *restrict x,
                     const float *restrict mean, bn_dims d, double *restrict s1,
@@ -59,16 +62,22 @@ static void bn_sums(const float *restrict g, const float *restrict x,
     /* Sample-major, so g and x are read as two sequential streams (channel-major jumps
      * C*HW floats between planes). Each channel still adds its planes in sample order,
      * so the sums are bit-identical to the channel-major order. */
-    for (int64_t r = 0; r < d.N; r++) {
-        for (int64_t c = 0; c < C; c++) {
-            const float *gp = g + (r * C + c) * HW;
-            if (!x) {
-                CT_LANE_SUM(0, HW, k, gp[k], s1[c]);
-                continue;
+    /* Threads take blocks of BN_CBLOCK channels (disjoint sums). */
+    int64_t nblk = (C + BN_CBLOCK - 1) / BN_CBLOCK;
+    CT_PAR_FOR(d.N * C * HW)
+    for (int64_t cb = 0; cb < nblk; cb++) {
+        int64_t c0 = cb * BN_CBLOCK, c1 = c0 + BN_CBLOCK < C ? c0 + BN_CBLOCK : C;
+        for (int64_t r = 0; r < d.N; r++) {
+            for (int64_t c = c0; c < c1; c++) {
+                const float *gp = g + (r * C + c) * HW;
+                if (!x) {
+                    CT_LANE_SUM(0, HW, k, gp[k], s1[c]);
+                    continue;
+                }
+                const float *xp = x + (r * C + c) * HW;
+                float m = mean[c];
+                CT_LANE_SUM2(0, HW, k, gp[k], s1[c], gp[k] * (xp[k] - m), s2[c]);
             }
-            const float *xp = x + (r * C + c) * HW;
-            float m = mean[c];
-            CT_LANE_SUM2(0, HW, k, gp[k], s1[c], gp[k] * (xp[k] - m), s2[c]);
         }
     }
 }
@@ -84,6 +93,7 @@ static void bn_batch_stats(const float *x, bn_dims d, bn_scratch *s, float *mean
         for (int64_t r = 0; r < d.N; r++)
             for (int64_t c = 0; c < C; c++) s2[c] += (x[r * C + c] - mu[c]) * (x[r * C + c] - mu[c]);
     } else {
+        CT_PAR_FOR(2 * d.N * C * HW) /* channels are independent */
         for (int64_t c = 0; c < C; c++) {
             for (int64_t r = 0; r < d.N; r++) {
                 const float *xp = x + (r * C + c) * HW;
@@ -105,22 +115,10 @@ static void bn_affine(float *restrict y, bool acc, const float *restrict u,
                       const float *restrict a, const float *restrict b,
                       const float *restrict v, const float *restrict e, bn_dims d) {
     int64_t C = d.C, HW = d.HW;
-    for (int64_t r = 0; r < d.N; r++) {
-        if (HW == 1) {
-            float *yr = y + r * C;
-            const float *ur = u + r * C, *vr = v ? v + r * C : NULL;
-            if (vr && acc)
-                for (int64_t c = 0; c < C; c++) yr[c] += a[c] * ur[c] + b[c] + e[c] * vr[c];
-            else if (vr)
-                for (int64_t c = 0; c < C; c++) yr[c] = a[c] * ur[c] + b[c] + e[c] * vr[c];
-            else if (acc)
-                for (int64_t c = 0; c < C; c++) yr[c] += a[c] * ur[c] + b[c];
-            else
-                for (int64_t c = 0; c < C; c++) yr[c] = a[c] * ur[c] + b[c];
-            continue;
-        }
-        for (int64_t c = 0; c < C; c++) {
-            int64_t o = (r * C + c) * HW;
+    if (HW > 1) { /* plane by plane */
+        CT_PAR_FOR(d.N * C * HW)
+        for (int64_t rc = 0; rc < d.N * C; rc++) {
+            int64_t c = rc % C, o = rc * HW;
             float *yp = y + o;
             const float *up = u + o;
             float ac = a[c], bc = b[c];
@@ -136,6 +134,22 @@ static void bn_affine(float *restrict y, bool acc, const float *restrict u,
             } else {
                 for (int64_t k = 0; k < HW; k++) yp[k] = ac * up[k] + bc;
             }
+        }
+        return;
+    }
+    CT_PAR_FOR(d.N * C) /* rows are independent */
+    for (int64_t r = 0; r < d.N; r++) {
+        {
+            float *yr = y + r * C;
+            const float *ur = u + r * C, *vr = v ? v + r * C : NULL;
+            if (vr && acc)
+                for (int64_t c = 0; c < C; c++) yr[c] += a[c] * ur[c] + b[c] + e[c] * vr[c];
+            else if (vr)
+                for (int64_t c = 0; c < C; c++) yr[c] = a[c] * ur[c] + b[c] + e[c] * vr[c];
+            else if (acc)
+                for (int64_t c = 0; c < C; c++) yr[c] += a[c] * ur[c] + b[c];
+            else
+                for (int64_t c = 0; c < C; c++) yr[c] = a[c] * ur[c] + b[c];
         }
     }
 }

@@ -89,37 +89,36 @@ static inline CT_AVX512 __mmask16 takes(__m512 v, __m512 m) {
  * loop did ~15 dependent instructions per window and was 3x slower than ReLU). Row ends
  * use masked loads and stores, so any width works. */
 static CT_AVX512 void max_pool_2x2_512(const float *x, float *y, int32_t *idx,
-                                       const pool_geom *g) {
+                                       const pool_geom *g, int64_t pl) {
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
     const __m512i one = _mm512_set1_epi32(1), wv = _mm512_set1_epi32((int32_t)g->w);
     int64_t w = g->w, in_plane = g->h * w, out_plane = g->oh * g->ow;
-    for (int64_t pl = 0; pl < g->planes; pl++)
-        for (int64_t oy = 0; oy < g->oh; oy++) {
-            const float *r0 = x + pl * in_plane + 2 * oy * w, *r1 = r0 + w;
-            float *out = y + pl * out_plane + oy * g->ow;
-            int32_t *arg = idx ? idx + pl * out_plane + oy * g->ow : NULL;
-            for (int64_t ox = 0; ox < g->ow; ox += 16) {
-                __mmask16 mo = lanes(g->ow - ox), mlo = lanes(2 * (g->ow - ox)),
-                          mhi = lanes(2 * (g->ow - ox) - 16);
-                const float *p0 = r0 + 2 * ox, *p1 = r1 + 2 * ox;
-                __m512 a0 = _mm512_maskz_loadu_ps(mlo, p0), a1 = _mm512_maskz_loadu_ps(mhi, p0 + 16);
-                __m512 b0 = _mm512_maskz_loadu_ps(mlo, p1), b1 = _mm512_maskz_loadu_ps(mhi, p1 + 16);
-                __m512 e0 = _mm512_permutex2var_ps(a0, even, a1), o0 = _mm512_permutex2var_ps(a0, odd, a1);
-                __m512 e1 = _mm512_permutex2var_ps(b0, even, b1), o1 = _mm512_permutex2var_ps(b0, odd, b1);
-                __mmask16 c0 = takes(o0, e0), c1 = takes(o1, e1);
-                __m512 h0 = _mm512_mask_blend_ps(c0, e0, o0), h1 = _mm512_mask_blend_ps(c1, e1, o1);
-                __mmask16 c = takes(h1, h0); /* the second row wins */
-                _mm512_mask_storeu_ps(out + ox, mo, _mm512_mask_blend_ps(c, h0, h1));
-                if (!arg) continue;
-                /* plane offset of (2*oy, 2*ox): + 1 for the odd column, + w for row 1 */
-                __m512i at = _mm512_add_epi32(_mm512_set1_epi32((int32_t)(2 * oy * w + 2 * ox)), even);
-                __mmask16 col = (__mmask16)((c & c1) | (~c & c0));
-                at = _mm512_mask_add_epi32(at, col, at, one);
-                at = _mm512_mask_add_epi32(at, c, at, wv);
-                _mm512_mask_storeu_epi32(arg + ox, mo, at);
-            }
+    for (int64_t oy = 0; oy < g->oh; oy++) {
+        const float *r0 = x + pl * in_plane + 2 * oy * w, *r1 = r0 + w;
+        float *out = y + pl * out_plane + oy * g->ow;
+        int32_t *arg = idx ? idx + pl * out_plane + oy * g->ow : NULL;
+        for (int64_t ox = 0; ox < g->ow; ox += 16) {
+            __mmask16 mo = lanes(g->ow - ox), mlo = lanes(2 * (g->ow - ox)),
+                      mhi = lanes(2 * (g->ow - ox) - 16);
+            const float *p0 = r0 + 2 * ox, *p1 = r1 + 2 * ox;
+            __m512 a0 = _mm512_maskz_loadu_ps(mlo, p0), a1 = _mm512_maskz_loadu_ps(mhi, p0 + 16);
+            __m512 b0 = _mm512_maskz_loadu_ps(mlo, p1), b1 = _mm512_maskz_loadu_ps(mhi, p1 + 16);
+            __m512 e0 = _mm512_permutex2var_ps(a0, even, a1), o0 = _mm512_permutex2var_ps(a0, odd, a1);
+            __m512 e1 = _mm512_permutex2var_ps(b0, even, b1), o1 = _mm512_permutex2var_ps(b0, odd, b1);
+            __mmask16 c0 = takes(o0, e0), c1 = takes(o1, e1);
+            __m512 h0 = _mm512_mask_blend_ps(c0, e0, o0), h1 = _mm512_mask_blend_ps(c1, e1, o1);
+            __mmask16 c = takes(h1, h0); /* the second row wins */
+            _mm512_mask_storeu_ps(out + ox, mo, _mm512_mask_blend_ps(c, h0, h1));
+            if (!arg) continue;
+            /* plane offset of (2*oy, 2*ox): + 1 for the odd column, + w for row 1 */
+            __m512i at = _mm512_add_epi32(_mm512_set1_epi32((int32_t)(2 * oy * w + 2 * ox)), even);
+            __mmask16 col = (__mmask16)((c & c1) | (~c & c0));
+            at = _mm512_mask_add_epi32(at, col, at, one);
+            at = _mm512_mask_add_epi32(at, c, at, wv);
+            _mm512_mask_storeu_epi32(arg + ox, mo, at);
         }
+    }
 }
 
 /* dx of the 2x2 case written densely, 16 windows per step: each of a window's four
@@ -128,13 +127,13 @@ static CT_AVX512 void max_pool_2x2_512(const float *x, float *y, int32_t *idx,
  * a scatter. fresh: dx is uninitialised and is overwritten, including the last row and
  * column that an odd h or w leaves outside every window; otherwise dx accumulates. */
 static CT_AVX512 void max_pool_2x2_backward_512(float *dx, const float *go, const int32_t *idx,
-                                  const pool_geom *g, bool fresh) {
+                                                const pool_geom *g, bool fresh, int64_t pl) {
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
     const __m512i one = _mm512_set1_epi32(1), wv = _mm512_set1_epi32((int32_t)g->w);
     int64_t w = g->w, h = g->h, in_plane = h * w, out_plane = g->oh * g->ow;
-    for (int64_t pl = 0; pl < g->planes; pl++) {
+    { /* plane pl */
         float *xp = dx + pl * in_plane;
         for (int64_t oy = 0; oy < g->oh; oy++) {
             float *r[2] = {xp + 2 * oy * w, xp + (2 * oy + 1) * w};
@@ -171,6 +170,7 @@ static CT_AVX512 void max_pool_2x2_backward_512(float *dx, const float *go, cons
  * of the CNN). */
 static void max_pool_2x2_any(const float *x, float *y, int32_t *idx, const pool_geom *g) {
     int64_t w = g->w, in_plane = g->h * w, out_plane = g->oh * g->ow;
+    CT_PAR_FOR(g->planes * g->h * g->w) /* planes are independent */
     for (int64_t pl = 0; pl < g->planes; pl++) {
         const float *src = x + pl * in_plane;
         float *dst = y + pl * out_plane;
@@ -207,12 +207,17 @@ static void max_pool2d_backward(ct_node *n, const ct_tensor *gout) {
     pool_geom g = pool_load(n);
     const int32_t *idx = n->aux;
     if (g.k == 2 && g.s == 2 && g.p == 0 && ct_cpu_avx512()) {
-        max_pool_2x2_backward_512(gx->data, gout->data, idx, &g, fresh);
+        /* the planes on the intra-op threads; the pragma stays out of the AVX-512
+         * function (clang's outlined loop body would lose its target attribute) */
+        CT_PAR_FOR(g.planes * g.h * g.w)
+        for (int64_t pl = 0; pl < g.planes; pl++)
+            max_pool_2x2_backward_512(gx->data, gout->data, idx, &g, fresh, pl);
         return;
     }
     /* the scatter below adds, and overlapping windows may hit one pixel twice */
     if (fresh) memset(gx->data, 0, (size_t)gx->numel * sizeof(float));
     int64_t in_plane = g.h * g.w, out_plane = g.oh * g.ow;
+    CT_PAR_FOR(g.planes * g.h * g.w) /* planes are independent */
     for (int64_t pl = 0; pl < g.planes; pl++) {
         float *dx = gx->data + pl * in_plane;
         const float *go = gout->data + pl * out_plane;
@@ -233,17 +238,19 @@ ct_tensor *ct_max_pool2d(ct_tensor *x, int kernel, int stride, int padding) {
         pool_store(n, &g);
         idx = ct_node_aux(n, (size_t)y->numel * sizeof(int32_t));
     } else {
-        row_arg = ct_alloc((size_t)g.ow * sizeof(int32_t));
+        row_arg = ct_alloc((size_t)y->numel * sizeof(int32_t)); /* a row per thread */
     }
     int64_t in_plane = g.h * g.w, out_plane = g.oh * g.ow;
     if (g.k == 2 && g.s == 2 && g.p == 0) {
-        if (ct_cpu_avx512())
-            max_pool_2x2_512(x->data, y->data, idx, &g);
-        else
+        if (ct_cpu_avx512()) {
+            CT_PAR_FOR(g.planes * g.h * g.w) /* planes are independent */
+            for (int64_t pl = 0; pl < g.planes; pl++) max_pool_2x2_512(x->data, y->data, idx, &g, pl);
+        } else
             max_pool_2x2_any(x->data, y->data, idx, &g);
-        if (row_arg) ct_free(row_arg, (size_t)g.ow * sizeof(int32_t));
+        if (row_arg) ct_free(row_arg, (size_t)y->numel * sizeof(int32_t));
         return y;
     }
+    CT_PAR_FOR(g.planes * g.h * g.w) /* planes are independent */
     for (int64_t pl = 0; pl < g.planes; pl++) {
         const float *src = x->data + pl * in_plane;
         for (int64_t oy = 0; oy < g.oh; oy++) {
@@ -251,7 +258,7 @@ ct_tensor *ct_max_pool2d(ct_tensor *x, int kernel, int stride, int padding) {
              * Offsets go in row-major order, so ties keep the first maximum as in
              * PyTorch, and a NaN wins (and stays) as it does there. */
             float *best = y->data + pl * out_plane + oy * g.ow;
-            int32_t *arg = idx ? idx + pl * out_plane + oy * g.ow : row_arg;
+            int32_t *arg = (idx ? idx : row_arg) + pl * out_plane + oy * g.ow;
             int64_t y0 = oy * g.s - g.p > 0 ? oy * g.s - g.p : 0;
             for (int64_t ox = 0; ox < g.ow; ox++) {
                 int64_t x0 = ox * g.s - g.p > 0 ? ox * g.s - g.p : 0;
@@ -282,7 +289,7 @@ ct_tensor *ct_max_pool2d(ct_tensor *x, int kernel, int stride, int padding) {
             }
         }
     }
-    if (row_arg) ct_free(row_arg, (size_t)g.ow * sizeof(int32_t));
+    if (row_arg) ct_free(row_arg, (size_t)y->numel * sizeof(int32_t));
     return y;
 }
 
@@ -294,6 +301,7 @@ static void avg_pool2d_backward(ct_node *n, const ct_tensor *gout) {
     pool_geom g = pool_load(n);
     float inv = 1.0f / (float)(g.k * g.k);
     int64_t in_plane = g.h * g.w, out_plane = g.oh * g.ow;
+    CT_PAR_FOR(g.planes * g.h * g.w) /* planes are independent */
     for (int64_t pl = 0; pl < g.planes; pl++) {
         float *dx = gx->data + pl * in_plane;
         const float *go = gout->data + pl * out_plane;
@@ -313,6 +321,7 @@ ct_tensor *ct_avg_pool2d(ct_tensor *x, int kernel, int stride, int padding) {
     ct_tensor *y = ct_tensor_new(CT_SHAPE(x->shape[0], x->shape[1], g.oh, g.ow));
     float inv = 1.0f / (float)(g.k * g.k);
     int64_t in_plane = g.h * g.w, out_plane = g.oh * g.ow;
+    CT_PAR_FOR(g.planes * g.h * g.w) /* planes are independent */
     for (int64_t pl = 0; pl < g.planes; pl++) {
         const float *src = x->data + pl * in_plane;
         float *dst = y->data + pl * out_plane;
@@ -344,6 +353,7 @@ static void adaptive_avg_pool2d_backward(ct_node *n, const ct_tensor *gout) {
     if (!gx) return;
     int64_t h = n->i[0], w = n->i[1], oh = n->out_shape[2], ow = n->out_shape[3];
     int64_t planes = n->out_shape[0] * n->out_shape[1];
+    CT_PAR_FOR(planes * h * w) /* planes are independent */
     for (int64_t pl = 0; pl < planes; pl++) {
         float *dx = gx->data + pl * h * w;
         const float *go = gout->data + pl * oh * ow;
@@ -372,6 +382,7 @@ ct_tensor *ct_adaptive_avg_pool2d(ct_tensor *x, int out_h, int out_w) {
     int64_t h = x->shape[2], w = x->shape[3], oh = out_h, ow = out_w;
     ct_tensor *y = ct_tensor_new(CT_SHAPE(x->shape[0], x->shape[1], oh, ow));
     int64_t planes = x->shape[0] * x->shape[1];
+    CT_PAR_FOR(planes * h * w) /* planes are independent */
     for (int64_t pl = 0; pl < planes; pl++) {
         const float *src = x->data + pl * h * w;
         float *dst = y->data + pl * oh * ow;

@@ -53,6 +53,7 @@ static void softmax_bwd_strided(float *restrict gx, const float *restrict y,
 /* ---- forward ----------------------------------------------------------------------- */
 
 static void forward_rows(float *y, const float *x, int64_t rows, int64_t d, bool log) {
+    CT_PAR_FOR(rows * d) /* rows are independent */
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * d;
         float *yr = y + r * d;
@@ -151,6 +152,7 @@ void ct__softmax_rows(float *y, const float *x, int64_t rows, int64_t d) {
 }
 
 void ct__softmax_rows_backward(float *gx, const float *y, const float *g, int64_t rows, int64_t d) {
+    CT_PAR_FOR(rows * d)
     for (int64_t r = 0; r < rows; r++)
         softmax_bwd_row(gx + r * d, y + r * d, g + r * d, dotf(g + r * d, y + r * d, d), d);
 }

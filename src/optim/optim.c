@@ -229,6 +229,7 @@ static inline __attribute__((always_inline)) void
 sgd_loop(int64_t n, float *restrict p, const float *restrict g, float *restrict buf, sgd_k k,
          bool wd, bool mom, bool first, bool nesterov) {
     const float neg_lr = -k.lr;
+    CT_PAR_FOR(n) /* elements are independent */
     for (int64_t i = 0; i < n; i++) {
         float d = g[i];
         if (wd) d = d + k.wd * p[i];
@@ -263,6 +264,7 @@ typedef struct {
 static inline __attribute__((always_inline)) void
 adam_loop(int64_t n, float *restrict p, const float *restrict g, float *restrict m,
           float *restrict v, adam_k k, bool l2, bool decoupled) {
+    CT_PAR_FOR(n) /* elements are independent */
     for (int64_t i = 0; i < n; i++) {
         float pi = p[i], gi = g[i];
         if (l2) gi = gi + k.wd * pi;

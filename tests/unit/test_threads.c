@@ -1,0 +1,128 @@
+/* Intra-op threads: the same training steps give the same bits with 1, 2 and 3 threads. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+/* Every parameter, every buffer and every loss of `steps` training steps of the CNN
+ * (conv, BatchNorm, ReLU, max-pool, dropout, linear, cross-entropy, AdamW or SGD with
+ * momentum) on a fixed batch, run with `threads` threads; *n gets the count (free it). */
+static float *train_cnn(int threads, bool adamw, int64_t *n) {
+    ct_set_threads(threads);
+    ck_assert_int_eq(ct_get_threads(), threads);
+    ct_rng r;
+    ct_rng_seed(&r, 7);
+    ct_module *m = ct_nn_cnn(1, 28, 10, 0.25f, &r);
+    ct_module_pack(m);
+    ct_named p = ct_module_params(m, true), b = ct_module_buffers(m);
+    ct_optim *o = ct_optim_new(adamw ? ct_adamw_config(1e-3, 1e-2) : ct_sgd_config(0.05, 0.9, 1e-4, true));
+    ct_optim_add_group(o, p.n, (const char *const *)p.names, p.tensors, CT_OPTIM_DEFAULT,
+                       CT_OPTIM_DEFAULT);
+    enum { B = 48, STEPS = 3 };
+    int64_t y[B];
+    for (int i = 0; i < B; i++) y[i] = (int64_t)ct_rng_below(&r, 10);
+    *n = STEPS + ct_named_numel(&p) + ct_named_numel(&b);
+    float *out = malloc((size_t)*n * sizeof(float)), *dst = out;
+    CT_SCOPE {
+        ct_tensor *x = ct_test_rand(CT_SHAPE(B, 1, 28, 28), -1, 1, 11);
+        for (int s = 0; s < STEPS; s++) {
+            CT_SCOPE {
+                ct_optim_zero_grad(o);
+                ct_tensor *loss = ct_cross_entropy(ct_module_forward(m, x), y, CT_REDUCE_MEAN);
+                ct_backward(loss);
+                ct_optim_step(o);
+                *dst++ = loss->data[0];
+            }
+        }
+    }
+    for (int i = 0; i < p.n; i++, dst += p.tensors[i - 1]->numel)
+        memcpy(dst, p.tensors[i]->data, (size_t)p.tensors[i]->numel * sizeof(float));
+    for (int i = 0; i < b.n; i++, dst += b.tensors[i - 1]->numel)
+        memcpy(dst, b.tensors[i]->data, (size_t)b.tensors[i]->numel * sizeof(float));
+    ck_assert_int_eq(dst - out, *n);
+    ct_named_free(&p);
+    ct_named_free(&b);
+    ct_optim_free(o);
+    ct_module_free(m);
+    return out;
+}
+
+static void expect_same_bits(const float *a, const float *b, int64_t n, int threads) {
+    for (int64_t i = 0; i < n; i++)
+        ck_assert_msg(memcmp(&a[i], &b[i], sizeof(float)) == 0,
+                      "value %lld: %.9g with 1 thread, %.9g with %d", (long long)i, a[i], b[i],
+                      threads);
+}
+
+static void cnn_case(bool adamw) {
+    int saved = ct_get_threads();
+    int64_t n1, n;
+    float *one = train_cnn(1, adamw, &n1);
+    for (int t = 2; t <= 3; t++) {
+        float *many = train_cnn(t, adamw, &n);
+        ck_assert_int_eq(n, n1);
+        expect_same_bits(one, many, n, t);
+        free(many);
+    }
+    free(one);
+    ct_set_threads(saved);
+}
+
+START_TEST(cnn_steps_adamw_same_bits_for_1_2_3_threads) { cnn_case(true); }
+END_TEST
+
+START_TEST(cnn_steps_sgd_same_bits_for_1_2_3_threads) { cnn_case(false); }
+END_TEST
+
+/* Small images: chunks of several samples and dW summed in parts (the ResNet layer4 path),
+ * with groups, stride 2 and bias; output and every gradient compared. */
+static float *conv_small(int threads, int64_t *n) {
+    ct_set_threads(threads);
+    float *out = NULL;
+    CT_SCOPE {
+        ct_tensor *x = ct_test_rand(CT_SHAPE(96, 8, 6, 6), -1, 1, 1);
+        ct_tensor *w = ct_test_rand(CT_SHAPE(16, 4, 3, 3), -1, 1, 2);
+        ct_tensor *bias = ct_test_rand(CT_SHAPE(16), -1, 1, 3);
+        ct_tensor *g = ct_test_rand(CT_SHAPE(96, 16, 3, 3), -1, 1, 4);
+        ct_tensor *in[3] = {x, w, bias};
+        for (int i = 0; i < 3; i++) ct_set_requires_grad(in[i], true);
+        ct_conv2d_opts o = {.stride_h = 2, .stride_w = 2, .pad_h = 1, .pad_w = 1, .groups = 2};
+        ct_tensor *y = ct_conv2d_ex(x, w, bias, &o);
+        ct_backward_ex(y, g, false);
+        *n = y->numel + x->numel + w->numel + bias->numel;
+        out = malloc((size_t)*n * sizeof(float));
+        float *dst = out;
+        memcpy(dst, y->data, (size_t)y->numel * sizeof(float));
+        dst += y->numel;
+        for (int i = 0; i < 3; i++, dst += in[i - 1]->numel)
+            memcpy(dst, in[i]->grad->data, (size_t)in[i]->numel * sizeof(float));
+        for (int i = 0; i < 3; i++) ct_zero_grad(in[i]);
+    }
+    return out;
+}
+
+START_TEST(chunked_conv_same_bits_for_1_2_3_threads) {
+    int saved = ct_get_threads();
+    int64_t n1, n;
+    float *one = conv_small(1, &n1);
+    for (int t = 2; t <= 3; t++) {
+        float *many = conv_small(t, &n);
+        ck_assert_int_eq(n, n1);
+        expect_same_bits(one, many, n, t);
+        free(many);
+    }
+    free(one);
+    ct_set_threads(saved);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("threads");
+    TCase *tc = tcase_create("bits");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, cnn_steps_adamw_same_bits_for_1_2_3_threads);
+    tcase_add_test(tc, cnn_steps_sgd_same_bits_for_1_2_3_threads);
+    tcase_add_test(tc, chunked_conv_same_bits_for_1_2_3_threads);
+    suite_add_tcase(s, tc);
+    return ct_test_run(s);
+}
