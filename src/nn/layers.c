@@ -42,10 +42,6 @@ static ct_tensor *conv_forward(ct_module *m, ct_tensor *x) {
 
 static const ct_module_ops conv_ops = {.type = "Conv2d", .forward = conv_forward};
 
-ct_conv2d_module *ct_nn_as_conv2d(ct_module *m) {
-    return m->ops == &conv_ops ? AS(ct_conv2d_module, m) : NULL;
-}
-
 ct_module *ct_nn_conv2d(int64_t in_ch, int64_t out_ch, int kernel, int stride, int padding,
                         bool bias, ct_rng *rng) {
     ct_module *m = ct_module_new(sizeof(ct_conv2d_module), &conv_ops);
