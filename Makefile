@@ -93,6 +93,15 @@ $(B)/obj/%.o: %.c $(HEADERS) $(wildcard tests/unit/*.h tests/mpi/*.h) $(FLAGS_ST
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(if $(filter 1,$(WERROR)),-Werror) $(PKG_CFLAGS) -c $< -o $@
 
+# scripts/plot.py as a C string, so `ctrain sweep` runs the one plotting program even when
+# installed without the scripts directory.
+$(B)/gen/plot_py.h: scripts/plot.py
+	@mkdir -p $(dir $@)
+	@{ echo 'static const char ct_plot_py[] ='; \
+	   sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/"/' -e 's/$$/\\n"/' $<; echo ';'; } >$@
+$(B)/obj/src/cli/sweep_report.o: $(B)/gen/plot_py.h
+$(B)/obj/src/cli/sweep_report.o: CFLAGS += -I$(B)/gen
+
 $(B)/libctrain.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^

@@ -78,11 +78,7 @@ struct ct_node {
     int out_ndim;
     int64_t out_shape[CT_MAX_DIMS];
     uint64_t seq; /* creation order; the engine runs later nodes first */
-    /* engine scratch */
-    ct_tensor *gbuf;
-    int deps;
-    bool visited;
-    bool released;
+    /* the engine's own per-node state follows in memory (src/autograd/internal.h) */
 };
 
 /* Records a node for `out` if grad mode is on and some input requires grad; then `out`
@@ -98,8 +94,6 @@ ct_node *ct_record(const char *op, ct_backward_fn bw, ct_tensor *out, int ninput
 ct_tensor *ct_save(ct_node *n, ct_tensor *t);
 /* Allocates the node's aux scratch (zeroed) and returns it. */
 void *ct_node_aux(ct_node *n, size_t bytes);
-/* Internal: drops the node's saved tensors and aux scratch (engine and node teardown). */
-void ct__node_free_saved(ct_node *n);
 /* True when input i needs a gradient. */
 bool ct_node_needs(const ct_node *n, int i);
 /* The tensor to accumulate input i's gradient into, or NULL if it is not needed. */

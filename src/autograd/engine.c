@@ -2,7 +2,7 @@
  * consumers each node and leaf has, then runs nodes latest-first (by creation order) as
  * soon as all their consumers are done, so each gradient is complete when it is used and
  * a leaf's hook fires the moment its last contribution lands. */
-#include "autograd.h"
+#include "internal.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -58,11 +58,11 @@ static void leaf_done(ct_tensor *x) {
 
 static void discover(ct_node *root) {
     nodes.n = leaves.n = stack.n = 0;
-    root->visited = true;
+    CT_ENGINE(root)->visited = true;
     push(&stack, root);
     while (stack.n > 0) {
         ct_node *n = stack.v[--stack.n];
-        CT_ASSERT(!n->released,
+        CT_ASSERT(!CT_ENGINE(n)->released,
                   "backward: trying to backward through the graph a second time (op '%s'): "
                   "its saved tensors were freed by the first backward; pass retain_graph",
                   n->op);
@@ -74,9 +74,9 @@ static void discover(ct_node *root) {
             }
             ct_node *c = n->next[k];
             if (!c) continue;
-            c->deps++;
-            if (!c->visited) {
-                c->visited = true;
+            CT_ENGINE(c)->deps++;
+            if (!CT_ENGINE(c)->visited) {
+                CT_ENGINE(c)->visited = true;
                 push(&stack, c);
             }
         }
@@ -104,31 +104,32 @@ void ct_backward_ex(ct_tensor *root, const ct_tensor *grad, bool retain_graph) {
     } else {
         ct_node *r = root->grad_fn;
         discover(r);
-        if (!r->gbuf) r->gbuf = ct_own(ct_zeros(r->out_ndim, r->out_shape));
-        for (int64_t i = 0; i < root->numel; i++) r->gbuf->data[i] += grad ? grad->data[i] : 1;
+        ct_node_engine *e = CT_ENGINE(r);
+        if (!e->gbuf) e->gbuf = ct_own(ct_zeros(r->out_ndim, r->out_shape));
+        for (int64_t i = 0; i < root->numel; i++) e->gbuf->data[i] += grad ? grad->data[i] : 1;
         heap.n = 0;
         heap_push(r);
         while (heap.n > 0) {
             ct_node *n = heap_pop();
             size_t m = ct_scope_begin();
-            n->backward(n, n->gbuf);
+            n->backward(n, CT_ENGINE(n)->gbuf);
             ct_scope_end(m);
-            ct_release(n->gbuf);
-            n->gbuf = NULL;
+            ct_release(CT_ENGINE(n)->gbuf);
+            CT_ENGINE(n)->gbuf = NULL;
             for (int k = 0; k < n->ninputs; k++) {
                 if (n->leaf[k]) leaf_done(n->leaf[k]);
                 ct_node *c = n->next[k];
-                if (c && --c->deps == 0) heap_push(c);
+                if (c && --CT_ENGINE(c)->deps == 0) heap_push(c);
             }
         }
         for (size_t i = 0; i < nodes.n; i++) {
             ct_node *n = nodes.v[i];
-            n->visited = false;
+            CT_ENGINE(n)->visited = false;
             if (!retain_graph) {
                 /* Free what backward needed; the structure stays so a second backward
                  * can report the misuse instead of silently doing nothing. */
                 ct__node_free_saved(n);
-                n->released = true;
+                CT_ENGINE(n)->released = true;
             }
         }
     }

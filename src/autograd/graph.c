@@ -1,6 +1,6 @@
 /* Grad mode, leaf flags and graph nodes. The node is the one place where an op's
  * participation in autograd is decided (ct_record). */
-#include "autograd.h"
+#include "internal.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -94,7 +94,7 @@ static void node_destroy(ct_node *n) {
     while (top > 0) {
         ct_node *m = work[--top];
         ct__node_free_saved(m);
-        if (m->gbuf) ct_release(m->gbuf);
+        if (CT_ENGINE(m)->gbuf) ct_release(CT_ENGINE(m)->gbuf);
         for (int k = 0; k < m->ninputs; k++) {
             if (m->leaf[k]) ct_release(m->leaf[k]);
             ct_node *c = m->next[k];
@@ -106,7 +106,7 @@ static void node_destroy(ct_node *n) {
             }
         }
         ct__stats.graph_nodes--;
-        ct_free(m, sizeof *m);
+        ct_free(CT_ENGINE(m), sizeof(ct_node_engine));
     }
 }
 
@@ -119,8 +119,9 @@ ct_node *ct_record(const char *op, ct_backward_fn bw, ct_tensor *out, int ninput
     CT_ASSERT(ninputs <= CT_NODE_MAX_IN, "%s: too many inputs (%d)", op, ninputs);
     CT_ASSERT(ct_is_leaf(out) && !out->requires_grad, "%s: output already has a graph", op);
 
-    ct_node *n = ct_alloc(sizeof *n);
-    memset(n, 0, sizeof *n);
+    ct_node_engine *e = ct_alloc(sizeof *e);
+    memset(e, 0, sizeof *e);
+    ct_node *n = &e->node;
     n->ref.refs = 1; /* held by out->grad_fn */
     n->ref.destroy = node_destroy;
     n->op = op;
@@ -179,7 +180,7 @@ ct_tensor *ct_node_grad_in_fresh(ct_node *n, int i, bool *fresh) {
         ndim = n->leaf[i]->ndim;
         shape = n->leaf[i]->shape;
     } else {
-        slot = &n->next[i]->gbuf;
+        slot = &CT_ENGINE(n->next[i])->gbuf;
         ndim = n->next[i]->out_ndim;
         shape = n->next[i]->out_shape;
     }

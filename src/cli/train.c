@@ -321,7 +321,7 @@ int ct_cmd_train(ct_run *r) {
     ct_ddp_config dc = ct_ddp_defaults();
     dc.bucket_bytes = (size_t)(c->dist.bucket_mb * 1048576);
     dc.first_bucket_bytes = (size_t)(c->dist.first_bucket_mb * 1048576);
-    dc.mpi_only = !c->dist.shm;
+    dc.shm = c->dist.shm;
     dc.timeout_s = c->dist.timeout_s;
     dc.buffers = c->dist.buffers;
     st = ct_ddp_new(r->model, &r->d, &dc, &ddp);

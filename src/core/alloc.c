@@ -2,7 +2,7 @@
  * goes onto its class's free list, so once a training step has run, the next one finds
  * every buffer it needs there and makes no system allocation. Blocks above 1 GiB bypass
  * the cache. */
-#include "core.h"
+#include "internal.h"
 
 #include <stdlib.h>
 #include <string.h>

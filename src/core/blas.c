@@ -1,5 +1,5 @@
 /* The one file that calls cblas. */
-#include "core.h"
+#include "internal.h"
 
 #include <cblas.h>
 
@@ -70,6 +70,5 @@ void ct_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float 
 void ct_blas_set_threads(int n) {
     openblas_set_num_threads(n < 1 ? 1 : n);
 }
-int ct_blas_get_threads(void) { return openblas_get_num_threads(); }
 
 const char *ct_blas_core(void) { return openblas_get_corename(); }

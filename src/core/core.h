@@ -102,8 +102,6 @@ typedef struct {
     int64_t gemm_flops;    /* 2*m*n*k summed over those calls */
 } ct_stats;
 ct_stats ct_stats_get(void);
-/* The counters themselves; the autograd layer updates graph_nodes and saved_tensors. */
-extern ct_stats ct__stats;
 
 /* ---- tensors ----------------------------------------------------------------------- */
 
@@ -188,8 +186,6 @@ ct_tensor *ct_own(ct_tensor *t);
 ct_tensor *ct_scope_adopt(ct_tensor *t);
 /* Releases what was created outside any scope and frees the scope lists (end of main). */
 void ct_scope_shutdown(void);
-/* Scope depth, for tests. */
-int ct_scope_depth(void);
 
 /* CT_SCOPE { ... } : everything created in the block is dropped when it ends, except
  * what was retained or kept. Do not `return` or `break` out of it. */
@@ -230,7 +226,6 @@ void ct_gemm_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
                     float *c, int64_t ldc);
 /* OpenBLAS's own thread count (1 once ctrain runs a GEMM or sets its threads). */
 void ct_blas_set_threads(int n);
-int ct_blas_get_threads(void);
 /* The kernel set OpenBLAS chose at load time ("SkylakeX", "Haswell", "Prescott", ...). */
 const char *ct_blas_core(void);
 

@@ -81,4 +81,3 @@ ct_tensor *ct_scope_keep(ct_tensor *t) {
     return t;
 }
 
-int ct_scope_depth(void) { return depth; }

@@ -1,6 +1,6 @@
 /* Reference-counted float32 tensors over shared storage. Views (reshape, flatten,
  * detach) are new handles on the same storage. */
-#include "core.h"
+#include "internal.h"
 
 #include <stdio.h>
 #include <string.h>

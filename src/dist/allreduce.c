@@ -147,10 +147,10 @@ ct_allreduce *ct_allreduce_new(const ct_dist *d, bool shm) {
     ct_allreduce *a = ct_calloc(1, sizeof *a);
     a->world = d->size;
     a->scale = 1.0f / (float)d->size;
-    CT_CHECK_MPI(MPI_Comm_dup(shm ? d->local : MPI_COMM_SELF, &a->node));
+    CT_CHECK_MPI(MPI_Comm_dup(shm ? d->comm->node : MPI_COMM_SELF, &a->node));
     MPI_Comm_rank(a->node, &a->nrank);
     MPI_Comm_size(a->node, &a->nsize);
-    CT_CHECK_MPI(MPI_Comm_split(d->world, a->nrank == 0 ? 0 : MPI_UNDEFINED, d->rank, &a->leaders));
+    CT_CHECK_MPI(MPI_Comm_split(d->comm->mpi, a->nrank == 0 ? 0 : MPI_UNDEFINED, d->rank, &a->leaders));
     if (a->nrank == 0) MPI_Comm_size(a->leaders, &a->nnodes);
     CT_CHECK_MPI(MPI_Bcast(&a->nnodes, 1, MPI_INT, 0, a->node));
     a->buf = ct_calloc((size_t)a->nsize, sizeof *a->buf);

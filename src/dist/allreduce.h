@@ -11,11 +11,11 @@
 #ifndef CT_DIST_ALLREDUCE_H
 #define CT_DIST_ALLREDUCE_H
 
-#include "dist.h"
+#include "internal.h"
 
 typedef struct ct_allreduce ct_allreduce;
 
-/* Collective over d->world: the node groups (d->local, or single ranks if !shm) and the
+/* Collective over d->comm->mpi: the node groups (d->comm->node, or single ranks if !shm) and the
  * leaders' communicator. No buffer yet. */
 ct_allreduce *ct_allreduce_new(const ct_dist *d, bool shm);
 /* Waits back off from spinning to sleeping (up to 1 ms at a time), so a rank waiting for a

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dist.h"
+#include "internal.h"
 
 /* Pins intra-op thread i to core i of the rank's cpuset (the same team the ops use), so a
  * thread keeps its core's caches (CT_PIN_THREADS=1); out->pinned lists each thread's PUs. */
@@ -98,7 +98,7 @@ void ct_dist_print_bindings(const ct_dist *d, const ct_binding *b) {
              d->size, d->host, b->cpus, b->cores, b->threads, b->pinned[0] ? " on PUs " : "",
              b->pinned, b->bound_by_us ? "" : " (binding from the launcher or none)");
     char *all = d->rank == 0 ? ct_malloc(sizeof line * (size_t)d->size) : NULL;
-    CT_CHECK_MPI(MPI_Gather(line, sizeof line, MPI_CHAR, all, sizeof line, MPI_CHAR, 0, d->world));
+    CT_CHECK_MPI(MPI_Gather(line, sizeof line, MPI_CHAR, all, sizeof line, MPI_CHAR, 0, d->comm->mpi));
     if (d->rank == 0) {
         for (int r = 0; r < d->size; r++) fprintf(stderr, "ctrain: %s\n", all + (size_t)r * sizeof line);
         free(all);

@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dist.h"
+#include "internal.h"
 
 /* The shape of one sample's features, from a zero sample (every rank computes the same).
  * Returns their number; *nd and shape (may be NULL) get the shape without the batch. */
@@ -69,7 +69,7 @@ ct_status ct_dist_cache_features(const ct_dist *d, ct_module *m, int prefix, con
     ct_sampler_free(s);
     /* Every rank joins the gather even after a local failure (so none is left waiting);
      * the verdict is agreed on afterwards. */
-    CT_CHECK_MPI(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, all, counts, displs, MPI_FLOAT, d->world));
+    CT_CHECK_MPI(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, all, counts, displs, MPI_FLOAT, d->comm->mpi));
     st = ct_dist_agree(d, st, NULL);
     free(counts);
     free(displs);

@@ -8,16 +8,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "dist.h"
+#include "internal.h"
 
 static int abort_rank = -1;
-
-_Noreturn void ct_dist_abort(const ct_dist *d, int code, const char *msg) {
-    fprintf(stderr, "ctrain: rank %d: %s\n", d ? d->rank : abort_rank, msg);
-    fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, code);
-    _exit(code); /* MPI_Abort does not return; this keeps the promise if it ever did */
-}
 
 static void mpi_abort_hook(const char *msg) {
     fprintf(stderr, "ctrain: rank %d: fatal: %s\n", abort_rank, msg);
@@ -26,7 +19,7 @@ static void mpi_abort_hook(const char *msg) {
     _exit(134);
 }
 
-_Noreturn void ct__mpi_fail(const char *file, int line, const char *call, int rc) {
+_Noreturn void ct_mpi_fail(const char *file, int line, const char *call, int rc) {
     char err[MPI_MAX_ERROR_STRING];
     int len = 0;
     MPI_Error_string(rc, err, &len);
@@ -35,15 +28,17 @@ _Noreturn void ct__mpi_fail(const char *file, int line, const char *call, int rc
 
 ct_status ct_dist_from_comm(MPI_Comm comm, ct_dist *d) {
     memset(d, 0, sizeof *d);
-    if (MPI_Comm_dup(comm, &d->world) != MPI_SUCCESS)
+    d->comm = ct_malloc(sizeof *d->comm);
+    d->comm->mpi = d->comm->node = MPI_COMM_NULL;
+    if (MPI_Comm_dup(comm, &d->comm->mpi) != MPI_SUCCESS)
         return ct_error(CT_ERR_MPI, "MPI_Comm_dup failed");
-    MPI_Comm_rank(d->world, &d->rank);
-    MPI_Comm_size(d->world, &d->size);
-    if (MPI_Comm_split_type(d->world, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &d->local) !=
+    MPI_Comm_rank(d->comm->mpi, &d->rank);
+    MPI_Comm_size(d->comm->mpi, &d->size);
+    if (MPI_Comm_split_type(d->comm->mpi, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &d->comm->node) !=
         MPI_SUCCESS)
         return ct_error(CT_ERR_MPI, "rank %d: MPI_Comm_split_type(SHARED) failed", d->rank);
-    MPI_Comm_rank(d->local, &d->local_rank);
-    MPI_Comm_size(d->local, &d->local_size);
+    MPI_Comm_rank(d->comm->node, &d->local_rank);
+    MPI_Comm_size(d->comm->node, &d->local_size);
     if (gethostname(d->host, sizeof d->host) != 0) snprintf(d->host, sizeof d->host, "unknown");
     d->host[sizeof d->host - 1] = 0;
     return CT_OK;
@@ -78,8 +73,11 @@ ct_status ct_dist_init(int *argc, char ***argv, ct_dist *d) {
 }
 
 void ct_dist_free(ct_dist *d) {
-    if (d->local != MPI_COMM_NULL && d->local) MPI_Comm_free(&d->local);
-    if (d->world != MPI_COMM_NULL && d->world) MPI_Comm_free(&d->world);
+    if (!d->comm) return;
+    if (d->comm->node != MPI_COMM_NULL) MPI_Comm_free(&d->comm->node);
+    if (d->comm->mpi != MPI_COMM_NULL) MPI_Comm_free(&d->comm->mpi);
+    free(d->comm);
+    d->comm = NULL;
 }
 
 void ct_dist_finalize(ct_dist *d) {
@@ -94,7 +92,7 @@ void ct_dist_finalize(ct_dist *d) {
 
 ct_status ct_dist_agree(const ct_dist *d, ct_status st, int *failed_rank) {
     int first = st != CT_OK ? d->rank : d->size;
-    CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, d->world));
+    CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, d->comm->mpi));
     if (failed_rank) *failed_rank = first < d->size ? first : -1;
     if (first == d->size) return CT_OK;
     /* The failing rank's status and message go to every rank, so all report one reason. */
@@ -106,15 +104,15 @@ ct_status ct_dist_agree(const ct_dist *d, ct_status st, int *failed_rank) {
         why.st = (int)st;
         snprintf(why.msg, sizeof why.msg, "%s", ct_last_error());
     }
-    CT_CHECK_MPI(MPI_Bcast(&why, (int)sizeof why, MPI_BYTE, first, d->world));
+    CT_CHECK_MPI(MPI_Bcast(&why, (int)sizeof why, MPI_BYTE, first, d->comm->mpi));
     return ct_error((ct_status)why.st, "%s", why.msg);
 }
 
 void ct_dist_bcast(const ct_dist *d, void *buf, size_t bytes, int root) {
     CT_ASSERT(bytes <= INT_MAX, "ct_dist_bcast: %zu bytes is more than one call sends", bytes);
-    CT_CHECK_MPI(MPI_Bcast(buf, (int)bytes, MPI_BYTE, root, d->world));
+    CT_CHECK_MPI(MPI_Bcast(buf, (int)bytes, MPI_BYTE, root, d->comm->mpi));
 }
 
 void ct_dist_sum(const ct_dist *d, double *x, int n) {
-    CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_DOUBLE, MPI_SUM, d->world));
+    CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_DOUBLE, MPI_SUM, d->comm->mpi));
 }

@@ -42,7 +42,7 @@ struct ct_ddp {
 
 ct_ddp_config ct_ddp_defaults(void) {
     return (ct_ddp_config){.bucket_bytes = 25u << 20, .first_bucket_bytes = 1u << 20,
-                           .buffers = CT_BUFFERS_AVERAGE, .mpi_only = false, .timeout_s = 1800};
+                           .buffers = CT_BUFFERS_AVERAGE, .shm = true, .timeout_s = 1800};
 }
 
 /* ---- start-up: same model everywhere, then rank 0's values -------------------------------- */
@@ -96,10 +96,10 @@ static ct_status check_same_model(const ct_dist *d, ct_module *m) {
     int len;
     describe(m, &mine, &len);
     int rlen = len;
-    CT_CHECK_MPI(MPI_Bcast(&rlen, 1, MPI_INT, 0, d->world));
+    CT_CHECK_MPI(MPI_Bcast(&rlen, 1, MPI_INT, 0, d->comm->mpi));
     char *ref = ct_malloc((size_t)rlen);
     if (d->rank == 0) memcpy(ref, mine, (size_t)len);
-    CT_CHECK_MPI(MPI_Bcast(ref, rlen, MPI_CHAR, 0, d->world));
+    CT_CHECK_MPI(MPI_Bcast(ref, rlen, MPI_CHAR, 0, d->comm->mpi));
     char ref_line[512], my_line[512];
     int diff = first_diff(ref, mine, ref_line, my_line, sizeof ref_line);
     /* Everyone gets the lowest differing rank's view, so every rank fails the same way. */
@@ -117,15 +117,15 @@ void ct_dist_broadcast_module(const ct_dist *d, ct_module *m, int root) {
     for (int i = 0; i < mods.n; i++) {
         ct_module *mm = mods.owners[i];
         for (int k = 0; k < mm->nparams; k++)
-            CT_CHECK_MPI(MPI_Bcast(mm->params[k]->data, (int)mm->params[k]->numel, MPI_FLOAT, root, d->world));
+            CT_CHECK_MPI(MPI_Bcast(mm->params[k]->data, (int)mm->params[k]->numel, MPI_FLOAT, root, d->comm->mpi));
         for (int k = 0; k < mm->nbuffers; k++)
-            CT_CHECK_MPI(MPI_Bcast(mm->buffers[k]->data, (int)mm->buffers[k]->numel, MPI_FLOAT, root, d->world));
+            CT_CHECK_MPI(MPI_Bcast(mm->buffers[k]->data, (int)mm->buffers[k]->numel, MPI_FLOAT, root, d->comm->mpi));
         /* state_dict extras (num_batches_tracked); the dropout streams stay per rank */
         ct_module_extra x[CT_MODULE_MAX_EXTRA];
         for (int k = 0, n = ct_module_extra_state(mm, x); k < n; k++)
             if (x[k].in_state_dict)
                 CT_CHECK_MPI(MPI_Bcast(x[k].data, (int)(x[k].numel * (int64_t)ct_dtype_size(x[k].dtype)),
-                                       MPI_BYTE, root, d->world));
+                                       MPI_BYTE, root, d->comm->mpi));
     }
     ct_named_free(&mods);
 }
@@ -135,7 +135,7 @@ void ct_dist_average_buffers(const ct_dist *d, ct_module *m) {
     ct_named b = ct_module_buffers(m);
     for (int i = 0; i < b.n; i++) {
         ct_tensor *t = b.tensors[i];
-        CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, t->data, (int)t->numel, MPI_FLOAT, MPI_SUM, d->world));
+        CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, t->data, (int)t->numel, MPI_FLOAT, MPI_SUM, d->comm->mpi));
         for (int64_t k = 0; k < t->numel; k++) t->data[k] /= (float)d->size;
     }
     ct_named_free(&b);
@@ -220,7 +220,7 @@ ct_status ct_ddp_new(ct_module *m, const ct_dist *d, const ct_ddp_config *cfg, c
     p->sync = true;
     p->params = ct_module_params(m, false);
     p->slots = ct_calloc((size_t)p->params.n + 1, sizeof *p->slots);
-    p->ar = ct_allreduce_new(d, !p->cfg.mpi_only);
+    p->ar = ct_allreduce_new(d, p->cfg.shm);
     ct_allreduce_set_timeout(p->ar, p->cfg.timeout_s);
     ct_dist_broadcast_module(d, m, 0);
     *out = p;
@@ -240,7 +240,7 @@ static void broadcast_buffers(ct_ddp *p) {
     if (p->d->size == 1) return;
     ct_named b = ct_module_buffers(p->m);
     for (int i = 0; i < b.n; i++)
-        CT_CHECK_MPI(MPI_Bcast(b.tensors[i]->data, (int)b.tensors[i]->numel, MPI_FLOAT, 0, p->d->world));
+        CT_CHECK_MPI(MPI_Bcast(b.tensors[i]->data, (int)b.tensors[i]->numel, MPI_FLOAT, 0, p->d->comm->mpi));
     ct_named_free(&b);
 }
 

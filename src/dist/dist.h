@@ -4,17 +4,17 @@
 #ifndef CT_DIST_H
 #define CT_DIST_H
 
-#include <mpi.h>
-
 #include "../data/data.h"
 #include "../nn/nn.h"
 
 /* ---- communicator ----------------------------------------------------------------------- */
 
+/* The MPI communicators, opaque here so this header needs no <mpi.h> (src/dist/internal.h). */
+typedef struct ct_comm ct_comm;
+
 typedef struct {
-    MPI_Comm world;       /* a dup of MPI_COMM_WORLD (or of a sweep group) */
-    MPI_Comm local;       /* ranks on this node (MPI_COMM_TYPE_SHARED) */
-    int rank, size;
+    ct_comm *comm;        /* the job's communicator (MPI_COMM_WORLD) or a sweep group's */
+    int rank, size;       /* in comm */
     int local_rank, local_size;
     char host[64];
 } ct_dist;
@@ -22,8 +22,6 @@ typedef struct {
 /* MPI_Init_thread (FUNNELED) if needed, then fills d and routes the abort hook to
  * MPI_Abort with the rank in the message, so a fatal error on one rank ends the job. */
 ct_status ct_dist_init(int *argc, char ***argv, ct_dist *d);
-/* Fills d for an existing communicator (e.g. a sweep group); comm is duplicated. */
-ct_status ct_dist_from_comm(MPI_Comm comm, ct_dist *d);
 void ct_dist_free(ct_dist *d);
 /* ct_dist_free plus MPI_Finalize. */
 void ct_dist_finalize(ct_dist *d);
@@ -37,17 +35,6 @@ void ct_dist_bcast(const ct_dist *d, void *buf, size_t bytes, int root);
 /* Sums x[0..n) over the ranks of d, in place. */
 void ct_dist_sum(const ct_dist *d, double *x, int n);
 
-/* Ends the whole job: prints "rank R: msg" and calls MPI_Abort(code). */
-_Noreturn void ct_dist_abort(const ct_dist *d, int code, const char *msg);
-
-/* Aborts naming file:line, the call and MPI's error string unless rc == MPI_SUCCESS. */
-#define CT_CHECK_MPI(call)                                                                \
-    do {                                                                                  \
-        int ct__rc = (call);                                                              \
-        if (ct__rc != MPI_SUCCESS) ct__mpi_fail(__FILE__, __LINE__, #call, ct__rc);       \
-    } while (0)
-_Noreturn void ct__mpi_fail(const char *file, int line, const char *call, int rc);
-
 /* ---- DDP -------------------------------------------------------------------------------- */
 
 typedef enum { CT_BUFFERS_AVERAGE = 0, CT_BUFFERS_BROADCAST, CT_BUFFERS_NONE } ct_buffer_policy;
@@ -57,9 +44,9 @@ typedef struct {
     size_t first_bucket_bytes; /* the first (last layers') bucket, small so communication
                                   starts early; default 1 MiB */
     ct_buffer_policy buffers;  /* BatchNorm running statistics */
-    bool mpi_only;             /* all-reduce through MPI even between ranks of one node;
-                                  default false: shared memory within a node, MPI between
-                                  nodes (src/dist/allreduce.h) */
+    bool shm;                  /* all-reduce through shared memory within a node and MPI
+                                  between nodes (src/dist/allreduce.h); false: MPI even
+                                  between ranks of one node. Default true */
     double timeout_s;          /* a rank silent this long in the gradient all-reduce ends the
                                   job, naming it; 0 = wait forever; default 1800 (PyTorch's
                                   30 minutes) */
@@ -76,11 +63,11 @@ typedef struct {
     int64_t rebuilds;        /* bucket plans built so far */
 } ct_ddp_stats;
 
-/* Wraps m for data-parallel training over d->world. Checks that every rank has the same
+/* Wraps m for data-parallel training over d. Checks that every rank has the same
  * parameter names, shapes and requires_grad flags (CT_ERR_MPI naming the first mismatch
  * and the ranks), then broadcasts rank 0's parameters and buffers. */
 ct_status ct_ddp_new(ct_module *m, const ct_dist *d, const ct_ddp_config *cfg, ct_ddp **out);
-/* Collective over d->world (it frees the shared-memory window). NULL is a no-op. */
+/* Collective over d (it frees the shared-memory window). NULL is a no-op. */
 void ct_ddp_free(ct_ddp *p);
 /* Call before each training forward: rebuilds the buckets (collectively) if the trainable
  * set changed since the last step, and applies the broadcast buffer policy. Returns
@@ -151,11 +138,7 @@ typedef struct {
     int group_index; /* 0..ngroups-1, in world-rank order */
     int ngroups;
     bool dynamic;    /* the shared counter is in use */
-    /* private */
-    MPI_Comm world;
-    MPI_Win win;
-    bool have_win, done;
-    int64_t njobs, dealt;
+    struct ct_sweep_queue *queue; /* private to src/dist/sweep.c */
 } ct_sweep;
 
 /* Collective over world: makes the groups and the queue. group_size is clamped to
@@ -183,7 +166,7 @@ typedef struct {
 } ct_binding;
 
 /* Discovers the node's topology with hwloc and binds this rank to its share of the cores
- * (ranks per node from d->local). A binding made by the launcher is kept as it is. The
+ * (ranks per node: d->local_size). A binding made by the launcher is kept as it is. The
  * intra-op threads (ct_set_threads) = cores per rank unless CT_THREADS (else
  * OMP_NUM_THREADS, else OPENBLAS_NUM_THREADS) is set; never more threads than cores. The
  * threads share the rank's cores; with CT_PIN_THREADS=1 (and a bound rank) thread i is

@@ -1,7 +1,7 @@
 /* Exact distributed evaluation. */
 #include <stdlib.h>
 
-#include "dist.h"
+#include "internal.h"
 
 ct_status ct_dist_evaluate(const ct_dist *d, ct_module *m, const ct_dataset *ds,
                            const ct_loader_opts *opts, ct_eval_result *out) {

@@ -87,9 +87,9 @@ typedef struct {
     int kernel, stride, padding;
 } ct_pool2d_module;
 /* Checked downcasts: the typed layer, or NULL when m is another kind. */
+ct_conv2d_module *ct_nn_as_conv2d(ct_module *m);
 ct_batchnorm_module *ct_nn_as_batchnorm(ct_module *m);
 ct_dropout_module *ct_nn_as_dropout(ct_module *m);
-ct_conv2d_module *ct_nn_as_conv2d(ct_module *m);
 
 /* ---- building blocks for layers (also for users' own modules) ------------------------- */
 /* A zeroed module of `size` bytes (a struct whose first member is a ct_module) of the kind

@@ -369,8 +369,6 @@ void ct_optim_zero_grad(ct_optim *o) {
 
 /* ---- introspection ----------------------------------------------------------------- */
 
-int ct_optim_nparams(const ct_optim *o) { return o->nparams; }
-
 int ct_optim_state_params(const ct_optim *o) {
     int n = 0;
     for (int i = 0; i < o->nparams; i++) n += o->params[i].has_state;

@@ -71,7 +71,6 @@ void ct_optim_zero_grad(ct_optim *o);
 
 /* ---- introspection (tests, logs) --------------------------------------------------- */
 
-int ct_optim_nparams(const ct_optim *o);
 int ct_optim_state_params(const ct_optim *o);  /* parameters that have state */
 size_t ct_optim_state_bytes(const ct_optim *o); /* bytes of moment buffers in use */
 int64_t ct_optim_param_steps(const ct_optim *o, const char *name); /* -1: unknown or no state */

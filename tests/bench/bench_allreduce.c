@@ -19,22 +19,22 @@ enum { BLOCKING, NONBLOCKING, CTRAIN };
 static double time_one(const ct_dist *d, ct_allreduce *ar, float *buf, int n, int how) {
     double best = 1e30;
     for (int round = 0; round < 6; round++) { /* round 0 warms up */
-        CT_CHECK_MPI(MPI_Barrier(d->world));
+        CT_CHECK_MPI(MPI_Barrier(d->comm->mpi));
         double t0 = MPI_Wtime();
         for (int it = 0; it < 100; it++) {
             if (how == NONBLOCKING) {
                 MPI_Request rq;
-                CT_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, buf, n, MPI_FLOAT, MPI_SUM, d->world, &rq));
+                CT_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, buf, n, MPI_FLOAT, MPI_SUM, d->comm->mpi, &rq));
                 CT_CHECK_MPI(MPI_Wait(&rq, MPI_STATUS_IGNORE));
             } else if (how == BLOCKING) {
-                CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, n, MPI_FLOAT, MPI_SUM, d->world));
+                CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, n, MPI_FLOAT, MPI_SUM, d->comm->mpi));
             } else {
                 ct_allreduce_start(ar, 0, n);
                 ct_allreduce_wait(ar);
             }
         }
         double t = (MPI_Wtime() - t0) / 100;
-        CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &t, 1, MPI_DOUBLE, MPI_MAX, d->world));
+        CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &t, 1, MPI_DOUBLE, MPI_MAX, d->comm->mpi));
         if (round && t < best) best = t;
     }
     return best * 1e6;

@@ -28,6 +28,7 @@
 #include <time.h>
 
 #include "ctrain.h"
+#include "dist/internal.h"
 
 static double now(void) {
     struct timespec ts;
@@ -418,13 +419,13 @@ int main(int argc, char **argv) {
         for (int r = 0; r < o.repeats; r++) {
             for (int s = 0; s < o.warmup; s++) train ? train_step(m, ddp, opt, &src, NULL) : eval_step(m, &src);
             phases ph = {0};
-            CT_CHECK_MPI(MPI_Barrier(d.world));
+            CT_CHECK_MPI(MPI_Barrier(d.comm->mpi));
             double t0 = now();
             for (int s = 0; s < o.steps; s++) train ? train_step(m, ddp, opt, &src, &ph) : eval_step(m, &src);
             double el = now() - t0;
             /* The slowest rank sets the pace; phases are averaged over ranks. */
-            CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &el, 1, MPI_DOUBLE, MPI_MAX, d.world));
-            CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &ph, (int)(sizeof ph / sizeof(double)), MPI_DOUBLE, MPI_SUM, d.world));
+            CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &el, 1, MPI_DOUBLE, MPI_MAX, d.comm->mpi));
+            CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &ph, (int)(sizeof ph / sizeof(double)), MPI_DOUBLE, MPI_SUM, d.comm->mpi));
             double sps = (double)o.steps * o.batch * d.size / el;
             snprintf(all + strlen(all), sizeof all - strlen(all), "%s%.1f", r ? ", " : "", sps);
             if (sps > best_sps) best_sps = sps, best = ph;

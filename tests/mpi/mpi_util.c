@@ -13,7 +13,7 @@ int ct_mpi_test_main(int argc, char **argv, Suite *(*make_suite)(void)) {
     srunner_run_all(sr, D.rank == 0 ? CK_NORMAL : CK_SILENT);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
-    MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, D.world);
+    MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, D.comm->mpi);
     ct_dist_finalize(&D);
     ct_scope_shutdown();
     return failed ? 1 : 0;

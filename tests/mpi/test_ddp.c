@@ -7,13 +7,13 @@
 #include <string.h>
 
 #include "ctrain.h"
-#include "dist/dist.h"
+#include "dist/internal.h"
 #include "mpi_util.h"
 
 
 /* The largest |a - b| / max(1, |b|) over all ranks' values. */
 static double max_all(double v) {
-    MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_MAX, D.world);
+    MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_MAX, D.comm->mpi);
     return v;
 }
 
@@ -25,15 +25,15 @@ static bool identical_across_ranks(ct_module *m) {
         for (int i = 0; i < l.n; i++) {
             ct_tensor *t = l.tensors[i];
             float *mx = malloc((size_t)t->numel * sizeof *mx), *mn = malloc((size_t)t->numel * sizeof *mn);
-            MPI_Allreduce(t->data, mx, (int)t->numel, MPI_FLOAT, MPI_MAX, D.world);
-            MPI_Allreduce(t->data, mn, (int)t->numel, MPI_FLOAT, MPI_MIN, D.world);
+            MPI_Allreduce(t->data, mx, (int)t->numel, MPI_FLOAT, MPI_MAX, D.comm->mpi);
+            MPI_Allreduce(t->data, mn, (int)t->numel, MPI_FLOAT, MPI_MIN, D.comm->mpi);
             for (int64_t k = 0; k < t->numel; k++) same &= mx[k] == mn[k];
             free(mx);
             free(mn);
         }
         ct_named_free(&l);
     }
-    MPI_Allreduce(MPI_IN_PLACE, &same, 1, MPI_INT, MPI_MIN, D.world);
+    MPI_Allreduce(MPI_IN_PLACE, &same, 1, MPI_INT, MPI_MIN, D.comm->mpi);
     return same;
 }
 
@@ -136,10 +136,11 @@ END_TEST
  * then all-reduce through MPI, next to the shared memory within a node. */
 static ct_dist two_rank_nodes(void) {
     ct_dist d = D;
-    MPI_Comm_dup(D.world, &d.world);
-    MPI_Comm_split(d.world, D.rank / 2, D.rank, &d.local);
-    MPI_Comm_rank(d.local, &d.local_rank);
-    MPI_Comm_size(d.local, &d.local_size);
+    d.comm = ct_malloc(sizeof *d.comm); /* freed by ct_dist_free */
+    MPI_Comm_dup(D.comm->mpi, &d.comm->mpi);
+    MPI_Comm_split(d.comm->mpi, D.rank / 2, D.rank, &d.comm->node);
+    MPI_Comm_rank(d.comm->node, &d.local_rank);
+    MPI_Comm_size(d.comm->node, &d.local_size);
     return d;
 }
 
@@ -171,7 +172,7 @@ START_TEST(equivalent_to_one_big_batch) {
             ct_ddp *ddp = NULL;
             ct_ddp_config cfg = ct_ddp_defaults();
             if (cases[c].cap) cfg.bucket_bytes = cases[c].cap, cfg.first_bucket_bytes = cases[c].first;
-            cfg.mpi_only = t == 1;
+            cfg.shm = t != 1;
             ck_assert_int_eq(ct_ddp_new(m, t == 2 ? &nodes2 : &D, &cfg, &ddp), CT_OK);
             int nb = ct_ddp_get_stats(ddp).nbuckets;
             ck_assert_msg(nb >= cases[c].min_buckets && nb <= cases[c].max_buckets, "%s: %d buckets",
@@ -257,7 +258,7 @@ START_TEST(freeze_on_one_rank_is_a_clear_error) {
         ct_module *m = small_mlp(12, 32);
         ct_ddp *ddp = NULL;
         ct_ddp_config cfg = ct_ddp_defaults();
-        cfg.mpi_only = t == 1;
+        cfg.shm = t != 1;
         ck_assert_int_eq(ct_ddp_new(m, t == 2 ? &nodes2 : &D, &cfg, &ddp), CT_OK);
         ct_optim *o = make_optim(m, false);
         train_step(m, ddp, o, 0, 8);

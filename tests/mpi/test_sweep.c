@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "ctrain.h"
-#include "dist/dist.h"
+#include "dist/internal.h"
 #include "mpi_util.h"
 
 
@@ -31,10 +31,10 @@ static int drain_and_check(ct_sweep *s, int64_t njobs) {
     long long h[2] = {n, 0};
     for (int i = 0; i < n; i++) h[1] += (i + 1) * (mine[i] + 7);
     long long mx[2], mn[2];
-    MPI_Allreduce(h, mx, 2, MPI_LONG_LONG, MPI_MAX, s->group.world);
-    MPI_Allreduce(h, mn, 2, MPI_LONG_LONG, MPI_MIN, s->group.world);
+    MPI_Allreduce(h, mx, 2, MPI_LONG_LONG, MPI_MAX, s->group.comm->mpi);
+    MPI_Allreduce(h, mn, 2, MPI_LONG_LONG, MPI_MIN, s->group.comm->mpi);
     int same = mx[0] == mn[0] && mx[1] == mn[1];
-    ck_assert_int_eq(all_min(same, D.world), 1);
+    ck_assert_int_eq(all_min(same, D.comm->mpi), 1);
 
     void *all = NULL;
     int nall = 0;
@@ -50,7 +50,7 @@ static int drain_and_check(ct_sweep *s, int64_t njobs) {
         }
         free(seen);
     }
-    MPI_Bcast(&ok, 1, MPI_INT, 0, D.world);
+    MPI_Bcast(&ok, 1, MPI_INT, 0, D.comm->mpi);
     ck_assert_msg(ok, "jobs lost or handed out twice (njobs %lld)", (long long)njobs);
     free(all);
     free(mine);
@@ -71,7 +71,7 @@ START_TEST(every_job_exactly_once) {
             int expect_size = D.rank / gs == s.ngroups - 1 ? D.size - gs * (s.ngroups - 1) : gs;
             ck_assert_int_eq(s.group.size, expect_size);
             /* on one node Open MPI always has the shared-memory window */
-            ck_assert_int_eq(all_min(s.dynamic, D.world), 1);
+            ck_assert_int_eq(all_min(s.dynamic, D.comm->mpi), 1);
             drain_and_check(&s, counts[b]);
             ct_sweep_close(&s);
         }
@@ -93,17 +93,17 @@ START_TEST(busy_group_leaves_jobs_to_others) {
         if (j >= 0) mine[n++] = j;
         for (int r = 1; r < D.size; r++) {
             int done;
-            MPI_Recv(&done, 1, MPI_INT, r, 99, D.world, MPI_STATUS_IGNORE);
+            MPI_Recv(&done, 1, MPI_INT, r, 99, D.comm->mpi, MPI_STATUS_IGNORE);
         }
         ck_assert_int_eq(ct_sweep_next(&s), -1);
     } else {
         for (int64_t j; (j = ct_sweep_next(&s)) >= 0;) mine[n++] = j;
         int done = 1;
-        MPI_Send(&done, 1, MPI_INT, 0, 99, D.world);
+        MPI_Send(&done, 1, MPI_INT, 0, 99, D.comm->mpi);
     }
     int total = n, first = D.rank == 0 ? n : 0;
-    MPI_Allreduce(MPI_IN_PLACE, &total, 1, MPI_INT, MPI_SUM, D.world);
-    MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_SUM, D.world);
+    MPI_Allreduce(MPI_IN_PLACE, &total, 1, MPI_INT, MPI_SUM, D.comm->mpi);
+    MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_SUM, D.comm->mpi);
     ck_assert_int_eq(total, njobs);
     ck_assert_int_le(first, 1);
     free(mine);
@@ -166,7 +166,7 @@ START_TEST(gather_keeps_rank_order) {
     } else {
         ok = all == NULL && nall == 0;
     }
-    ck_assert_int_eq(all_min(ok, D.world), 1);
+    ck_assert_int_eq(all_min(ok, D.comm->mpi), 1);
     free(all);
     ct_sweep_close(&s);
 }

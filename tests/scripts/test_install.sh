@@ -10,6 +10,20 @@ for f in lib/libctrain.a lib/libctrain.so lib/pkgconfig/ctrain.pc bin/ctrain bin
     check "installs $f" test -e "$T/prefix/$f"
 done
 check "keeps private headers private" test ! -e "$T/prefix/include/ctrain/cli/cli.h"
+check "keeps internal headers private" test ! -e "$T/prefix/include/ctrain/dist/internal.h"
+# A program that trains on one process needs no MPI include path: the umbrella header
+# (dist.h too: its communicator is an opaque handle) compiles with plain cc.
+cat >"$T/nompi.c" <<'C'
+#include <ctrain.h>
+int main(void) {
+    ct_dist d = {0};
+    return d.comm != NULL;
+}
+C
+check "ctrain.h compiles without <mpi.h> on the include path" \
+    cc -std=c11 -Wall -Werror -I"$T/prefix/include/ctrain" -c "$T/nompi.c" -o "$T/nompi.o"
+check "... and the installed headers include no <mpi.h> and name no MPI handle type" \
+    bash -c "! grep -rqE '#include <mpi\.h>|MPI_(Comm|Win|Request|Datatype)\b' '$T/prefix/include/ctrain'"
 cat >"$T/use.c" <<'C'
 #include <ctrain.h>
 #include <stdio.h>

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ctrain sweep end to end, and scripts/plot_metrics.py. Trains a few small checkpoints,
+# ctrain sweep end to end, and scripts/plot.py. Trains a few small checkpoints,
 # adds a missing path, a truncated file, a file that is not safetensors and a checkpoint of
 # another model to the job list, then sweeps with 1 rank, with 3 and 4 ranks in groups of 1
 # and 2, and with the round-robin fallback. Checks: every job appears once, failed rows name
@@ -248,8 +248,8 @@ rc=$?
 check "missing data set: a failed row, exit status 3" test "$rc" -eq 3
 check "missing data set: reason names it" grep -q "failed,.*$tmp/nodata/t10k-images-idx3-ubyte: missing file" "$tmp/nodata_out/results.csv"
 
-# ---- scripts/plot_metrics.py ---------------------------------------------------------------
-PM="python3 $root/scripts/plot_metrics.py"
+# ---- scripts/plot.py ---------------------------------------------------------------
+PM="python3 $root/scripts/plot.py"
 check "plot_metrics: run dir" $PM "$tmp/run"
 check "plot_metrics: run dir -> metrics.png" is_png "$tmp/run/metrics.png"
 check "plot_metrics: JSONL and -o" $PM "$tmp/run/metrics.jsonl" -o "$tmp/m.png" --script "$tmp/m.gp"
