@@ -1,7 +1,7 @@
 /* Mid-epoch checkpoints: what a rank must get back to continue an epoch exactly where it
  * stopped. The model, optimizer and progress are in the checkpoint as at an epoch boundary;
- * what differs per rank travels in its "rank_state" metadata: each rank's dropout streams
- * and its running loss sum (the epoch's train_loss averages it). The loader's position and
+ * what differs per rank travels in its "rank_state" metadata: each rank's dropout streams,
+ * BatchNorm running statistics and running loss sum (the epoch's train_loss averages it). The loader's position and
  * its augmentation stream need no saving: the epoch is re-seeded as usual and the batches
  * already taken are drawn again (ct_midepoch_resume), which consumes the stream exactly as
  * the first time did. */
@@ -12,14 +12,23 @@
 
 #include "cli.h"
 
-/* The module extras that are per rank (the dropout streams: not in the state_dict), in
- * module order; with buf, copies them out (save) or in (load). Returns their bytes. */
+/* What may differ between ranks mid-epoch, in module order: the buffers (BatchNorm's running
+ * statistics follow each rank's batches until dist.buffers averages them after the epoch)
+ * and the extras that are not in the state_dict (the dropout streams). With buf, copies
+ * them out (save) or in (load). Returns their bytes. */
 static size_t rank_extras(ct_module *m, unsigned char *buf, bool load) {
     ct_named mods = ct_module_modules(m);
     size_t n = 0;
     for (int i = 0; i < mods.n; i++) {
+        ct_module *mm = mods.owners[i];
+        for (int k = 0; k < mm->nbuffers; k++) {
+            size_t b = (size_t)ct_numel(mm->buffers[k]) * sizeof(float);
+            if (buf && load) memcpy(mm->buffers[k]->data, buf + n, b);
+            else if (buf) memcpy(buf + n, mm->buffers[k]->data, b);
+            n += b;
+        }
         ct_module_extra x[CT_MODULE_MAX_EXTRA];
-        for (int k = 0, c = ct_module_extra_state(mods.owners[i], x); k < c; k++) {
+        for (int k = 0, c = ct_module_extra_state(mm, x); k < c; k++) {
             if (x[k].in_state_dict) continue;
             size_t b = (size_t)x[k].numel * ct_dtype_size(x[k].dtype);
             if (buf && load) memcpy(x[k].data, buf + n, b);
@@ -40,7 +49,7 @@ char *ct_midepoch_gather(const ct_dist *d, ct_module *m, double loss_sum, int64_
     memcpy(mine, &loss_sum, sizeof loss_sum);
     memcpy(mine + sizeof loss_sum, &skipped, sizeof skipped);
     rank_extras(m, mine + HEAD, false);
-    /* one broadcast per rank: a checkpoint is rare and the blobs are a few hundred bytes */
+    /* one broadcast per rank: a checkpoint is rare and the blobs small (the buffers and RNGs) */
     for (int q = 0; q < d->size; q++) ct_dist_bcast(d, all + per * (size_t)q, per, q);
     char *hex = NULL;
     if (d->rank == 0) {
