@@ -68,6 +68,7 @@ bool ct_preempt_agree(const ct_dist *d, ct_ddp *ddp, int64_t step);
 typedef struct {
     int64_t at;          /* steps of the resumed epoch already taken; 0 = a boundary */
     bool exact;          /* this rank's state was in the checkpoint (same number of ranks) */
+    int world;           /* the ranks that wrote it */
     double loss_sum;     /* this rank's epoch loss sum so far */
     int64_t skipped;     /* steps skipped for a non-finite loss so far */
     unsigned char *state;

@@ -802,8 +802,8 @@ ct_status ct_config_classes(const char *spec, int nclasses, bool *keep) {
 static const struct {
     const char *name;
     int sig;
-} signal_names[] = {{"TERM", SIGTERM}, {"INT", SIGINT}, {"USR1", SIGUSR1}, {"USR2", SIGUSR2},
-             {"HUP", SIGHUP}, {"QUIT", SIGQUIT}, {"XCPU", SIGXCPU}};
+} signal_names[] = {{"TERM", SIGTERM}, {"INT", SIGINT},   {"USR1", SIGUSR1}, {"USR2", SIGUSR2},
+                    {"HUP", SIGHUP},   {"QUIT", SIGQUIT}, {"XCPU", SIGXCPU}};
 #define NNAMES ((int)(sizeof signal_names / sizeof signal_names[0]))
 
 bool ct_config_signals(const char *spec, int *out, int *n, char *why, size_t wn) {

@@ -66,6 +66,7 @@ ct_status ct_midepoch_take(const ct_dist *d, ct_module *m, const ct_progress *p,
                            ct_midepoch *out) {
     memset(out, 0, sizeof *out);
     out->at = p->epoch_step;
+    out->world = p->world;
     if (!p->epoch_step) return CT_OK;
     size_t per = HEAD + rank_extras(m, NULL, false), len = p->rank_state ? strlen(p->rank_state) : 0;
     if (p->world != d->size) return CT_OK; /* exact only on the same ranks: the caller says so */
@@ -105,4 +106,5 @@ void ct_midepoch_free(ct_midepoch *s) {
     free(s->state);
     s->state = NULL;
     s->exact = false;
+    s->at = 0;
 }

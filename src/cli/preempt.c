@@ -18,6 +18,7 @@ static unsigned grace_s;
 static int nsigs;
 static int sigs[NSIGS];
 static struct sigaction old[NSIGS];
+static const char *raise_at; /* CT_PREEMPT_RAISE, read once */
 
 /* SIGALRM: the grace period ran out before the checkpoint was written. write() and _exit()
  * are async-signal-safe; the newest complete checkpoint is still on disk (writes are atomic). */
@@ -41,6 +42,7 @@ ct_status ct_preempt_install(const ct_config *c) {
         return ct_error(CT_ERR_CONFIG, "train.preempt_signals: %s", why);
     grace_s = (unsigned)c->train.preempt_grace_s;
     requested = 0;
+    raise_at = getenv("CT_PREEMPT_RAISE");
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sigemptyset(&sa.sa_mask);
@@ -63,7 +65,7 @@ bool ct_preempt_agree(const ct_dist *d, ct_ddp *ddp, int64_t step) {
     if (!nsigs) return false; /* no signal can set the flag: no collective either */
     /* A testing aid: CT_PREEMPT_RAISE="RANK:STEP" (RANK * = every rank) raises the first
      * configured signal on that rank just before that global step's agreement. */
-    const char *t = getenv("CT_PREEMPT_RAISE");
+    const char *t = raise_at;
     char who[16];
     long long at;
     if (t && sscanf(t, "%15[^:]:%lld", who, &at) == 2 && at == step &&

@@ -448,9 +448,8 @@ int ct_cmd_train(ct_run *r) {
             fprintf(stderr, "ctrain: warning: the checkpoint was written %lld steps into epoch %d by %d ranks; "
                     "on %d ranks with %lld steps/epoch that position does not exist, so training goes on "
                     "from the start of epoch %d\n", (long long)mid.at, start_epoch + 1,
-                    mid.exact ? r->d.size : -1, r->d.size, (long long)steps, start_epoch + 2);
+                    mid.world, r->d.size, (long long)steps, start_epoch + 2);
         start_epoch++;
-        mid.at = 0;
         ct_midepoch_free(&mid);
     }
     if (mid.at) {
