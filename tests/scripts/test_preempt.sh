@@ -159,6 +159,42 @@ for target in one all; do
     expect_eq "SIGTERM to $target: metrics equal" "$(metrics "$dir-ref/metrics.jsonl")" "$(metrics "$dir/metrics.jsonl")"
 done
 
+# ---- the grace period: rank 0 is stopped (SIGSTOP), rank 1 gets SIGTERM and waits for it in the
+# step's all-reduce; after train.preempt_grace_s = 2 it exits 75 by itself (dist.timeout_s, 1800 s,
+# would be far later), and the launcher ends the job. Without the alarm this would hang until
+# `timeout` (exit 124).
+dir=$T/grace
+timeout 120 "${MPIRUN[@]}" -np 2 "$CTRAIN" train "$CFG" "${BIG[@]}" train.epochs=1000 train.preempt_grace_s=2 \
+    output.dir="$dir" >"$dir.out" 2>"$dir.err" &
+job=$!
+rank0= rank1=
+for _ in $(seq 600); do
+    if grep -q '^epoch 1 step 10/' "$dir.err" 2>/dev/null; then
+        for p in $(pgrep -f "$CTRAIN train"); do
+            grep -qF "$dir" "/proc/$p/cmdline" 2>/dev/null || continue
+            r=$(tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | sed -n 's/^OMPI_COMM_WORLD_RANK=//p')
+            [ "$r" = 0 ] && rank0=$p
+            [ "$r" = 1 ] && rank1=$p
+        done
+        break
+    fi
+    sleep 0.1
+done
+if [ -n "$rank0" ] && [ -n "$rank1" ]; then
+    kill -STOP "$rank0"
+    kill -TERM "$rank1"
+    wait $job
+    rc=$?
+    kill -KILL "$rank0" 2>/dev/null # in case the launcher left it stopped
+    expect_eq "grace period: a rank stuck in the all-reduce exits 75 after train.preempt_grace_s" 75 "$rc"
+    check "... saying the grace period ran out" contains "$dir.err" "preempt_grace_s ran out"
+else
+    kill $job 2>/dev/null
+    wait $job
+    fail "grace period: the ranks were not found"
+    show "$dir.err"
+fi
+
 # ---- configuration -------------------------------------------------------------------------------
 train 1 badsig "${ARGS[@]}" train.preempt_signals=TERM,KILL output.dir="$T/badsig"
 check "train.preempt_signals = TERM,KILL is a config error naming the key and the word" \
