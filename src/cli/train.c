@@ -234,7 +234,8 @@ static ct_status resume(ct_run *r, ct_optim *o, int *start_epoch, int64_t *step,
     }
     /* Replay staged unfreezing so the optimizer has the groups the saved state names. */
     int at = r->cfg.train.unfreeze_after; /* unfreezing happens at most once, at this epoch */
-    if (st == CT_OK && at > 0 && at < p.epoch) maybe_unfreeze(r, o, at);
+    bool mid_epoch = p.epoch_step > 0; /* then epoch p.epoch has begun, and unfrozen if it is `at` */
+    if (st == CT_OK && at > 0 && (at < p.epoch || (mid_epoch && at == p.epoch))) maybe_unfreeze(r, o, at);
     if (st == CT_OK) st = ct_run_explain_classes(r, ct_ckpt_load_model(f, r->model, true, NULL));
     if (st == CT_OK) st = ct_ckpt_load_optim(f, o);
     if (st == CT_OK) st = ct_midepoch_take(&r->d, r->model, &p, path, mid);
@@ -484,7 +485,7 @@ int ct_cmd_train(ct_run *r) {
     bool decoding = train_ds->files != NULL;
     bool failed = false;
     for (int epoch = start_epoch; epoch < c->train.epochs && !failed; epoch++) {
-        maybe_unfreeze(r, opt, epoch);
+        if (epoch != start_epoch || !mid.at) maybe_unfreeze(r, opt, epoch); /* resume() did it */
         reseed_epoch(r, loader, epoch);
         ct_loader_start(loader, ct_sampler_epoch(sampler, (uint64_t)epoch), shard);
         ct_module_train(r->model, true);

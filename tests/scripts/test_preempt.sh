@@ -89,11 +89,26 @@ for ck in ckpt-epoch0001-step000005 ckpt-epoch0002-step000002 ckpt-epoch0002-ste
     check "checkpoint_every_steps: $ck written" [ -f "$T/every/$ck.safetensors" ]
     rm -rf "$T/from"
     mkdir "$T/from"
-    # all of the run's metrics: the resumed run drops the epochs its checkpoint does not hold
-    cp "$T/every/$ck.safetensors" "$T/every/metrics.jsonl" "$T/from/"
+    # the metrics of the epochs before the checkpoint's: the resumed run must write the rest
+    cp "$T/every/$ck.safetensors" "$T/from/"
+    head -n $((10#${ck:10:4} - 1)) "$T/every/metrics.jsonl" >"$T/from/metrics.jsonl"
     echo "$ck.safetensors" >"$T/from/latest"
     resumes 2 "from-$ck" "$T/from" "$T/ref" "resumed from $ck"
 done
+
+# Staged unfreezing: the first conv joins training after epoch 1, so a checkpoint 2 steps into
+# epoch 2 holds the new optimizer group, which the resumed run must set up before loading it.
+STAGED=(model.freeze='backbone.0.*' train.unfreeze='backbone.0.*' train.unfreeze_after=1 output.checkpoint_every_steps=5)
+train 2 staged "${ARGS[@]}" "${STAGED[@]}" output.dir="$T/staged"
+expect_eq "staged unfreezing with checkpoint_every_steps: exits 0" 0 "$rc"
+rm -rf "$T/staged-from"
+mkdir "$T/staged-from"
+cp "$T/staged/ckpt-epoch0002-step000002.safetensors" "$T/staged-from/"
+head -n 1 "$T/staged/metrics.jsonl" >"$T/staged-from/metrics.jsonl"
+echo ckpt-epoch0002-step000002.safetensors >"$T/staged-from/latest"
+train 2 staged-resume "${ARGS[@]}" "${STAGED[@]}" train.resume=true output.dir="$T/staged-from"
+expect_eq "staged unfreezing: resumed 2 steps into the epoch that unfroze, exits 0" 0 "$rc"
+same_as "$T/staged" "$T/staged-from" "staged unfreezing resumed mid-epoch"
 
 # ---- another number of ranks: on from the next epoch boundary, with a warning --------------------
 rm -rf "$T/other"
