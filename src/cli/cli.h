@@ -54,6 +54,38 @@ ct_status ct_run_explain_classes(const ct_run *r, ct_status st);
 /* mkdir -p; the message names the directory that could not be made. */
 ct_status ct_mkdir_p(const char *dir);
 
+/* Preemption (preempt.c). The exit status of every rank of a preempted run: EX_TEMPFAIL
+ * of sysexits.h ("try again later"), distinct from failures (1, or 134 from an abort). */
+#define CT_EXIT_PREEMPTED 75
+/* Installs the handlers for train.preempt_signals; they only set a flag and arm an alarm of
+ * train.preempt_grace_s seconds that ends the process with CT_EXIT_PREEMPTED. */
+ct_status ct_preempt_install(const ct_config *c);
+void ct_preempt_uninstall(void);
+/* Collective, at a step boundary: true on every rank if any rank was signalled. */
+bool ct_preempt_agree(const ct_dist *d, ct_ddp *ddp, int64_t step);
+
+/* Mid-epoch checkpoints (midepoch.c). */
+typedef struct {
+    int64_t at;          /* steps of the resumed epoch already taken; 0 = a boundary */
+    bool exact;          /* this rank's state was in the checkpoint (same number of ranks) */
+    int world;           /* the ranks that wrote it */
+    double loss_sum;     /* this rank's epoch loss sum so far */
+    int64_t skipped;     /* steps skipped for a non-finite loss so far */
+    unsigned char *state;
+} ct_midepoch;
+/* Collective: every rank's own state (loss sum, skipped steps, dropout streams) as the hex
+ * string ct_progress.rank_state holds, on rank 0 (malloc'd); NULL on the other ranks. */
+char *ct_midepoch_gather(const ct_dist *d, ct_module *m, double loss_sum, int64_t skipped);
+/* This rank's part of a mid-epoch checkpoint's p (read from path) into out; out->exact is
+ * false when it was written by another number of ranks. CT_ERR_FORMAT naming path if the
+ * state is malformed. */
+ct_status ct_midepoch_take(const ct_dist *d, ct_module *m, const ct_progress *p, const char *path,
+                           ct_midepoch *out);
+/* After the epoch's re-seeding and ct_loader_start: restores the dropout streams and draws
+ * the s->at batches already taken, so the loader stands where the checkpoint was written. */
+void ct_midepoch_resume(ct_midepoch *s, ct_module *m, ct_loader *l);
+void ct_midepoch_free(ct_midepoch *s);
+
 /* Commands; each returns a process exit status. */
 int ct_cmd_train(ct_run *r);
 int ct_cmd_eval(ct_run *r, const char *checkpoint);

@@ -9,6 +9,8 @@
 #include <ini.h>
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +48,10 @@ typedef struct {
 
 static bool check_classes(const char *value, char *why, size_t n);
 static bool check_override_groups(const char *value, char *why, size_t n);
+static bool check_signals(const char *value, char *why, size_t n) {
+    int sigs[8], k;
+    return ct_config_signals(value, sigs, &k, why, n);
+}
 
 #define FIELD(field) offsetof(ct_config, field), sizeof(((ct_config *)0)->field)
 #define STR(sec, nm, field, def) {sec, nm, T_STR, FIELD(field), def, .flags = 0}
@@ -133,6 +139,8 @@ static const key_def keys[] = {
     INT("train", "feature_cache_max_mb", train.feature_cache_max_mb, "4096", 1, NULL),
     ENUM("train", "on_nonfinite", train.on_nonfinite, "error", {"error", CT_CFG_NONFINITE_ERROR},
          {"skip", CT_CFG_NONFINITE_SKIP}),
+    CHECKED("train", "preempt_signals", train.preempt_signals, "TERM,INT,USR1", check_signals),
+    INT("train", "preempt_grace_s", train.preempt_grace_s, "30", 0, "never"),
 
     ENUM("optim", "name", optim.kind, "adam", {"sgd", CT_OPTIM_SGD}, {"adam", CT_OPTIM_ADAM},
          {"adamw", CT_OPTIM_ADAMW}),
@@ -154,6 +162,7 @@ static const key_def keys[] = {
     STR("output", "dir", output.dir, "runs/default"),
     INT("output", "checkpoint_every", output.checkpoint_every, "1", 1, NULL),
     INT("output", "keep", output.keep, "all", 0, "all"),
+    INT("output", "checkpoint_every_steps", output.checkpoint_every_steps, "never", 0, "never"),
 
     ENUM("dist", "buffers", dist.buffers, "average", {"broadcast", CT_BUFFERS_BROADCAST},
          {"average", CT_BUFFERS_AVERAGE}, {"none", CT_BUFFERS_NONE}),
@@ -789,4 +798,34 @@ ct_status ct_config_classes(const char *spec, int nclasses, bool *keep) {
         return ct_error(CT_ERR_CONFIG, "data.classes = '%s': %s (dataset has classes 0..%d)", spec,
                         why, nclasses - 1);
     return CT_OK;
+}
+
+/* train.preempt_signals (src/cli/preempt.c installs them). */
+static const struct {
+    const char *name;
+    int sig;
+} signal_names[] = {{"TERM", SIGTERM}, {"INT", SIGINT},   {"USR1", SIGUSR1}, {"USR2", SIGUSR2},
+                    {"HUP", SIGHUP},   {"QUIT", SIGQUIT}, {"XCPU", SIGXCPU}};
+#define NNAMES ((int)(sizeof signal_names / sizeof signal_names[0]))
+
+bool ct_config_signals(const char *spec, int *out, int *n, char *why, size_t wn) {
+    *n = 0;
+    char buf[CT_CFG_STR];
+    snprintf(buf, sizeof buf, "%s", spec);
+    if (!strcasecmp(buf, "none")) return true;
+    char *save = NULL;
+    for (char *t = strtok_r(buf, ", \t", &save); t; t = strtok_r(NULL, ", \t", &save)) {
+        const char *w = strncasecmp(t, "SIG", 3) ? t : t + 3; /* SIGTERM or TERM */
+        int k = 0;
+        while (k < NNAMES && strcasecmp(w, signal_names[k].name)) k++;
+        if (k == NNAMES) {
+            snprintf(why, wn, "'%s' is not one of TERM, INT, USR1, USR2, HUP, QUIT, XCPU (or none)", t);
+            return false;
+        }
+        bool dup = false;
+        for (int i = 0; i < *n; i++) dup |= out[i] == signal_names[k].sig;
+        if (!dup) out[(*n)++] = signal_names[k].sig;
+    }
+    if (!*n) snprintf(why, wn, "empty: list signals (e.g. TERM,INT,USR1) or say none");
+    return *n > 0;
 }

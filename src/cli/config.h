@@ -99,6 +99,8 @@ typedef struct {
         ct_cfg_cache feature_cache;
         int feature_cache_max_mb; /* auto caches only features that fit this, per rank */
         ct_cfg_nonfinite on_nonfinite; /* a NaN/Inf training loss ends the run, or skips the step */
+        char preempt_signals[CT_CFG_STR]; /* signals that checkpoint and stop (preempt.c); "none" */
+        int preempt_grace_s;               /* a preempted run ends within this; 0 = never forced */
     } train;
     /* [optim]: name is .kind; dampening is not a key and stays 0 */
     ct_optim_config optim;
@@ -113,6 +115,7 @@ typedef struct {
         char dir[CT_CFG_STR];
         int checkpoint_every; /* epochs */
         int keep;             /* checkpoints kept; 0 = all */
+        int checkpoint_every_steps; /* also a mid-epoch checkpoint every this many steps; 0 = never */
     } output;
     struct {
         ct_buffer_policy buffers;
@@ -160,6 +163,9 @@ ct_status ct_config_save(const ct_config *c, const char *path);
 /* Parses a class selection ("all", "3", "0-4", "1,3,5-7") into keep[0..nclasses); a class
  * outside [0, nclasses) or bad syntax is CT_ERR_CONFIG naming data.classes. */
 ct_status ct_config_classes(const char *spec, int nclasses, bool *keep);
+/* Parses train.preempt_signals ("TERM,INT,USR1", "SIGTERM", or "none") into out[] (room
+ * for 8); false with why on a bad name or an empty list. */
+bool ct_config_signals(const char *spec, int *out, int *n, char *why, size_t wn);
 /* Copies group i (0-based) of a sweep.overrides spec ("k=v k=v | k=v"), without surrounding
  * blanks, into buf (CT_CFG_STR bytes always suffice); false when there is no group i. An
  * empty spec has no groups; an empty group (e.g. "| k=v") means "no change". */

@@ -112,21 +112,37 @@ static ct_status latest_checkpoint(const char *dir, char *path, size_t n) {
     return CT_OK;
 }
 
-static ct_status save_checkpoint(ct_run *r, ct_optim *o, int epochs_done, int64_t step) {
+struct candidate {
+    char name[256];
+    struct timespec mtime;
+};
+static int list_checkpoints(const char *dir, const char *skip, struct candidate **out);
+
+/* epoch_step > 0: a mid-epoch checkpoint, named after the epoch it is in (1-based) so that
+ * names sort in training order: ckpt-epoch0004-step000010 comes before ckpt-epoch0004. */
+static ct_status save_checkpoint(ct_run *r, ct_optim *o, int epochs_done, int64_t step, int64_t epoch_step,
+                                 const char *rank_state) {
     char name[64], path[CT_CFG_STR + 80], lp[CT_CFG_STR + 16];
-    snprintf(name, sizeof name, "ckpt-epoch%04d.safetensors", epochs_done);
+    if (epoch_step)
+        snprintf(name, sizeof name, "ckpt-epoch%04d-step%06lld.safetensors", epochs_done + 1, (long long)epoch_step);
+    else
+        snprintf(name, sizeof name, "ckpt-epoch%04d.safetensors", epochs_done);
     snprintf(path, sizeof path, "%s/%s", r->cfg.output.dir, name);
-    ct_progress p = {.epoch = epochs_done, .step = step, .seed = r->cfg.train.seed, .world = r->d.size};
+    ct_progress p = {.epoch = epochs_done, .step = step, .seed = r->cfg.train.seed, .world = r->d.size,
+                     .epoch_step = epoch_step, .rank_state = rank_state};
     ct_status st = ct_ckpt_save(path, r->model, o, &p);
     snprintf(lp, sizeof lp, "%s/latest", r->cfg.output.dir);
     char line[80];
     int k = snprintf(line, sizeof line, "%s\n", name);
     if (st == CT_OK) st = ct_write_file_atomic(lp, line, (size_t)k);
-    int keep = r->cfg.output.keep;
-    if (st == CT_OK && keep > 0 && epochs_done - keep * r->cfg.output.checkpoint_every > 0) {
-        snprintf(path, sizeof path, "%s/ckpt-epoch%04d.safetensors", r->cfg.output.dir,
-                 epochs_done - keep * r->cfg.output.checkpoint_every);
-        remove(path); /* best effort: an old checkpoint that is already gone is fine */
+    if (st == CT_OK && r->cfg.output.keep > 0) { /* output.keep: only the newest N stay */
+        struct candidate *c = NULL;
+        int n = list_checkpoints(r->cfg.output.dir, NULL, &c);
+        for (int i = r->cfg.output.keep; i < n; i++) {
+            snprintf(path, sizeof path, "%s/%s", r->cfg.output.dir, c[i].name);
+            if (strcmp(c[i].name, name)) remove(path); /* best effort: one already gone is fine */
+        }
+        free(c);
     }
     return st;
 }
@@ -142,16 +158,40 @@ static ct_status open_valid(const ct_run *r, const char *path, ct_st_file **f, c
     return st;
 }
 
-typedef struct {
-    char name[256];
-    struct timespec mtime;
-} candidate;
-
 static int newest_first(const void *a, const void *b) {
-    const candidate *x = a, *y = b;
+    const struct candidate *x = a, *y = b;
     if (x->mtime.tv_sec != y->mtime.tv_sec) return x->mtime.tv_sec < y->mtime.tv_sec ? 1 : -1;
     if (x->mtime.tv_nsec != y->mtime.tv_nsec) return x->mtime.tv_nsec < y->mtime.tv_nsec ? 1 : -1;
     return strcmp(y->name, x->name);
+}
+
+/* The regular files ckpt-*.safetensors in dir but skip (a path, may be NULL), newest first
+ * by modification time, into *out (malloc'd); returns their count. */
+static int list_checkpoints(const char *dir, const char *skip, struct candidate **out) {
+    DIR *d = opendir(dir);
+    struct candidate *c = NULL;
+    int nc = 0, cap = 0;
+    char path[CT_CFG_STR + 300];
+    for (struct dirent *e; d && (e = readdir(d));) {
+        size_t len = strlen(e->d_name);
+        struct stat sb;
+        if (strncmp(e->d_name, "ckpt-", 5) || len < 17 || len >= sizeof c->name ||
+            strcmp(e->d_name + len - 12, ".safetensors") ||
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path ||
+            (skip && !strcmp(path, skip)) || stat(path, &sb) != 0 || !S_ISREG(sb.st_mode))
+            continue;
+        if (nc == cap) {
+            cap = cap ? 2 * cap : 16;
+            c = realloc(c, (size_t)cap * sizeof *c);
+            CT_ASSERT(c, "listing checkpoints: out of memory");
+        }
+        snprintf(c[nc].name, sizeof c[nc].name, "%s", e->d_name);
+        c[nc++].mtime = sb.st_mtim;
+    }
+    if (d) closedir(d);
+    if (nc) qsort(c, (size_t)nc, sizeof *c, newest_first);
+    *out = c;
+    return nc;
 }
 
 /* The checkpoint `latest` names is unusable (missing, truncated, corrupt): opens the newest
@@ -160,26 +200,8 @@ static int newest_first(const void *a, const void *b) {
 static ct_status fall_back(const ct_run *r, const char *bad, char *path, size_t n, ct_st_file **f,
                            ct_progress *p) {
     const char *dir = r->cfg.output.dir;
-    DIR *d = opendir(dir);
-    candidate *c = NULL;
-    int nc = 0, cap = 0;
-    for (struct dirent *e; d && (e = readdir(d));) {
-        size_t len = strlen(e->d_name);
-        struct stat sb;
-        if (strncmp(e->d_name, "ckpt-", 5) || len < 17 || len >= sizeof c->name ||
-            strcmp(e->d_name + len - 12, ".safetensors") || snprintf(path, n, "%s/%s", dir, e->d_name) >= (int)n ||
-            !strcmp(path, bad) || stat(path, &sb) != 0 || !S_ISREG(sb.st_mode))
-            continue;
-        if (nc == cap) {
-            cap = cap ? 2 * cap : 16;
-            c = realloc(c, (size_t)cap * sizeof *c);
-            CT_ASSERT(c, "resume: out of memory");
-        }
-        snprintf(c[nc].name, sizeof c[nc].name, "%s", e->d_name);
-        c[nc++].mtime = sb.st_mtim;
-    }
-    if (d) closedir(d);
-    if (nc) qsort(c, (size_t)nc, sizeof *c, newest_first);
+    struct candidate *c = NULL;
+    int nc = list_checkpoints(dir, bad, &c);
     ct_status st = CT_ERR_IO;
     for (int i = 0; i < nc && st != CT_OK; i++) {
         snprintf(path, n, "%s/%s", dir, c[i].name);
@@ -191,7 +213,7 @@ static ct_status fall_back(const ct_run *r, const char *bad, char *path, size_t 
     return st;
 }
 
-static ct_status resume(ct_run *r, ct_optim *o, int *start_epoch, int64_t *step) {
+static ct_status resume(ct_run *r, ct_optim *o, int *start_epoch, int64_t *step, ct_midepoch *mid) {
     char path[CT_CFG_STR + 300];
     ct_st_file *f = NULL;
     ct_progress p = {0};
@@ -212,9 +234,11 @@ static ct_status resume(ct_run *r, ct_optim *o, int *start_epoch, int64_t *step)
     }
     /* Replay staged unfreezing so the optimizer has the groups the saved state names. */
     int at = r->cfg.train.unfreeze_after; /* unfreezing happens at most once, at this epoch */
-    if (st == CT_OK && at > 0 && at < p.epoch) maybe_unfreeze(r, o, at);
+    bool mid_epoch = p.epoch_step > 0; /* then epoch p.epoch has begun, and unfrozen if it is `at` */
+    if (st == CT_OK && at > 0 && (at < p.epoch || (mid_epoch && at == p.epoch))) maybe_unfreeze(r, o, at);
     if (st == CT_OK) st = ct_run_explain_classes(r, ct_ckpt_load_model(f, r->model, true, NULL));
     if (st == CT_OK) st = ct_ckpt_load_optim(f, o);
+    if (st == CT_OK) st = ct_midepoch_take(&r->d, r->model, &p, path, mid);
     if (st == CT_OK) {
         *start_epoch = (int)p.epoch;
         *step = p.step;
@@ -297,6 +321,8 @@ int ct_cmd_train(ct_run *r) {
     FILE *mf = NULL;
     int start_epoch = 0;
     int64_t step = 0;
+    ct_midepoch mid = {0};
+    bool preempted = false;
 
     ct_status st = CT_OK;
     if (!*c->output.dir)
@@ -332,7 +358,8 @@ int ct_cmd_train(ct_run *r) {
     }
     opt = ct_optim_new(c->optim);
     add_group(opt, r->model, NULL, c->optim.lr);
-    if (c->train.resume) st = resume(r, opt, &start_epoch, &step);
+    if (c->train.resume) st = resume(r, opt, &start_epoch, &step, &mid);
+    if (st == CT_OK) st = ct_preempt_install(c);
     if (ct_run_check(&r->d, st) != CT_OK) goto out;
 
     ct_sampler_opts so = {.n = r->train.n, .world = r->d.size, .rank = r->d.rank,
@@ -417,7 +444,21 @@ int ct_cmd_train(ct_run *r) {
     /* Checkpoints fall on epoch boundaries, so the schedule goes on from epoch * steps. The
      * saved step count differs from that when the checkpoint came from another number of
      * ranks (or batch size): keeping it would leave the cosine short of its end. */
-    if (start_epoch > 0 && step != (int64_t)start_epoch * steps) {
+    if (mid.at && (!mid.exact || mid.at > steps || step != (int64_t)start_epoch * steps + mid.at)) {
+        /* Another number of ranks (or batch size) deals the epoch out differently: the
+         * samples this epoch has left are not known, so the next epoch starts afresh. */
+        if (r->d.rank == 0)
+            fprintf(stderr, "ctrain: warning: the checkpoint was written %lld steps into epoch %d by %d ranks; "
+                    "on %d ranks with %lld steps/epoch that position does not exist, so training goes on "
+                    "from the start of epoch %d\n", (long long)mid.at, start_epoch + 1,
+                    mid.world, r->d.size, (long long)steps, start_epoch + 2);
+        start_epoch++;
+        ct_midepoch_free(&mid);
+    }
+    if (mid.at) {
+        if (r->d.rank == 0)
+            fprintf(stderr, "ctrain: resuming %lld steps into epoch %d\n", (long long)mid.at, start_epoch + 1);
+    } else if (start_epoch > 0 && step != (int64_t)start_epoch * steps) {
         if (r->d.rank == 0)
             fprintf(stderr, "ctrain: the checkpoint's step %lld is step %lld with %lld steps/epoch\n",
                     (long long)step, (long long)start_epoch * steps, (long long)steps);
@@ -446,7 +487,7 @@ int ct_cmd_train(ct_run *r) {
     bool decoding = train_ds->files != NULL;
     bool failed = false;
     for (int epoch = start_epoch; epoch < c->train.epochs && !failed; epoch++) {
-        maybe_unfreeze(r, opt, epoch);
+        if (epoch != start_epoch || !mid.at) maybe_unfreeze(r, opt, epoch); /* resume() did it */
         reseed_epoch(r, loader, epoch);
         ct_loader_start(loader, ct_sampler_epoch(sampler, (uint64_t)epoch), shard);
         ct_module_train(r->model, true);
@@ -454,7 +495,13 @@ int ct_cmd_train(ct_run *r) {
         ct_progress_start(&bar, steps, c->train.log_every);
         double loss_sum = 0, t0 = ct_now();
         int64_t skipped = 0; /* steps skipped for a non-finite loss (train.on_nonfinite) */
-        for (int64_t s = 0; s < steps && !failed; s++, step++) CT_SCOPE {
+        int64_t s0 = epoch == start_epoch ? mid.at : 0;
+        if (s0) {
+            ct_midepoch_resume(&mid, r->model, loader);
+            loss_sum = mid.loss_sum;
+            skipped = mid.skipped;
+        }
+        for (int64_t s = s0; s < steps && !failed && !preempted; s++, step++) CT_SCOPE {
             maybe_inject_fault(&r->d, step);
             ct_batch b;
             ct_loader_next(loader, &b);
@@ -485,13 +532,22 @@ int ct_cmd_train(ct_run *r) {
             ct_ddp_zero_grad(ddp);
             if (r->d.rank == 0 && s >= skipped)
                 ct_progress_update(&bar, epoch + 1, s, steps, loss_sum / (double)(s + 1 - skipped), b.size * r->d.size);
+            /* Step boundary: a preemption signal on any rank, or output.checkpoint_every_steps. */
+            preempted = ct_preempt_agree(&r->d, ddp, step);
+            int every = c->output.checkpoint_every_steps;
+            if (preempted || (every && (step + 1) % every == 0 && s + 1 < steps)) {
+                char *rs = ct_midepoch_gather(&r->d, r->model, loss_sum, skipped);
+                st = r->d.rank == 0 ? save_checkpoint(r, opt, epoch, step + 1, s + 1, rs) : CT_OK;
+                free(rs);
+                failed = ct_run_check(&r->d, st) != CT_OK;
+            }
         }
         if (skipped && r->d.rank == 0)
             fprintf(stderr, "ctrain: warning: epoch %d: skipped %lld of %lld steps with a non-finite loss "
                     "(train.on_nonfinite = skip)\n", epoch + 1, (long long)skipped, (long long)steps);
         double secs = ct_now() - t0;
         if (r->d.rank == 0) ct_progress_end(&bar);
-        if (failed) break;
+        if (failed || preempted) break;
         /* The epoch's training loss averaged over ranks (NaN if every step was skipped), the
          * image files skipped on all ranks, and the evaluation. */
         double tl[2] = {steps > skipped ? loss_sum / (double)(steps - skipped) : NAN,
@@ -530,12 +586,14 @@ int ct_cmd_train(ct_run *r) {
         }
         bool ckpt = (epoch + 1) % c->output.checkpoint_every == 0 || epoch + 1 == c->train.epochs;
         if (ckpt) {
-            st = r->d.rank == 0 ? save_checkpoint(r, opt, epoch + 1, step) : CT_OK;
+            st = r->d.rank == 0 ? save_checkpoint(r, opt, epoch + 1, step, 0, NULL) : CT_OK;
             /* The barrier is the agreement: nobody goes on while the file may be missing. */
             if (ct_run_check(&r->d, st) != CT_OK) goto out;
         }
     }
 out:
+    ct_preempt_uninstall();
+    ct_midepoch_free(&mid);
     if (mf) fclose(mf);
     ct_loader_free(loader);
     ct_sampler_free(sampler);
@@ -543,5 +601,5 @@ out:
     ct_ddp_free(ddp);
     ct_dataset_free(&train_feat);
     ct_dataset_free(&test_feat);
-    return st == CT_OK ? 0 : 1;
+    return st != CT_OK ? 1 : preempted ? CT_EXIT_PREEMPTED : 0;
 }

@@ -104,16 +104,19 @@ ct_status ct_ckpt_save(const char *path, ct_module *m, const ct_optim *o, const 
     entries l = {0};
     add_model(&l, m);
     ct_status st = o ? ct_optim_state_foreach(o, add_optim_tensor, add_optim_scalar, &l) : CT_OK;
-    char epoch[32], step[32], seed[32], world[32];
+    char epoch[32], step[32], seed[32], world[32], estep[32];
     snprintf(epoch, sizeof epoch, "%" PRId64, p->epoch);
     snprintf(step, sizeof step, "%" PRId64, p->step);
     snprintf(seed, sizeof seed, "%" PRIu64, p->seed);
     snprintf(world, sizeof world, "%d", p->world);
+    snprintf(estep, sizeof estep, "%" PRId64, p->epoch_step);
     char crc[16] = "";
     if (st == CT_OK) snprintf(crc, sizeof crc, "%08x", (unsigned)ct_st_entries_crc32(l.e, l.n));
     ct_st_meta meta[] = {{"format", "ctrain-checkpoint-1"}, {"epoch", epoch}, {"step", step},
-                         {"seed", seed}, {"world", world}, {"data_crc32", crc}};
-    if (st == CT_OK) st = ct_st_save(path, l.e, l.n, meta, (int)(sizeof meta / sizeof *meta));
+                         {"seed", seed}, {"world", world}, {"data_crc32", crc}, {"epoch_step", estep},
+                         {"rank_state", p->rank_state}};
+    int nmeta = (int)(sizeof meta / sizeof *meta) - (p->rank_state ? 0 : 1);
+    if (st == CT_OK) st = ct_st_save(path, l.e, l.n, meta, nmeta);
     entries_free(&l);
     return st;
 }
@@ -284,6 +287,8 @@ ct_status ct_ckpt_progress(const ct_st_file *f, ct_progress *p) {
     ct_status st = meta_int(f, "epoch", 0, INT_MAX, &epoch);
     if (st == CT_OK) st = meta_int(f, "step", 0, INT64_MAX, &step);
     if (st == CT_OK) st = meta_int(f, "world", 1, INT_MAX, &world);
+    int64_t estep = 0; /* absent before mid-epoch checkpoints existed */
+    if (st == CT_OK && ct_st_meta_get(f, "epoch_step")) st = meta_int(f, "epoch_step", 0, INT64_MAX, &estep);
     const char *seed = ct_st_meta_get(f, "seed");
     char *end = NULL;
     errno = 0;
@@ -292,6 +297,7 @@ ct_status ct_ckpt_progress(const ct_st_file *f, ct_progress *p) {
         st = ct_error(CT_ERR_FORMAT, "%s: metadata 'seed' is %s%s%s, expected an integer in 0..%" PRIu64,
                       ct_st_path(f), seed ? "'" : "missing", seed ? seed : "", seed ? "'" : "", UINT64_MAX);
     if (st != CT_OK) return st;
-    *p = (ct_progress){.epoch = epoch, .step = step, .seed = s, .world = (int)world};
+    *p = (ct_progress){.epoch = epoch, .step = step, .seed = s, .world = (int)world, .epoch_step = estep,
+                       .rank_state = ct_st_meta_get(f, "rank_state")};
     return CT_OK;
 }

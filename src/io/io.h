@@ -92,6 +92,11 @@ typedef struct {
     int64_t step;  /* optimizer steps taken */
     uint64_t seed;
     int world;     /* ranks that wrote it (informational: any rank count can resume) */
+    int64_t epoch_step;     /* steps of epoch `epoch` + 1 already taken: a mid-epoch checkpoint
+                               (metadata "epoch_step"; missing in older files = 0, a boundary) */
+    const char *rank_state; /* mid-epoch: every rank's own state (its RNG streams, its loss sum),
+                               lowercase hex, opaque here; NULL = none. From ct_ckpt_progress it
+                               points into f's metadata and lives as long as f */
 } ct_progress;
 
 /* Atomically writes the model's state_dict (PyTorch names and layouts; BatchNorm's

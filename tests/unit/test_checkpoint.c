@@ -75,7 +75,7 @@ START_TEST(round_trip_resumes_exactly) {
     ct_optim *oa = adam_over(a), *ob = adam_over(b);
     train_step(a, oa, 10);
     train_step(a, oa, 11);
-    ct_progress p = {.epoch = 3, .step = 2, .seed = 7, .world = 2};
+    ct_progress p = {.epoch = 3, .step = 2, .seed = 7, .world = 2, .epoch_step = 4, .rank_state = "00ff"};
     ck_assert_int_eq(ct_ckpt_save(path, a, oa, &p), CT_OK);
     ct_st_file *f = NULL;
     ck_assert_int_eq(ct_st_load(path, &f), CT_OK);
@@ -86,6 +86,8 @@ START_TEST(round_trip_resumes_exactly) {
     ck_assert_int_eq(q.epoch, 3);
     ck_assert_int_eq(q.step, 2);
     ck_assert_int_eq(q.world, 2);
+    ck_assert_int_eq(q.epoch_step, 4); /* a mid-epoch checkpoint's position and per-rank state */
+    ck_assert_str_eq(q.rank_state, "00ff");
     /* PyTorch's dtype for the counter */
     const ct_st_entry *nbt = ct_st_find(f, "backbone.1.num_batches_tracked");
     ck_assert_ptr_nonnull(nbt);
@@ -219,17 +221,21 @@ static const struct {
     {"world", "-2", false},          {"world", "2147483648", false},
     {"seed", "18446744073709551615", true}, {"seed", "18446744073709551616", false},
     {"seed", "-1", false},           {"seed", "", false},
+    {"epoch_step", "5", true},       {"epoch_step", "-1", false},
+    {"epoch_step", "1x", false},
 };
 
 START_TEST(progress_fields_are_range_checked) {
     const char *key = progress_cases[_i].key, *value = progress_cases[_i].value;
     ct_st_meta meta[] = {{"format", "ctrain-checkpoint-1"}, {"epoch", "3"}, {"step", "30"},
-                         {"seed", "7"}, {"world", "2"}};
-    for (int k = 1; k < 5; k++)
+                         {"seed", "7"}, {"world", "2"}, {"epoch_step", "0"}};
+    /* epoch_step is optional (older checkpoints): written only when it is the key tried */
+    int nmeta = strcmp(key, "epoch_step") ? 5 : 6;
+    for (int k = 1; k < 6; k++)
         if (!strcmp(meta[k].key, key)) meta[k].value = value;
     float w = 1;
     ct_st_entry e = {.name = "w", .dtype = CT_DTYPE_F32, .ndim = 1, .shape = {1}, .data = &w};
-    ck_assert_int_eq(ct_st_save(path, &e, 1, meta, 5), CT_OK);
+    ck_assert_int_eq(ct_st_save(path, &e, 1, meta, nmeta), CT_OK);
     ct_st_file *f = NULL;
     ck_assert_int_eq(ct_st_load(path, &f), CT_OK);
     ct_progress p = {.epoch = -5};
@@ -238,6 +244,8 @@ START_TEST(progress_fields_are_range_checked) {
         ck_assert_msg(st == CT_OK, "%s = '%s': %s", key, value, ct_last_error());
         if (!strcmp(key, "seed")) ck_assert(p.seed == UINT64_MAX);
         if (!strcmp(key, "epoch")) ck_assert_int_eq(p.epoch, 2147483647);
+        ck_assert_int_eq(p.epoch_step, strcmp(key, "epoch_step") ? 0 : 5);
+        ck_assert_ptr_null(p.rank_state);
     } else {
         char want[64];
         snprintf(want, sizeof want, "metadata '%s' is", key);

@@ -1,6 +1,7 @@
 /* The command line's INI config (src/cli/config.c): defaults, files, overrides, errors that
  * name file, line and key, dumps that load back, list keys over continuation lines, and the
  * special grammars (class lists, sweep override groups). */
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -79,6 +80,30 @@ START_TEST(config_defaults) {
     ct_test_expect_error(ct_config_get(&c, "optim.nope", buf, sizeof buf), CT_ERR_CONFIG, "optim.nope",
                  NULL);
     ct_test_expect_error(ct_config_get(&c, "data.dir", buf, 4), CT_ERR_ARG, "data.dir", NULL);
+}
+END_TEST
+
+/* train.preempt_signals: names with or without SIG, any case, duplicates once; "none"; an
+ * unknown or uncatchable signal is an error naming the word. */
+START_TEST(config_preempt_signals) {
+    int sigs[8], n = -1;
+    char why[256] = "";
+    ck_assert(ct_config_signals("SIGterm, usr1,TERM", sigs, &n, why, sizeof why));
+    ck_assert_int_eq(n, 2);
+    ck_assert_int_eq(sigs[0], SIGTERM);
+    ck_assert_int_eq(sigs[1], SIGUSR1);
+    ck_assert(ct_config_signals("none", sigs, &n, why, sizeof why));
+    ck_assert_int_eq(n, 0);
+    ck_assert(!ct_config_signals(" , ", sigs, &n, why, sizeof why));
+    ct_config c;
+    ct_config_defaults(&c);
+    ck_assert_str_eq(c.train.preempt_signals, "TERM,INT,USR1");
+    ck_assert_int_eq(c.train.preempt_grace_s, 30);
+    ck_assert_int_eq(c.output.checkpoint_every_steps, 0);
+    ct_test_expect_error(ct_config_set(&c, "train.preempt_signals", "TERM,KILL"), CT_ERR_CONFIG,
+                         "preempt_signals", "'KILL'", NULL);
+    ck_assert_int_eq(ct_config_set(&c, "output.checkpoint_every_steps", "never"), CT_OK);
+    ck_assert_int_eq(ct_config_set(&c, "train.preempt_grace_s", "-1"), CT_ERR_CONFIG);
 }
 END_TEST
 
@@ -509,6 +534,7 @@ int main(void) {
     Suite *s = suite_create("cli_config");
     TCase *cf = tcase_create("config");
     tcase_add_test(cf, config_defaults);
+    tcase_add_test(cf, config_preempt_signals);
     tcase_add_test(cf, config_file_and_overrides);
     tcase_add_test(cf, config_line_endings);
     tcase_add_loop_test(cf, config_file_errors, 0, (int)(sizeof bad_ini / sizeof bad_ini[0]));
