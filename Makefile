@@ -48,7 +48,7 @@ CLI_OBJ  := $(CLI_SRC:%.c=$(B)/obj/%.o)
 CLI_LIB_OBJ := $(filter-out %/main.o,$(CLI_OBJ))
 HEADERS  := src/ctrain.h $(wildcard src/*/*.h)
 # One public header per layer; the CLI's and the internal.h files stay private.
-PUBLIC_H := $(foreach l,core autograd ops nn optim data io dist,src/$(l)/$(l).h)
+PUBLIC_H := $(foreach l,core autograd ops nn optim data io parallel,src/$(l)/$(l).h)
 
 UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)

@@ -10,6 +10,6 @@
 #include "optim/optim.h"
 #include "data/data.h"
 #include "io/io.h"
-#include "dist/dist.h"
+#include "parallel/parallel.h"
 
 #endif

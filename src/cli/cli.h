@@ -5,7 +5,7 @@
 #include <jansson.h>
 
 #include "ctrain.h"
-#include "dist/dist.h"
+#include "parallel/parallel.h"
 #include "io/io.h"
 
 #include "config.h"

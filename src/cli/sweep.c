@@ -1,6 +1,6 @@
 /* ctrain sweep: evaluates every checkpoint of [sweep] checkpoints, crossed with every data
  * set of [sweep] datasets and every config variant of [sweep] overrides, on groups of
- * [sweep] group_size ranks that take jobs from a shared queue (ct_sweep, src/dist/sweep.c).
+ * [sweep] group_size ranks that take jobs from a shared queue (ct_sweep, src/parallel/sweep.c).
  * This file hands out the jobs and gathers the results; expanding the lists
  * (sweep_list.c), running a job (sweep_job.c) and writing the results (sweep_report.c) are
  * in their own files. A failed job never stops the sweep. Jobs are numbered variant-major,

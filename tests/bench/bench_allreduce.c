@@ -2,7 +2,7 @@
  *   {"bench":"allreduce", "ranks":N, "bytes":B, "libnbc_algorithm":"...",
  *    "blocking_us":..., "nonblocking_us":..., "ctrain_us":...}
  * blocking_us is MPI_Allreduce, nonblocking_us is MPI_Iallreduce + MPI_Wait, both in place on
- * floats; ctrain_us is DDP's own all-reduce (src/dist/allreduce.h: shared memory within the
+ * floats; ctrain_us is DDP's own all-reduce (src/parallel/allreduce.h: shared memory within the
  * node), start + wait. Each is the best of 5 rounds of 100 (the machine is noisy). Sizes: the CNN's small buckets,
  * the MLP's whole gradient (940 KB) and the CNN's fc1 weight (1.6 MB). ct_dist_init applies
  * ctrain's Open MPI tuning unless OMPI_MCA_coll_libnbc_iallreduce_algorithm is already set,
@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "ctrain.h"
-#include "dist/allreduce.h"
+#include "parallel/allreduce.h"
 
 enum { BLOCKING, NONBLOCKING, CTRAIN };
 

@@ -28,7 +28,7 @@
 #include <time.h>
 
 #include "ctrain.h"
-#include "dist/internal.h"
+#include "parallel/internal.h"
 
 static double now(void) {
     struct timespec ts;

@@ -5,7 +5,7 @@
 #include <check.h>
 
 #include "ctrain.h"
-#include "dist/internal.h"
+#include "parallel/internal.h"
 
 extern ct_dist D; /* the world, set up by ct_mpi_test_main */
 

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "ctrain.h"
-#include "dist/internal.h"
+#include "parallel/internal.h"
 #include "mpi_util.h"
 
 

@@ -6,13 +6,13 @@ source "$(dirname "$0")/lib.sh"
 make -s -C "$ROOT" install PREFIX="$T/prefix" >"$T/install.log" 2>&1 ||
     { fail "make install"; show "$T/install.log"; finish; }
 for f in lib/libctrain.a lib/libctrain.so lib/pkgconfig/ctrain.pc bin/ctrain bin/ctrun \
-    include/ctrain/ctrain.h include/ctrain/dist/dist.h; do
+    include/ctrain/ctrain.h include/ctrain/parallel/parallel.h; do
     check "installs $f" test -e "$T/prefix/$f"
 done
 check "keeps private headers private" test ! -e "$T/prefix/include/ctrain/cli/cli.h"
-check "keeps internal headers private" test ! -e "$T/prefix/include/ctrain/dist/internal.h"
+check "keeps internal headers private" test ! -e "$T/prefix/include/ctrain/parallel/internal.h"
 # A program that trains on one process needs no MPI include path: the umbrella header
-# (dist.h too: its communicator is an opaque handle) compiles with plain cc.
+# (parallel.h too: its communicator is an opaque handle) compiles with plain cc.
 cat >"$T/nompi.c" <<'C'
 #include <ctrain.h>
 int main(void) {

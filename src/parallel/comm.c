@@ -44,7 +44,7 @@ ct_status ct_dist_from_comm(MPI_Comm comm, ct_dist *d) {
     return CT_OK;
 }
 
-/* DDP's node leaders all-reduce between nodes with MPI_Iallreduce (src/dist/allreduce.c).
+/* DDP's node leaders all-reduce between nodes with MPI_Iallreduce (src/parallel/allreduce.c).
  * Open MPI's non-blocking all-reduce (libnbc) picks a binomial tree for small worlds,
  * which sends every byte log2(N) times; its ring algorithm is bandwidth-optimal and about
  * twice as fast for DDP-sized buckets (tests/bench/bench_allreduce.c prints both). A

@@ -1,15 +1,15 @@
-/* ctrain dist: the MPI communicator, data-parallel training (DDP) with trainable-only
- * bucketed all-reduce overlapped with backward, BatchNorm buffer policies, exact
+/* ctrain parallel (the ct_dist_* API): the MPI communicator, data-parallel training (DDP)
+ * with trainable-only bucketed all-reduce overlapped with backward, BatchNorm buffer policies, exact
  * distributed evaluation and hwloc binding. */
-#ifndef CT_DIST_H
-#define CT_DIST_H
+#ifndef CT_PARALLEL_H
+#define CT_PARALLEL_H
 
 #include "../data/data.h"
 #include "../nn/nn.h"
 
 /* ---- communicator ----------------------------------------------------------------------- */
 
-/* The MPI communicators, opaque here so this header needs no <mpi.h> (src/dist/internal.h). */
+/* The MPI communicators, opaque here so this header needs no <mpi.h> (src/parallel/internal.h). */
 typedef struct ct_comm ct_comm;
 
 typedef struct {
@@ -45,7 +45,7 @@ typedef struct {
                                   starts early; default 1 MiB */
     ct_buffer_policy buffers;  /* BatchNorm running statistics */
     bool shm;                  /* all-reduce through shared memory within a node and MPI
-                                  between nodes (src/dist/allreduce.h); false: MPI even
+                                  between nodes (src/parallel/allreduce.h); false: MPI even
                                   between ranks of one node. Default true */
     double timeout_s;          /* a rank silent this long in the gradient all-reduce ends the
                                   job, naming it; 0 = wait forever; default 1800 (PyTorch's
@@ -138,7 +138,7 @@ typedef struct {
     int group_index; /* 0..ngroups-1, in world-rank order */
     int ngroups;
     bool dynamic;    /* the shared counter is in use */
-    struct ct_sweep_queue *queue; /* private to src/dist/sweep.c */
+    struct ct_sweep_queue *queue; /* private to src/parallel/sweep.c */
 } ct_sweep;
 
 /* Collective over world: makes the groups and the queue. group_size is clamped to

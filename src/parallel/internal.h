@@ -1,12 +1,12 @@
 /* Internal to src/dist (and its tests and benchmarks; not installed): the MPI handles
- * behind the public dist.h, which compiles without <mpi.h> so a program that trains on
+ * behind the public parallel.h, which compiles without <mpi.h> so a program that trains on
  * one process needs no MPI include path. */
 #ifndef CT_DIST_INTERNAL_H
 #define CT_DIST_INTERNAL_H
 
 #include <mpi.h>
 
-#include "dist.h"
+#include "parallel.h"
 
 /* What a ct_dist's opaque handle holds. */
 struct ct_comm {
