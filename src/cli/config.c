@@ -348,6 +348,13 @@ static bool normalize_list(const char *value, char *out, size_t cap, char *why, 
             snprintf(why, n, "item '%.40s...' is longer than %d characters", a, CT_CFG_STR - 1);
             return false;
         }
+        if (b > a && (*a == '#' || *a == ';')) {
+            /* the config's own dump puts long lists one item a line, where inih would read
+             * such an item as a comment */
+            snprintf(why, n, "item '%.40s' starts with '%c', which an INI line reads as a comment",
+                     a, *a);
+            return false;
+        }
         if (b > a) {
             if (len + (size_t)(b - a) + 2 > cap) {
                 snprintf(why, n, "longer than %zu characters", cap - 1);

@@ -83,9 +83,21 @@ typedef struct {
 static void jpeg_fail(j_common_ptr ci) { longjmp(((jpeg_err *)ci->err)->jb, 1); }
 
 /* libjpeg warns and pads with grey when the data ends early; PIL refuses such a file
- * ("image file is truncated"), and so do we. Other warnings (extraneous bytes) pass, as in PIL. */
+ * ("image file is truncated"), and so do we, at once: a 100-byte file whose header claims
+ * 20000x20000 pixels must not cost a full decode of padding. Other warnings (extraneous
+ * bytes) pass, as in PIL. */
 static void jpeg_warn(j_common_ptr ci, int level) {
-    if (level < 0 && ci->err->msg_code == JWRN_JPEG_EOF) ((jpeg_err *)ci->err)->truncated = true;
+    if (level >= 0) return; /* trace messages */
+    int code = ci->err->msg_code;
+    if (code == JWRN_JPEG_EOF) {
+        ((jpeg_err *)ci->err)->truncated = true;
+        longjmp(((jpeg_err *)ci->err)->jb, 1);
+    }
+    /* Corrupt entropy-coded data: libjpeg would go on decoding garbage (seconds for a tiny
+     * file that claims a huge image); a file that cannot be decoded is an error. */
+    if (code == JWRN_HIT_MARKER || code == JWRN_HUFF_BAD_CODE || code == JWRN_MUST_RESYNC ||
+        code == JWRN_NOT_SEQUENTIAL || code == JWRN_BOGUS_PROGRESSION)
+        longjmp(((jpeg_err *)ci->err)->jb, 1);
 }
 
 static ct_status decode_jpeg(const uint8_t *buf, size_t n, const char *name, int channels,
@@ -102,6 +114,9 @@ static ct_status decode_jpeg(const uint8_t *buf, size_t n, const char *name, int
         je.pub.format_message((j_common_ptr)&ci, msg);
         jpeg_destroy_decompress(&ci);
         free(rgb);
+        if (je.truncated)
+            return ct_error(CT_ERR_FORMAT, "%s: cannot decode JPEG: the data ends early (truncated "
+                            "file)", name);
         return ct_error(CT_ERR_FORMAT, "%s: cannot decode JPEG: %s", name, msg);
     }
     jpeg_create_decompress(&ci);
@@ -139,11 +154,6 @@ static ct_status decode_jpeg(const uint8_t *buf, size_t n, const char *name, int
     }
     jpeg_finish_decompress(&ci);
     jpeg_destroy_decompress(&ci);
-    if (je.truncated) {
-        free(rgb);
-        return ct_error(CT_ERR_FORMAT, "%s: cannot decode JPEG: the data ends early (truncated "
-                        "file)", name);
-    }
     out->px = ct_malloc((size_t)(out->h * out->w) * (size_t)channels);
     convert(rgb, sc, out);
     free(rgb);

@@ -444,6 +444,19 @@ START_TEST(config_library_enums) {
 END_TEST
 
 /* List keys go on over indented lines (joined with ','); other keys refuse them. */
+/* A list item may not start with '#' or ';': the config's own dump writes long lists one
+ * item a line, where inih would read it as a comment (found by fuzz_config). */
+START_TEST(config_list_item_cannot_look_like_a_comment) {
+    ct_config c;
+    ct_config_defaults(&c);
+    ct_test_expect_error(ct_config_override(&c, "sweep.checkpoints=a.safetensors, #b"), CT_ERR_CONFIG,
+                         "sweep.checkpoints", "starts with '#'", NULL);
+    ct_test_expect_error(ct_config_override(&c, "model.freeze=;x"), CT_ERR_CONFIG, "model.freeze",
+                         "comment", NULL);
+    ck_assert_int_eq(ct_config_override(&c, "sweep.checkpoints=a#b.safetensors"), CT_OK);
+}
+END_TEST
+
 START_TEST(config_continuation_lines) {
     ct_test_make_tmpdir();
     const char *path = write_ini("list.ini", "[sweep]\n"
@@ -537,6 +550,7 @@ int main(void) {
     tcase_add_test(cf, config_preempt_signals);
     tcase_add_test(cf, config_file_and_overrides);
     tcase_add_test(cf, config_line_endings);
+    tcase_add_test(cf, config_list_item_cannot_look_like_a_comment);
     tcase_add_loop_test(cf, config_file_errors, 0, (int)(sizeof bad_ini / sizeof bad_ini[0]));
     tcase_add_test(cf, config_load_errors);
     tcase_add_test(cf, config_override_errors);
