@@ -51,6 +51,6 @@ check "no cache with augmentation, and the log says why" contains "$T/ft_aug.err
 "${MPIRUN[@]}" -np 2 "$CTRAIN" train "$ROOT/examples/transfer/staged.ini" "${ft[@]}" train.epochs=3 \
     train.unfreeze_after=1 output.dir="$T/staged" >"$T/staged.out" 2>"$T/staged.err" ||
     { fail "staged unfreezing exits 0"; show "$T/staged.err"; }
-check "the last block is unfrozen after 1 epoch" contains "$T/staged.err" "after 1 epochs: unfroze 4 parameters (backbone.4.*,backbone.5.*) with lr x 0.1"
+check "the last block is unfrozen after 1 epoch" contains "$T/staged.err" "after 1 epochs: unfroze 4 parameters (backbone.4.*, backbone.5.*) with lr x 0.1"
 check "training goes on on both ranks for all 3 epochs" test "$(grep -c '"event":"eval"' "$T/staged.out")" -eq 3
 finish
