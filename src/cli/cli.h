@@ -45,6 +45,8 @@ void ct_run_free(ct_run *r);
  * values, unless model.allow_nonfinite: NaN/Inf weights or optimizer state would otherwise
  * load silently and train on as NaN. The message names the file, tensor and element. */
 ct_status ct_run_open_checkpoint(const ct_run *r, const char *path, ct_st_file **f);
+/* model.name = vit*: builds r->model from the ViT keys and the test set's samples (model_vit.c). */
+ct_status ct_run_build_vit(ct_run *r, ct_rng *rng);
 /* For a checkpoint that does not fit the model (st == CT_ERR_SHAPE): appends to the message
  * where the model's class count came from (the label file and sample of the largest test
  * label), since a stray label there shows up as a classifier of the wrong size. Returns st. */

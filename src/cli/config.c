@@ -91,7 +91,9 @@ static const key_def keys[] = {
 
     ENUM("model", "name", model.name, "mlp", {"mlp", CT_CFG_MODEL_MLP}, {"cnn", CT_CFG_MODEL_CNN},
          {"custom", CT_CFG_MODEL_CUSTOM}, {"resnet18", CT_CFG_MODEL_RESNET18},
-         {"resnet34", CT_CFG_MODEL_RESNET34}, {"resnet50", CT_CFG_MODEL_RESNET50}),
+         {"resnet34", CT_CFG_MODEL_RESNET34}, {"resnet50", CT_CFG_MODEL_RESNET50},
+         {"vit", CT_CFG_MODEL_VIT}, {"vit_b_16", CT_CFG_MODEL_VIT_B_16},
+         {"vit_b_32", CT_CFG_MODEL_VIT_B_32}, {"vit_tiny", CT_CFG_MODEL_VIT_TINY}),
     STR("model", "layers", model.layers, ""),
     LIST_STR("model", "freeze", model.freeze, ""),
     STR("model", "init_from", model.init_from, ""),
@@ -104,6 +106,15 @@ static const key_def keys[] = {
     INT("model", "in_channels", model.in_channels, "3", 1, NULL),
     INT("model", "num_classes", model.num_classes, "data", 0, "data"),
     ENUM("model", "stem", model.stem, "imagenet", {"imagenet", CT_CFG_STEM_IMAGENET}, {"small", CT_CFG_STEM_SMALL}),
+    /* ---- ViT (issue 11: model.name = vit | vit_b_16 | vit_b_32 | vit_tiny) ---- */
+    INT("model", "image_size", model.image_size, "data", 0, "data"),
+    INT("model", "patch_size", model.patch_size, "preset", 0, "preset"),
+    INT("model", "num_layers", model.num_layers, "preset", 0, "preset"),
+    INT("model", "num_heads", model.num_heads, "preset", 0, "preset"),
+    INT("model", "hidden_dim", model.hidden_dim, "preset", 0, "preset"),
+    INT("model", "mlp_dim", model.mlp_dim, "preset", 0, "preset"),
+    REAL("model", "attention_dropout", model.attention_dropout, "0", 0, 1, HI_OPEN),
+    /* ---- end of the ViT keys ---- */
 
     INT("train", "epochs", train.epochs, "10", 1, NULL),
     INT("train", "batch_size", train.batch_size, "64", 1, NULL),

@@ -33,7 +33,12 @@ typedef enum {
     CT_CFG_MODEL_CUSTOM,
     CT_CFG_MODEL_RESNET18,
     CT_CFG_MODEL_RESNET34,
-    CT_CFG_MODEL_RESNET50
+    CT_CFG_MODEL_RESNET50,
+    /* torchvision's VisionTransformer: explicit architecture keys, or a preset's */
+    CT_CFG_MODEL_VIT,
+    CT_CFG_MODEL_VIT_B_16,
+    CT_CFG_MODEL_VIT_B_32,
+    CT_CFG_MODEL_VIT_TINY
 } ct_cfg_model;
 typedef enum { CT_CFG_STEM_IMAGENET, CT_CFG_STEM_SMALL } ct_cfg_stem;
 typedef enum { CT_CFG_CACHE_AUTO, CT_CFG_CACHE_OFF } ct_cfg_cache;
@@ -75,6 +80,9 @@ typedef struct {
         int in_channels;
         int num_classes; /* 0 = the data set's */
         ct_cfg_stem stem;
+        /* ViT architecture; 0 = the preset's (image_size: the samples' H = W) */
+        int image_size, patch_size, num_layers, num_heads, hidden_dim, mlp_dim;
+        double attention_dropout;
     } model;
     struct {
         int epochs, batch_size;

@@ -227,6 +227,10 @@ static ct_status build_model(ct_run *r) {
         if (st != CT_OK) return ct_error(st, "%s: %s", r->cfg_path, ct_last_error());
         return CT_OK;
     }
+    case CT_CFG_MODEL_VIT:
+    case CT_CFG_MODEL_VIT_B_16:
+    case CT_CFG_MODEL_VIT_B_32:
+    case CT_CFG_MODEL_VIT_TINY: return ct_run_build_vit(r, &rng);
     }
     return ct_error(CT_ERR_CONFIG, "%s: bad model.name", r->cfg_path);
 }

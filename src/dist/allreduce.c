@@ -83,9 +83,10 @@ static double now_s(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* Names the rank the wait is for: the first node rank whose counter `which` is below n, or
- * (between nodes) the leaders' MPI all-reduce. */
-_Noreturn static void timed_out(const ct_allreduce *a, int which, int64_t n, double waited);
+/* Ends the job naming what the wait is for: the first node rank whose counter `which` is
+ * below n, or (which < 0, between nodes) the leaders' MPI all-reduce. Returns if no rank
+ * lags any more (it answered just now). */
+static void timed_out(const ct_allreduce *a, int which, int64_t n, double waited);
 
 /* One turn of a wait loop for node ranks to reach n at `which`. */
 static void backoff(const ct_allreduce *a, waiter *w, int which, int64_t n) {
@@ -310,22 +311,23 @@ static void pending(const ct_allreduce *a, int *which, int64_t *n) {
     else if (a->npublished == a->nr) *which = COPIED, *n = end;
 }
 
-_Noreturn static void timed_out(const ct_allreduce *a, int which, int64_t n, double waited) {
-    for (int q = 0; which >= 0 && q < a->nsize; q++)
+static void timed_out(const ct_allreduce *a, int which, int64_t n, double waited) {
+    if (which < 0)
+        ct_fatal("all-reduce: the node leaders' MPI all-reduce has not completed for %.0f s (dist.timeout_s = "
+                 "%g): a rank on another node is stopped, hung or dead", waited, a->timeout_s);
+    for (int q = 0; q < a->nsize; q++)
         if (q != a->nrank && get(a, q, which) < n)
             ct_fatal("all-reduce: rank %d has not answered for %.0f s (dist.timeout_s = %g): it is stopped, "
                      "hung or dead", a->wrank[q], waited, a->timeout_s);
-    ct_fatal("all-reduce: the node leaders' MPI all-reduce has not completed for %.0f s (dist.timeout_s = %g): "
-             "a rank on another node is stopped, hung or dead", waited, a->timeout_s);
 }
 
 void ct_allreduce_wait(ct_allreduce *a) {
     for (waiter w = {0}; !finished(a);) {
         ct_allreduce_progress(a);
-        int which;
+        int which = -1;
         int64_t n = 0;
         if (w.spins >= SPINS) pending(a, &which, &n); /* only needed once the wait is long */
-        backoff(a, &w, w.spins >= SPINS ? which : -1, n);
+        backoff(a, &w, which, n);
     }
     a->base += a->nr;
     a->nr = a->nreduced = a->nposted = a->npublished = a->ncopied = 0;

@@ -248,8 +248,9 @@ ct_status ct_ckpt_load_optim(const ct_st_file *f, ct_optim *o) {
 ct_status ct_ckpt_check_finite(const ct_st_file *f) {
     for (int i = 0; i < ct_st_count(f); i++) {
         const ct_st_entry *e = ct_st_at(f, i);
+        if (e->dtype != CT_DTYPE_F32 && e->dtype != CT_DTYPE_F64) continue;
         int64_t n = ct_st_numel(e);
-        for (int64_t k = 0; k < n && (e->dtype == CT_DTYPE_F32 || e->dtype == CT_DTYPE_F64); k++) {
+        for (int64_t k = 0; k < n; k++) {
             double v = e->dtype == CT_DTYPE_F32 ? ((const float *)e->data)[k] : ((const double *)e->data)[k];
             if (!isfinite(v))
                 return ct_error(CT_ERR_FORMAT, "%s: tensor '%s' holds %s at element %lld", ct_st_path(f), e->name,

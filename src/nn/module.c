@@ -319,6 +319,13 @@ static int leading_fixed(ct_module *m, bool *stopped) {
         *stopped = true;
         return 0;
     }
+    /* A Sequential's own parameters (a ViT's class token and positional embedding) are
+     * used by its layers: while one of them trains, none of its layers is fixed. */
+    for (int i = 0; i < m->nparams; i++)
+        if (m->params[i]->requires_grad) {
+            *stopped = true;
+            return 0;
+        }
     int k = 0;
     for (int i = 0; i < m->nchildren && !*stopped; i++) k += leading_fixed(m->children[i], stopped);
     return k;

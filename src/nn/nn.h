@@ -231,4 +231,29 @@ ct_module *ct_nn_resnet_block(int64_t inplanes, int64_t planes, int stride, bool
 ct_status ct_nn_from_spec(const char *spec, int ndim, const int64_t *in_shape, float dropout,
                           ct_rng *rng, ct_module **out);
 
+/* ---- transformers (transformer.c, vit.c) ---------------------------------------------- */
+/* LayerNorm over the last dim (weight ones, bias zeros). */
+ct_module *ct_nn_layernorm(int64_t dim, float eps);
+/* nn.MultiheadAttention(embed, heads, dropout, batch_first=True) used as self-attention
+ * (forward(x) = attn(x, x, x)): in_proj_weight [3E, E] (xavier), in_proj_bias, out_proj
+ * (Linear, zero bias); the attention dropout draws from the module's own stream. */
+ct_module *ct_nn_multihead_attention(int64_t embed, int heads, float dropout, ct_rng *rng);
+/* torchvision's ViT EncoderBlock: ln_1, self_attention, dropout, ln_2, mlp (0 Linear,
+ * 1 GELU, 2 Dropout, 3 Linear, 4 Dropout), LayerNorms with eps 1e-6. */
+ct_module *ct_nn_vit_encoder_block(int64_t hidden, int heads, int64_t mlp_dim, float dropout,
+                                   float attention_dropout, ct_rng *rng);
+typedef struct {
+    int64_t image_size, patch_size, num_layers, num_heads, hidden_dim, mlp_dim;
+    int64_t in_channels, num_classes;
+    float dropout, attention_dropout;
+} ct_vit_config;
+/* Sets the architecture fields (image_size .. mlp_dim) of a named preset: vit_b_16,
+ * vit_b_32 (224 px), vit_tiny (28 px, 4x4 patches, 4 layers, 4 heads, 64 wide, mlp 128).
+ * CT_ERR_CONFIG naming the preset if there is no such one. */
+ct_status ct_vit_preset(const char *name, ct_vit_config *c);
+/* torchvision's VisionTransformer with its state_dict names and init; inputs
+ * [N, in_channels, image_size, image_size] -> logits [N, num_classes]. CT_ERR_CONFIG naming
+ * the bad field. */
+ct_status ct_nn_vit(const ct_vit_config *c, ct_rng *rng, ct_module **out);
+
 #endif

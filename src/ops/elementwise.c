@@ -205,3 +205,36 @@ ct_tensor *ct_log(ct_tensor *a) {
     if (n) ct_save(n, a);
     return out;
 }
+
+/* ---- expand: broadcast to a shape ----------------------------------------------------- */
+
+/* The broadcast of x against a shape (only ndim and shape of the stand-in are read). */
+static bcast expand_bcast(const ct_tensor *x, int ndim, const int64_t *shape) {
+    ct_tensor target = {.ndim = ndim};
+    memcpy(target.shape, shape, (size_t)ndim * sizeof *shape);
+    bcast bc = bcast_make("expand", x, &target);
+    bool ok = bc.nd == ndim;
+    for (int d = 0; ok && d < ndim; d++) ok = bc.shape[d] == shape[d];
+    CT_ASSERT(ok, "expand: %s cannot be expanded to a %d-d shape (only size-1 dims stretch)",
+              CT_SHAPE_STR(x), ndim);
+    return bc;
+}
+
+static void expand_backward(ct_node *n, const ct_tensor *gout) {
+    bcast bc = expand_bcast(n->saved[0], gout->ndim, gout->shape);
+    float *gx = ct_node_grad_in(n, 0)->data;
+    const float *g = gout->data;
+    BCAST_FOR(bc, gx[oa] += g[i]);
+}
+
+ct_tensor *ct_expand(ct_tensor *x, int ndim, const int64_t *shape) {
+    CT_ASSERT(ndim >= 0 && ndim <= CT_MAX_DIMS, "expand: %d dims requested for %s", ndim, CT_SHAPE_STR(x));
+    bcast bc = expand_bcast(x, ndim, shape);
+    ct_tensor *out = ct_tensor_new(ndim, shape);
+    float *o = out->data;
+    const float *xd = x->data;
+    BCAST_FOR(bc, o[i] = xd[oa]);
+    ct_node *n = CT_RECORD("expand", expand_backward, out, x);
+    if (n) ct_save(n, x); /* for its shape only: a handle, not a copy */
+    return out;
+}

@@ -1,4 +1,4 @@
-/* matmul and linear. Every product goes through ct_gemm; transposes are sgemm flags. A
+/* matmul, bmm and linear. Every product goes through ct_gemm; transposes are sgemm flags. A
  * gradient GEMM runs only when its input needs a gradient, so a frozen weight costs no
  * dW GEMM and a data input no dX GEMM. */
 #include "internal.h"
@@ -25,6 +25,36 @@ ct_tensor *ct_matmul(ct_tensor *a, ct_tensor *b) {
         /* Save only what a needed gradient uses: A for dB, B for dA. Unused slots hold a
          * cheap alias so the indices stay fixed. */
         ct_save(n, ct_node_needs(n, 1) ? a : b);
+        ct_save(n, ct_node_needs(n, 0) ? b : a);
+    }
+    return out;
+}
+
+static void bmm_backward(ct_node *n, const ct_tensor *gout) {
+    int64_t B = n->i[0], m = n->i[1], k = n->i[2], nn = n->i[3];
+    ct_tensor *ga = ct_node_grad_in(n, 0), *gb = ct_node_grad_in(n, 1);
+    for (int64_t t = 0; t < B; t++) {
+        const float *g = gout->data + t * m * nn;
+        if (ga) ct_gemm(false, true, m, k, nn, 1, g, nn, n->saved[1]->data + t * k * nn, nn, 1,
+                        ga->data + t * m * k, k);
+        if (gb) ct_gemm(true, false, k, nn, m, 1, n->saved[0]->data + t * m * k, k, g, nn, 1,
+                        gb->data + t * k * nn, nn);
+    }
+}
+
+ct_tensor *ct_bmm(ct_tensor *a, ct_tensor *b) {
+    CT_ASSERT(a->ndim == 3 && b->ndim == 3 && a->shape[0] == b->shape[0] && a->shape[2] == b->shape[1],
+              "bmm: cannot multiply %s by %s (expected [B, M, K] and [B, K, N])", CT_SHAPE_STR(a),
+              CT_SHAPE_STR(b));
+    int64_t B = a->shape[0], m = a->shape[1], k = a->shape[2], nn = b->shape[2];
+    ct_tensor *out = ct_tensor_new(CT_SHAPE(B, m, nn));
+    for (int64_t t = 0; t < B; t++)
+        ct_gemm(false, false, m, nn, k, 1, a->data + t * m * k, k, b->data + t * k * nn, nn, 0,
+                out->data + t * m * nn, nn);
+    ct_node *n = CT_RECORD("bmm", bmm_backward, out, a, b);
+    if (n) {
+        n->i[0] = B, n->i[1] = m, n->i[2] = k, n->i[3] = nn;
+        ct_save(n, ct_node_needs(n, 1) ? a : b); /* as in matmul: A for dB, B for dA */
         ct_save(n, ct_node_needs(n, 0) ? b : a);
     }
     return out;

@@ -21,10 +21,15 @@ ct_tensor *ct_div_scalar(ct_tensor *a, float s);
 ct_tensor *ct_neg(ct_tensor *a);
 ct_tensor *ct_exp(ct_tensor *a);
 ct_tensor *ct_log(ct_tensor *a);
+/* x broadcast to shape (torch's expand, materialised); its backward sums over the
+ * broadcast dims. */
+ct_tensor *ct_expand(ct_tensor *x, int ndim, const int64_t *shape);
 
 /* ---- matmul.c ------------------------------------------------------------------------ */
 /* a [M, K] @ b [K, N] -> [M, N]. */
 ct_tensor *ct_matmul(ct_tensor *a, ct_tensor *b);
+/* Batched: a [B, M, K] @ b [B, K, N] -> [B, M, N] (torch.bmm). */
+ct_tensor *ct_bmm(ct_tensor *a, ct_tensor *b);
 /* x [..., in] @ w[out, in]^T + b[out] -> [..., out]; b may be NULL. */
 ct_tensor *ct_linear(ct_tensor *x, ct_tensor *w, ct_tensor *b);
 
@@ -41,8 +46,16 @@ void ct_argmax_rows(const ct_tensor *x, int64_t *out);
 ct_tensor *ct_reshape(ct_tensor *x, int ndim, const int64_t *shape);
 /* Collapses dims start_dim..end into one (nn.Flatten uses start_dim = 1). */
 ct_tensor *ct_flatten(ct_tensor *x, int start_dim);
-/* 2-d transpose (a copy: tensors are always contiguous). */
+/* Swaps the last two dims: [..., R, C] -> [..., C, R] (a copy: tensors are always
+ * contiguous). The 2-d transpose, and torch's x.transpose(-2, -1) for batches. */
 ct_tensor *ct_transpose(ct_tensor *x);
+
+/* Concatenates n (1..4) tensors along dim (torch.cat); all other dims must match. */
+ct_tensor *ct_cat(int n, ct_tensor *const *xs, int dim);
+/* The slice [start, start + length) of dim (a copy; x.narrow(dim, start, length)). */
+ct_tensor *ct_narrow(ct_tensor *x, int dim, int64_t start, int64_t length);
+/* x.select(dim, index): the slice at index with dim removed (x[:, 0] is select(x, 1, 0)). */
+ct_tensor *ct_select(ct_tensor *x, int dim, int64_t index);
 
 /* ---- activation.c -------------------------------------------------------------------- */
 ct_tensor *ct_relu(ct_tensor *x);
@@ -101,6 +114,19 @@ ct_tensor *ct_layer_norm(ct_tensor *x, int nlast, ct_tensor *weight, ct_tensor *
 /* Training: zero each element with probability p and scale the rest by 1/(1-p), drawing
  * from rng. Otherwise (or p == 0) the identity: x itself, retained in the scope. */
 ct_tensor *ct_dropout(ct_tensor *x, float p, bool training, ct_rng *rng);
+
+/* ---- attention.c ---------------------------------------------------------------------- */
+/* Multi-head scaled dot-product attention on packed projections qkv [N, L, 3E] (q, k, v
+ * side by side in each row, as x @ in_proj_weight^T gives them): per head h (dh = E/heads)
+ * softmax(Q_h K_h^T / sqrt(dh)) V_h, with dropout p on the attention weights in training
+ * (from rng) -> [N, L, E], heads concatenated. Saves qkv, the softmax output and the
+ * dropout bits for backward, never the scores. */
+ct_tensor *ct_attention(ct_tensor *qkv, int heads, float p, bool training, ct_rng *rng);
+/* torch.nn.MultiheadAttention(batch_first=True) self-attention, x [N, L, E]:
+ * out_proj(attention(in_proj(x))) with in_w [3E, E], in_b [3E], out_w [E, E], out_b [E]
+ * (biases may be NULL). */
+ct_tensor *ct_multi_head_attention(ct_tensor *x, ct_tensor *in_w, ct_tensor *in_b, ct_tensor *out_w,
+                                   ct_tensor *out_b, int heads, float p, bool training, ct_rng *rng);
 
 /* ---- embedding.c --------------------------------------------------------------------- */
 /* weight [V, D]; idx has `ndim` dims of `shape` (n = prod(shape) indices) -> [shape..., D]. */

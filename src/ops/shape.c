@@ -1,6 +1,6 @@
 /* Shape ops. reshape and flatten are views: a new handle on x's storage (no copy), with a
  * node whose backward passes the gradient straight through (same elements, same order).
- * transpose is a copy, since tensors are always contiguous. */
+ * transpose, cat and narrow copy, since tensors are always contiguous. */
 #include "internal.h"
 
 #include <stdio.h>
@@ -87,16 +87,115 @@ static void transpose_into(float *restrict dst, const float *restrict src, int64
     }
 }
 
+/* Batches of [r, c] matrices, the last two dims of the (input) shape. */
+static void transpose_dims(const ct_tensor *x, int64_t *batch, int64_t *r, int64_t *c) {
+    *r = x->shape[x->ndim - 2], *c = x->shape[x->ndim - 1];
+    *batch = (*r) * (*c) != 0 ? x->numel / ((*r) * (*c)) : 0;
+}
+
 static void transpose_backward(ct_node *n, const ct_tensor *gout) {
-    /* gout is [c, r]; its transpose accumulates into the [r, c] input gradient. */
-    transpose_into(ct_node_grad_in(n, 0)->data, gout->data, gout->shape[0], gout->shape[1], true);
+    /* gout is [..., c, r]; each transpose accumulates into the [..., r, c] input gradient. */
+    int64_t batch, c, r;
+    transpose_dims(gout, &batch, &c, &r);
+    float *gx = ct_node_grad_in(n, 0)->data;
+    for (int64_t b = 0; b < batch; b++)
+        transpose_into(gx + b * r * c, gout->data + b * r * c, c, r, true);
 }
 
 ct_tensor *ct_transpose(ct_tensor *x) {
-    ct__check_ndim("transpose", x, 2, "[R, C]");
-    int64_t r = x->shape[0], c = x->shape[1];
-    ct_tensor *out = ct_tensor_new(CT_SHAPE(c, r));
-    transpose_into(out->data, x->data, r, c, false);
+    CT_ASSERT(x->ndim >= 2, "transpose: expected at least 2 dims [..., R, C], got %s", CT_SHAPE_STR(x));
+    int64_t batch, r, c, shape[CT_MAX_DIMS];
+    transpose_dims(x, &batch, &r, &c);
+    memcpy(shape, x->shape, sizeof shape);
+    shape[x->ndim - 2] = c, shape[x->ndim - 1] = r;
+    ct_tensor *out = ct_tensor_new(x->ndim, shape);
+    for (int64_t b = 0; b < batch; b++)
+        transpose_into(out->data + b * r * c, x->data + b * r * c, r, c, false);
     CT_RECORD("transpose", transpose_backward, out, x);
     return out;
+}
+
+/* ---- cat and narrow: blocks along one dim ---------------------------------------------- */
+
+/* Copies `outer` blocks of `len` floats, from src every sstride floats to dst every dstride
+ * (accumulating when acc). cat, narrow and their backwards are all this one loop. */
+static void copy_blocks(float *dst, int64_t dstride, const float *src, int64_t sstride, int64_t outer,
+                        int64_t len, bool acc) {
+    for (int64_t o = 0; o < outer; o++) {
+        if (acc) ct__axpy(dst + o * dstride, src + o * sstride, 1.0f, len);
+        else memcpy(dst + o * dstride, src + o * sstride, (size_t)len * sizeof(float));
+    }
+}
+
+/* Node layout: i[0] dim; the inputs' shapes come from the saved handles. */
+static void cat_backward(ct_node *n, const ct_tensor *gout) {
+    int64_t outer, d, inner, off = 0;
+    ct__split_dim(gout, (int)n->i[0], &outer, &d, &inner);
+    for (int k = 0; k < n->ninputs; k++) {
+        int64_t len = n->saved[k]->shape[n->i[0]] * inner;
+        ct_tensor *gx = ct_node_grad_in(n, k);
+        if (gx) copy_blocks(gx->data, len, gout->data + off, d * inner, outer, len, true);
+        off += len;
+    }
+}
+
+ct_tensor *ct_cat(int n, ct_tensor *const *xs, int dim) {
+    CT_ASSERT(n >= 1 && n <= CT_NODE_MAX_IN, "cat: %d inputs (1 to %d)", n, CT_NODE_MAX_IN);
+    int d = ct__dim("cat", xs[0], dim);
+    int64_t shape[CT_MAX_DIMS];
+    memcpy(shape, xs[0]->shape, sizeof shape);
+    for (int k = 1; k < n; k++) {
+        bool ok = xs[k]->ndim == xs[0]->ndim;
+        for (int j = 0; ok && j < xs[0]->ndim; j++) ok = j == d || xs[k]->shape[j] == xs[0]->shape[j];
+        CT_ASSERT(ok, "cat: input %d %s does not match input 0 %s outside dim %d", k,
+                  CT_SHAPE_STR(xs[k]), CT_SHAPE_STR(xs[0]), d);
+        shape[d] += xs[k]->shape[d];
+    }
+    ct_tensor *out = ct_tensor_new(xs[0]->ndim, shape);
+    int64_t outer, total, inner, off = 0;
+    ct__split_dim(out, d, &outer, &total, &inner);
+    for (int k = 0; k < n; k++) {
+        int64_t len = xs[k]->shape[d] * inner;
+        copy_blocks(out->data + off, total * inner, xs[k]->data, len, outer, len, false);
+        off += len;
+    }
+    ct_node *nd = ct_record("cat", cat_backward, out, n, xs);
+    if (nd) {
+        nd->i[0] = d;
+        for (int k = 0; k < n; k++) ct_save(nd, xs[k]); /* for the shapes: handles, not copies */
+    }
+    return out;
+}
+
+/* Node layout: i[0] dim, i[1] start. */
+static void narrow_backward(ct_node *n, const ct_tensor *gout) {
+    ct_tensor *gx = ct_node_grad_in(n, 0);
+    int64_t outer, d, inner;
+    ct__split_dim(gx, (int)n->i[0], &outer, &d, &inner);
+    int64_t len = gout->shape[n->i[0]] * inner;
+    copy_blocks(gx->data + n->i[1] * inner, d * inner, gout->data, len, outer, len, true);
+}
+
+ct_tensor *ct_narrow(ct_tensor *x, int dim, int64_t start, int64_t length) {
+    int d = ct__dim("narrow", x, dim);
+    CT_ASSERT(start >= 0 && length >= 0 && start + length <= x->shape[d],
+              "narrow: [%lld, %lld) is outside dim %d of %s", (long long)start,
+              (long long)(start + length), d, CT_SHAPE_STR(x));
+    int64_t shape[CT_MAX_DIMS], outer, n, inner;
+    memcpy(shape, x->shape, sizeof shape);
+    shape[d] = length;
+    ct_tensor *out = ct_tensor_new(x->ndim, shape);
+    ct__split_dim(x, d, &outer, &n, &inner);
+    copy_blocks(out->data, length * inner, x->data + start * inner, n * inner, outer, length * inner, false);
+    ct_node *nd = CT_RECORD("narrow", narrow_backward, out, x);
+    if (nd) nd->i[0] = d, nd->i[1] = start;
+    return out;
+}
+
+ct_tensor *ct_select(ct_tensor *x, int dim, int64_t index) {
+    int d = ct__dim("select", x, dim);
+    int64_t shape[CT_MAX_DIMS];
+    for (int k = 0, j = 0; k < x->ndim; k++)
+        if (k != d) shape[j++] = x->shape[k];
+    return ct_reshape(ct_narrow(x, d, index, 1), x->ndim - 1, shape);
 }

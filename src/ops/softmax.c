@@ -105,9 +105,7 @@ static void softmax_backward(ct_node *n, const ct_tensor *gout) {
     float *gx = ct_node_grad_in(n, 0)->data;
     const float *y = n->saved[0]->data, *g = gout->data;
     if (inner == 1) {
-        CT_PAR_FOR(outer * d)
-        for (int64_t r = 0; r < outer; r++)
-            softmax_bwd_row(gx + r * d, y + r * d, g + r * d, dotf(g + r * d, y + r * d, d), d);
+        ct__softmax_rows_backward(gx, y, g, outer, d);
         return;
     }
     size_t bytes = (size_t)inner * sizeof(float);
@@ -147,6 +145,16 @@ static void log_softmax_backward(ct_node *n, const ct_tensor *gout) {
             }
     }
     ct_free(sg, bytes);
+}
+
+void ct__softmax_rows(float *y, const float *x, int64_t rows, int64_t d) {
+    forward_rows(y, x, rows, d, false);
+}
+
+void ct__softmax_rows_backward(float *gx, const float *y, const float *g, int64_t rows, int64_t d) {
+    CT_PAR_FOR(rows * d) /* rows are independent */
+    for (int64_t r = 0; r < rows; r++)
+        softmax_bwd_row(gx + r * d, y + r * d, g + r * d, dotf(g + r * d, y + r * d, d), d);
 }
 
 /* ---- ops --------------------------------------------------------------------------- */

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """PyTorch parity of single ops, the PyTorch half: for every case tests/parity/ops_dump.c
 wrote (convolution with stride, padding and groups, max/avg pooling, adaptive average
-pooling, residual adds), recomputes the output and the gradient of every input from the
+pooling, residual adds, and the ViT's bmm, attention, nn.MultiheadAttention, cat/select/
+narrow, class token, positional embedding, LayerNorm eps 1e-6 and GELU), recomputes the output and the gradient of every input from the
 same inputs and upstream gradient with torch.nn.functional, and compares.
 
 usage: test_ops_parity.py DUMP.safetensors      (run by tests/scripts/test_ops_parity.sh)
@@ -30,7 +31,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "..", "scripts"))
 from safetensors_to_torch import read  # noqa: E402
 
 RTOL = 1e-5
-INPUTS = ("x", "w", "w2", "b")
+INPUTS = ("x", "w", "w2", "b", "b2")
 
 
 def parse(desc):
@@ -43,7 +44,7 @@ def parse(desc):
 
 def forward(op, kw, t):
     """The op on the tensors t (by input name) with torch.nn.functional."""
-    x, w, w2, b = (t.get(n) for n in INPUTS)
+    x, w, w2, b, b2 = (t.get(n) for n in INPUTS)
     if op == "conv2d":
         return F.conv2d(x, w, b, **kw)
     if op == "max_pool2d":
@@ -56,7 +57,53 @@ def forward(op, kw, t):
         return x + F.conv2d(x, w, padding=1)
     if op == "residual_down":
         return F.conv2d(x, w2, stride=2) + F.conv2d(x, w, stride=2, padding=1)
+    if op == "bmm":
+        return torch.bmm(x, w)
+    if op == "transpose":
+        return x.transpose(-2, -1)
+    if op == "attention":  # x is q|k|v packed along the last dim, batch_first
+        return packed_attention(x, kw["heads"])
+    if op == "mha":  # torch's own module: in_proj [3E, E] packed, out_proj, batch_first
+        return mha(x, w, b, w2, b2, kw["heads"])
+    if op == "cat":
+        return torch.cat([x, w], dim=kw["dim"])
+    if op == "select":
+        return x.select(kw["dim"], kw["index"])
+    if op == "narrow":
+        return x.narrow(kw["dim"], kw["start"], kw["length"])
+    if op == "class_token":
+        return torch.cat([w.expand(x.shape[0], -1, -1), x], dim=1)
+    if op == "pos_embedding":
+        return x + w
+    if op == "layer_norm":
+        return F.layer_norm(x, x.shape[-1:], w, b, eps=1e-6)
+    if op == "gelu":
+        return F.gelu(x)
     raise ValueError(f"unknown op {op!r}")
+
+
+def packed_attention(qkv, heads):
+    """softmax(Q K^T / sqrt(dh)) V per head, written out (the reference for the op alone)."""
+    n, seq, e3 = qkv.shape
+    e = e3 // 3
+    q, k, v = (t.reshape(n, seq, heads, e // heads).transpose(1, 2) for t in qkv.split(e, dim=2))
+    a = torch.softmax(q @ k.transpose(-2, -1) / (e // heads) ** 0.5, dim=-1)
+    return (a @ v).transpose(1, 2).reshape(n, seq, e)
+
+
+def mha(x, in_w, in_b, out_w, out_b, heads):
+    """torch.nn.MultiheadAttention(batch_first=True) self-attention with these weights."""
+    e = x.shape[-1]
+    m = torch.nn.MultiheadAttention(e, heads, batch_first=True).to(x.dtype)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.requires_grad_(False)
+    # the module's own parameters are replaced by the (grad-tracking) inputs
+    del m.in_proj_weight, m.in_proj_bias
+    m.in_proj_weight, m.in_proj_bias = in_w, in_b
+    del m.out_proj.weight, m.out_proj.bias
+    m.out_proj.weight, m.out_proj.bias = out_w, out_b
+    return m(x, x, x, need_weights=False)[0]
 
 
 def reference(op, kw, inputs, gout, dtype):

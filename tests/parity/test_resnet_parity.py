@@ -333,11 +333,11 @@ def cli_eval(build, tmp):
         print(f"skip: ctrain eval of a torchvision export ({DATA} not installed)")
         return
     from torch_backbone import evaluate_model, load_split
-    tv = torchvision_resnet(18, 1, 2, "small", 11)
+    tv = torchvision_resnet(18, 1, 2, "imagenet", 11)  # the cheap stem: 2000 images, both sides
     state = os.path.join(tmp, "eval.safetensors")
     export(tv, state, tmp)
     r = subprocess.run([os.path.join(build, "ctrain"), "eval", os.path.join(ROOT, "examples", "fmnist_cnn.ini"),
-                        "--checkpoint", state, "model.name=resnet18", "model.in_channels=1", "model.stem=small",
+                        "--checkpoint", state, "model.name=resnet18", "model.in_channels=1", "model.stem=imagenet",
                         "data.classes=0-1", "train.eval_batch_size=250"], capture_output=True, text=True,
                        # Open MPI's own allocations are never freed: no leak reports under LeakSanitizer
                        env=dict(os.environ, ASAN_OPTIONS=os.environ.get("ASAN_OPTIONS", "") + ":detect_leaks=0"))

@@ -14,4 +14,4 @@ if [ -z "${OPENBLAS_CORETYPE:-}" ] && grep -qw avx512f /proc/cpuinfo 2>/dev/null
    grep -qw avx512bw /proc/cpuinfo && grep -qw avx512dq /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo; then
     export OPENBLAS_CORETYPE=SkylakeX
 fi
-timeout 900 "$PY" tests/parity/test_resnet_parity.py "$B"
+timeout 1800 "$PY" tests/parity/test_resnet_parity.py "$B"

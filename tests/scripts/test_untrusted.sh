@@ -31,7 +31,7 @@ ran_ok() {
 }
 
 # A 4-class problem with 16 features: 256 training and 128 test samples, plus copies of the
-# label files with one stray label.
+# label files with one stray label and of the features with NaNs, and a larger training set.
 /usr/bin/python3 - "$T" <<'EOF'
 import sys
 import numpy as np
@@ -46,6 +46,11 @@ for split, n in (("train", 256), ("test", 128)):
     x = np.load(f"{d}/{split}_x.npy")
     x[[3, 100]] = np.nan  # two samples of NaN features
     np.save(f"{d}/{split}_x_nan.npy", x)
+# 20000 samples: 312 steps per epoch on 2 ranks, for runs that must still be going when
+# something happens to them
+y = rng.integers(0, 4, 20000)
+np.save(f"{d}/big_x.npy", (rng.normal(0, 1, (20000, 16)) + y[:, None]).astype(np.float32))
+np.save(f"{d}/big_y.npy", y.astype(np.int64))
 EOF
 DATA=(data.format=npy data.train_x="$T/train_x.npy" data.train_y="$T/train_y.npy"
       data.test_x="$T/test_x.npy" data.test_y="$T/test_y.npy" data.mean=0 data.std=1)
@@ -128,6 +133,41 @@ expect_eq "corrupt: epoch 3 replays exactly" "$last" "$(tail -1 "$T/fb-corrupt.o
 rm "$FB"/ckpt-epoch000[12].safetensors
 head -c 1000 "$T/base/ckpt-epoch0001.safetensors" >"$FB/ckpt-epoch0003.safetensors"
 fails fb-none-valid "$FB/ckpt-epoch0003.safetensors" "(and no other checkpoint in $FB is valid)" -- "${RESUME[@]/$L/$FB}"
+
+# ---- a full disk while checkpointing, or a read-only output dir: the job ends naming the file
+# (a 64 KiB tmpfs holds config.ini, metrics and four checkpoints of this model; needs root)
+FULL=$T/full
+mkdir -p "$FULL"
+trap 'umount "$FULL" 2>/dev/null; rm -rf "$T"' EXIT # a failed step must not leave it mounted
+if mount -t tmpfs -o size=64k tmpfs "$FULL" 2>/dev/null; then
+    timeout 120 "${MPIRUN[@]}" -np 2 "$CTRAIN" train "$CFG" "${DATA[@]}" "${SMALL[@]}" train.epochs=20 \
+        output.dir="$FULL/run" >"$T/full.out" 2>"$T/full.err"
+    rc=$?
+    check "disk full: the job ends non-zero (got $rc)" [ "$rc" -ne 0 -a "$rc" -ne 124 ]
+    check "disk full: the error names the checkpoint and ENOSPC" \
+        grep -q "error: $FULL/run/ckpt-epoch[0-9]*.safetensors: write failed: .*No space left on device" "$T/full.err"
+    cp -r "$FULL/run" "$T/full_copy"
+    umount "$FULL"
+    expect_eq "disk full: no temporary file left" "" "$(ls "$T/full_copy" | grep tmp)"
+    n=$(grep -c '"event":"eval"' "$T/full.out") # the last epoch evaluated, then failed to save
+    expect_eq "disk full: latest names the epoch before" "ckpt-epoch$(printf %04d $((n - 1))).safetensors" \
+        "$(cat "$T/full_copy/latest")"
+    run full-eval eval "$CFG" "${DATA[@]}" "${SMALL[@]}" --checkpoint "$T/full_copy/$(cat "$T/full_copy/latest")"
+    ran_ok "disk full: that checkpoint is intact" full-eval
+    # A read-only output directory: resuming into it fails at once, naming the file, on both ranks.
+    mount -t tmpfs -o size=1m tmpfs "$FULL"
+    cp -r "$T/full_copy" "$FULL/run"
+    mount -o remount,ro "$FULL"
+    timeout 120 "${MPIRUN[@]}" -np 2 "$CTRAIN" train "$CFG" "${DATA[@]}" "${SMALL[@]}" train.epochs=20 resume=true \
+        output.dir="$FULL/run" >"$T/ro.out" 2>"$T/ro.err"
+    rc=$?
+    check "read-only output dir: the job ends non-zero (got $rc)" [ "$rc" -ne 0 -a "$rc" -ne 124 ]
+    check "read-only output dir: the error names the file" \
+        grep -q "error: $FULL/run/config.ini: cannot create temporary file .*Read-only file system" "$T/ro.err"
+    umount "$FULL"
+else
+    echo "skip: cannot mount a tmpfs (not root?): the full-disk case"
+fi
 
 # ---- a non-strict init_from that loads nothing is an error --------------------------------
 fails init-from-another-model "$MLP/ckpt-epoch0001.safetensors: not one tensor of the model could be loaded" -- \
@@ -219,14 +259,6 @@ check "... and its eval line is strict JSON" python3 -c "$JSON_CHECK" "$T/nan-al
 # ---- a stopped rank: the others stop spinning and, after dist.timeout_s, end the job -----------
 # Rank 1 is stopped (SIGSTOP) early in epoch 1 of 312 steps; rank 0 waits for it in the
 # gradient all-reduce, sleeping, and after 3 s ends the job naming rank 1.
-/usr/bin/python3 - "$T" <<'EOF'
-import sys
-import numpy as np
-rng = np.random.default_rng(1)
-y = rng.integers(0, 4, 20000)
-np.save(f"{sys.argv[1]}/big_x.npy", (rng.normal(0, 1, (20000, 16)) + y[:, None]).astype(np.float32))
-np.save(f"{sys.argv[1]}/big_y.npy", y.astype(np.int64))
-EOF
 timeout 120 "${MPIRUN[@]}" -np 2 "$CTRAIN" train "$CFG" "${DATA[@]}" "${SMALL[@]}" data.train_x="$T/big_x.npy" \
     data.train_y="$T/big_y.npy" train.log_every=10 train.epochs=50 dist.timeout_s=3 output.dir="$T/stop" \
     >"$T/stop.out" 2>"$T/stop.err" &

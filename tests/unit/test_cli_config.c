@@ -30,6 +30,17 @@ START_TEST(config_defaults) {
     ck_assert(!c.model.init_strict);
     ck_assert(c.model.bn_eval_when_frozen);
     ck_assert_double_eq(c.model.dropout, 0.25);
+    /* the ResNets' keys */
+    ck_assert_int_eq(c.model.in_channels, 3);
+    ck_assert_int_eq(c.model.num_classes, 0);
+    ck_assert_int_eq(c.model.stem, CT_CFG_STEM_IMAGENET);
+    ck_assert_int_eq(ct_config_apply_overrides(&c, "model.name=resnet50 model.stem=small model.num_classes=data"),
+                     CT_OK);
+    ck_assert_int_eq(c.model.name, CT_CFG_MODEL_RESNET50);
+    ck_assert_int_eq(c.model.stem, CT_CFG_STEM_SMALL);
+    ct_test_expect_error(ct_config_apply_overrides(&c, "model.stem=tiny"), CT_ERR_CONFIG, "model.stem", NULL);
+    ct_test_expect_error(ct_config_apply_overrides(&c, "model.in_channels=0"), CT_ERR_CONFIG, "model.in_channels", NULL);
+    ct_config_defaults(&c);
     ck_assert_int_eq(c.train.epochs, 10);
     ck_assert_int_eq(c.train.batch_size, 64);
     ck_assert_uint_eq(c.train.seed, 0);
@@ -466,6 +477,34 @@ START_TEST(config_continuation_lines) {
 }
 END_TEST
 
+/* The ViT keys (issue 11): architecture keys default to the preset's ("preset" = 0), the
+ * image size to the data's, and each takes an override. */
+START_TEST(config_vit_keys) {
+    ct_config c;
+    char *over[] = {"model.name=vit_b_16", "model.num_layers=2", "model.attention_dropout=0.1"};
+    ck_assert_msg(ct_config_load(&c, NULL, 3, over) == CT_OK, "%s", ct_last_error());
+    ck_assert_int_eq(c.model.name, CT_CFG_MODEL_VIT_B_16);
+    ck_assert_int_eq(c.model.num_layers, 2);
+    ck_assert_int_eq(c.model.patch_size, 0);
+    ck_assert_int_eq(c.model.image_size, 0);
+    ck_assert_int_eq(c.model.in_channels, 3);
+    ck_assert_int_eq(c.model.num_classes, 0);
+    ck_assert_double_eq(c.model.attention_dropout, 0.1);
+    char buf[32];
+    ck_assert_int_eq(ct_config_get(&c, "model.hidden_dim", buf, sizeof buf), CT_OK);
+    ck_assert_str_eq(buf, "preset");
+    ck_assert_int_eq(ct_config_get(&c, "model.image_size", buf, sizeof buf), CT_OK);
+    ck_assert_str_eq(buf, "data");
+    ck_assert_int_eq(ct_config_get(&c, "model.name", buf, sizeof buf), CT_OK);
+    ck_assert_str_eq(buf, "vit_b_16");
+    ct_test_expect_error(ct_config_override(&c, "model.name=vit_l_16"), CT_ERR_CONFIG, "model.name",
+                         "vit|vit_b_16|vit_b_32|vit_tiny", NULL);
+    ct_test_expect_error(ct_config_override(&c, "model.attention_dropout=1"), CT_ERR_CONFIG,
+                         "model.attention_dropout", NULL);
+    ct_test_expect_error(ct_config_override(&c, "model.num_heads=-2"), CT_ERR_CONFIG, "model.num_heads", NULL);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("cli_config");
     TCase *cf = tcase_create("config");
@@ -480,6 +519,7 @@ int main(void) {
     tcase_add_test(cf, config_sweep_overrides);
     tcase_add_test(cf, config_library_enums);
     tcase_add_test(cf, config_continuation_lines);
+    tcase_add_test(cf, config_vit_keys);
     tcase_add_unchecked_fixture(cf, ct_test_dir_setup, ct_test_dir_teardown);
     suite_add_tcase(s, cf);
     return ct_test_run(s);
