@@ -18,14 +18,10 @@ static void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, f
                 (blasint)lda, b, (blasint)ldb, beta, c, (blasint)ldc);
 }
 
-/* OpenBLAS runs on its caller's thread from the first product on; the intra-op threads
- * do the rest. The first call comes from the main thread (ops run there). */
-static void blas_single_thread(void) {
-    static bool done;
-    if (done) return;
-    openblas_set_num_threads(1);
-    done = true;
-}
+/* OpenBLAS runs on its caller's thread; the intra-op threads do the rest. Set when the
+ * library loads (after OpenBLAS's own start-up, a dependency's constructor), before any
+ * product, so no GEMM ever runs with OpenBLAS's threads (they round differently). */
+__attribute__((constructor)) static void blas_single_thread(void) { openblas_set_num_threads(1); }
 
 static void count(int64_t m, int64_t n, int64_t k) {
     /* atomic: the convolution calls ct_gemm_serial from its worker threads */
@@ -46,7 +42,6 @@ void ct_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float 
              int64_t ldc) {
     if (m == 0 || n == 0) return;
     count(m, n, k);
-    blas_single_thread();
     bool split_n = n >= m;
     int64_t dim = split_n ? n : m, bs = (dim + GEMM_BLOCKS - 1) / GEMM_BLOCKS;
     bs = bs < GEMM_MIN_BLOCK ? GEMM_MIN_BLOCK : (bs + 15) / 16 * 16;

@@ -60,6 +60,7 @@ ct_tensor *ct_dropout(ct_tensor *x, float p, bool training, ct_rng *rng) {
     float scale = 1.0f / (1.0f - p);
     const float *xd = x->data;
     float *o = out->data;
+    CT_PAR_FOR(numel) /* the draws are made; applying the mask is elementwise */
     for (int64_t i = 0; i < numel; i++) o[i] = mask[i >> 6] >> (i & 63) & 1 ? xd[i] * scale : 0.0f;
     if (n) n->f[0] = scale;
     else if (words) ct_free(mask, bytes);

@@ -152,7 +152,7 @@ void ct__softmax_rows(float *y, const float *x, int64_t rows, int64_t d) {
 }
 
 void ct__softmax_rows_backward(float *gx, const float *y, const float *g, int64_t rows, int64_t d) {
-    CT_PAR_FOR(rows * d)
+    CT_PAR_FOR(rows * d) /* rows are independent */
     for (int64_t r = 0; r < rows; r++)
         softmax_bwd_row(gx + r * d, y + r * d, g + r * d, dotf(g + r * d, y + r * d, d), d);
 }
