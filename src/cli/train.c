@@ -122,7 +122,7 @@ static int list_checkpoints(const char *dir, const char *skip, struct candidate 
  * names sort in training order: ckpt-epoch0004-step000010 comes before ckpt-epoch0004. */
 static ct_status save_checkpoint(ct_run *r, ct_optim *o, int epochs_done, int64_t step, int64_t epoch_step,
                                  const char *rank_state) {
-    char name[64], path[CT_CFG_STR + 80], lp[CT_CFG_STR + 16];
+    char name[64], path[CT_CFG_STR + 300], lp[CT_CFG_STR + 16]; /* path: also a listed name (< 256) */
     if (epoch_step)
         snprintf(name, sizeof name, "ckpt-epoch%04d-step%06lld.safetensors", epochs_done + 1, (long long)epoch_step);
     else
