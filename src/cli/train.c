@@ -287,17 +287,39 @@ static ct_status write_classes(const ct_run *r) {
     return st;
 }
 
-int ct_cmd_train(ct_run *r) {
-    const ct_config *c = &r->cfg;
-    ct_ddp *ddp = NULL;
-    ct_optim *opt = NULL;
-    ct_dataset train_feat = {0}, test_feat = {0};
-    ct_sampler *sampler = NULL;
-    ct_loader *loader = NULL;
-    FILE *mf = NULL;
-    int start_epoch = 0;
-    int64_t step = 0;
+/* ---- ct_cmd_train, step by step ------------------------------------------------------ */
 
+/* What a training run holds from its set-up to its last epoch. */
+typedef struct {
+    ct_run *r;
+    const ct_config *c;
+    ct_ddp *ddp;
+    ct_optim *opt;
+    int start_epoch;
+    int64_t step;                     /* optimizer steps so far, over all epochs */
+    ct_dataset train_feat, test_feat; /* the feature cache, when it is on */
+    const ct_dataset *train_ds, *test_ds; /* what the loop reads: the data sets or the cache */
+    ct_loader_opts lo, eval_lo;
+    int prefix, nlayers; /* layers [0, prefix) are in the cache and do not run */
+    ct_sampler *sampler;
+    ct_loader *loader;
+    int64_t shard, steps; /* samples and steps per epoch on each rank */
+    ct_schedule sched;
+    FILE *mf;      /* metrics.jsonl, rank 0 */
+    bool decoding; /* image files are decoded during the epoch */
+} trainer;
+
+/* One epoch's training, for its log records. */
+typedef struct {
+    double loss_sum;
+    int64_t skipped; /* steps skipped for a non-finite loss (train.on_nonfinite) */
+    double secs;
+} epoch_stats;
+
+/* Rank 0: output.dir with the config and class names the run used (stale temporary files
+ * of a killed run removed). */
+static ct_status prepare_output(ct_run *r) {
+    const ct_config *c = &r->cfg;
     ct_status st = CT_OK;
     if (!*c->output.dir)
         st = ct_error(CT_ERR_CONFIG, "%s: output.dir is empty; it names the directory for checkpoints and metrics",
@@ -316,28 +338,33 @@ int ct_cmd_train(ct_run *r) {
         st = ct_config_save(c, p);
     }
     if (st == CT_OK && r->d.rank == 0) st = write_classes(r);
-    if (ct_run_check(&r->d, st) != CT_OK) return 1;
+    return st;
+}
 
+/* DDP around the model, the optimizer, and the state of the checkpoint resumed from. */
+static ct_status setup_training(trainer *t) {
+    ct_run *r = t->r;
+    const ct_config *c = t->c;
     ct_ddp_config dc = ct_ddp_defaults();
     dc.bucket_bytes = (size_t)(c->dist.bucket_mb * 1048576);
     dc.first_bucket_bytes = (size_t)(c->dist.first_bucket_mb * 1048576);
     dc.shm = c->dist.shm;
     dc.timeout_s = c->dist.timeout_s;
     dc.buffers = c->dist.buffers;
-    st = ct_ddp_new(r->model, &r->d, &dc, &ddp);
-    if (st != CT_OK) {
+    ct_status st = ct_ddp_new(r->model, &r->d, &dc, &t->ddp);
+    if (st != CT_OK) { /* every rank got the same verdict from the collective check */
         if (r->d.rank == 0) fprintf(stderr, "ctrain: error: %s\n", ct_last_error());
-        ct_ddp_free(ddp); /* every rank got the same verdict from the collective check */
-        return 1;
+        return st;
     }
-    opt = ct_optim_new(c->optim);
-    add_group(opt, r->model, NULL, c->optim.lr);
-    if (c->train.resume) st = resume(r, opt, &start_epoch, &step);
-    if (ct_run_check(&r->d, st) != CT_OK) goto out;
+    t->opt = ct_optim_new(c->optim);
+    add_group(t->opt, r->model, NULL, c->optim.lr);
+    if (c->train.resume) st = resume(r, t->opt, &t->start_epoch, &t->step);
+    return ct_run_check(&r->d, st);
+}
 
-    ct_sampler_opts so = {.n = r->train.n, .world = r->d.size, .rank = r->d.rank,
-                          .mode = c->dist.shard,
-                          .shuffle = true, .seed = c->train.seed};
+/* The training loader's options: the evaluation's normalisation plus augmentation. */
+static ct_loader_opts train_loader_opts(const ct_run *r) {
+    const ct_config *c = &r->cfg;
     ct_loader_opts lo = ct_loader_opts_default(c->train.batch_size);
     lo.mean = (float)c->data.mean;
     lo.std = (float)c->data.std;
@@ -351,14 +378,24 @@ int ct_cmd_train(ct_run *r) {
     lo.wrap = true; /* a skipped file's place goes to another: every rank keeps its step count */
     lo.log = r->eval_opts.log;
     lo.log_ctx = r->eval_opts.log_ctx;
-    /* Feature cache: a frozen prefix that is a fixed function (no augmentation in front of
-     * it) is run once over the data instead of every step, when its features fit the
-     * memory budget (a frozen first conv alone would make 32 times the input). Staged
-     * unfreezing could change the prefix, so it turns the cache off. */
+    return lo;
+}
+
+/* Feature cache: a frozen prefix that is a fixed function (no augmentation in front of it)
+ * is run once over the data instead of every step, when its features fit the memory
+ * budget (a frozen first conv alone would make 32 times the input). Staged unfreezing
+ * could change the prefix, so it turns the cache off. Sets what the loop reads. */
+static ct_status setup_feature_cache(trainer *t) {
+    ct_run *r = t->r;
+    const ct_config *c = t->c;
+    t->lo = train_loader_opts(r);
+    t->eval_lo = r->eval_opts;
+    t->train_ds = &r->train;
+    t->test_ds = &r->test;
     ct_module_train(r->model, true);
-    bool augment = lo.crop_pad > 0 || lo.hflip || has_random_transform(c);
+    bool augment = t->lo.crop_pad > 0 || t->lo.hflip || has_random_transform(c);
     int fixed = c->train.feature_cache == CT_CFG_CACHE_AUTO ? ct_module_frozen_prefix(r->model) : 0;
-    bool skipping = r->train.files && lo.skip_bad; /* the cache needs every sample's features */
+    bool skipping = r->train.files && t->lo.skip_bad; /* the cache needs every sample's features */
     const char *why_off = augment ? "data augmentation is on"
                           : skipping ? "data.on_bad = skip"
                           : c->train.unfreeze_after ? "staged unfreezing is configured" : NULL;
@@ -374,172 +411,224 @@ int ct_cmd_train(ct_run *r) {
             why_off = why_buf;
         }
     }
-    int prefix = why_off ? 0 : fixed, nlayers = ct_seq_num_layers(r->model);
-    ct_loader_opts eval_lo = r->eval_opts;
-    const ct_dataset *train_ds = &r->train, *test_ds = &r->test;
-    if (prefix > 0) {
-        double t0 = ct_now();
-        st = ct_dist_cache_features(&r->d, r->model, prefix, &r->train, &lo, &train_feat);
-        if (st == CT_OK) st = ct_dist_cache_features(&r->d, r->model, prefix, &r->test, &r->eval_opts, &test_feat);
-        if (ct_run_check(&r->d, st) != CT_OK) goto out;
-        train_ds = &train_feat;
-        test_ds = &test_feat;
-        /* the features are already normalised model activations */
-        lo = ct_loader_opts_default(c->train.batch_size);
-        eval_lo = ct_loader_opts_default(c->train.eval_batch_size);
-        if (r->d.rank == 0) {
-            fprintf(stderr, "ctrain: feature cache on: the frozen prefix (the model's first %d layers) "
-                    "runs once; %lld features per sample for %lld + %lld samples, %.0f MiB per rank, %.1f s\n",
-                    prefix, (long long)train_feat.sample_numel, (long long)train_feat.n,
-                    (long long)test_feat.n,
-                    (double)(train_feat.n + test_feat.n) * (double)train_feat.sample_numel * 4 / 1048576,
-                    ct_now() - t0);
-        }
-    } else if (r->d.rank == 0 && fixed > 0) {
-        fprintf(stderr, "ctrain: feature cache off: %s\n", why_off);
+    t->prefix = why_off ? 0 : fixed;
+    t->nlayers = ct_seq_num_layers(r->model);
+    if (t->prefix == 0) {
+        if (r->d.rank == 0 && fixed > 0) fprintf(stderr, "ctrain: feature cache off: %s\n", why_off);
+        return CT_OK;
     }
-    st = ct_sampler_new(&sampler, &so);
-    if (st == CT_OK) st = ct_loader_new(&loader, train_ds, &lo);
-    if (ct_run_check(&r->d, st) != CT_OK) goto out;
-    int64_t shard = ct_sampler_size(sampler);
+    double t0 = ct_now();
+    ct_status st = ct_dist_cache_features(&r->d, r->model, t->prefix, &r->train, &t->lo, &t->train_feat);
+    if (st == CT_OK)
+        st = ct_dist_cache_features(&r->d, r->model, t->prefix, &r->test, &r->eval_opts, &t->test_feat);
+    if ((st = ct_run_check(&r->d, st)) != CT_OK) return st;
+    t->train_ds = &t->train_feat;
+    t->test_ds = &t->test_feat;
+    /* the features are already normalised model activations */
+    t->lo = ct_loader_opts_default(c->train.batch_size);
+    t->eval_lo = ct_loader_opts_default(c->train.eval_batch_size);
+    if (r->d.rank == 0) {
+        fprintf(stderr, "ctrain: feature cache on: the frozen prefix (the model's first %d layers) "
+                "runs once; %lld features per sample for %lld + %lld samples, %.0f MiB per rank, %.1f s\n",
+                t->prefix, (long long)t->train_feat.sample_numel, (long long)t->train_feat.n,
+                (long long)t->test_feat.n,
+                (double)(t->train_feat.n + t->test_feat.n) * (double)t->train_feat.sample_numel * 4 / 1048576,
+                ct_now() - t0);
+    }
+    return CT_OK;
+}
+
+/* The sampler and loader, the steps per epoch and the learning-rate schedule over them. */
+static ct_status setup_steps(trainer *t) {
+    ct_run *r = t->r;
+    const ct_config *c = t->c;
+    ct_sampler_opts so = {.n = r->train.n, .world = r->d.size, .rank = r->d.rank,
+                          .mode = c->dist.shard,
+                          .shuffle = true, .seed = c->train.seed};
+    ct_status st = ct_sampler_new(&t->sampler, &so);
+    if (st == CT_OK) st = ct_loader_new(&t->loader, t->train_ds, &t->lo);
+    if ((st = ct_run_check(&r->d, st)) != CT_OK) return st;
+    t->shard = ct_sampler_size(t->sampler);
     /* Every rank has the same shard size, hence the same step count. */
-    int64_t steps = c->train.drop_last ? shard / c->train.batch_size
-                                       : (shard + c->train.batch_size - 1) / c->train.batch_size;
-    if (steps < 1) {
+    t->steps = c->train.drop_last ? t->shard / c->train.batch_size
+                                  : (t->shard + c->train.batch_size - 1) / c->train.batch_size;
+    if (t->steps < 1) {
         if (r->d.rank == 0)
             fprintf(stderr, "ctrain: error: %s: %lld training samples per rank is less than one batch of %d\n",
-                    r->cfg_path, (long long)shard, c->train.batch_size);
-        st = CT_ERR_CONFIG;
-        goto out;
+                    r->cfg_path, (long long)t->shard, c->train.batch_size);
+        return CT_ERR_CONFIG;
     }
     /* Checkpoints fall on epoch boundaries, so the schedule goes on from epoch * steps. The
      * saved step count differs from that when the checkpoint came from another number of
      * ranks (or batch size): keeping it would leave the cosine short of its end. */
-    if (start_epoch > 0 && step != (int64_t)start_epoch * steps) {
+    if (t->start_epoch > 0 && t->step != (int64_t)t->start_epoch * t->steps) {
         if (r->d.rank == 0)
             fprintf(stderr, "ctrain: the checkpoint's step %lld is step %lld with %lld steps/epoch\n",
-                    (long long)step, (long long)start_epoch * steps, (long long)steps);
-        step = (int64_t)start_epoch * steps;
+                    (long long)t->step, (long long)t->start_epoch * t->steps, (long long)t->steps);
+        t->step = (int64_t)t->start_epoch * t->steps;
     }
-    ct_schedule sched = {.kind = c->schedule.name, .per_step = c->schedule.name == CT_SCHED_COSINE,
-                         .step_size = c->schedule.step_size, .gamma = c->schedule.gamma,
-                         .total = (int64_t)c->train.epochs * steps, .min_lr = c->schedule.min_lr,
-                         .warmup_steps = c->schedule.warmup_steps};
-    if (r->d.rank == 0) {
-        char mp[CT_CFG_STR + 16];
-        snprintf(mp, sizeof mp, "%s/metrics.jsonl", c->output.dir);
-        if (start_epoch > 0) trim_metrics(mp, start_epoch);
-        mf = fopen(mp, start_epoch > 0 ? "a" : "w");
-        if (!mf) fprintf(stderr, "ctrain: warning: cannot write %s\n", mp);
-        ct_named t = ct_module_params(r->model, true), a = ct_module_params(r->model, false);
-        fprintf(stderr, "ctrain: %lld parameters, %lld trainable; %lld training samples on %d rank(s), %lld steps/epoch\n",
-                (long long)ct_named_numel(&a), (long long)ct_named_numel(&t), (long long)r->train.n,
-                r->d.size, (long long)steps);
-        ct_named_free(&t);
-        ct_named_free(&a);
-    }
-
+    t->sched = (ct_schedule){.kind = c->schedule.name, .per_step = c->schedule.name == CT_SCHED_COSINE,
+                             .step_size = c->schedule.step_size, .gamma = c->schedule.gamma,
+                             .total = (int64_t)c->train.epochs * t->steps, .min_lr = c->schedule.min_lr,
+                             .warmup_steps = c->schedule.warmup_steps};
     /* Image files are decoded during the epoch, and a rank that meets a bad one must not
      * leave the others waiting in the all-reduce: every step, the ranks agree first. */
-    bool decoding = train_ds->files != NULL;
+    t->decoding = t->train_ds->files != NULL;
+    return CT_OK;
+}
+
+/* Rank 0: metrics.jsonl (a resumed run's is cut back to the checkpoint and appended to)
+ * and a summary line. */
+static void open_metrics(trainer *t) {
+    ct_run *r = t->r;
+    const ct_config *c = t->c;
+    if (r->d.rank != 0) return;
+    char mp[CT_CFG_STR + 16];
+    snprintf(mp, sizeof mp, "%s/metrics.jsonl", c->output.dir);
+    if (t->start_epoch > 0) trim_metrics(mp, t->start_epoch);
+    t->mf = fopen(mp, t->start_epoch > 0 ? "a" : "w");
+    if (!t->mf) fprintf(stderr, "ctrain: warning: cannot write %s\n", mp);
+    ct_named tr = ct_module_params(r->model, true), a = ct_module_params(r->model, false);
+    fprintf(stderr, "ctrain: %lld parameters, %lld trainable; %lld training samples on %d rank(s), %lld steps/epoch\n",
+            (long long)ct_named_numel(&a), (long long)ct_named_numel(&tr), (long long)r->train.n,
+            r->d.size, (long long)t->steps);
+    ct_named_free(&tr);
+    ct_named_free(&a);
+}
+
+/* One epoch of training steps. Not OK (on every rank) when an image file could not be
+ * decoded on some rank. */
+static ct_status train_epoch(trainer *t, int epoch, epoch_stats *es) {
+    ct_run *r = t->r;
+    const ct_config *c = t->c;
+    ct_status st = CT_OK;
+    maybe_unfreeze(r, t->opt, epoch);
+    reseed_epoch(r, t->loader, epoch);
+    ct_loader_start(t->loader, ct_sampler_epoch(t->sampler, (uint64_t)epoch), t->shard);
+    ct_module_train(r->model, true);
+    ct_progress_bar bar;
+    ct_progress_start(&bar, t->steps, c->train.log_every);
+    double loss_sum = 0, t0 = ct_now();
+    int64_t skipped = 0;
     bool failed = false;
-    for (int epoch = start_epoch; epoch < c->train.epochs && !failed; epoch++) {
-        maybe_unfreeze(r, opt, epoch);
-        reseed_epoch(r, loader, epoch);
-        ct_loader_start(loader, ct_sampler_epoch(sampler, (uint64_t)epoch), shard);
-        ct_module_train(r->model, true);
-        ct_progress_bar bar;
-        ct_progress_start(&bar, steps, c->train.log_every);
-        double loss_sum = 0, t0 = ct_now();
-        int64_t skipped = 0; /* steps skipped for a non-finite loss (train.on_nonfinite) */
-        for (int64_t s = 0; s < steps && !failed; s++, step++) CT_SCOPE {
-            maybe_inject_fault(&r->d, step);
-            ct_batch b;
-            ct_loader_next(loader, &b);
-            if (decoding && (st = ct_run_check(&r->d, ct_loader_status(loader))) != CT_OK) {
-                failed = true;
-                continue; /* not break: continue lets CT_SCOPE close its scope */
-            }
-            ct_status pst = ct_ddp_prepare(ddp);
-            if (pst != CT_OK) ct_fatal("%s", ct_last_error());
-            ct_optim_apply_schedule(opt, &sched, step, epoch);
-            ct_tensor *logits = prefix ? ct_seq_forward_range(r->model, prefix, nlayers, b.x)
-                                       : ct_module_forward(r->model, b.x);
-            ct_tensor *loss = ct_cross_entropy(logits, b.y, CT_REDUCE_MEAN);
-            bool finite = isfinite(loss->data[0]);
-            if (!finite && c->train.on_nonfinite == CT_CFG_NONFINITE_ERROR)
-                ct_fatal("epoch %d step %lld: the training loss is %f (train.on_nonfinite = error; 'skip' "
-                         "skips such steps)", epoch + 1, (long long)s + 1, loss->data[0]);
-            ct_backward(loss);
-            ct_ddp_finish(ddp);
-            /* A non-finite loss on any rank makes the averaged gradients non-finite on all
-             * of them: every rank skips the update together. */
-            if (c->train.on_nonfinite == CT_CFG_NONFINITE_SKIP && !ct_ddp_all(ddp, finite)) {
-                skipped++;
-            } else {
-                ct_optim_step(opt);
-                loss_sum += loss->data[0];
-            }
-            ct_ddp_zero_grad(ddp);
-            if (r->d.rank == 0 && s >= skipped)
-                ct_progress_update(&bar, epoch + 1, s, steps, loss_sum / (double)(s + 1 - skipped), b.size * r->d.size);
+    for (int64_t s = 0; s < t->steps && !failed; s++, t->step++) CT_SCOPE {
+        maybe_inject_fault(&r->d, t->step);
+        ct_batch b;
+        ct_loader_next(t->loader, &b);
+        if (t->decoding && (st = ct_run_check(&r->d, ct_loader_status(t->loader))) != CT_OK) {
+            failed = true;
+            continue; /* not break: continue lets CT_SCOPE close its scope */
         }
-        if (skipped && r->d.rank == 0)
-            fprintf(stderr, "ctrain: warning: epoch %d: skipped %lld of %lld steps with a non-finite loss "
-                    "(train.on_nonfinite = skip)\n", epoch + 1, (long long)skipped, (long long)steps);
-        double secs = ct_now() - t0;
-        if (r->d.rank == 0) ct_progress_end(&bar);
-        if (failed) break;
-        /* The epoch's training loss averaged over ranks (NaN if every step was skipped), the
-         * image files skipped on all ranks, and the evaluation. */
-        double tl[2] = {steps > skipped ? loss_sum / (double)(steps - skipped) : NAN,
-                        (double)ct_loader_skipped(loader)};
-        ct_dist_sum(&r->d, tl, 2);
-        tl[0] /= r->d.size;
-        ct_ddp_sync_buffers(ddp);
-        ct_eval_result ev;
-        st = ct_dist_evaluate_from(&r->d, r->model, prefix, test_ds, &eval_lo, &ev);
-        if (decoding && st != CT_OK) { /* a test file: every rank has the verdict already */
-            if (r->d.rank == 0) fprintf(stderr, "ctrain: error: evaluation: %s\n", ct_last_error());
-            goto out;
+        ct_status pst = ct_ddp_prepare(t->ddp);
+        if (pst != CT_OK) ct_fatal("%s", ct_last_error());
+        ct_optim_apply_schedule(t->opt, &t->sched, t->step, epoch);
+        ct_tensor *logits = t->prefix ? ct_seq_forward_range(r->model, t->prefix, t->nlayers, b.x)
+                                      : ct_module_forward(r->model, b.x);
+        ct_tensor *loss = ct_cross_entropy(logits, b.y, CT_REDUCE_MEAN);
+        bool finite = isfinite(loss->data[0]);
+        if (!finite && c->train.on_nonfinite == CT_CFG_NONFINITE_ERROR)
+            ct_fatal("epoch %d step %lld: the training loss is %f (train.on_nonfinite = error; 'skip' "
+                     "skips such steps)", epoch + 1, (long long)s + 1, loss->data[0]);
+        ct_backward(loss);
+        ct_ddp_finish(t->ddp);
+        /* A non-finite loss on any rank makes the averaged gradients non-finite on all
+         * of them: every rank skips the update together. */
+        if (c->train.on_nonfinite == CT_CFG_NONFINITE_SKIP && !ct_ddp_all(t->ddp, finite)) {
+            skipped++;
+        } else {
+            ct_optim_step(t->opt);
+            loss_sum += loss->data[0];
         }
-        if (st != CT_OK) ct_fatal("evaluation: %s", ct_last_error());
-        if (r->d.rank == 0) {
-            json_t *o = ct_json_record("eval");
-            ct_json_int(o, "epoch", epoch + 1);
-            ct_json_real(o, "loss", ev.loss, "%.6f");
-            ct_json_real(o, "accuracy", ev.accuracy, "%.6f");
-            ct_json_int(o, "samples", ev.samples);
-            ct_json_emit(o, stdout);
-            o = ct_json_record(NULL);
-            ct_json_int(o, "epoch", epoch + 1);
-            ct_json_int(o, "step", step);
-            ct_json_real(o, "train_loss", tl[0], "%.6f");
-            ct_json_real(o, "eval_loss", ev.loss, "%.6f");
-            ct_json_real(o, "eval_accuracy", ev.accuracy, "%.6f");
-            ct_json_int(o, "eval_samples", ev.samples);
-            ct_json_real(o, "lr", ct_optim_lr(opt, 0), "%.6g");
-            ct_json_real(o, "epoch_s", secs, "%.3f");
-            ct_json_real(o, "samples_per_s",
-                         (double)(steps * c->train.batch_size * r->d.size) / secs, "%.1f");
-            ct_json_int(o, "ranks", r->d.size);
-            if (decoding) ct_json_int(o, "skipped", (int64_t)tl[1]); /* image files skipped */
-            ct_json_emit(o, mf);
-        }
-        bool ckpt = (epoch + 1) % c->output.checkpoint_every == 0 || epoch + 1 == c->train.epochs;
-        if (ckpt) {
-            st = r->d.rank == 0 ? save_checkpoint(r, opt, epoch + 1, step) : CT_OK;
-            /* The barrier is the agreement: nobody goes on while the file may be missing. */
-            if (ct_run_check(&r->d, st) != CT_OK) goto out;
-        }
+        ct_ddp_zero_grad(t->ddp);
+        if (r->d.rank == 0 && s >= skipped)
+            ct_progress_update(&bar, epoch + 1, s, t->steps, loss_sum / (double)(s + 1 - skipped),
+                               b.size * r->d.size);
     }
-out:
-    if (mf) fclose(mf);
-    ct_loader_free(loader);
-    ct_sampler_free(sampler);
-    ct_optim_free(opt);
-    ct_ddp_free(ddp);
-    ct_dataset_free(&train_feat);
-    ct_dataset_free(&test_feat);
+    if (skipped && r->d.rank == 0)
+        fprintf(stderr, "ctrain: warning: epoch %d: skipped %lld of %lld steps with a non-finite loss "
+                "(train.on_nonfinite = skip)\n", epoch + 1, (long long)skipped, (long long)t->steps);
+    es->secs = ct_now() - t0;
+    es->loss_sum = loss_sum;
+    es->skipped = skipped;
+    if (r->d.rank == 0) ct_progress_end(&bar);
+    return st;
+}
+
+/* After an epoch: the evaluation, its event line and the epoch's metrics record. */
+static ct_status evaluate_and_log(trainer *t, int epoch, const epoch_stats *es) {
+    ct_run *r = t->r;
+    const ct_config *c = t->c;
+    /* The epoch's training loss averaged over ranks (NaN if every step was skipped), the
+     * image files skipped on all ranks, and the evaluation. */
+    double tl[2] = {t->steps > es->skipped ? es->loss_sum / (double)(t->steps - es->skipped) : NAN,
+                    (double)ct_loader_skipped(t->loader)};
+    ct_dist_sum(&r->d, tl, 2);
+    tl[0] /= r->d.size;
+    ct_ddp_sync_buffers(t->ddp);
+    ct_eval_result ev;
+    ct_status st = ct_dist_evaluate_from(&r->d, r->model, t->prefix, t->test_ds, &t->eval_lo, &ev);
+    if (t->decoding && st != CT_OK) { /* a test file: every rank has the verdict already */
+        if (r->d.rank == 0) fprintf(stderr, "ctrain: error: evaluation: %s\n", ct_last_error());
+        return st;
+    }
+    if (st != CT_OK) ct_fatal("evaluation: %s", ct_last_error());
+    if (r->d.rank != 0) return CT_OK;
+    json_t *o = ct_json_record("eval");
+    ct_json_int(o, "epoch", epoch + 1);
+    ct_json_real(o, "loss", ev.loss, "%.6f");
+    ct_json_real(o, "accuracy", ev.accuracy, "%.6f");
+    ct_json_int(o, "samples", ev.samples);
+    ct_json_emit(o, stdout);
+    o = ct_json_record(NULL);
+    ct_json_int(o, "epoch", epoch + 1);
+    ct_json_int(o, "step", t->step);
+    ct_json_real(o, "train_loss", tl[0], "%.6f");
+    ct_json_real(o, "eval_loss", ev.loss, "%.6f");
+    ct_json_real(o, "eval_accuracy", ev.accuracy, "%.6f");
+    ct_json_int(o, "eval_samples", ev.samples);
+    ct_json_real(o, "lr", ct_optim_lr(t->opt, 0), "%.6g");
+    ct_json_real(o, "epoch_s", es->secs, "%.3f");
+    ct_json_real(o, "samples_per_s",
+                 (double)(t->steps * c->train.batch_size * r->d.size) / es->secs, "%.1f");
+    ct_json_int(o, "ranks", r->d.size);
+    if (t->decoding) ct_json_int(o, "skipped", (int64_t)tl[1]); /* image files skipped */
+    ct_json_emit(o, t->mf);
+    return CT_OK;
+}
+
+/* Every output.checkpoint_every epochs and after the last: rank 0 saves a checkpoint. */
+static ct_status checkpoint_epoch(trainer *t, int epoch) {
+    const ct_config *c = t->c;
+    if ((epoch + 1) % c->output.checkpoint_every != 0 && epoch + 1 != c->train.epochs) return CT_OK;
+    ct_status st = t->r->d.rank == 0 ? save_checkpoint(t->r, t->opt, epoch + 1, t->step) : CT_OK;
+    /* The barrier is the agreement: nobody goes on while the file may be missing. */
+    return ct_run_check(&t->r->d, st);
+}
+
+static void trainer_free(trainer *t) {
+    if (t->mf) fclose(t->mf);
+    ct_loader_free(t->loader);
+    ct_sampler_free(t->sampler);
+    ct_optim_free(t->opt);
+    ct_ddp_free(t->ddp);
+    ct_dataset_free(&t->train_feat);
+    ct_dataset_free(&t->test_feat);
+}
+
+/* Set-up, then for each epoch: train, evaluate and log, checkpoint. */
+int ct_cmd_train(ct_run *r) {
+    if (ct_run_check(&r->d, prepare_output(r)) != CT_OK) return 1;
+    trainer t = {.r = r, .c = &r->cfg};
+    ct_status st = setup_training(&t);
+    if (st == CT_OK) st = setup_feature_cache(&t);
+    if (st == CT_OK) st = setup_steps(&t);
+    if (st == CT_OK) open_metrics(&t);
+    for (int epoch = t.start_epoch; st == CT_OK && epoch < t.c->train.epochs; epoch++) {
+        epoch_stats es;
+        st = train_epoch(&t, epoch, &es);
+        if (st == CT_OK) st = evaluate_and_log(&t, epoch, &es);
+        if (st == CT_OK) st = checkpoint_epoch(&t, epoch);
+    }
+    trainer_free(&t);
     return st == CT_OK ? 0 : 1;
 }
