@@ -130,14 +130,7 @@ static void tanh_backward(ct_node *n, const ct_tensor *gout) {
     tanh_bwd(ct_node_grad_in(n, 0)->data, n->saved[0]->data, gout->data, gout->numel);
 }
 
-ct_tensor *ct_tanh(ct_tensor *x) {
-    ct_tensor *out = ct_empty_like(x);
-    CT_PAR_FOR(x->numel)
-    for (int64_t i = 0; i < x->numel; i++) out->data[i] = tanhf(x->data[i]);
-    ct_node *n = CT_RECORD("tanh", tanh_backward, out, x);
-    if (n) ct_save(n, out);
-    return out;
-}
+ct_tensor *ct_tanh(ct_tensor *x) { return ct__map("tanh", x, tanhf, tanh_backward, true); }
 
 static void sigmoid_bwd(float *restrict gx, const float *restrict y, const float *restrict g,
                         int64_t n) {
@@ -149,16 +142,10 @@ static void sigmoid_backward(ct_node *n, const ct_tensor *gout) {
     sigmoid_bwd(ct_node_grad_in(n, 0)->data, n->saved[0]->data, gout->data, gout->numel);
 }
 
-ct_tensor *ct_sigmoid(ct_tensor *x) {
-    ct_tensor *out = ct_empty_like(x);
-    CT_PAR_FOR(x->numel)
-    for (int64_t i = 0; i < x->numel; i++) {
-        /* exp of a non-positive argument only, so large |x| never overflows. */
-        float v = x->data[i];
-        float e = expf(-fabsf(v));
-        out->data[i] = v >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e);
-    }
-    ct_node *n = CT_RECORD("sigmoid", sigmoid_backward, out, x);
-    if (n) ct_save(n, out);
-    return out;
+static float sigmoidf(float v) {
+    /* exp of a non-positive argument only, so large |x| never overflows. */
+    float e = expf(-fabsf(v));
+    return v >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e);
 }
+
+ct_tensor *ct_sigmoid(ct_tensor *x) { return ct__map("sigmoid", x, sigmoidf, sigmoid_backward, true); }

@@ -174,6 +174,16 @@ ct_tensor *ct_neg(ct_tensor *a) { return affine("neg", a, -1, 0); }
 
 /* ---- exp and log ------------------------------------------------------------------- */
 
+ct_tensor *ct__map(const char *op, ct_tensor *x, float (*f)(float), ct_backward_fn bw,
+                   bool save_output) {
+    ct_tensor *out = ct_empty_like(x);
+    CT_PAR_FOR(x->numel)
+    for (int64_t i = 0; i < x->numel; i++) out->data[i] = f(x->data[i]);
+    ct_node *n = CT_RECORD(op, bw, out, x);
+    if (n) ct_save(n, save_output ? out : x);
+    return out;
+}
+
 static void exp_backward(ct_node *n, const ct_tensor *gout) {
     ct_tensor *gx = ct_node_grad_in(n, 0);
     const float *y = n->saved[0]->data; /* d exp(x) = exp(x): reuse the output */
@@ -181,14 +191,7 @@ static void exp_backward(ct_node *n, const ct_tensor *gout) {
     for (int64_t i = 0; i < gout->numel; i++) gx->data[i] += gout->data[i] * y[i];
 }
 
-ct_tensor *ct_exp(ct_tensor *a) {
-    ct_tensor *out = ct_empty_like(a);
-    CT_PAR_FOR(a->numel)
-    for (int64_t i = 0; i < a->numel; i++) out->data[i] = expf(a->data[i]);
-    ct_node *n = CT_RECORD("exp", exp_backward, out, a);
-    if (n) ct_save(n, out);
-    return out;
-}
+ct_tensor *ct_exp(ct_tensor *a) { return ct__map("exp", a, expf, exp_backward, true); }
 
 static void log_backward(ct_node *n, const ct_tensor *gout) {
     ct_tensor *gx = ct_node_grad_in(n, 0);
@@ -197,14 +200,7 @@ static void log_backward(ct_node *n, const ct_tensor *gout) {
     for (int64_t i = 0; i < gout->numel; i++) gx->data[i] += gout->data[i] / x[i];
 }
 
-ct_tensor *ct_log(ct_tensor *a) {
-    ct_tensor *out = ct_empty_like(a);
-    CT_PAR_FOR(a->numel)
-    for (int64_t i = 0; i < a->numel; i++) out->data[i] = logf(a->data[i]);
-    ct_node *n = CT_RECORD("log", log_backward, out, a);
-    if (n) ct_save(n, a);
-    return out;
-}
+ct_tensor *ct_log(ct_tensor *a) { return ct__map("log", a, logf, log_backward, false); }
 
 /* ---- expand: broadcast to a shape ----------------------------------------------------- */
 

@@ -10,6 +10,10 @@ void ct__check_same_shape(const char *op, const ct_tensor *a, const ct_tensor *b
 void ct__check_ndim(const char *op, const ct_tensor *x, int ndim, const char *what);
 /* Normalises a possibly negative dim, aborting when out of range. */
 int ct__dim(const char *op, const ct_tensor *x, int dim);
+/* A pointwise op: out[i] = f(x[i]), recorded with backward bw, which finds the output
+ * (save_output) or the input in saved[0]. */
+ct_tensor *ct__map(const char *op, ct_tensor *x, float (*f)(float), ct_backward_fn bw,
+                   bool save_output);
 
 /* A kernel compiled for AVX-512 in every build (the build's baseline is AVX2); it runs only
  * where ct_cpu_avx512() says the CPU has it. Intrinsics from <immintrin.h> are usable

@@ -342,10 +342,16 @@ ct_tensor *ct_avg_pool2d(ct_tensor *x, int kernel, int stride, int padding) {
 
 /* ---- adaptive average pool ---------------------------------------------------------- */
 
-/* PyTorch's start_index/end_index: [floor(o*in/out), ceil((o+1)*in/out)). */
-static void adaptive_range(int64_t o, int64_t in, int64_t out, int64_t *lo, int64_t *hi) {
-    *lo = o * in / out;
-    *hi = ((o + 1) * in + out - 1) / out;
+/* The input window of output (oy, ox): rows [y0, y1), columns [x0, x1), by PyTorch's
+ * start_index/end_index, [floor(o*in/out), ceil((o+1)*in/out)) in each dimension. */
+typedef struct {
+    int64_t y0, y1, x0, x1;
+} adaptive_window;
+
+static adaptive_window adaptive_at(int64_t oy, int64_t ox, int64_t h, int64_t w, int64_t oh,
+                                   int64_t ow) {
+    return (adaptive_window){oy * h / oh, ((oy + 1) * h + oh - 1) / oh, ox * w / ow,
+                             ((ox + 1) * w + ow - 1) / ow};
 }
 
 static void adaptive_avg_pool2d_backward(ct_node *n, const ct_tensor *gout) {
@@ -357,20 +363,16 @@ static void adaptive_avg_pool2d_backward(ct_node *n, const ct_tensor *gout) {
     for (int64_t pl = 0; pl < planes; pl++) {
         float *dx = gx->data + pl * h * w;
         const float *go = gout->data + pl * oh * ow;
-        for (int64_t oy = 0; oy < oh; oy++) {
-            int64_t y0, y1;
-            adaptive_range(oy, h, oh, &y0, &y1);
+        for (int64_t oy = 0; oy < oh; oy++)
             for (int64_t ox = 0; ox < ow; ox++) {
-                int64_t x0, x1;
-                adaptive_range(ox, w, ow, &x0, &x1);
+                adaptive_window a = adaptive_at(oy, ox, h, w, oh, ow);
                 /* += : windows overlap when the output size does not divide the input's */
-                float v = go[oy * ow + ox] / (float)((y1 - y0) * (x1 - x0));
-                for (int64_t iy = y0; iy < y1; iy++) {
-                    float *row = dx + iy * w + x0;
-                    for (int64_t j = 0; j < x1 - x0; j++) row[j] += v;
+                float v = go[oy * ow + ox] / (float)((a.y1 - a.y0) * (a.x1 - a.x0));
+                for (int64_t iy = a.y0; iy < a.y1; iy++) {
+                    float *row = dx + iy * w + a.x0;
+                    for (int64_t j = 0; j < a.x1 - a.x0; j++) row[j] += v;
                 }
             }
-        }
     }
 }
 
@@ -386,20 +388,17 @@ ct_tensor *ct_adaptive_avg_pool2d(ct_tensor *x, int out_h, int out_w) {
     for (int64_t pl = 0; pl < planes; pl++) {
         const float *src = x->data + pl * h * w;
         float *dst = y->data + pl * oh * ow;
-        for (int64_t oy = 0; oy < oh; oy++) {
-            int64_t y0, y1;
-            adaptive_range(oy, h, oh, &y0, &y1);
+        for (int64_t oy = 0; oy < oh; oy++)
             for (int64_t ox = 0; ox < ow; ox++) {
-                int64_t x0, x1;
-                adaptive_range(ox, w, ow, &x0, &x1);
+                adaptive_window a = adaptive_at(oy, ox, h, w, oh, ow);
                 double s = 0;
-                if (x0 == 0 && x1 == w) /* whole rows (global pooling): one contiguous run */
-                    s = ct__sumf(src + y0 * w, (y1 - y0) * w);
+                if (a.x0 == 0 && a.x1 == w) /* whole rows (global pooling): one contiguous run */
+                    s = ct__sumf(src + a.y0 * w, (a.y1 - a.y0) * w);
                 else
-                    for (int64_t iy = y0; iy < y1; iy++) s += ct__sumf(src + iy * w + x0, x1 - x0);
-                dst[oy * ow + ox] = (float)(s / (double)((y1 - y0) * (x1 - x0)));
+                    for (int64_t iy = a.y0; iy < a.y1; iy++)
+                        s += ct__sumf(src + iy * w + a.x0, a.x1 - a.x0);
+                dst[oy * ow + ox] = (float)(s / (double)((a.y1 - a.y0) * (a.x1 - a.x0)));
             }
-        }
     }
     ct_node *n = CT_RECORD("adaptive_avg_pool2d", adaptive_avg_pool2d_backward, y, x);
     if (n) n->i[0] = h, n->i[1] = w;

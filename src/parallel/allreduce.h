@@ -1,4 +1,4 @@
-/* Internal to src/dist: the gradient all-reduce behind DDP.
+/* Internal to src/parallel: the gradient all-reduce behind DDP.
  *
  * Ranks on one node reduce through an MPI-3 shared-memory window: every rank's gradient
  * buffer is in the window, each rank sums its slice of a range over all of the node's

@@ -1,4 +1,4 @@
-/* Internal to src/dist (and its tests and benchmarks; not installed): the MPI handles
+/* Internal to src/parallel (and its tests and benchmarks; not installed): the MPI handles
  * behind the public parallel.h, which compiles without <mpi.h> so a program that trains on
  * one process needs no MPI include path. */
 #ifndef CT_DIST_INTERNAL_H
