@@ -24,7 +24,22 @@ check "the fresh fc was not loaded" contains "$T/ft_auto.err" "excluded: fc.weig
 check "only layer4 and fc train (and are all-reduced)" contains "$T/ft_auto.err" "11172805 parameters, 8396293 trainable"
 check "the cache holds layer3's output: 256 x 2 x 2 features" contains "$T/ft_auto.err" \
     "feature cache on: the frozen prefix (the model's first 10 layers) runs once; 1024 features per sample"
-expect_eq "cached and uncached runs give identical evaluations" "$(cat "$T/ft_off.out")" "$(cat "$T/ft_auto.out")"
+# Same evaluations, to rounding: on images this small the convolution puts several samples
+# in one GEMM (src/ops/conv.c), and OpenBLAS picks its kernel by the GEMM's shape, so a
+# sample's features round differently with the batch it shares a GEMM with (the cache runs
+# the prefix in other batches than training does). The CNN's layers keep one sample per
+# GEMM, and test_transfer.sh checks its cached runs bit for bit.
+same_evals() {
+    /usr/bin/python3 - "$1" "$2" <<'PY'
+import json, sys
+ev = [[json.loads(l) for l in open(f) if '"event":"eval"' in l] for f in sys.argv[1:]]
+ok = len(ev[0]) == len(ev[1]) > 0 and all(
+    a["samples"] == b["samples"] and abs(a["accuracy"] - b["accuracy"]) <= 1e-3 and
+    abs(a["loss"] - b["loss"]) <= 1e-4 * max(1, abs(b["loss"])) for a, b in zip(*ev))
+sys.exit(0 if ok else 1)
+PY
+}
+check "cached and uncached runs give the same evaluations (to 1e-4)" same_evals "$T/ft_off.out" "$T/ft_auto.out"
 check "an evaluation of 5000 samples" test "$(grep -c '"samples":5000' "$T/ft_auto.out")" -eq 1
 
 "${MPIRUN[@]}" -np 2 "$CTRAIN" train "$ROOT/examples/transfer/finetune.ini" "${ft[@]}" train.epochs=2 \
