@@ -14,8 +14,20 @@
 #include <jerror.h> /* message codes (JWRN_JPEG_EOF) */
 #include <spng.h>
 
-/* Larger than any photo a trainer sees; a corrupt header cannot make us allocate more. */
+/* Larger than any photo a trainer sees; a corrupt header cannot make us allocate more.
+ * MAX_PIXELS is PIL's MAX_IMAGE_PIXELS (its decompression-bomb limit): a few hundred bytes
+ * of header must not cost gigabytes (found by fuzz_image). */
 #define MAX_SIDE 32768
+#define MAX_PIXELS 89478485LL
+
+/* A decoded image of h x w pixels would be too large: the error naming the file, else OK. */
+static ct_status check_size(const char *name, int64_t h, int64_t w) {
+    if (h > MAX_SIDE || w > MAX_SIDE || h * w > MAX_PIXELS)
+        return ct_error(CT_ERR_FORMAT, "%s: %lldx%lld image is larger than %d pixels a side or %lld "
+                        "pixels in all (PIL's decompression-bomb limit)", name, (long long)w,
+                        (long long)h, MAX_SIDE, MAX_PIXELS);
+    return CT_OK;
+}
 
 void ct_image_free(ct_image *im) {
     free(im->px);
@@ -139,10 +151,9 @@ static ct_status decode_jpeg(const uint8_t *buf, size_t n, const char *name, int
         jpeg_destroy_decompress(&ci);
         return CT_OK;
     }
-    if (out->h > MAX_SIDE || out->w > MAX_SIDE) {
+    if (check_size(name, out->h, out->w) != CT_OK) {
         jpeg_destroy_decompress(&ci);
-        return ct_error(CT_ERR_FORMAT, "%s: %lldx%lld image is larger than %d pixels a side", name,
-                        (long long)out->w, (long long)out->h, MAX_SIDE);
+        return CT_ERR_FORMAT;
     }
     jpeg_start_decompress(&ci);
     int sc = ci.output_components;
@@ -179,6 +190,10 @@ static ct_status decode_png(const uint8_t *buf, size_t n, const char *name, int 
     if (header_only) {
         spng_ctx_free(ctx);
         return CT_OK;
+    }
+    if (check_size(name, out->h, out->w) != CT_OK) {
+        spng_ctx_free(ctx);
+        return CT_ERR_FORMAT;
     }
     if (h.bit_depth == 16) {
         spng_ctx_free(ctx);
