@@ -14,21 +14,10 @@ static char fix[64];  /* make_images.py's fixtures */
 static char root[96]; /* a fresh tree per test */
 
 static void make_fixtures(void) {
-    strcpy(fix, "/tmp/ct_folder_XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(fix));
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "/usr/bin/python3 tests/unit/make_images.py %s/img", fix);
-    if (system(cmd) != 0) {
-        fprintf(stderr, "test_folder: %s failed (run from the repository root)\n", cmd);
-        exit(1);
-    }
+    ct_test_make_fixtures(fix, "ct_folder", "/usr/bin/python3 tests/unit/make_images.py {}/img");
 }
 
-static void remove_fixtures(void) {
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", fix);
-    if (system(cmd) != 0) fprintf(stderr, "test_folder: could not remove %s\n", fix);
-}
+static void remove_fixtures(void) { ct_test_remove_fixtures(fix); }
 
 /* Tests run in forked children, so each makes its own unique folder. */
 static void new_tree(void) {

@@ -13,34 +13,10 @@ static char fixdir[64];
 
 /* Runs once per process (an unchecked fixture), before the forked tests. */
 static void make_fixtures(void) {
-    strcpy(fixdir, "/tmp/ct_image_XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(fixdir));
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "/usr/bin/python3 tests/unit/make_images.py %s", fixdir);
-    if (system(cmd) != 0) {
-        fprintf(stderr, "test_image: %s failed (run from the repository root)\n", cmd);
-        exit(1);
-    }
+    ct_test_make_fixtures(fixdir, "ct_image", "/usr/bin/python3 tests/unit/make_images.py {}");
 }
 
-static void remove_fixtures(void) {
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", fixdir);
-    if (system(cmd) != 0) fprintf(stderr, "test_image: could not remove %s\n", fixdir);
-}
-
-static void *slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    void *buf = malloc((size_t)len + 1);
-    ck_assert_uint_eq(fread(buf, 1, (size_t)len, f), (size_t)len);
-    fclose(f);
-    *n = (size_t)len;
-    return buf;
-}
+static void remove_fixtures(void) { ct_test_remove_fixtures(fixdir); }
 
 /* Every image in the manifest, both channel counts, equals PIL's bytes. */
 START_TEST(decode_matches_pil) {
@@ -63,7 +39,7 @@ START_TEST(decode_matches_pil) {
         ck_assert(ih == h && iw == w);
         snprintf(path, sizeof path, "%s/%s.%s", fixdir, name, channels == 1 ? "L" : "RGB");
         size_t n;
-        uint8_t *want = slurp(path, &n);
+        uint8_t *want = (uint8_t *)ct_test_read_file(path, &n);
         ck_assert_uint_eq(n, (size_t)(h * w * channels));
         size_t diff = 0, first = 0;
         for (size_t i = n; i-- > 0;)
@@ -84,7 +60,7 @@ START_TEST(decode_from_memory) {
     char path[256];
     snprintf(path, sizeof path, "%s/rgb420.jpg", fixdir);
     size_t n;
-    void *buf = slurp(path, &n);
+    void *buf = ct_test_read_file(path, &n);
     ct_image a, b;
     ck_assert_int_eq(ct_image_decode(buf, n, "mem.jpg", 3, &a), CT_OK);
     ck_assert_int_eq(ct_image_read(path, 3, &b), CT_OK);

@@ -16,37 +16,12 @@
 static char dir[64];
 
 static void make_refs(void) {
-    strcpy(dir, "/tmp/ct_transform_XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(dir));
-    char cmd[512];
-    snprintf(cmd, sizeof cmd,
-             "/usr/bin/python3 tests/unit/make_images.py %s/img && "
-             "/usr/bin/python3 tests/unit/transform_ref.py %s/img %s/ref",
-             dir, dir, dir);
-    if (system(cmd) != 0) {
-        fprintf(stderr, "test_transform: %s failed (run from the repository root)\n", cmd);
-        exit(1);
-    }
+    ct_test_make_fixtures(dir, "ct_transform",
+                          "/usr/bin/python3 tests/unit/make_images.py {}/img && "
+                          "/usr/bin/python3 tests/unit/transform_ref.py {}/img {}/ref");
 }
 
-static void remove_refs(void) {
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    if (system(cmd) != 0) fprintf(stderr, "test_transform: could not remove %s\n", dir);
-}
-
-static void *slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    void *buf = malloc((size_t)len + 1);
-    ck_assert_uint_eq(fread(buf, 1, (size_t)len, f), (size_t)len);
-    fclose(f);
-    *n = (size_t)len;
-    return buf;
-}
+static void remove_refs(void) { ct_test_remove_fixtures(dir); }
 
 START_TEST(ops_match_torchvision) {
     char path[256], image[64], mode[8], op[32];
@@ -88,7 +63,7 @@ START_TEST(ops_match_torchvision) {
                       image, op, a[0], (long long)out.w, (long long)out.h, ow, oh);
         snprintf(path, sizeof path, "%s/ref/%d.bin", dir, id);
         size_t n;
-        uint8_t *want = slurp(path, &n);
+        uint8_t *want = (uint8_t *)ct_test_read_file(path, &n);
         ck_assert_uint_eq(n, (size_t)(oh * ow * out.c));
         size_t diff = 0, first = 0;
         for (size_t i = n; i-- > 0;)
@@ -158,7 +133,7 @@ START_TEST(pipeline_matches_torchvision) {
     char path[256];
     snprintf(path, sizeof path, "%s/ref/pipeline.bin", dir);
     size_t n;
-    float *want = slurp(path, &n);
+    float *want = (float *)(void *)ct_test_read_file(path, &n);
     ck_assert_uint_eq(n, 3 * 32 * 32 * sizeof(float));
     CT_SCOPE {
         ct_batch b;

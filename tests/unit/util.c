@@ -182,3 +182,29 @@ void ct_test_expect_error(ct_status st, ct_status want, ...) {
                       s);
     va_end(ap);
 }
+
+void ct_test_make_fixtures(char *dir, const char *name, const char *cmd) {
+    snprintf(dir, 64, "/tmp/%s_XXXXXX", name);
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char full[1024];
+    size_t k = 0;
+    for (const char *p = cmd; *p && k + 64 < sizeof full; p++) {
+        if (p[0] == '{' && p[1] == '}') {
+            k += (size_t)snprintf(full + k, sizeof full - k, "%s", dir);
+            p++;
+        } else {
+            full[k++] = *p;
+        }
+    }
+    full[k] = '\0';
+    if (system(full) != 0) {
+        fprintf(stderr, "%s: %s failed (run from the repository root)\n", name, full);
+        exit(1);
+    }
+}
+
+void ct_test_remove_fixtures(const char *dir) {
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+}

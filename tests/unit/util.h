@@ -44,6 +44,11 @@ const char *ct_test_path(const char *name);
 void ct_test_write_file(const char *path, const void *data, size_t n);
 /* The whole file, NUL-terminated (free it); *n (may be NULL) gets its size. */
 char *ct_test_read_file(const char *path, size_t *n);
+/* Fixtures made by a script, once per process: mkdtemp("/tmp/<name>_XXXXXX") into dir (64
+ * bytes), then runs cmd with every "{}" replaced by dir; exits the suite if it fails. */
+void ct_test_make_fixtures(char *dir, const char *name, const char *cmd);
+/* rm -rf dir (a fixture directory). */
+void ct_test_remove_fixtures(const char *dir);
 /* Entries in ct_test_tmpdir other than . and .. */
 int ct_test_count_files(void);
 /* Asserts st == want and that ct_last_error() contains every string of the NULL-terminated
