@@ -54,6 +54,39 @@ ct_status ct_run_explain_classes(const ct_run *r, ct_status st);
 /* mkdir -p; the message names the directory that could not be made. */
 ct_status ct_mkdir_p(const char *dir);
 
+/* A training run's checkpoint files (checkpoint.c). Rank 0: saves the model, optimizer and
+ * progress as <output.dir>/ckpt-epochNNNN.safetensors (epoch_step 0, after epochs_done
+ * epochs) or, mid-epoch, ckpt-epochNNNN-stepSSSSSS.safetensors named after the epoch it is
+ * in, so names sort in training order; then points `latest` at it and keeps only the newest
+ * output.keep files. rank_state: ct_midepoch_gather's string, or NULL. */
+ct_status ct_run_save_checkpoint(const ct_run *r, const ct_optim *o, int epochs_done, int64_t step,
+                                 int64_t epoch_step, const char *rank_state);
+/* Opens the checkpoint to resume from into *f and *p, its path into path (n bytes): the one
+ * <output.dir>/latest names or, when that one is unusable, the newest valid other one (with
+ * a warning from rank 0). The error says why none can be used. */
+ct_status ct_run_open_resume(const ct_run *r, char *path, size_t n, ct_st_file **f, ct_progress *p);
+
+/* A training run's output directory (output.c). Rank 0's part of setting it up: output.dir
+ * made, a killed run's temporary files removed, config.ini and classes.txt written. */
+ct_status ct_run_prepare_output(ct_run *r);
+/* A run that stopped after logging epochs its newest checkpoint does not hold would list
+ * them twice once resumed: keeps only the metrics.jsonl lines (path) up to epoch upto. */
+void ct_run_trim_metrics(const char *path, int upto);
+
+/* What the training loop reads (features.c). */
+typedef struct {
+    ct_dataset train_feat, test_feat; /* the feature cache, when it is on */
+    const ct_dataset *train, *test;   /* the run's data sets, or the cache */
+    ct_loader_opts lo, eval_lo;       /* for train and test */
+    int prefix, nlayers;              /* layers [0, prefix) are in the cache and do not run */
+} ct_train_inputs;
+/* Collective: the training loader's options (normalisation and augmentation) and, when the
+ * model has a frozen prefix that is a fixed function of the input and its features fit
+ * train.feature_cache_max_mb, the feature cache. The struct must not move afterwards
+ * (train and test may point into it). */
+ct_status ct_train_inputs_setup(ct_run *r, ct_train_inputs *in);
+void ct_train_inputs_free(ct_train_inputs *in);
+
 /* Preemption (preempt.c). The exit status of every rank of a preempted run: EX_TEMPFAIL
  * of sysexits.h ("try again later"), distinct from failures (1, or 134 from an abort). */
 #define CT_EXIT_PREEMPTED 75

@@ -1,16 +1,11 @@
 /* ctrain train: the data-parallel training loop, evaluation after every epoch, atomic
- * checkpoints from rank 0, and exact resume. */
-#include <dirent.h>
-#include <errno.h>
-#include <stdarg.h>
-#include <inttypes.h>
-#include <limits.h>
+ * checkpoints from rank 0 (at epoch ends, every output.checkpoint_every_steps and on a
+ * preemption signal), and exact resume. ct_cmd_train at the end reads as the outline; the
+ * run's files are output.c's, the feature cache features.c's. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "cli.h"
 
@@ -70,173 +65,19 @@ static void maybe_unfreeze(ct_run *r, ct_optim *o, int epoch) {
     ct_named_free(&all);
 }
 
-ct_status ct_mkdir_p(const char *dir) {
-    char buf[4096];
-    if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf)
-        return ct_error(CT_ERR_IO, "%.64s...: directory name too long", dir);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-            return ct_error(CT_ERR_IO, "%s: cannot create directory: %s", buf, strerror(errno));
-        *p = '/';
-    }
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-        return ct_error(CT_ERR_IO, "%s: cannot create directory: %s", buf, strerror(errno));
-    return CT_OK;
-}
-
-/* The newest checkpoint is named in <dir>/latest (itself written atomically). The file may
- * have been edited or copied from elsewhere: it must hold one plain file name, so resume
- * never loads a file outside the run's directory. */
-static ct_status latest_checkpoint(const char *dir, char *path, size_t n) {
-    char lp[CT_CFG_STR + 16];
-    snprintf(lp, sizeof lp, "%s/latest", dir);
-    FILE *f = NULL;
-    if (access(lp, F_OK) != 0)
-        return ct_error(CT_ERR_IO, "resume: no checkpoint to resume from (%s: %s)", lp, strerror(errno));
-    ct_status st = ct_fopen_regular(lp, &f);
-    if (st != CT_OK) return st;
-    char name[256] = {0};
-    size_t len = fread(name, 1, sizeof name - 1, f);
-    bool more = fgetc(f) != EOF;
-    fclose(f);
-    if (len && name[len - 1] == '\n') name[--len] = 0;
-    if (!len) return ct_error(CT_ERR_FORMAT, "%s: empty", lp);
-    bool plain = !more && strlen(name) == len && strcmp(name, ".") && strcmp(name, "..");
-    for (size_t i = 0; plain && i < len; i++) plain = name[i] != '/' && (unsigned char)name[i] >= 0x20;
-    if (!plain)
-        return ct_error(CT_ERR_FORMAT, "%s: must hold the name of a checkpoint file in %s (one line, no '/'), "
-                        "not '%.64s%s'", lp, dir, name, len > 64 || more ? "..." : "");
-    if (snprintf(path, n, "%s/%s", dir, name) >= (int)n) return ct_error(CT_ERR_IO, "%s/%s: path too long", dir, name);
-    return CT_OK;
-}
-
-struct candidate {
-    char name[256];
-    struct timespec mtime;
-};
-static int list_checkpoints(const char *dir, const char *skip, struct candidate **out);
-
-/* epoch_step > 0: a mid-epoch checkpoint, named after the epoch it is in (1-based) so that
- * names sort in training order: ckpt-epoch0004-step000010 comes before ckpt-epoch0004. */
-static ct_status save_checkpoint(ct_run *r, ct_optim *o, int epochs_done, int64_t step, int64_t epoch_step,
-                                 const char *rank_state) {
-    char name[64], path[CT_CFG_STR + 300], lp[CT_CFG_STR + 16]; /* path: also a listed name (< 256) */
-    if (epoch_step)
-        snprintf(name, sizeof name, "ckpt-epoch%04d-step%06lld.safetensors", epochs_done + 1, (long long)epoch_step);
-    else
-        snprintf(name, sizeof name, "ckpt-epoch%04d.safetensors", epochs_done);
-    snprintf(path, sizeof path, "%s/%s", r->cfg.output.dir, name);
-    ct_progress p = {.epoch = epochs_done, .step = step, .seed = r->cfg.train.seed, .world = r->d.size,
-                     .epoch_step = epoch_step, .rank_state = rank_state};
-    ct_status st = ct_ckpt_save(path, r->model, o, &p);
-    snprintf(lp, sizeof lp, "%s/latest", r->cfg.output.dir);
-    char line[80];
-    int k = snprintf(line, sizeof line, "%s\n", name);
-    if (st == CT_OK) st = ct_write_file_atomic(lp, line, (size_t)k);
-    if (st == CT_OK && r->cfg.output.keep > 0) { /* output.keep: only the newest N stay */
-        struct candidate *c = NULL;
-        int n = list_checkpoints(r->cfg.output.dir, NULL, &c);
-        for (int i = r->cfg.output.keep; i < n; i++) {
-            snprintf(path, sizeof path, "%s/%s", r->cfg.output.dir, c[i].name);
-            if (strcmp(c[i].name, name)) remove(path); /* best effort: one already gone is fine */
-        }
-        free(c);
-    }
-    return st;
-}
-
-/* Opens a checkpoint to resume from: its structure and checksum (ct_st_load), finite
- * values, and its progress metadata. *f is NULL on error. */
-static ct_status open_valid(const ct_run *r, const char *path, ct_st_file **f, ct_progress *p) {
-    ct_status st = ct_run_open_checkpoint(r, path, f);
-    if (st == CT_OK && (st = ct_ckpt_progress(*f, p)) != CT_OK) {
-        ct_st_free(*f);
-        *f = NULL;
-    }
-    return st;
-}
-
-static int newest_first(const void *a, const void *b) {
-    const struct candidate *x = a, *y = b;
-    if (x->mtime.tv_sec != y->mtime.tv_sec) return x->mtime.tv_sec < y->mtime.tv_sec ? 1 : -1;
-    if (x->mtime.tv_nsec != y->mtime.tv_nsec) return x->mtime.tv_nsec < y->mtime.tv_nsec ? 1 : -1;
-    return strcmp(y->name, x->name);
-}
-
-/* The regular files ckpt-*.safetensors in dir but skip (a path, may be NULL), newest first
- * by modification time, into *out (malloc'd); returns their count. */
-static int list_checkpoints(const char *dir, const char *skip, struct candidate **out) {
-    DIR *d = opendir(dir);
-    struct candidate *c = NULL;
-    int nc = 0, cap = 0;
-    char path[CT_CFG_STR + 300];
-    for (struct dirent *e; d && (e = readdir(d));) {
-        size_t len = strlen(e->d_name);
-        struct stat sb;
-        if (strncmp(e->d_name, "ckpt-", 5) || len < 17 || len >= sizeof c->name ||
-            strcmp(e->d_name + len - 12, ".safetensors") ||
-            snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path ||
-            (skip && !strcmp(path, skip)) || stat(path, &sb) != 0 || !S_ISREG(sb.st_mode))
-            continue;
-        if (nc == cap) {
-            cap = cap ? 2 * cap : 16;
-            c = realloc(c, (size_t)cap * sizeof *c);
-            CT_ASSERT(c, "listing checkpoints: out of memory");
-        }
-        snprintf(c[nc].name, sizeof c[nc].name, "%s", e->d_name);
-        c[nc++].mtime = sb.st_mtim;
-    }
-    if (d) closedir(d);
-    if (nc) qsort(c, (size_t)nc, sizeof *c, newest_first);
-    *out = c;
-    return nc;
-}
-
-/* The checkpoint `latest` names is unusable (missing, truncated, corrupt): opens the newest
- * other ckpt-*.safetensors in dir that is valid, newest by modification time, into path.
- * CT_ERR_IO if there is none. */
-static ct_status fall_back(const ct_run *r, const char *bad, char *path, size_t n, ct_st_file **f,
-                           ct_progress *p) {
-    const char *dir = r->cfg.output.dir;
-    struct candidate *c = NULL;
-    int nc = list_checkpoints(dir, bad, &c);
-    ct_status st = CT_ERR_IO;
-    for (int i = 0; i < nc && st != CT_OK; i++) {
-        snprintf(path, n, "%s/%s", dir, c[i].name);
-        st = open_valid(r, path, f, p);
-        if (st != CT_OK && r->d.rank == 0)
-            fprintf(stderr, "ctrain: warning: not resuming from %s either: %s\n", path, ct_last_error());
-    }
-    free(c);
-    return st;
-}
-
+/* Loads the checkpoint to resume from into the model and optimizer; *mid gets this rank's
+ * part of a mid-epoch checkpoint. */
 static ct_status resume(ct_run *r, ct_optim *o, int *start_epoch, int64_t *step, ct_midepoch *mid) {
     char path[CT_CFG_STR + 300];
     ct_st_file *f = NULL;
     ct_progress p = {0};
-    ct_status st = latest_checkpoint(r->cfg.output.dir, path, sizeof path);
-    if (st != CT_OK) return st; /* no latest, or one naming a file outside output.dir */
-    if ((st = open_valid(r, path, &f, &p)) != CT_OK) {
-        /* A crash or a bad disk can leave the newest checkpoint unreadable while older ones
-         * are fine: resume from the newest valid one, and say so. */
-        char bad[sizeof path], why[1024];
-        snprintf(bad, sizeof bad, "%s", path);
-        snprintf(why, sizeof why, "%s", ct_last_error());
-        st = fall_back(r, bad, path, sizeof path, &f, &p);
-        if (st != CT_OK)
-            return ct_error(st, "%s (and no other checkpoint in %s is valid)", why, r->cfg.output.dir);
-        if (r->d.rank == 0)
-            fprintf(stderr, "ctrain: warning: %s/latest names %s, which is unusable (%s); resuming from %s, "
-                    "the newest valid checkpoint\n", r->cfg.output.dir, bad, why, path);
-    }
+    ct_status st = ct_run_open_resume(r, path, sizeof path, &f, &p);
+    if (st != CT_OK) return st;
     /* Replay staged unfreezing so the optimizer has the groups the saved state names. */
     int at = r->cfg.train.unfreeze_after; /* unfreezing happens at most once, at this epoch */
     bool mid_epoch = p.epoch_step > 0; /* then epoch p.epoch has begun, and unfrozen if it is `at` */
-    if (st == CT_OK && at > 0 && (at < p.epoch || (mid_epoch && at == p.epoch))) maybe_unfreeze(r, o, at);
-    if (st == CT_OK) st = ct_run_explain_classes(r, ct_ckpt_load_model(f, r->model, true, NULL));
+    if (at > 0 && (at < p.epoch || (mid_epoch && at == p.epoch))) maybe_unfreeze(r, o, at);
+    st = ct_run_explain_classes(r, ct_ckpt_load_model(f, r->model, true, NULL));
     if (st == CT_OK) st = ct_ckpt_load_optim(f, o);
     if (st == CT_OK) st = ct_midepoch_take(&r->d, r->model, &p, path, mid);
     if (st == CT_OK) {
@@ -250,36 +91,6 @@ static ct_status resume(ct_run *r, ct_optim *o, int *start_epoch, int64_t *step,
     return st;
 }
 
-/* A run that stopped after logging epochs its newest checkpoint does not hold (the metrics
- * line is written before the checkpoint) would list them twice once resumed: keep only the
- * lines up to the resumed epoch. Best effort, like the metrics file itself. */
-static void trim_metrics(const char *path, int upto) {
-    FILE *f = fopen(path, "r");
-    if (!f) return; /* nothing logged yet */
-    char *line = NULL, *buf = NULL;
-    size_t lcap = 0, n = 0, cap = 0;
-    ssize_t len;
-    bool dropped = false;
-    while ((len = getline(&line, &lcap, f)) > 0) {
-        int64_t e;
-        if (ct_json_int_field(line, "epoch", &e) && e > upto) {
-            dropped = true;
-            continue;
-        }
-        if (n + (size_t)len > cap) {
-            cap = 2 * (n + (size_t)len);
-            buf = ct_realloc(buf, cap);
-        }
-        memcpy(buf + n, line, (size_t)len);
-        n += (size_t)len;
-    }
-    fclose(f);
-    free(line);
-    if (dropped && ct_write_file_atomic(path, buf ? buf : "", n) != CT_OK)
-        fprintf(stderr, "ctrain: warning: %s\n", ct_last_error());
-    free(buf);
-}
-
 /* A testing aid: CT_FAULT="RANK:STEP" makes that rank fail at that step, to prove one
  * rank's fatal error ends the whole job. */
 static void maybe_inject_fault(const ct_dist *d, int64_t step) {
@@ -290,316 +101,300 @@ static void maybe_inject_fault(const ct_dist *d, int64_t step) {
         ct_fatal("injected fault (CT_FAULT=%s) at step %lld", f, at);
 }
 
-/* Random transforms make every epoch's inputs differ: no feature cache then. */
-static bool has_random_transform(const ct_config *c) {
-    return strstr(c->data.train_transforms, "random") || strstr(c->data.test_transforms, "random");
-}
+/* ---- ct_cmd_train, step by step ------------------------------------------------------ */
 
-/* An image data set's class names, one a line in label order, to <output.dir>/classes.txt:
- * what a label in the checkpoint's head means. */
-static ct_status write_classes(const ct_run *r) {
-    const ct_classes *cls = ct_dataset_classes(&r->test);
-    if (!cls) return CT_OK;
-    size_t n = 1;
-    for (int i = 0; i < cls->n; i++) n += strlen(cls->names[i]) + 1;
-    char *buf = ct_malloc(n), *p = buf;
-    for (int i = 0; i < cls->n; i++) p += sprintf(p, "%s\n", cls->names[i]);
-    char path[CT_CFG_STR + 16];
-    snprintf(path, sizeof path, "%s/classes.txt", r->cfg.output.dir);
-    ct_status st = ct_write_file_atomic(path, buf, (size_t)(p - buf));
-    free(buf);
-    return st;
-}
+/* What a training run holds from its set-up to its last epoch. */
+typedef struct {
+    ct_run *r;
+    const ct_config *c;
+    ct_ddp *ddp;
+    ct_optim *opt;
+    int start_epoch;
+    int64_t step;                         /* optimizer steps so far, over all epochs */
+    ct_midepoch mid;                      /* a resumed mid-epoch position (mid.at == 0: none) */
+    ct_train_inputs in;                   /* what the loop reads */
+    ct_sampler *sampler;
+    ct_loader *loader;
+    int64_t shard, steps; /* samples and steps per epoch on each rank */
+    ct_schedule sched;
+    FILE *mf;       /* metrics.jsonl, rank 0 */
+    bool decoding;  /* image files are decoded during the epoch */
+    bool preempted; /* every rank agreed to stop for a preemption signal */
+} trainer;
 
-int ct_cmd_train(ct_run *r) {
-    const ct_config *c = &r->cfg;
-    ct_ddp *ddp = NULL;
-    ct_optim *opt = NULL;
-    ct_dataset train_feat = {0}, test_feat = {0};
-    ct_sampler *sampler = NULL;
-    ct_loader *loader = NULL;
-    FILE *mf = NULL;
-    int start_epoch = 0;
-    int64_t step = 0;
-    ct_midepoch mid = {0};
-    bool preempted = false;
+/* One epoch's training, for its log records. */
+typedef struct {
+    double loss_sum; /* this rank's, over the steps not skipped */
+    int64_t skipped; /* steps skipped for a non-finite loss (train.on_nonfinite) */
+    double secs;
+} epoch_stats;
 
-    ct_status st = CT_OK;
-    if (!*c->output.dir)
-        st = ct_error(CT_ERR_CONFIG, "%s: output.dir is empty; it names the directory for checkpoints and metrics",
-                      r->cfg_path);
-    else if (r->d.rank == 0)
-        st = ct_mkdir_p(c->output.dir);
-    if (st == CT_OK && r->d.rank == 0) {
-        int stale = ct_remove_stale_tmp(c->output.dir);
-        if (stale)
-            fprintf(stderr, "ctrain: removed %d temporary file(s) in %s left by a killed run\n", stale,
-                    c->output.dir);
-    }
-    if (st == CT_OK && r->d.rank == 0) {
-        char p[CT_CFG_STR + 16];
-        snprintf(p, sizeof p, "%s/config.ini", c->output.dir);
-        st = ct_config_save(c, p);
-    }
-    if (st == CT_OK && r->d.rank == 0) st = write_classes(r);
-    if (ct_run_check(&r->d, st) != CT_OK) return 1;
-
+/* DDP around the model, the optimizer, the state of the checkpoint resumed from, and the
+ * preemption signal handlers. */
+static ct_status setup_training(trainer *t) {
+    ct_run *r = t->r;
+    const ct_config *c = t->c;
     ct_ddp_config dc = ct_ddp_defaults();
     dc.bucket_bytes = (size_t)(c->dist.bucket_mb * 1048576);
     dc.first_bucket_bytes = (size_t)(c->dist.first_bucket_mb * 1048576);
     dc.shm = c->dist.shm;
     dc.timeout_s = c->dist.timeout_s;
     dc.buffers = c->dist.buffers;
-    st = ct_ddp_new(r->model, &r->d, &dc, &ddp);
-    if (st != CT_OK) {
+    ct_status st = ct_ddp_new(r->model, &r->d, &dc, &t->ddp);
+    if (st != CT_OK) { /* every rank got the same verdict from the collective check */
         if (r->d.rank == 0) fprintf(stderr, "ctrain: error: %s\n", ct_last_error());
-        ct_ddp_free(ddp); /* every rank got the same verdict from the collective check */
-        return 1;
+        return st;
     }
-    opt = ct_optim_new(c->optim);
-    add_group(opt, r->model, NULL, c->optim.lr);
-    if (c->train.resume) st = resume(r, opt, &start_epoch, &step, &mid);
+    t->opt = ct_optim_new(c->optim);
+    add_group(t->opt, r->model, NULL, c->optim.lr);
+    if (c->train.resume) st = resume(r, t->opt, &t->start_epoch, &t->step, &t->mid);
     if (st == CT_OK) st = ct_preempt_install(c);
-    if (ct_run_check(&r->d, st) != CT_OK) goto out;
+    return ct_run_check(&r->d, st);
+}
 
-    ct_sampler_opts so = {.n = r->train.n, .world = r->d.size, .rank = r->d.rank,
-                          .mode = c->dist.shard,
-                          .shuffle = true, .seed = c->train.seed};
-    ct_loader_opts lo = ct_loader_opts_default(c->train.batch_size);
-    lo.mean = (float)c->data.mean;
-    lo.std = (float)c->data.std;
-    lo.crop_pad = c->data.augment == CT_CFG_AUGMENT_CROP || c->data.augment == CT_CFG_AUGMENT_CROP_FLIP
-                      ? c->data.crop_pad : 0;
-    lo.hflip = c->data.augment == CT_CFG_AUGMENT_FLIP || c->data.augment == CT_CFG_AUGMENT_CROP_FLIP;
-    lo.skip_bad = r->eval_opts.skip_bad;
-    lo.workers = r->eval_opts.workers;
-    lo.prefetch = r->eval_opts.prefetch;
-    lo.norm_channels = r->eval_opts.norm_channels;
-    memcpy(lo.channel_mean, r->eval_opts.channel_mean, sizeof lo.channel_mean);
-    memcpy(lo.channel_std, r->eval_opts.channel_std, sizeof lo.channel_std);
-    lo.wrap = true; /* a skipped file's place goes to another: every rank keeps its step count */
-    lo.log = r->eval_opts.log;
-    lo.log_ctx = r->eval_opts.log_ctx;
-    /* Feature cache: a frozen prefix that is a fixed function (no augmentation in front of
-     * it) is run once over the data instead of every step, when its features fit the
-     * memory budget (a frozen first conv alone would make 32 times the input). Staged
-     * unfreezing could change the prefix, so it turns the cache off. */
-    ct_module_train(r->model, true);
-    bool augment = lo.crop_pad > 0 || lo.hflip || has_random_transform(c);
-    int fixed = c->train.feature_cache == CT_CFG_CACHE_AUTO ? ct_module_frozen_prefix(r->model) : 0;
-    bool skipping = r->train.files && lo.skip_bad; /* the cache needs every sample's features */
-    const char *why_off = augment ? "data augmentation is on"
-                          : skipping ? "data.on_bad = skip"
-                          : c->train.unfreeze_after ? "staged unfreezing is configured" : NULL;
-    char why_buf[256];
-    if (fixed > 0 && !why_off) {
-        double n = (double)(r->train.n + r->test.n), f = (double)ct_dist_cache_numel(r->model, fixed, &r->train);
-        double mib = n * f * 4 / 1048576;
-        if (mib > c->train.feature_cache_max_mb || (double)r->train.n * f > INT_MAX) {
-            snprintf(why_buf, sizeof why_buf,
-                     "the features of the frozen prefix (the model's first %d layers) would take %.0f MiB "
-                     "per rank (train.feature_cache_max_mb = %d; at most %d floats per data set)",
-                     fixed, mib, c->train.feature_cache_max_mb, INT_MAX);
-            why_off = why_buf;
-        }
-    }
-    int prefix = why_off ? 0 : fixed, nlayers = ct_seq_num_layers(r->model);
-    ct_loader_opts eval_lo = r->eval_opts;
-    const ct_dataset *train_ds = &r->train, *test_ds = &r->test;
-    if (prefix > 0) {
-        double t0 = ct_now();
-        st = ct_dist_cache_features(&r->d, r->model, prefix, &r->train, &lo, &train_feat);
-        if (st == CT_OK) st = ct_dist_cache_features(&r->d, r->model, prefix, &r->test, &r->eval_opts, &test_feat);
-        if (ct_run_check(&r->d, st) != CT_OK) goto out;
-        train_ds = &train_feat;
-        test_ds = &test_feat;
-        /* the features are already normalised model activations */
-        lo = ct_loader_opts_default(c->train.batch_size);
-        eval_lo = ct_loader_opts_default(c->train.eval_batch_size);
-        if (r->d.rank == 0) {
-            fprintf(stderr, "ctrain: feature cache on: the frozen prefix (the model's first %d layers) "
-                    "runs once; %lld features per sample for %lld + %lld samples, %.0f MiB per rank, %.1f s\n",
-                    prefix, (long long)train_feat.sample_numel, (long long)train_feat.n,
-                    (long long)test_feat.n,
-                    (double)(train_feat.n + test_feat.n) * (double)train_feat.sample_numel * 4 / 1048576,
-                    ct_now() - t0);
-        }
-    } else if (r->d.rank == 0 && fixed > 0) {
-        fprintf(stderr, "ctrain: feature cache off: %s\n", why_off);
-    }
-    st = ct_sampler_new(&sampler, &so);
-    if (st == CT_OK) st = ct_loader_new(&loader, train_ds, &lo);
-    if (ct_run_check(&r->d, st) != CT_OK) goto out;
-    int64_t shard = ct_sampler_size(sampler);
-    /* Every rank has the same shard size, hence the same step count. */
-    int64_t steps = c->train.drop_last ? shard / c->train.batch_size
-                                       : (shard + c->train.batch_size - 1) / c->train.batch_size;
-    if (steps < 1) {
-        if (r->d.rank == 0)
-            fprintf(stderr, "ctrain: error: %s: %lld training samples per rank is less than one batch of %d\n",
-                    r->cfg_path, (long long)shard, c->train.batch_size);
-        st = CT_ERR_CONFIG;
-        goto out;
-    }
-    /* Checkpoints fall on epoch boundaries, so the schedule goes on from epoch * steps. The
-     * saved step count differs from that when the checkpoint came from another number of
-     * ranks (or batch size): keeping it would leave the cosine short of its end. */
-    if (mid.at && (!mid.exact || mid.at > steps || step != (int64_t)start_epoch * steps + mid.at)) {
+/* Where a resumed run goes on, now that the steps per epoch are known. */
+static void place_resume(trainer *t) {
+    const ct_run *r = t->r;
+    ct_midepoch *mid = &t->mid;
+    if (mid->at && (!mid->exact || mid->at > t->steps || t->step != (int64_t)t->start_epoch * t->steps + mid->at)) {
         /* Another number of ranks (or batch size) deals the epoch out differently: the
          * samples this epoch has left are not known, so the next epoch starts afresh. */
         if (r->d.rank == 0)
             fprintf(stderr, "ctrain: warning: the checkpoint was written %lld steps into epoch %d by %d ranks; "
                     "on %d ranks with %lld steps/epoch that position does not exist, so training goes on "
-                    "from the start of epoch %d\n", (long long)mid.at, start_epoch + 1,
-                    mid.world, r->d.size, (long long)steps, start_epoch + 2);
-        start_epoch++;
-        ct_midepoch_free(&mid);
+                    "from the start of epoch %d\n", (long long)mid->at, t->start_epoch + 1,
+                    mid->world, r->d.size, (long long)t->steps, t->start_epoch + 2);
+        t->start_epoch++;
+        ct_midepoch_free(mid);
     }
-    if (mid.at) {
+    /* Checkpoints fall on epoch boundaries, so the schedule goes on from epoch * steps. The
+     * saved step count differs from that when the checkpoint came from another number of
+     * ranks (or batch size): keeping it would leave the cosine short of its end. */
+    if (mid->at) {
         if (r->d.rank == 0)
-            fprintf(stderr, "ctrain: resuming %lld steps into epoch %d\n", (long long)mid.at, start_epoch + 1);
-    } else if (start_epoch > 0 && step != (int64_t)start_epoch * steps) {
+            fprintf(stderr, "ctrain: resuming %lld steps into epoch %d\n", (long long)mid->at, t->start_epoch + 1);
+    } else if (t->start_epoch > 0 && t->step != (int64_t)t->start_epoch * t->steps) {
         if (r->d.rank == 0)
             fprintf(stderr, "ctrain: the checkpoint's step %lld is step %lld with %lld steps/epoch\n",
-                    (long long)step, (long long)start_epoch * steps, (long long)steps);
-        step = (int64_t)start_epoch * steps;
+                    (long long)t->step, (long long)t->start_epoch * t->steps, (long long)t->steps);
+        t->step = (int64_t)t->start_epoch * t->steps;
     }
-    ct_schedule sched = {.kind = c->schedule.name, .per_step = c->schedule.name == CT_SCHED_COSINE,
-                         .step_size = c->schedule.step_size, .gamma = c->schedule.gamma,
-                         .total = (int64_t)c->train.epochs * steps, .min_lr = c->schedule.min_lr,
-                         .warmup_steps = c->schedule.warmup_steps};
-    if (r->d.rank == 0) {
-        char mp[CT_CFG_STR + 16];
-        snprintf(mp, sizeof mp, "%s/metrics.jsonl", c->output.dir);
-        if (start_epoch > 0) trim_metrics(mp, start_epoch);
-        mf = fopen(mp, start_epoch > 0 ? "a" : "w");
-        if (!mf) fprintf(stderr, "ctrain: warning: cannot write %s\n", mp);
-        ct_named t = ct_module_params(r->model, true), a = ct_module_params(r->model, false);
-        fprintf(stderr, "ctrain: %lld parameters, %lld trainable; %lld training samples on %d rank(s), %lld steps/epoch\n",
-                (long long)ct_named_numel(&a), (long long)ct_named_numel(&t), (long long)r->train.n,
-                r->d.size, (long long)steps);
-        ct_named_free(&t);
-        ct_named_free(&a);
-    }
+}
 
+/* The sampler and loader, the steps per epoch, where a resumed run goes on, and the
+ * learning-rate schedule over the steps. */
+static ct_status setup_steps(trainer *t) {
+    ct_run *r = t->r;
+    const ct_config *c = t->c;
+    ct_sampler_opts so = {.n = r->train.n, .world = r->d.size, .rank = r->d.rank,
+                          .mode = c->dist.shard,
+                          .shuffle = true, .seed = c->train.seed};
+    ct_status st = ct_sampler_new(&t->sampler, &so);
+    if (st == CT_OK) st = ct_loader_new(&t->loader, t->in.train, &t->in.lo);
+    if ((st = ct_run_check(&r->d, st)) != CT_OK) return st;
+    t->shard = ct_sampler_size(t->sampler);
+    /* Every rank has the same shard size, hence the same step count. */
+    t->steps = c->train.drop_last ? t->shard / c->train.batch_size
+                                  : (t->shard + c->train.batch_size - 1) / c->train.batch_size;
+    if (t->steps < 1) {
+        if (r->d.rank == 0)
+            fprintf(stderr, "ctrain: error: %s: %lld training samples per rank is less than one batch of %d\n",
+                    r->cfg_path, (long long)t->shard, c->train.batch_size);
+        return CT_ERR_CONFIG;
+    }
+    place_resume(t);
+    t->sched = (ct_schedule){.kind = c->schedule.name, .per_step = c->schedule.name == CT_SCHED_COSINE,
+                             .step_size = c->schedule.step_size, .gamma = c->schedule.gamma,
+                             .total = (int64_t)c->train.epochs * t->steps, .min_lr = c->schedule.min_lr,
+                             .warmup_steps = c->schedule.warmup_steps};
+    t->decoding = t->in.train->files != NULL;
+    return CT_OK;
+}
+
+/* Rank 0: metrics.jsonl (a resumed run's is cut back to the checkpoint and appended to)
+ * and a summary line. */
+static void open_metrics(trainer *t) {
+    const ct_run *r = t->r;
+    if (r->d.rank != 0) return;
+    char mp[CT_CFG_STR + 16];
+    snprintf(mp, sizeof mp, "%s/metrics.jsonl", t->c->output.dir);
+    if (t->start_epoch > 0) ct_run_trim_metrics(mp, t->start_epoch);
+    t->mf = fopen(mp, t->start_epoch > 0 ? "a" : "w");
+    if (!t->mf) fprintf(stderr, "ctrain: warning: cannot write %s\n", mp);
+    ct_named tr = ct_module_params(r->model, true), a = ct_module_params(r->model, false);
+    fprintf(stderr, "ctrain: %lld parameters, %lld trainable; %lld training samples on %d rank(s), %lld steps/epoch\n",
+            (long long)ct_named_numel(&a), (long long)ct_named_numel(&tr), (long long)r->train.n,
+            r->d.size, (long long)t->steps);
+    ct_named_free(&tr);
+    ct_named_free(&a);
+}
+
+/* Step s of the epoch on the next batch: forward, loss, backward (DDP's all-reduce overlaps
+ * it) and the update. Runs inside the caller's CT_SCOPE. Not OK (on every rank) when an
+ * image file could not be decoded on some rank. */
+static ct_status train_step(trainer *t, int epoch, int64_t s, epoch_stats *es, ct_progress_bar *bar) {
+    ct_run *r = t->r;
+    const ct_config *c = t->c;
+    maybe_inject_fault(&r->d, t->step);
+    ct_batch b;
+    ct_loader_next(t->loader, &b);
     /* Image files are decoded during the epoch, and a rank that meets a bad one must not
      * leave the others waiting in the all-reduce: every step, the ranks agree first. */
-    bool decoding = train_ds->files != NULL;
-    bool failed = false;
-    for (int epoch = start_epoch; epoch < c->train.epochs && !failed; epoch++) {
-        if (epoch != start_epoch || !mid.at) maybe_unfreeze(r, opt, epoch); /* resume() did it */
-        reseed_epoch(r, loader, epoch);
-        ct_loader_start(loader, ct_sampler_epoch(sampler, (uint64_t)epoch), shard);
-        ct_module_train(r->model, true);
-        ct_progress_bar bar;
-        ct_progress_start(&bar, steps, c->train.log_every);
-        double loss_sum = 0, t0 = ct_now();
-        int64_t skipped = 0; /* steps skipped for a non-finite loss (train.on_nonfinite) */
-        int64_t s0 = epoch == start_epoch ? mid.at : 0;
-        if (s0) {
-            ct_midepoch_resume(&mid, r->model, loader);
-            loss_sum = mid.loss_sum;
-            skipped = mid.skipped;
-        }
-        for (int64_t s = s0; s < steps && !failed && !preempted; s++, step++) CT_SCOPE {
-            maybe_inject_fault(&r->d, step);
-            ct_batch b;
-            ct_loader_next(loader, &b);
-            if (decoding && (st = ct_run_check(&r->d, ct_loader_status(loader))) != CT_OK) {
-                failed = true;
-                continue; /* not break: continue lets CT_SCOPE close its scope */
-            }
-            ct_status pst = ct_ddp_prepare(ddp);
-            if (pst != CT_OK) ct_fatal("%s", ct_last_error());
-            ct_optim_apply_schedule(opt, &sched, step, epoch);
-            ct_tensor *logits = prefix ? ct_seq_forward_range(r->model, prefix, nlayers, b.x)
-                                       : ct_module_forward(r->model, b.x);
-            ct_tensor *loss = ct_cross_entropy(logits, b.y, CT_REDUCE_MEAN);
-            bool finite = isfinite(loss->data[0]);
-            if (!finite && c->train.on_nonfinite == CT_CFG_NONFINITE_ERROR)
-                ct_fatal("epoch %d step %lld: the training loss is %f (train.on_nonfinite = error; 'skip' "
-                         "skips such steps)", epoch + 1, (long long)s + 1, loss->data[0]);
-            ct_backward(loss);
-            ct_ddp_finish(ddp);
-            /* A non-finite loss on any rank makes the averaged gradients non-finite on all
-             * of them: every rank skips the update together. */
-            if (c->train.on_nonfinite == CT_CFG_NONFINITE_SKIP && !ct_ddp_all(ddp, finite)) {
-                skipped++;
-            } else {
-                ct_optim_step(opt);
-                loss_sum += loss->data[0];
-            }
-            ct_ddp_zero_grad(ddp);
-            if (r->d.rank == 0 && s >= skipped)
-                ct_progress_update(&bar, epoch + 1, s, steps, loss_sum / (double)(s + 1 - skipped), b.size * r->d.size);
-            /* Step boundary: a preemption signal on any rank, or output.checkpoint_every_steps. */
-            preempted = ct_preempt_agree(&r->d, ddp, step);
-            int every = c->output.checkpoint_every_steps;
-            if (preempted || (every && (step + 1) % every == 0 && s + 1 < steps)) {
-                char *rs = ct_midepoch_gather(&r->d, r->model, loss_sum, skipped);
-                st = r->d.rank == 0 ? save_checkpoint(r, opt, epoch, step + 1, s + 1, rs) : CT_OK;
-                free(rs);
-                failed = ct_run_check(&r->d, st) != CT_OK;
-            }
-        }
-        if (skipped && r->d.rank == 0)
-            fprintf(stderr, "ctrain: warning: epoch %d: skipped %lld of %lld steps with a non-finite loss "
-                    "(train.on_nonfinite = skip)\n", epoch + 1, (long long)skipped, (long long)steps);
-        double secs = ct_now() - t0;
-        if (r->d.rank == 0) ct_progress_end(&bar);
-        if (failed || preempted) break;
-        /* The epoch's training loss averaged over ranks (NaN if every step was skipped), the
-         * image files skipped on all ranks, and the evaluation. */
-        double tl[2] = {steps > skipped ? loss_sum / (double)(steps - skipped) : NAN,
-                        (double)ct_loader_skipped(loader)};
-        ct_dist_sum(&r->d, tl, 2);
-        tl[0] /= r->d.size;
-        ct_ddp_sync_buffers(ddp);
-        ct_eval_result ev;
-        st = ct_dist_evaluate_from(&r->d, r->model, prefix, test_ds, &eval_lo, &ev);
-        if (decoding && st != CT_OK) { /* a test file: every rank has the verdict already */
-            if (r->d.rank == 0) fprintf(stderr, "ctrain: error: evaluation: %s\n", ct_last_error());
-            goto out;
-        }
-        if (st != CT_OK) ct_fatal("evaluation: %s", ct_last_error());
-        if (r->d.rank == 0) {
-            json_t *o = ct_json_record("eval");
-            ct_json_int(o, "epoch", epoch + 1);
-            ct_json_real(o, "loss", ev.loss, "%.6f");
-            ct_json_real(o, "accuracy", ev.accuracy, "%.6f");
-            ct_json_int(o, "samples", ev.samples);
-            ct_json_emit(o, stdout);
-            o = ct_json_record(NULL);
-            ct_json_int(o, "epoch", epoch + 1);
-            ct_json_int(o, "step", step);
-            ct_json_real(o, "train_loss", tl[0], "%.6f");
-            ct_json_real(o, "eval_loss", ev.loss, "%.6f");
-            ct_json_real(o, "eval_accuracy", ev.accuracy, "%.6f");
-            ct_json_int(o, "eval_samples", ev.samples);
-            ct_json_real(o, "lr", ct_optim_lr(opt, 0), "%.6g");
-            ct_json_real(o, "epoch_s", secs, "%.3f");
-            ct_json_real(o, "samples_per_s",
-                         (double)(steps * c->train.batch_size * r->d.size) / secs, "%.1f");
-            ct_json_int(o, "ranks", r->d.size);
-            if (decoding) ct_json_int(o, "skipped", (int64_t)tl[1]); /* image files skipped */
-            ct_json_emit(o, mf);
-        }
-        bool ckpt = (epoch + 1) % c->output.checkpoint_every == 0 || epoch + 1 == c->train.epochs;
-        if (ckpt) {
-            st = r->d.rank == 0 ? save_checkpoint(r, opt, epoch + 1, step, 0, NULL) : CT_OK;
-            /* The barrier is the agreement: nobody goes on while the file may be missing. */
-            if (ct_run_check(&r->d, st) != CT_OK) goto out;
-        }
+    if (t->decoding) {
+        ct_status st = ct_run_check(&r->d, ct_loader_status(t->loader));
+        if (st != CT_OK) return st;
     }
-out:
+    ct_status pst = ct_ddp_prepare(t->ddp);
+    if (pst != CT_OK) ct_fatal("%s", ct_last_error());
+    ct_optim_apply_schedule(t->opt, &t->sched, t->step, epoch);
+    ct_tensor *logits = t->in.prefix ? ct_seq_forward_range(r->model, t->in.prefix, t->in.nlayers, b.x)
+                                  : ct_module_forward(r->model, b.x);
+    ct_tensor *loss = ct_cross_entropy(logits, b.y, CT_REDUCE_MEAN);
+    bool finite = isfinite(loss->data[0]);
+    if (!finite && c->train.on_nonfinite == CT_CFG_NONFINITE_ERROR)
+        ct_fatal("epoch %d step %lld: the training loss is %f (train.on_nonfinite = error; 'skip' "
+                 "skips such steps)", epoch + 1, (long long)s + 1, loss->data[0]);
+    ct_backward(loss);
+    ct_ddp_finish(t->ddp);
+    /* A non-finite loss on any rank makes the averaged gradients non-finite on all of them:
+     * every rank skips the update together. */
+    if (c->train.on_nonfinite == CT_CFG_NONFINITE_SKIP && !ct_ddp_all(t->ddp, finite)) {
+        es->skipped++;
+    } else {
+        ct_optim_step(t->opt);
+        es->loss_sum += loss->data[0];
+    }
+    ct_ddp_zero_grad(t->ddp);
+    if (r->d.rank == 0 && s >= es->skipped)
+        ct_progress_update(bar, epoch + 1, s, t->steps, es->loss_sum / (double)(s + 1 - es->skipped),
+                           b.size * r->d.size);
+    return CT_OK;
+}
+
+/* After step s: a preemption signal on any rank (t->preempted), or
+ * output.checkpoint_every_steps, makes a mid-epoch checkpoint with every rank's own state. */
+static ct_status step_boundary(trainer *t, int epoch, int64_t s, const epoch_stats *es) {
+    ct_run *r = t->r;
+    t->preempted = ct_preempt_agree(&r->d, t->ddp, t->step);
+    int every = t->c->output.checkpoint_every_steps;
+    if (!t->preempted && !(every && (t->step + 1) % every == 0 && s + 1 < t->steps)) return CT_OK;
+    char *rs = ct_midepoch_gather(&r->d, r->model, es->loss_sum, es->skipped);
+    ct_status st = r->d.rank == 0 ? ct_run_save_checkpoint(r, t->opt, epoch, t->step + 1, s + 1, rs) : CT_OK;
+    free(rs);
+    return ct_run_check(&r->d, st);
+}
+
+/* One epoch of training steps, from a resumed mid-epoch position if there is one; it ends
+ * early when the ranks agree on a preemption. */
+static ct_status train_epoch(trainer *t, int epoch, epoch_stats *es) {
+    ct_run *r = t->r;
+    const ct_config *c = t->c;
+    bool resumed = epoch == t->start_epoch && t->mid.at;
+    if (!resumed) maybe_unfreeze(r, t->opt, epoch); /* resume() did it for a resumed epoch */
+    reseed_epoch(r, t->loader, epoch);
+    ct_loader_start(t->loader, ct_sampler_epoch(t->sampler, (uint64_t)epoch), t->shard);
+    ct_module_train(r->model, true);
+    ct_progress_bar bar;
+    ct_progress_start(&bar, t->steps, c->train.log_every);
+    *es = (epoch_stats){0};
+    double t0 = ct_now();
+    int64_t s0 = 0;
+    if (resumed) {
+        ct_midepoch_resume(&t->mid, r->model, t->loader);
+        es->loss_sum = t->mid.loss_sum;
+        es->skipped = t->mid.skipped;
+        s0 = t->mid.at;
+    }
+    ct_status st = CT_OK;
+    for (int64_t s = s0; s < t->steps && st == CT_OK && !t->preempted; s++, t->step++) CT_SCOPE {
+        st = train_step(t, epoch, s, es, &bar);
+        if (st == CT_OK) st = step_boundary(t, epoch, s, es);
+    }
+    if (es->skipped && r->d.rank == 0)
+        fprintf(stderr, "ctrain: warning: epoch %d: skipped %lld of %lld steps with a non-finite loss "
+                "(train.on_nonfinite = skip)\n", epoch + 1, (long long)es->skipped, (long long)t->steps);
+    es->secs = ct_now() - t0;
+    if (r->d.rank == 0) ct_progress_end(&bar);
+    return st;
+}
+
+/* After an epoch: the evaluation, its event line and the epoch's metrics record. */
+static ct_status evaluate_and_log(trainer *t, int epoch, const epoch_stats *es) {
+    ct_run *r = t->r;
+    const ct_config *c = t->c;
+    /* The epoch's training loss averaged over ranks (NaN if every step was skipped), the
+     * image files skipped on all ranks, and the evaluation. */
+    double tl[2] = {t->steps > es->skipped ? es->loss_sum / (double)(t->steps - es->skipped) : NAN,
+                    (double)ct_loader_skipped(t->loader)};
+    ct_dist_sum(&r->d, tl, 2);
+    tl[0] /= r->d.size;
+    ct_ddp_sync_buffers(t->ddp);
+    ct_eval_result ev;
+    ct_status st = ct_dist_evaluate_from(&r->d, r->model, t->in.prefix, t->in.test, &t->in.eval_lo, &ev);
+    if (t->decoding && st != CT_OK) { /* a test file: every rank has the verdict already */
+        if (r->d.rank == 0) fprintf(stderr, "ctrain: error: evaluation: %s\n", ct_last_error());
+        return st;
+    }
+    if (st != CT_OK) ct_fatal("evaluation: %s", ct_last_error());
+    if (r->d.rank != 0) return CT_OK;
+    json_t *o = ct_json_record("eval");
+    ct_json_int(o, "epoch", epoch + 1);
+    ct_json_real(o, "loss", ev.loss, "%.6f");
+    ct_json_real(o, "accuracy", ev.accuracy, "%.6f");
+    ct_json_int(o, "samples", ev.samples);
+    ct_json_emit(o, stdout);
+    o = ct_json_record(NULL);
+    ct_json_int(o, "epoch", epoch + 1);
+    ct_json_int(o, "step", t->step);
+    ct_json_real(o, "train_loss", tl[0], "%.6f");
+    ct_json_real(o, "eval_loss", ev.loss, "%.6f");
+    ct_json_real(o, "eval_accuracy", ev.accuracy, "%.6f");
+    ct_json_int(o, "eval_samples", ev.samples);
+    ct_json_real(o, "lr", ct_optim_lr(t->opt, 0), "%.6g");
+    ct_json_real(o, "epoch_s", es->secs, "%.3f");
+    ct_json_real(o, "samples_per_s", (double)(t->steps * c->train.batch_size * r->d.size) / es->secs, "%.1f");
+    ct_json_int(o, "ranks", r->d.size);
+    if (t->decoding) ct_json_int(o, "skipped", (int64_t)tl[1]); /* image files skipped */
+    ct_json_emit(o, t->mf);
+    return CT_OK;
+}
+
+/* Every output.checkpoint_every epochs and after the last: rank 0 saves a checkpoint. */
+static ct_status checkpoint_epoch(trainer *t, int epoch) {
+    const ct_config *c = t->c;
+    if ((epoch + 1) % c->output.checkpoint_every != 0 && epoch + 1 != c->train.epochs) return CT_OK;
+    ct_status st = t->r->d.rank == 0 ? ct_run_save_checkpoint(t->r, t->opt, epoch + 1, t->step, 0, NULL) : CT_OK;
+    /* The barrier is the agreement: nobody goes on while the file may be missing. */
+    return ct_run_check(&t->r->d, st);
+}
+
+static void trainer_free(trainer *t) {
     ct_preempt_uninstall();
-    ct_midepoch_free(&mid);
-    if (mf) fclose(mf);
-    ct_loader_free(loader);
-    ct_sampler_free(sampler);
-    ct_optim_free(opt);
-    ct_ddp_free(ddp);
-    ct_dataset_free(&train_feat);
-    ct_dataset_free(&test_feat);
-    return st != CT_OK ? 1 : preempted ? CT_EXIT_PREEMPTED : 0;
+    ct_midepoch_free(&t->mid);
+    if (t->mf) fclose(t->mf);
+    ct_loader_free(t->loader);
+    ct_sampler_free(t->sampler);
+    ct_optim_free(t->opt);
+    ct_ddp_free(t->ddp);
+    ct_train_inputs_free(&t->in);
+}
+
+/* Set-up, then for each epoch: train, evaluate and log, checkpoint. Every rank returns the
+ * same status: 0, 1 on an error, or CT_EXIT_PREEMPTED after a preemption's checkpoint. */
+int ct_cmd_train(ct_run *r) {
+    if (ct_run_check(&r->d, ct_run_prepare_output(r)) != CT_OK) return 1;
+    trainer t = {.r = r, .c = &r->cfg};
+    ct_status st = setup_training(&t);
+    if (st == CT_OK) st = ct_train_inputs_setup(r, &t.in);
+    if (st == CT_OK) st = setup_steps(&t);
+    if (st == CT_OK) open_metrics(&t);
+    for (int epoch = t.start_epoch; st == CT_OK && epoch < t.c->train.epochs; epoch++) {
+        epoch_stats es;
+        st = train_epoch(&t, epoch, &es);
+        if (st != CT_OK || t.preempted) break;
+        st = evaluate_and_log(&t, epoch, &es);
+        if (st == CT_OK) st = checkpoint_epoch(&t, epoch);
+    }
+    trainer_free(&t);
+    return st != CT_OK ? 1 : t.preempted ? CT_EXIT_PREEMPTED : 0;
 }
