@@ -4,6 +4,7 @@
  * a leaf's hook fires the moment its last contribution lands. */
 #include "internal.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,9 +15,25 @@ typedef struct {
 } vec;
 
 static _Thread_local vec nodes, leaves, stack, heap;
+static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
+
+/* At the exit of a thread that ran backward (thread.c calls it). */
+static void free_scratch(void) {
+    vec *all[] = {&nodes, &leaves, &stack, &heap};
+    for (int i = 0; i < 4; i++) {
+        free(all[i]->v);
+        *all[i] = (vec){0};
+    }
+}
+
+static void register_exit(void) { ct__thread_atexit(free_scratch); }
 
 static void push(vec *a, void *p) {
     if (a->n == a->cap) {
+        if (!a->cap) { /* this thread's first scratch: its exit frees it */
+            pthread_once(&exit_once, register_exit);
+            ct__thread_register();
+        }
         a->cap = a->cap ? a->cap * 2 : 256;
         a->v = ct_realloc(a->v, a->cap * sizeof *a->v);
     }

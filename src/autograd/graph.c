@@ -76,7 +76,7 @@ void ct_set_grad_storage(ct_tensor *leaf, float *buf) {
 void ct__node_free_saved(ct_node *n) {
     for (int k = 0; k < n->nsaved; k++) {
         ct_release(n->saved[k]);
-        ct__stats.saved_tensors--;
+        CT_STAT_ADD(saved_tensors, -1);
         n->saved[k] = NULL;
     }
     n->nsaved = 0;
@@ -105,7 +105,7 @@ static void node_destroy(ct_node *n) {
                     node_destroy(c); /* only recurses once the worklist is full */
             }
         }
-        ct__stats.graph_nodes--;
+        CT_STAT_ADD(graph_nodes, -1);
         ct_free(CT_ENGINE(m), sizeof(ct_node_engine));
     }
 }
@@ -141,7 +141,7 @@ ct_node *ct_record(const char *op, ct_backward_fn bw, ct_tensor *out, int ninput
             ct_retain(x);
         }
     }
-    ct__stats.graph_nodes++;
+    CT_STAT_ADD(graph_nodes, 1);
     out->grad_fn = n;
     out->requires_grad = true;
     return n;
@@ -153,7 +153,7 @@ ct_tensor *ct_save(ct_node *n, ct_tensor *t) {
      * reference cycle through grad_fn. */
     ct_tensor *alias = ct_own(ct_view_raw(t, t->ndim, t->shape));
     n->saved[n->nsaved++] = alias;
-    ct__stats.saved_tensors++;
+    CT_STAT_ADD(saved_tensors, 1);
     return alias;
 }
 

@@ -1,7 +1,12 @@
 /* Size-class caching allocator. Block sizes are powers of two from 64 B; a freed block
  * goes onto its class's free list, so once a training step has run, the next one finds
  * every buffer it needs there and makes no system allocation. Blocks above 1 GiB bypass
- * the cache. */
+ * the cache.
+ *
+ * Every thread has free lists of its own, so allocating and freeing take no lock and any
+ * thread may do both: a block freed on another thread than the one that allocated it
+ * simply joins the freeing thread's cache. A thread's cached blocks go back to the system
+ * when it exits (thread.c), so threads that come and go leak nothing. */
 #include "internal.h"
 
 #include <stdlib.h>
@@ -16,7 +21,7 @@ typedef struct block {
     struct block *next;
 } block;
 
-static block *free_list[NCLASS];
+static _Thread_local block *free_list[NCLASS];
 
 static int size_class(size_t bytes) {
     int c = 0;
@@ -38,7 +43,7 @@ void *ct_alloc(size_t bytes) {
     }
     size_t sz = c < NCLASS ? (size_t)1 << (c + MIN_SHIFT) : (bytes + 63) / 64 * 64;
     void *p = ct_aligned_malloc(64, sz);
-    ct__stats.mallocs++;
+    CT_STAT_ADD(mallocs, 1);
     return p;
 }
 
@@ -50,6 +55,7 @@ void ct_free(void *p, size_t bytes) {
         free(p);
         return;
     }
+    ct__thread_register(); /* its exit returns the cache to the system */
     block *b = p;
     b->next = free_list[c];
     free_list[c] = b;
@@ -65,4 +71,16 @@ void ct_alloc_trim(void) {
     }
 }
 
-ct_stats ct_stats_get(void) { return ct__stats; }
+ct_stats ct_stats_get(void) {
+    ct_stats s;
+#define LOAD_(f) s.f = __atomic_load_n(&ct__stats.f, __ATOMIC_RELAXED)
+    LOAD_(live_tensors);
+    LOAD_(live_bytes);
+    LOAD_(graph_nodes);
+    LOAD_(saved_tensors);
+    LOAD_(mallocs);
+    LOAD_(gemm_calls);
+    LOAD_(gemm_flops);
+#undef LOAD_
+    return s;
+}

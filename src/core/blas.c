@@ -25,8 +25,8 @@ __attribute__((constructor)) static void blas_single_thread(void) { openblas_set
 
 static void count(int64_t m, int64_t n, int64_t k) {
     /* atomic: the convolution calls ct_gemm_serial from its worker threads */
-    __atomic_fetch_add(&ct__stats.gemm_calls, 1, __ATOMIC_RELAXED);
-    __atomic_fetch_add(&ct__stats.gemm_flops, 2 * m * n * k, __ATOMIC_RELAXED);
+    CT_STAT_ADD(gemm_calls, 1);
+    CT_STAT_ADD(gemm_flops, 2 * m * n * k);
 }
 
 void ct_gemm_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,

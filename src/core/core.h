@@ -86,10 +86,13 @@ char *ct_strdup(const char *s);
 /* ---- allocator and counters -------------------------------------------------------- */
 
 /* Size-class caching allocator: freed blocks go to a free list and are reused, so a
- * steady-state training step makes no malloc calls. Memory is 64-byte aligned. */
+ * steady-state training step makes no malloc calls. Memory is 64-byte aligned. Safe from
+ * any thread without a lock: each thread has its own free lists (a block may be freed on
+ * another thread than the one that allocated it), returned to the system at its exit. */
 void *ct_alloc(size_t bytes);
 void ct_free(void *p, size_t bytes);
-/* Returns every cached block to the system (tests call it before leak checks). */
+/* Returns every block the calling thread caches to the system (tests call it before leak
+ * checks). */
 void ct_alloc_trim(void);
 
 typedef struct {
@@ -101,6 +104,7 @@ typedef struct {
     int64_t gemm_calls;    /* ct_gemm calls, ever (tests prove skipped dW/dX GEMMs) */
     int64_t gemm_flops;    /* 2*m*n*k summed over those calls */
 } ct_stats;
+/* The counters are updated atomically, so they are exact whichever threads allocate. */
 ct_stats ct_stats_get(void);
 
 /* ---- tensors ----------------------------------------------------------------------- */
@@ -184,6 +188,8 @@ ct_tensor *ct_scope_keep(ct_tensor *t);
 ct_tensor *ct_own(ct_tensor *t);
 /* The opposite of ct_own: hands a reference the caller owns to the innermost scope. */
 ct_tensor *ct_scope_adopt(ct_tensor *t);
+/* Scopes are per thread: each thread has its own list and nesting, and a thread's exit
+ * releases what its scopes still hold. */
 /* Releases what was created outside any scope and frees the scope lists (end of main). */
 void ct_scope_shutdown(void);
 
@@ -231,9 +237,11 @@ const char *ct_blas_core(void);
 
 /* ---- intra-op threads (thread.c) --------------------------------------------------- */
 /* One thread count for the ops' own loops (OpenMP) and for OpenBLAS's GEMMs. The thread
- * model: only the thread that runs the model (the main thread) allocates tensors, records
- * graph nodes and opens scopes; the ops' worker threads only compute on float arrays the
- * main thread allocated, each writing its own disjoint part. Every parallel loop splits
+ * model: any thread may create and release tensors (the allocator and the counters are
+ * thread-safe; scopes and grad mode are per thread), but a tensor, its views and a model
+ * are used by one thread at a time (their reference counts and graph nodes are not
+ * atomic). The ops' worker threads only compute on float arrays the calling thread
+ * allocated, each writing its own disjoint part. Every parallel loop splits
  * its work into pieces whose bounds do not depend on the thread count, and reductions
  * combine per-piece results in a fixed order, so results are bit-identical for any count. */
 void ct_set_threads(int n); /* n >= 1 (smaller is taken as 1) */

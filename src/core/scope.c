@@ -1,7 +1,7 @@
 /* Automatic release scopes. Every new tensor is appended to a thread-local list; a scope
  * is a mark in that list, and closing it releases everything after the mark. The list
  * keeps its capacity, so steady-state steps make no allocations here either. */
-#include "core.h"
+#include "internal.h"
 
 #include <stdlib.h>
 
@@ -26,7 +26,10 @@ static void *grow(void *p, size_t *cap, size_t elem) {
 }
 
 static void scope_add(ct_tensor *t) {
-    if (n_items == cap_items) items = grow(items, &cap_items, sizeof *items);
+    if (n_items == cap_items) {
+        ct__thread_register(); /* the list is this thread's: its exit frees it */
+        items = grow(items, &cap_items, sizeof *items);
+    }
     items[n_items++] = t;
 }
 
@@ -71,6 +74,12 @@ void ct_scope_shutdown(void) {
     free(keeps);
     keeps = NULL;
     cap_keeps = n_keeps = 0;
+}
+
+void ct__scope_thread_exit(void) {
+    while (n_keeps > 0) ct_release(keeps[--n_keeps].t); /* the references ct_scope_keep took */
+    depth = 0;
+    ct_scope_shutdown();
 }
 
 ct_tensor *ct_scope_keep(ct_tensor *t) {

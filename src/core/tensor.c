@@ -19,7 +19,7 @@ static ct_storage *storage_new(size_t bytes, float *external) {
     s->refs = 1;
     s->external = external != NULL;
     s->data = external ? external : ct_alloc(bytes);
-    if (!s->external) ct__stats.live_bytes += (int64_t)bytes;
+    if (!s->external) CT_STAT_ADD(live_bytes, (int64_t)bytes);
     return s;
 }
 
@@ -27,7 +27,7 @@ static void storage_release(ct_storage *s) {
     if (--s->refs > 0) return;
     if (!s->external) {
         ct_free(s->data, s->bytes);
-        ct__stats.live_bytes -= (int64_t)s->bytes;
+        CT_STAT_ADD(live_bytes, -(int64_t)s->bytes);
     }
     ct_free(s, sizeof *s);
 }
@@ -52,7 +52,7 @@ static ct_tensor *handle_new(int ndim, const int64_t *shape, ct_storage *s, floa
     t->storage = s;
     t->data = data;
     t->refs = 1;
-    ct__stats.live_tensors++;
+    CT_STAT_ADD(live_tensors, 1);
     ct_scope_adopt(t);
     return t;
 }
@@ -150,6 +150,6 @@ void ct_release(ct_tensor *t) {
     }
     if (t->grad) ct_release(t->grad);
     storage_release(t->storage);
-    ct__stats.live_tensors--;
+    CT_STAT_ADD(live_tensors, -1);
     ct_free(t, sizeof *t);
 }

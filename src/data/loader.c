@@ -15,9 +15,9 @@
  *
  * THE RULE FOR WORKER THREADS: they run decode_sample() and nothing else of the library --
  * the image decoders, the transforms and plain malloc/free into loader-owned uint8 buffers.
- * They must not touch the tensor allocator (ct_alloc, ct_tensor_*), the release scopes, the
- * live-tensor counters (ct__stats) or the loader's RNG, none of which are thread-safe; the
- * calling thread wraps their pixels into tensors. Errors go through ct_error, whose message
+ * They make no tensors (the allocator and counters would allow it, but a batch tensor is
+ * the calling thread's to make and own) and never touch the loader's RNG, which is not
+ * thread-safe; the calling thread wraps their pixels into tensors. Errors go through ct_error, whose message
  * buffer is per thread, and are copied into the sample's slot. */
 #include "internal.h"
 

@@ -1,4 +1,7 @@
-/* Intra-op threads: the same training steps give the same bits with 1, 2 and 3 threads. */
+/* Intra-op threads: the same training steps give the same bits with 1, 2 and 3 threads.
+ * And the thread model: tensors made, recorded in graphs, run backward and freed on many
+ * threads at once leave the counters exactly where they were. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -116,6 +119,59 @@ START_TEST(chunked_conv_same_bits_for_1_2_3_threads) {
 }
 END_TEST
 
+/* ---- many threads allocating at once ----------------------------------------------------- */
+
+enum { HAMMER_THREADS = 4, HAMMER_ITERS = 100000 };
+
+typedef struct {
+    int id;
+    ct_tensor *handed_back; /* made here, released by the main thread */
+    double sum;             /* of every backward's gradient, checked by the caller */
+} hammer_arg;
+
+/* Per iteration: tensors of several size classes, a view, a recorded graph (nodes and saved
+ * tensors) and, every 64th time, a backward; all dropped by the scope. Every counter update
+ * of the allocator, the tensors and autograd happens here in parallel with the others. */
+static void *hammer(void *p) {
+    hammer_arg *a = p;
+    for (int i = 0; i < HAMMER_ITERS; i++) CT_SCOPE {
+        int64_t n = 1 + (i * 7 + a->id) % 300; /* 4 B .. 1.2 KB: several size classes */
+        ct_tensor *x = ct_full(CT_SHAPE(n), 1.0f);
+        ct_tensor *v = ct_view_raw(x, CT_SHAPE(1, n));
+        ct_set_requires_grad(x, true);
+        ct_tensor *y = ct_sum(ct_mul(x, ct_full(CT_SHAPE(n), 2.0f)));
+        if (i % 64 == 0) {
+            ct_backward(y);
+            a->sum += x->grad->data[0]; /* d(sum 2x)/dx = 2 */
+        }
+        (void)v;
+    }
+    a->handed_back = ct_own(ct_zeros(CT_SHAPE(3, 5)));
+    ct_zeros(CT_SHAPE(7)); /* left in no scope: the thread's exit releases it */
+    return NULL;
+}
+
+START_TEST(counters_exact_after_tensors_on_many_threads) {
+    ct_alloc_trim();
+    ct_stats before = ct_stats_get();
+    pthread_t th[HAMMER_THREADS];
+    hammer_arg args[HAMMER_THREADS];
+    for (int i = 0; i < HAMMER_THREADS; i++) {
+        args[i] = (hammer_arg){.id = i};
+        ck_assert_int_eq(pthread_create(&th[i], NULL, hammer, &args[i]), 0);
+    }
+    for (int i = 0; i < HAMMER_THREADS; i++) ck_assert_int_eq(pthread_join(th[i], NULL), 0);
+    ct_stats during = ct_stats_get(); /* the handed-back tensors are still alive */
+    ck_assert_int_eq(during.live_tensors, before.live_tensors + HAMMER_THREADS);
+    ck_assert_int_eq(during.live_bytes, before.live_bytes + HAMMER_THREADS * 15 * (int64_t)sizeof(float));
+    for (int i = 0; i < HAMMER_THREADS; i++) {
+        ck_assert_double_eq(args[i].sum, 2.0 * ((HAMMER_ITERS + 63) / 64));
+        ct_release(args[i].handed_back); /* a block made on another thread joins this cache */
+    }
+    ct_test_assert_counters_back(before);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("threads");
     TCase *tc = tcase_create("bits");
@@ -124,5 +180,9 @@ int main(void) {
     tcase_add_test(tc, cnn_steps_sgd_same_bits_for_1_2_3_threads);
     tcase_add_test(tc, chunked_conv_same_bits_for_1_2_3_threads);
     suite_add_tcase(s, tc);
+    TCase *tm = tcase_create("model");
+    tcase_set_timeout(tm, 120);
+    tcase_add_test(tm, counters_exact_after_tensors_on_many_threads);
+    suite_add_tcase(s, tm);
     return ct_test_run(s);
 }
