@@ -110,9 +110,9 @@ typedef struct {
     ct_ddp *ddp;
     ct_optim *opt;
     int start_epoch;
-    int64_t step;                         /* optimizer steps so far, over all epochs */
-    ct_midepoch mid;                      /* a resumed mid-epoch position (mid.at == 0: none) */
-    ct_train_inputs in;                   /* what the loop reads */
+    int64_t step;        /* optimizer steps so far, over all epochs */
+    ct_midepoch mid;     /* a resumed mid-epoch position (mid.at == 0: none) */
+    ct_train_inputs in;  /* what the loop reads: the data sets or the feature cache */
     ct_sampler *sampler;
     ct_loader *loader;
     int64_t shard, steps; /* samples and steps per epoch on each rank */
