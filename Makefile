@@ -55,7 +55,8 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 MPI_SRC  := $(sort $(wildcard tests/mpi/test_*.c))
 MPI_BIN  := $(MPI_SRC:tests/mpi/%.c=$(B)/tests/mpi/%)
 TEST_UTIL := $(B)/obj/tests/unit/util.o
-PARITY_SRC := $(sort $(wildcard tests/parity/*.c))
+PARITY_SRC := $(sort $(wildcard tests/parity/*_dump.c))
+PARITY_UTIL := $(B)/obj/tests/parity/dump_util.o
 PARITY_BIN := $(PARITY_SRC:tests/parity/%.c=$(B)/tests/parity/%)
 BENCH_SRC := $(sort $(wildcard tests/bench/bench_*.c))
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(B)/bench/%)
@@ -89,7 +90,7 @@ $(FLAGS_STAMP): FORCE
 	@echo '$(CC) $(CFLAGS)' | cmp -s - $@ || echo '$(CC) $(CFLAGS)' > $@
 
 check: WERROR = 1
-$(B)/obj/%.o: %.c $(HEADERS) $(wildcard tests/unit/*.h tests/mpi/*.h) $(FLAGS_STAMP) | $(DEPS_OK)
+$(B)/obj/%.o: %.c $(HEADERS) $(wildcard tests/unit/*.h tests/mpi/*.h tests/parity/*.h) $(FLAGS_STAMP) | $(DEPS_OK)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(if $(filter 1,$(WERROR)),-Werror) $(PKG_CFLAGS) -c $< -o $@
 
@@ -126,9 +127,9 @@ $(B)/tests/mpi/%: $(B)/obj/tests/mpi/%.o $(B)/obj/tests/mpi/mpi_util.o $(B)/libc
 	$(CC) $(SANFLAGS) -o $@ $< $(B)/obj/tests/mpi/mpi_util.o $(B)/libctrain.a $(CHECK_LIBS) $(LDLIBS)
 
 # PyTorch parity dump programs, run by tests/scripts/test_parity.sh
-$(B)/tests/parity/%: $(B)/obj/tests/parity/%.o $(B)/libctrain.a
+$(B)/tests/parity/%: $(B)/obj/tests/parity/%.o $(PARITY_UTIL) $(B)/libctrain.a
 	@mkdir -p $(dir $@)
-	$(CC) $(SANFLAGS) -o $@ $< $(B)/libctrain.a $(LDLIBS)
+	$(CC) $(SANFLAGS) -o $@ $< $(PARITY_UTIL) $(B)/libctrain.a $(LDLIBS)
 
 $(B)/bench/%: $(B)/obj/tests/bench/%.o $(B)/libctrain.a
 	@mkdir -p $(dir $@)

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ctrain.h"
+#include "dump_util.h"
 
 typedef enum {
     CONV, MAXPOOL, AVGPOOL, ADAPTIVE, RESIDUAL, RESIDUAL_DOWN,
@@ -109,31 +109,15 @@ static const op_case cases[] = {
 };
 #define NCASES (int)(sizeof cases / sizeof *cases)
 
-/* ---- the dump: entries that own copies of their names and data -------------------------- */
-
-typedef struct {
-    ct_st_entry e[512];
-    int n;
-    ct_st_meta meta[64];
-    int nmeta;
-} dump;
+/* ---- the dump ---------------------------------------------------------------------------- */
 
 static void put(dump *d, const char *cname, const char *what, const ct_tensor *t) {
-    CT_ASSERT(d->n < (int)(sizeof d->e / sizeof *d->e), "ops_dump: too many entries");
     char name[256];
     snprintf(name, sizeof name, "%s.%s", cname, what);
-    ct_st_entry *e = &d->e[d->n++];
-    *e = ct_st_from_tensor(name, t);
-    e->name = strdup(name);
-    size_t bytes = (size_t)t->numel * sizeof(float);
-    void *copy = malloc(bytes);
-    CT_ASSERT(e->name && copy, "ops_dump: out of memory");
-    memcpy(copy, t->data, bytes);
-    e->data = copy;
+    dump_tensor(d, name, t);
 }
 
 static void describe(dump *d, const op_case *k) {
-    CT_ASSERT(d->nmeta < (int)(sizeof d->meta / sizeof *d->meta), "ops_dump: too many cases");
     char key[256], val[256];
     snprintf(key, sizeof key, "case.%s", k->name);
     switch (k->op) {
@@ -165,14 +149,7 @@ static void describe(dump *d, const op_case *k) {
     case LAYER_NORM: snprintf(val, sizeof val, "op=layer_norm"); break; /* eps 1e-6 */
     case GELU: snprintf(val, sizeof val, "op=gelu"); break;
     }
-    d->meta[d->nmeta].key = strdup(key);
-    d->meta[d->nmeta].value = strdup(val);
-    d->nmeta++;
-}
-
-static void dump_free(dump *d) {
-    for (int i = 0; i < d->n; i++) free((void *)d->e[i].name), free((void *)d->e[i].data);
-    for (int i = 0; i < d->nmeta; i++) free((void *)d->meta[i].key), free((void *)d->meta[i].value);
+    dump_meta(d, key, val);
 }
 
 /* ---- one case ----------------------------------------------------------------------------- */
@@ -257,16 +234,11 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: ops_dump OUT.safetensors\n");
         return 2;
     }
-    dump *d = calloc(1, sizeof *d);
-    CT_ASSERT(d, "ops_dump: out of memory");
-    for (int i = 0; i < NCASES; i++) run_case(d, &cases[i], 100 + (uint64_t)i);
-    if (ct_st_save(argv[1], d->e, d->n, d->meta, d->nmeta) != CT_OK) {
-        fprintf(stderr, "ops_dump: %s\n", ct_last_error());
-        return 1;
-    }
-    printf("ops_dump: %d cases, %d tensors\n", NCASES, d->n);
-    dump_free(d);
-    free(d);
+    dump d = {0};
+    for (int i = 0; i < NCASES; i++) run_case(&d, &cases[i], 100 + (uint64_t)i);
+    dump_save(&d, argv[1]);
+    printf("ops_dump: %d cases, %d tensors\n", NCASES, d.n);
+    dump_free(&d);
     ct_scope_shutdown();
     return 0;
 }

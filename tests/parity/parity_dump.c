@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ctrain.h"
+#include "dump_util.h"
 
 #define BATCH 16
 
@@ -36,43 +36,6 @@ static const struct {
 };
 #define NMODELS (int)(sizeof models / sizeof *models)
 
-static void die(const char *what) {
-    fprintf(stderr, "parity_dump: %s: %s\n", what, ct_last_error());
-    exit(1);
-}
-
-/* ---- the dump file: entries that own copies of their names and data --------------------- */
-
-typedef struct {
-    ct_st_entry e[256];
-    int n;
-} dump;
-
-static void dump_raw(dump *d, const char *name, ct_dtype dt, int ndim, const int64_t *shape,
-                     const void *data) {
-    CT_ASSERT(d->n < (int)(sizeof d->e / sizeof *d->e), "parity_dump: too many entries");
-    ct_st_entry *e = &d->e[d->n++];
-    memset(e, 0, sizeof *e);
-    e->name = strdup(name);
-    e->dtype = dt;
-    e->ndim = ndim;
-    memcpy(e->shape, shape, (size_t)ndim * sizeof *shape);
-    size_t bytes = (size_t)ct_st_numel(e) * ct_dtype_size(dt);
-    void *copy = malloc(bytes);
-    CT_ASSERT(e->name && copy, "parity_dump: out of memory");
-    memcpy(copy, data, bytes);
-    e->data = copy;
-}
-
-static void dump_tensor(dump *d, const char *name, const ct_tensor *t) {
-    dump_raw(d, name, CT_DTYPE_F32, t->ndim, t->shape, t->data);
-}
-
-static void dump_free(dump *d) {
-    for (int i = 0; i < d->n; i++) free((void *)d->e[i].name), free((void *)d->e[i].data);
-    d->n = 0;
-}
-
 /* ---- the batch ------------------------------------------------------------------------------ */
 
 /* The first BATCH test images of Fashion-MNIST, normalised as examples/fmnist_cnn.ini does, or, if the
@@ -85,7 +48,7 @@ static ct_tensor *make_batch(int64_t *y) {
         o.mean = 0.2860f;
         o.std = 0.3530f;
         ct_loader *l;
-        if (ct_loader_new(&l, &ds, &o) != CT_OK) die("loader");
+        if (ct_loader_new(&l, &ds, &o) != CT_OK) dump_die("loader");
         int64_t idx[BATCH];
         for (int i = 0; i < BATCH; i++) idx[i] = i;
         ct_loader_start(l, idx, BATCH);
@@ -116,31 +79,14 @@ static ct_module *build(int i) {
     if (!strcmp(models[i].name, "cnn")) return ct_nn_cnn(1, 28, 10, 0.0f, &rng);
     ct_module *m;
     if (ct_nn_from_spec(models[i].spec, CT_SHAPE(1, 28, 28), 0.0f, &rng, &m) != CT_OK)
-        die(models[i].name);
+        dump_die(models[i].name);
     return m;
 }
 
 /* Forward in the given mode, mean cross entropy, backward; dumps logits, loss and grads. */
-static void pass(dump *d, ct_module *m, const ct_named *ps, ct_tensor *x, const int64_t *y,
-                 bool train) {
-    const char *mode = train ? "train" : "eval";
-    char name[600];
+static void pass(dump *d, ct_module *m, const ct_named *ps, ct_tensor *x, const int64_t *y, bool train) {
     ct_module_train(m, train);
-    CT_SCOPE {
-        ct_tensor *logits = ct_module_forward(m, x);
-        ct_tensor *loss = ct_cross_entropy(logits, y, CT_REDUCE_MEAN);
-        ct_backward(loss);
-        snprintf(name, sizeof name, "%s.logits", mode);
-        dump_tensor(d, name, logits);
-        snprintf(name, sizeof name, "%s.loss", mode);
-        dump_tensor(d, name, loss);
-        for (int k = 0; k < ps->n; k++) {
-            ct_tensor *g = ct_grad(ps->tensors[k]);
-            CT_ASSERT(g, "parity_dump: %s: no gradient for %s", mode, ps->names[k]);
-            snprintf(name, sizeof name, "%s.grad.%s", mode, ps->names[k]);
-            dump_tensor(d, name, g);
-        }
-    }
+    dump_pass(d, m, ps, x, y, train ? "train." : "eval.", true);
 }
 
 static void run_model(int i, const char *dir, ct_tensor *x, const int64_t *y) {
@@ -149,28 +95,29 @@ static void run_model(int i, const char *dir, ct_tensor *x, const int64_t *y) {
     ct_module_pack(m); /* as the CLI does: parameters (and so Adam's loop) in one slab */
     ct_progress prog = {.epoch = 0, .step = 0, .seed = 1000 + (uint64_t)i, .world = 1};
     snprintf(path, sizeof path, "%s/%s.init.safetensors", dir, models[i].name);
-    if (ct_ckpt_save(path, m, NULL, &prog) != CT_OK) die(path);
+    if (ct_ckpt_save(path, m, NULL, &prog) != CT_OK) dump_die(path);
 
     ct_named ps = ct_module_params(m, true);
     ct_optim *o = ct_optim_new(ct_adam_config(1e-3, 0));
     ct_optim_add_group(o, ps.n, (const char *const *)ps.names, ps.tensors, CT_OPTIM_DEFAULT,
                        CT_OPTIM_DEFAULT);
 
-    dump d = {.n = 0};
+    dump d = {0};
     dump_tensor(&d, "x", x);
     dump_raw(&d, "y", CT_DTYPE_I64, 1, (const int64_t[]){BATCH}, y);
     pass(&d, m, &ps, x, y, true);
     ct_optim_step(o);
     prog.step = 1;
     snprintf(path, sizeof path, "%s/%s.step.safetensors", dir, models[i].name);
-    if (ct_ckpt_save(path, m, o, &prog) != CT_OK) die(path);
+    if (ct_ckpt_save(path, m, o, &prog) != CT_OK) dump_die(path);
     ct_optim_zero_grad(o);
     pass(&d, m, &ps, x, y, false);
 
     const char *spec = models[i].spec ? models[i].spec : "built-in";
-    ct_st_meta meta[] = {{"model", models[i].name}, {"spec", spec}};
+    dump_meta(&d, "model", models[i].name);
+    dump_meta(&d, "spec", spec);
     snprintf(path, sizeof path, "%s/%s.dump.safetensors", dir, models[i].name);
-    if (ct_st_save(path, d.e, d.n, meta, 2) != CT_OK) die(path);
+    dump_save(&d, path);
     printf("parity_dump: %s: %d parameters, %" PRId64 " values, %d dumped tensors\n",
            models[i].name, ps.n, ct_named_numel(&ps), d.n);
 

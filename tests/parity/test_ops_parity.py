@@ -15,7 +15,6 @@ weight off by 1e-4.
 Prints one line per comparison and "N passed, M failed"; exits 1 on any failure. Without
 torch it prints "SKIP: torch not available" and exits 0.
 """
-import os
 import sys
 
 try:
@@ -25,10 +24,8 @@ except ImportError:
     print("SKIP: torch not available")
     sys.exit(0)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.dont_write_bytecode = True  # no __pycache__ in scripts/
-sys.path.insert(0, os.path.join(HERE, "..", "..", "scripts"))
-from safetensors_to_torch import read  # noqa: E402
+sys.dont_write_bytecode = True  # no __pycache__ next to the sources
+from parity_check import max_rel, read  # noqa: E402
 
 RTOL = 1e-5
 INPUTS = ("x", "w", "w2", "b", "b2")
@@ -112,15 +109,6 @@ def reference(op, kw, inputs, gout, dtype):
     y = forward(op, kw, t)
     y.backward(gout.to(dtype))
     return y.detach(), {n: v.grad for n, v in t.items()}
-
-
-def max_rel(a, b):
-    a, b = a.double().reshape(-1), b.double().reshape(-1)
-    if a.shape != b.shape:
-        return float("inf")
-    scale = b.abs().max().item()
-    err = (a - b).abs().max().item()
-    return 0.0 if err == 0 else err / scale if scale > 0 else float("inf")
 
 
 class Report:

@@ -52,13 +52,9 @@ except ImportError as e:
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..", "..")
-SCRIPTS = os.path.join(ROOT, "scripts")
 sys.dont_write_bytecode = True
-sys.path.insert(0, SCRIPTS)
-from safetensors_to_torch import is_model_entry, read  # noqa: E402
-from torch_to_safetensors import encode  # noqa: E402
+from parity_check import RTOL, SCRIPTS, check, close, is_model_entry, max_rel, read, save_st, summary  # noqa: E402
 
-RTOL = 1e-4
 LR = 0.1
 DATA = "/usr/share/datasets/fashion-mnist"
 
@@ -68,30 +64,6 @@ CASES = [
     ("resnet50", 50, 3, 10, "small", (8, 3, 12, 12)),
     ("resnet18_small", 18, 1, 10, "small", (4, 1, 12, 12)),
 ]
-
-passed = failed = 0
-
-
-def check(ok, label, detail=""):
-    global passed, failed
-    print(f"{'ok  ' if ok else 'FAIL'} {label}{'  ' + detail if detail else ''}", flush=True)
-    passed += bool(ok)
-    failed += not ok
-    return ok
-
-
-def max_rel(a, b):
-    a, b = a.detach().double().reshape(-1), b.detach().double().reshape(-1)
-    if a.shape != b.shape:
-        return float("inf")
-    err = (a - b).abs().max().item()
-    return 0.0 if err == 0 else err / b.abs().max().item()
-
-
-def close(label, a, b):
-    rel = max_rel(a, b)
-    return check(rel <= RTOL, label, f"max_rel {rel:.2e}")
-
 
 def torchvision_resnet(depth, in_ch, classes, stem, seed):
     """torchvision's resnet<depth> with conv1 fitted to in_ch / the small stem."""
@@ -210,8 +182,7 @@ def run_case(bin_dir, tmp, case, seed):
     state = os.path.join(tmp, f"{name}.state.safetensors")
     export(tv, state, tmp)
     batch = os.path.join(tmp, f"{name}.batch.safetensors")
-    with open(batch, "wb") as f:
-        f.write(encode(OrderedDict(x=x, y=y), {}))
+    save_st(batch, OrderedDict(x=x, y=y))
     out = os.path.join(tmp, name)
     r = subprocess.run([os.path.join(bin_dir, "resnet_dump"), str(depth), str(in_ch), str(classes), stem,
                         state, batch, out], capture_output=True, text=True)
@@ -295,8 +266,7 @@ def refusals(bin_dir, tmp):
     """State_dicts that do not fit ctrain's resnet18 (1 channel, 10 classes, imagenet stem)."""
     x = torch.zeros(2, 1, 32, 32)
     batch = os.path.join(tmp, "refuse.batch.safetensors")
-    with open(batch, "wb") as f:
-        f.write(encode(OrderedDict(x=x, y=torch.zeros(2, dtype=torch.int64)), {}))
+    save_st(batch, OrderedDict(x=x, y=torch.zeros(2, dtype=torch.int64)))
     no_bn_var = torchvision_resnet(18, 1, 10, "imagenet", 5).state_dict()
     del no_bn_var["layer4.1.bn2.running_var"]
     cases = [
@@ -373,8 +343,7 @@ def main():
         if not only:
             refusals(bin_dir, tmp)
             cli_eval(build, tmp)
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed or not passed else 0
+    return summary()
 
 
 if __name__ == "__main__":

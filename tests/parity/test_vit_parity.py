@@ -36,14 +36,9 @@ except ImportError as e:
     print(f"SKIP: torch/torchvision not available ({e})")
     sys.exit(0)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SCRIPTS = os.path.join(HERE, "..", "..", "scripts")
 sys.dont_write_bytecode = True
-sys.path.insert(0, SCRIPTS)
-from safetensors_to_torch import is_model_entry, read  # noqa: E402
-from torch_to_safetensors import encode  # noqa: E402
+from parity_check import RTOL, check, close, is_model_entry, max_rel, read, save_st, summary  # noqa: E402
 
-RTOL = 1e-4
 LR = 0.1
 
 # name: image, patch, layers, heads, hidden, mlp, in_channels, classes, batch
@@ -52,31 +47,6 @@ CASES = {
     "small_rgb": (32, 8, 3, 4, 48, 96, 3, 7, 3),
     "vit_b_16": (224, 16, 12, 12, 768, 3072, 3, 1000, 2),
 }
-
-passed = failed = 0
-
-
-def check(ok, label, detail=""):
-    global passed, failed
-    print(f"{'ok  ' if ok else 'FAIL'} {label}{'  ' + detail if detail else ''}", flush=True)
-    passed += bool(ok)
-    failed += not ok
-    return ok
-
-
-def max_rel(a, b):
-    a, b = a.double().reshape(-1), b.double().reshape(-1)
-    if a.shape != b.shape:
-        return float("inf")
-    scale = b.abs().max().item()
-    err = (a - b).abs().max().item()
-    return 0.0 if err == 0 else err / scale if scale > 0 else float("inf")
-
-
-def close(label, ours, ref):
-    rel = max_rel(ours, ref)
-    return check(rel <= RTOL, label, f"max_rel {rel:.2e}")
-
 
 def build(cfg, seed):
     image, patch, layers, heads, hidden, mlp, chans, classes, _ = cfg
@@ -91,11 +61,6 @@ def build(cfg, seed):
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     return m
-
-
-def save_st(path, sd):
-    with open(path, "wb") as f:
-        f.write(encode(sd, {}))
 
 
 def run_dump(build_dir, cfg, state, batch, out, extra=()):
@@ -217,8 +182,7 @@ def main():
             run_case(sys.argv[1], tmp, name)
         if "small" in names:
             refusals(sys.argv[1], tmp)
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed or not passed else 0
+    return summary()
 
 
 if __name__ == "__main__":
