@@ -213,25 +213,49 @@ static ct_status fall_back(const ct_run *r, const char *bad, char *path, size_t 
     return st;
 }
 
-static ct_status resume(ct_run *r, ct_optim *o, int *start_epoch, int64_t *step, ct_midepoch *mid) {
-    char path[CT_CFG_STR + 300];
-    ct_st_file *f = NULL;
-    ct_progress p = {0};
-    ct_status st = latest_checkpoint(r->cfg.output.dir, path, sizeof path);
+/* The checkpoint to resume from, opened and valid: the one `latest` names, or, if that is
+ * unusable, the newest valid one, with a warning naming both. */
+static ct_status resume_point(const ct_run *r, char *path, size_t n, ct_st_file **f, ct_progress *p) {
+    ct_status st = latest_checkpoint(r->cfg.output.dir, path, n);
     if (st != CT_OK) return st; /* no latest, or one naming a file outside output.dir */
-    if ((st = open_valid(r, path, &f, &p)) != CT_OK) {
+    if ((st = open_valid(r, path, f, p)) != CT_OK) {
         /* A crash or a bad disk can leave the newest checkpoint unreadable while older ones
          * are fine: resume from the newest valid one, and say so. */
-        char bad[sizeof path], why[1024];
+        char bad[CT_CFG_STR + 300], why[1024];
         snprintf(bad, sizeof bad, "%s", path);
         snprintf(why, sizeof why, "%s", ct_last_error());
-        st = fall_back(r, bad, path, sizeof path, &f, &p);
+        st = fall_back(r, bad, path, n, f, p);
         if (st != CT_OK)
             return ct_error(st, "%s (and no other checkpoint in %s is valid)", why, r->cfg.output.dir);
         if (r->d.rank == 0)
             fprintf(stderr, "ctrain: warning: %s/latest names %s, which is unusable (%s); resuming from %s, "
                     "the newest valid checkpoint\n", r->cfg.output.dir, bad, why, path);
     }
+    return st;
+}
+
+int ct_cmd_latest(ct_run *r) {
+    char path[CT_CFG_STR + 300], lp[CT_CFG_STR + 16];
+    snprintf(lp, sizeof lp, "%s/latest", r->cfg.output.dir);
+    if (access(lp, F_OK) != 0) return 0; /* nothing written yet: a fresh start */
+    ct_st_file *f = NULL;
+    ct_progress p = {0};
+    ct_status st = resume_point(r, path, sizeof path, &f, &p);
+    ct_st_free(f);
+    if (st != CT_OK) {
+        fprintf(stderr, "ctrain: warning: nothing to resume from: %s\n", ct_last_error());
+        return 0;
+    }
+    printf("%s\n", path);
+    return 0;
+}
+
+static ct_status resume(ct_run *r, ct_optim *o, int *start_epoch, int64_t *step, ct_midepoch *mid) {
+    char path[CT_CFG_STR + 300];
+    ct_st_file *f = NULL;
+    ct_progress p = {0};
+    ct_status st = resume_point(r, path, sizeof path, &f, &p);
+    if (st != CT_OK) return st;
     /* Replay staged unfreezing so the optimizer has the groups the saved state names. */
     int at = r->cfg.train.unfreeze_after; /* unfreezing happens at most once, at this epoch */
     bool mid_epoch = p.epoch_step > 0; /* then epoch p.epoch has begun, and unfrozen if it is `at` */
@@ -311,6 +335,13 @@ static ct_status write_classes(const ct_run *r) {
     return st;
 }
 
+/* 0, CT_EXIT_PREEMPTED, CT_EXIT_CONFIG for an invalid configuration (a relaunch would meet
+ * it again), else 1. */
+static int exit_status(ct_status st, bool preempted) {
+    if (st == CT_ERR_CONFIG) return CT_EXIT_CONFIG;
+    return st != CT_OK ? 1 : preempted ? CT_EXIT_PREEMPTED : 0;
+}
+
 int ct_cmd_train(ct_run *r) {
     const ct_config *c = &r->cfg;
     ct_ddp *ddp = NULL;
@@ -342,7 +373,7 @@ int ct_cmd_train(ct_run *r) {
         st = ct_config_save(c, p);
     }
     if (st == CT_OK && r->d.rank == 0) st = write_classes(r);
-    if (ct_run_check(&r->d, st) != CT_OK) return 1;
+    if ((st = ct_run_check(&r->d, st)) != CT_OK) return exit_status(st, false);
 
     ct_ddp_config dc = ct_ddp_defaults();
     dc.bucket_bytes = (size_t)(c->dist.bucket_mb * 1048576);
@@ -360,7 +391,7 @@ int ct_cmd_train(ct_run *r) {
     add_group(opt, r->model, NULL, c->optim.lr);
     if (c->train.resume) st = resume(r, opt, &start_epoch, &step, &mid);
     if (st == CT_OK) st = ct_preempt_install(c);
-    if (ct_run_check(&r->d, st) != CT_OK) goto out;
+    if ((st = ct_run_check(&r->d, st)) != CT_OK) goto out;
 
     ct_sampler_opts so = {.n = r->train.n, .world = r->d.size, .rank = r->d.rank,
                           .mode = c->dist.shard,
@@ -410,7 +441,7 @@ int ct_cmd_train(ct_run *r) {
         double t0 = ct_now();
         st = ct_dist_cache_features(&r->d, r->model, prefix, &r->train, &lo, &train_feat);
         if (st == CT_OK) st = ct_dist_cache_features(&r->d, r->model, prefix, &r->test, &r->eval_opts, &test_feat);
-        if (ct_run_check(&r->d, st) != CT_OK) goto out;
+        if ((st = ct_run_check(&r->d, st)) != CT_OK) goto out;
         train_ds = &train_feat;
         test_ds = &test_feat;
         /* the features are already normalised model activations */
@@ -429,7 +460,7 @@ int ct_cmd_train(ct_run *r) {
     }
     st = ct_sampler_new(&sampler, &so);
     if (st == CT_OK) st = ct_loader_new(&loader, train_ds, &lo);
-    if (ct_run_check(&r->d, st) != CT_OK) goto out;
+    if ((st = ct_run_check(&r->d, st)) != CT_OK) goto out;
     int64_t shard = ct_sampler_size(sampler);
     /* Every rank has the same shard size, hence the same step count. */
     int64_t steps = c->train.drop_last ? shard / c->train.batch_size
@@ -539,7 +570,7 @@ int ct_cmd_train(ct_run *r) {
                 char *rs = ct_midepoch_gather(&r->d, r->model, loss_sum, skipped);
                 st = r->d.rank == 0 ? save_checkpoint(r, opt, epoch, step + 1, s + 1, rs) : CT_OK;
                 free(rs);
-                failed = ct_run_check(&r->d, st) != CT_OK;
+                failed = (st = ct_run_check(&r->d, st)) != CT_OK;
             }
         }
         if (skipped && r->d.rank == 0)
@@ -588,7 +619,7 @@ int ct_cmd_train(ct_run *r) {
         if (ckpt) {
             st = r->d.rank == 0 ? save_checkpoint(r, opt, epoch + 1, step, 0, NULL) : CT_OK;
             /* The barrier is the agreement: nobody goes on while the file may be missing. */
-            if (ct_run_check(&r->d, st) != CT_OK) goto out;
+            if ((st = ct_run_check(&r->d, st)) != CT_OK) goto out;
         }
     }
 out:
@@ -601,5 +632,5 @@ out:
     ct_ddp_free(ddp);
     ct_dataset_free(&train_feat);
     ct_dataset_free(&test_feat);
-    return st != CT_OK ? 1 : preempted ? CT_EXIT_PREEMPTED : 0;
+    return exit_status(st, preempted);
 }
