@@ -2,6 +2,7 @@
  * checkpoints from rank 0, and exact resume. */
 #include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -304,14 +305,31 @@ static void trim_metrics(const char *path, int upto) {
     free(buf);
 }
 
-/* A testing aid: CT_FAULT="RANK:STEP" makes that rank fail at that step, to prove one
- * rank's fatal error ends the whole job. */
-static void maybe_inject_fault(const ct_dist *d, int64_t step) {
-    const char *f = getenv("CT_FAULT");
+/* A testing aid: CT_FAULT="RANK:WHERE[:KIND]" makes that rank fail at WHERE, a step (before
+ * it) or eEPOCH (before that epoch's evaluation, 1-based): KIND fatal (the default, an
+ * error that ends the job), kill (SIGKILL), stop (SIGSTOP: a hung rank) or term (SIGTERM).
+ * With CT_FAULT_ONCE=FILE it fires only if FILE does not exist, and creates it, so a
+ * relaunched job (ctrun --restarts) runs through. tests/faults uses it. */
+static void maybe_inject_fault(const ct_dist *d, int64_t step, int eval_epoch) {
+    const char *f = getenv("CT_FAULT"), *once = getenv("CT_FAULT_ONCE");
     int rank;
-    long long at;
-    if (f && sscanf(f, "%d:%lld", &rank, &at) == 2 && rank == d->rank && at == step)
-        ct_fatal("injected fault (CT_FAULT=%s) at step %lld", f, at);
+    char where[32], kind[16] = "fatal";
+    if (!f || sscanf(f, "%d:%31[^:]:%15s", &rank, where, kind) < 2 || rank != d->rank) return;
+    char *end;
+    bool eval = where[0] == 'e';
+    long long at = strtoll(where + eval, &end, 10);
+    if (*end || (eval ? at != eval_epoch : eval_epoch || at != step)) return;
+    if (once && *once) {
+        if (access(once, F_OK) == 0) return;
+        FILE *o = fopen(once, "w");
+        if (o) fclose(o);
+    }
+    fprintf(stderr, "ctrain: rank %d: injecting fault %s (CT_FAULT=%s)\n", d->rank, kind, f);
+    fflush(stderr);
+    if (!strcmp(kind, "kill")) raise(SIGKILL);
+    else if (!strcmp(kind, "stop")) raise(SIGSTOP); /* goes on if continued */
+    else if (!strcmp(kind, "term")) raise(SIGTERM); /* preemption, if the signal is one of its */
+    else ct_fatal("injected fault (CT_FAULT=%s) at %s %lld", f, eval ? "the evaluation of epoch" : "step", at);
 }
 
 /* Random transforms make every epoch's inputs differ: no feature cache then. */
@@ -533,7 +551,7 @@ int ct_cmd_train(ct_run *r) {
             skipped = mid.skipped;
         }
         for (int64_t s = s0; s < steps && !failed && !preempted; s++, step++) CT_SCOPE {
-            maybe_inject_fault(&r->d, step);
+            maybe_inject_fault(&r->d, step, 0);
             ct_batch b;
             ct_loader_next(loader, &b);
             if (decoding && (st = ct_run_check(&r->d, ct_loader_status(loader))) != CT_OK) {
@@ -579,6 +597,7 @@ int ct_cmd_train(ct_run *r) {
         double secs = ct_now() - t0;
         if (r->d.rank == 0) ct_progress_end(&bar);
         if (failed || preempted) break;
+        maybe_inject_fault(&r->d, step, epoch + 1);
         /* The epoch's training loss averaged over ranks (NaN if every step was skipped), the
          * image files skipped on all ranks, and the evaluation. */
         double tl[2] = {steps > skipped ? loss_sum / (double)(steps - skipped) : NAN,

@@ -3,9 +3,11 @@
  * the layers above use (agreement on a status, broadcast, sum), so they make no MPI calls
  * of their own. */
 #include <limits.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -88,11 +90,55 @@ void ct_dist_finalize(ct_dist *d) {
     if (!fin) MPI_Finalize();
 }
 
+/* ---- waiting ------------------------------------------------------------------------------ */
+
+enum { SPINS = 64 };
+#define YIELD_S 0.002 /* yield this long before sleeping */
+#define MAX_SLEEP_NS 1000000L
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+double ct_wait_turn(ct_waiter *w, double timeout_s) {
+    if (++w->spins <= SPINS) return 0;
+    double t = now_s();
+    if (w->t0 == 0) w->t0 = t;
+    if (t - w->t0 < YIELD_S) {
+        sched_yield();
+    } else {
+        w->sleep_ns = w->sleep_ns ? w->sleep_ns * 2 : 10000;
+        if (w->sleep_ns > MAX_SLEEP_NS) w->sleep_ns = MAX_SLEEP_NS;
+        nanosleep(&(struct timespec){0, w->sleep_ns}, NULL);
+    }
+    return timeout_s > 0 && t - w->t0 > timeout_s ? t - w->t0 : 0;
+}
+
+void ct_dist_set_timeout(ct_dist *d, double seconds) { d->comm->timeout_s = seconds > 0 ? seconds : 0; }
+
+void ct_dist_wait(const ct_dist *d, MPI_Request *req, const char *what) {
+    int done = 0;
+    for (ct_waiter w = {0};;) {
+        CT_CHECK_MPI(MPI_Test(req, &done, MPI_STATUS_IGNORE));
+        if (done) return;
+        double waited = ct_wait_turn(&w, d->comm->timeout_s);
+        /* A collective does not say which rank it waits for: every rank that is still
+         * answering ends here, and the silent one is the rank that says nothing. */
+        if (waited > 0)
+            ct_fatal("%s: not every rank has answered for %.0f s (dist.timeout_s = %g): another rank is "
+                     "stopped, hung or dead", what, waited, d->comm->timeout_s);
+    }
+}
+
 /* ---- agreement, broadcast, sum ---------------------------------------------------------- */
 
 ct_status ct_dist_agree(const ct_dist *d, ct_status st, int *failed_rank) {
     int first = st != CT_OK ? d->rank : d->size;
-    CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, d->comm->mpi));
+    MPI_Request req;
+    CT_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, d->comm->mpi, &req));
+    ct_dist_wait(d, &req, "agreeing on a status");
     if (failed_rank) *failed_rank = first < d->size ? first : -1;
     if (first == d->size) return CT_OK;
     /* The failing rank's status and message go to every rank, so all report one reason. */
@@ -104,15 +150,19 @@ ct_status ct_dist_agree(const ct_dist *d, ct_status st, int *failed_rank) {
         why.st = (int)st;
         snprintf(why.msg, sizeof why.msg, "%s", ct_last_error());
     }
-    CT_CHECK_MPI(MPI_Bcast(&why, (int)sizeof why, MPI_BYTE, first, d->comm->mpi));
+    ct_dist_bcast(d, &why, sizeof why, first);
     return ct_error((ct_status)why.st, "%s", why.msg);
 }
 
 void ct_dist_bcast(const ct_dist *d, void *buf, size_t bytes, int root) {
     CT_ASSERT(bytes <= INT_MAX, "ct_dist_bcast: %zu bytes is more than one call sends", bytes);
-    CT_CHECK_MPI(MPI_Bcast(buf, (int)bytes, MPI_BYTE, root, d->comm->mpi));
+    MPI_Request req;
+    CT_CHECK_MPI(MPI_Ibcast(buf, (int)bytes, MPI_BYTE, root, d->comm->mpi, &req));
+    ct_dist_wait(d, &req, "a broadcast");
 }
 
 void ct_dist_sum(const ct_dist *d, double *x, int n) {
-    CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_DOUBLE, MPI_SUM, d->comm->mpi));
+    MPI_Request req;
+    CT_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, x, n, MPI_DOUBLE, MPI_SUM, d->comm->mpi, &req));
+    ct_dist_wait(d, &req, "a sum over the ranks");
 }
