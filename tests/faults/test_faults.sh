@@ -179,6 +179,26 @@ for damage in corrupt truncate; do
     same_as_ref "$name" "$what"
 done
 
+# ---- what ctrun does not relaunch, or not forever ------------------------------------------------
+CT_FAULT="1:30:kill" job again --restarts 1 --
+expect_eq "a fault on every launch: the last launch's status (137) after the one restart" 137 "$rc"
+check "... ctrun says the restarts are used up" grep -q '^ctrun: .* all 1 restart(s) are used; giving up' "$T/again.err"
+job badcfg --restarts 3 -- model.layers=linear:4,bogus
+expect_eq "an invalid configuration: exit 78" 78 "$rc"
+expect_eq "... launched once, not relaunched" "1 1" \
+    "$(grep -c '^ctrun: 2 rank(s)' "$T/badcfg.err") $(grep -c 'status 78 (invalid configuration); not relaunched' "$T/badcfg.err")"
+
+# ---- --min-np: mpirun cannot place 3 ranks on a host of 2 slots (no oversubscription), so the
+# launch fails before any rank starts and ctrun relaunches on 2 -------------------------------------
+echo "localhost slots=2" >"$T/hosts"
+env -u OMPI_MCA_rmaps_base_oversubscribe CTRUN_CORES=3 timeout 150 "$CTRUN" -np 3 --hostfile "$T/hosts" --threads 1 \
+    --restarts 2 --min-np 2 -- ctrain train "$CFG" "${ARGS[@]}" output.dir="$T/minnp" >"$T/minnp.out" 2>"$T/minnp.err"
+expect_eq "--min-np 2: the job completes on fewer ranks" 0 "$?"
+check "... after a launch that failed before the ranks started" \
+    grep -q '^ctrun: restart 1 of 2 after exit status [0-9]* before the ranks started (the launch failed): relaunching on 2 rank(s), from the start' \
+    "$T/minnp.err"
+same_as_ref minnp "--min-np 2 (3 ranks could not start)"
+
 # ---- a full disk (ENOSPC) while writing a checkpoint: a 48 KiB tmpfs (needs root), grown as soon
 # as the write has failed, so ctrun's relaunch can finish ------------------------------------------
 FULL=$T/full
