@@ -32,6 +32,7 @@ ct_status ct_dist_from_comm(MPI_Comm comm, ct_dist *d) {
     memset(d, 0, sizeof *d);
     d->comm = ct_malloc(sizeof *d->comm);
     d->comm->mpi = d->comm->node = MPI_COMM_NULL;
+    d->comm->timeout_s = 0; /* wait forever until ct_dist_set_timeout */
     if (MPI_Comm_dup(comm, &d->comm->mpi) != MPI_SUCCESS)
         return ct_error(CT_ERR_MPI, "MPI_Comm_dup failed");
     MPI_Comm_rank(d->comm->mpi, &d->rank);
