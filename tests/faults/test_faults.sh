@@ -188,6 +188,20 @@ expect_eq "an invalid configuration: exit 78" 78 "$rc"
 expect_eq "... launched once, not relaunched" "1 1" \
     "$(grep -c '^ctrun: 2 rank(s)' "$T/badcfg.err") $(grep -c 'status 78 (invalid configuration); not relaunched' "$T/badcfg.err")"
 
+# SIGTERM to ctrun itself (a scheduler cancelling the job): passed on to the job (mpirun passes
+# it on to the ranks, which normally write a checkpoint, then exits 1, not 75); no relaunch.
+timeout 150 "$CTRUN" -np 2 --restarts 2 -- ctrain train "$CFG" "${ARGS[@]}" train.epochs=1000 \
+    output.dir="$T/cancel" >"$T/cancel.out" 2>"$T/cancel.err" &
+pid=$!
+for _ in $(seq 600); do grep -q 'steps/epoch' "$T/cancel.err" && break; sleep 0.1; done
+sleep 0.5
+kill -TERM "$pid"
+wait "$pid"
+check "SIGTERM to ctrun: passed on and not relaunched" \
+    grep -q '^ctrun: got SIGTERM and passed it on; the job exited with status [0-9]*; not relaunched' "$T/cancel.err"
+intact cancel "SIGTERM to ctrun"
+expect_eq "... no restart" "" "$(grep '^ctrun: restart' "$T/cancel.err")"
+
 # ---- --min-np: mpirun cannot place 3 ranks on a host of 2 slots (no oversubscription), so the
 # launch fails before any rank starts and ctrun relaunches on 2 -------------------------------------
 echo "localhost slots=2" >"$T/hosts"
