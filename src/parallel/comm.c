@@ -119,17 +119,49 @@ double ct_wait_turn(ct_waiter *w, double timeout_s) {
 
 void ct_dist_set_timeout(ct_dist *d, double seconds) { d->comm->timeout_s = seconds > 0 ? seconds : 0; }
 
+/* The only point-to-point messages on a ct_dist's communicator: "still here", after a timeout. */
+enum { HERE_TAG = 0x4e7e };
+#define LISTEN_S 2.0 /* how long a timed-out rank listens for the others' "still here" */
+
+/* A collective does not say whom it waits for. Every rank that still answers is waiting in
+ * the same collective and times out too, within the skew of their arrivals: each tells every
+ * other rank it is here and listens for LISTEN_S seconds; the ranks not heard from go into
+ * out ("rank 2", "ranks 1, 3"), or "some rank" if every rank was heard (the ranks are then
+ * waiting in different collectives). The sends are never completed: the job ends next. */
+static void silent_ranks(const ct_dist *d, char *out, size_t n) {
+    static int token;
+    bool *heard = ct_calloc((size_t)d->size, sizeof *heard);
+    MPI_Request *reqs = ct_calloc((size_t)d->size, sizeof *reqs);
+    for (int q = 0; q < d->size; q++)
+        if (q != d->rank) MPI_Isend(&token, 1, MPI_INT, q, HERE_TAG, d->comm->mpi, &reqs[q]);
+    int missing = d->size - 1;
+    for (ct_waiter w = {0}; missing > 0 && ct_wait_turn(&w, LISTEN_S) == 0;) {
+        int flag = 0, got;
+        MPI_Status stat;
+        MPI_Iprobe(MPI_ANY_SOURCE, HERE_TAG, d->comm->mpi, &flag, &stat);
+        if (!flag) continue;
+        MPI_Recv(&got, 1, MPI_INT, stat.MPI_SOURCE, HERE_TAG, d->comm->mpi, MPI_STATUS_IGNORE);
+        if (!heard[stat.MPI_SOURCE]) heard[stat.MPI_SOURCE] = true, missing--;
+    }
+    size_t len = (size_t)snprintf(out, n, "%s", missing > 1 ? "ranks" : missing ? "rank" : "some rank");
+    for (int q = 0, k = 0; q < d->size && len < n; q++)
+        if (q != d->rank && !heard[q]) len += (size_t)snprintf(out + len, n - len, "%s %d", k++ ? "," : "", q);
+    free(heard);
+    free(reqs);
+}
+
 void ct_dist_wait(const ct_dist *d, MPI_Request *req, const char *what) {
     int done = 0;
     for (ct_waiter w = {0};;) {
         CT_CHECK_MPI(MPI_Test(req, &done, MPI_STATUS_IGNORE));
         if (done) return;
         double waited = ct_wait_turn(&w, d->comm->timeout_s);
-        /* A collective does not say which rank it waits for: every rank that is still
-         * answering ends here, and the silent one is the rank that says nothing. */
-        if (waited > 0)
-            ct_fatal("%s: not every rank has answered for %.0f s (dist.timeout_s = %g): another rank is "
-                     "stopped, hung or dead", what, waited, d->comm->timeout_s);
+        if (waited > 0) {
+            char who[256];
+            silent_ranks(d, who, sizeof who);
+            ct_fatal("%s: %s has not answered for %.0f s (dist.timeout_s = %g): it is stopped, hung or dead",
+                     what, who, waited, d->comm->timeout_s);
+        }
     }
 }
 

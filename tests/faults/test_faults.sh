@@ -155,8 +155,8 @@ for where in 1:100 0:e2; do
 done
 check "SIGSTOP in a step: the message names the stopped rank" \
     grep -q 'all-reduce: rank 1 has not answered' "$T/stop-1-100.err"
-check "SIGSTOP before an evaluation: the waiting rank names the collective" \
-    grep -q 'a sum over the ranks: not every rank has answered' "$T/stop-0-e2.err"
+check "SIGSTOP before an evaluation: the waiting rank names the collective and the stopped rank" \
+    grep -q 'rank 1: fatal: a sum over the ranks: rank 0 has not answered' "$T/stop-0-e2.err"
 
 # ---- a corrupt and a truncated newest checkpoint, after a crash -----------------------------------
 for damage in corrupt truncate; do
