@@ -72,7 +72,7 @@ FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 FUZZ_OBJ := $(LIB_SRC:%.c=build/fuzz/obj/%.o) build/fuzz/obj/src/cli/config.o
 
-.PHONY: all check bench clean install deps fuzz check-fuzz check-valgrind
+.PHONY: all check bench clean install deps fuzz check-fuzz check-valgrind check-faults
 .SECONDARY:
 all: $(B)/libctrain.a $(B)/libctrain.so $(B)/ctrain
 
@@ -173,3 +173,8 @@ install: all
 
 clean:
 	rm -rf build
+
+# The fault suite alone (also part of check): killed, stopped and preempted ranks, damaged
+# checkpoints and a full disk, each relaunched by ctrun --restarts.
+check-faults: all
+	@B=$(B) bash tests/faults/test_faults.sh

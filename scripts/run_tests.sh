@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the given Check suites (unit tests), then the MPI suites ($MPI_TESTS) under mpirun
 # with 2 and 3 ranks, each over the default transport and over TCP (what a multi-node run
-# uses), then the script tests in tests/scripts. Every suite runs; the exit status is
-# non-zero if any failed.
+# uses), then the script tests in tests/scripts and the fault suite in tests/faults. Every
+# suite runs; the exit status is non-zero if any failed.
 set -u
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:${ASAN_OPTIONS:-}"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:${UBSAN_OPTIONS:-}"
@@ -28,7 +28,7 @@ for t in ${MPI_TESTS:-}; do
         done
     done
 done
-for t in "$here"/../tests/scripts/test_*.sh; do
+for t in "$here"/../tests/scripts/test_*.sh "$here"/../tests/faults/test_*.sh; do
     [ -e "$t" ] || continue
     echo "== $t"
     B=${B:-build} bash "$t" || failed+=("$t")

@@ -90,6 +90,10 @@ void ct_train_inputs_free(ct_train_inputs *in);
 /* Preemption (preempt.c). The exit status of every rank of a preempted run: EX_TEMPFAIL
  * of sysexits.h ("try again later"), distinct from failures (1, or 134 from an abort). */
 #define CT_EXIT_PREEMPTED 75
+/* The exit status of `ctrain train` when the configuration is invalid (EX_CONFIG of
+ * sysexits.h): a bad key or value fails again however often it is relaunched, so
+ * `ctrun --restarts` does not relaunch it. Other failures exit 1 (or 134 from an abort). */
+#define CT_EXIT_CONFIG 78
 /* Installs the handlers for train.preempt_signals; they only set a flag and arm an alarm of
  * train.preempt_grace_s seconds that ends the process with CT_EXIT_PREEMPTED. */
 ct_status ct_preempt_install(const ct_config *c);
@@ -121,6 +125,10 @@ void ct_midepoch_free(ct_midepoch *s);
 
 /* Commands; each returns a process exit status. */
 int ct_cmd_train(ct_run *r);
+/* `ctrain latest`: only r->cfg is filled and no MPI runs. Prints the checkpoint that
+ * train.resume = true would resume from (the one `latest` names, else the newest valid one)
+ * and returns 0; prints nothing (and returns 0) if there is none to resume from. */
+int ct_cmd_latest(ct_run *r);
 int ct_cmd_eval(ct_run *r, const char *checkpoint);
 /* r->cfg and r->d are filled (no data set or model): evaluates every job of [sweep]. */
 int ct_cmd_sweep(ct_run *r);

@@ -10,7 +10,9 @@
 static int usage(void) {
     fprintf(stderr, "usage: ctrain train CONFIG [section.key=value ...]\n"
                     "       ctrain eval CONFIG --checkpoint FILE [section.key=value ...]\n"
-                    "       ctrain sweep CONFIG [section.key=value ...]   (jobs from [sweep])\n");
+                    "       ctrain sweep CONFIG [section.key=value ...]   (jobs from [sweep])\n"
+                    "       ctrain latest CONFIG [section.key=value ...]  (prints the checkpoint train.resume\n"
+                    "                                                     would resume from, if any)\n");
     return 2;
 }
 
@@ -49,7 +51,8 @@ static void use_avx512_blas(char **argv) {
 
 int main(int argc, char **argv) {
     use_avx512_blas(argv);
-    if (argc < 3 || (strcmp(argv[1], "train") && strcmp(argv[1], "eval") && strcmp(argv[1], "sweep")))
+    if (argc < 3 || (strcmp(argv[1], "train") && strcmp(argv[1], "eval") && strcmp(argv[1], "sweep") &&
+                     strcmp(argv[1], "latest")))
         return usage();
     const char *cmd = argv[1], *cfg = argv[2], *ckpt = NULL;
     char *overrides[256];
@@ -80,6 +83,18 @@ int main(int argc, char **argv) {
         return usage();
     }
     ct_run r = {0};
+    if (!strcmp(cmd, "latest")) {
+        /* ctrun asks this before relaunching a job, on the launch node: no MPI, no data */
+        if (ckpt) return usage();
+        r.cfg_path = cfg;
+        r.d.size = 1;
+        ct_status st = ct_config_load(&r.cfg, cfg, n, overrides);
+        if (st != CT_OK) {
+            fprintf(stderr, "ctrain: error: %s\n", ct_last_error());
+            return st == CT_ERR_CONFIG ? CT_EXIT_CONFIG : 1;
+        }
+        return ct_cmd_latest(&r);
+    }
     if (ct_dist_init(&argc, &argv, &r.d) != CT_OK) {
         fprintf(stderr, "ctrain: error: %s\n", ct_last_error());
         return 1;
@@ -95,8 +110,10 @@ int main(int argc, char **argv) {
         if (ct_run_check(&r.d, st) == CT_OK) rc = ct_cmd_sweep(&r);
     } else if (st == CT_OK) {
         st = ct_run_setup(&r, cfg, n, overrides, !strcmp(cmd, "train"));
-        if (ct_run_check(&r.d, st) == CT_OK)
+        if ((st = ct_run_check(&r.d, st)) == CT_OK)
             rc = !strcmp(cmd, "train") ? ct_cmd_train(&r) : ct_cmd_eval(&r, ckpt);
+        else if (st == CT_ERR_CONFIG && !strcmp(cmd, "train"))
+            rc = CT_EXIT_CONFIG; /* not worth a relaunch (ctrun --restarts) */
     }
     ct_run_free(&r);
     ct_dist_finalize(&r.d);

@@ -1,7 +1,7 @@
 /* A training run's files in output.dir: its set-up (config.ini, classes.txt), the checkpoint
  * files' names, the `latest` pointer, output.keep's pruning, which file a resumed run reads
  * (with the fall-back to an older valid one when the newest is unusable), and metrics.jsonl
- * cut back to it. What a checkpoint holds is io/checkpoint's. */
+ * cut back to it, and `ctrain latest`. What a checkpoint holds is io/checkpoint's. */
 #include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
@@ -209,6 +209,24 @@ ct_status ct_run_open_resume(const ct_run *r, char *path, size_t n, ct_st_file *
         fprintf(stderr, "ctrain: warning: %s/latest names %s, which is unusable (%s); resuming from %s, "
                 "the newest valid checkpoint\n", r->cfg.output.dir, bad, why, path);
     return CT_OK;
+}
+
+/* `ctrain latest`: prints the checkpoint a resume would use (ctrun --restarts asks before
+ * relaunching); nothing, and status 0, when there is none yet. */
+int ct_cmd_latest(ct_run *r) {
+    char path[CT_CFG_STR + 300], lp[CT_CFG_STR + 16];
+    snprintf(lp, sizeof lp, "%s/latest", r->cfg.output.dir);
+    if (access(lp, F_OK) != 0) return 0; /* nothing written yet: a fresh start */
+    ct_st_file *f = NULL;
+    ct_progress p = {0};
+    ct_status st = ct_run_open_resume(r, path, sizeof path, &f, &p);
+    ct_st_free(f);
+    if (st != CT_OK) {
+        fprintf(stderr, "ctrain: warning: nothing to resume from: %s\n", ct_last_error());
+        return 0;
+    }
+    printf("%s\n", path);
+    return 0;
 }
 
 /* A run that stopped after logging epochs its newest checkpoint does not hold (the metrics

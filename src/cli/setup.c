@@ -285,7 +285,10 @@ ct_status ct_run_setup(ct_run *r, const char *cfg_path, int noverrides, char *co
                        bool with_train) {
     r->cfg_path = cfg_path;
     ct_status st = ct_config_load(&r->cfg, cfg_path, noverrides, overrides);
-    return st == CT_OK ? ct_run_build(r, with_train) : st;
+    if (st != CT_OK) return st;
+    /* from here on no collective waits longer than this for a silent rank */
+    ct_dist_set_timeout(&r->d, r->cfg.dist.timeout_s);
+    return ct_run_build(r, with_train);
 }
 
 ct_status ct_run_build(ct_run *r, bool with_train) {

@@ -3,9 +3,11 @@
  * preemption signal), and exact resume. ct_cmd_train at the end reads as the outline; the
  * run's files are output.c's, the feature cache features.c's. */
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -91,14 +93,31 @@ static ct_status resume(ct_run *r, ct_optim *o, int *start_epoch, int64_t *step,
     return st;
 }
 
-/* A testing aid: CT_FAULT="RANK:STEP" makes that rank fail at that step, to prove one
- * rank's fatal error ends the whole job. */
-static void maybe_inject_fault(const ct_dist *d, int64_t step) {
-    const char *f = getenv("CT_FAULT");
+/* A testing aid: CT_FAULT="RANK:WHERE[:KIND]" makes that rank fail at WHERE, a step (before
+ * it) or eEPOCH (before that epoch's evaluation, 1-based): KIND fatal (the default, an
+ * error that ends the job), kill (SIGKILL), stop (SIGSTOP: a hung rank) or term (SIGTERM).
+ * With CT_FAULT_ONCE=FILE it fires only if FILE does not exist, and creates it, so a
+ * relaunched job (ctrun --restarts) runs through. tests/faults uses it. */
+static void maybe_inject_fault(const ct_dist *d, int64_t step, int eval_epoch) {
+    const char *f = getenv("CT_FAULT"), *once = getenv("CT_FAULT_ONCE");
     int rank;
-    long long at;
-    if (f && sscanf(f, "%d:%lld", &rank, &at) == 2 && rank == d->rank && at == step)
-        ct_fatal("injected fault (CT_FAULT=%s) at step %lld", f, at);
+    char where[32], kind[16] = "fatal";
+    if (!f || sscanf(f, "%d:%31[^:]:%15s", &rank, where, kind) < 2 || rank != d->rank) return;
+    char *end;
+    bool eval = where[0] == 'e';
+    long long at = strtoll(where + eval, &end, 10);
+    if (*end || (eval ? at != eval_epoch : eval_epoch || at != step)) return;
+    if (once && *once) {
+        if (access(once, F_OK) == 0) return;
+        FILE *o = fopen(once, "w");
+        if (o) fclose(o);
+    }
+    fprintf(stderr, "ctrain: rank %d: injecting fault %s (CT_FAULT=%s)\n", d->rank, kind, f);
+    fflush(stderr);
+    if (!strcmp(kind, "kill")) raise(SIGKILL);
+    else if (!strcmp(kind, "stop")) raise(SIGSTOP); /* goes on if continued */
+    else if (!strcmp(kind, "term")) raise(SIGTERM); /* preemption, if the signal is one of its */
+    else ct_fatal("injected fault (CT_FAULT=%s) at %s %lld", f, eval ? "the evaluation of epoch" : "step", at);
 }
 
 /* ---- ct_cmd_train, step by step ------------------------------------------------------ */
@@ -235,7 +254,7 @@ static void open_metrics(trainer *t) {
 static ct_status train_step(trainer *t, int epoch, int64_t s, epoch_stats *es, ct_progress_bar *bar) {
     ct_run *r = t->r;
     const ct_config *c = t->c;
-    maybe_inject_fault(&r->d, t->step);
+    maybe_inject_fault(&r->d, t->step, 0);
     ct_batch b;
     ct_loader_next(t->loader, &b);
     /* Image files are decoded during the epoch, and a rank that meets a bad one must not
@@ -322,6 +341,7 @@ static ct_status train_epoch(trainer *t, int epoch, epoch_stats *es) {
 static ct_status evaluate_and_log(trainer *t, int epoch, const epoch_stats *es) {
     ct_run *r = t->r;
     const ct_config *c = t->c;
+    maybe_inject_fault(&r->d, t->step, epoch + 1);
     /* The epoch's training loss averaged over ranks (NaN if every step was skipped), the
      * image files skipped on all ranks, and the evaluation. */
     double tl[2] = {t->steps > es->skipped ? es->loss_sum / (double)(t->steps - es->skipped) : NAN,
@@ -379,12 +399,20 @@ static void trainer_free(trainer *t) {
     ct_train_inputs_free(&t->in);
 }
 
+/* 0, CT_EXIT_PREEMPTED, CT_EXIT_CONFIG for an invalid configuration (a relaunch would meet
+ * it again), else 1. */
+static int exit_status(ct_status st, bool preempted) {
+    if (st == CT_ERR_CONFIG) return CT_EXIT_CONFIG;
+    return st != CT_OK ? 1 : preempted ? CT_EXIT_PREEMPTED : 0;
+}
+
 /* Set-up, then for each epoch: train, evaluate and log, checkpoint. Every rank returns the
- * same status: 0, 1 on an error, or CT_EXIT_PREEMPTED after a preemption's checkpoint. */
+ * same status (exit_status). */
 int ct_cmd_train(ct_run *r) {
-    if (ct_run_check(&r->d, ct_run_prepare_output(r)) != CT_OK) return 1;
+    ct_status st = ct_run_check(&r->d, ct_run_prepare_output(r));
+    if (st != CT_OK) return exit_status(st, false);
     trainer t = {.r = r, .c = &r->cfg};
-    ct_status st = setup_training(&t);
+    st = setup_training(&t);
     if (st == CT_OK) st = ct_train_inputs_setup(r, &t.in);
     if (st == CT_OK) st = setup_steps(&t);
     if (st == CT_OK) open_metrics(&t);
@@ -396,5 +424,5 @@ int ct_cmd_train(ct_run *r) {
         if (st == CT_OK) st = checkpoint_epoch(&t, epoch);
     }
     trainer_free(&t);
-    return st != CT_OK ? 1 : t.preempted ? CT_EXIT_PREEMPTED : 0;
+    return exit_status(st, t.preempted);
 }

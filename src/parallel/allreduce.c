@@ -8,13 +8,11 @@
  * Two more count agreement rounds (VOTED, and DECIDED on a leader of several nodes). Counts
  * only grow for the life of the object, so a reader never sees one reset under it. Each
  * rank does all its own stages, in range order, from progress() and wait(). */
-#include <sched.h>
 #include <stdalign.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "allreduce.h"
 
@@ -63,49 +61,20 @@ static void set(ct_allreduce *a, int which, int64_t v) {
     atomic_store_explicit(&a->ctr[a->nrank]->c[which].v, v, memory_order_release);
 }
 
-/* The state of one wait. It spins for a few turns (the others are usually microseconds
- * behind), then gives the core away (with more ranks than cores the rank it waits for may
- * need it), then sleeps, twice as long each time up to 1 ms: a rank waiting for a stopped
- * or hung peer costs no CPU. Past the timeout it ends the job. */
-typedef struct {
-    int spins;
-    double t0;     /* when the wait began yielding; 0 before */
-    long sleep_ns; /* the next sleep; 0 while still yielding */
-} waiter;
-
-enum { SPINS = 64 };
-#define YIELD_S 0.002 /* yield this long before sleeping */
-#define MAX_SLEEP_NS 1000000L
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* Ends the job naming what the wait is for: the first node rank whose counter `which` is
  * below n, or (which < 0, between nodes) the leaders' MPI all-reduce. Returns if no rank
  * lags any more (it answered just now). */
 static void timed_out(const ct_allreduce *a, int which, int64_t n, double waited);
 
 /* One turn of a wait loop for node ranks to reach n at `which`. */
-static void backoff(const ct_allreduce *a, waiter *w, int which, int64_t n) {
-    if (++w->spins <= SPINS) return;
-    double t = now_s();
-    if (w->t0 == 0) w->t0 = t;
-    if (a->timeout_s > 0 && t - w->t0 > a->timeout_s) timed_out(a, which, n, t - w->t0);
-    if (t - w->t0 < YIELD_S) {
-        sched_yield();
-        return;
-    }
-    w->sleep_ns = w->sleep_ns ? w->sleep_ns * 2 : 10000;
-    if (w->sleep_ns > MAX_SLEEP_NS) w->sleep_ns = MAX_SLEEP_NS;
-    nanosleep(&(struct timespec){0, w->sleep_ns}, NULL);
+static void backoff(const ct_allreduce *a, ct_waiter *w, int which, int64_t n) {
+    double waited = ct_wait_turn(w, a->timeout_s);
+    if (waited > 0) timed_out(a, which, n, waited);
 }
 
 /* Waits until node rank q has counted n at `which`. */
 static void spin_until(const ct_allreduce *a, int q, int which, int64_t n) {
-    for (waiter w = {0}; get(a, q, which) < n;) backoff(a, &w, which, n);
+    for (ct_waiter w = {0}; get(a, q, which) < n;) backoff(a, &w, which, n);
 }
 
 /* True when every node rank except `skip` has taken n ranges through stage `which`. */
@@ -322,11 +291,11 @@ static void timed_out(const ct_allreduce *a, int which, int64_t n, double waited
 }
 
 void ct_allreduce_wait(ct_allreduce *a) {
-    for (waiter w = {0}; !finished(a);) {
+    for (ct_waiter w = {0}; !finished(a);) {
         ct_allreduce_progress(a);
         int which = -1;
         int64_t n = 0;
-        if (w.spins >= SPINS) pending(a, &which, &n); /* only needed once the wait is long */
+        if (w.t0 > 0) pending(a, &which, &n); /* only needed once the wait is long */
         backoff(a, &w, which, n);
     }
     a->base += a->nr;

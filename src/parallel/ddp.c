@@ -96,10 +96,10 @@ static ct_status check_same_model(const ct_dist *d, ct_module *m) {
     int len;
     describe(m, &mine, &len);
     int rlen = len;
-    CT_CHECK_MPI(MPI_Bcast(&rlen, 1, MPI_INT, 0, d->comm->mpi));
+    ct_dist_bcast(d, &rlen, sizeof rlen, 0);
     char *ref = ct_malloc((size_t)rlen);
     if (d->rank == 0) memcpy(ref, mine, (size_t)len);
-    CT_CHECK_MPI(MPI_Bcast(ref, rlen, MPI_CHAR, 0, d->comm->mpi));
+    ct_dist_bcast(d, ref, (size_t)rlen, 0);
     char ref_line[512], my_line[512];
     int diff = first_diff(ref, mine, ref_line, my_line, sizeof ref_line);
     /* Everyone gets the lowest differing rank's view, so every rank fails the same way. */
@@ -117,15 +117,14 @@ void ct_dist_broadcast_module(const ct_dist *d, ct_module *m, int root) {
     for (int i = 0; i < mods.n; i++) {
         ct_module *mm = mods.owners[i];
         for (int k = 0; k < mm->nparams; k++)
-            CT_CHECK_MPI(MPI_Bcast(mm->params[k]->data, (int)mm->params[k]->numel, MPI_FLOAT, root, d->comm->mpi));
+            ct_dist_bcast(d, mm->params[k]->data, (size_t)mm->params[k]->numel * sizeof(float), root);
         for (int k = 0; k < mm->nbuffers; k++)
-            CT_CHECK_MPI(MPI_Bcast(mm->buffers[k]->data, (int)mm->buffers[k]->numel, MPI_FLOAT, root, d->comm->mpi));
+            ct_dist_bcast(d, mm->buffers[k]->data, (size_t)mm->buffers[k]->numel * sizeof(float), root);
         /* state_dict extras (num_batches_tracked); the dropout streams stay per rank */
         ct_module_extra x[CT_MODULE_MAX_EXTRA];
         for (int k = 0, n = ct_module_extra_state(mm, x); k < n; k++)
             if (x[k].in_state_dict)
-                CT_CHECK_MPI(MPI_Bcast(x[k].data, (int)(x[k].numel * (int64_t)ct_dtype_size(x[k].dtype)),
-                                       MPI_BYTE, root, d->comm->mpi));
+                ct_dist_bcast(d, x[k].data, (size_t)x[k].numel * ct_dtype_size(x[k].dtype), root);
     }
     ct_named_free(&mods);
 }
@@ -135,7 +134,9 @@ void ct_dist_average_buffers(const ct_dist *d, ct_module *m) {
     ct_named b = ct_module_buffers(m);
     for (int i = 0; i < b.n; i++) {
         ct_tensor *t = b.tensors[i];
-        CT_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, t->data, (int)t->numel, MPI_FLOAT, MPI_SUM, d->comm->mpi));
+        MPI_Request req;
+        CT_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, t->data, (int)t->numel, MPI_FLOAT, MPI_SUM, d->comm->mpi, &req));
+        ct_dist_wait(d, &req, "averaging the buffers (BatchNorm statistics)");
         for (int64_t k = 0; k < t->numel; k++) t->data[k] /= (float)d->size;
     }
     ct_named_free(&b);
@@ -240,7 +241,7 @@ static void broadcast_buffers(ct_ddp *p) {
     if (p->d->size == 1) return;
     ct_named b = ct_module_buffers(p->m);
     for (int i = 0; i < b.n; i++)
-        CT_CHECK_MPI(MPI_Bcast(b.tensors[i]->data, (int)b.tensors[i]->numel, MPI_FLOAT, 0, p->d->comm->mpi));
+        ct_dist_bcast(p->d, b.tensors[i]->data, (size_t)b.tensors[i]->numel * sizeof(float), 0);
     ct_named_free(&b);
 }
 

@@ -34,6 +34,10 @@ ct_status ct_dist_agree(const ct_dist *d, ct_status st, int *failed_rank);
 void ct_dist_bcast(const ct_dist *d, void *buf, size_t bytes, int root);
 /* Sums x[0..n) over the ranks of d, in place. */
 void ct_dist_sum(const ct_dist *d, double *x, int n);
+/* The collectives above (and DDP's buffer averaging and broadcasts) wait for the other
+ * ranks at most this long, then end the job through ct_fatal (dist.timeout_s); the waits
+ * back off to sleeping, as the gradient all-reduce's do. 0 (the default) waits forever. */
+void ct_dist_set_timeout(ct_dist *d, double seconds);
 
 /* ---- DDP -------------------------------------------------------------------------------- */
 

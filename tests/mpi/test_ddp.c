@@ -136,7 +136,7 @@ END_TEST
  * then all-reduce through MPI, next to the shared memory within a node. */
 static ct_dist two_rank_nodes(void) {
     ct_dist d = D;
-    d.comm = ct_malloc(sizeof *d.comm); /* freed by ct_dist_free */
+    d.comm = ct_calloc(1, sizeof *d.comm); /* freed by ct_dist_free; timeout_s 0: wait forever */
     MPI_Comm_dup(D.comm->mpi, &d.comm->mpi);
     MPI_Comm_split(d.comm->mpi, D.rank / 2, D.rank, &d.comm->node);
     MPI_Comm_rank(d.comm->node, &d.local_rank);

@@ -158,6 +158,10 @@ bad "missing --" -np 2 ctrain train "$CFG"
 bad "nothing after --" -np 2 --
 bad "unknown option" -np 2 --frobnicate -- ctrain train "$CFG"
 bad "unreadable hostfile" -np 2 --hostfile "$T/no-such-hosts" -- ctrain train "$CFG"
+bad "negative --restarts" -np 2 --restarts -1 -- ctrain train "$CFG"
+bad "--min-np without --restarts" -np 2 --min-np 1 -- ctrain train "$CFG"
+bad "--min-np above -np" -np 2 --restarts 1 --min-np 3 -- ctrain train "$CFG"
+bad "--min-np 0" -np 2 --restarts 1 --min-np 0 -- ctrain train "$CFG"
 "$CTRUN" --help >"$T/help.out" 2>&1
 expect_eq "--help exits 0" 0 "$?"
 check "--help prints usage" contains "$T/help.out" "usage: ctrun -np N"
