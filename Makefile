@@ -71,6 +71,7 @@ FUZZ_FLAGS := -std=c11 -O1 -g -march=x86-64-v3 -fno-math-errno -fPIC -D_GNU_SOUR
 FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 FUZZ_OBJ := $(LIB_SRC:%.c=build/fuzz/obj/%.o) build/fuzz/obj/src/cli/config.o
+FUZZ_OBJ += build/fuzz/obj/src/cli/sweep_list.o
 
 .PHONY: all check bench clean install deps fuzz check-fuzz check-valgrind check-faults
 .SECONDARY:

@@ -13,7 +13,7 @@ for bin in "$@"; do
     work=build/fuzz/corpus/$name
     mkdir -p "$work"
     opts=(-rss_limit_mb=2048 -malloc_limit_mb=1024 -timeout=10 -print_final_stats=1
-          "-artifact_prefix=build/fuzz/crash-$name-")
+          "-artifact_prefix=$PWD/build/fuzz/crash-$name-") # absolute: a harness may chdir
     reg=tests/fuzz/regress/$name
     if [ -d "$reg" ] && [ -n "$(ls -A "$reg")" ]; then
         if ! "$bin" "${opts[@]}" "$reg"/* >"build/fuzz/$name.regress.log" 2>&1; then

@@ -665,7 +665,9 @@ static char *ini_read(char *buf, int num, void *stream) {
     p->line++;
     p->indented = is_blank(buf[0]);
     const char *first = buf + strspn(buf, " \t");
-    if (*first == '[') p->prev = NULL; /* as inih: a section ends the previous key */
+    /* as inih: a [section] line ends the previous key, but an indented line after a key
+     * continues it even when it starts with '[' (a list item such as "[ab]*.ckpt") */
+    if (*first == '[' && !p->indented) p->prev = NULL;
     return buf;
 }
 

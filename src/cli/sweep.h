@@ -34,6 +34,12 @@ typedef struct {
 
 /* ---- sweep_list.c ---- */
 
+/* sweep.checkpoints into out: comma-separated paths and globs (each glob's matches sorted,
+ * a glob matching nothing kept as written), "@FILE" reads FILE's lines (paths or globs;
+ * blank lines and # comments skipped), for lists longer than one config line. Duplicates
+ * are dropped, the first occurrence keeping its place. An empty result is an error; every
+ * error names sweep.checkpoints. No MPI: the fuzz harness calls it directly. */
+ct_status ct_sweep_expand_checkpoints(const char *spec, ct_strlist *out);
 /* Collective over d: world rank 0 expands sweep.checkpoints (comma-separated paths and
  * globs, "@FILE" lists; duplicates dropped) and every rank receives the list. */
 ct_status ct_sweep_checkpoints(const ct_dist *d, const char *spec, ct_strlist *out);

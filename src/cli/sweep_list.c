@@ -60,36 +60,37 @@ static ct_status expand_entry(const char *entry, ct_strlist *out) {
     return CT_OK;
 }
 
-/* sweep.checkpoints: comma-separated paths and globs; "@FILE" reads FILE's lines (paths
- * or globs; blank lines and # comments skipped), for lists longer than one config line.
- * Duplicates are dropped (the first occurrence keeps its place). */
-static ct_status expand_checkpoints(const char *spec, ct_strlist *out) {
+/* Appends the entries of one @FILE list: its lines are paths or globs; blank lines and
+ * # comments are skipped. Only a regular file is read: a FIFO would block in open() and a
+ * directory would read as an empty list. */
+static ct_status expand_list_file(const char *lp, ct_strlist *raw) {
+    if (!*lp) return ct_error(CT_ERR_CONFIG, "sweep.checkpoints: '@' without a list file name");
+    FILE *f;
+    if (ct_fopen_regular(lp, &f) != CT_OK)
+        return ct_error(CT_ERR_IO, "sweep.checkpoints: list %s", ct_last_error());
+    ct_status st = CT_OK;
+    char *line = NULL;
+    size_t cap = 0;
+    while (st == CT_OK && getline(&line, &cap, f) >= 0) {
+        char *a = line, *b = line + strlen(line);
+        while (a < b && is_blank(*a)) a++;
+        while (b > a && is_blank(b[-1])) *--b = '\0';
+        if (*a && *a != '#') st = expand_entry(a, raw);
+    }
+    if (st == CT_OK && ferror(f))
+        st = ct_error(CT_ERR_IO, "sweep.checkpoints: list %s: read error: %s", lp, strerror(errno));
+    free(line);
+    fclose(f);
+    return st;
+}
+
+ct_status ct_sweep_expand_checkpoints(const char *spec, ct_strlist *out) {
     ct_strlist items = {0}, raw = {0};
     split_list(spec, ',', &items);
     ct_status st = CT_OK;
-    for (int i = 0; st == CT_OK && i < items.n; i++) {
-        if (items.s[i][0] != '@') {
-            st = expand_entry(items.s[i], &raw);
-            continue;
-        }
-        const char *lp = items.s[i] + 1;
-        FILE *f = fopen(lp, "r");
-        if (!f) {
-            st = ct_error(CT_ERR_IO, "sweep.checkpoints: %s: cannot open list: %s", lp,
-                          strerror(errno));
-            break;
-        }
-        char *line = NULL;
-        size_t cap = 0;
-        while (st == CT_OK && getline(&line, &cap, f) >= 0) {
-            char *a = line, *b = line + strlen(line);
-            while (a < b && is_blank(*a)) a++;
-            while (b > a && is_blank(b[-1])) *--b = '\0';
-            if (*a && *a != '#') st = expand_entry(a, &raw);
-        }
-        free(line);
-        fclose(f);
-    }
+    for (int i = 0; st == CT_OK && i < items.n; i++)
+        st = items.s[i][0] == '@' ? expand_list_file(items.s[i] + 1, &raw)
+                                  : expand_entry(items.s[i], &raw);
     for (int i = 0; st == CT_OK && i < raw.n; i++) {
         bool dup = false;
         for (int j = 0; j < out->n && !dup; j++) dup = strcmp(out->s[j], raw.s[i]) == 0;
@@ -104,7 +105,7 @@ static ct_status expand_checkpoints(const char *spec, ct_strlist *out) {
 
 /* World rank 0 expands the list (globs see its file system) and sends it to every rank. */
 ct_status ct_sweep_checkpoints(const ct_dist *d, const char *spec, ct_strlist *out) {
-    ct_status st = d->rank == 0 ? expand_checkpoints(spec, out) : CT_OK;
+    ct_status st = d->rank == 0 ? ct_sweep_expand_checkpoints(spec, out) : CT_OK;
     st = ct_dist_agree(d, st, NULL);
     if (st != CT_OK) return st;
     long long len = 0;

@@ -237,7 +237,7 @@ timeout 120 mpirun "${CT_MPIRUN_FLAGS[@]}" -np 2 "$ct" sweep "$cfg" "sweep.check
     >"$tmp/e2.log" 2>"$tmp/e2.err"
 rc=$?
 check "missing list file on 2 ranks: exit status 1, no hang" test "$rc" -eq 1
-check "missing list file: named" grep -q "nolist.txt: cannot open list" "$tmp/e2.err"
+check "missing list file: named" grep -q "sweep.checkpoints: list .*nolist.txt: cannot open" "$tmp/e2.err"
 "$ct" sweep "$cfg" "sweep.checkpoints=$E3" "sweep.overrides=model.dropout=2" >"$tmp/e3.log" 2>"$tmp/e3.err"
 rc=$?
 check "bad override group: exit status 1" test "$rc" -eq 1

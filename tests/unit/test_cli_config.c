@@ -457,6 +457,45 @@ START_TEST(config_list_item_cannot_look_like_a_comment) {
 }
 END_TEST
 
+/* A list item is any text a path may be (found by fuzz_config): items with '=' or ':' in them,
+ * or starting with '[' or '=', survive the dump that writes long lists one item a line, where
+ * an indented line starting with '[' once ended the key and read back as "set twice". */
+START_TEST(config_list_items_round_trip) {
+    ct_test_make_tmpdir();
+    static const char *const odd[] = {"[ab]*.safetensors", "=x.safetensors", "runs/lr=0.1/last",
+                                      "[sweep]", "a:b", "= [c] =", "[", "="};
+    int nodd = (int)(sizeof odd / sizeof odd[0]);
+    static ct_config c, d;
+    ct_config_defaults(&c);
+    /* long enough (over one INI line) that the dump goes one item a line */
+    char *list = calloc(1, CT_CFG_LIST);
+    for (int i = 0; i < 3 * nodd; i++) {
+        if (i) strcat(list, ",");
+        if (i % nodd == 0) strcat(list, "runs/a-rather-long-directory-name-to-fill-a-line/ckpt,");
+        strcat(list, odd[i % nodd]);
+    }
+    ck_assert_msg(ct_config_set(&c, "sweep.checkpoints", list) == CT_OK, "%s", ct_last_error());
+    ck_assert_str_eq(c.sweep.checkpoints, list);
+    const char *dump = ct_test_path("dump.ini");
+    ck_assert_int_eq(ct_config_save(&c, dump), CT_OK);
+    char *text = ct_test_read_file(dump, NULL);
+    ck_assert_ptr_nonnull(strstr(text, "\n    [ab]*.safetensors,\n    =x.safetensors,\n"));
+    free(text);
+    ck_assert_msg(ct_config_load(&d, dump, 0, NULL) == CT_OK, "%s", ct_last_error());
+    ck_assert_str_eq(d.sweep.checkpoints, list);
+    ck_assert_mem_eq(&c, &d, sizeof c);
+    /* in a user's file too: an indented "[...]" after a list key continues it, as in inih,
+     * while an unindented one is a section */
+    const char *path = write_ini("user.ini", "[sweep]\ncheckpoints = a,\n  [b]*\n  = c\n"
+                                             "[model]\nfreeze = x\n");
+    ck_assert_msg(ct_config_load(&d, path, 0, NULL) == CT_OK, "%s", ct_last_error());
+    ck_assert_str_eq(d.sweep.checkpoints, "a,[b]*,= c");
+    ck_assert_str_eq(d.model.freeze, "x");
+    free(list);
+    ct_test_remove_tmpdir();
+}
+END_TEST
+
 START_TEST(config_continuation_lines) {
     ct_test_make_tmpdir();
     const char *path = write_ini("list.ini", "[sweep]\n"
@@ -559,6 +598,7 @@ int main(void) {
     tcase_add_test(cf, config_sweep_overrides);
     tcase_add_test(cf, config_library_enums);
     tcase_add_test(cf, config_continuation_lines);
+    tcase_add_test(cf, config_list_items_round_trip);
     tcase_add_test(cf, config_vit_keys);
     tcase_add_unchecked_fixture(cf, ct_test_dir_setup, ct_test_dir_teardown);
     suite_add_tcase(s, cf);
