@@ -43,11 +43,15 @@ START_TEST(calloc_overflow_aborts) {
 }
 END_TEST
 
+/* The block stays allocated when the abort ends the test; held in a global it is still
+ * reachable then, not a definite leak under memcheck (make check-valgrind). */
+static void *volatile held;
+
 START_TEST(realloc_failure_aborts) {
     ct_test_expect_abort("out of memory allocating");
-    void *p = ct_malloc(16);
-    p = ct_realloc(p, SIZE_MAX / 2);
-    free(p);
+    held = ct_malloc(16);
+    held = ct_realloc(held, SIZE_MAX / 2);
+    free(held);
 }
 END_TEST
 

@@ -36,6 +36,7 @@ START_TEST(sizes_match_torchvision) {
         int nparams, nstate;
     } want[] = {{18, 11689512, 62, 122}, {34, 21797672, 110, 218}, {50, 25557032, 161, 320}};
     for (int i = 0; i < 3; i++) {
+        if (ct_test_small() && i > 0) break; /* resnet18 only: 47M more draws under memcheck */
         ct_module *m = resnet(want[i].depth, 3, 1000, CT_RESNET_STEM_IMAGENET, 1);
         ct_named p = ct_module_params(m, false), b = ct_module_buffers(m);
         ck_assert_int_eq(ct_named_numel(&p), want[i].numel);
@@ -144,6 +145,7 @@ START_TEST(forward_shapes_and_modes) {
     } cases[] = {{18, CT_RESNET_STEM_IMAGENET, 1, 28}, {18, CT_RESNET_STEM_SMALL, 3, 12},
                  {50, CT_RESNET_STEM_SMALL, 2, 6}, {34, CT_RESNET_STEM_IMAGENET, 3, 17}};
     for (int i = 0; i < 4; i++) {
+        if (ct_test_small() && cases[i].depth != 18) continue; /* names_are_torchvisions builds resnet50 */
         ct_module *m = resnet(cases[i].depth, cases[i].c, 7, cases[i].stem, 4);
         ct_rng r;
         ct_rng_seed(&r, 5);
@@ -188,20 +190,25 @@ START_TEST(checkpoints_through_blocks) {
                      512 * 512 * 9 * sizeof(float));
 
     /* another width (5 classes) and another depth: refused, the model untouched */
-    ct_module *c5 = resnet(18, 1, 5, CT_RESNET_STEM_SMALL, 8), *c34 = resnet(34, 1, 10, CT_RESNET_STEM_SMALL, 8);
+    ct_module *c5 = resnet(18, 1, 5, CT_RESNET_STEM_SMALL, 8);
+    ct_module *c34 = ct_test_small() ? NULL : resnet(34, 1, 10, CT_RESNET_STEM_SMALL, 8);
     float before = ct_module_find(c5, "conv1.weight")->data[0];
     ck_assert_int_eq(ct_ckpt_load_model(f, c5, true, NULL), CT_ERR_SHAPE);
     ck_assert_msg(strstr(ct_last_error(), "fc.weight is F32 [10, 512] in the checkpoint but F32 [5, 512] in the model"),
                   "%s", ct_last_error());
     ck_assert_float_eq(ct_module_find(c5, "conv1.weight")->data[0], before);
-    ck_assert_int_eq(ct_ckpt_save(p34, c34, NULL, &prog), CT_OK);
-    ct_st_file *f34 = NULL;
-    ck_assert_int_eq(ct_st_load(p34, &f34), CT_OK);
-    before = ct_module_find(b, "layer1.0.conv1.weight")->data[0];
-    ck_assert_int_eq(ct_ckpt_load_model(f34, b, true, NULL), CT_ERR_SHAPE);
-    ck_assert_msg(strstr(ct_last_error(), "unexpected in the checkpoint: layer1.2.conv1.weight"), "%s", ct_last_error());
-    ck_assert_float_eq(ct_module_find(b, "layer1.0.conv1.weight")->data[0], before);
-    ct_st_free(f34);
+    if (c34) {
+        ck_assert_int_eq(ct_ckpt_save(p34, c34, NULL, &prog), CT_OK);
+        ct_st_file *f34 = NULL;
+        ck_assert_int_eq(ct_st_load(p34, &f34), CT_OK);
+        before = ct_module_find(b, "layer1.0.conv1.weight")->data[0];
+        ck_assert_int_eq(ct_ckpt_load_model(f34, b, true, NULL), CT_ERR_SHAPE);
+        ck_assert_msg(strstr(ct_last_error(), "unexpected in the checkpoint: layer1.2.conv1.weight"), "%s",
+                      ct_last_error());
+        ck_assert_float_eq(ct_module_find(b, "layer1.0.conv1.weight")->data[0], before);
+        ct_st_free(f34);
+        ct_module_free(c34);
+    }
     ct_st_free(f);
     unlink(path);
     unlink(p34);
@@ -209,7 +216,6 @@ START_TEST(checkpoints_through_blocks) {
     ct_module_free(a);
     ct_module_free(b);
     ct_module_free(c5);
-    ct_module_free(c34);
 }
 END_TEST
 

@@ -21,8 +21,11 @@ static float *train_cnn(int threads, bool adamw, int64_t *n) {
     ct_optim *o = ct_optim_new(adamw ? ct_adamw_config(1e-3, 1e-2) : ct_sgd_config(0.05, 0.9, 1e-4, true));
     ct_optim_add_group(o, p.n, (const char *const *)p.names, p.tensors, CT_OPTIM_DEFAULT,
                        CT_OPTIM_DEFAULT);
-    enum { B = 48, STEPS = 3 };
-    int64_t y[B];
+    /* under memcheck (CT_TEST_SMALL) a quarter of the batch and two steps: still above the
+     * size where the ops' loops go parallel (CT_PAR_MIN), so the same code runs */
+    enum { BMAX = 48 };
+    const int B = ct_test_small() ? 12 : BMAX, STEPS = ct_test_small() ? 2 : 3;
+    int64_t y[BMAX];
     for (int i = 0; i < B; i++) y[i] = (int64_t)ct_rng_below(&r, 10);
     *n = STEPS + ct_named_numel(&p) + ct_named_numel(&b);
     float *out = malloc((size_t)*n * sizeof(float)), *dst = out;

@@ -121,6 +121,7 @@ START_TEST(presets_have_torchvision_sizes) {
         ct_vit_config c = {.in_channels = 3, .num_classes = 1000};
         ck_assert_int_eq(ct_vit_preset(want[i].name, &c), CT_OK);
         ck_assert_int_eq(c.image_size, 224);
+        if (ct_test_small()) continue; /* 175M draws under memcheck; the small ViTs build alike */
         ct_rng r;
         ct_rng_seed(&r, 3);
         ct_module *m = NULL;

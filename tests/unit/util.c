@@ -208,3 +208,8 @@ void ct_test_remove_fixtures(const char *dir) {
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
 }
+
+bool ct_test_small(void) {
+    const char *v = getenv("CT_TEST_SMALL");
+    return v && *v && strcmp(v, "0") != 0;
+}

@@ -28,6 +28,11 @@ void ct_test_assert_counters_back(ct_stats before);
  * the message contains text, and exits with status 3 (a failure) if it does not. */
 void ct_test_expect_abort(const char *text);
 
+/* CT_TEST_SMALL=1 (scripts/valgrind.sh sets it): suites whose full size is too slow under
+ * memcheck (tens of millions of parameters initialised) build fewer or smaller models; the
+ * same code paths still run. */
+bool ct_test_small(void);
+
 /* Runs a suite and returns a process exit status (Check prints the summary line). */
 int ct_test_run(Suite *s);
 
