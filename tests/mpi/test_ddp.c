@@ -513,7 +513,8 @@ START_TEST(vit_all_but_last_layer_frozen) {
         vit_step(ref, NULL, oref, s, 2, &nodes, &gemms);
     }
     ck_assert_msg(rest_nodes < full_nodes && rest_gemms < full_gemms,
-                  "frozen: %lld nodes %lld GEMMs, unfrozen: %lld, %lld", (long long)rest_nodes, (long long)rest_gemms, (long long)full_nodes, (long long)full_gemms);
+                  "frozen: %lld nodes %lld GEMMs, unfrozen: %lld, %lld", (long long)rest_nodes,
+                  (long long)rest_gemms, (long long)full_nodes, (long long)full_gemms);
     ck_assert_int_eq(ct_optim_state_params(o), 16); /* no state for the frozen ones */
     for (int i = 0; i < all.n; i++) {
         ct_tensor *t = all.tensors[i];
