@@ -437,7 +437,15 @@ int main(int argc, char **argv) {
         printf("], \"backward_nodes\":{");
         for (int i = 0; i < nslots; i++)
             printf("%s\"%s\":%.4f", i ? ", " : "", node_names[i], median(node_t + i, o.steps, MAXL) * 1e3);
-        printf("}}\n");
+        /* every parameter in registration order (DDP's bucket order, reversed), for
+         * scripts/scaling_model.py: name, elements, trainable */
+        printf("}, \"params\":[");
+        ct_named ps = ct_module_params(m, false);
+        for (int i = 0; i < ps.n; i++)
+            printf("%s[\"%s\", %lld, %s]", i ? ", " : "", ps.names[i], (long long)ps.tensors[i]->numel,
+                   ps.tensors[i]->requires_grad ? "true" : "false");
+        ct_named_free(&ps);
+        printf("]}\n");
         for (int i = 0; i < nlayers; i++) layers[i].m->ops = layers[i].orig;
         free(fwd_t);
         free(bwd_t);
