@@ -9,11 +9,11 @@
 #   micro      linear_mlp alloc nograd_forward allreduce                      ~1 min
 #   compare    train_{mlp,cnn}_{1,2}rank eval_cnn_1rank step_breakdown
 #              rss_cnn_train cnn_layer                                        ~6 min
-#   backbones  ResNet-18 and the small ViT against torchvision                ~6 min
+#   backbones  ResNet-18 and the small ViT against torchvision                ~5 min
 #   frozen     train_frozen_cnn_2rank train_frozen_cnn_cached_2rank           ~2 min
-#   loader     loader_folder train_from_folder                                ~3 min
+#   loader     loader_folder train_from_folder                                ~4 min
 #   sweep      sweep_8ckpt                                                    ~1 min
-#   threads    threads_eff train_cnn_1rank_2threads hybrid                    ~3 min
+#   threads    threads_eff train_cnn_1rank_2threads hybrid                    ~2 min
 # The last line, {"bench":"machine",...}, gives the load average around the run and each
 # block's wall time. `make bench BENCH=list` prints the names and exits.
 # Knobs: BENCH, ROUNDS, BENCH_QUICK=1, PYTHON (scripts/benchlib.sh).

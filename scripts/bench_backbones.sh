@@ -3,7 +3,7 @@
 # Real backbones against torchvision in the same run: the same model (torchvision's layout and
 # initialisation on both sides), per-rank batch, Adam (lr 1e-3) and one thread per process;
 # two ranks are mpirun -np 2 for ctrain and DistributedDataParallel (gloo) for PyTorch. About
-# 6 minutes; ROUNDS (default 2) alternating rounds, the best run of each side.
+# 5 minutes; ROUNDS (default 2) alternating rounds, the best run of each side.
 #   train_resnet18_2rank         ResNet-18, imagenet stem, 3x32x32 synthetic inputs, batch 32
 #                                per rank, samples/s (S_RESNET steps per run);
 #   train_frozen_resnet18_2rank  the same with conv1, bn1, layer1-3 frozen (frozen BatchNorm in

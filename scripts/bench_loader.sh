@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # names: loader_folder train_from_folder
-# The image loader's benchmarks (issue 12), two JSON lines, about 3 minutes:
+# The image loader's benchmarks (issue 12), two JSON lines, about 4 minutes:
 # - loader_folder: images/s of decode + random_resized_crop(64) + horizontal flip +
 #   per-channel normalisation from a generated tree of 512 256x256 RGB JPEGs:
 #   tests/bench/bench_loader.c (ctrain's loader with N decoding threads) against

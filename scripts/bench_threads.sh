@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # names: threads_eff train_cnn_1rank_2threads hybrid
 # Intra-op threads, one JSON line each (the CNN, batch 64 per rank, Adam, real Fashion-MNIST
-# batches on both sides, 300 timed steps), about 3 minutes:
+# batches on both sides, 300 timed steps), about 2 minutes:
 #   threads_eff               ctrain with 2 threads against ctrain with 1:
 #                             eff = sps_2threads / (2 * sps_1thread)
 #   train_cnn_1rank_2threads  ctrain with 2 threads against PyTorch with 2 intra-op threads
