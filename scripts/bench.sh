@@ -15,7 +15,8 @@
 #   sweep      sweep_8ckpt                                                    ~1 min
 #   threads    threads_eff train_cnn_1rank_2threads hybrid                    ~2 min
 # The last line, {"bench":"machine",...}, gives the load average around the run and each
-# block's wall time. `make bench BENCH=list` prints the names and exits.
+# block's wall time and the blocks that failed (bench.sh then exits 1 after running the rest).
+# `make bench BENCH=list` prints the names and exits.
 # Knobs: BENCH, ROUNDS, BENCH_QUICK=1, PYTHON (scripts/benchlib.sh).
 source "$(cd "$(dirname "$0")" && pwd)/benchlib.sh"
 
@@ -47,12 +48,14 @@ done
 
 cut -d' ' -f1-3 /proc/loadavg >"$out/load_start"
 : >"$out/blocks"
+: >"$out/failed"
+# A failing block is reported and the others still run: a 20-minute run is not lost to one.
 for f in "${blocks[@]}"; do
     read -ra ns <<<"$(names_of "$f")"
     want "${ns[@]}" || continue
     t0=$EPOCHREALTIME
-    bash "$f"
     b=${f##*/bench_}
+    bash "$f" || { echo "bench: block ${b%.sh} ($f) failed" >&2; echo "${b%.sh}" >>"$out/failed"; }
     echo "${b%.sh} $(python3 -c "print(round($EPOCHREALTIME - $t0))")" >>"$out/blocks"
 done
 cut -d' ' -f1-3 /proc/loadavg >"$out/load_end"
@@ -67,5 +70,7 @@ block_s = {b: int(s) for b, s in (l.split() for l in open(os.path.join(OUT, "blo
 # work may have disturbed it.
 print(json.dumps({"bench": "machine", "cpus": os.cpu_count(), "loadavg_start": load("load_start"),
                   "loadavg_end": load("load_end"), "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
-                  "rounds": os.environ.get("ROUNDS"), "block_s": block_s, "total_s": sum(block_s.values())}))
+                  "rounds": os.environ.get("ROUNDS"), "block_s": block_s, "total_s": sum(block_s.values()),
+                  "failed": open(os.path.join(OUT, "failed")).read().split()}))
 PY
+[ ! -s "$out/failed" ] || exit 1
