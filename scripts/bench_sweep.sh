@@ -1,18 +1,15 @@
 #!/usr/bin/env bash
-# One JSON line: the best (of ROUNDS) wall time of `ctrain sweep` over 8 checkpoints of the example CNN on the
+# names: sweep_8ckpt
+# One JSON line: the best (of ROUNDS, default 3) wall time of `ctrain sweep` over 8 checkpoints of the example CNN on the
 # Fashion-MNIST test set (10000 samples each) with 1 and with 2 ranks (groups of one rank),
 # launch and output writing included, and the speedup. The checkpoints are copies of one
-# briefly trained CNN: evaluation costs the same whatever the weights.
-set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/.." && pwd)
-B=${B:-build}
-case $B in /*) ;; *) B=$root/$B ;; esac
-source "$here/mpi_env.sh"
-export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
+# briefly trained CNN: evaluation costs the same whatever the weights. About 1 minute.
+source "$(cd "$(dirname "$0")" && pwd)/benchlib.sh"
+want sweep_8ckpt || exit 0
+ROUNDS=${ROUNDS:-3}
+[ "$QUICK" = 0 ] || ROUNDS=1
 cfg=$root/examples/fmnist_cnn.ini
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+tmp=$out
 
 "$B/ctrain" train "$cfg" train.epochs=1 data.per_class=10 train.log_every=never \
     output.dir="$tmp/run" >"$tmp/train.log" 2>&1 || { cat "$tmp/train.log" >&2; exit 1; }
@@ -31,7 +28,7 @@ sweep_s() { # NP -> "start end" of the whole mpirun, after checking all 8 jobs s
 # The machine is noisy: ROUNDS alternating rounds (default 3), the best time of each.
 best() { python3 -c 'import sys; print(min(float(v) for v in sys.argv[1:]))' "$@"; }
 t1=() t2=()
-for ((r = 0; r < ${ROUNDS:-3}; r++)); do
+for ((r = 0; r < ROUNDS; r++)); do
     read -r s e <<<"$(sweep_s 1)"; t1+=("$(python3 -c "print($e - $s)")")
     read -r s e <<<"$(sweep_s 2)"; t2+=("$(python3 -c "print($e - $s)")")
 done

@@ -2,8 +2,17 @@
 """PyTorch reference for tests/bench/bench_train.c: the same models, step, batch, optimizer,
 data choice and timing method, printing one JSON object in the same format ("prog":"torch").
 
-  bench_torch.py [--model mlp|cnn] [--mode train|eval|layers] [--ranks 1|2] [--steps N]
-                 [--warmup N] [--batch B] [--repeats R] [--data synthetic|fmnist]
+  bench_torch.py [--model mlp|cnn|resnet18|vit_tiny] [--mode train|eval|layers] [--ranks 1|2]
+                 [--steps N] [--warmup N] [--batch B] [--repeats R] [--data synthetic|fmnist]
+                 [--threads T] [--freeze GLOBS]
+
+Models: ctrain's mlp and cnn written out in PyTorch; torchvision's resnet18 (imagenet stem,
+3x32x32 inputs) and the small ViT (ctrain's vit_tiny preset: VisionTransformer(28 px, 4x4
+patches, 4 layers, 4 heads, 64 wide, mlp 128) with a 1-channel conv_proj, no dropout), all
+with 10 classes.
+--freeze: requires_grad=False on every parameter whose name matches one of the
+comma-separated globs (fnmatch, as ctrain's model.freeze); BatchNorm layers whose parameters
+are all frozen run in eval mode, as ctrain's frozen BatchNorm does.
 
 train:  forward, cross_entropy, backward, Adam step, zero_grad (PyTorch defaults: Adam as
         constructed with lr=1e-3, zero_grad() without set_to_none). --ranks 2 runs
@@ -15,13 +24,14 @@ layers: the training step with per-layer timers: forward hooks on each leaf modu
         backward, tensor hooks on every layer's output, which fire just before that layer's
         backward starts (so a layer's interval includes AccumulateGrad of its parameters).
 Data: synthetic cycles 8 in-memory batches of N(0, 1) features and uniform labels (as the C
-side); fmnist reads the IDX files into a float32 [0, 1] tensor, as ctrain's data set does,
+side), in the model's input shape; fmnist reads the IDX files into a float32 [0, 1] tensor, as ctrain's data set does,
 and builds each batch by shuffled indexing and (x - 0.2860) / 0.3530, as ctrain's loader does.
 Threads: torch.set_num_threads(--threads, default 1) and set_num_interop_threads(1); the
 caller exports OMP_NUM_THREADS (= --threads), OPENBLAS_NUM_THREADS=1 and OPENBLAS_CORETYPE
 (scripts/bench.sh does).
 """
 import argparse
+import fnmatch
 import gzip
 import json
 import os
@@ -37,6 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
+INPUT = {"mlp": (784,), "cnn": (1, 28, 28), "resnet18": (3, 32, 32), "vit_tiny": (1, 28, 28)}  # per sample
 
 
 def max_rss_mib():
@@ -44,6 +55,19 @@ def max_rss_mib():
 
 
 def make_model(name):
+    if name == "resnet18":
+        import torchvision
+        return torchvision.models.resnet18(num_classes=10)
+    if name == "vit_tiny":
+        from torchvision.models.vision_transformer import VisionTransformer
+        m = VisionTransformer(image_size=28, patch_size=4, num_layers=4, num_heads=4, hidden_dim=64, mlp_dim=128,
+                              num_classes=10)
+        # one input channel, as ctrain's model.in_channels = 1, initialised as torchvision's
+        m.conv_proj = nn.Conv2d(1, 64, kernel_size=4, stride=4)
+        fan_in = m.conv_proj.in_channels * 4 * 4
+        nn.init.trunc_normal_(m.conv_proj.weight, std=(1.0 / fan_in) ** 0.5)
+        nn.init.zeros_(m.conv_proj.bias)
+        return m
     if name == "mlp":
         return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128),
                              nn.ReLU(), nn.Linear(128, 10))
@@ -72,14 +96,14 @@ class Source:
         self.a, self.i = a, 0
         if a.data == "synthetic":
             g = torch.Generator().manual_seed(1000 + rank)
-            shape = (a.batch, 784) if a.model == "mlp" else (a.batch, 1, 28, 28)
+            shape = (a.batch,) + INPUT[a.model]
             self.batches = [(torch.randn(shape, generator=g), torch.randint(0, 10, (a.batch,), generator=g))
                             for _ in range(8)]
             return
         self.batches = None
         x = read_idx(os.path.join(FMNIST, "train-images-idx3-ubyte.gz")).astype(np.float32)
         x /= 255.0  # in place: one float32 copy, as ctrain's data set holds
-        self.x = torch.from_numpy(x).reshape((-1, 784) if a.model == "mlp" else (-1, 1, 28, 28))
+        self.x = torch.from_numpy(x).reshape((-1,) + INPUT[a.model])
         self.y = torch.from_numpy(read_idx(os.path.join(FMNIST, "train-labels-idx1-ubyte.gz")).astype(np.int64))
         self.rank, self.world, self.epoch = rank, world, 0
         self.start_epoch()
@@ -213,11 +237,13 @@ def worker(rank, a, port, out):
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.manual_seed(0)
     model = make_model(a.model)
-    frozen = None
-    if a.freeze:
-        frozen = getattr(model, a.freeze)
-        for q in frozen.parameters():
+    globs = [g for g in a.freeze.split(",") if g]
+    for n, q in model.named_parameters():
+        if any(fnmatch.fnmatchcase(n, g) for g in globs):
             q.requires_grad_(False)
+    # the usual fine-tuning choice, as ctrain's frozen BatchNorm: running statistics
+    frozen_bn = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                 and not any(q.requires_grad for q in m.parameters())]
     src = Source(a, rank, world)
     train = a.mode != "eval"
     if train:
@@ -225,8 +251,8 @@ def worker(rank, a, port, out):
             model = nn.parallel.DistributedDataParallel(model)
         opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=1e-3)
         model.train()
-        if frozen is not None:
-            frozen.eval()  # the usual fine-tuning choice; ctrain's frozen BatchNorm does the same
+        for m in frozen_bn:
+            m.eval()
     else:
         model.eval()
     if a.mode == "layers":
@@ -276,7 +302,7 @@ def spawned(rank, a, port):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--model", choices=["mlp", "cnn"], default="cnn")
+    p.add_argument("--model", choices=sorted(INPUT), default="cnn")
     p.add_argument("--mode", choices=["train", "eval", "layers"], default="train")
     p.add_argument("--ranks", type=int, default=1)
     p.add_argument("--steps", type=int, default=50)
@@ -285,8 +311,10 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="intra-op threads per rank (torch.set_num_threads)")
     p.add_argument("--data", choices=["synthetic", "fmnist"], default="synthetic")
-    p.add_argument("--freeze", default="", help="'backbone': requires_grad=False on the CNN backbone, whose BatchNorm then stays in eval mode (as ctrain's model.freeze)")
+    p.add_argument("--freeze", default="", help="comma-separated parameter-name globs to freeze, as ctrain's model.freeze")
     a = p.parse_args()
+    if a.data == "fmnist" and INPUT[a.model] not in [(784,), (1, 28, 28)]:
+        sys.exit("bench_torch.py: --model %s takes synthetic inputs only" % a.model)
     if a.ranks > 1 and a.mode != "train":
         sys.exit("bench_torch.py: --mode %s runs on one rank" % a.mode)
     if a.ranks == 1:

@@ -2,9 +2,13 @@
  * PyTorch reference in scripts/bench_torch.py (scripts/bench.sh runs both and prints the
  * ratios). Runs under mpirun with any number of ranks, or alone as a one-rank job.
  *
- *   bench_train [--model mlp|cnn] [--mode train|eval|layers] [--steps N] [--warmup N]
- *               [--batch B] [--repeats R] [--data synthetic|fmnist|folder] [--data-dir DIR]
- *               [--workers N]
+ *   bench_train [--model mlp|cnn|resnet18|vit_tiny] [--mode train|eval|layers] [--steps N]
+ *               [--warmup N] [--batch B] [--repeats R] [--data synthetic|fmnist|folder]
+ *               [--data-dir DIR] [--workers N] [--freeze GLOBS] [--shm 0|1]
+ *
+ * Models: the built-in mlp and cnn (Fashion-MNIST shaped); resnet18, torchvision's with the
+ * imagenet stem on 3x32x32 inputs; vit_tiny, the small ViT preset on 1x28x28 inputs (no
+ * dropout). All with 10 classes, as scripts/bench_torch.py builds them.
  *
  * train:  the CLI's training step (ddp prepare, forward, cross_entropy, backward, ddp finish,
  *         Adam step, zero grad) with DDP over every rank; per-rank batch B.
@@ -13,7 +17,8 @@
  *         graph node's backward (by wrapping the function pointers, so the library is
  *         untouched); one rank.
  * Data: synthetic (default) cycles 8 in-memory batches of N(0, 1) features and uniform
- * labels, so no loader cost is timed (the PyTorch side does the same); fmnist runs the
+ * labels in the model's input shape, so no loader cost is timed (the PyTorch side does
+ * the same); fmnist runs the
  * CLI's input path instead: Fashion-MNIST from IDX through the sampler and the loader with
  * normalisation, which is what the peak-RSS run uses; folder the same from a folder tree of
  * gray images (scripts/fmnist_to_images.py's PNG tree) decoded by the loader with N
@@ -44,18 +49,18 @@ static double max_rss_mib(void) {
 
 typedef struct {
     const char *model, *mode, *data, *data_dir, *freeze;
-    int steps, warmup, batch, repeats, workers;
+    int steps, warmup, batch, repeats, workers, shm;
 } opts;
 
 static void usage(void) {
-    fprintf(stderr, "usage: bench_train [--model mlp|cnn] [--mode train|eval|layers] [--steps N] "
+    fprintf(stderr, "usage: bench_train [--model mlp|cnn|resnet18|vit_tiny] [--mode train|eval|layers] [--steps N] "
                     "[--warmup N] [--batch B] [--repeats R] [--data synthetic|fmnist|folder] [--data-dir DIR] "
-                    "[--freeze GLOB] [--workers N]\n");
+                    "[--freeze GLOBS] [--workers N] [--shm 0|1]\n");
     exit(2);
 }
 
 static opts parse(int argc, char **argv) {
-    opts o = {"cnn", "train", "synthetic", CT_FASHION_MNIST_DIR, NULL, 50, 5, 64, 3, 0};
+    opts o = {"cnn", "train", "synthetic", CT_FASHION_MNIST_DIR, NULL, 50, 5, 64, 3, 0, 1};
     for (int i = 1; i < argc; i++) {
         if (i + 1 >= argc) usage();
         const char *k = argv[i], *v = argv[++i];
@@ -69,9 +74,11 @@ static opts parse(int argc, char **argv) {
         else if (!strcmp(k, "--batch")) o.batch = atoi(v);
         else if (!strcmp(k, "--repeats")) o.repeats = atoi(v);
         else if (!strcmp(k, "--workers")) o.workers = atoi(v);
+        else if (!strcmp(k, "--shm")) o.shm = atoi(v);
         else usage();
     }
-    if ((strcmp(o.model, "mlp") && strcmp(o.model, "cnn")) || o.steps < 1 || o.warmup < 0 ||
+    if ((strcmp(o.model, "mlp") && strcmp(o.model, "cnn") && strcmp(o.model, "resnet18") && strcmp(o.model, "vit_tiny")) ||
+        o.steps < 1 || o.warmup < 0 ||
         o.batch < 1 || o.repeats < 1 || (strcmp(o.data, "synthetic") && strcmp(o.data, "fmnist") && strcmp(o.data, "folder")) ||
         (strcmp(o.mode, "train") && strcmp(o.mode, "eval") && strcmp(o.mode, "layers")))
         usage();
@@ -99,6 +106,7 @@ typedef struct {
 static void source_init(source *s, const opts *o, const ct_dist *d) {
     memset(s, 0, sizeof *s);
     if (strcmp(o->data, "synthetic")) {
+        CT_ASSERT(strcmp(o->model, "resnet18"), "bench_train: --model resnet18 takes 3x32x32 synthetic inputs only");
         s->real = true;
         ct_status st = !strcmp(o->data, "fmnist") ? ct_dataset_from_idx(&s->ds, o->data_dir, CT_SPLIT_TRAIN)
                                                   : ct_dataset_from_folder(&s->ds, o->data_dir, NULL, 1);
@@ -122,8 +130,10 @@ static void source_init(source *s, const opts *o, const ct_dist *d) {
     }
     ct_rng rng;
     ct_rng_seed(&rng, 1000 + (uint64_t)d->rank);
+    bool rgb32 = !strcmp(o->model, "resnet18");
     for (int i = 0; i < NSYN; i++) {
         s->x[i] = !strcmp(o->model, "mlp") ? ct_own(ct_rand_normal(CT_SHAPE(o->batch, 784), 0, 1, &rng))
+                  : rgb32                  ? ct_own(ct_rand_normal(CT_SHAPE(o->batch, 3, 32, 32), 0, 1, &rng))
                                            : ct_own(ct_rand_normal(CT_SHAPE(o->batch, 1, 28, 28), 0, 1, &rng));
         s->y[i] = malloc((size_t)o->batch * sizeof(int64_t));
         for (int k = 0; k < o->batch; k++) s->y[i][k] = (int64_t)ct_rng_below(&rng, 10);
@@ -158,7 +168,7 @@ static void source_free(source *s) {
 
 /* ---- per-layer timers (layers mode) ---------------------------------------------------------- */
 
-enum { MAXL = 64 };
+enum { MAXL = 512 }; /* leaf modules and graph nodes per step: ResNet-18 has about 200 nodes */
 
 typedef struct {
     ct_module *m;
@@ -294,6 +304,26 @@ static double median(const double *v, int n, int stride) {
     return m;
 }
 
+/* ---- the models --------------------------------------------------------------------------- */
+
+static ct_module *build_model(const char *name, ct_rng *rng) {
+    if (!strcmp(name, "mlp")) return ct_nn_mlp(784, 10, rng);
+    if (!strcmp(name, "cnn")) return ct_nn_cnn(1, 28, 10, 0.25f, rng);
+    ct_module *m = NULL;
+    ct_status st;
+    if (!strcmp(name, "resnet18")) {
+        st = ct_nn_resnet(&(ct_resnet_config){.depth = 18, .in_channels = 3, .num_classes = 10,
+                                              .stem = CT_RESNET_STEM_IMAGENET},
+                          rng, &m);
+    } else {
+        ct_vit_config c = {.in_channels = 1, .num_classes = 10, .dropout = 0, .attention_dropout = 0};
+        st = ct_vit_preset(name, &c);
+        if (st == CT_OK) st = ct_nn_vit(&c, rng, &m);
+    }
+    if (st != CT_OK) ct_fatal("%s", ct_last_error());
+    return m;
+}
+
 /* ---- the step ---------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -362,7 +392,7 @@ int main(int argc, char **argv) {
 
     ct_rng rng;
     ct_rng_seed(&rng, 0);
-    ct_module *m = !strcmp(o.model, "mlp") ? ct_nn_mlp(784, 10, &rng) : ct_nn_cnn(1, 28, 10, 0.25f, &rng);
+    ct_module *m = build_model(o.model, &rng);
     /* --freeze GLOB: a frozen backbone, as the CLI's model.freeze (its BatchNorm then runs
      * on running statistics); no feature cache here, so the backbone's forward is timed */
     if (o.freeze && ct_module_set_requires_grad(m, o.freeze, false) == 0) ct_fatal("--freeze %s matches nothing", o.freeze);
@@ -373,6 +403,7 @@ int main(int argc, char **argv) {
     ct_optim *opt = NULL;
     if (train) {
         ct_ddp_config dc = ct_ddp_defaults();
+        dc.shm = o.shm != 0; /* --shm 0: gradients through MPI even within the node (dist.shm = false) */
         if (ct_ddp_new(m, &d, &dc, &ddp) != CT_OK) ct_fatal("%s", ct_last_error());
         opt = ct_optim_new(ct_adam_config(1e-3, 0));
         ct_named ps = ct_module_params(m, true);
@@ -406,7 +437,15 @@ int main(int argc, char **argv) {
         printf("], \"backward_nodes\":{");
         for (int i = 0; i < nslots; i++)
             printf("%s\"%s\":%.4f", i ? ", " : "", node_names[i], median(node_t + i, o.steps, MAXL) * 1e3);
-        printf("}}\n");
+        /* every parameter in registration order (DDP's bucket order, reversed), for
+         * scripts/scaling_model.py: name, elements, trainable */
+        printf("}, \"params\":[");
+        ct_named ps = ct_module_params(m, false);
+        for (int i = 0; i < ps.n; i++)
+            printf("%s[\"%s\", %lld, %s]", i ? ", " : "", ps.names[i], (long long)ps.tensors[i]->numel,
+                   ps.tensors[i]->requires_grad ? "true" : "false");
+        ct_named_free(&ps);
+        printf("]}\n");
         for (int i = 0; i < nlayers; i++) layers[i].m->ops = layers[i].orig;
         free(fwd_t);
         free(bwd_t);
