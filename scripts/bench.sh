@@ -33,8 +33,10 @@ if [ -z "${OPENBLAS_CORETYPE:-}" ] && grep -qw avx512bw /proc/cpuinfo && grep -q
     export OPENBLAS_CORETYPE=SkylakeX
 fi
 # BENCH=threads_eff,train_cnn_1rank_2threads runs only those lines (scripts/bench_threads.sh).
+# BENCH=op_share,cnn_gflops the same for the kernel lines (scripts/bench_kernels.sh).
 if [ -n "${BENCH:-}" ]; then
     B="$B" bash "$here/bench_threads.sh"
+    B="$B" bash "$here/bench_kernels.sh"
     exit 0
 fi
 
@@ -104,6 +106,7 @@ pt rss_cnn_train 1 --model cnn --mode train --batch 64 --data fmnist --steps $S_
 ct cnn_layers 1 --model cnn --mode layers --batch 64 --steps $S_LAYERS --warmup 5
 pt cnn_layers 1 --model cnn --mode layers --batch 64 --steps $S_LAYERS --warmup 5
 
+B="$B" ROUNDS=$ROUNDS bash "$here/bench_kernels.sh"
 cut -d' ' -f1-3 /proc/loadavg >"$out/load_end"
 ROUNDS=$ROUNDS "$GLUE_PY" - "$out" <<'EOF'
 import json, os, sys

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Kernel benchmarks (issue 13, requirements 3 and 5), one JSON line each, ctrain only:
+#   op_share    each op's share of a training step (forward + backward ms, the optimizer, and
+#               "other": data, DDP, forward of ops outside leaf modules), one rank, one
+#               thread, medians over steps: the CNN (batch 64) and ResNet-18 (imagenet stem,
+#               3x32x32 synthetic inputs, batch 32). One line per (model, op).
+#   cnn_gflops  the CNN training step's useful FLOP rate (direct-convolution and linear
+#               FLOPs from the shapes, whatever algorithm runs) as a fraction of the
+#               single-thread sgemm rate (1024^3) measured in the same process, rounds
+#               alternating both and keeping each one's best; one thread.
+# BENCH=name,... runs just those lines. Called by scripts/bench.sh, which sets the BLAS
+# environment; ROUNDS and BENCH_QUICK=1 as there.
+set -euo pipefail
+B=${B:-build}
+want() { [ -z "${BENCH:-}" ] || [[ ",$BENCH," == *",$1,"* ]]; }
+want op_share || want cnn_gflops || exit 0
+ROUNDS=${ROUNDS:-5}
+S_CNN=40 S_RES=10 S_GF=30
+if [ "${BENCH_QUICK:-0}" = 1 ]; then ROUNDS=1 S_CNN=3 S_RES=2 S_GF=3; fi
+export CT_THREADS=1 OMP_NUM_THREADS=1
+PY=${PYTHON:-python3}
+
+if want op_share; then
+    for spec in "cnn 64 $S_CNN" "resnet18 32 $S_RES"; do
+        read -r model batch steps <<<"$spec"
+        timeout 900 "$B/bench/bench_train" --model "$model" --mode layers --batch "$batch" \
+            --steps "$steps" --warmup 3 | "$PY" -c '
+import json, sys
+d = json.load(sys.stdin)
+for o in d["ops"]:
+    print(json.dumps({"bench": "op_share", "model": d["model"], "batch": d["batch"], "op": o["op"],
+                      "fwd_ms": o["fwd_ms"], "bwd_ms": o["bwd_ms"],
+                      "ms": o.get("ms", round(o["fwd_ms"] + o["bwd_ms"], 4)), "share": o["share"],
+                      "step_ms": d["step_ms"]}), flush=True)'
+    done
+fi
+
+if want cnn_gflops; then
+    timeout 900 "$B/bench/bench_train" --model cnn --mode gflops --batch 64 --steps "$S_GF" \
+        --warmup 3 --repeats "$ROUNDS" | "$PY" -c '
+import json, sys
+d = json.load(sys.stdin)
+print(json.dumps({"bench": "cnn_gflops", "gflops": d["gflops"], "sgemm_gflops": d["sgemm_gflops"],
+                  "fraction": d["fraction"], "step_ms": d["step_ms"], "step_flops": d["step_flops"],
+                  "step_ms_all": d["step_ms_all"], "sgemm_gflops_all": d["sgemm_gflops_all"]}), flush=True)'
+fi
