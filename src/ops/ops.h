@@ -112,6 +112,12 @@ ct_tensor *ct_adaptive_avg_pool2d(ct_tensor *x, int out_h, int out_w);
 ct_tensor *ct_batch_norm(ct_tensor *x, ct_tensor *weight, ct_tensor *bias,
                          ct_tensor *running_mean, ct_tensor *running_var, bool training,
                          float momentum, float eps);
+/* relu(ct_batch_norm(...)) in one op: one pass over the tensor forward and none for the
+ * ReLU backward (its mask is folded into batch norm's sums and dx). The same values, bit
+ * for bit, as the two ops; it saves its output (for the mask) instead of the ReLU doing so. */
+ct_tensor *ct_batch_norm_relu(ct_tensor *x, ct_tensor *weight, ct_tensor *bias,
+                              ct_tensor *running_mean, ct_tensor *running_var, bool training,
+                              float momentum, float eps);
 /* Normalises over the last `nlast` dims; weight/bias have that trailing shape or NULL. */
 ct_tensor *ct_layer_norm(ct_tensor *x, int nlast, ct_tensor *weight, ct_tensor *bias, float eps);
 

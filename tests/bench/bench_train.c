@@ -177,6 +177,7 @@ typedef struct {
     char name[64];
     uint64_t out_seq; /* the node that made this layer's output in the current step */
     int op;           /* index into op_names */
+    int op_relu;      /* the same for its fused forward with a ReLU (ct_module_forward_relu) */
 } layer_timer;
 
 typedef struct {
@@ -257,6 +258,23 @@ static ct_tensor *timed_forward(ct_module *m, ct_tensor *x) {
     ct_fatal("bench: untimed module %s", ct_module_type(m));
 }
 
+/* forward_relu (BatchNorm + ReLU fused) of a timed layer, its time under the fused op. */
+static ct_tensor *timed_forward_relu(ct_module *m, ct_tensor *x) {
+    for (int i = 0; i < nlayers; i++) {
+        if (layers[i].m != m) continue;
+        double t0 = now();
+        ct_tensor *y = layers[i].orig->forward_relu(m, x);
+        double dt = now() - t0;
+        if (fwd_t) {
+            fwd_t[cur_step * MAXL + i] += dt;
+            op_fwd_t[cur_step * MAXOPS + layers[i].op_relu] += dt;
+        }
+        layers[i].out_seq = y->grad_fn ? y->grad_fn->seq : 0;
+        return y;
+    }
+    ct_fatal("bench: untimed module %s", ct_module_type(m));
+}
+
 static void timed_backward(ct_node *n, const ct_tensor *gout) {
     for (int i = 0; i < nnodes; i++) {
         if (nodes[i].n != n) continue;
@@ -284,6 +302,10 @@ static void wrap_leaf_modules(ct_module *m) {
         l->ops.forward = timed_forward;
         snprintf(l->name, sizeof l->name, "%s %s", mods.names[i], ct_module_type(mm));
         l->op = op_index(module_op(ct_module_type(mm)));
+        if (l->ops.forward_relu) {
+            l->ops.forward_relu = timed_forward_relu;
+            l->op_relu = op_index("batch_norm_relu");
+        }
         mm->ops = &l->ops;
     }
     ct_named_free(&mods);
