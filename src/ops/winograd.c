@@ -76,24 +76,31 @@ static void weight_transform(const float *w, int64_t cout, int64_t cin, bool fli
 
 /* V[xi][c][t] = (B^T d B)[xi] of every 4x4 input tile d of the nb samples x [nb, cin, h, w]
  * (rows 2ty-1..2ty+2, columns 2tx-1..2tx+2, zero outside the plane); t = j*tiles + tile.
- * pad is scratch of (2*th + 2) x (2*tw + 2) floats: zeroed here, then only its interior
- * rows [1, h] x columns [1, w] are ever written, so the border stays zero. Every loop
- * runs along a row (contiguous, so it vectorises); the 4x4 tiles are never gathered. */
-static void input_transform(const wino_geom *g, const float *x, int64_t nb, float *v, float *pad) {
-    int64_t T = nb * g->tiles, h = g->h, w = g->w, tw = g->tw, bw = 2 * tw + 2, cs = g->cin * T;
-    memset(pad, 0, (size_t)((2 * g->th + 2) * bw) * sizeof(float));
+ * Every loop runs along a row (contiguous, so it vectorises); the 4x4 tiles are never
+ * gathered, and the input is read in place (rows outside the plane read `zero`, columns
+ * outside it are the zero ends of t). */
+static void input_transform(const wino_geom *g, const float *x, int64_t nb, float *v) {
+    int64_t T = nb * g->tiles, h = g->h, w = g->w, tw = g->tw, cs = g->cin * T;
+    static const float zero[MAX_W];
     float t[4][MAX_W + 4], ev[MAX_W / 2 + 4], od[MAX_W / 2 + 4];
+    for (int k = 0; k < 4; k++) /* columns -1 and w .. 2tw: zero (only [1, w] is written) */
+        for (int64_t q = 0; q < 2 * tw + 2; q++) t[k][q] = 0;
     for (int64_t j = 0; j < nb; j++)
         for (int64_t c = 0; c < g->cin; c++) {
             const float *p = x + (j * g->cin + c) * h * w;
-            for (int64_t y = 0; y < h; y++) memcpy(pad + (y + 1) * bw + 1, p + y * w, (size_t)w * sizeof(float));
             for (int64_t ty = 0; ty < g->th; ty++) {
-                const float *r0 = pad + 2 * ty * bw, *r1 = r0 + bw, *r2 = r1 + bw, *r3 = r2 + bw;
-                for (int64_t q = 0; q < bw; q++) { /* B^T d, on whole rows */
-                    t[0][q] = r0[q] - r2[q];
-                    t[1][q] = r1[q] + r2[q];
-                    t[2][q] = r2[q] - r1[q];
-                    t[3][q] = r1[q] - r3[q];
+                const float *r[4];
+                for (int k = 0; k < 4; k++) {
+                    int64_t iy = 2 * ty - 1 + k;
+                    r[k] = iy >= 0 && iy < h ? p + iy * w : zero;
+                }
+                const float *r0 = r[0], *r1 = r[1], *r2 = r[2], *r3 = r[3];
+                float *t0 = t[0] + 1, *t1 = t[1] + 1, *t2 = t[2] + 1, *t3 = t[3] + 1;
+                for (int64_t q = 0; q < w; q++) { /* B^T d, on whole rows */
+                    t0[q] = r0[q] - r2[q];
+                    t1[q] = r1[q] + r2[q];
+                    t2[q] = r2[q] - r1[q];
+                    t3[q] = r1[q] - r3[q];
                 }
                 float *dst = v + c * T + j * g->tiles + ty * tw;
                 for (int k = 0; k < 4; k++) { /* (B^T d) B: even and odd columns apart */
@@ -109,11 +116,11 @@ static void input_transform(const wino_geom *g, const float *x, int64_t nb, floa
 }
 
 /* y [nb, cout, h, w] (= or +=) A^T M A per tile, plus the bias when given. Row-wise as
- * input_transform: s = A^T M over the 16 streams, then the columns. */
+ * input_transform: s = A^T M over the 16 streams, then the columns, written in place. */
 static void output_transform(const wino_geom *g, const float *m, int64_t nb, const float *bias,
                              float *y, bool acc) {
-    int64_t T = nb * g->tiles, h = g->h, w = g->w, tw = g->tw, xs = g->cout * T;
-    float s0[4][MAX_W / 2 + 4], s1[4][MAX_W / 2 + 4], row[2][MAX_W + 4];
+    int64_t T = nb * g->tiles, h = g->h, w = g->w, tw = g->tw, xs = g->cout * T, pairs = w / 2;
+    float s0[4][MAX_W / 2 + 4], s1[4][MAX_W / 2 + 4];
     for (int64_t j = 0; j < nb; j++)
         for (int64_t o = 0; o < g->cout; o++) {
             float b = bias ? bias[o] : 0;
@@ -127,18 +134,19 @@ static void output_transform(const wino_geom *g, const float *m, int64_t nb, con
                         s1[l][tx] = m1[tx] - m2[tx] - m3[tx];
                     }
                 }
-                for (int64_t tx = 0; tx < tw; tx++) {
-                    row[0][2 * tx] = s0[0][tx] + s0[1][tx] + s0[2][tx] + b;
-                    row[0][2 * tx + 1] = s0[1][tx] - s0[2][tx] - s0[3][tx] + b;
-                    row[1][2 * tx] = s1[0][tx] + s1[1][tx] + s1[2][tx] + b;
-                    row[1][2 * tx + 1] = s1[1][tx] - s1[2][tx] - s1[3][tx] + b;
-                }
                 for (int i = 0; i < 2 && 2 * ty + i < h; i++) {
+                    float(*sr)[MAX_W / 2 + 4] = i ? s1 : s0;
                     float *dst = yp + (2 * ty + i) * w;
-                    if (acc)
-                        for (int64_t q = 0; q < w; q++) dst[q] += row[i][q];
-                    else
-                        memcpy(dst, row[i], (size_t)w * sizeof(float));
+                    for (int64_t tx = 0; tx < pairs; tx++) {
+                        float e = sr[0][tx] + sr[1][tx] + sr[2][tx] + b;
+                        float od = sr[1][tx] - sr[2][tx] - sr[3][tx] + b;
+                        dst[2 * tx] = acc ? dst[2 * tx] + e : e;
+                        dst[2 * tx + 1] = acc ? dst[2 * tx + 1] + od : od;
+                    }
+                    if (w & 1) { /* the last tile's left column only */
+                        float e = sr[0][pairs] + sr[1][pairs] + sr[2][pairs] + b;
+                        dst[w - 1] = acc ? dst[w - 1] + e : e;
+                    }
                 }
             }
         }
@@ -155,18 +163,17 @@ void ct__wino_conv(const float *x, int64_t batch, int64_t cin, int64_t cout, int
         float *u = ct_tensor_new(CT_SHAPE(16 * cout * cin))->data;
         weight_transform(wt, cout, cin, flip, u);
         int nt = ct__conv_team(nchunks, batch * cout * h * w * cin);
-        float *vs[CT__MAX_TEAM], *ms[CT__MAX_TEAM], *pads[CT__MAX_TEAM];
+        float *vs[CT__MAX_TEAM], *ms[CT__MAX_TEAM];
         for (int t = 0; t < nt; t++) {
             vs[t] = ct_tensor_new(CT_SHAPE(16 * cin * T))->data;
             ms[t] = ct_tensor_new(CT_SHAPE(16 * cout * T))->data;
-            pads[t] = ct_tensor_new(CT_SHAPE((2 * g.th + 2) * (2 * g.tw + 2)))->data;
         }
         gemm_fn *gemm = nchunks > 1 ? ct_gemm_serial : ct_gemm;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
         for (int64_t ci = 0; ci < nchunks; ci++) {
             float *v = vs[ct_thread_id()], *m = ms[ct_thread_id()];
             int64_t i0 = ci * g.nb, nb = batch - i0 < g.nb ? batch - i0 : g.nb, tn = nb * g.tiles;
-            input_transform(&g, x + i0 * cin * h * w, nb, v, pads[ct_thread_id()]);
+            input_transform(&g, x + i0 * cin * h * w, nb, v);
             for (int xi = 0; xi < 16; xi++)
                 gemm(false, false, cout, tn, cin, 1, u + xi * cout * cin, cin, v + xi * cin * tn, tn, 0,
                      m + xi * cout * tn, tn);
