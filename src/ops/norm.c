@@ -46,7 +46,6 @@ static void bn_scratch_free(bn_scratch *s) { ct_free(s->base, s->bytes ? s->byte
 
 /* The upstream gradient as batch norm sees it: g, or with a fused ReLU after it (y its
  * output) ReLU's backward of g, zero where y <= 0 (exactly relu_bwd's values). */
-#define BN_G(g, y, k) ((y) ? relu_g((g)[k], (y)[k]) : (g)[k])
 /* A function, so both values are loaded unconditionally and the select vectorises (a
  * conditional load stays a branch, data-random here). */
 static inline float relu_g(float g, float y) { return y <= 0 ? 0.0f : g; }
@@ -59,11 +58,17 @@ static void bn_sums(const float *restrict g, const float *restrict y, const floa
     int64_t C = d.C, HW = d.HW;
     if (HW == 1) {
         for (int64_t r = 0; r < d.N; r++) {
-            const float *gr = g + r * C, *yr = y ? y + r * C : NULL;
-            for (int64_t c = 0; c < C; c++) s1[c] += BN_G(gr, yr, c);
-            if (!x) continue;
-            const float *xr = x + r * C;
-            for (int64_t c = 0; c < C; c++) s2[c] += BN_G(gr, yr, c) * (xr[c] - mean[c]);
+            const float *gr = g + r * C, *xr = x ? x + r * C : NULL;
+            if (y) { /* the fused ReLU's mask */
+                const float *yr = y + r * C;
+                for (int64_t c = 0; c < C; c++) s1[c] += relu_g(gr[c], yr[c]);
+                if (xr)
+                    for (int64_t c = 0; c < C; c++) s2[c] += relu_g(gr[c], yr[c]) * (xr[c] - mean[c]);
+                continue;
+            }
+            for (int64_t c = 0; c < C; c++) s1[c] += gr[c];
+            if (!xr) continue;
+            for (int64_t c = 0; c < C; c++) s2[c] += gr[c] * (xr[c] - mean[c]);
         }
         return;
     }
@@ -139,22 +144,26 @@ static void bn_batch_stats(const float *x, bn_dims d, bn_scratch *s, float *mean
 }
 
 /* One plane of bn_affine with the fused ReLU's two sides: relu applies it to the result
- * (forward), mask (its output) to u (backward). Always inlined where the flags are
- * constants, so each combination is its own vectorised loop. */
+ * (forward), masked uses u only where the ReLU's output m is > 0 (backward), with v the
+ * v * e term. Always inlined where the flags are literal constants (a pointer tested
+ * inside the loop would keep it scalar and branchy), so each combination is its own
+ * vectorised loop. */
 static inline __attribute__((always_inline)) void affine_relu_plane(
-    float *restrict yp, bool acc, const float *restrict up, const float *restrict mp,
-    float ac, float bc, const float *restrict vp, float ec, bool relu, int64_t HW) {
+    float *restrict yp, bool acc, const float *restrict up, bool masked, const float *restrict mp,
+    float ac, float bc, bool with_v, const float *restrict vp, float ec, bool relu, int64_t HW) {
     for (int64_t k = 0; k < HW; k++) {
-        float uk = mp ? relu_g(up[k], mp[k]) : up[k];
-        float t = vp ? ac * uk + bc + ec * vp[k] : ac * uk + bc;
+        float uk = up[k];
+        if (masked) uk = relu_g(uk, mp[k]);
+        float t = ac * uk + bc;
+        if (with_v) t = ac * uk + bc + ec * vp[k];
         if (relu) t = t < 0 ? 0.0f : t; /* as relu_fwd: NaN stays NaN */
         if (acc) t += yp[k];
         yp[k] = t;
     }
 }
 
-/* bn_affine over planes (HW > 1) with a fused ReLU: relu on the output (forward, no v,
- * no acc), or u masked by the ReLU's output m (backward). */
+/* bn_affine over planes with a fused ReLU: relu on the output (forward: no m, v or acc),
+ * or u masked by the ReLU's output m (backward). */
 static void bn_affine_relu(float *restrict y, bool acc, const float *restrict u,
                            const float *restrict m, const float *restrict a,
                            const float *restrict b, const float *restrict v,
@@ -164,15 +173,15 @@ static void bn_affine_relu(float *restrict y, bool acc, const float *restrict u,
     for (int64_t rc = 0; rc < d.N * C; rc++) {
         int64_t c = rc % C, o = rc * HW;
         if (relu)
-            affine_relu_plane(y + o, false, u + o, NULL, a[c], b[c], NULL, 0, true, HW);
+            affine_relu_plane(y + o, false, u + o, false, NULL, a[c], b[c], false, NULL, 0, true, HW);
         else if (v && acc)
-            affine_relu_plane(y + o, true, u + o, m + o, a[c], b[c], v + o, e[c], false, HW);
+            affine_relu_plane(y + o, true, u + o, true, m + o, a[c], b[c], true, v + o, e[c], false, HW);
         else if (v)
-            affine_relu_plane(y + o, false, u + o, m + o, a[c], b[c], v + o, e[c], false, HW);
+            affine_relu_plane(y + o, false, u + o, true, m + o, a[c], b[c], true, v + o, e[c], false, HW);
         else if (acc)
-            affine_relu_plane(y + o, true, u + o, m + o, a[c], b[c], NULL, 0, false, HW);
+            affine_relu_plane(y + o, true, u + o, true, m + o, a[c], b[c], false, NULL, 0, false, HW);
         else
-            affine_relu_plane(y + o, false, u + o, m + o, a[c], b[c], NULL, 0, false, HW);
+            affine_relu_plane(y + o, false, u + o, true, m + o, a[c], b[c], false, NULL, 0, false, HW);
     }
 }
 
