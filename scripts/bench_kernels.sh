@@ -28,6 +28,8 @@ if want op_share; then
 import json, sys
 d = json.load(sys.stdin)
 for o in d["ops"]:
+    if o.get("ms", o["fwd_ms"] + o["bwd_ms"]) < 0.001:
+        continue  # a module type whose op never ran (a BatchNorm that always fuses its ReLU)
     print(json.dumps({"bench": "op_share", "model": d["model"], "batch": d["batch"], "op": o["op"],
                       "fwd_ms": o["fwd_ms"], "bwd_ms": o["bwd_ms"],
                       "ms": o.get("ms", round(o["fwd_ms"] + o["bwd_ms"], 4)), "share": o["share"],
