@@ -18,7 +18,7 @@
  * against Winograd: the CNN's conv2 (32 to 64 channels, 14x14) forward 3.73-3.93 ms
  * against 3.16-3.26, backward (dX + dW) 8.44-8.93 against 8.06-8.56; 64 channels on
  * 16x16 forward 5.0 against 3.7, backward 10.9 against 9.9; on 8x8 both are even, and on
- * 4x4 Winograd is 1.8x slower (4 tiles a plane: the transforms dominate), so it runs on
+ * 4x4 Winograd is 1.5-2x slower (4 tiles a plane: the transforms dominate), so it runs on
  * planes of 10x10 and more (ct__wino_applies).
  *
  * Threads: as conv.c, chunks are independent and each writes its own samples, so bits do
