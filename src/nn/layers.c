@@ -80,7 +80,8 @@ static bool batchnorm_uses_batch(const ct_module *m) {
     return m->training && !(frozen && bn->frozen_bn_eval);
 }
 
-static ct_tensor *batchnorm_forward(ct_module *m, ct_tensor *x) {
+/* The layer's forward, followed by a fused ReLU when relu (ct_module_forward_relu). */
+static ct_tensor *batchnorm_run(ct_module *m, ct_tensor *x, bool relu) {
     ct_batchnorm_module *bn = AS(ct_batchnorm_module, m);
     bool train = batchnorm_uses_batch(m);
     CT_ASSERT(x->ndim == bn->ndim && x->shape[1] == bn->num_features,
@@ -88,9 +89,11 @@ static ct_tensor *batchnorm_forward(ct_module *m, ct_tensor *x) {
               (long long)bn->num_features, (long long)bn->num_features, bn->ndim == 4 ? ", H, W" : "",
               CT_SHAPE_STR(x));
     if (train) bn->num_batches_tracked++;
-    return ct_batch_norm(x, m->params[0], m->params[1], m->buffers[0], m->buffers[1], train,
-                         bn->momentum, bn->eps);
+    return (relu ? ct_batch_norm_relu : ct_batch_norm)(x, m->params[0], m->params[1], m->buffers[0],
+                                                       m->buffers[1], train, bn->momentum, bn->eps);
 }
+static ct_tensor *batchnorm_forward(ct_module *m, ct_tensor *x) { return batchnorm_run(m, x, false); }
+static ct_tensor *batchnorm_relu_forward(ct_module *m, ct_tensor *x) { return batchnorm_run(m, x, true); }
 
 static bool batchnorm_per_sample(const ct_module *m) { return !batchnorm_uses_batch(m); }
 
@@ -102,9 +105,11 @@ static int batchnorm_extra(ct_module *m, ct_module_extra *out) {
 }
 
 static const ct_module_ops bn1d_ops = {.type = "BatchNorm1d", .forward = batchnorm_forward,
-                                       .extra_state = batchnorm_extra, .per_sample = batchnorm_per_sample};
+                                       .extra_state = batchnorm_extra, .per_sample = batchnorm_per_sample,
+                                       .forward_relu = batchnorm_relu_forward};
 static const ct_module_ops bn2d_ops = {.type = "BatchNorm2d", .forward = batchnorm_forward,
-                                       .extra_state = batchnorm_extra, .per_sample = batchnorm_per_sample};
+                                       .extra_state = batchnorm_extra, .per_sample = batchnorm_per_sample,
+                                       .forward_relu = batchnorm_relu_forward};
 
 ct_batchnorm_module *ct_nn_as_batchnorm(ct_module *m) {
     return m->ops == &bn1d_ops || m->ops == &bn2d_ops ? AS(ct_batchnorm_module, m) : NULL;

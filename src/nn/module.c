@@ -36,15 +36,20 @@ static void run_layers(ct_module *m, int from, int to, int *pos, ct_tensor **h) 
             else run_layers(c, from, to, pos, h);
             continue;
         }
+        /* a layer with a fused ReLU form (BatchNorm) directly followed by a ReLU inside the
+         * range: both in one op, counted as the two layers they are */
+        bool fuse = *pos >= from && *pos + 1 < to && i + 1 < m->nchildren && c->ops->forward_relu &&
+                    ct_module_is_relu(m->children[i + 1]);
         if (*pos >= from) {
             size_t mark = ct_scope_begin();
-            ct_tensor *y = ct_module_forward(c, *h);
+            ct_tensor *y = fuse ? ct_module_forward_relu(c, m->children[i + 1], *h) : ct_module_forward(c, *h);
             ct_retain(y);
             ct_scope_end(mark);
             ct_release(*h);
             *h = y;
         }
         (*pos)++;
+        if (fuse) (*pos)++, i++;
     }
 }
 
@@ -120,6 +125,13 @@ ct_module *ct_seq_add(ct_module *seq, const char *name, ct_module *child) {
 }
 
 ct_tensor *ct_module_forward(ct_module *m, ct_tensor *x) { return m->ops->forward(m, x); }
+
+bool ct_module_is_relu(const ct_module *m) { return !strcmp(m->ops->type, "ReLU"); }
+
+ct_tensor *ct_module_forward_relu(ct_module *m, ct_module *relu, ct_tensor *x) {
+    if (m->ops->forward_relu && ct_module_is_relu(relu)) return m->ops->forward_relu(m, x);
+    return ct_module_forward(relu, ct_module_forward(m, x));
+}
 
 void ct_module_reseed(ct_module *m, uint64_t seed) {
     if (m->ops->reseed) m->ops->reseed(m, seed);

@@ -35,6 +35,9 @@ typedef struct {
      * cannot be cached. NULL: always true. Children and trainable parameters are checked
      * generically (ct_module_frozen_prefix). */
     bool (*per_sample)(const ct_module *m);
+    /* forward followed by a ReLU, fused (BatchNorm): what a Sequential or a ResNet block
+     * runs for a layer directly followed by a ReLU (ct_module_forward_relu). NULL: none. */
+    ct_tensor *(*forward_relu)(ct_module *m, ct_tensor *x);
 } ct_module_ops;
 
 /* The base of every module. A layer kind is a struct whose first member is a ct_module
@@ -142,6 +145,12 @@ void ct_module_free(ct_module *m);
 /* Runs the module. Sequential runs each child in its own release scope, so under no_grad
  * an intermediate is freed as soon as the next layer has used it. */
 ct_tensor *ct_module_forward(ct_module *m, ct_tensor *x);
+/* ct_module_forward(relu, ct_module_forward(m, x)), as one fused op when m has one
+ * (BatchNorm: ct_batch_norm_relu) and relu is a ReLU module; state, names and values are
+ * the same either way. */
+ct_tensor *ct_module_forward_relu(ct_module *m, ct_module *relu, ct_tensor *x);
+/* Whether m is a ReLU layer (ct_nn_relu). */
+bool ct_module_is_relu(const ct_module *m);
 
 /* A Sequential's layers are its children with every nested Sequential replaced by its own
  * layers, depth first: running them in order is running the Sequential. (The CNN's 13:

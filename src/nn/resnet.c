@@ -18,13 +18,16 @@ typedef struct {
 } resnet_block;
 
 /* BasicBlock: relu(bn2(conv2(relu(bn1(conv1 x)))) + identity); Bottleneck adds the 1x1
- * conv3/bn3 after a relu. identity is x, or downsample(x) where the shape changes. */
+ * conv3/bn3 after a relu. identity is x, or downsample(x) where the shape changes. A bn
+ * directly followed by the relu runs as one fused op (ct_module_forward_relu). */
 static ct_tensor *block_forward(ct_module *m, ct_tensor *x) {
     resnet_block *b = (resnet_block *)m;
-    ct_tensor *out = ct_module_forward(b->relu, ct_module_forward(b->bn1, ct_module_forward(b->conv1, x)));
-    out = ct_module_forward(b->bn2, ct_module_forward(b->conv2, out));
-    if (b->conv3)
-        out = ct_module_forward(b->bn3, ct_module_forward(b->conv3, ct_module_forward(b->relu, out)));
+    ct_tensor *out = ct_module_forward_relu(b->bn1, b->relu, ct_module_forward(b->conv1, x));
+    if (b->conv3) /* Bottleneck */
+        out = ct_module_forward_relu(b->bn2, b->relu, ct_module_forward(b->conv2, out));
+    else
+        out = ct_module_forward(b->bn2, ct_module_forward(b->conv2, out));
+    if (b->conv3) out = ct_module_forward(b->bn3, ct_module_forward(b->conv3, out));
     ct_tensor *identity = b->downsample ? ct_module_forward(b->downsample, x) : x;
     return ct_module_forward(b->relu, ct_add(out, identity));
 }

@@ -358,20 +358,31 @@ static void geom_store(ct_node *n, const conv_geom *g) {
  * blocks across the threads instead (ct_gemm). */
 typedef void gemm_fn(bool, bool, int64_t, int64_t, int64_t, float, const float *, int64_t,
                      const float *, int64_t, float, float *, int64_t);
-#define MAX_TEAM 256
+#define MAX_TEAM CT__MAX_TEAM
 #define DW_PARTS 8                /* enough to keep 8 threads busy on a batch of chunks */
 #define DW_PART_BYTES (32 << 20)  /* partials beyond this go serial (huge dW, few chunks) */
-static int64_t dw_parts(int64_t nchunks, int64_t dw_numel) {
+int64_t ct__conv_parts(int64_t nchunks, int64_t dw_numel) {
     int64_t p = nchunks < DW_PARTS ? nchunks : DW_PARTS;
     int64_t cap = DW_PART_BYTES / (dw_numel * (int64_t)sizeof(float));
     return p > cap ? (cap < 1 ? 1 : cap) : p;
 }
+#define dw_parts ct__conv_parts
 
 /* Threads for `tasks` independent tasks of `work` elements in all. */
-static int team_size(int64_t tasks, int64_t work) {
+int ct__conv_team(int64_t tasks, int64_t work) {
     int64_t t = work < CT_PAR_MIN ? 1 : ct_get_threads();
     t = t < tasks ? t : tasks;
     return (int)(t < 1 ? 1 : t > MAX_TEAM ? MAX_TEAM : t);
+}
+#define team_size ct__conv_team
+
+/* Winograd for the 3x3 / stride 1 / padding 1 convolutions with enough channels (see
+ * winograd.c); ct_conv2d_set_winograd(false) forces im2col, for tests and comparisons. */
+static bool wino_on = true;
+void ct_conv2d_set_winograd(bool on) { wino_on = on; }
+static bool use_wino(const conv_geom *g, int64_t o) {
+    return wino_on && g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 && g->ph == 1 &&
+           g->pw == 1 && g->groups == 1 && ct__wino_applies(g->c, o, g->h, g->w);
 }
 
 /* The backward of chunk ci (samples [ci*sc->nb, ...)): dW (into dw, onto it when acc) and
@@ -421,6 +432,11 @@ static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
         for (int64_t j = 0; j < batch * o; j++) gb->data[j % o] += ps[j];
     }
     if (!gw && !gx) return;
+    if (gx && use_wino(&g, o)) { /* dX by Winograd; dW stays below (see winograd.c) */
+        ct__wino_conv(gout->data, batch, o, g.c, g.h, g.w, w, true, NULL, gx->data, true);
+        gx = NULL, w = NULL;
+        if (!gw) return;
+    }
     int64_t nbs = chunk_samples(&g, batch), nchunks = (batch + nbs - 1) / nbs;
     /* with dead taps: the cut weight for dX, and dW accumulated cut, added back below */
     bool cut = geom_cropped(&g);
@@ -487,7 +503,9 @@ ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2
     int64_t batch = x->shape[0], o = w->shape[0], og = o / g.groups;
     int64_t k = geom_k(&g), npix = geom_pix(&g), in_sz = g.c * g.h * g.w;
     ct_tensor *y = ct_tensor_new(CT_SHAPE(batch, o, g.oh, g.ow));
-    CT_SCOPE { /* the scratch goes back to the cache as soon as the loop is done */
+    if (use_wino(&g, o))
+        ct__wino_conv(x->data, batch, g.c, o, g.h, g.w, w->data, false, b ? b->data : NULL, y->data, false);
+    else CT_SCOPE { /* the scratch goes back to the cache as soon as the loop is done */
         int64_t nbs = chunk_samples(&g, batch), nchunks = (batch + nbs - 1) / nbs;
         int nt = team_size(nchunks, batch * o * npix * k);
         col_scratch sc[MAX_TEAM];

@@ -20,6 +20,20 @@ ct_tensor *ct__map(const char *op, ct_tensor *x, float (*f)(float), ct_backward_
  * inside such a function, and a static inline helper without the attribute inlines into it. */
 #define CT_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
 
+/* The convolution's threading (conv.c), shared with winograd.c: threads for `tasks`
+ * independent tasks of `work` elements in all (at most CT__MAX_TEAM), and the shape-fixed
+ * number of parts a weight gradient of dw_numel floats is summed in over nchunks chunks. */
+#define CT__MAX_TEAM 256
+int ct__conv_team(int64_t tasks, int64_t work);
+int64_t ct__conv_parts(int64_t nchunks, int64_t dw_numel);
+/* Winograd F(2x2, 3x3) for 3x3 / stride 1 / padding 1 / one group (winograd.c): whether it
+ * is used for these channels and plane size; y [batch, cout, h, w] = (or += when acc) the
+ * convolution of x [batch, cin, h, w] with wt [cout, cin, 3, 3] (flip: wt is [cin, cout, 3,
+ * 3] used rotated 180 degrees, the dX of the forward), plus bias if not NULL. */
+bool ct__wino_applies(int64_t c, int64_t o, int64_t h, int64_t w);
+void ct__wino_conv(const float *x, int64_t batch, int64_t cin, int64_t cout, int64_t h, int64_t w,
+                   const float *wt, bool flip, const float *bias, float *y, bool acc);
+
 /* Views x as [outer, d, inner] around dim (already normalised) (reduce.c). */
 void ct__split_dim(const ct_tensor *x, int dim, int64_t *outer, int64_t *d, int64_t *inner);
 /* Sum of x[0..n) accumulated in double in 8 lanes (reduce.c). */

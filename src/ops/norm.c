@@ -44,18 +44,51 @@ static void bn_scratch_free(bn_scratch *s) { ct_free(s->base, s->bytes ? s->byte
 /* Channels per thread's block in the sums: enough for sequential streams within a sample. */
 #define BN_CBLOCK 4
 
-/* s1[c] += sum of g over channel c; if x is given, s2[c] += sum of g * (x - mean[c]). */
-static void bn_sums(const float *restrict g, const float *restrict x,
+/* The upstream gradient as batch norm sees it: g, or with a fused ReLU after it (y its
+ * output) ReLU's backward of g, zero where y <= 0 (exactly relu_bwd's values). */
+/* A function, so both values are loaded unconditionally and the select vectorises (a
+ * conditional load stays a branch, data-random here). */
+static inline float relu_g(float g, float y) { return y <= 0 ? 0.0f : g; }
+
+/* s1[c] += sum of g over channel c; if x is given, s2[c] += sum of g * (x - mean[c]); g
+ * masked by a fused ReLU's output y when y is given. */
+static void bn_sums(const float *restrict g, const float *restrict y, const float *restrict x,
                     const float *restrict mean, bn_dims d, double *restrict s1,
                     double *restrict s2) {
     int64_t C = d.C, HW = d.HW;
     if (HW == 1) {
         for (int64_t r = 0; r < d.N; r++) {
-            const float *gr = g + r * C;
+            const float *gr = g + r * C, *xr = x ? x + r * C : NULL;
+            if (y) { /* the fused ReLU's mask */
+                const float *yr = y + r * C;
+                for (int64_t c = 0; c < C; c++) s1[c] += relu_g(gr[c], yr[c]);
+                if (xr)
+                    for (int64_t c = 0; c < C; c++) s2[c] += relu_g(gr[c], yr[c]) * (xr[c] - mean[c]);
+                continue;
+            }
             for (int64_t c = 0; c < C; c++) s1[c] += gr[c];
-            if (!x) continue;
-            const float *xr = x + r * C;
+            if (!xr) continue;
             for (int64_t c = 0; c < C; c++) s2[c] += gr[c] * (xr[c] - mean[c]);
+        }
+        return;
+    }
+    if (y) { /* the fused ReLU's mask: a loop of its own, so the plain one stays as it was */
+        int64_t nblk = (C + BN_CBLOCK - 1) / BN_CBLOCK;
+        CT_PAR_FOR(d.N * C * HW)
+        for (int64_t cb = 0; cb < nblk; cb++) {
+            int64_t c0 = cb * BN_CBLOCK, c1 = c0 + BN_CBLOCK < C ? c0 + BN_CBLOCK : C;
+            for (int64_t r = 0; r < d.N; r++)
+                for (int64_t c = c0; c < c1; c++) {
+                    const float *gp = g + (r * C + c) * HW, *yp = y + (r * C + c) * HW;
+                    if (!x) {
+                        CT_LANE_SUM(0, HW, k, relu_g(gp[k], yp[k]), s1[c]);
+                        continue;
+                    }
+                    const float *xp = x + (r * C + c) * HW;
+                    float m = mean[c];
+                    CT_LANE_SUM2(0, HW, k, relu_g(gp[k], yp[k]), s1[c],
+                                 relu_g(gp[k], yp[k]) * (xp[k] - m), s2[c]);
+                }
         }
         return;
     }
@@ -110,6 +143,48 @@ static void bn_batch_stats(const float *x, bn_dims d, bn_scratch *s, float *mean
     for (int64_t c = 0; c < C; c++) var[c] = (float)(s->s2[c] / (double)d.cnt);
 }
 
+/* One plane of bn_affine with the fused ReLU's two sides: relu applies it to the result
+ * (forward), masked uses u only where the ReLU's output m is > 0 (backward), with v the
+ * v * e term. Always inlined where the flags are literal constants (a pointer tested
+ * inside the loop would keep it scalar and branchy), so each combination is its own
+ * vectorised loop. */
+static inline __attribute__((always_inline)) void affine_relu_plane(
+    float *restrict yp, bool acc, const float *restrict up, bool masked, const float *restrict mp,
+    float ac, float bc, bool with_v, const float *restrict vp, float ec, bool relu, int64_t HW) {
+    for (int64_t k = 0; k < HW; k++) {
+        float uk = up[k];
+        if (masked) uk = relu_g(uk, mp[k]);
+        float t = ac * uk + bc;
+        if (with_v) t = ac * uk + bc + ec * vp[k];
+        if (relu) t = t < 0 ? 0.0f : t; /* as relu_fwd: NaN stays NaN */
+        if (acc) t += yp[k];
+        yp[k] = t;
+    }
+}
+
+/* bn_affine over planes with a fused ReLU: relu on the output (forward: no m, v or acc),
+ * or u masked by the ReLU's output m (backward). */
+static void bn_affine_relu(float *restrict y, bool acc, const float *restrict u,
+                           const float *restrict m, const float *restrict a,
+                           const float *restrict b, const float *restrict v,
+                           const float *restrict e, bool relu, bn_dims d) {
+    int64_t C = d.C, HW = d.HW;
+    CT_PAR_FOR(d.N * C * HW)
+    for (int64_t rc = 0; rc < d.N * C; rc++) {
+        int64_t c = rc % C, o = rc * HW;
+        if (relu)
+            affine_relu_plane(y + o, false, u + o, false, NULL, a[c], b[c], false, NULL, 0, true, HW);
+        else if (v && acc)
+            affine_relu_plane(y + o, true, u + o, true, m + o, a[c], b[c], true, v + o, e[c], false, HW);
+        else if (v)
+            affine_relu_plane(y + o, false, u + o, true, m + o, a[c], b[c], true, v + o, e[c], false, HW);
+        else if (acc)
+            affine_relu_plane(y + o, true, u + o, true, m + o, a[c], b[c], false, NULL, 0, false, HW);
+        else
+            affine_relu_plane(y + o, false, u + o, true, m + o, a[c], b[c], false, NULL, 0, false, HW);
+    }
+}
+
 /* y = a[c] * u + b[c] (+ v * e[c] when v is given), channel by channel; acc: y += that. */
 static void bn_affine(float *restrict y, bool acc, const float *restrict u,
                       const float *restrict a, const float *restrict b,
@@ -155,9 +230,10 @@ static void bn_affine(float *restrict y, bool acc, const float *restrict u,
 }
 
 /* Node layout: i[0] training, i[1..3] N, C, HW, i[4] saved slot of x, i[5] saved slot of
- * weight (-1 when not saved); aux holds mean[C] then invstd[C] (batch statistics in
- * training, running statistics in eval) when x or weight needs a gradient. */
-static void batch_norm_backward(ct_node *n, const ct_tensor *gout) {
+ * weight (-1 when not saved), i[6] saved slot of the output (batch_norm_relu only); aux
+ * holds mean[C] then invstd[C] (batch statistics in training, running statistics in eval)
+ * when x or weight needs a gradient. y: the fused ReLU's output, which masks gout. */
+static void bn_backward(ct_node *n, const ct_tensor *gout, const float *y) {
     /* dx is one affine pass over the whole tensor, so it can overwrite a fresh buffer
      * (no zero fill, no read of zeros); the per-channel dw and db accumulate as usual. */
     bool fresh;
@@ -173,7 +249,7 @@ static void batch_norm_backward(ct_node *n, const ct_tensor *gout) {
     bn_scratch s = bn_scratch_new(C);
     /* s1 = sum(dy), s2 = sum(dy * (x - mean)) per channel; eval-mode dx needs neither. */
     bool need_s1 = gb || (gx && training), need_s2 = gw || (gx && training);
-    if (need_s1 || need_s2) bn_sums(g, need_s2 ? x : NULL, mean, d, s.s1, s.s2);
+    if (need_s1 || need_s2) bn_sums(g, y, need_s2 ? x : NULL, mean, d, s.s1, s.s2);
     if (gb)
         for (int64_t c = 0; c < C; c++) gb->data[c] += (float)s.s1[c];
     if (gw)
@@ -190,13 +266,25 @@ static void batch_norm_backward(ct_node *n, const ct_tensor *gout) {
                 e[c] = (float)ec;
                 s.b[c] = (float)(-(double)s.a[c] * s.s1[c] * inv_n - ec * mean[c]);
             }
-            bn_affine(gx->data, !fresh, g, s.a, s.b, x, e, d);
+            if (y)
+                bn_affine_relu(gx->data, !fresh, g, y, s.a, s.b, x, e, false, d);
+            else
+                bn_affine(gx->data, !fresh, g, s.a, s.b, x, e, d);
         } else {
             memset(s.b, 0, (size_t)C * sizeof(float));
-            bn_affine(gx->data, !fresh, g, s.a, s.b, NULL, NULL, d);
+            if (y)
+                bn_affine_relu(gx->data, !fresh, g, y, s.a, s.b, NULL, NULL, false, d);
+            else
+                bn_affine(gx->data, !fresh, g, s.a, s.b, NULL, NULL, d);
         }
     }
     bn_scratch_free(&s);
+}
+
+static void batch_norm_backward(ct_node *n, const ct_tensor *gout) { bn_backward(n, gout, NULL); }
+
+static void batch_norm_relu_backward(ct_node *n, const ct_tensor *gout) {
+    bn_backward(n, gout, n->saved[n->i[6]]->data);
 }
 
 static void check_channel_vec(const char *what, const ct_tensor *t, const ct_tensor *x, int64_t C) {
@@ -205,9 +293,10 @@ static void check_channel_vec(const char *what, const ct_tensor *t, const ct_ten
               CT_SHAPE_STR(t), (long long)C, CT_SHAPE_STR(x));
 }
 
-ct_tensor *ct_batch_norm(ct_tensor *x, ct_tensor *weight, ct_tensor *bias,
-                         ct_tensor *running_mean, ct_tensor *running_var, bool training,
-                         float momentum, float eps) {
+/* ct_batch_norm, followed by a fused ReLU when relu. */
+static ct_tensor *bn_forward(ct_tensor *x, ct_tensor *weight, ct_tensor *bias,
+                             ct_tensor *running_mean, ct_tensor *running_var, bool training,
+                             float momentum, float eps, bool relu) {
     CT_ASSERT(x->ndim >= 2, "batch_norm: expected an input [N, C] or [N, C, H, W], got %s",
               CT_SHAPE_STR(x));
     bn_dims d = {x->shape[0], x->shape[1], 1, 0};
@@ -257,14 +346,22 @@ ct_tensor *ct_batch_norm(ct_tensor *x, ct_tensor *weight, ct_tensor *bias,
         s.a[c] = (weight ? weight->data[c] : 1.0f) * istd[c];
         s.b[c] = (bias ? bias->data[c] : 0.0f) - mean[c] * s.a[c];
     }
-    bn_affine(out->data, false, x->data, s.a, s.b, NULL, NULL, d);
+    if (relu)
+        bn_affine_relu(out->data, false, x->data, NULL, s.a, s.b, NULL, NULL, true, d);
+    else
+        bn_affine(out->data, false, x->data, s.a, s.b, NULL, NULL, d);
 
-    ct_node *n = CT_RECORD("batch_norm", batch_norm_backward, out, x, weight, bias);
+    ct_node *n = relu ? CT_RECORD("batch_norm_relu", batch_norm_relu_backward, out, x, weight, bias)
+                      : CT_RECORD("batch_norm", batch_norm_backward, out, x, weight, bias);
     if (n) {
         bool nx = ct_node_needs(n, 0), nw = ct_node_needs(n, 1);
         n->i[0] = training;
         n->i[1] = d.N, n->i[2] = C, n->i[3] = d.HW;
         n->i[4] = n->i[5] = -1;
+        if (relu) { /* the mask for every gradient (an alias: the next layer keeps it anyway) */
+            n->i[6] = n->nsaved;
+            ct_save(n, out);
+        }
         /* dbias needs only dy. The statistics serve dx and dweight; x serves dweight and
          * the training-mode dx (eval-mode dx is just dy * w * invstd); the weight values
          * serve dx. */
@@ -284,6 +381,18 @@ ct_tensor *ct_batch_norm(ct_tensor *x, ct_tensor *weight, ct_tensor *bias,
     }
     bn_scratch_free(&s);
     return out;
+}
+
+ct_tensor *ct_batch_norm(ct_tensor *x, ct_tensor *weight, ct_tensor *bias,
+                         ct_tensor *running_mean, ct_tensor *running_var, bool training,
+                         float momentum, float eps) {
+    return bn_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, false);
+}
+
+ct_tensor *ct_batch_norm_relu(ct_tensor *x, ct_tensor *weight, ct_tensor *bias,
+                              ct_tensor *running_mean, ct_tensor *running_var, bool training,
+                              float momentum, float eps) {
+    return bn_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, true);
 }
 
 /* ---- layer norm -------------------------------------------------------------------- */

@@ -88,6 +88,11 @@ typedef struct {
 } ct_conv2d_opts;
 /* ct_conv2d with separate row/column stride and padding and groups; opts NULL: defaults. */
 ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2d_opts *opts);
+/* 3x3 / stride 1 / padding 1 convolutions with 16 or more channels in and out on planes of
+ * 10x10 or more run their forward and dX by Winograd F(2x2, 3x3) (2.25x fewer
+ * multiplications; results differ from im2col by rounding). Off:
+ * every convolution runs im2col + sgemm (for tests and comparisons; default on). */
+void ct_conv2d_set_winograd(bool on);
 
 /* ---- pool.c -------------------------------------------------------------------------- */
 /* x [N, C, H, W]; stride 0 means stride = kernel. Padding for max pool is -inf. */
@@ -107,6 +112,12 @@ ct_tensor *ct_adaptive_avg_pool2d(ct_tensor *x, int out_h, int out_w);
 ct_tensor *ct_batch_norm(ct_tensor *x, ct_tensor *weight, ct_tensor *bias,
                          ct_tensor *running_mean, ct_tensor *running_var, bool training,
                          float momentum, float eps);
+/* relu(ct_batch_norm(...)) in one op: one pass over the tensor forward and none for the
+ * ReLU backward (its mask is folded into batch norm's sums and dx). The same values, bit
+ * for bit, as the two ops; it saves its output (for the mask) instead of the ReLU doing so. */
+ct_tensor *ct_batch_norm_relu(ct_tensor *x, ct_tensor *weight, ct_tensor *bias,
+                              ct_tensor *running_mean, ct_tensor *running_var, bool training,
+                              float momentum, float eps);
 /* Normalises over the last `nlast` dims; weight/bias have that trailing shape or NULL. */
 ct_tensor *ct_layer_norm(ct_tensor *x, int nlast, ct_tensor *weight, ct_tensor *bias, float eps);
 

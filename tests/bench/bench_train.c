@@ -2,20 +2,26 @@
  * PyTorch reference in scripts/bench_torch.py (scripts/bench.sh runs both and prints the
  * ratios). Runs under mpirun with any number of ranks, or alone as a one-rank job.
  *
- *   bench_train [--model mlp|cnn|resnet18|vit_tiny] [--mode train|eval|layers] [--steps N]
- *               [--warmup N] [--batch B] [--repeats R] [--data synthetic|fmnist|folder]
- *               [--data-dir DIR] [--workers N] [--freeze GLOBS] [--shm 0|1]
+ *   bench_train [--model mlp|cnn|resnet18|resnet18_small|vit_tiny]
+ *               [--mode train|eval|layers|gflops] [--steps N] [--warmup N] [--batch B]
+ *               [--repeats R] [--data synthetic|fmnist|folder] [--data-dir DIR] [--workers N]
+ *               [--freeze GLOBS] [--shm 0|1]
  *
  * Models: the built-in mlp and cnn (Fashion-MNIST shaped); resnet18, torchvision's with the
- * imagenet stem on 3x32x32 inputs; vit_tiny, the small ViT preset on 1x28x28 inputs (no
- * dropout). All with 10 classes, as scripts/bench_torch.py builds them.
+ * imagenet stem on 3x32x32 inputs (resnet18_small: the 3x3 stride-1 stem); vit_tiny, the
+ * small ViT preset on 1x28x28 inputs (no dropout). All with 10 classes, as
+ * scripts/bench_torch.py builds them.
  *
  * train:  the CLI's training step (ddp prepare, forward, cross_entropy, backward, ddp finish,
  *         Adam step, zero grad) with DDP over every rank; per-rank batch B.
  * eval:   eval mode + no_grad forward of a batch of B samples (one rank).
  * layers: the training step with per-layer timers: each leaf module's forward and each
  *         graph node's backward (by wrapping the function pointers, so the library is
- *         untouched); one rank.
+ *         untouched); one rank. Also each op's share of the step ("ops": forward by the
+ *         leaf module's op, backward by graph node op; "other" is the rest of the step).
+ * gflops: the training step's useful FLOP rate (direct-convolution and linear FLOPs counted
+ *         from the shapes, whatever algorithm runs) against the sgemm rate of a 1024^3
+ *         product in the same process: rounds alternate both, the best of each is kept.
  * Data: synthetic (default) cycles 8 in-memory batches of N(0, 1) features and uniform
  * labels in the model's input shape, so no loader cost is timed (the PyTorch side does
  * the same); fmnist runs the
@@ -53,7 +59,8 @@ typedef struct {
 } opts;
 
 static void usage(void) {
-    fprintf(stderr, "usage: bench_train [--model mlp|cnn|resnet18|vit_tiny] [--mode train|eval|layers] [--steps N] "
+    fprintf(stderr, "usage: bench_train [--model mlp|cnn|resnet18|resnet18_small|vit_tiny] "
+                    "[--mode train|eval|layers|gflops] [--steps N] "
                     "[--warmup N] [--batch B] [--repeats R] [--data synthetic|fmnist|folder] [--data-dir DIR] "
                     "[--freeze GLOBS] [--workers N] [--shm 0|1]\n");
     exit(2);
@@ -77,10 +84,12 @@ static opts parse(int argc, char **argv) {
         else if (!strcmp(k, "--shm")) o.shm = atoi(v);
         else usage();
     }
-    if ((strcmp(o.model, "mlp") && strcmp(o.model, "cnn") && strcmp(o.model, "resnet18") && strcmp(o.model, "vit_tiny")) ||
+    if ((strcmp(o.model, "mlp") && strcmp(o.model, "cnn") && strcmp(o.model, "resnet18") &&
+         strcmp(o.model, "resnet18_small") && strcmp(o.model, "vit_tiny")) ||
         o.steps < 1 || o.warmup < 0 ||
         o.batch < 1 || o.repeats < 1 || (strcmp(o.data, "synthetic") && strcmp(o.data, "fmnist") && strcmp(o.data, "folder")) ||
-        (strcmp(o.mode, "train") && strcmp(o.mode, "eval") && strcmp(o.mode, "layers")))
+        (strcmp(o.mode, "train") && strcmp(o.mode, "eval") && strcmp(o.mode, "layers") &&
+         strcmp(o.mode, "gflops")))
         usage();
     return o;
 }
@@ -106,7 +115,7 @@ typedef struct {
 static void source_init(source *s, const opts *o, const ct_dist *d) {
     memset(s, 0, sizeof *s);
     if (strcmp(o->data, "synthetic")) {
-        CT_ASSERT(strcmp(o->model, "resnet18"), "bench_train: --model resnet18 takes 3x32x32 synthetic inputs only");
+        CT_ASSERT(strncmp(o->model, "resnet", 6), "bench_train: --model resnet18* takes 3x32x32 synthetic inputs only");
         s->real = true;
         ct_status st = !strcmp(o->data, "fmnist") ? ct_dataset_from_idx(&s->ds, o->data_dir, CT_SPLIT_TRAIN)
                                                   : ct_dataset_from_folder(&s->ds, o->data_dir, NULL, 1);
@@ -130,7 +139,7 @@ static void source_init(source *s, const opts *o, const ct_dist *d) {
     }
     ct_rng rng;
     ct_rng_seed(&rng, 1000 + (uint64_t)d->rank);
-    bool rgb32 = !strcmp(o->model, "resnet18");
+    bool rgb32 = !strncmp(o->model, "resnet", 6);
     for (int i = 0; i < NSYN; i++) {
         s->x[i] = !strcmp(o->model, "mlp") ? ct_own(ct_rand_normal(CT_SHAPE(o->batch, 784), 0, 1, &rng))
                   : rgb32                  ? ct_own(ct_rand_normal(CT_SHAPE(o->batch, 3, 32, 32), 0, 1, &rng))
@@ -168,7 +177,7 @@ static void source_free(source *s) {
 
 /* ---- per-layer timers (layers mode) ---------------------------------------------------------- */
 
-enum { MAXL = 512 }; /* leaf modules and graph nodes per step: ResNet-18 has about 200 nodes */
+enum { MAXL = 512, MAXOPS = 32 }; /* leaf modules and graph nodes per step: ResNet-18 has about 200 nodes */
 
 typedef struct {
     ct_module *m;
@@ -176,6 +185,8 @@ typedef struct {
     ct_module_ops ops; /* orig with forward timed */
     char name[64];
     uint64_t out_seq; /* the node that made this layer's output in the current step */
+    int op;           /* index into op_names */
+    int op_relu;      /* the same for its fused forward with a ReLU (ct_module_forward_relu) */
 } layer_timer;
 
 typedef struct {
@@ -183,6 +194,7 @@ typedef struct {
     ct_backward_fn orig;
     int slot;  /* index into node_names */
     int layer; /* index into layers; nlayers stands for the loss */
+    int op;    /* index into op_names */
 } node_timer;
 
 static layer_timer layers[MAXL];
@@ -196,13 +208,76 @@ static bool timing_layers;
  * node name slot (node_t). Medians over steps are reported, robust to preemption. */
 static double *fwd_t, *bwd_t, *node_t;
 static int cur_step;
+/* Per-op times, [step * MAXOPS + op], forward (by the leaf module's op) and backward (by
+ * the node's op), and the ops' names: the graph's op names, a module type mapped to the op
+ * it records. Ops that run outside any leaf module (a block's residual add) are timed in
+ * backward only; their forward falls in "other". */
+static double *op_fwd_t, *op_bwd_t;
+static char op_names[MAXOPS][32];
+static int nops;
+/* Useful FLOPs of the current step: 2 multiply-adds per weight use of each Conv2d (direct
+ * convolution) and Linear, for the forward, dW, and dX where the input needs a gradient. */
+static double step_flops;
+
+static int op_index(const char *name) {
+    for (int i = 0; i < nops; i++)
+        if (!strcmp(op_names[i], name)) return i;
+    CT_ASSERT(nops < MAXOPS, "bench: too many ops");
+    snprintf(op_names[nops], sizeof op_names[nops], "%s", name);
+    return nops++;
+}
+
+/* The op a leaf module's forward records (its type otherwise). */
+static const char *module_op(const char *type) {
+    static const char *map[][2] = {{"Conv2d", "conv2d"}, {"BatchNorm2d", "batch_norm"}, {"BatchNorm1d", "batch_norm"},
+                                   {"ReLU", "relu"}, {"MaxPool2d", "max_pool2d"}, {"AvgPool2d", "avg_pool2d"},
+                                   {"AdaptiveAvgPool2d", "adaptive_avg_pool2d"}, {"Linear", "linear"},
+                                   {"Dropout", "dropout"}, {"Flatten", "flatten"}, {"GELU", "gelu"},
+                                   {"LayerNorm", "layer_norm"}};
+    for (size_t i = 0; i < sizeof map / sizeof *map; i++)
+        if (!strcmp(map[i][0], type)) return map[i][1];
+    return type;
+}
+
+/* Adds the FLOPs of one forward of module m (x in, y out) and its backward to step_flops. */
+static void count_flops(ct_module *m, const ct_tensor *x, const ct_tensor *y) {
+    const char *type = ct_module_type(m);
+    if (strcmp(type, "Conv2d") && strcmp(type, "Linear")) return;
+    const ct_tensor *w = m->params[0];
+    double per_out = (double)(w->numel / w->shape[0]); /* C/groups*kh*kw or in */
+    double f = 2.0 * (double)y->numel * per_out;
+    bool dx = x->requires_grad || x->grad_fn;
+    step_flops += f * (1 + (w->requires_grad ? 1 : 0) + (dx ? 1 : 0));
+}
 
 static ct_tensor *timed_forward(ct_module *m, ct_tensor *x) {
     for (int i = 0; i < nlayers; i++) {
         if (layers[i].m != m) continue;
         double t0 = now();
         ct_tensor *y = layers[i].orig->forward(m, x);
-        fwd_t[cur_step * MAXL + i] += now() - t0;
+        double dt = now() - t0;
+        if (fwd_t) {
+            fwd_t[cur_step * MAXL + i] += dt;
+            op_fwd_t[cur_step * MAXOPS + layers[i].op] += dt;
+        }
+        count_flops(m, x, y);
+        layers[i].out_seq = y->grad_fn ? y->grad_fn->seq : 0;
+        return y;
+    }
+    ct_fatal("bench: untimed module %s", ct_module_type(m));
+}
+
+/* forward_relu (BatchNorm + ReLU fused) of a timed layer, its time under the fused op. */
+static ct_tensor *timed_forward_relu(ct_module *m, ct_tensor *x) {
+    for (int i = 0; i < nlayers; i++) {
+        if (layers[i].m != m) continue;
+        double t0 = now();
+        ct_tensor *y = layers[i].orig->forward_relu(m, x);
+        double dt = now() - t0;
+        if (fwd_t) {
+            fwd_t[cur_step * MAXL + i] += dt;
+            op_fwd_t[cur_step * MAXOPS + layers[i].op_relu] += dt;
+        }
         layers[i].out_seq = y->grad_fn ? y->grad_fn->seq : 0;
         return y;
     }
@@ -217,6 +292,7 @@ static void timed_backward(ct_node *n, const ct_tensor *gout) {
         double dt = now() - t0;
         node_t[cur_step * MAXL + nodes[i].slot] += dt;
         bwd_t[cur_step * MAXL + nodes[i].layer] += dt;
+        op_bwd_t[cur_step * MAXOPS + nodes[i].op] += dt;
         return;
     }
     ct_fatal("bench: untimed node %s", n->op);
@@ -234,9 +310,19 @@ static void wrap_leaf_modules(ct_module *m) {
         l->ops = *mm->ops;
         l->ops.forward = timed_forward;
         snprintf(l->name, sizeof l->name, "%s %s", mods.names[i], ct_module_type(mm));
+        l->op = op_index(module_op(ct_module_type(mm)));
+        if (l->ops.forward_relu) {
+            l->ops.forward_relu = timed_forward_relu;
+            l->op_relu = op_index("batch_norm_relu");
+        }
         mm->ops = &l->ops;
     }
     ct_named_free(&mods);
+}
+
+static void unwrap_leaf_modules(void) {
+    for (int i = 0; i < nlayers; i++) layers[i].m->ops = layers[i].orig;
+    nlayers = 0;
 }
 
 static int cmp_seq_desc(const void *a, const void *b) {
@@ -283,7 +369,7 @@ static void wrap_graph(ct_tensor *root) {
         int layer = nlayers;
         for (int l = nlayers - 1; l >= 0; l--)
             if (layers[l].out_seq && layers[l].out_seq >= all[i]->seq) layer = l;
-        nodes[nnodes++] = (node_timer){all[i], all[i]->backward, slot, layer};
+        nodes[nnodes++] = (node_timer){all[i], all[i]->backward, slot, layer, op_index(all[i]->op)};
         all[i]->backward = timed_backward;
     }
 }
@@ -311,9 +397,10 @@ static ct_module *build_model(const char *name, ct_rng *rng) {
     if (!strcmp(name, "cnn")) return ct_nn_cnn(1, 28, 10, 0.25f, rng);
     ct_module *m = NULL;
     ct_status st;
-    if (!strcmp(name, "resnet18")) {
+    if (!strncmp(name, "resnet18", 8)) {
         st = ct_nn_resnet(&(ct_resnet_config){.depth = 18, .in_channels = 3, .num_classes = 10,
-                                              .stem = CT_RESNET_STEM_IMAGENET},
+                                              .stem = strcmp(name, "resnet18") ? CT_RESNET_STEM_SMALL
+                                                                               : CT_RESNET_STEM_IMAGENET},
                           rng, &m);
     } else {
         ct_vit_config c = {.in_channels = 1, .num_classes = 10, .dropout = 0, .attention_dropout = 0};
@@ -346,6 +433,7 @@ static void train_step(ct_module *m, ct_ddp *ddp, ct_optim *opt, source *src, ph
         double t2 = now();
         if (timing_layers) {
             fwd_t[cur_step * MAXL + nlayers] += t2 - tl;
+            op_fwd_t[cur_step * MAXOPS + op_index("cross_entropy")] += t2 - tl;
             wrap_graph(loss);
         }
         ct_backward(loss);
@@ -365,6 +453,71 @@ static void train_step(ct_module *m, ct_ddp *ddp, ct_optim *opt, source *src, ph
             ph->step += t5 - t0;
         }
     }
+}
+
+/* "ops":[...]: each op's forward and backward ms (medians over steps), the optimizer's
+ * (Adam and zero_grad), and "other" (the step less all of those: data, DDP, the forward of
+ * ops outside leaf modules); share = ms / step ms. */
+static void print_op_shares(const phases *ph, int steps) {
+    const int pn = (int)(sizeof *ph / sizeof(double));
+    double step = median(&ph->step, steps, pn), optim = median(&ph->optim, steps, pn);
+    double *other = malloc((size_t)steps * sizeof *other); /* per step, then its median */
+    CT_ASSERT(other, "bench: out of memory");
+    for (int s = 0; s < steps; s++) {
+        other[s] = ph[s].step - ph[s].optim;
+        for (int i = 0; i < nops; i++) other[s] -= op_fwd_t[s * MAXOPS + i] + op_bwd_t[s * MAXOPS + i];
+    }
+    double rest = median(other, steps, 1);
+    free(other);
+    printf("\"ops\":[");
+    for (int i = 0; i < nops; i++) {
+        double f = median(op_fwd_t + i, steps, MAXOPS), b = median(op_bwd_t + i, steps, MAXOPS);
+        printf("%s{\"op\":\"%s\", \"fwd_ms\":%.4f, \"bwd_ms\":%.4f, \"share\":%.4f}", i ? ", " : "",
+               op_names[i], f * 1e3, b * 1e3, (f + b) / step);
+    }
+    printf(", {\"op\":\"optimizer\", \"fwd_ms\":0, \"bwd_ms\":0, \"ms\":%.4f, \"share\":%.4f}", optim * 1e3,
+           optim / step);
+    printf(", {\"op\":\"other\", \"fwd_ms\":0, \"bwd_ms\":0, \"ms\":%.4f, \"share\":%.4f}]", rest * 1e3,
+           rest / step);
+}
+
+/* gflops mode: rounds alternate a single-thread 1024^3 sgemm (5 timed calls) and `steps`
+ * training steps; the best rate of each is kept, so both sides see the same noise. The
+ * step's FLOPs are counted once, from the shapes of one step with the modules wrapped. */
+static void run_gflops(const opts *o, ct_module *m, ct_ddp *ddp, ct_optim *opt, source *src) {
+    wrap_leaf_modules(m);
+    step_flops = 0;
+    train_step(m, ddp, opt, src, NULL);
+    unwrap_leaf_modules();
+    double flops = step_flops;
+    enum { G = 1024 };
+    float *a = malloc(sizeof(float) * G * G), *b = malloc(sizeof(float) * G * G), *c = malloc(sizeof(float) * G * G);
+    CT_ASSERT(a && b && c, "bench: out of memory");
+    for (int64_t i = 0; i < (int64_t)G * G; i++) a[i] = (float)(i % 7) * 0.1f, b[i] = (float)(i % 5) * 0.1f;
+    double best_gemm = 0, best_step = 1e30;
+    char all_g[256] = "", all_s[256] = "";
+    for (int r = 0; r < o->repeats; r++) {
+        ct_gemm_serial(false, false, G, G, G, 1, a, G, b, G, 0, c, G); /* warm */
+        double t0 = now();
+        for (int k = 0; k < 5; k++) ct_gemm_serial(false, false, G, G, G, 1, a, G, b, G, 0, c, G);
+        double g = 5 * 2.0 * G * G * G / (now() - t0) * 1e-9;
+        for (int s = 0; s < o->warmup; s++) train_step(m, ddp, opt, src, NULL);
+        t0 = now();
+        for (int s = 0; s < o->steps; s++) train_step(m, ddp, opt, src, NULL);
+        double st = (now() - t0) / o->steps;
+        snprintf(all_g + strlen(all_g), sizeof all_g - strlen(all_g), "%s%.1f", r ? ", " : "", g);
+        snprintf(all_s + strlen(all_s), sizeof all_s - strlen(all_s), "%s%.2f", r ? ", " : "", st * 1e3);
+        best_gemm = g > best_gemm ? g : best_gemm;
+        best_step = st < best_step ? st : best_step;
+    }
+    double gf = flops / best_step * 1e-9;
+    printf("{\"prog\":\"ctrain\", \"model\":\"%s\", \"mode\":\"gflops\", \"batch\":%d, \"threads\":%d, "
+           "\"step_flops\":%.0f, \"step_ms\":%.3f, \"gflops\":%.2f, \"sgemm_gflops\":%.2f, \"fraction\":%.3f, "
+           "\"step_ms_all\":[%s], \"sgemm_gflops_all\":[%s]}\n",
+           o->model, o->batch, ct_get_threads(), flops, best_step * 1e3, gf, best_gemm, gf / best_gemm, all_s, all_g);
+    free(a);
+    free(b);
+    free(c);
 }
 
 static void eval_step(ct_module *m, source *src) {
@@ -387,7 +540,7 @@ int main(int argc, char **argv) {
     if (ct_dist_bind(&d, &bind) != CT_OK) ct_fatal("%s", ct_last_error());
     double rss_start = max_rss_mib(); /* the process with MPI up, before model and data */
     bool train = strcmp(o.mode, "eval") != 0;
-    if (!train || !strcmp(o.mode, "layers"))
+    if (!train || !strcmp(o.mode, "layers") || !strcmp(o.mode, "gflops"))
         CT_ASSERT(d.size == 1, "bench_train: --mode %s runs on one rank", o.mode);
 
     ct_rng rng;
@@ -419,7 +572,9 @@ int main(int argc, char **argv) {
         bwd_t = calloc((size_t)o.steps * MAXL, sizeof *bwd_t);
         node_t = calloc((size_t)o.steps * MAXL, sizeof *node_t);
         phases *ph = calloc((size_t)o.steps, sizeof *ph);
-        CT_ASSERT(fwd_t && bwd_t && node_t && ph, "bench: out of memory");
+        op_fwd_t = calloc((size_t)o.steps * MAXOPS, sizeof *op_fwd_t);
+        op_bwd_t = calloc((size_t)o.steps * MAXOPS, sizeof *op_bwd_t);
+        CT_ASSERT(fwd_t && bwd_t && node_t && ph && op_fwd_t && op_bwd_t, "bench: out of memory");
         timing_layers = true;
         for (cur_step = 0; cur_step < o.steps; cur_step++) train_step(m, ddp, opt, &src, &ph[cur_step]);
         timing_layers = false;
@@ -437,20 +592,26 @@ int main(int argc, char **argv) {
         printf("], \"backward_nodes\":{");
         for (int i = 0; i < nslots; i++)
             printf("%s\"%s\":%.4f", i ? ", " : "", node_names[i], median(node_t + i, o.steps, MAXL) * 1e3);
+        printf("}, \"step_flops\":%.0f, ", step_flops / o.steps);
+        print_op_shares(ph, o.steps);
         /* every parameter in registration order (DDP's bucket order, reversed), for
          * scripts/scaling_model.py: name, elements, trainable */
-        printf("}, \"params\":[");
+        printf(", \"params\":[");
         ct_named ps = ct_module_params(m, false);
         for (int i = 0; i < ps.n; i++)
             printf("%s[\"%s\", %lld, %s]", i ? ", " : "", ps.names[i], (long long)ps.tensors[i]->numel,
                    ps.tensors[i]->requires_grad ? "true" : "false");
         ct_named_free(&ps);
         printf("]}\n");
-        for (int i = 0; i < nlayers; i++) layers[i].m->ops = layers[i].orig;
+        unwrap_leaf_modules();
         free(fwd_t);
         free(bwd_t);
         free(node_t);
+        free(op_fwd_t);
+        free(op_bwd_t);
         free(ph);
+    } else if (!strcmp(o.mode, "gflops")) {
+        run_gflops(&o, m, ddp, opt, &src);
     } else {
         double best_sps = 0;
         phases best = {0};

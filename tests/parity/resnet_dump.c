@@ -23,25 +23,44 @@
 #define LR 0.1
 
 /* Every ReLU call appends its output to the dump (the ReLU modules' table is swapped for a
- * copy whose forward records). */
+ * copy whose forward records; so is the BatchNorms' fused BatchNorm + ReLU forward, which
+ * runs a block's bn1 and its relu as one op). */
 static dump *rec_dump;
 static const char *rec_mode;
 static int rec_calls;
-static const ct_module_ops *relu_ops;
-static ct_module_ops relu_rec_ops;
+static const ct_module_ops *relu_ops, *bn_ops;
+static ct_module_ops relu_rec_ops, bn_rec_ops;
+
+static void record(ct_tensor *y);
 
 static ct_tensor *relu_recorded(ct_module *m, ct_tensor *x) {
     ct_tensor *y = relu_ops->forward(m, x);
+    record(y);
+    return y;
+}
+
+static ct_tensor *bn_relu_recorded(ct_module *m, ct_tensor *x) {
+    ct_tensor *y = bn_ops->forward_relu(m, x);
+    record(y);
+    return y;
+}
+
+static void record(ct_tensor *y) {
     char name[64];
     snprintf(name, sizeof name, "%s.relu.%d", rec_mode, rec_calls++);
     dump_tensor(rec_dump, name, y);
-    return y;
 }
 
 static void record_relus(ct_module *m) {
     ct_named mods = ct_module_modules(m);
     for (int i = 0; i < mods.n; i++) {
         ct_module *mm = mods.owners[i];
+        if (!strcmp(ct_module_type(mm), "BatchNorm2d") && mm->ops->forward_relu) {
+            bn_ops = mm->ops;
+            bn_rec_ops = *mm->ops;
+            bn_rec_ops.forward_relu = bn_relu_recorded;
+            mm->ops = &bn_rec_ops;
+        }
         if (strcmp(ct_module_type(mm), "ReLU") != 0) continue;
         relu_ops = mm->ops;
         relu_rec_ops = *mm->ops;

@@ -342,6 +342,45 @@ START_TEST(conv2d_module_groups) {
 }
 END_TEST
 
+/* A Sequential runs a BatchNorm directly followed by a ReLU as one batch_norm_relu node
+ * with the two layers' values and state (running statistics, num_batches_tracked); a
+ * range that ends between them, or a ReLU that is not next, keeps them apart. */
+START_TEST(sequential_fuses_batchnorm_relu) {
+    ct_module *seq = ct_nn_sequential(), *ref = ct_nn_sequential();
+    ct_module *mods[2][3];
+    for (int k = 0; k < 2; k++) {
+        mods[k][0] = ct_nn_batchnorm2d(3);
+        mods[k][1] = ct_nn_relu();
+        mods[k][2] = ct_nn_relu();
+    }
+    ct_seq_add(seq, NULL, mods[0][0]);
+    ct_seq_add(seq, NULL, mods[0][1]);
+    ct_seq_add(ref, NULL, mods[1][0]);
+    CT_SCOPE {
+        ct_tensor *x = ct_test_rand(CT_SHAPE(4, 3, 5, 5), -2, 2, 1);
+        ct_set_requires_grad(x, true);
+        ct_tensor *y = ct_module_forward(seq, x);
+        ck_assert_str_eq(y->grad_fn->op, "batch_norm_relu");
+        ct_tensor *yr = ct_relu(ct_module_forward(ref, x)); /* the two ops, apart */
+        ck_assert_str_eq(yr->grad_fn->op, "relu");
+        for (int64_t i = 0; i < y->numel; i++) ck_assert_float_eq(y->data[i], yr->data[i]);
+        for (int b = 0; b < 2; b++)
+            for (int64_t c = 0; c < 3; c++)
+                ck_assert_float_eq(mods[0][0]->buffers[b]->data[c], mods[1][0]->buffers[b]->data[c]);
+        ck_assert_int_eq(ct_nn_as_batchnorm(mods[0][0])->num_batches_tracked, 1);
+        /* a range that stops after the BatchNorm runs it alone */
+        ct_tensor *h = ct_seq_forward_range(seq, 0, 1, x);
+        ck_assert_str_eq(h->grad_fn->op, "batch_norm");
+        ck_assert_str_eq(ct_seq_forward_range(seq, 1, 2, h)->grad_fn->op, "relu");
+    }
+    ct_module_free(seq);
+    ct_module_free(ref);
+    ct_module_free(mods[1][1]);
+    ct_module_free(mods[1][2]);
+    ct_module_free(mods[0][2]);
+}
+END_TEST
+
 START_TEST(conv2d_module_bad_groups_aborts) {
     ct_test_expect_abort("groups 3 must divide");
     ct_rng r;
@@ -366,6 +405,7 @@ int main(void) {
     tcase_add_test(tc, frozen_backbone_costs_no_backward);
     tcase_add_test(tc, frozen_prefix_ends_inside_a_nested_sequential);
     tcase_add_test(tc, conv2d_module_groups);
+    tcase_add_test(tc, sequential_fuses_batchnorm_relu);
     tcase_add_test_raise_signal(tc, conv2d_module_bad_groups_aborts, SIGABRT);
     suite_add_tcase(s, tc);
     return ct_test_run(s);

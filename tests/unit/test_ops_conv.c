@@ -71,6 +71,8 @@ static const conv_cfg cfgs[] = {
     {1, 2, 1, 2, 3, 7, 7, 3, 3, 3, 3, 1, true},   /* 7x7 on a 1x2 image */
     {1, 2, 1, 1, 3, 3, 3, 2, 2, 2, 2, 1, false},  /* one tap of the middle row gap */
     {1, 1, 1, 1, 2, 1, 1, 10, 10, 5, 5, 1, true}, /* no live tap: zeros plus the bias */
+    /* Winograd: 3x3, stride 1, padding 1, 16+ channels, 10x10+ planes (odd: half tiles) */
+    {2, 16, 11, 10, 16, 3, 3, 1, 1, 1, 1, 1, true},
 };
 #define NCFG (int)(sizeof cfgs / sizeof cfgs[0])
 
@@ -124,6 +126,49 @@ START_TEST(conv_backward_gradcheck) {
         double err = ct_test_gradcheck("conv2d", conv_fn, k->bias ? 3 : 2, in, (void *)k, 1e-2,
                                        1e-3, 1e-2);
         ck_assert_msg(err <= 1, "conv2d config %d: gradcheck error %g", _i, err);
+    }
+}
+END_TEST
+
+/* Winograd against the im2col path it replaces, on shapes of the CNN (14x14) and ResNet's
+ * small stem (16x16), odd sizes and a batch that leaves a short last chunk: output, dX and
+ * dW (dW is im2col's in both) agree to float rounding. */
+START_TEST(winograd_matches_im2col) {
+    static const int64_t shapes[][5] = {{5, 32, 64, 14, 14}, {3, 16, 24, 16, 16}, {9, 17, 16, 11, 13}};
+    for (int s = 0; s < 3; s++) {
+        const int64_t *k = shapes[s];
+        float *res[2][3];
+        int64_t nres[3];
+        for (int pass = 0; pass < 2; pass++) {
+            ct_conv2d_set_winograd(pass == 1);
+            CT_SCOPE {
+                ct_tensor *x = ct_test_rand(CT_SHAPE(k[0], k[1], k[3], k[4]), -1, 1, 5);
+                ct_tensor *w = ct_test_rand(CT_SHAPE(k[2], k[1], 3, 3), -0.2f, 0.2f, 6);
+                ct_tensor *b = ct_test_rand(CT_SHAPE(k[2]), -1, 1, 7);
+                ct_set_requires_grad(x, true);
+                ct_set_requires_grad(w, true);
+                ct_tensor *y = ct_conv2d(x, w, b, 1, 1);
+                ct_backward_ex(y, ct_test_rand(y->ndim, y->shape, -1, 1, 8), false);
+                ct_tensor *r[3] = {y, ct_grad(x), ct_grad(w)};
+                for (int i = 0; i < 3; i++) {
+                    nres[i] = r[i]->numel;
+                    res[pass][i] = malloc((size_t)nres[i] * sizeof(float));
+                    memcpy(res[pass][i], r[i]->data, (size_t)nres[i] * sizeof(float));
+                }
+            }
+        }
+        ct_conv2d_set_winograd(true);
+        for (int i = 0; i < 3; i++) {
+            bool differs = false;
+            for (int64_t j = 0; j < nres[i]; j++) {
+                ck_assert_close(res[1][i][j], res[0][i][j], 1e-4);
+                differs |= res[1][i][j] != res[0][i][j];
+            }
+            /* the forward and dX really took the other path (dW is im2col's in both) */
+            if (i < 2) ck_assert_msg(differs, "shape %d: result %d is bitwise im2col's", s, i);
+            free(res[0][i]);
+            free(res[1][i]);
+        }
     }
 }
 END_TEST
@@ -702,6 +747,7 @@ int main(void) {
     tcase_add_loop_test(tc, conv_forward_matches_direct, 0, NCFG);
     tcase_add_loop_test(tc, conv_backward_gradcheck, 0, NCFG);
     tcase_add_test(tc, conv_skips_unneeded_gradients);
+    tcase_add_test(tc, winograd_matches_im2col);
     tcase_add_test(tc, conv_saves_only_what_backward_uses);
     tcase_add_test(tc, conv_steady_state_makes_no_mallocs);
     tcase_add_loop_test(tc, residual_block_gradcheck, 0, 2);

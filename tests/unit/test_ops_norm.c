@@ -21,12 +21,14 @@ static ct_tensor *ref_input(int ndim, const int64_t *shape) {
 typedef struct {
     bool training, affine;
     ct_tensor *rm, *rv;
+    bool relu; /* ct_batch_norm_relu */
 } bn_ctx;
 
 static ct_tensor *bn_fn(ct_tensor **in, void *ctx) {
     bn_ctx *c = ctx;
-    return ct_batch_norm(in[0], c->affine ? in[1] : NULL, c->affine ? in[2] : NULL, c->rm,
-                         c->rv, c->training, 0.1f, 1e-5f);
+    return (c->relu ? ct_batch_norm_relu : ct_batch_norm)(in[0], c->affine ? in[1] : NULL,
+                                                          c->affine ? in[2] : NULL, c->rm, c->rv,
+                                                          c->training, 0.1f, 1e-5f);
 }
 
 /* Independent reference: y[n,c,k] from double-precision batch (or given) statistics. */
@@ -56,8 +58,8 @@ static void bn_reference(const ct_tensor *x, const float *w, const float *b, con
     }
 }
 
-static void bn_gradcheck(int ndim, const int64_t *shape, bool training, bool affine,
-                         bool x_grad, bool wb_grad) {
+static void bn_gradcheck_ex(int ndim, const int64_t *shape, bool training, bool affine,
+                            bool x_grad, bool wb_grad, bool relu) {
     CT_SCOPE {
         int64_t C = shape[1];
         ct_tensor *x = ct_test_rand(ndim, shape, -2, 2, 11);
@@ -69,13 +71,70 @@ static void bn_gradcheck(int ndim, const int64_t *shape, bool training, bool aff
         ct_set_requires_grad(w, wb_grad);
         ct_set_requires_grad(b, wb_grad);
         /* Training passes no running stats: the gradcheck calls forward many times. */
-        bn_ctx c = {training, affine, training ? NULL : rm, training ? NULL : rv};
-        double err = ct_test_gradcheck("batch_norm", bn_fn, affine ? 3 : 1,
+        bn_ctx c = {training, affine, training ? NULL : rm, training ? NULL : rv, relu};
+        double err = ct_test_gradcheck(relu ? "batch_norm_relu" : "batch_norm", bn_fn, affine ? 3 : 1,
                                        (ct_tensor *[]){x, w, b}, &c, 1e-2, 2e-3, 2e-2);
-        ck_assert_msg(err <= 1, "batch_norm %dd training=%d affine=%d: gradcheck error %g",
-                      ndim, training, affine, err);
+        ck_assert_msg(err <= 1, "batch_norm %dd training=%d affine=%d relu=%d: gradcheck error %g",
+                      ndim, training, affine, relu, err);
     }
 }
+
+static void bn_gradcheck(int ndim, const int64_t *shape, bool training, bool affine,
+                         bool x_grad, bool wb_grad) {
+    bn_gradcheck_ex(ndim, shape, training, affine, x_grad, wb_grad, false);
+}
+
+/* The fused op's own backward against finite differences (its mask included). */
+START_TEST(bn_relu_grad) {
+    bn_gradcheck_ex(CT_SHAPE(2, 3, 3, 4), true, true, true, true, true);
+    bn_gradcheck_ex(CT_SHAPE(2, 3, 3, 4), false, true, true, true, true);
+    bn_gradcheck_ex(CT_SHAPE(6, 4), true, true, true, true, true);
+    bn_gradcheck_ex(CT_SHAPE(2, 3, 3, 4), true, false, true, false, true); /* dx only, no affine */
+}
+END_TEST
+
+/* ct_batch_norm_relu gives relu(ct_batch_norm(...))'s output, gradients and running
+ * statistics bit for bit: training and eval, planes and [N, C], fresh gradients and ones
+ * that accumulate (x also feeds a second op). */
+START_TEST(bn_relu_same_bits_as_two_ops) {
+    static const int64_t shapes[][4] = {{4, 5, 7, 9}, {16, 6, 1, 1}, {3, 2, 16, 16}};
+    for (int sh = 0; sh < 3; sh++)
+        for (int mode = 0; mode < 4; mode++) { /* bit 0: training, bit 1: x used twice */
+            bool training = mode & 1, twice = mode & 2;
+            float *res[2][6];
+            int64_t nres[6];
+            for (int fused = 0; fused < 2; fused++) CT_SCOPE {
+                    const int64_t *k = shapes[sh];
+                    int nd = k[2] == 1 ? 2 : 4;
+                    ct_tensor *x = ct_test_rand(nd, k, -2, 2, 21);
+                    ct_tensor *w = ct_test_rand(CT_SHAPE(k[1]), 0.5f, 1.5f, 22);
+                    ct_tensor *b = ct_test_rand(CT_SHAPE(k[1]), -1, 1, 23);
+                    ct_tensor *rm = ct_test_rand(CT_SHAPE(k[1]), -0.5f, 0.5f, 24);
+                    ct_tensor *rv = ct_test_rand(CT_SHAPE(k[1]), 0.5f, 2, 25);
+                    ct_tensor *in[3] = {x, w, b};
+                    for (int i = 0; i < 3; i++) ct_set_requires_grad(in[i], true);
+                    ct_tensor *y = fused ? ct_batch_norm_relu(x, w, b, rm, rv, training, 0.1f, 1e-5f)
+                                         : ct_relu(ct_batch_norm(x, w, b, rm, rv, training, 0.1f, 1e-5f));
+                    ct_tensor *loss = ct_sum(ct_mul(y, ct_test_rand(y->ndim, y->shape, -1, 1, 26)));
+                    if (twice) loss = ct_add(loss, ct_sum(ct_mul(x, x)));
+                    ct_backward(loss);
+                    ct_tensor *r[6] = {y, ct_grad(x), ct_grad(w), ct_grad(b), rm, rv};
+                    for (int i = 0; i < 6; i++) {
+                        nres[i] = r[i]->numel;
+                        res[fused][i] = malloc((size_t)nres[i] * sizeof(float));
+                        memcpy(res[fused][i], r[i]->data, (size_t)nres[i] * sizeof(float));
+                    }
+                }
+            static const char *what[6] = {"output", "dx", "dweight", "dbias", "running_mean", "running_var"};
+            for (int i = 0; i < 6; i++) {
+                ck_assert_msg(memcmp(res[0][i], res[1][i], (size_t)nres[i] * sizeof(float)) == 0,
+                              "shape %d mode %d: %s differs between fused and two ops", sh, mode, what[i]);
+                free(res[0][i]);
+                free(res[1][i]);
+            }
+        }
+}
+END_TEST
 
 START_TEST(bn_train_grad_2d) {
     bn_gradcheck(CT_SHAPE(6, 4), true, true, true, true);
@@ -447,6 +506,8 @@ int main(void) {
     tcase_add_test(tb, bn_train_grad_2d);
     tcase_add_test(tb, bn_train_grad_4d);
     tcase_add_test(tb, bn_eval_grad);
+    tcase_add_test(tb, bn_relu_grad);
+    tcase_add_test(tb, bn_relu_same_bits_as_two_ops);
     tcase_add_test(tb, bn_forward_values);
     tcase_add_test(tb, bn_running_stats_4d);
     tcase_add_test(tb, bn_running_stats_2d);

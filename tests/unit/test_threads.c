@@ -80,20 +80,26 @@ END_TEST
 START_TEST(cnn_steps_sgd_same_bits_for_1_2_3_threads) { cnn_case(false); }
 END_TEST
 
-/* Small images: chunks of several samples and dW summed in parts (the ResNet layer4 path),
- * with groups, stride 2 and bias; output and every gradient compared. */
-static float *conv_small(int threads, int64_t *n) {
+/* One conv's output and every gradient with `threads` threads: x [n, c, hw[0], hw[1]],
+ * w [o, c/groups, 3, 3], a bias, a fixed upstream gradient; *n gets the count. */
+typedef struct {
+    int64_t n, c, o, h, w;
+    ct_conv2d_opts opts;
+} conv_case;
+
+static float *conv_run(const conv_case *k, int threads, int64_t *n) {
     ct_set_threads(threads);
     float *out = NULL;
     CT_SCOPE {
-        ct_tensor *x = ct_test_rand(CT_SHAPE(96, 8, 6, 6), -1, 1, 1);
-        ct_tensor *w = ct_test_rand(CT_SHAPE(16, 4, 3, 3), -1, 1, 2);
-        ct_tensor *bias = ct_test_rand(CT_SHAPE(16), -1, 1, 3);
-        ct_tensor *g = ct_test_rand(CT_SHAPE(96, 16, 3, 3), -1, 1, 4);
+        int64_t s = k->opts.stride_h, p = k->opts.pad_h;
+        int64_t oh = (k->h + 2 * p - 3) / s + 1, ow = (k->w + 2 * p - 3) / s + 1;
+        ct_tensor *x = ct_test_rand(CT_SHAPE(k->n, k->c, k->h, k->w), -1, 1, 1);
+        ct_tensor *w = ct_test_rand(CT_SHAPE(k->o, k->c / k->opts.groups, 3, 3), -1, 1, 2);
+        ct_tensor *bias = ct_test_rand(CT_SHAPE(k->o), -1, 1, 3);
+        ct_tensor *g = ct_test_rand(CT_SHAPE(k->n, k->o, oh, ow), -1, 1, 4);
         ct_tensor *in[3] = {x, w, bias};
         for (int i = 0; i < 3; i++) ct_set_requires_grad(in[i], true);
-        ct_conv2d_opts o = {.stride_h = 2, .stride_w = 2, .pad_h = 1, .pad_w = 1, .groups = 2};
-        ct_tensor *y = ct_conv2d_ex(x, w, bias, &o);
+        ct_tensor *y = ct_conv2d_ex(x, w, bias, &k->opts);
         ct_backward_ex(y, g, false);
         *n = y->numel + x->numel + w->numel + bias->numel;
         out = malloc((size_t)*n * sizeof(float));
@@ -107,18 +113,33 @@ static float *conv_small(int threads, int64_t *n) {
     return out;
 }
 
-START_TEST(chunked_conv_same_bits_for_1_2_3_threads) {
+static void conv_same_bits(const conv_case *k) {
     int saved = ct_get_threads();
     int64_t n1, n;
-    float *one = conv_small(1, &n1);
+    float *one = conv_run(k, 1, &n1);
     for (int t = 2; t <= 3; t++) {
-        float *many = conv_small(t, &n);
+        float *many = conv_run(k, t, &n);
         ck_assert_int_eq(n, n1);
         expect_same_bits(one, many, n, t);
         free(many);
     }
     free(one);
     ct_set_threads(saved);
+}
+
+/* Small images: chunks of several samples and dW summed in parts (the ResNet layer4 path),
+ * with groups, stride 2 and bias. */
+START_TEST(chunked_conv_same_bits_for_1_2_3_threads) {
+    conv_case k = {96, 8, 16, 6, 6, {.stride_h = 2, .stride_w = 2, .pad_h = 1, .pad_w = 1, .groups = 2}};
+    conv_same_bits(&k);
+}
+END_TEST
+
+/* Winograd (3x3, stride 1, padding 1, 16+ channels, 10x10+ planes): odd plane sizes (half
+ * tiles) and 9 samples in chunks of 4, 4 and 1. */
+START_TEST(winograd_conv_same_bits_for_1_2_3_threads) {
+    conv_case k = {9, 16, 20, 11, 13, {.stride_h = 1, .stride_w = 1, .pad_h = 1, .pad_w = 1, .groups = 1}};
+    conv_same_bits(&k);
 }
 END_TEST
 
@@ -182,6 +203,7 @@ int main(void) {
     tcase_add_test(tc, cnn_steps_adamw_same_bits_for_1_2_3_threads);
     tcase_add_test(tc, cnn_steps_sgd_same_bits_for_1_2_3_threads);
     tcase_add_test(tc, chunked_conv_same_bits_for_1_2_3_threads);
+    tcase_add_test(tc, winograd_conv_same_bits_for_1_2_3_threads);
     suite_add_tcase(s, tc);
     TCase *tm = tcase_create("model");
     tcase_set_timeout(tm, 120);
