@@ -15,6 +15,8 @@ extern ct_stats ct__stats;
 /* The first time a thread caches a block or adopts a tensor: at its exit, its scopes'
  * tensors are released and its allocator cache returned to the system (thread.c). */
 void ct__thread_register(void);
+/* Frees a block from ct_alloc to the system, bypassing the cache (for one-off sizes). */
+void ct__alloc_release(void *p);
 /* fn runs at the exit of every registered thread, after its scopes are released and before
  * its allocator cache is trimmed: a layer above core frees its per-thread scratch there.
  * Called once per layer (at most 4 in all). */

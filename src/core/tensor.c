@@ -23,10 +23,16 @@ static ct_storage *storage_new(size_t bytes, float *external) {
     return s;
 }
 
-static void storage_release(ct_storage *s) {
+/* `last_use`: the block's size is not expected again (a parameter's own storage once it
+ * moves into its module's slab), so it goes back to the system instead of the cache,
+ * where its pages, all written, would stay resident for the rest of the run. */
+static void storage_release(ct_storage *s, bool last_use) {
     if (--s->refs > 0) return;
     if (!s->external) {
-        ct_free(s->data, s->bytes);
+        if (last_use)
+            ct__alloc_release(s->data);
+        else
+            ct_free(s->data, s->bytes);
         CT_STAT_ADD(live_bytes, -(int64_t)s->bytes);
     }
     ct_free(s, sizeof *s);
@@ -84,7 +90,7 @@ void ct_tensor_rebind(ct_tensor *t, float *dst) {
               CT_SHAPE_STR(t), t->storage->refs - 1);
     if (t->data == dst) return;
     memcpy(dst, t->data, (size_t)t->numel * sizeof(float));
-    storage_release(t->storage);
+    storage_release(t->storage, true);
     t->storage = storage_new((size_t)t->numel * sizeof(float), dst);
     t->data = dst;
 }
@@ -149,7 +155,7 @@ void ct_release(ct_tensor *t) {
         if (--r->refs == 0) r->destroy(t->grad_fn);
     }
     if (t->grad) ct_release(t->grad);
-    storage_release(t->storage);
+    storage_release(t->storage, false);
     CT_STAT_ADD(live_tensors, -1);
     ct_free(t, sizeof *t);
 }

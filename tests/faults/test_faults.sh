@@ -16,16 +16,7 @@ unset CT_PREEMPT_RAISE CT_FAULT_ONCE
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export CTRUN_CTRAIN=$CTRAIN CTRUN_CORES=2
 
-/usr/bin/python3 - "$T" <<'EOF'
-import sys
-import numpy as np
-d = sys.argv[1]
-rng = np.random.default_rng(1)
-for split, n in (("train", 4096), ("test", 256)):
-    y = rng.integers(0, 4, n)
-    np.save(f"{d}/{split}_x.npy", (rng.normal(0, 1, (n, 16)) + y[:, None]).astype(np.float32))
-    np.save(f"{d}/{split}_y.npy", y.astype(np.int64))
-EOF
+npy_blobs "$T" 1 4096 256
 # A small dist.timeout_s for the hung rank's cases, but not so small that a loaded machine's
 # stall of a live rank (start-up, a checkpoint) trips it in the other runs.
 STEPS=64 EVERY=20 EPOCHS=3 TIMEOUT_S=5

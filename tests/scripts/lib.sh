@@ -53,3 +53,40 @@ finish() {
     echo "$npass passed, $nfail failed"
     exit $((nfail > 0))
 }
+# mpi NP COMMAND...: COMMAND under mpirun with NP ranks, bounded in time.
+mpi() {
+    local np=$1
+    shift
+    timeout 120 "${MPIRUN[@]}" -np "$np" "$@"
+}
+# run NAME NP ARGS...: ctrain ARGS with NP ranks (0: one plain process, no mpirun); stdout in
+# $T/NAME.out, stderr in $T/NAME.err, status in $rc.
+run() {
+    local name=$1 np=$2
+    shift 2
+    if [ "$np" -eq 0 ]; then
+        timeout 120 "$CTRAIN" "$@" >"$T/$name.out" 2>"$T/$name.err"
+    else
+        mpi "$np" "$CTRAIN" "$@" >"$T/$name.out" 2>"$T/$name.err"
+    fi
+    rc=$?
+}
+# ran_ok WHAT NAME: passes when the last run exited 0, else shows NAME's stderr.
+ran_ok() {
+    if [ "$rc" -eq 0 ]; then pass "$1 exits 0"; else fail "$1 exits $rc"; show "$T/$2.err"; fi
+}
+eval_lines() { grep '^{"event":"eval"' "$T/$1.out"; }
+# npy_blobs DIR SEED NTRAIN NTEST: a 4-class problem with 16 features (class c's samples are
+# centred on c), as DIR/{train,test}_{x,y}.npy, for runs that must take seconds.
+npy_blobs() {
+    /usr/bin/python3 - "$@" <<'PY'
+import sys
+import numpy as np
+d, seed, sizes = sys.argv[1], int(sys.argv[2]), {"train": int(sys.argv[3]), "test": int(sys.argv[4])}
+rng = np.random.default_rng(seed)
+for split, n in sizes.items():
+    y = rng.integers(0, 4, n)
+    np.save(f"{d}/{split}_x.npy", (rng.normal(0, 1, (n, 16)) + y[:, None]).astype(np.float32))
+    np.save(f"{d}/{split}_y.npy", y.astype(np.int64))
+PY
+}

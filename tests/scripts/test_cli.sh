@@ -4,33 +4,12 @@
 # the job, the metrics file, the eval JSON lines and the progress output.
 source "$(dirname "$0")/lib.sh"
 CFG=$ROOT/examples/fmnist_mlp.ini
-mpi() {
-    local np=$1
-    shift
-    timeout 120 "${MPIRUN[@]}" -np "$np" "$@"
-}
 
 # A model with BatchNorm, dropout and augmentation, so an exact resume must restore the
 # buffers, the optimizer state and every random stream.
 RUN=(data.per_class=100 train.epochs=3 train.log_every=5 model.name=custom
      model.layers=flatten,linear:128,bn,relu,dropout:25,linear:10 data.augment=crop_flip)
 
-# run NAME NP ARGS...: ctrain with NP ranks (0 = plain, no mpirun), stdout in $T/NAME.out,
-# stderr in $T/NAME.err, status in $rc.
-run() {
-    local name=$1 np=$2
-    shift 2
-    if [ "$np" -eq 0 ]; then
-        timeout 120 "$CTRAIN" "$@" >"$T/$name.out" 2>"$T/$name.err"
-    else
-        mpi "$np" "$CTRAIN" "$@" >"$T/$name.out" 2>"$T/$name.err"
-    fi
-    rc=$?
-}
-ran_ok() {
-    if [ "$rc" -eq 0 ]; then pass "$1 exits 0"; else fail "$1 exits $rc"; show "$T/$2.err"; fi
-}
-eval_lines() { grep '^{"event":"eval"' "$T/$1.out"; }
 json_field() { sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" <<<"$1"; }
 steps_per_epoch() { sed -n 's/.* \([0-9]*\) steps\/epoch$/\1/p' "$T/$1.err" | head -1; }
 # Simulates a run that stopped after epoch 1: later checkpoints gone, latest names epoch 1.

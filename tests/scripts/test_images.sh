@@ -16,26 +16,6 @@ PY=/usr/bin/python3
 CFG=$ROOT/examples/fmnist_cnn.ini
 D=$T/fm
 
-mpi() {
-    local np=$1
-    shift
-    timeout 120 "${MPIRUN[@]}" -np "$np" "$@"
-}
-# run NAME NP ARGS...: as in test_cli.sh
-run() {
-    local name=$1 np=$2
-    shift 2
-    if [ "$np" -eq 0 ]; then
-        timeout 120 "$CTRAIN" "$@" >"$T/$name.out" 2>"$T/$name.err"
-    else
-        mpi "$np" "$CTRAIN" "$@" >"$T/$name.out" 2>"$T/$name.err"
-    fi
-    rc=$?
-}
-ran_ok() {
-    if [ "$rc" -eq 0 ]; then pass "$1 exits 0"; else fail "$1 exits $rc"; show "$T/$2.err"; fi
-}
-eval_lines() { grep '^{"event":"eval"' "$T/$1.out"; }
 # losses and evaluations of a run, without timings
 losses() { sed 's/"lr".*//' "$1/metrics.jsonl"; }
 fails() {

@@ -6,13 +6,6 @@
 source "$(dirname "$0")/lib.sh"
 CFG=$ROOT/examples/fmnist_mlp.ini
 
-# run NAME ARGS...: one-rank ctrain, stdout in $T/NAME.out, stderr in $T/NAME.err, status in $rc.
-run() {
-    local name=$1
-    shift
-    timeout 120 "$CTRAIN" "$@" >"$T/$name.out" 2>"$T/$name.err"
-    rc=$?
-}
 # fails NAME MUST_CONTAIN... -- ARGS: ctrain must exit non-zero (124, the timeout, is not
 # enough) and say every MUST_CONTAIN on stderr.
 fails() {
@@ -21,28 +14,24 @@ fails() {
     local want=() w ok=1
     while [ "$1" != -- ]; do want+=("$1"); shift; done
     shift
-    run "$name" "$@"
+    run "$name" 0 "$@"
     [ "$rc" -ne 0 -a "$rc" -ne 124 ] || ok=0
     for w in "${want[@]}"; do contains "$T/$name.err" "$w" || ok=0; done
     if [ "$ok" = 1 ]; then pass "error: $name (exit $rc)"; else fail "error: $name (exit $rc)"; show "$T/$name.err"; fi
 }
-ran_ok() {
-    if [ "$rc" -eq 0 ]; then pass "$1 exits 0"; else fail "$1 exits $rc"; show "$T/$2.err"; fi
-}
 
 # A 4-class problem with 16 features: 256 training and 128 test samples, plus copies of the
 # label files with one stray label and of the features with NaNs, and a larger training set.
+npy_blobs "$T" 0 256 128
 /usr/bin/python3 - "$T" <<'EOF'
 import sys
 import numpy as np
 d = sys.argv[1]
 rng = np.random.default_rng(0)
-for split, n in (("train", 256), ("test", 128)):
-    y = rng.integers(0, 4, n)
-    np.save(f"{d}/{split}_x.npy", (rng.normal(0, 1, (n, 16)) + y[:, None]).astype(np.float32))
-    np.save(f"{d}/{split}_y.npy", y.astype(np.int64))
+for split in ("train", "test"):
+    y = np.load(f"{d}/{split}_y.npy")
     y[17 if split == "test" else 40] = 255
-    np.save(f"{d}/{split}_y_bad.npy", y.astype(np.int64))
+    np.save(f"{d}/{split}_y_bad.npy", y)
     x = np.load(f"{d}/{split}_x.npy")
     x[[3, 100]] = np.nan  # two samples of NaN features
     np.save(f"{d}/{split}_x_nan.npy", x)
@@ -56,10 +45,10 @@ DATA=(data.format=npy data.train_x="$T/train_x.npy" data.train_y="$T/train_y.npy
       data.test_x="$T/test_x.npy" data.test_y="$T/test_y.npy" data.mean=0 data.std=1)
 SMALL=(model.name=custom model.layers=linear:32,relu,linear:4 train.batch_size=32 train.log_every=0)
 
-run base train "$CFG" "${DATA[@]}" "${SMALL[@]}" train.epochs=2 output.dir="$T/base"
+run base 0 train "$CFG" "${DATA[@]}" "${SMALL[@]}" train.epochs=2 output.dir="$T/base"
 ran_ok "training on the tiny data set" base
 MLP=$T/mlp
-run mlp train "$CFG" "${DATA[@]}" train.epochs=1 train.log_every=0 output.dir="$MLP"
+run mlp 0 train "$CFG" "${DATA[@]}" train.epochs=1 train.log_every=0 output.dir="$MLP"
 ran_ok "training the built-in MLP" mlp
 
 # ---- error messages that embed another one, or name the wrong thing --------------------------
@@ -95,7 +84,7 @@ fails latest-is-a-directory "$L/latest: not a regular file (a directory)" -- "${
 rmdir "$L/latest" && mkfifo "$L/latest"
 fails latest-is-a-fifo "$L/latest: not a regular file (a FIFO)" -- "${RESUME[@]}"
 rm "$L/latest" && echo ckpt-epoch0001.safetensors >"$L/latest"
-run latest-plain-name "${RESUME[@]}"
+run latest-plain-name 0 "${RESUME[@]}"
 ran_ok "resume from a plain name in latest" latest-plain-name
 check "resume named the checkpoint in output.dir" contains "$T/latest-plain-name.err" "resumed from $L/ckpt-epoch0001.safetensors"
 mkfifo "$T/fifo.safetensors"
@@ -106,11 +95,11 @@ fails init-from-a-fifo "$T/fifo.safetensors: not a regular file (a FIFO)" -- \
 
 # ---- integrity: a corrupt or truncated newest checkpoint falls back to the newest valid one ----
 FB=$T/fb
-run fb-full train "$CFG" "${DATA[@]}" "${SMALL[@]}" train.epochs=3 output.dir="$FB"
+run fb-full 0 train "$CFG" "${DATA[@]}" "${SMALL[@]}" train.epochs=3 output.dir="$FB"
 ran_ok "3 epochs with a checkpoint each" fb-full
 last=$(tail -1 "$T/fb-full.out")
 head -c 1000 "$FB/ckpt-epoch0003.safetensors" >"$T/cut" && mv "$T/cut" "$FB/ckpt-epoch0003.safetensors"
-run fb-truncated "${RESUME[@]/$L/$FB}"
+run fb-truncated 0 "${RESUME[@]/$L/$FB}"
 ran_ok "resume with a truncated newest checkpoint" fb-truncated
 check "truncated: the warning names both files" contains "$T/fb-truncated.err" \
     "$FB/latest names $FB/ckpt-epoch0003.safetensors, which is unusable"
@@ -122,7 +111,7 @@ for e in 3 2; do
     python3 -c 'import sys; p = sys.argv[1]; b = bytearray(open(p, "rb").read()); b[-9] ^= 1; open(p, "wb").write(b)' \
         "$FB/ckpt-epoch000$e.safetensors"
 done
-run fb-corrupt "${RESUME[@]/$L/$FB}"
+run fb-corrupt 0 "${RESUME[@]/$L/$FB}"
 ran_ok "resume with the two newest checkpoints corrupt" fb-corrupt
 check "corrupt: the checksum mismatch is named" contains "$T/fb-corrupt.err" \
     "$FB/ckpt-epoch0003.safetensors: the tensor data does not match its checksum"
@@ -152,7 +141,7 @@ if mount -t tmpfs -o size=64k tmpfs "$FULL" 2>/dev/null; then
     n=$(grep -c '"event":"eval"' "$T/full.out") # the last epoch evaluated, then failed to save
     expect_eq "disk full: latest names the epoch before" "ckpt-epoch$(printf %04d $((n - 1))).safetensors" \
         "$(cat "$T/full_copy/latest")"
-    run full-eval eval "$CFG" "${DATA[@]}" "${SMALL[@]}" --checkpoint "$T/full_copy/$(cat "$T/full_copy/latest")"
+    run full-eval 0 eval "$CFG" "${DATA[@]}" "${SMALL[@]}" --checkpoint "$T/full_copy/$(cat "$T/full_copy/latest")"
     ran_ok "disk full: that checkpoint is intact" full-eval
     # A read-only output directory: resuming into it fails at once, naming the file, on both ranks.
     mount -t tmpfs -o size=1m tmpfs "$FULL"
@@ -172,14 +161,14 @@ fi
 # ---- a non-strict init_from that loads nothing is an error --------------------------------
 fails init-from-another-model "$MLP/ckpt-epoch0001.safetensors: not one tensor of the model could be loaded" -- \
     train "$CFG" "${DATA[@]}" "${SMALL[@]}" model.init_from="$MLP/ckpt-epoch0001.safetensors" output.dir="$T/e6"
-run init-from-partial train "$CFG" "${DATA[@]}" model.name=custom model.layers=linear:32,relu,linear:4 \
+run init-from-partial 0 train "$CFG" "${DATA[@]}" model.name=custom model.layers=linear:32,relu,linear:4 \
     train.epochs=1 model.init_from="$T/base/ckpt-epoch0002.safetensors" model.init_exclude=2.* output.dir="$T/ok6"
 ran_ok "non-strict init_from that loads some tensors" init-from-partial
 
 # ---- freezing everything is a config error, not an abort in backward ------------------------
 fails freeze-everything "$CFG: model.freeze = '*' freezes every parameter: nothing left to train" -- \
     train "$CFG" "${DATA[@]}" "${SMALL[@]}" model.freeze='*' output.dir="$T/e7"
-run eval-frozen eval "$CFG" "${DATA[@]}" "${SMALL[@]}" model.freeze='*' --checkpoint "$T/base/ckpt-epoch0002.safetensors"
+run eval-frozen 0 eval "$CFG" "${DATA[@]}" "${SMALL[@]}" model.freeze='*' --checkpoint "$T/base/ckpt-epoch0002.safetensors"
 ran_ok "eval with every parameter frozen" eval-frozen
 # ---- temporaries left by a rank killed while writing are removed by the next run ---------------
 S=$T/stale
@@ -189,7 +178,7 @@ dead=$!
 wait $dead # nothing has this pid now (pids are not reused this quickly)
 for f in ckpt-epoch0001.safetensors.tmp.$dead latest.tmp.$dead config.ini.tmp.$dead \
          ckpt-epoch0002.safetensors.tmp.$$ notes.tmp.txt; do echo x >"$S/$f"; done
-run stale train "$CFG" "${DATA[@]}" "${SMALL[@]}" train.epochs=1 output.dir="$S"
+run stale 0 train "$CFG" "${DATA[@]}" "${SMALL[@]}" train.epochs=1 output.dir="$S"
 ran_ok "a run into a directory with stale temporaries" stale
 expect_eq "stale temporaries of dead pids removed; a live pid's and other files kept" \
     "ckpt-epoch0002.safetensors.tmp.$$ notes.tmp.txt" "$(cd "$S" && ls | grep tmp | tr '\n' ' ' | sed 's/ $//')"
@@ -205,12 +194,12 @@ fails nan-loss-is-an-error "fatal: epoch 1 step" "the training loss is nan (trai
     train "$CFG" "${DATA[@]}" "${SMALL[@]}" "$NANX" output.dir="$T/nan_err"
 check "a NaN loss writes no checkpoint" [ ! -e "$T/nan_err/ckpt-epoch0001.safetensors" ]
 check "a NaN loss prints no eval line" [ ! -s "$T/nan-loss-is-an-error.out" ]
-run nan-skip train "$CFG" "${DATA[@]}" "${SMALL[@]}" "$NANX" train.on_nonfinite=skip train.epochs=2 output.dir="$T/nan_skip"
+run nan-skip 0 train "$CFG" "${DATA[@]}" "${SMALL[@]}" "$NANX" train.on_nonfinite=skip train.epochs=2 output.dir="$T/nan_skip"
 ran_ok "train.on_nonfinite = skip" nan-skip
 check "skip: says how many steps it skipped" grep -q "epoch 1: skipped 2 of 8 steps with a non-finite loss" "$T/nan-skip.err"
 check "skip: finite evaluations" python3 -c 'import json,sys; assert all(0 < json.loads(l)["loss"] < 10 for l in open(sys.argv[1]))' \
     "$T/nan-skip.out"
-run nan-skip-eval eval "$CFG" "${DATA[@]}" "${SMALL[@]}" --checkpoint "$T/nan_skip/ckpt-epoch0002.safetensors"
+run nan-skip-eval 0 eval "$CFG" "${DATA[@]}" "${SMALL[@]}" --checkpoint "$T/nan_skip/ckpt-epoch0002.safetensors"
 ran_ok "skip: the checkpoint is finite and loads" nan-skip-eval
 timeout 120 "${MPIRUN[@]}" -np 2 "$CTRAIN" train "$CFG" "${DATA[@]}" "${SMALL[@]}" "$NANX" train.on_nonfinite=skip \
     output.dir="$T/nan_skip2" >"$T/nan-skip-2.out" 2>"$T/nan-skip-2.err"
@@ -224,7 +213,7 @@ check "2 ranks: a NaN loss ends the job non-zero (got $rc)" [ "$rc" -ne 0 -a "$r
 check "2 ranks: the message names the rank" grep -q "rank [01]: fatal: epoch 1 step [0-9]*: the training loss is nan" \
     "$T/nan-err-2.err"
 
-run nan-eval train "$CFG" "${DATA[@]}" "${SMALL[@]}" data.test_x="$T/test_x_nan.npy" train.epochs=1 output.dir="$T/nan_eval"
+run nan-eval 0 train "$CFG" "${DATA[@]}" "${SMALL[@]}" data.test_x="$T/test_x_nan.npy" train.epochs=1 output.dir="$T/nan_eval"
 ran_ok "training with NaN test features" nan-eval
 check "stdout: a NaN evaluation loss is null" grep -q '"loss":null' "$T/nan-eval.out"
 check "stdout is strict JSON" python3 -c "$JSON_CHECK" "$T/nan-eval.out"
@@ -252,7 +241,7 @@ fails nan-init-from "$T/nan.safetensors: tensor '2.weight' holds NaN at element 
 mkdir -p "$T/nan_resume" && cp "$T/nan.safetensors" "$T/nan_resume/" && echo nan.safetensors >"$T/nan_resume/latest"
 fails nan-resume "$T/nan_resume/nan.safetensors: tensor '2.weight' holds NaN" -- \
     train "$CFG" "${DATA[@]}" "${SMALL[@]}" train.epochs=3 resume=true output.dir="$T/nan_resume"
-run nan-allowed eval "$CFG" "${DATA[@]}" "${SMALL[@]}" model.allow_nonfinite=true --checkpoint "$T/nan.safetensors"
+run nan-allowed 0 eval "$CFG" "${DATA[@]}" "${SMALL[@]}" model.allow_nonfinite=true --checkpoint "$T/nan.safetensors"
 ran_ok "model.allow_nonfinite = true loads it" nan-allowed
 check "... and its eval line is strict JSON" python3 -c "$JSON_CHECK" "$T/nan-allowed.out"
 

@@ -146,9 +146,17 @@ END_TEST
 
 START_TEST(pack_makes_one_slab) {
     ct_rng r = rng_of(6);
+    ct_alloc_trim(); /* an empty cache, whatever ran before in this process */
     ct_module *m = ct_nn_mlp(784, 10, &r);
     float first = ct_module_find(m, "1.weight")->data[5], last = ct_module_find(m, "5.bias")->data[9];
+    size_t wbytes = (size_t)ct_module_find(m, "1.weight")->numel * sizeof(float);
     ct_module_pack(m);
+    /* The parameters' old blocks went back to the system, not to the allocator's cache
+     * (where they would stay resident): a block of 1.weight's size is a new allocation. */
+    int64_t mallocs = ct_stats_get().mallocs;
+    void *blk = ct_alloc(wbytes);
+    ck_assert_int_eq(ct_stats_get().mallocs, mallocs + 1);
+    ct_free(blk, wbytes);
     ct_named p = ct_module_params(m, false);
     const float *expect = m->slab;
     for (int i = 0; i < p.n; i++) {
