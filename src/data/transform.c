@@ -251,8 +251,9 @@ bool ct_transforms_fixed_size(const ct_transforms *t) {
     return false;
 }
 
-void ct_transforms_apply(const ct_transforms *t, ct_image *im, ct_rng *rng) {
-    for (int i = 0; i < t->n; i++) {
+/* Applies t's transforms from the first-th on. */
+static void apply_from(const ct_transforms *t, int first, ct_image *im, ct_rng *rng) {
+    for (int i = first; i < t->n; i++) {
         const ct_transform *x = &t->t[i];
         ct_image out = {0};
         int64_t oh, ow, p[4];
@@ -279,4 +280,36 @@ void ct_transforms_apply(const ct_transforms *t, ct_image *im, ct_rng *rng) {
         ct_image_free(im);
         *im = out;
     }
+}
+
+void ct_transforms_apply(const ct_transforms *t, ct_image *im, ct_rng *rng) { apply_from(t, 0, im, rng); }
+
+typedef struct {
+    const ct_transform *x;
+    ct_rng *rng;
+} rrc_ctx;
+
+/* The random_resized_crop box, drawn once the image's size is known. */
+static void rrc_box(void *ctx, int64_t h, int64_t w, int64_t box[4]) {
+    rrc_ctx *c = ctx;
+    ct_rrc_params(h, w, c->x->scale, c->x->ratio, c->rng, box);
+}
+
+ct_status ct_transforms_read(const ct_transforms *t, const char *path, int channels, ct_rng *rng,
+                             ct_image *out) {
+    if (!t->n || t->t[0].kind != CT_TF_RANDOM_RESIZED_CROP) {
+        ct_status st = ct_image_read(path, channels, out);
+        if (st == CT_OK) apply_from(t, 0, out, rng);
+        return st;
+    }
+    /* The crop box depends only on the image's size and the rng: decode just the box (for a
+     * JPEG, most of the work is skipped), then go on as apply() does after its crop. */
+    rrc_ctx c = {&t->t[0], rng};
+    ct_image crop;
+    ct_status st = ct_image_read_box(path, channels, rrc_box, &c, &crop);
+    if (st != CT_OK) return st;
+    ct_image_resize(&crop, t->t[0].size, t->t[0].size, out);
+    ct_image_free(&crop);
+    apply_from(t, 1, out, rng);
+    return CT_OK;
 }

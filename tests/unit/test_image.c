@@ -55,6 +55,56 @@ START_TEST(decode_matches_pil) {
 }
 END_TEST
 
+static void pick_box(void *ctx, int64_t h, int64_t w, int64_t box[4]) {
+    (void)h, (void)w;
+    memcpy(box, ctx, 4 * sizeof *box);
+}
+
+/* A JPEG decoded only around a box (libjpeg-turbo's cropped and skipped scanlines) gives
+ * exactly the full decode's pixels in the box: every JPEG of the manifest, both channel
+ * counts, boxes at every edge and at random places and sizes. */
+START_TEST(decode_box_matches_full_decode) {
+    int channels = _i == 0 ? 1 : 3;
+    char path[256], name[64];
+    snprintf(path, sizeof path, "%s/manifest.txt", fixdir);
+    FILE *m = fopen(path, "r");
+    ck_assert_ptr_nonnull(m);
+    long long h, w;
+    int jpegs = 0;
+    ct_rng rng;
+    ct_rng_seed(&rng, 5);
+    while (fscanf(m, "%63s %lld %lld", name, &h, &w) == 3) {
+        if (!strstr(name, ".jp")) continue;
+        jpegs++;
+        snprintf(path, sizeof path, "%s/%s", fixdir, name);
+        ct_image full;
+        ck_assert_int_eq(ct_image_read(path, channels, &full), CT_OK);
+        for (int k = 0; k < 300; k++) {
+            int64_t box[4];
+            box[2] = 1 + (int64_t)ct_rng_below(&rng, (uint64_t)h);
+            box[3] = 1 + (int64_t)ct_rng_below(&rng, (uint64_t)w);
+            box[0] = (int64_t)ct_rng_below(&rng, (uint64_t)(h - box[2] + 1));
+            box[1] = (int64_t)ct_rng_below(&rng, (uint64_t)(w - box[3] + 1));
+            if (k < 4) /* against the image's edges */
+                box[0] = k & 1 ? h - box[2] : 0, box[1] = k & 2 ? w - box[3] : 0;
+            ct_image im;
+            ck_assert_msg(ct_image_read_box(path, channels, pick_box, box, &im) == CT_OK, "%s", ct_last_error());
+            ck_assert(im.h == box[2] && im.w == box[3] && im.c == channels);
+            for (int64_t y = 0; y < box[2]; y++)
+                ck_assert_msg(!memcmp(im.px + y * box[3] * channels,
+                                      full.px + ((y + box[0]) * w + box[1]) * channels, (size_t)(box[3] * channels)),
+                              "%s (%d channels): box top %lld left %lld h %lld w %lld differs in row %lld", name,
+                              channels, (long long)box[0], (long long)box[1], (long long)box[2],
+                              (long long)box[3], (long long)y);
+            ct_image_free(&im);
+        }
+        ct_image_free(&full);
+    }
+    fclose(m);
+    ck_assert_int_ge(jpegs, 10);
+}
+END_TEST
+
 /* In memory as from a file. */
 START_TEST(decode_from_memory) {
     char path[256];
@@ -89,6 +139,13 @@ START_TEST(bad_files_refused) {
                   "message '%s' should name %s and say '%s'", ct_last_error(), path, cases[_i].why);
     ck_assert_int_eq(im.h, -7); /* untouched */
     ck_assert_ptr_null(im.px);
+    /* decoding a box of the first pixel only refuses it the same way (a JPEG's rows below
+     * the box still go through the entropy decoder) */
+    int64_t box[4] = {0, 0, 1, 1};
+    ck_assert_int_eq(ct_image_read_box(path, 3, pick_box, box, &im), st);
+    ck_assert_msg(strstr(ct_last_error(), path) && strstr(ct_last_error(), cases[_i].why), "box: '%s'",
+                  ct_last_error());
+    ck_assert_int_eq(im.h, -7);
 }
 END_TEST
 
@@ -106,6 +163,7 @@ int main(void) {
     tcase_add_unchecked_fixture(t, make_fixtures, remove_fixtures);
     tcase_set_timeout(t, 60);
     tcase_add_loop_test(t, decode_matches_pil, 0, 2);
+    tcase_add_loop_test(t, decode_box_matches_full_decode, 0, 2);
     tcase_add_test(t, decode_from_memory);
     tcase_add_loop_test(t, bad_files_refused, 0, 7);
     tcase_add_test(t, bad_channel_count);
