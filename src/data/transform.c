@@ -58,6 +58,50 @@ static inline uint8_t clip8(int32_t v) {
     return v < 0 ? 0 : v > 255 ? 255 : (uint8_t)v;
 }
 
+/* PIL's horizontal pass over rows rows of w_in pixels of C channels into rows of w. RGB
+ * has its own loop, whose three sums stay in registers. */
+static void resample_rows(const uint8_t *restrict src, int64_t w_in, int64_t rows, int C,
+                          uint8_t *restrict dst, int64_t w, const int64_t *bounds, const int32_t *kk, int ks) {
+    const int32_t half = 1 << (PRECISION_BITS - 1);
+    for (int64_t y = 0; y < rows; y++, src += w_in * C) {
+        for (int64_t xx = 0; xx < w; xx++, dst += C) {
+            const int32_t *k = kk + xx * ks;
+            const uint8_t *p = src + bounds[xx * 2] * C;
+            int n = (int)bounds[xx * 2 + 1];
+            if (C == 3) {
+                int32_t s0 = half, s1 = half, s2 = half;
+                for (int x = 0; x < n; x++, p += 3) {
+                    s0 += p[0] * k[x];
+                    s1 += p[1] * k[x];
+                    s2 += p[2] * k[x];
+                }
+                dst[0] = clip8(s0), dst[1] = clip8(s1), dst[2] = clip8(s2);
+            } else {
+                for (int c = 0; c < C; c++) {
+                    int32_t ss = half;
+                    for (int x = 0; x < n; x++) ss += p[x * C + c] * k[x];
+                    dst[c] = clip8(ss);
+                }
+            }
+        }
+    }
+}
+
+/* PIL's vertical pass for one output row: the n values of dst from taps rows of n values
+ * from src, row by row, so that the loops over a row vectorise. */
+static void resample_column(const uint8_t *restrict src, int64_t n, int64_t taps, const int32_t *restrict k,
+                            int32_t *restrict acc, uint8_t *restrict dst) {
+    for (int64_t i = 0; i < n; i++) acc[i] = 1 << (PRECISION_BITS - 1);
+    for (int64_t y = 0; y < taps; y++, src += n) {
+        int32_t ky = k[y];
+        for (int64_t i = 0; i < n; i++) acc[i] += src[i] * ky;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        int32_t v = acc[i] >> PRECISION_BITS;
+        dst[i] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+    }
+}
+
 void ct_image_resize(const ct_image *in, int64_t h, int64_t w, ct_image *out) {
     CT_ASSERT(h > 0 && w > 0 && in->h > 0 && in->w > 0, "resize: %lldx%lld to %lldx%lld", (long long)in->w,
               (long long)in->h, (long long)w, (long long)h);
@@ -73,37 +117,23 @@ void ct_image_resize(const ct_image *in, int64_t h, int64_t w, ct_image *out) {
     /* PIL resamples horizontally first, only the rows the vertical pass will read, into an
      * 8-bit image (rounded and clipped), then vertically */
     const uint8_t *src = in->px;
-    int64_t rows = in->h, first = 0;
+    int64_t first = 0;
     uint8_t *tmp = NULL;
     if (w != in->w) {
         first = bv[0];
-        int64_t last = bv[(h - 1) * 2] + bv[(h - 1) * 2 + 1];
-        rows = last - first;
+        int64_t rows = bv[(h - 1) * 2] + bv[(h - 1) * 2 + 1] - first;
         tmp = ct_malloc((size_t)(rows * w * C));
-        for (int64_t y = 0; y < rows; y++) {
-            const uint8_t *row = in->px + (y + first) * in->w * C;
-            for (int64_t xx = 0; xx < w; xx++) {
-                const int32_t *k = kh + xx * ksh;
-                int64_t xmin = bh[xx * 2], xmax = bh[xx * 2 + 1];
-                for (int c = 0; c < C; c++) {
-                    int32_t ss = 1 << (PRECISION_BITS - 1);
-                    for (int64_t x = 0; x < xmax; x++) ss += row[(x + xmin) * C + c] * k[x];
-                    tmp[(y * w + xx) * C + c] = clip8(ss);
-                }
-            }
-        }
+        const uint8_t *from = in->px + first * in->w * C;
+        resample_rows(from, in->w, rows, C, tmp, w, bh, kh, ksh);
         src = tmp;
     }
     if (h != in->h) {
-        for (int64_t yy = 0; yy < h; yy++) {
-            const int32_t *k = kv + yy * ksv;
-            int64_t ymin = bv[yy * 2] - first, ymax = bv[yy * 2 + 1];
-            for (int64_t i = 0; i < w * C; i++) {
-                int32_t ss = 1 << (PRECISION_BITS - 1);
-                for (int64_t y = 0; y < ymax; y++) ss += src[(y + ymin) * w * C + i] * k[y];
-                out->px[yy * w * C + i] = clip8(ss);
-            }
-        }
+        int64_t n = w * C;
+        int32_t *acc = ct_malloc((size_t)n * sizeof *acc);
+        for (int64_t yy = 0; yy < h; yy++)
+            resample_column(src + (bv[yy * 2] - first) * n, n, bv[yy * 2 + 1], kv + yy * ksv, acc,
+                            out->px + yy * n);
+        free(acc);
     } else {
         memcpy(out->px, src, (size_t)(h * w * C));
     }
