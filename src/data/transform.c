@@ -4,6 +4,9 @@
  * crop and resize) and RandomHorizontalFlip. Images stay uint8 throughout, as in PIL. */
 #include "internal.h"
 
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,10 +64,12 @@ static inline uint8_t clip8(int32_t v) {
 /* PIL's horizontal pass over rows rows of w_in pixels of C channels into rows of w. RGB
  * has its own loop, whose three sums stay in registers. */
 static void resample_rows(const uint8_t *restrict src, int64_t w_in, int64_t rows, int C,
-                          uint8_t *restrict dst, int64_t w, const int64_t *bounds, const int32_t *kk, int ks) {
+                          uint8_t *restrict dst, int64_t w, int64_t from_x, const int64_t *bounds,
+                          const int32_t *kk, int ks) {
     const int32_t half = 1 << (PRECISION_BITS - 1);
     for (int64_t y = 0; y < rows; y++, src += w_in * C) {
-        for (int64_t xx = 0; xx < w; xx++, dst += C) {
+        for (int64_t xx = from_x; xx < w; xx++) {
+            uint8_t *d = dst + (y * w + xx) * C;
             const int32_t *k = kk + xx * ks;
             const uint8_t *p = src + bounds[xx * 2] * C;
             int n = (int)bounds[xx * 2 + 1];
@@ -75,17 +80,66 @@ static void resample_rows(const uint8_t *restrict src, int64_t w_in, int64_t row
                     s1 += p[1] * k[x];
                     s2 += p[2] * k[x];
                 }
-                dst[0] = clip8(s0), dst[1] = clip8(s1), dst[2] = clip8(s2);
+                d[0] = clip8(s0), d[1] = clip8(s1), d[2] = clip8(s2);
             } else {
                 for (int c = 0; c < C; c++) {
                     int32_t ss = half;
                     for (int x = 0; x < n; x++) ss += p[x * C + c] * k[x];
-                    dst[c] = clip8(ss);
+                    d[c] = clip8(ss);
                 }
             }
         }
     }
 }
+
+#ifdef __AVX2__
+/* resample_rows for RGB, 8 output pixels at a time in AVX2 lanes: each tap gathers the 8
+ * input pixels (4 bytes from each, R G B and one more) and adds their channels times the
+ * 8 weights, the same int32 sums as the scalar loop. Every output runs all ks taps: those
+ * past its own count have weight 0 (coeffs pads with zeros), and their pixel index is
+ * clamped to the row. The gather reads one byte past a pixel, so the buffer's last row
+ * (where that byte may lie outside it) goes to the scalar loop, as do the last w % 8
+ * outputs. */
+static int64_t resample_rows_rgb8(const uint8_t *src, int64_t w_in, int64_t rows, bool last_row_of_buffer,
+                                  uint8_t *dst, int64_t w, const int64_t *bounds, const int32_t *kk, int ks) {
+    int64_t w8 = w / 8 * 8, simd_rows = rows - (last_row_of_buffer ? 1 : 0);
+    if (w8 == 0 || simd_rows <= 0) return 0;
+    int32_t *kt = ct_malloc((size_t)(ks * w8) * sizeof *kt), *off0 = ct_malloc((size_t)w8 * sizeof *off0);
+    for (int64_t xx = 0; xx < w8; xx++) {
+        off0[xx] = (int32_t)(bounds[xx * 2] * 3);
+        for (int t = 0; t < ks; t++) kt[t * w8 + xx] = kk[xx * ks + t];
+    }
+    const __m256i half = _mm256_set1_epi32(1 << (PRECISION_BITS - 1)), lo = _mm256_set1_epi32(0xff),
+                  three = _mm256_set1_epi32(3), last = _mm256_set1_epi32((int32_t)((w_in - 1) * 3)),
+                  zero = _mm256_setzero_si256(), max8 = _mm256_set1_epi32(255);
+    for (int64_t y = 0; y < simd_rows; y++) {
+        const uint8_t *row = src + y * w_in * 3;
+        uint8_t *out = dst + y * w * 3;
+        for (int64_t x0 = 0; x0 < w8; x0 += 8) {
+            __m256i s0 = half, s1 = half, s2 = half;
+            __m256i off = _mm256_loadu_si256((const __m256i *)(off0 + x0));
+            for (int t = 0; t < ks; t++) {
+                __m256i px = _mm256_i32gather_epi32((const int *)row, _mm256_min_epi32(off, last), 1);
+                __m256i k = _mm256_loadu_si256((const __m256i *)(kt + t * w8 + x0));
+                s0 = _mm256_add_epi32(s0, _mm256_mullo_epi32(_mm256_and_si256(px, lo), k));
+                s1 = _mm256_add_epi32(s1, _mm256_mullo_epi32(_mm256_and_si256(_mm256_srli_epi32(px, 8), lo), k));
+                s2 = _mm256_add_epi32(s2, _mm256_mullo_epi32(_mm256_and_si256(_mm256_srli_epi32(px, 16), lo), k));
+                off = _mm256_add_epi32(off, three);
+            }
+            int32_t v[3][8];
+            __m256i *vs[3] = {&s0, &s1, &s2};
+            for (int c = 0; c < 3; c++) /* clip8: arithmetic shift, then 0..255 */
+                _mm256_storeu_si256((__m256i *)v[c], _mm256_min_epi32(_mm256_max_epi32(
+                    _mm256_srai_epi32(*vs[c], PRECISION_BITS), zero), max8));
+            for (int j = 0; j < 8; j++)
+                for (int c = 0; c < 3; c++) out[(x0 + j) * 3 + c] = (uint8_t)v[c][j];
+        }
+    }
+    free(kt);
+    free(off0);
+    return simd_rows;
+}
+#endif
 
 /* PIL's vertical pass for one output row: the n values of dst from taps rows of n values
  * from src, row by row, so that the loops over a row vectorise. */
@@ -124,7 +178,14 @@ void ct_image_resize(const ct_image *in, int64_t h, int64_t w, ct_image *out) {
         int64_t rows = bv[(h - 1) * 2] + bv[(h - 1) * 2 + 1] - first;
         tmp = ct_malloc((size_t)(rows * w * C));
         const uint8_t *from = in->px + first * in->w * C;
-        resample_rows(from, in->w, rows, C, tmp, w, bh, kh, ksh);
+        int64_t done = 0; /* rows done by SIMD (all outputs but the last w % 8) */
+#ifdef __AVX2__
+        if (C == 3) {
+            done = resample_rows_rgb8(from, in->w, rows, first + rows == in->h, tmp, w, bh, kh, ksh);
+            if (done) resample_rows(from, in->w, done, C, tmp, w, w / 8 * 8, bh, kh, ksh);
+        }
+#endif
+        resample_rows(from + done * in->w * C, in->w, rows - done, C, tmp + done * w * C, w, 0, bh, kh, ksh);
         src = tmp;
     }
     if (h != in->h) {
