@@ -120,7 +120,8 @@ static void jpeg_warn(j_common_ptr ci, int level) {
 #define JPEG_MARGIN 2
 
 static ct_status decode_jpeg(const uint8_t *buf, size_t n, const char *name, int channels,
-                             bool header_only, ct_image_box_fn choose, void *ctx, ct_image *out) {
+                             bool header_only, ct_image_box_fn choose, void *ctx, ct_image *out,
+                             int64_t view[4]) {
     struct jpeg_decompress_struct ci;
     jpeg_err je;
     ci.err = jpeg_std_error(&je.pub);
@@ -174,13 +175,17 @@ static ct_status decode_jpeg(const uint8_t *buf, size_t n, const char *name, int
     if (xw < ci.output_width) jpeg_crop_scanline(&ci, &x0, &xw);
     JDIMENSION y0 = (JDIMENSION)(box[0] > M ? box[0] - M : 0);
     if (y0) jpeg_skip_scanlines(&ci, y0);
+    /* Rows in the pixel format wanted are decoded straight into the image, xw wide, and
+     * the box is a view of them; others are converted row by row into a box-sized image. */
+    bool direct = sc == channels;
+    int64_t stride = direct ? (int64_t)xw * sc : box[3] * channels;
     row = ct_malloc((size_t)xw * (size_t)sc);
-    px = ct_malloc((size_t)(box[2] * box[3]) * (size_t)channels);
+    px = ct_malloc((size_t)(box[2] * stride));
     for (int64_t y; (y = ci.output_scanline) < box[0] + box[2];) {
-        JSAMPROW r = row;
+        JSAMPROW r = direct && y >= box[0] ? px + (y - box[0]) * stride : row;
         jpeg_read_scanlines(&ci, &r, 1);
-        if (y >= box[0])
-            convert(row + (box[1] - x0) * sc, sc, px + (y - box[0]) * box[3] * channels, channels, box[3]);
+        if (!direct && y >= box[0])
+            convert(row + (box[1] - x0) * sc, sc, px + (y - box[0]) * stride, channels, box[3]);
     }
     /* The rows below the box go through the entropy decoder only, so that a truncated or
      * corrupt file is refused as PIL refuses it whatever the box: skipping to the very end
@@ -194,7 +199,8 @@ static ct_status decode_jpeg(const uint8_t *buf, size_t n, const char *name, int
     jpeg_finish_decompress(&ci);
     jpeg_destroy_decompress(&ci);
     free(row);
-    *out = (ct_image){.h = box[2], .w = box[3], .c = channels, .px = px};
+    *out = (ct_image){.h = box[2], .w = stride / channels, .c = channels, .px = px};
+    view[0] = 0, view[1] = direct ? box[1] - x0 : 0, view[2] = box[2], view[3] = box[3];
     return CT_OK;
 }
 
@@ -257,61 +263,77 @@ fail:
 
 /* ---- dispatch ---- */
 
+/* Decodes the image, or with choose, the box it picks: *out holds it at view = {top, left,
+ * h, w} (a JPEG's decoded rows may be wider than the box; a PNG is decoded whole). */
 static ct_status decode(const uint8_t *buf, size_t n, const char *name, int channels,
-                        bool header_only, ct_image_box_fn choose, void *ctx, ct_image *out) {
+                        bool header_only, ct_image_box_fn choose, void *ctx, ct_image *out, int64_t view[4]) {
     if (channels != 1 && channels != 3)
         return ct_error(CT_ERR_ARG, "%s: images decode to 1 or 3 channels, not %d", name, channels);
     static const uint8_t png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-    ct_image im = {0};
-    ct_status st;
     if (n >= 3 && buf[0] == 0xff && buf[1] == 0xd8 && buf[2] == 0xff)
-        return decode_jpeg(buf, n, name, channels, header_only, choose, ctx, out);
-    if (n >= 8 && !memcmp(buf, png_sig, 8))
-        st = decode_png(buf, n, name, channels, header_only, &im);
-    else
+        return decode_jpeg(buf, n, name, channels, header_only, choose, ctx, out, view);
+    if (!(n >= 8 && !memcmp(buf, png_sig, 8)))
         return ct_error(CT_ERR_FORMAT, "%s: not a JPEG or PNG file (%zu bytes, unknown signature)",
                         name, n);
-    if (st == CT_OK && choose && !header_only) { /* PNG: the whole image, then the box */
-        int64_t box[4] = {0, 0, im.h, im.w};
-        choose(ctx, im.h, im.w, box);
-        if (box[2] != im.h || box[3] != im.w) {
-            ct_image c;
-            ct_image_crop(&im, box[0], box[1], box[2], box[3], &c);
-            ct_image_free(&im);
-            im = c;
-        }
-    }
-    if (st == CT_OK) *out = im;
-    return st;
+    ct_image im = {0};
+    ct_status st = decode_png(buf, n, name, channels, header_only, &im);
+    if (st != CT_OK) return st;
+    int64_t box[4] = {0, 0, im.h, im.w};
+    if (choose && !header_only) choose(ctx, im.h, im.w, box);
+    memcpy(view, box, sizeof box);
+    *out = im;
+    return CT_OK;
+}
+
+/* A view's pixels as an image of their own (the image itself when the view is all of it). */
+static void own_view(ct_image *im, const int64_t view[4]) {
+    if (view[2] == im->h && view[3] == im->w) return;
+    ct_image c;
+    ct_image_crop(im, view[0], view[1], view[2], view[3], &c);
+    ct_image_free(im);
+    *im = c;
 }
 
 ct_status ct_image_decode(const void *buf, size_t n, const char *name, int channels, ct_image *out) {
-    return decode(buf, n, name, channels, false, NULL, NULL, out);
+    int64_t view[4];
+    return decode(buf, n, name, channels, false, NULL, NULL, out, view);
 }
 
-/* The whole file, decoded by decode(..., choose, ctx). */
-static ct_status read_decode(const char *path, int channels, bool header_only, ct_image_box_fn choose,
-                             void *ctx, ct_image *out) {
+ct_status ct__image_read_view(const char *path, int channels, ct_image_box_fn choose, void *ctx,
+                              ct_image *out, int64_t view[4]) {
     uint8_t *buf = NULL;
     size_t n = 0;
     ct_status st = read_file(path, &buf, &n);
     if (st != CT_OK) return st;
-    st = decode(buf, n, path, channels, header_only, choose, ctx, out);
+    st = decode(buf, n, path, channels, false, choose, ctx, out, view);
     free(buf);
     return st;
 }
 
 ct_status ct_image_read(const char *path, int channels, ct_image *out) {
-    return read_decode(path, channels, false, NULL, NULL, out);
+    int64_t view[4];
+    return ct__image_read_view(path, channels, NULL, NULL, out, view);
 }
 
 ct_status ct_image_read_box(const char *path, int channels, ct_image_box_fn choose, void *ctx, ct_image *out) {
-    return read_decode(path, channels, false, choose, ctx, out);
+    int64_t view[4];
+    ct_image im;
+    ct_status st = ct__image_read_view(path, channels, choose, ctx, &im, view);
+    if (st != CT_OK) return st;
+    own_view(&im, view);
+    *out = im;
+    return CT_OK;
 }
 
 ct_status ct_image_info(const char *path, int64_t *h, int64_t *w) {
+    uint8_t *buf = NULL;
+    size_t n = 0;
+    ct_status st = read_file(path, &buf, &n);
+    if (st != CT_OK) return st;
     ct_image im = {0};
-    ct_status st = read_decode(path, 3, true, NULL, NULL, &im);
+    int64_t view[4];
+    st = decode(buf, n, path, 3, true, NULL, NULL, &im, view);
+    free(buf);
     if (st == CT_OK) *h = im.h, *w = im.w;
     return st;
 }

@@ -61,13 +61,14 @@ static inline uint8_t clip8(int32_t v) {
     return v < 0 ? 0 : v > 255 ? 255 : (uint8_t)v;
 }
 
-/* PIL's horizontal pass over rows rows of w_in pixels of C channels into rows of w. RGB
+/* PIL's horizontal pass over rows rows (stride bytes apart) of C channels into rows of w
+ * pixels, from output from_x on. RGB
  * has its own loop, whose three sums stay in registers. */
-static void resample_rows(const uint8_t *restrict src, int64_t w_in, int64_t rows, int C,
+static void resample_rows(const uint8_t *restrict src, int64_t stride, int64_t rows, int C,
                           uint8_t *restrict dst, int64_t w, int64_t from_x, const int64_t *bounds,
                           const int32_t *kk, int ks) {
     const int32_t half = 1 << (PRECISION_BITS - 1);
-    for (int64_t y = 0; y < rows; y++, src += w_in * C) {
+    for (int64_t y = 0; y < rows; y++, src += stride) {
         for (int64_t xx = from_x; xx < w; xx++) {
             uint8_t *d = dst + (y * w + xx) * C;
             const int32_t *k = kk + xx * ks;
@@ -97,14 +98,15 @@ static void resample_rows(const uint8_t *restrict src, int64_t w_in, int64_t row
  * input pixels (4 bytes from each, R G B and one more) and adds their channels times the
  * 8 weights, the same int32 sums as the scalar loop. Every output runs all ks taps: those
  * past its own count have weight 0 (coeffs pads with zeros), and their pixel index is
- * clamped to the row. The gather reads one byte past a pixel, so the buffer's last row
- * (where that byte may lie outside it) goes to the scalar loop, as do the last w % 8
- * outputs. */
-static int64_t resample_rows_rgb8(const uint8_t *src, int64_t w_in, int64_t rows, bool last_row_of_buffer,
+ * clamped to the row (whose width bounds gives). The gather reads one byte past a pixel,
+ * so the last row goes to the scalar loop when that byte may lie outside the buffer, as do
+ * the last w % 8 outputs. */
+static int64_t resample_rows_rgb8(const uint8_t *src, int64_t stride, int64_t rows, bool last_row_of_buffer,
                                   uint8_t *dst, int64_t w, const int64_t *bounds, const int32_t *kk, int ks) {
     int64_t w8 = w / 8 * 8, simd_rows = rows - (last_row_of_buffer ? 1 : 0);
     if (w8 == 0 || simd_rows <= 0) return 0;
     int32_t *kt = ct_malloc((size_t)(ks * w8) * sizeof *kt), *off0 = ct_malloc((size_t)w8 * sizeof *off0);
+    int64_t w_in = bounds[(w - 1) * 2] + bounds[(w - 1) * 2 + 1]; /* the last output reaches the edge */
     for (int64_t xx = 0; xx < w8; xx++) {
         off0[xx] = (int32_t)(bounds[xx * 2] * 3);
         for (int t = 0; t < ks; t++) kt[t * w8 + xx] = kk[xx * ks + t];
@@ -113,7 +115,7 @@ static int64_t resample_rows_rgb8(const uint8_t *src, int64_t w_in, int64_t rows
                   three = _mm256_set1_epi32(3), last = _mm256_set1_epi32((int32_t)((w_in - 1) * 3)),
                   zero = _mm256_setzero_si256(), max8 = _mm256_set1_epi32(255);
     for (int64_t y = 0; y < simd_rows; y++) {
-        const uint8_t *row = src + y * w_in * 3;
+        const uint8_t *row = src + y * stride;
         uint8_t *out = dst + y * w * 3;
         for (int64_t x0 = 0; x0 < w8; x0 += 8) {
             __m256i s0 = half, s1 = half, s2 = half;
@@ -142,11 +144,11 @@ static int64_t resample_rows_rgb8(const uint8_t *src, int64_t w_in, int64_t rows
 #endif
 
 /* PIL's vertical pass for one output row: the n values of dst from taps rows of n values
- * from src, row by row, so that the loops over a row vectorise. */
-static void resample_column(const uint8_t *restrict src, int64_t n, int64_t taps, const int32_t *restrict k,
-                            int32_t *restrict acc, uint8_t *restrict dst) {
+ * (stride apart) from src, row by row, so that the loops over a row vectorise. */
+static void resample_column(const uint8_t *restrict src, int64_t stride, int64_t n, int64_t taps,
+                            const int32_t *restrict k, int32_t *restrict acc, uint8_t *restrict dst) {
     for (int64_t i = 0; i < n; i++) acc[i] = 1 << (PRECISION_BITS - 1);
-    for (int64_t y = 0; y < taps; y++, src += n) {
+    for (int64_t y = 0; y < taps; y++, src += stride) {
         int32_t ky = k[y];
         for (int64_t i = 0; i < n; i++) acc[i] += src[i] * ky;
     }
@@ -156,53 +158,64 @@ static void resample_column(const uint8_t *restrict src, int64_t n, int64_t taps
     }
 }
 
-void ct_image_resize(const ct_image *in, int64_t h, int64_t w, ct_image *out) {
-    CT_ASSERT(h > 0 && w > 0 && in->h > 0 && in->w > 0, "resize: %lldx%lld to %lldx%lld", (long long)in->w,
-              (long long)in->h, (long long)w, (long long)h);
+void ct__image_resize_view(const ct_image *in, const int64_t view[4], int64_t h, int64_t w, ct_image *out) {
+    int64_t ih = view[2], iw = view[3];
+    CT_ASSERT(h > 0 && w > 0 && ih > 0 && iw > 0, "resize: %lldx%lld to %lldx%lld", (long long)iw,
+              (long long)ih, (long long)w, (long long)h);
     int C = in->c;
+    int64_t stride = in->w * C; /* between rows of the view */
+    const uint8_t *px = in->px + (view[0] * in->w + view[1]) * C, *end = in->px + in->h * stride;
     *out = (ct_image){.h = h, .w = w, .c = C, .px = ct_malloc((size_t)(h * w * C))};
-    if (h == in->h && w == in->w) { /* PIL returns a copy */
-        memcpy(out->px, in->px, (size_t)(h * w * C));
+    if (h == ih && w == iw) { /* PIL returns a copy */
+        for (int64_t y = 0; y < h; y++) memcpy(out->px + y * w * C, px + y * stride, (size_t)(w * C));
         return;
     }
     int64_t *bh, *bv;
     int32_t *kh, *kv;
-    int ksh = coeffs(in->w, w, &bh, &kh), ksv = coeffs(in->h, h, &bv, &kv);
+    int ksh = coeffs(iw, w, &bh, &kh), ksv = coeffs(ih, h, &bv, &kv);
     /* PIL resamples horizontally first, only the rows the vertical pass will read, into an
      * 8-bit image (rounded and clipped), then vertically */
-    const uint8_t *src = in->px;
-    int64_t first = 0;
+    const uint8_t *src = px;
+    int64_t first = 0, src_stride = stride;
     uint8_t *tmp = NULL;
-    if (w != in->w) {
+    if (w != iw) {
         first = bv[0];
         int64_t rows = bv[(h - 1) * 2] + bv[(h - 1) * 2 + 1] - first;
         tmp = ct_malloc((size_t)(rows * w * C));
-        const uint8_t *from = in->px + first * in->w * C;
+        const uint8_t *from = px + first * stride;
         int64_t done = 0; /* rows done by SIMD (all outputs but the last w % 8) */
 #ifdef __AVX2__
         if (C == 3) {
-            done = resample_rows_rgb8(from, in->w, rows, first + rows == in->h, tmp, w, bh, kh, ksh);
-            if (done) resample_rows(from, in->w, done, C, tmp, w, w / 8 * 8, bh, kh, ksh);
+            /* its gathers read a byte past a row's last pixel: inside the buffer? */
+            bool tail_safe = from + (rows - 1) * stride + iw * C < end;
+            done = resample_rows_rgb8(from, stride, rows, !tail_safe, tmp, w, bh, kh, ksh);
+            if (done) resample_rows(from, stride, done, C, tmp, w, w / 8 * 8, bh, kh, ksh);
         }
 #endif
-        resample_rows(from + done * in->w * C, in->w, rows - done, C, tmp + done * w * C, w, 0, bh, kh, ksh);
+        resample_rows(from + done * stride, stride, rows - done, C, tmp + done * w * C, w, 0, bh, kh, ksh);
         src = tmp;
+        src_stride = w * C;
     }
-    if (h != in->h) {
+    if (h != ih) {
         int64_t n = w * C;
         int32_t *acc = ct_malloc((size_t)n * sizeof *acc);
         for (int64_t yy = 0; yy < h; yy++)
-            resample_column(src + (bv[yy * 2] - first) * n, n, bv[yy * 2 + 1], kv + yy * ksv, acc,
-                            out->px + yy * n);
+            resample_column(src + (bv[yy * 2] - first) * src_stride, src_stride, n, bv[yy * 2 + 1],
+                            kv + yy * ksv, acc, out->px + yy * n);
         free(acc);
     } else {
-        memcpy(out->px, src, (size_t)(h * w * C));
+        for (int64_t y = 0; y < h; y++) memcpy(out->px + y * w * C, src + y * src_stride, (size_t)(w * C));
     }
     free(tmp);
     free(bh);
     free(bv);
     free(kh);
     free(kv);
+}
+
+void ct_image_resize(const ct_image *in, int64_t h, int64_t w, ct_image *out) {
+    int64_t all[4] = {0, 0, in->h, in->w};
+    ct__image_resize_view(in, all, h, w, out);
 }
 
 void ct_image_crop(const ct_image *in, int64_t top, int64_t left, int64_t h, int64_t w, ct_image *out) {
@@ -396,11 +409,12 @@ ct_status ct_transforms_read(const ct_transforms *t, const char *path, int chann
     /* The crop box depends only on the image's size and the rng: decode just the box (for a
      * JPEG, most of the work is skipped), then go on as apply() does after its crop. */
     rrc_ctx c = {&t->t[0], rng};
-    ct_image crop;
-    ct_status st = ct_image_read_box(path, channels, rrc_box, &c, &crop);
+    ct_image im;
+    int64_t view[4];
+    ct_status st = ct__image_read_view(path, channels, rrc_box, &c, &im, view);
     if (st != CT_OK) return st;
-    ct_image_resize(&crop, t->t[0].size, t->t[0].size, out);
-    ct_image_free(&crop);
+    ct__image_resize_view(&im, view, t->t[0].size, t->t[0].size, out);
+    ct_image_free(&im);
     apply_from(t, 1, out, rng);
     return CT_OK;
 }
