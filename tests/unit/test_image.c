@@ -18,17 +18,29 @@ static void make_fixtures(void) {
 
 static void remove_fixtures(void) { ct_test_remove_fixtures(fixdir); }
 
+static FILE *open_manifest(void) {
+    char path[256];
+    snprintf(path, sizeof path, "%s/manifest.txt", fixdir);
+    FILE *m = fopen(path, "r");
+    ck_assert_ptr_nonnull(m);
+    return m;
+}
+
+/* The manifest's next image: its name, path and size; false at the end. */
+static bool next_image(FILE *m, char name[64], char path[256], long long *h, long long *w) {
+    if (fscanf(m, "%63s %lld %lld", name, h, w) != 3) return false;
+    snprintf(path, 256, "%s/%s", fixdir, name);
+    return true;
+}
+
 /* Every image in the manifest, both channel counts, equals PIL's bytes. */
 START_TEST(decode_matches_pil) {
     int channels = _i == 0 ? 1 : 3;
     char path[256], name[64];
-    snprintf(path, sizeof path, "%s/manifest.txt", fixdir);
-    FILE *m = fopen(path, "r");
-    ck_assert_ptr_nonnull(m);
+    FILE *m = open_manifest();
     long long h, w;
     int count = 0;
-    while (fscanf(m, "%63s %lld %lld", name, &h, &w) == 3) {
-        snprintf(path, sizeof path, "%s/%s", fixdir, name);
+    while (next_image(m, name, path, &h, &w)) {
         ct_image im;
         ck_assert_msg(ct_image_read(path, channels, &im) == CT_OK, "%s", ct_last_error());
         ck_assert_int_eq(im.h, h);
@@ -66,17 +78,14 @@ static void pick_box(void *ctx, int64_t h, int64_t w, int64_t box[4]) {
 START_TEST(decode_box_matches_full_decode) {
     int channels = _i == 0 ? 1 : 3;
     char path[256], name[64];
-    snprintf(path, sizeof path, "%s/manifest.txt", fixdir);
-    FILE *m = fopen(path, "r");
-    ck_assert_ptr_nonnull(m);
+    FILE *m = open_manifest();
     long long h, w;
     int jpegs = 0;
     ct_rng rng;
     ct_rng_seed(&rng, 5);
-    while (fscanf(m, "%63s %lld %lld", name, &h, &w) == 3) {
+    while (next_image(m, name, path, &h, &w)) {
         if (!strstr(name, ".jp")) continue;
         jpegs++;
-        snprintf(path, sizeof path, "%s/%s", fixdir, name);
         ct_image full;
         ck_assert_int_eq(ct_image_read(path, channels, &full), CT_OK);
         for (int k = 0; k < 300; k++) {
