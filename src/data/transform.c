@@ -96,11 +96,11 @@ static void resample_rows(const uint8_t *restrict src, int64_t stride, int64_t r
 #ifdef __AVX2__
 /* resample_rows for RGB, 8 output pixels at a time in AVX2 lanes: each tap gathers the 8
  * input pixels (4 bytes from each, R G B and one more) and adds their channels times the
- * 8 weights, the same int32 sums as the scalar loop. Every output runs all ks taps: those
- * past its own count have weight 0 (coeffs pads with zeros), and their pixel index is
- * clamped to the row (whose width bounds gives). The gather reads one byte past a pixel,
- * so the last row goes to the scalar loop when that byte may lie outside the buffer, as do
- * the last w % 8 outputs. */
+ * 8 weights, the same int32 sums as the scalar loop. Every output runs as many taps as the
+ * most of the 8 has: those past its own count have weight 0 (coeffs pads with zeros), and
+ * their pixel index is clamped to the row (whose width bounds gives). The gather reads one
+ * byte past a pixel, so the last row goes to the scalar loop when that byte may lie outside
+ * the buffer, as do the last w % 8 outputs. */
 static int64_t resample_rows_rgb8(const uint8_t *src, int64_t stride, int64_t rows, bool last_row_of_buffer,
                                   uint8_t *dst, int64_t w, const int64_t *bounds, const int32_t *kk, int ks) {
     int64_t w8 = w / 8 * 8, simd_rows = rows - (last_row_of_buffer ? 1 : 0);
@@ -120,7 +120,10 @@ static int64_t resample_rows_rgb8(const uint8_t *src, int64_t stride, int64_t ro
         for (int64_t x0 = 0; x0 < w8; x0 += 8) {
             __m256i s0 = half, s1 = half, s2 = half;
             __m256i off = _mm256_loadu_si256((const __m256i *)(off0 + x0));
-            for (int t = 0; t < ks; t++) {
+            int taps = 0; /* the most any of the 8 has; the rest are zero weights */
+            for (int j = 0; j < 8; j++)
+                if (bounds[(x0 + j) * 2 + 1] > taps) taps = (int)bounds[(x0 + j) * 2 + 1];
+            for (int t = 0; t < taps; t++) {
                 __m256i px = _mm256_i32gather_epi32((const int *)row, _mm256_min_epi32(off, last), 1);
                 __m256i k = _mm256_loadu_si256((const __m256i *)(kt + t * w8 + x0));
                 s0 = _mm256_add_epi32(s0, _mm256_mullo_epi32(_mm256_and_si256(px, lo), k));
