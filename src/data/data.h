@@ -59,6 +59,14 @@ typedef struct {
 ct_status ct_image_read(const char *path, int channels, ct_image *out);
 /* The same from n bytes in memory; name is used in messages. */
 ct_status ct_image_decode(const void *buf, size_t n, const char *name, int channels, ct_image *out);
+/* Chooses the part of an h x w image to decode: box = {top, left, h, w}, inside the image
+ * (it comes in as the whole image). */
+typedef void (*ct_image_box_fn)(void *ctx, int64_t h, int64_t w, int64_t box[4]);
+/* ct_image_read's pixels of the box choose(ctx, h, w, box) picks once the header is read:
+ * a JPEG decodes little more than the box (the rows above it and the rest of each row go
+ * through the entropy decoder only), a PNG decodes whole then is cropped. The same
+ * pixels as cropping ct_image_read's, and the same errors. */
+ct_status ct_image_read_box(const char *path, int channels, ct_image_box_fn choose, void *ctx, ct_image *out);
 /* An image file's height and width from its header, without decoding the pixels. */
 ct_status ct_image_info(const char *path, int64_t *h, int64_t *w);
 void ct_image_free(ct_image *im);
@@ -94,6 +102,10 @@ void ct_transforms_out_size(const ct_transforms *t, int64_t h, int64_t w, int64_
 bool ct_transforms_fixed_size(const ct_transforms *t);
 /* Applies t to *im in place (its pixels may be replaced). */
 void ct_transforms_apply(const ct_transforms *t, ct_image *im, ct_rng *rng);
+/* ct_image_read then ct_transforms_apply, with the same pixels and random draws, but when t
+ * starts with random_resized_crop only the crop is decoded (ct_image_read_box). */
+ct_status ct_transforms_read(const ct_transforms *t, const char *path, int channels, ct_rng *rng,
+                             ct_image *out);
 /* PIL's Image.resize((w, h), BILINEAR) into a new *out. */
 void ct_image_resize(const ct_image *in, int64_t h, int64_t w, ct_image *out);
 /* PIL's crop((left, top, left + w, top + h)) into a new *out: zeros outside the image. */

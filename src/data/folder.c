@@ -396,15 +396,14 @@ void ct_dataset_set_transforms(ct_dataset *ds, const ct_transforms *t) {
 ct_status ct_dataset_load_image(const ct_dataset *ds, int64_t i, ct_rng *rng, uint8_t *out) {
     const char *path = ct_dataset_path(ds, i);
     CT_ASSERT(path, "dataset: load_image on a data set without files");
-    ct_image im;
-    ct_status st = ct_image_read(path, ds->files->channels, &im);
-    if (st != CT_OK) return st;
     ct_rng fixed;
     if (!rng) { /* only deterministic transforms are expected; a fixed stream keeps it defined */
         ct_rng_seed(&fixed, (uint64_t)i);
         rng = &fixed;
     }
-    ct_transforms_apply(&ds->files->tf, &im, rng);
+    ct_image im;
+    ct_status st = ct_transforms_read(&ds->files->tf, path, ds->files->channels, rng, &im);
+    if (st != CT_OK) return st;
     int64_t C = ds->sample_shape[0], H = ds->sample_shape[1], W = ds->sample_shape[2];
     if (im.h != H || im.w != W) {
         st = ct_error(CT_ERR_SHAPE, "%s: image is %lldx%lld%s but the data set's are %lldx%lld (the "

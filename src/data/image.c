@@ -65,13 +65,13 @@ static inline uint8_t luma(const uint8_t *rgb) {
     return (uint8_t)((rgb[0] * 19595u + rgb[1] * 38470u + rgb[2] * 7471u + 0x8000u) >> 16);
 }
 
-/* Turns src (h*w pixels of sc = 1 (L) or 3 (RGB) bytes, or 4 (RGBA) whose alpha PIL's
- * convert drops) into out->px with out->c channels, as PIL's convert does: L -> RGB
- * replicates, RGB -> L is luma(). */
-static void convert(const uint8_t *src, int sc, ct_image *out) {
-    int64_t n = out->h * out->w;
-    uint8_t *d = out->px;
-    if (out->c == 1) {
+/* Turns n pixels of src, of sc = 1 (L) or 3 (RGB) bytes, or 4 (RGBA) whose alpha PIL's
+ * convert drops, into dst's c channels, as PIL's convert does: L -> RGB replicates, RGB -> L
+ * is luma(). */
+static void convert(const uint8_t *src, int sc, uint8_t *d, int c, int64_t n) {
+    if (sc == c) {
+        memcpy(d, src, (size_t)(n * c));
+    } else if (c == 1) {
         for (int64_t i = 0; i < n; i++, src += sc) d[i] = sc >= 3 ? luma(src) : src[0];
     } else {
         for (int64_t i = 0; i < n; i++, src += sc, d += 3) {
@@ -112,20 +112,29 @@ static void jpeg_warn(j_common_ptr ci, int level) {
         longjmp(((jpeg_err *)ci->err)->jb, 1);
 }
 
+/* Rows and columns decoded around a box and thrown away: libjpeg-turbo's cropped decode
+ * (jpeg_crop_scanline, jpeg_skip_scanlines) upsamples the chroma at the edges of what it
+ * decodes as if they were the image's edges, unlike a full decode; fancy upsampling reads
+ * one chroma sample either side, so a pixel or two further in they agree (one is enough
+ * for every box of test_image's JPEGs, none is not: decode_box_matches_full_decode). */
+#define JPEG_MARGIN 2
+
 static ct_status decode_jpeg(const uint8_t *buf, size_t n, const char *name, int channels,
-                             bool header_only, ct_image *out) {
+                             bool header_only, ct_image_box_fn choose, void *ctx, ct_image *out,
+                             int64_t view[4]) {
     struct jpeg_decompress_struct ci;
     jpeg_err je;
     ci.err = jpeg_std_error(&je.pub);
     je.pub.error_exit = jpeg_fail;
     je.pub.emit_message = jpeg_warn;
     je.truncated = false;
-    uint8_t *volatile rgb = NULL; /* volatile: still valid after a longjmp */
+    uint8_t *volatile row = NULL, *volatile px = NULL; /* volatile: still valid after a longjmp */
     if (setjmp(je.jb)) {
         char msg[JMSG_LENGTH_MAX];
         je.pub.format_message((j_common_ptr)&ci, msg);
         jpeg_destroy_decompress(&ci);
-        free(rgb);
+        free(row);
+        free(px);
         if (je.truncated)
             return ct_error(CT_ERR_FORMAT, "%s: cannot decode JPEG: the data ends early (truncated "
                             "file)", name);
@@ -144,30 +153,54 @@ static ct_status decode_jpeg(const uint8_t *buf, size_t n, const char *name, int
      * libjpeg's default islow IDCT and fancy upsampling; conversion to the wanted
      * channels follows in convert(), like Image.convert. */
     ci.out_color_space = cs == JCS_GRAYSCALE ? JCS_GRAYSCALE : JCS_RGB;
-    out->h = ci.image_height;
-    out->w = ci.image_width;
-    out->c = channels;
+    int64_t H = ci.image_height, W = ci.image_width;
     if (header_only) {
         jpeg_destroy_decompress(&ci);
+        *out = (ct_image){.h = H, .w = W, .c = channels};
         return CT_OK;
     }
-    if (check_size(name, out->h, out->w) != CT_OK) {
+    if (check_size(name, H, W) != CT_OK) {
         jpeg_destroy_decompress(&ci);
         return CT_ERR_FORMAT;
     }
+    int64_t box[4] = {0, 0, H, W}; /* top, left, h, w */
+    if (choose) choose(ctx, H, W, box);
+    CT_ASSERT(box[0] >= 0 && box[1] >= 0 && box[2] > 0 && box[3] > 0 && box[0] + box[2] <= H &&
+              box[1] + box[3] <= W, "image: box outside the %lldx%lld image", (long long)W, (long long)H);
     jpeg_start_decompress(&ci);
-    int sc = ci.output_components;
-    size_t row = (size_t)out->w * (size_t)sc;
-    rgb = ct_malloc(row * (size_t)out->h);
-    while (ci.output_scanline < ci.output_height) {
-        JSAMPROW r = rgb + row * ci.output_scanline;
+    int sc = ci.output_components, M = JPEG_MARGIN;
+    /* the columns x0..x1 and rows from y0 around the box; crop_scanline may start earlier */
+    JDIMENSION x0 = (JDIMENSION)(box[1] > M ? box[1] - M : 0);
+    JDIMENSION x1 = (JDIMENSION)(box[1] + box[3] + M < W ? box[1] + box[3] + M : W), xw = x1 - x0;
+    if (xw < ci.output_width) jpeg_crop_scanline(&ci, &x0, &xw);
+    JDIMENSION y0 = (JDIMENSION)(box[0] > M ? box[0] - M : 0);
+    if (y0) jpeg_skip_scanlines(&ci, y0);
+    /* Rows in the pixel format wanted are decoded straight into the image, xw wide, and
+     * the box is a view of them; others are converted row by row into a box-sized image. */
+    bool direct = sc == channels;
+    int64_t stride = direct ? (int64_t)xw * sc : box[3] * channels;
+    row = ct_malloc((size_t)xw * (size_t)sc);
+    px = ct_malloc((size_t)(box[2] * stride));
+    for (int64_t y; (y = ci.output_scanline) < box[0] + box[2];) {
+        JSAMPROW r = direct && y >= box[0] ? px + (y - box[0]) * stride : row;
+        jpeg_read_scanlines(&ci, &r, 1);
+        if (!direct && y >= box[0])
+            convert(row + (box[1] - x0) * sc, sc, px + (y - box[0]) * stride, channels, box[3]);
+    }
+    /* The rows below the box go through the entropy decoder only, so that a truncated or
+     * corrupt file is refused as PIL refuses it whatever the box: skipping to the very end
+     * would not decode them, hence the last row is read. */
+    if (ci.output_scanline < ci.output_height) {
+        if (ci.output_scanline + 1 < ci.output_height)
+            jpeg_skip_scanlines(&ci, ci.output_height - 1 - ci.output_scanline);
+        JSAMPROW r = row;
         jpeg_read_scanlines(&ci, &r, 1);
     }
     jpeg_finish_decompress(&ci);
     jpeg_destroy_decompress(&ci);
-    out->px = ct_malloc((size_t)(out->h * out->w) * (size_t)channels);
-    convert(rgb, sc, out);
-    free(rgb);
+    free(row);
+    *out = (ct_image){.h = box[2], .w = stride / channels, .c = channels, .px = px};
+    view[0] = 0, view[1] = direct ? box[1] - x0 : 0, view[2] = box[2], view[3] = box[3];
     return CT_OK;
 }
 
@@ -219,7 +252,7 @@ static ct_status decode_png(const uint8_t *buf, size_t n, const char *name, int 
     if ((e = spng_decode_image(ctx, raw, len, fmt, 0))) goto fail;
     spng_ctx_free(ctx);
     out->px = ct_malloc((size_t)(out->h * out->w) * (size_t)channels);
-    convert(raw, sc, out);
+    convert(raw, sc, out->px, channels, out->h * out->w);
     free(raw);
     return CT_OK;
 fail:
@@ -230,45 +263,76 @@ fail:
 
 /* ---- dispatch ---- */
 
+/* Decodes the image, or with choose, the box it picks: *out holds it at view = {top, left,
+ * h, w} (a JPEG's decoded rows may be wider than the box; a PNG is decoded whole). */
 static ct_status decode(const uint8_t *buf, size_t n, const char *name, int channels,
-                        bool header_only, ct_image *out) {
+                        bool header_only, ct_image_box_fn choose, void *ctx, ct_image *out, int64_t view[4]) {
     if (channels != 1 && channels != 3)
         return ct_error(CT_ERR_ARG, "%s: images decode to 1 or 3 channels, not %d", name, channels);
     static const uint8_t png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-    ct_image im = {0};
-    ct_status st;
     if (n >= 3 && buf[0] == 0xff && buf[1] == 0xd8 && buf[2] == 0xff)
-        st = decode_jpeg(buf, n, name, channels, header_only, &im);
-    else if (n >= 8 && !memcmp(buf, png_sig, 8))
-        st = decode_png(buf, n, name, channels, header_only, &im);
-    else
+        return decode_jpeg(buf, n, name, channels, header_only, choose, ctx, out, view);
+    if (!(n >= 8 && !memcmp(buf, png_sig, 8)))
         return ct_error(CT_ERR_FORMAT, "%s: not a JPEG or PNG file (%zu bytes, unknown signature)",
                         name, n);
-    if (st == CT_OK) *out = im;
-    return st;
+    ct_image im = {0};
+    ct_status st = decode_png(buf, n, name, channels, header_only, &im);
+    if (st != CT_OK) return st;
+    int64_t box[4] = {0, 0, im.h, im.w};
+    if (choose && !header_only) choose(ctx, im.h, im.w, box);
+    memcpy(view, box, sizeof box);
+    *out = im;
+    return CT_OK;
+}
+
+/* A view's pixels as an image of their own (the image itself when the view is all of it). */
+static void own_view(ct_image *im, const int64_t view[4]) {
+    if (view[2] == im->h && view[3] == im->w) return;
+    ct_image c;
+    ct_image_crop(im, view[0], view[1], view[2], view[3], &c);
+    ct_image_free(im);
+    *im = c;
 }
 
 ct_status ct_image_decode(const void *buf, size_t n, const char *name, int channels, ct_image *out) {
-    return decode(buf, n, name, channels, false, out);
+    int64_t view[4];
+    return decode(buf, n, name, channels, false, NULL, NULL, out, view);
 }
 
-ct_status ct_image_read(const char *path, int channels, ct_image *out) {
-    uint8_t *buf;
-    size_t n;
+ct_status ct__image_read_view(const char *path, int channels, ct_image_box_fn choose, void *ctx,
+                              ct_image *out, int64_t view[4]) {
+    uint8_t *buf = NULL;
+    size_t n = 0;
     ct_status st = read_file(path, &buf, &n);
     if (st != CT_OK) return st;
-    st = decode(buf, n, path, channels, false, out);
+    st = decode(buf, n, path, channels, false, choose, ctx, out, view);
     free(buf);
     return st;
 }
 
+ct_status ct_image_read(const char *path, int channels, ct_image *out) {
+    int64_t view[4];
+    return ct__image_read_view(path, channels, NULL, NULL, out, view);
+}
+
+ct_status ct_image_read_box(const char *path, int channels, ct_image_box_fn choose, void *ctx, ct_image *out) {
+    int64_t view[4];
+    ct_image im;
+    ct_status st = ct__image_read_view(path, channels, choose, ctx, &im, view);
+    if (st != CT_OK) return st;
+    own_view(&im, view);
+    *out = im;
+    return CT_OK;
+}
+
 ct_status ct_image_info(const char *path, int64_t *h, int64_t *w) {
-    uint8_t *buf;
-    size_t n;
+    uint8_t *buf = NULL;
+    size_t n = 0;
     ct_status st = read_file(path, &buf, &n);
     if (st != CT_OK) return st;
     ct_image im = {0};
-    st = decode(buf, n, path, 3, true, &im);
+    int64_t view[4];
+    st = decode(buf, n, path, 3, true, NULL, NULL, &im, view);
     free(buf);
     if (st == CT_OK) *h = im.h, *w = im.w;
     return st;

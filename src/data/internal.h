@@ -27,6 +27,13 @@ struct ct_image_files {
     ct_transforms tf;
 };
 
+/* ct_image_read_box without the copy: *out holds the box at view = {top, left, h, w} (a
+ * JPEG's decoded rows are a little wider than the box, a PNG is decoded whole). */
+ct_status ct__image_read_view(const char *path, int channels, ct_image_box_fn choose, void *ctx,
+                              ct_image *out, int64_t view[4]);
+/* ct_image_resize of the view {top, left, h, w} of in. */
+void ct__image_resize_view(const ct_image *in, const int64_t view[4], int64_t h, int64_t w, ct_image *out);
+
 /* Frees f and everything it holds (n paths); NULL is fine. */
 void ct__image_files_free(ct_image_files *f, int64_t n);
 

@@ -66,11 +66,18 @@ struct ct_loader {
     int64_t claim;       /* the next position a worker takes */
     int64_t freed;       /* positions below it are handed back: at most R are out at once */
     int64_t R;           /* ring slots: prefetch * batch_size */
+    int64_t wait_p, wait_q; /* the calling thread sleeps until both positions are ready
+                               (wait_q = -1: it is not waiting) */
     slot *slots;
     uint8_t *ring;       /* R * sample_numel bytes */
     int64_t *own_idx, own_cap; /* the callers' buffer may change under the workers (the
                                   sampler rewrites its own for the next epoch) */
 };
+
+static bool slot_ready(const ct_loader *l, int64_t p) {
+    const slot *s = &l->slots[p % l->R];
+    return s->ready && s->pos == p;
+}
 
 /* Decodes sample i with its transforms into px. Its random choices are a function of (seed,
  * epoch, rank) through key and of the sample, not of the order or the thread that decodes
@@ -99,7 +106,11 @@ static void *worker(void *arg) {
         l->busy--;
         *s = (slot){.pos = p, .ready = true, .st = st};
         if (st != CT_OK) snprintf(s->msg, sizeof s->msg, "%s", ct_last_error());
-        pthread_cond_broadcast(&l->done);
+        /* Wake the calling thread only when what it waits for is there (or, when an epoch
+         * is stopped, it waits for the workers to go idle): a wake-up per sample made one
+         * worker slower than none (three context switches a sample). */
+        if (!l->active || (l->wait_q >= 0 && slot_ready(l, l->wait_p) && slot_ready(l, l->wait_q)))
+            pthread_cond_broadcast(&l->done);
     }
     pthread_mutex_unlock(&l->mu);
     return NULL;
@@ -133,6 +144,7 @@ static ct_status start_workers(ct_loader *l) {
     pthread_mutex_init(&l->mu, NULL);
     pthread_cond_init(&l->work, NULL);
     pthread_cond_init(&l->done, NULL);
+    l->wait_q = -1;
     for (; l->nthreads < l->o.workers; l->nthreads++) {
         int e = pthread_create(&l->threads[l->nthreads], NULL, worker, l);
         if (e) {
@@ -144,13 +156,22 @@ static ct_status start_workers(ct_loader *l) {
     return CT_OK;
 }
 
-/* The ring slot of position p once a worker has filled it. */
-static const slot *wait_for(ct_loader *l, int64_t p) {
-    slot *s = &l->slots[p % l->R];
+/* The ring slot of position p once a worker has filled it. When it is not there yet, the
+ * calling thread sleeps until the rest of the batch (up to last) is there too, rather than
+ * waking for each sample: the workers keep decoding into the ring meanwhile. */
+static const slot *wait_for(ct_loader *l, int64_t p, int64_t last) {
     pthread_mutex_lock(&l->mu);
-    while (!(s->ready && s->pos == p)) pthread_cond_wait(&l->done, &l->mu);
+    if (!slot_ready(l, p)) {
+        /* positions from freed (= p) to freed + R - 1 can be claimed, so q will come */
+        int64_t q = last < l->freed + l->R - 1 ? last : l->freed + l->R - 1;
+        if (!l->o.wrap && q > l->n - 1) q = l->n - 1;
+        l->wait_p = p;
+        l->wait_q = q > p ? q : p;
+        while (!(slot_ready(l, l->wait_p) && slot_ready(l, l->wait_q))) pthread_cond_wait(&l->done, &l->mu);
+        l->wait_q = -1;
+    }
     pthread_mutex_unlock(&l->mu);
-    return s;
+    return &l->slots[p % l->R];
 }
 
 /* Hands position p's slot back to the workers (positions are handed back in order). */
@@ -249,6 +270,7 @@ void ct_loader_start(ct_loader *l, const int64_t *indices, int64_t n) {
     l->n = n;
     l->key = ct_rng_next(&l->rng);
     l->claim = l->freed = 0;
+    l->wait_q = -1;
     for (int64_t k = 0; k < l->R; k++) l->slots[k].ready = false;
     l->active = n > 0;
     pthread_cond_broadcast(&l->work);
@@ -302,7 +324,7 @@ static void augment(ct_loader *l, const float *xf, const uint8_t *x8, float *dst
  * l->pix, or comes from the workers' ring (then the caller hands position p back after
  * use). Returns false for a file skipped under skip_bad; without skip_bad a bad file
  * becomes zeros and the loader's status records the error. */
-static bool fetch(ct_loader *l, int64_t p, int64_t i, const float **xf, const uint8_t **x8) {
+static bool fetch(ct_loader *l, int64_t p, int64_t last, int64_t i, const float **xf, const uint8_t **x8) {
     const ct_dataset *ds = l->ds;
     int64_t F = ds->sample_numel;
     *xf = ds->x ? ds->x + i * F : NULL;
@@ -311,7 +333,7 @@ static bool fetch(ct_loader *l, int64_t p, int64_t i, const float **xf, const ui
     ct_status st;
     const char *err;
     if (l->nthreads) {
-        const slot *s = wait_for(l, p);
+        const slot *s = wait_for(l, p, last);
         *x8 = l->ring + (p % l->R) * F;
         st = s->st;
         err = s->msg;
@@ -359,7 +381,7 @@ bool ct_loader_next(ct_loader *l, ct_batch *b) {
         int64_t p = l->cur++, i = l->idx[p % l->n];
         const float *xf;
         const uint8_t *x8;
-        bool got = fetch(l, p, i, &xf, &x8);
+        bool got = fetch(l, p, p + B - 1 - k, i, &xf, &x8);
         if (!got) {
             if (l->nthreads) hand_back(l, p);
             fails++;

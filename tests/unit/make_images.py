@@ -54,7 +54,13 @@ save("rgb444.jpg", rgb, quality=75, subsampling=0)
 save("rgb422.jpg", rgb, quality=85, subsampling=1)
 save("progressive.jpg", rgb, quality=80, progressive=True)
 save("gray.jpg", gray, quality=90)
-save("big.jpeg", Image.fromarray(content(130, 171, 3), "RGB"), quality=70)
+big = Image.fromarray(content(130, 171, 3), "RGB")
+save("big.jpeg", big, quality=70)
+# for the cropped decodes (test_image's decode_box_matches_full_decode): every subsampling
+save("big444.jpg", big, quality=90, subsampling=0)
+save("big422.jpg", big, quality=90, subsampling=1)
+save("big_progressive.jpg", big, quality=90, progressive=True)
+save("big_gray.jpg", big.convert("L"), quality=90)
 
 with open(os.path.join(out, "manifest.txt"), "w") as m:
     for name in good:

@@ -182,6 +182,46 @@ START_TEST(random_choices_are_per_sample) {
 }
 END_TEST
 
+/* ct_transforms_read's fast path (a random_resized_crop first: only the crop is decoded and
+ * resized where it lies) gives exactly the pixels and random draws of decoding the whole
+ * image then applying the transforms (which ops_match_torchvision checks): JPEGs of every
+ * subsampling and a PNG, RGB and gray, output sizes that are and are not multiples of 8
+ * (the SIMD resize does 8 at a time), shrinking and enlarging, many random crops each. */
+START_TEST(read_with_crop_matches_full_decode) {
+    static const char *const images[] = {"big.jpeg", "big444.jpg", "big422.jpg", "big_progressive.jpg",
+                                         "big_gray.jpg", "rgb420.jpg", "rgb.png"};
+    static const char *const specs[] = {"random_resized_crop:64,random_horizontal_flip", "random_resized_crop:61",
+                                        "random_resized_crop:200", "random_resized_crop:8,resize:13"};
+    int checked = 0;
+    for (size_t i = 0; i < sizeof images / sizeof *images; i++)
+        for (int channels = 1; channels <= 3; channels += 2)
+            for (size_t k = 0; k < sizeof specs / sizeof *specs; k++) {
+                char path[256];
+                snprintf(path, sizeof path, "%s/img/%s", dir, images[i]);
+                ct_transforms t;
+                ck_assert_int_eq(ct_transforms_parse(specs[k], &t), CT_OK);
+                for (uint64_t seed = 0; seed < 40; seed++) {
+                    ct_rng r1, r2;
+                    ct_rng_seed(&r1, seed);
+                    ct_rng_seed(&r2, seed);
+                    ct_image fast, slow;
+                    ck_assert_int_eq(ct_transforms_read(&t, path, channels, &r1, &fast), CT_OK);
+                    ck_assert_int_eq(ct_image_read(path, channels, &slow), CT_OK);
+                    ct_transforms_apply(&t, &slow, &r2);
+                    ck_assert(fast.h == slow.h && fast.w == slow.w && fast.c == slow.c);
+                    ck_assert_msg(!memcmp(fast.px, slow.px, (size_t)(fast.h * fast.w * fast.c)),
+                                  "%s, %d channels, %s, seed %llu: pixels differ", images[i], channels, specs[k],
+                                  (unsigned long long)seed);
+                    ck_assert_uint_eq(ct_rng_next(&r1), ct_rng_next(&r2)); /* the same draws */
+                    ct_image_free(&fast);
+                    ct_image_free(&slow);
+                    checked++;
+                }
+            }
+    ck_assert_int_eq(checked, 7 * 2 * 4 * 40);
+}
+END_TEST
+
 START_TEST(parse_errors) {
     ct_transforms t;
     static const char *bad[] = {"resize", "resize:0", "crop:3", "center_crop:x", "random_horizontal_flip:2",
@@ -207,6 +247,7 @@ int main(void) {
     tcase_add_test(t, rrc_params_match_torchvision);
     tcase_add_test(t, pipeline_matches_torchvision);
     tcase_add_test(t, random_choices_are_per_sample);
+    tcase_add_test(t, read_with_crop_matches_full_decode);
     tcase_add_test(t, parse_errors);
     suite_add_tcase(s, t);
     return ct_test_run(s);
