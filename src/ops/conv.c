@@ -56,7 +56,6 @@ typedef struct {
     conv_span r, c;   /* output rows and columns, and their taps */
     int64_t k;        /* rows of one group's column matrix: C/groups x the class's taps */
     int64_t pix, cw;  /* pixels and columns per plane */
-    int64_t koff;     /* sum of the earlier classes' k (cut weights: o*koff floats before) */
     int64_t poff;     /* sum of their pix (output buffer: o*nb*poff floats before) */
     int64_t coff;     /* sum of their k*pix (column matrices: groups*nb*coff floats before) */
 } conv_cls;
@@ -71,6 +70,7 @@ typedef struct {
     int64_t ph, pw;    /* padding of rows and columns */
     int64_t groups;
     int64_t oh, ow;    /* output size */
+    int64_t ki0, ki1, kj0, kj1; /* taps any class uses: rows [ki0, ki1), columns [kj0, kj1) */
     int ncls;          /* pixel classes (1: the whole plane, with its live taps) */
     conv_cls cls[MAX_CLS];
 } conv_geom;
@@ -106,38 +106,69 @@ static int axis_spans(int64_t k, int64_t s, int64_t p, int64_t n, int64_t out, b
 }
 
 /* Padding skipped by classes on planes of up to SKIP_MAX_PIX output pixels (see the top
- * comment for the measurements); ct_conv2d_set_pad_skip(false) keeps one class. */
-#define SKIP_MAX_PIX 64
-static bool skip_on = true;
-void ct_conv2d_set_pad_skip(bool on) { skip_on = on; }
+ * comment for the measurements); ct_conv2d_set_pad_skip changes it for tests. */
+#define SKIP_MAX_PIX 4
+static int64_t skip_max_pix = SKIP_MAX_PIX;
+int64_t ct_conv2d_set_pad_skip(int64_t max_pixels) {
+    int64_t old = skip_max_pix;
+    skip_max_pix = max_pixels < 0 ? SKIP_MAX_PIX : max_pixels;
+    return old;
+}
 
 /* Fills in the classes once the output size is known: row spans x column spans. */
 static void geom_classes(conv_geom *g) {
-    bool split = skip_on && g->oh * g->ow <= SKIP_MAX_PIX;
+    bool split = g->oh * g->ow <= skip_max_pix;
     conv_span rs[MAX_SPANS], cs[MAX_SPANS];
     int nr = axis_spans(g->kh, g->sh, g->ph, g->h, g->oh, split, rs);
     int nc = axis_spans(g->kw, g->sw, g->pw, g->w, g->ow, split, cs);
-    int64_t koff = 0, poff = 0, coff = 0;
+    int64_t poff = 0, coff = 0;
     g->ncls = nr * nc;
+    g->ki0 = g->kh, g->ki1 = 0, g->kj0 = g->kw, g->kj1 = 0;
+    for (int i = 0; i < nr; i++) {
+        g->ki0 = rs[i].k0 < g->ki0 ? rs[i].k0 : g->ki0;
+        g->ki1 = rs[i].k1 > g->ki1 ? rs[i].k1 : g->ki1;
+    }
+    for (int i = 0; i < nc; i++) {
+        g->kj0 = cs[i].k0 < g->kj0 ? cs[i].k0 : g->kj0;
+        g->kj1 = cs[i].k1 > g->kj1 ? cs[i].k1 : g->kj1;
+    }
     for (int q = 0; q < g->ncls; q++) {
         conv_cls *z = &g->cls[q];
-        *z = (conv_cls){.r = rs[q / nc], .c = cs[q % nc], .koff = koff, .poff = poff, .coff = coff};
+        *z = (conv_cls){.r = rs[q / nc], .c = cs[q % nc], .poff = poff, .coff = coff};
         z->cw = z->c.o1 - z->c.o0;
         z->pix = (z->r.o1 - z->r.o0) * z->cw;
         z->k = g->c / g->groups * (z->r.k1 - z->r.k0) * (z->c.k1 - z->c.k0);
-        koff += z->k, poff += z->pix, coff += z->k * z->pix;
+        poff += z->pix, coff += z->k * z->pix;
     }
 }
 
-static const conv_cls *geom_last(const conv_geom *g) { return &g->cls[g->ncls - 1]; }
-/* Rows of the cut weights of one output channel, all classes: sum of k. */
-static int64_t geom_ksum(const conv_geom *g) { return geom_last(g)->koff + geom_last(g)->k; }
 /* Multiply-adds per output channel and sample (all groups' rows: x groups). */
-static int64_t geom_macs(const conv_geom *g) { return geom_last(g)->coff + geom_last(g)->k * geom_last(g)->pix; }
-/* Whether the weight is used cut (several classes, or dead taps). */
-static bool geom_cropped(const conv_geom *g) {
-    const conv_cls *z = &g->cls[0];
-    return g->ncls > 1 || z->r.k1 - z->r.k0 < g->kh || z->c.k1 - z->c.k0 < g->kw;
+static int64_t geom_macs(const conv_geom *g) {
+    const conv_cls *z = &g->cls[g->ncls - 1];
+    return z->coff + z->k * z->pix;
+}
+/* One output channel's weights at the used taps, [ki1-ki0, kj1-kj0, C/groups] (tap-major,
+ * see permute_weight). */
+static int64_t geom_wrow(const conv_geom *g) {
+    return (g->ki1 - g->ki0) * (g->kj1 - g->kj0) * (g->c / g->groups);
+}
+
+/* The GEMMs of class z take its taps in blocks that are contiguous in a tap-major weight
+ * row: all its taps when it spans whole kernel rows (the interior, the top and bottom
+ * edges of a 3x3/padding-1 conv), else one block per kernel row. Block b starts at *woff
+ * in a weight row and at row *roff of the class's (one group's) column matrix, *kb long. */
+static int64_t cls_blocks(const conv_geom *g, const conv_cls *z) {
+    return z->c.k1 - z->c.k0 == g->kj1 - g->kj0 ? 1 : z->r.k1 - z->r.k0;
+}
+static void cls_block(const conv_geom *g, const conv_cls *z, int64_t b, int64_t *woff,
+                      int64_t *roff, int64_t *kb) {
+    int64_t cg = g->c / g->groups, nkj = z->c.k1 - z->c.k0, hw = g->kj1 - g->kj0;
+    if (nkj == hw) {
+        *woff = (z->r.k0 - g->ki0) * hw * cg, *roff = 0, *kb = z->k;
+    } else {
+        *woff = ((z->r.k0 - g->ki0 + b) * hw + z->c.k0 - g->kj0) * cg, *roff = b * nkj * cg;
+        *kb = nkj * cg;
+    }
 }
 static int64_t geom_pix(const conv_geom *g) { return g->oh * g->ow; }
 
@@ -225,18 +256,21 @@ ALWAYS_INLINE void pad_planes_rows(const conv_geom *g, const float *restrict x, 
 ALWAYS_INLINE void im2col_rows(const conv_geom *g, const conv_cls *z, const float *restrict xp,
                                float *restrict col, int64_t ld, bool wide) {
     int64_t hp = g->h + 2 * g->ph, wp = g->w + 2 * g->pw, cw = z->cw, s = g->sw;
-    for (int64_t c = 0, r = 0; c < g->c; c++)
+    int64_t cg = g->c / g->groups;
+    for (int64_t gi = 0, r = 0; gi < g->groups; gi++)
         for (int64_t ki = z->r.k0; ki < z->r.k1; ki++)
-            for (int64_t kj = z->c.k0; kj < z->c.k1; kj++, r++) {
-                float *restrict dst = col + r * ld;
-                for (int64_t oy = z->r.o0; oy < z->r.o1; oy++, dst += cw) {
-                    const float *restrict src = xp + (c * hp + oy * g->sh + ki) * wp + z->c.o0 * s + kj;
-                    if (s == 1)
-                        copy_row(dst, src, cw, wide);
-                    else
-                        for (int64_t ox = 0; ox < cw; ox++) dst[ox] = src[ox * s];
+            for (int64_t kj = z->c.k0; kj < z->c.k1; kj++)
+                for (int64_t c = gi * cg; c < (gi + 1) * cg; c++, r++) {
+                    float *restrict dst = col + r * ld;
+                    for (int64_t oy = z->r.o0; oy < z->r.o1; oy++, dst += cw) {
+                        const float *restrict src =
+                            xp + (c * hp + oy * g->sh + ki) * wp + z->c.o0 * s + kj;
+                        if (s == 1)
+                            copy_row(dst, src, cw, wide);
+                        else
+                            for (int64_t ox = 0; ox < cw; ox++) dst[ox] = src[ox * s];
+                    }
                 }
-            }
 }
 
 /* The row loops, compiled once for AVX-512 and once for any x86-64-v3 CPU (col2im too). */
@@ -328,35 +362,36 @@ static void chunk_move(const conv_geom *g, int64_t nb, int64_t o, const float *s
 }
 
 /* The adjoint of im2col (class z, col rows ld apart): dx[c, iy, ix] += every col entry
- * that was copied from it, skipping the entries that came from the zero border. Within one (c, ki, kj) every dx
- * pixel gets at most one entry, so the row order is free: even rows first, then odd ones.
- * Adjacent rows are closer than one vector apart, and the CPU makes the masked load of a
- * row wait for the masked store of the row before it; two rows apart that false
- * dependency is gone and col2im runs twice as fast. */
+ * that was copied from it, skipping the entries that came from the zero border. Within
+ * one (c, ki, kj) every dx pixel gets at most one entry, so the row order is free: even
+ * rows first, then odd ones. Adjacent rows are closer than one vector apart, and the CPU
+ * makes the masked load of a row wait for the masked store of the row before it; two rows
+ * apart that false dependency is gone and col2im runs twice as fast. */
 ALWAYS_INLINE void col2im_rows(const conv_geom *g, const conv_cls *z, const float *restrict col,
                                int64_t ld, float *restrict dx, bool wide) {
-    int64_t cw = z->cw, s = g->sw;
-    for (int64_t c = 0, r = 0; c < g->c; c++)
+    int64_t cw = z->cw, s = g->sw, cg = g->c / g->groups;
+    for (int64_t gi = 0, r = 0; gi < g->groups; gi++)
         for (int64_t ki = z->r.k0; ki < z->r.k1; ki++)
-            for (int64_t kj = z->c.k0; kj < z->c.k1; kj++, r++) {
-                const float *restrict row = col + r * ld;
-                int64_t lo, hi;
-                valid_cols(g, kj, &lo, &hi);
-                lo = lo > z->c.o0 ? lo : z->c.o0;
-                hi = hi < z->c.o1 ? hi : z->c.o1;
-                if (hi <= lo) continue;
-                for (int64_t first = 0; first < 2; first++)
-                    for (int64_t oy = z->r.o0 + first; oy < z->r.o1; oy += 2) {
-                        int64_t iy = oy * g->sh - g->ph + ki;
-                        if (iy < 0 || iy >= g->h) continue;
-                        const float *restrict src = row + (oy - z->r.o0) * cw + lo - z->c.o0;
-                        float *restrict dst = dx + (c * g->h + iy) * g->w + lo * s - g->pw + kj;
-                        if (s == 1)
-                            add_row(dst, src, hi - lo, wide);
-                        else
-                            for (int64_t j = 0; j < hi - lo; j++) dst[j * s] += src[j];
-                    }
-            }
+            for (int64_t kj = z->c.k0; kj < z->c.k1; kj++)
+                for (int64_t c = gi * cg; c < (gi + 1) * cg; c++, r++) {
+                    const float *restrict row = col + r * ld;
+                    int64_t lo, hi;
+                    valid_cols(g, kj, &lo, &hi);
+                    lo = lo > z->c.o0 ? lo : z->c.o0;
+                    hi = hi < z->c.o1 ? hi : z->c.o1;
+                    if (hi <= lo) continue;
+                    for (int64_t first = 0; first < 2; first++)
+                        for (int64_t oy = z->r.o0 + first; oy < z->r.o1; oy += 2) {
+                            int64_t iy = oy * g->sh - g->ph + ki;
+                            if (iy < 0 || iy >= g->h) continue;
+                            const float *restrict src = row + (oy - z->r.o0) * cw + lo - z->c.o0;
+                            float *restrict dst = dx + (c * g->h + iy) * g->w + lo * s - g->pw + kj;
+                            if (s == 1)
+                                add_row(dst, src, hi - lo, wide);
+                            else
+                                for (int64_t j = 0; j < hi - lo; j++) dst[j * s] += src[j];
+                        }
+                }
 }
 
 static CT_AVX512 void col2im_512(const conv_geom *g, const conv_cls *z, const float *col,
@@ -384,36 +419,40 @@ static float sum_floats(const float *restrict v, int64_t n) {
     return s;
 }
 
-/* w [O, C/groups, kh, kw] cut to each class's taps, [O, C/groups, taps] per class at
- * o*koff: the weight matrices of the classes' column matrices. A new tensor in the current
- * scope, built once per forward (or backward) and shared by every chunk. */
-static float *crop_weight(const conv_geom *g, int64_t o, const float *w) {
-    int64_t planes = o * (g->c / g->groups);
-    float *wc = ct_tensor_new(CT_SHAPE(o * geom_ksum(g)))->data;
-    for (int q = 0; q < g->ncls; q++) {
-        const conv_cls *z = &g->cls[q];
-        int64_t kh = z->r.k1 - z->r.k0, kw = z->c.k1 - z->c.k0;
-        float *d = wc + o * z->koff;
-        for (int64_t p = 0; p < planes; p++)
-            for (int64_t ki = 0; ki < kh; ki++)
-                memcpy(d + (p * kh + ki) * kw, w + (p * g->kh + z->r.k0 + ki) * g->kw + z->c.k0,
-                       (size_t)kw * sizeof(float));
-    }
-    return wc;
+/* w [O, C/groups, kh, kw] as wt [O, ki1-ki0, kj1-kj0, C/groups]: the used taps only
+ * (dead ones, e.g. all but the centre of a 3x3/padding-1 conv on a 1x1 image, are left
+ * out), tap-major like the column matrices' rows, so every class's taps are one or a few
+ * contiguous blocks of a weight row (cls_block), used in place by the GEMMs through their
+ * leading dimension. (Cutting a weight per class instead, C/groups runs of 1-3 taps each,
+ * cost as much as the GEMMs it saved on 2x2 planes.) With every tap used and one tap or
+ * one channel per group both layouts are the same. A new tensor in the current scope. */
+static bool geom_tapmajor(const conv_geom *g) {
+    bool all = g->ki1 - g->ki0 == g->kh && g->kj1 - g->kj0 == g->kw;
+    return !all || (g->kh * g->kw > 1 && g->c / g->groups > 1);
+}
+static const float *permute_weight(const conv_geom *g, int64_t o, const float *w) {
+    if (!geom_tapmajor(g)) return w;
+    int64_t cg = g->c / g->groups, wr = geom_wrow(g), hw = g->kj1 - g->kj0;
+    float *wt = ct_tensor_new(CT_SHAPE(o * wr))->data;
+    CT_PAR_FOR(o * wr)
+    for (int64_t oc = 0; oc < o; oc++)
+        for (int64_t i = 0; i < wr / cg; i++) {
+            int64_t tap = (g->ki0 + i / hw) * g->kw + g->kj0 + i % hw, t = g->kh * g->kw;
+            for (int64_t c = 0; c < cg; c++) wt[oc * wr + i * cg + c] = w[(oc * cg + c) * t + tap];
+        }
+    return wt;
 }
 
-/* The adjoint of crop_weight: dw += every class's dwc at its taps. */
-static void uncrop_add(const conv_geom *g, int64_t o, const float *dwc, float *dw) {
-    int64_t planes = o * (g->c / g->groups);
-    for (int q = 0; q < g->ncls; q++) {
-        const conv_cls *z = &g->cls[q];
-        int64_t kh = z->r.k1 - z->r.k0, kw = z->c.k1 - z->c.k0;
-        const float *d = dwc + o * z->koff;
-        for (int64_t p = 0; p < planes; p++)
-            for (int64_t ki = 0; ki < kh; ki++)
-                for (int64_t kj = 0; kj < kw; kj++)
-                    dw[(p * g->kh + z->r.k0 + ki) * g->kw + z->c.k0 + kj] += d[(p * kh + ki) * kw + kj];
-    }
+/* The adjoint of permute_weight: dw [O, C/groups, kh, kw] += dwt at the used taps. */
+static void unpermute_add(const conv_geom *g, int64_t o, const float *dwt, float *dw) {
+    int64_t cg = g->c / g->groups, wr = geom_wrow(g), hw = g->kj1 - g->kj0;
+    CT_PAR_FOR(o * wr)
+    for (int64_t oc = 0; oc < o; oc++)
+        for (int64_t i = 0; i < wr / cg; i++) {
+            int64_t tap = (g->ki0 + i / hw) * g->kw + g->kj0 + i % hw, t = g->kh * g->kw;
+            for (int64_t c = 0; c < cg; c++)
+                dw[(oc * cg + c) * t + tap] += dwt[oc * wr + i * cg + c];
+        }
 }
 
 /* The geometry travels in the node's i[] as int32s (it has more fields than i[] has
@@ -477,11 +516,11 @@ static bool use_wino(const conv_geom *g, int64_t o) {
 }
 
 /* The forward of chunk ci (samples [ci*sc->nb, ...)) into y: per class and group,
- * out = W (cut) @ col, then to NCHW. */
+ * out = W (the class's taps of wt) @ col, then to NCHW. */
 static void forward_chunk(const conv_geom *g, int64_t ci, int64_t batch, int64_t o,
-                          const float *x, const float *wk, const float *bias,
+                          const float *x, const float *wt, const float *bias,
                           const col_scratch *sc, gemm_fn *gemm, float *y) {
-    int64_t og = o / g->groups, npix = geom_pix(g), in_sz = g->c * g->h * g->w;
+    int64_t og = o / g->groups, npix = geom_pix(g), in_sz = g->c * g->h * g->w, wr = geom_wrow(g);
     int64_t i0 = ci * sc->nb, nb = batch - i0 < sc->nb ? batch - i0 : sc->nb;
     float *out = sc->buf ? sc->buf : y + i0 * o * npix;
     const float *cols = chunk_cols(g, x + i0 * in_sz, nb, sc);
@@ -493,34 +532,43 @@ static void forward_chunk(const conv_geom *g, int64_t ci, int64_t batch, int64_t
         for (int64_t c = 0; bias && c < o; c++)
             for (int64_t j = 0; j < ld; j++) oq[c * ld + j] = bias[c];
         for (int64_t gi = 0; gi < g->groups; gi++)
-            gemm(false, false, og, ld, k, 1, wk + o * z->koff + gi * og * k, k,
-                 cols + cls_col(g, z, nb) + gi * k * ld, ld, bias ? 1 : 0, oq + gi * og * ld, ld);
+            for (int64_t bl = 0; bl < cls_blocks(g, z); bl++) {
+                int64_t woff, roff, kb;
+                cls_block(g, z, bl, &woff, &roff, &kb);
+                gemm(false, false, og, ld, kb, 1, wt + gi * og * wr + woff, wr,
+                     cols + cls_col(g, z, nb) + (gi * k + roff) * ld, ld, bias || bl ? 1 : 0,
+                     oq + gi * og * ld, ld);
+            }
     }
     if (sc->buf) chunk_move(g, nb, o, sc->buf, y + i0 * o * npix, false);
 }
 
-/* The backward of chunk ci (samples [ci*sc->nb, ...)): dW (cut, into dw, onto it when
- * acc) and dX for the gradients asked for (dw / gx non-NULL), class by class. */
+/* The backward of chunk ci (samples [ci*sc->nb, ...)): dW (tap-major, added onto dwt) and
+ * dX (from the tap-major wt) for the gradients asked for (dwt / gx non-NULL), class by
+ * class. */
 static void backward_chunk(const conv_geom *g, int64_t ci, int64_t batch, int64_t o,
-                           const float *gout, const float *x, const float *w,
-                           const col_scratch *sc, gemm_fn *gemm, float *dw, bool acc,
-                           float *gx) {
-    int64_t og = o / g->groups, npix = geom_pix(g), in_sz = g->c * g->h * g->w;
+                           const float *gout, const float *x, const float *wt,
+                           const col_scratch *sc, gemm_fn *gemm, float *dwt, float *gx) {
+    int64_t og = o / g->groups, npix = geom_pix(g), in_sz = g->c * g->h * g->w, wr = geom_wrow(g);
     int64_t i0 = ci * sc->nb, nb = batch - i0 < sc->nb ? batch - i0 : sc->nb;
     const float *go = gout + i0 * o * npix;
     if (sc->buf) {
         chunk_move(g, nb, o, go, sc->buf, true);
         go = sc->buf;
     }
-    if (dw) {
+    if (dwt) {
         const float *cols = chunk_cols(g, x + i0 * in_sz, nb, sc);
         for (int q = 0; q < g->ncls; q++) {
             const conv_cls *z = &g->cls[q];
             int64_t k = z->k, ld = nb * z->pix;
             const float *gq = go + cls_buf(z, o, nb), *cq = cols + cls_col(g, z, nb);
             for (int64_t gi = 0; gi < g->groups; gi++)
-                gemm(false, true, og, k, ld, 1, gq + gi * og * ld, ld, cq + gi * k * ld, ld,
-                     acc ? 1 : 0, dw + o * z->koff + gi * og * k, k);
+                for (int64_t bl = 0; bl < cls_blocks(g, z); bl++) {
+                    int64_t woff, roff, kb;
+                    cls_block(g, z, bl, &woff, &roff, &kb);
+                    gemm(false, true, og, kb, ld, 1, gq + gi * og * ld, ld,
+                         cq + (gi * k + roff) * ld, ld, 1, dwt + gi * og * wr + woff, wr);
+                }
         }
     }
     if (gx) {
@@ -532,8 +580,12 @@ static void backward_chunk(const conv_geom *g, int64_t ci, int64_t batch, int64_
             const float *gq = go + cls_buf(z, o, nb);
             float *dq = dst + cls_col(g, z, nb);
             for (int64_t gi = 0; gi < g->groups; gi++)
-                gemm(true, false, k, ld, og, 1, w + o * z->koff + gi * og * k, k,
-                     gq + gi * og * ld, ld, sc->col ? 0 : 1, dq + gi * k * ld, ld);
+                for (int64_t bl = 0; bl < cls_blocks(g, z); bl++) {
+                    int64_t woff, roff, kb;
+                    cls_block(g, z, bl, &woff, &roff, &kb);
+                    gemm(true, false, kb, ld, og, 1, wt + gi * og * wr + woff, wr,
+                         gq + gi * og * ld, ld, sc->col ? 0 : 1, dq + (gi * k + roff) * ld, ld);
+                }
             for (int64_t j = 0; sc->col && j < nb; j++)
                 col2im_add(g, z, dq + j * z->pix, ld, dx + j * in_sz);
         }
@@ -543,7 +595,7 @@ static void backward_chunk(const conv_geom *g, int64_t ci, int64_t batch, int64_
 static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
     conv_geom g = geom_load(n);
     int64_t batch = n->out_shape[0], o = n->out_shape[1];
-    int64_t k = geom_ksum(&g), npix = geom_pix(&g);
+    int64_t k = geom_wrow(&g), npix = geom_pix(&g);
     ct_tensor *gx = ct_node_grad_in(n, 0), *gw = ct_node_grad_in(n, 1), *gb = ct_node_grad_in(n, 2);
     /* The forward saved x only if dW is needed and w only if dX is, in that order. */
     int slot = 0;
@@ -563,14 +615,14 @@ static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
         if (!gw) return;
     }
     int64_t nbs = chunk_samples(&g, batch), nchunks = (batch + nbs - 1) / nbs;
-    /* cut (classes or dead taps): the cut weights for dX, and dW accumulated cut, then
-     * added back into the full gradient below (its dead taps get 0, as the definition says) */
-    bool cut = geom_cropped(&g);
-    if (gx && cut) w = crop_weight(&g, o, w);
+    /* dX from the tap-major weight; dW summed tap-major (from zero: the classes' blocks
+     * overlap), then added into the gradient (in place when the layouts agree) */
+    if (gx) w = permute_weight(&g, o, w);
     float *dw = gw ? gw->data : NULL;
-    if (gw && cut) dw = ct_zeros(CT_SHAPE(o * k))->data;
+    bool tapmajor = gw && geom_tapmajor(&g);
+    if (tapmajor) dw = ct_zeros(CT_SHAPE(o * k))->data;
     int64_t parts = gw ? dw_parts(nchunks, o * k) : nchunks;
-    float *part = gw && parts > 1 ? ct_tensor_new(CT_SHAPE(parts, o * k))->data : NULL;
+    float *part = gw && parts > 1 ? ct_zeros(CT_SHAPE(parts, o * k))->data : NULL;
     int nt = team_size(parts, batch * o * geom_macs(&g) * g.groups);
     col_scratch sc[MAX_TEAM];
     for (int t = 0; t < nt; t++) sc[t] = scratch_new(&g, batch, o);
@@ -581,7 +633,7 @@ static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
         float *dwp = part ? part + p * o * k : dw;
         for (int64_t ci = p * nchunks / parts; ci < (p + 1) * nchunks / parts; ci++)
             backward_chunk(&g, ci, batch, o, gout->data, x, w, s, gemm, gw ? dwp : NULL,
-                           !part || ci > p * nchunks / parts, gx ? gx->data : NULL);
+                           gx ? gx->data : NULL);
     }
     if (part) {
         CT_PAR_FOR(parts * o * k)
@@ -591,7 +643,7 @@ static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
             dw[i] = acc;
         }
     }
-    if (gw && cut) uncrop_add(&g, o, dw, gw->data);
+    if (tapmajor) unpermute_add(&g, o, dw, gw->data);
 }
 
 ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2d_opts *opts) {
@@ -635,11 +687,11 @@ ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2
         int nt = team_size(nchunks, batch * o * geom_macs(&g) * g.groups);
         col_scratch sc[MAX_TEAM];
         for (int t = 0; t < nt; t++) sc[t] = scratch_new(&g, batch, o);
-        const float *wk = geom_cropped(&g) ? crop_weight(&g, o, w->data) : w->data;
+        const float *wt = permute_weight(&g, o, w->data);
         gemm_fn *gemm = nchunks > 1 ? ct_gemm_serial : ct_gemm;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
         for (int64_t ci = 0; ci < nchunks; ci++)
-            forward_chunk(&g, ci, batch, o, x->data, wk, b ? b->data : NULL,
+            forward_chunk(&g, ci, batch, o, x->data, wt, b ? b->data : NULL,
                           &sc[ct_thread_id()], gemm, y->data);
     }
 

@@ -93,10 +93,11 @@ ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2
  * multiplications; results differ from im2col by rounding). Off:
  * every convolution runs im2col + sgemm (for tests and comparisons; default on). */
 void ct_conv2d_set_winograd(bool on);
-/* im2col convolutions on small output planes group their pixels by the kernel taps that
- * land inside the input and never multiply the zero padding. Off: one group per plane
- * (only taps dead for every pixel are skipped), for tests and comparisons; default on. */
-void ct_conv2d_set_pad_skip(bool on);
+/* im2col convolutions on output planes of up to max_pixels pixels (default, or negative:
+ * 4, where it measured faster) group their pixels by the kernel taps that land inside the
+ * input and never multiply the zero padding; other planes skip only the taps that are
+ * padding for every pixel. 0: never (for tests and comparisons). Returns the old value. */
+int64_t ct_conv2d_set_pad_skip(int64_t max_pixels);
 
 /* ---- pool.c -------------------------------------------------------------------------- */
 /* x [N, C, H, W]; stride 0 means stride = kernel. Padding for max pool is -inf. */
