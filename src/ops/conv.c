@@ -105,19 +105,18 @@ static int axis_spans(int64_t k, int64_t s, int64_t p, int64_t n, int64_t out, b
     return 1;
 }
 
-/* Padding skipped by classes on planes of up to SKIP_MAX_PIX output pixels (see the top
- * comment for the measurements); ct_conv2d_set_pad_skip changes it for tests. */
-#define SKIP_MAX_PIX 4
-static int64_t skip_max_pix = SKIP_MAX_PIX;
-int64_t ct_conv2d_set_pad_skip(int64_t max_pixels) {
-    int64_t old = skip_max_pix;
-    skip_max_pix = max_pixels < 0 ? SKIP_MAX_PIX : max_pixels;
+/* When pixel classes are used (ct_conv2d_set_pad_skip): by default where they cut the
+ * multiply-adds to SKIP_KEEP or less of one class's (see the top comment). */
+#define SKIP_KEEP 0.6
+static ct_pad_skip skip_mode = CT_PAD_SKIP_AUTO;
+ct_pad_skip ct_conv2d_set_pad_skip(ct_pad_skip mode) {
+    ct_pad_skip old = skip_mode;
+    skip_mode = mode;
     return old;
 }
 
 /* Fills in the classes once the output size is known: row spans x column spans. */
-static void geom_classes(conv_geom *g) {
-    bool split = g->oh * g->ow <= skip_max_pix;
+static void geom_split(conv_geom *g, bool split) {
     conv_span rs[MAX_SPANS], cs[MAX_SPANS];
     int nr = axis_spans(g->kh, g->sh, g->ph, g->h, g->oh, split, rs);
     int nc = axis_spans(g->kw, g->sw, g->pw, g->w, g->ow, split, cs);
@@ -147,10 +146,26 @@ static int64_t geom_macs(const conv_geom *g) {
     const conv_cls *z = &g->cls[g->ncls - 1];
     return z->coff + z->k * z->pix;
 }
-/* One output channel's weights at the used taps, [ki1-ki0, kj1-kj0, C/groups] (tap-major,
- * see permute_weight). */
+
+static void geom_classes(conv_geom *g) {
+    geom_split(g, skip_mode != CT_PAD_SKIP_NEVER);
+    if (skip_mode != CT_PAD_SKIP_AUTO || g->ncls == 1) return;
+    int64_t split = geom_macs(g);
+    geom_split(g, false);
+    if ((double)split <= SKIP_KEEP * (double)geom_macs(g)) geom_split(g, true);
+}
+/* One output channel's weights at the used taps (see layout_weight). */
 static int64_t geom_wrow(const conv_geom *g) {
     return (g->ki1 - g->ki0) * (g->kj1 - g->kj0) * (g->c / g->groups);
+}
+
+/* Class z's column matrix has row gi*k + tap * *st + cl * *sc for channel cl of group gi
+ * and its tap-th tap (row-major). One class: channel-major, rows (c, ki, kj) as the
+ * weight's [C/groups, kh, kw]. Several: tap-major, rows (ki, kj, c) (see layout_weight). */
+static void cls_strides(const conv_geom *g, const conv_cls *z, int64_t *st, int64_t *sc) {
+    int64_t cg = g->c / g->groups, taps = z->k / cg;
+    *st = g->ncls > 1 ? cg : 1;
+    *sc = g->ncls > 1 ? 1 : taps;
 }
 
 /* The GEMMs of class z take its taps in blocks that are contiguous in a tap-major weight
@@ -256,12 +271,13 @@ ALWAYS_INLINE void pad_planes_rows(const conv_geom *g, const float *restrict x, 
 ALWAYS_INLINE void im2col_rows(const conv_geom *g, const conv_cls *z, const float *restrict xp,
                                float *restrict col, int64_t ld, bool wide) {
     int64_t hp = g->h + 2 * g->ph, wp = g->w + 2 * g->pw, cw = z->cw, s = g->sw;
-    int64_t cg = g->c / g->groups;
-    for (int64_t gi = 0, r = 0; gi < g->groups; gi++)
-        for (int64_t ki = z->r.k0; ki < z->r.k1; ki++)
-            for (int64_t kj = z->c.k0; kj < z->c.k1; kj++)
-                for (int64_t c = gi * cg; c < (gi + 1) * cg; c++, r++) {
-                    float *restrict dst = col + r * ld;
+    int64_t cg = g->c / g->groups, st, sc;
+    cls_strides(g, z, &st, &sc);
+    for (int64_t gi = 0, c = 0; gi < g->groups; gi++)
+        for (int64_t cl = 0; cl < cg; cl++, c++)
+            for (int64_t ki = z->r.k0, tap = 0; ki < z->r.k1; ki++)
+                for (int64_t kj = z->c.k0; kj < z->c.k1; kj++, tap++) {
+                    float *restrict dst = col + (gi * z->k + tap * st + cl * sc) * ld;
                     for (int64_t oy = z->r.o0; oy < z->r.o1; oy++, dst += cw) {
                         const float *restrict src =
                             xp + (c * hp + oy * g->sh + ki) * wp + z->c.o0 * s + kj;
@@ -369,12 +385,13 @@ static void chunk_move(const conv_geom *g, int64_t nb, int64_t o, const float *s
  * apart that false dependency is gone and col2im runs twice as fast. */
 ALWAYS_INLINE void col2im_rows(const conv_geom *g, const conv_cls *z, const float *restrict col,
                                int64_t ld, float *restrict dx, bool wide) {
-    int64_t cw = z->cw, s = g->sw, cg = g->c / g->groups;
-    for (int64_t gi = 0, r = 0; gi < g->groups; gi++)
-        for (int64_t ki = z->r.k0; ki < z->r.k1; ki++)
-            for (int64_t kj = z->c.k0; kj < z->c.k1; kj++)
-                for (int64_t c = gi * cg; c < (gi + 1) * cg; c++, r++) {
-                    const float *restrict row = col + r * ld;
+    int64_t cw = z->cw, s = g->sw, cg = g->c / g->groups, st, sc;
+    cls_strides(g, z, &st, &sc);
+    for (int64_t gi = 0, c = 0; gi < g->groups; gi++)
+        for (int64_t cl = 0; cl < cg; cl++, c++)
+            for (int64_t ki = z->r.k0, tap = 0; ki < z->r.k1; ki++)
+                for (int64_t kj = z->c.k0; kj < z->c.k1; kj++, tap++) {
+                    const float *restrict row = col + (gi * z->k + tap * st + cl * sc) * ld;
                     int64_t lo, hi;
                     valid_cols(g, kj, &lo, &hi);
                     lo = lo > z->c.o0 ? lo : z->c.o0;
@@ -419,40 +436,45 @@ static float sum_floats(const float *restrict v, int64_t n) {
     return s;
 }
 
-/* w [O, C/groups, kh, kw] as wt [O, ki1-ki0, kj1-kj0, C/groups]: the used taps only
- * (dead ones, e.g. all but the centre of a 3x3/padding-1 conv on a 1x1 image, are left
- * out), tap-major like the column matrices' rows, so every class's taps are one or a few
- * contiguous blocks of a weight row (cls_block), used in place by the GEMMs through their
- * leading dimension. (Cutting a weight per class instead, C/groups runs of 1-3 taps each,
- * cost as much as the GEMMs it saved on 2x2 planes.) With every tap used and one tap or
- * one channel per group both layouts are the same. A new tensor in the current scope. */
-static bool geom_tapmajor(const conv_geom *g) {
+/* The weight as the GEMMs read it, at the used taps only (dead ones, e.g. all but the
+ * centre of a 3x3/padding-1 conv on a 1x1 image, are left out): one class, [O, C/groups,
+ * ki1-ki0, kj1-kj0], w itself when every tap is used; several, tap-major [O, ki1-ki0,
+ * kj1-kj0, C/groups] like their column matrices' rows, so every class's taps are one or a
+ * few contiguous blocks of a weight row (cls_block), used in place by the GEMMs through
+ * their leading dimension. (Cutting a weight per class instead, C/groups runs of 1-3 taps
+ * each, cost as much as the GEMMs it saved on 2x2 planes; the tap-major copy, used for one
+ * class too, made a plane's one GEMM 5-10% slower on 4x4 to 8x8 planes.) A new tensor in the
+ * current scope unless w. */
+static bool weight_copied(const conv_geom *g) {
     bool all = g->ki1 - g->ki0 == g->kh && g->kj1 - g->kj0 == g->kw;
-    return !all || (g->kh * g->kw > 1 && g->c / g->groups > 1);
+    return !all || (g->ncls > 1 && g->kh * g->kw > 1 && g->c / g->groups > 1);
 }
-static const float *permute_weight(const conv_geom *g, int64_t o, const float *w) {
-    if (!geom_tapmajor(g)) return w;
-    int64_t cg = g->c / g->groups, wr = geom_wrow(g), hw = g->kj1 - g->kj0;
-    float *wt = ct_tensor_new(CT_SHAPE(o * wr))->data;
+/* Copies between w [O, C/groups, kh, kw] and the laid-out wt at the used taps: to wt, or
+ * back (dw += dwt) with add. */
+static void layout_copy(const conv_geom *g, int64_t o, const float *src, float *dst, bool add) {
+    int64_t cg = g->c / g->groups, wr = geom_wrow(g), nt = wr / cg, t = g->kh * g->kw;
+    int64_t hw = g->kj1 - g->kj0, si = g->ncls > 1 ? cg : 1, sc = g->ncls > 1 ? 1 : nt;
     CT_PAR_FOR(o * wr)
     for (int64_t oc = 0; oc < o; oc++)
-        for (int64_t i = 0; i < wr / cg; i++) {
-            int64_t tap = (g->ki0 + i / hw) * g->kw + g->kj0 + i % hw, t = g->kh * g->kw;
-            for (int64_t c = 0; c < cg; c++) wt[oc * wr + i * cg + c] = w[(oc * cg + c) * t + tap];
+        for (int64_t i = 0; i < nt; i++) {
+            int64_t a = oc * wr + i * si;
+            int64_t b = oc * cg * t + (g->ki0 + i / hw) * g->kw + g->kj0 + i % hw;
+            if (add)
+                for (int64_t c = 0; c < cg; c++) dst[b + c * t] += src[a + c * sc];
+            else
+                for (int64_t c = 0; c < cg; c++) dst[a + c * sc] = src[b + c * t];
         }
+}
+static const float *layout_weight(const conv_geom *g, int64_t o, const float *w) {
+    if (!weight_copied(g)) return w;
+    float *wt = ct_tensor_new(CT_SHAPE(o * geom_wrow(g)))->data;
+    layout_copy(g, o, w, wt, false);
     return wt;
 }
 
-/* The adjoint of permute_weight: dw [O, C/groups, kh, kw] += dwt at the used taps. */
-static void unpermute_add(const conv_geom *g, int64_t o, const float *dwt, float *dw) {
-    int64_t cg = g->c / g->groups, wr = geom_wrow(g), hw = g->kj1 - g->kj0;
-    CT_PAR_FOR(o * wr)
-    for (int64_t oc = 0; oc < o; oc++)
-        for (int64_t i = 0; i < wr / cg; i++) {
-            int64_t tap = (g->ki0 + i / hw) * g->kw + g->kj0 + i % hw, t = g->kh * g->kw;
-            for (int64_t c = 0; c < cg; c++)
-                dw[(oc * cg + c) * t + tap] += dwt[oc * wr + i * cg + c];
-        }
+/* The adjoint of layout_weight: dw [O, C/groups, kh, kw] += dwt at the used taps. */
+static void unlayout_add(const conv_geom *g, int64_t o, const float *dwt, float *dw) {
+    layout_copy(g, o, dwt, dw, true);
 }
 
 /* The geometry travels in the node's i[] as int32s (it has more fields than i[] has
@@ -543,9 +565,8 @@ static void forward_chunk(const conv_geom *g, int64_t ci, int64_t batch, int64_t
     if (sc->buf) chunk_move(g, nb, o, sc->buf, y + i0 * o * npix, false);
 }
 
-/* The backward of chunk ci (samples [ci*sc->nb, ...)): dW (tap-major, added onto dwt) and
- * dX (from the tap-major wt) for the gradients asked for (dwt / gx non-NULL), class by
- * class. */
+/* The backward of chunk ci (samples [ci*sc->nb, ...)): dW (laid out as wt, added onto
+ * dwt) and dX (from wt) for the gradients asked for (dwt / gx non-NULL), class by class. */
 static void backward_chunk(const conv_geom *g, int64_t ci, int64_t batch, int64_t o,
                            const float *gout, const float *x, const float *wt,
                            const col_scratch *sc, gemm_fn *gemm, float *dwt, float *gx) {
@@ -592,10 +613,46 @@ static void backward_chunk(const conv_geom *g, int64_t ci, int64_t batch, int64_
     }
 }
 
+/* dW and dX (for gw / gx non-NULL) by im2col + sgemm in geometry g, in chunks. */
+static void backward_im2col(const conv_geom *g, int64_t batch, int64_t o, const float *gout,
+                            const float *x, const float *w, ct_tensor *gw, ct_tensor *gx) {
+    int64_t k = geom_wrow(g);
+    int64_t nbs = chunk_samples(g, batch), nchunks = (batch + nbs - 1) / nbs;
+    /* dX from the weight laid out for the GEMMs; dW summed in that layout (from zero: the
+     * classes' blocks overlap), then added into the gradient (in place when it is w's) */
+    if (gx) w = layout_weight(g, o, w);
+    float *dw = gw ? gw->data : NULL;
+    bool copied = gw && weight_copied(g);
+    if (copied) dw = ct_zeros(CT_SHAPE(o * k))->data;
+    int64_t parts = gw ? dw_parts(nchunks, o * k) : nchunks;
+    float *part = gw && parts > 1 ? ct_zeros(CT_SHAPE(parts, o * k))->data : NULL;
+    int nt = team_size(parts, batch * o * geom_macs(g) * g->groups);
+    col_scratch sc[MAX_TEAM];
+    for (int t = 0; t < nt; t++) sc[t] = scratch_new(g, batch, o);
+    gemm_fn *gemm = parts > 1 ? ct_gemm_serial : ct_gemm;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t p = 0; p < parts; p++) {
+        const col_scratch *s = &sc[ct_thread_id()];
+        float *dwp = part ? part + p * o * k : dw;
+        for (int64_t ci = p * nchunks / parts; ci < (p + 1) * nchunks / parts; ci++)
+            backward_chunk(g, ci, batch, o, gout, x, w, s, gemm, gw ? dwp : NULL,
+                           gx ? gx->data : NULL);
+    }
+    if (part) {
+        CT_PAR_FOR(parts * o * k)
+        for (int64_t i = 0; i < o * k; i++) {
+            float acc = dw[i];
+            for (int64_t p = 0; p < parts; p++) acc += part[p * o * k + i];
+            dw[i] = acc;
+        }
+    }
+    if (copied) unlayout_add(g, o, dw, gw->data);
+}
+
 static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
     conv_geom g = geom_load(n);
     int64_t batch = n->out_shape[0], o = n->out_shape[1];
-    int64_t k = geom_wrow(&g), npix = geom_pix(&g);
+    int64_t npix = geom_pix(&g);
     ct_tensor *gx = ct_node_grad_in(n, 0), *gw = ct_node_grad_in(n, 1), *gb = ct_node_grad_in(n, 2);
     /* The forward saved x only if dW is needed and w only if dX is, in that order. */
     int slot = 0;
@@ -614,36 +671,7 @@ static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
         gx = NULL, w = NULL;
         if (!gw) return;
     }
-    int64_t nbs = chunk_samples(&g, batch), nchunks = (batch + nbs - 1) / nbs;
-    /* dX from the tap-major weight; dW summed tap-major (from zero: the classes' blocks
-     * overlap), then added into the gradient (in place when the layouts agree) */
-    if (gx) w = permute_weight(&g, o, w);
-    float *dw = gw ? gw->data : NULL;
-    bool tapmajor = gw && geom_tapmajor(&g);
-    if (tapmajor) dw = ct_zeros(CT_SHAPE(o * k))->data;
-    int64_t parts = gw ? dw_parts(nchunks, o * k) : nchunks;
-    float *part = gw && parts > 1 ? ct_zeros(CT_SHAPE(parts, o * k))->data : NULL;
-    int nt = team_size(parts, batch * o * geom_macs(&g) * g.groups);
-    col_scratch sc[MAX_TEAM];
-    for (int t = 0; t < nt; t++) sc[t] = scratch_new(&g, batch, o);
-    gemm_fn *gemm = parts > 1 ? ct_gemm_serial : ct_gemm;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t p = 0; p < parts; p++) {
-        const col_scratch *s = &sc[ct_thread_id()];
-        float *dwp = part ? part + p * o * k : dw;
-        for (int64_t ci = p * nchunks / parts; ci < (p + 1) * nchunks / parts; ci++)
-            backward_chunk(&g, ci, batch, o, gout->data, x, w, s, gemm, gw ? dwp : NULL,
-                           gx ? gx->data : NULL);
-    }
-    if (part) {
-        CT_PAR_FOR(parts * o * k)
-        for (int64_t i = 0; i < o * k; i++) {
-            float acc = dw[i];
-            for (int64_t p = 0; p < parts; p++) acc += part[p * o * k + i];
-            dw[i] = acc;
-        }
-    }
-    if (tapmajor) unpermute_add(&g, o, dw, gw->data);
+    if (gw || gx) backward_im2col(&g, batch, o, gout->data, x, w, gw, gx);
 }
 
 ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2d_opts *opts) {
@@ -687,7 +715,7 @@ ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2
         int nt = team_size(nchunks, batch * o * geom_macs(&g) * g.groups);
         col_scratch sc[MAX_TEAM];
         for (int t = 0; t < nt; t++) sc[t] = scratch_new(&g, batch, o);
-        const float *wt = permute_weight(&g, o, w->data);
+        const float *wt = layout_weight(&g, o, w->data);
         gemm_fn *gemm = nchunks > 1 ? ct_gemm_serial : ct_gemm;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
         for (int64_t ci = 0; ci < nchunks; ci++)

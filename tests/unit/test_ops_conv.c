@@ -152,27 +152,27 @@ END_TEST
 
 /* The same with pixel classes on every plane, whatever its size. */
 START_TEST(conv_classes_forward_matches_direct) {
-    int64_t old = ct_conv2d_set_pad_skip(INT64_MAX);
+    ct_pad_skip old = ct_conv2d_set_pad_skip(CT_PAD_SKIP_ALWAYS);
     check_forward(_i);
     ct_conv2d_set_pad_skip(old);
 }
 END_TEST
 
 START_TEST(conv_classes_backward_gradcheck) {
-    int64_t old = ct_conv2d_set_pad_skip(INT64_MAX);
+    ct_pad_skip old = ct_conv2d_set_pad_skip(CT_PAD_SKIP_ALWAYS);
     check_gradients(_i);
     ct_conv2d_set_pad_skip(old);
 }
 END_TEST
 
-/* Pixel classes against one class per plane (ct_conv2d_set_pad_skip(0)): output, dX, dW
+/* Pixel classes against one class per plane (CT_PAD_SKIP_NEVER): output, dX, dW
  * and db agree to float rounding, and the classed configurations really made more GEMMs. */
 START_TEST(pad_skip_matches_one_class) {
     const conv_cfg *k = &cfgs[_i];
     float *res[2][4];
     int64_t nres[4], calls[2];
     for (int pass = 0; pass < 2; pass++) {
-        int64_t old = ct_conv2d_set_pad_skip(pass ? INT64_MAX : 0);
+        ct_pad_skip old = ct_conv2d_set_pad_skip(pass ? CT_PAD_SKIP_ALWAYS : CT_PAD_SKIP_NEVER);
         CT_SCOPE {
             ct_tensor *x = ct_test_rand(CT_SHAPE(k->n, k->c, k->h, k->w), -1, 1, 70 + _i);
             ct_tensor *w = ct_test_rand(CT_SHAPE(k->o, k->c / k->groups, k->kh, k->kw), -1, 1, 80 + _i);
@@ -200,6 +200,32 @@ START_TEST(pad_skip_matches_one_class) {
     }
     ck_assert_int_ge(calls[1], calls[0]);
     if (k->split) ck_assert_int_gt(calls[1], calls[0]);
+}
+END_TEST
+
+/* GEMMs one forward makes in the given mode (3x3, padding 1, stride s, side x side). */
+static int64_t forward_gemms(ct_pad_skip mode, int64_t side, int s) {
+    ct_pad_skip old = ct_conv2d_set_pad_skip(mode);
+    int64_t calls = 0;
+    CT_SCOPE {
+        ct_tensor *x = ct_test_rand(CT_SHAPE(2, 8, side, side), -1, 1, 1);
+        ct_tensor *w = ct_test_rand(CT_SHAPE(4, 8, 3, 3), -1, 1, 2);
+        int64_t before = ct_stats_get().gemm_calls;
+        ct_conv2d(x, w, NULL, s, 1);
+        calls = ct_stats_get().gemm_calls - before;
+    }
+    ct_conv2d_set_pad_skip(old);
+    return calls;
+}
+
+/* The default uses classes where they cut 40% or more of the multiply-adds: a 3x3/padding-1
+ * conv on 2x2 planes (5/9 of them are padding), not on 4x4 (31%) or stride 2 into 2x2. */
+START_TEST(pad_skip_auto_picks_small_planes) {
+    ck_assert_int_eq(forward_gemms(CT_PAD_SKIP_AUTO, 2, 1), forward_gemms(CT_PAD_SKIP_ALWAYS, 2, 1));
+    ck_assert_int_gt(forward_gemms(CT_PAD_SKIP_AUTO, 2, 1), forward_gemms(CT_PAD_SKIP_NEVER, 2, 1));
+    ck_assert_int_eq(forward_gemms(CT_PAD_SKIP_AUTO, 4, 1), forward_gemms(CT_PAD_SKIP_NEVER, 4, 1));
+    ck_assert_int_eq(forward_gemms(CT_PAD_SKIP_AUTO, 4, 2), forward_gemms(CT_PAD_SKIP_NEVER, 4, 2));
+    ck_assert_int_gt(forward_gemms(CT_PAD_SKIP_ALWAYS, 4, 2), forward_gemms(CT_PAD_SKIP_NEVER, 4, 2));
 }
 END_TEST
 
@@ -822,6 +848,7 @@ int main(void) {
     tcase_add_loop_test(tc, conv_classes_forward_matches_direct, 0, NCFG);
     tcase_add_loop_test(tc, conv_classes_backward_gradcheck, 0, NCFG);
     tcase_add_loop_test(tc, pad_skip_matches_one_class, 0, NCFG);
+    tcase_add_test(tc, pad_skip_auto_picks_small_planes);
     tcase_add_test(tc, conv_skips_unneeded_gradients);
     tcase_add_test(tc, winograd_matches_im2col);
     tcase_add_test(tc, conv_saves_only_what_backward_uses);
