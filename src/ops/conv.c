@@ -32,13 +32,35 @@
  * Dead taps: on a small image a kernel row or column can fall in the zero padding for
  * every output (a 3x3/padding-1 conv on a 1x1 image uses only its centre: ResNet's layer4
  * on 32x32 inputs). im2col then leaves those taps out, so K shrinks (9x there), and the
- * GEMMs use the weight cut to the live taps: a copy forward, and dW computed cut and then
- * added back into the full gradient, whose dead taps get 0, as the definition says.
+ * GEMMs use the weight at the live taps (a copy; dW is computed there and added back into
+ * the full gradient, whose dead taps get 0, as the definition says).
  *
- * Groups: im2col orders its rows (c, ki, kj), so group gi's rows are the contiguous block
- * [gi*K, (gi+1)*K) with K = C/groups*kh*kw, and w[O, C/groups, kh, kw] is already one
- * [O/groups, K] matrix per group. Every GEMM above becomes one GEMM per group on those
- * blocks; im2col and col2im run once over all channels, as without groups. */
+ * Pixel classes: a tap can also be padding for some outputs only (on 2x2 planes every
+ * output of a 3x3/padding-1 conv is a corner: 5/9 of its multiply-adds are padding). Along
+ * each axis the outputs fall into runs with the same live taps (for 3x3/padding-1: the
+ * first, the middle ones, the last); a class is a run of rows x a run of columns, and each
+ * class gets its own column matrix [C*its taps, nb*its pixels] and GEMMs with its taps of
+ * the weight, so no multiply reads padding; outputs go back to NCHW per class. Forward, dX
+ * (W^T @ gout per class, col2im of its taps) and dW (per class, added in class order) use
+ * the same classes. With several classes the rows are tap-major, (ki, kj, c), and so is a
+ * copy of the weight, [O, kh, kw, C/groups]: a class's taps are then one block of a weight
+ * row, or one per kernel row, used in place through the GEMMs' leading dimension. (Cutting
+ * a weight copy per class, C/groups runs of 1-3 floats, cost as much as it saved.)
+ *   The extra GEMMs (up to 17 per chunk for 3x3), their short rows and the per-class
+ * copies cost more than they save unless the padding is a large share: CPU time of one
+ * thread, batch 32, forward / backward, against one class on the same build: 256 channels
+ * on 2x2 planes (5/9 padding) 1.4x / 1.35-1.4x faster; 128 to 256 on 4x4, stride 2 (31%)
+ * 1.07-1.14x / 0.98-1.08x; 128 channels on 4x4 (31%) 0.95x / 0.9x; 64 on 8x8 (16%) 0.85x /
+ * 0.77x. So classes are used where they cut 40% or more of the multiply-adds
+ * (CT_PAD_SKIP_AUTO; ct_conv2d_set_pad_skip forces them on or off for tests): the larger
+ * planes, the CNN's 28x28 and 14x14 ones among them, keep one class. Winograd keeps its
+ * cases (3x3/padding 1 on 10x10 planes and more).
+ *
+ * Groups: im2col orders its rows (c, ki, kj) (or (ki, kj, c) within a group), so group gi's
+ * rows are the contiguous block [gi*K, (gi+1)*K) with K = C/groups*kh*kw, and
+ * w[O, C/groups, kh, kw] is already one [O/groups, K] matrix per group. Every GEMM above
+ * becomes one GEMM per group on those blocks; im2col and col2im run once over all channels,
+ * as without groups. */
 #include "internal.h"
 
 #include <immintrin.h>
@@ -159,15 +181,6 @@ static int64_t geom_wrow(const conv_geom *g) {
     return (g->ki1 - g->ki0) * (g->kj1 - g->kj0) * (g->c / g->groups);
 }
 
-/* Class z's column matrix has row gi*k + tap * *st + cl * *sc for channel cl of group gi
- * and its tap-th tap (row-major). One class: channel-major, rows (c, ki, kj) as the
- * weight's [C/groups, kh, kw]. Several: tap-major, rows (ki, kj, c) (see layout_weight). */
-static void cls_strides(const conv_geom *g, const conv_cls *z, int64_t *st, int64_t *sc) {
-    int64_t cg = g->c / g->groups, taps = z->k / cg;
-    *st = g->ncls > 1 ? cg : 1;
-    *sc = g->ncls > 1 ? 1 : taps;
-}
-
 /* The GEMMs of class z take its taps in blocks that are contiguous in a tap-major weight
  * row: all its taps when it spans whole kernel rows (the interior, the top and bottom
  * edges of a 3x3/padding-1 conv), else one block per kernel row. Block b starts at *woff
@@ -268,25 +281,33 @@ ALWAYS_INLINE void pad_planes_rows(const conv_geom *g, const float *restrict x, 
  * class z's pixels and taps only, rows ld floats apart. The padded copy costs one pass
  * over x and halves the im2col time of a 3x3 conv compared with clipping every row
  * against the border. */
+ALWAYS_INLINE void im2col_row(const conv_geom *g, const conv_cls *z, const float *restrict xp,
+                              float *restrict dst, int64_t c, int64_t ki, int64_t kj, bool wide) {
+    int64_t hp = g->h + 2 * g->ph, wp = g->w + 2 * g->pw, cw = z->cw, s = g->sw;
+    for (int64_t oy = z->r.o0; oy < z->r.o1; oy++, dst += cw) {
+        const float *restrict src = xp + (c * hp + oy * g->sh + ki) * wp + z->c.o0 * s + kj;
+        if (s == 1)
+            copy_row(dst, src, cw, wide);
+        else
+            for (int64_t ox = 0; ox < cw; ox++) dst[ox] = src[ox * s];
+    }
+}
+/* The rows in order: (c, ki, kj) for one class, (ki, kj, c) within each group for several
+ * (tap-major, see layout_weight). */
 ALWAYS_INLINE void im2col_rows(const conv_geom *g, const conv_cls *z, const float *restrict xp,
                                float *restrict col, int64_t ld, bool wide) {
-    int64_t hp = g->h + 2 * g->ph, wp = g->w + 2 * g->pw, cw = z->cw, s = g->sw;
-    int64_t cg = g->c / g->groups, st, sc;
-    cls_strides(g, z, &st, &sc);
-    for (int64_t gi = 0, c = 0; gi < g->groups; gi++)
-        for (int64_t cl = 0; cl < cg; cl++, c++)
-            for (int64_t ki = z->r.k0, tap = 0; ki < z->r.k1; ki++)
-                for (int64_t kj = z->c.k0; kj < z->c.k1; kj++, tap++) {
-                    float *restrict dst = col + (gi * z->k + tap * st + cl * sc) * ld;
-                    for (int64_t oy = z->r.o0; oy < z->r.o1; oy++, dst += cw) {
-                        const float *restrict src =
-                            xp + (c * hp + oy * g->sh + ki) * wp + z->c.o0 * s + kj;
-                        if (s == 1)
-                            copy_row(dst, src, cw, wide);
-                        else
-                            for (int64_t ox = 0; ox < cw; ox++) dst[ox] = src[ox * s];
-                    }
-                }
+    int64_t cg = g->c / g->groups, r = 0;
+    if (g->ncls == 1)
+        for (int64_t c = 0; c < g->c; c++)
+            for (int64_t ki = z->r.k0; ki < z->r.k1; ki++)
+                for (int64_t kj = z->c.k0; kj < z->c.k1; kj++)
+                    im2col_row(g, z, xp, col + r++ * ld, c, ki, kj, wide);
+    else
+        for (int64_t gi = 0; gi < g->groups; gi++)
+            for (int64_t ki = z->r.k0; ki < z->r.k1; ki++)
+                for (int64_t kj = z->c.k0; kj < z->c.k1; kj++)
+                    for (int64_t c = gi * cg; c < (gi + 1) * cg; c++)
+                        im2col_row(g, z, xp, col + r++ * ld, c, ki, kj, wide);
 }
 
 /* The row loops, compiled once for AVX-512 and once for any x86-64-v3 CPU (col2im too). */
@@ -383,32 +404,39 @@ static void chunk_move(const conv_geom *g, int64_t nb, int64_t o, const float *s
  * rows first, then odd ones. Adjacent rows are closer than one vector apart, and the CPU
  * makes the masked load of a row wait for the masked store of the row before it; two rows
  * apart that false dependency is gone and col2im runs twice as fast. */
+ALWAYS_INLINE void col2im_row(const conv_geom *g, const conv_cls *z, const float *restrict row,
+                              float *restrict dx, int64_t c, int64_t ki, int64_t kj, bool wide) {
+    int64_t cw = z->cw, s = g->sw, lo, hi;
+    valid_cols(g, kj, &lo, &hi);
+    lo = lo > z->c.o0 ? lo : z->c.o0;
+    hi = hi < z->c.o1 ? hi : z->c.o1;
+    if (hi <= lo) return;
+    for (int64_t first = 0; first < 2; first++)
+        for (int64_t oy = z->r.o0 + first; oy < z->r.o1; oy += 2) {
+            int64_t iy = oy * g->sh - g->ph + ki;
+            if (iy < 0 || iy >= g->h) continue;
+            const float *restrict src = row + (oy - z->r.o0) * cw + lo - z->c.o0;
+            float *restrict dst = dx + (c * g->h + iy) * g->w + lo * s - g->pw + kj;
+            if (s == 1)
+                add_row(dst, src, hi - lo, wide);
+            else
+                for (int64_t j = 0; j < hi - lo; j++) dst[j * s] += src[j];
+        }
+}
 ALWAYS_INLINE void col2im_rows(const conv_geom *g, const conv_cls *z, const float *restrict col,
                                int64_t ld, float *restrict dx, bool wide) {
-    int64_t cw = z->cw, s = g->sw, cg = g->c / g->groups, st, sc;
-    cls_strides(g, z, &st, &sc);
-    for (int64_t gi = 0, c = 0; gi < g->groups; gi++)
-        for (int64_t cl = 0; cl < cg; cl++, c++)
-            for (int64_t ki = z->r.k0, tap = 0; ki < z->r.k1; ki++)
-                for (int64_t kj = z->c.k0; kj < z->c.k1; kj++, tap++) {
-                    const float *restrict row = col + (gi * z->k + tap * st + cl * sc) * ld;
-                    int64_t lo, hi;
-                    valid_cols(g, kj, &lo, &hi);
-                    lo = lo > z->c.o0 ? lo : z->c.o0;
-                    hi = hi < z->c.o1 ? hi : z->c.o1;
-                    if (hi <= lo) continue;
-                    for (int64_t first = 0; first < 2; first++)
-                        for (int64_t oy = z->r.o0 + first; oy < z->r.o1; oy += 2) {
-                            int64_t iy = oy * g->sh - g->ph + ki;
-                            if (iy < 0 || iy >= g->h) continue;
-                            const float *restrict src = row + (oy - z->r.o0) * cw + lo - z->c.o0;
-                            float *restrict dst = dx + (c * g->h + iy) * g->w + lo * s - g->pw + kj;
-                            if (s == 1)
-                                add_row(dst, src, hi - lo, wide);
-                            else
-                                for (int64_t j = 0; j < hi - lo; j++) dst[j * s] += src[j];
-                        }
-                }
+    int64_t cg = g->c / g->groups, r = 0;
+    if (g->ncls == 1)
+        for (int64_t c = 0; c < g->c; c++)
+            for (int64_t ki = z->r.k0; ki < z->r.k1; ki++)
+                for (int64_t kj = z->c.k0; kj < z->c.k1; kj++)
+                    col2im_row(g, z, col + r++ * ld, dx, c, ki, kj, wide);
+    else
+        for (int64_t gi = 0; gi < g->groups; gi++)
+            for (int64_t ki = z->r.k0; ki < z->r.k1; ki++)
+                for (int64_t kj = z->c.k0; kj < z->c.k1; kj++)
+                    for (int64_t c = gi * cg; c < (gi + 1) * cg; c++)
+                        col2im_row(g, z, col + r++ * ld, dx, c, ki, kj, wide);
 }
 
 static CT_AVX512 void col2im_512(const conv_geom *g, const conv_cls *z, const float *col,
