@@ -565,6 +565,17 @@ static bool use_wino(const conv_geom *g, int64_t o) {
            g->pw == 1 && g->groups == 1 && ct__wino_applies(g->c, o, g->h, g->w);
 }
 
+/* A chunk's class GEMMs on one chunk (gemm == ct_gemm: no parallel chunks) would each
+ * open a parallel region (ct_gemm) for a small product; they run instead in one region,
+ * split into tasks that write disjoint outputs: the forward and dW by blocks of ROW_BLOCK
+ * output channels (every class's GEMMs for those rows, in class order), dX by class
+ * block. Block sizes are shape-only, so the bits do not depend on the thread count. Under
+ * load, one region per GEMM made ResNet's 2x2 layers several times slower on 2 threads. */
+#define ROW_BLOCK 64
+static bool cls_parallel(const conv_geom *g, gemm_fn *gemm) {
+    return gemm == ct_gemm && g->ncls > 1;
+}
+
 /* The forward of chunk ci (samples [ci*sc->nb, ...)) into y: per class and group,
  * out = W (the class's taps of wt) @ col, then to NCHW. */
 static void forward_chunk(const conv_geom *g, int64_t ci, int64_t batch, int64_t o,
@@ -574,21 +585,32 @@ static void forward_chunk(const conv_geom *g, int64_t ci, int64_t batch, int64_t
     int64_t i0 = ci * sc->nb, nb = batch - i0 < sc->nb ? batch - i0 : sc->nb;
     float *out = sc->buf ? sc->buf : y + i0 * o * npix;
     const float *cols = chunk_cols(g, x + i0 * in_sz, nb, sc);
-    for (int q = 0; q < g->ncls; q++) {
-        const conv_cls *z = &g->cls[q];
-        int64_t k = z->k, ld = nb * z->pix;
-        float *oq = out + cls_buf(z, o, nb);
-        /* Start from the broadcast bias and let sgemm accumulate onto it (beta = 1). */
-        for (int64_t c = 0; bias && c < o; c++)
+    /* Start from the broadcast bias and let sgemm accumulate onto it (beta = 1). */
+    for (int q = 0; bias && q < g->ncls; q++) {
+        int64_t ld = nb * g->cls[q].pix;
+        float *oq = out + cls_buf(&g->cls[q], o, nb);
+        for (int64_t c = 0; c < o; c++)
             for (int64_t j = 0; j < ld; j++) oq[c * ld + j] = bias[c];
-        for (int64_t gi = 0; gi < g->groups; gi++)
-            for (int64_t bl = 0; bl < cls_blocks(g, z); bl++) {
-                int64_t woff, roff, kb;
-                cls_block(g, z, bl, &woff, &roff, &kb);
-                gemm(false, false, og, ld, kb, 1, wt + gi * og * wr + woff, wr,
-                     cols + cls_col(g, z, nb) + (gi * k + roff) * ld, ld, bias || bl ? 1 : 0,
-                     oq + gi * og * ld, ld);
-            }
+    }
+    bool par = cls_parallel(g, gemm);
+    int64_t bs = par ? ROW_BLOCK : og, nrb = (og + bs - 1) / bs;
+    gemm_fn *gm = par ? ct_gemm_serial : gemm;
+#pragma omp parallel for schedule(static) if (par && nrb > 1)
+    for (int64_t rb = 0; rb < nrb; rb++) {
+        int64_t r0 = rb * bs, m = og - r0 < bs ? og - r0 : bs;
+        for (int q = 0; q < g->ncls; q++) {
+            const conv_cls *z = &g->cls[q];
+            int64_t k = z->k, ld = nb * z->pix;
+            float *oq = out + cls_buf(z, o, nb);
+            for (int64_t gi = 0; gi < g->groups; gi++)
+                for (int64_t bl = 0; bl < cls_blocks(g, z); bl++) {
+                    int64_t woff, roff, kb;
+                    cls_block(g, z, bl, &woff, &roff, &kb);
+                    gm(false, false, m, ld, kb, 1, wt + (gi * og + r0) * wr + woff, wr,
+                       cols + cls_col(g, z, nb) + (gi * k + roff) * ld, ld, bias || bl ? 1 : 0,
+                       oq + (gi * og + r0) * ld, ld);
+                }
+        }
     }
     if (sc->buf) chunk_move(g, nb, o, sc->buf, y + i0 * o * npix, false);
 }
@@ -600,6 +622,8 @@ static void backward_chunk(const conv_geom *g, int64_t ci, int64_t batch, int64_
                            const col_scratch *sc, gemm_fn *gemm, float *dwt, float *gx) {
     int64_t og = o / g->groups, npix = geom_pix(g), in_sz = g->c * g->h * g->w, wr = geom_wrow(g);
     int64_t i0 = ci * sc->nb, nb = batch - i0 < sc->nb ? batch - i0 : sc->nb;
+    bool par = cls_parallel(g, gemm);
+    gemm_fn *gm = par ? ct_gemm_serial : gemm;
     const float *go = gout + i0 * o * npix;
     if (sc->buf) {
         chunk_move(g, nb, o, go, sc->buf, true);
@@ -607,37 +631,46 @@ static void backward_chunk(const conv_geom *g, int64_t ci, int64_t batch, int64_
     }
     if (dwt) {
         const float *cols = chunk_cols(g, x + i0 * in_sz, nb, sc);
-        for (int q = 0; q < g->ncls; q++) {
-            const conv_cls *z = &g->cls[q];
-            int64_t k = z->k, ld = nb * z->pix;
-            const float *gq = go + cls_buf(z, o, nb), *cq = cols + cls_col(g, z, nb);
-            for (int64_t gi = 0; gi < g->groups; gi++)
-                for (int64_t bl = 0; bl < cls_blocks(g, z); bl++) {
-                    int64_t woff, roff, kb;
-                    cls_block(g, z, bl, &woff, &roff, &kb);
-                    gemm(false, true, og, kb, ld, 1, gq + gi * og * ld, ld,
-                         cq + (gi * k + roff) * ld, ld, 1, dwt + gi * og * wr + woff, wr);
-                }
+        int64_t bs = par ? ROW_BLOCK : og, nrb = (og + bs - 1) / bs;
+#pragma omp parallel for schedule(static) if (par && nrb > 1)
+        for (int64_t rb = 0; rb < nrb; rb++) {
+            int64_t r0 = rb * bs, m = og - r0 < bs ? og - r0 : bs;
+            for (int q = 0; q < g->ncls; q++) {
+                const conv_cls *z = &g->cls[q];
+                int64_t k = z->k, ld = nb * z->pix;
+                const float *gq = go + cls_buf(z, o, nb), *cq = cols + cls_col(g, z, nb);
+                for (int64_t gi = 0; gi < g->groups; gi++)
+                    for (int64_t bl = 0; bl < cls_blocks(g, z); bl++) {
+                        int64_t woff, roff, kb;
+                        cls_block(g, z, bl, &woff, &roff, &kb);
+                        gm(false, true, m, kb, ld, 1, gq + (gi * og + r0) * ld, ld,
+                           cq + (gi * k + roff) * ld, ld, 1, dwt + (gi * og + r0) * wr + woff, wr);
+                    }
+            }
         }
     }
     if (gx) {
         /* one-sample pointwise: dX[n] += W^T @ gout[n] directly; else via col, col2im */
         float *dx = gx + i0 * in_sz, *dst = sc->col ? sc->col : dx;
-        for (int q = 0; q < g->ncls; q++) {
+        int64_t ntask = 0;
+        for (int q = 0; q < g->ncls; q++) ntask += g->groups * cls_blocks(g, &g->cls[q]);
+#pragma omp parallel for schedule(static) if (par && ntask > 1)
+        for (int64_t t = 0; t < ntask; t++) {
+            int q = 0;
+            int64_t u = t;
+            while (u >= g->groups * cls_blocks(g, &g->cls[q]))
+                u -= g->groups * cls_blocks(g, &g->cls[q++]);
             const conv_cls *z = &g->cls[q];
-            int64_t k = z->k, ld = nb * z->pix;
-            const float *gq = go + cls_buf(z, o, nb);
-            float *dq = dst + cls_col(g, z, nb);
-            for (int64_t gi = 0; gi < g->groups; gi++)
-                for (int64_t bl = 0; bl < cls_blocks(g, z); bl++) {
-                    int64_t woff, roff, kb;
-                    cls_block(g, z, bl, &woff, &roff, &kb);
-                    gemm(true, false, kb, ld, og, 1, wt + gi * og * wr + woff, wr,
-                         gq + gi * og * ld, ld, sc->col ? 0 : 1, dq + (gi * k + roff) * ld, ld);
-                }
-            for (int64_t j = 0; sc->col && j < nb; j++)
-                col2im_add(g, z, dq + j * z->pix, ld, dx + j * in_sz);
+            int64_t k = z->k, ld = nb * z->pix, gi = u / cls_blocks(g, z), woff, roff, kb;
+            cls_block(g, z, u % cls_blocks(g, z), &woff, &roff, &kb);
+            gm(true, false, kb, ld, og, 1, wt + gi * og * wr + woff, wr,
+               go + cls_buf(z, o, nb) + gi * og * ld, ld, sc->col ? 0 : 1,
+               dst + cls_col(g, z, nb) + (gi * k + roff) * ld, ld);
         }
+        for (int q = 0; sc->col && q < g->ncls; q++)
+            for (int64_t j = 0; j < nb; j++)
+                col2im_add(g, &g->cls[q], sc->col + cls_col(g, &g->cls[q], nb) + j * g->cls[q].pix,
+                           nb * g->cls[q].pix, dx + j * in_sz);
     }
 }
 

@@ -165,6 +165,15 @@ START_TEST(conv_classes_backward_gradcheck) {
 }
 END_TEST
 
+/* Malloc'd copies of n tensors' data (out) and their sizes, to compare after their scope. */
+static void keep_results(ct_tensor *const *r, int n, float **out, int64_t *numel) {
+    for (int i = 0; i < n; i++) {
+        numel[i] = r[i]->numel;
+        out[i] = malloc((size_t)numel[i] * sizeof(float));
+        memcpy(out[i], r[i]->data, (size_t)numel[i] * sizeof(float));
+    }
+}
+
 /* Pixel classes against one class per plane (CT_PAD_SKIP_NEVER): output, dX, dW
  * and db agree to float rounding, and the classed configurations really made more GEMMs. */
 START_TEST(pad_skip_matches_one_class) {
@@ -185,11 +194,7 @@ START_TEST(pad_skip_matches_one_class) {
             calls[pass] = ct_stats_get().gemm_calls - before;
             ct_backward_ex(y, ct_test_rand(y->ndim, y->shape, -1, 1, 99), false);
             ct_tensor *r[4] = {y, ct_grad(x), ct_grad(w), k->bias ? ct_grad(b) : y};
-            for (int i = 0; i < 4; i++) {
-                nres[i] = r[i]->numel;
-                res[pass][i] = malloc((size_t)nres[i] * sizeof(float));
-                memcpy(res[pass][i], r[i]->data, (size_t)nres[i] * sizeof(float));
-            }
+            keep_results(r, 4, res[pass], nres);
         }
         ct_conv2d_set_pad_skip(old);
     }
@@ -249,11 +254,7 @@ START_TEST(winograd_matches_im2col) {
                 ct_tensor *y = ct_conv2d(x, w, b, 1, 1);
                 ct_backward_ex(y, ct_test_rand(y->ndim, y->shape, -1, 1, 8), false);
                 ct_tensor *r[3] = {y, ct_grad(x), ct_grad(w)};
-                for (int i = 0; i < 3; i++) {
-                    nres[i] = r[i]->numel;
-                    res[pass][i] = malloc((size_t)nres[i] * sizeof(float));
-                    memcpy(res[pass][i], r[i]->data, (size_t)nres[i] * sizeof(float));
-                }
+                keep_results(r, 3, res[pass], nres);
             }
         }
         ct_conv2d_set_winograd(true);

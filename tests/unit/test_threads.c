@@ -135,11 +135,15 @@ START_TEST(chunked_conv_same_bits_for_1_2_3_threads) {
 }
 END_TEST
 
-/* Pixel classes (2x2 planes: four corner classes, the padding skipped), with groups: the
- * classes' GEMMs add into the same dW blocks, in class order whatever the thread count. */
+/* Pixel classes (2x2 planes: four corner classes, the padding skipped): the classes' GEMMs
+ * add into the same dW blocks, in class order whatever the thread count. With groups and
+ * two chunks (parallel chunks), and in one chunk with 160 output channels (the GEMMs split
+ * into blocks of rows and of classes across the threads). */
 START_TEST(classed_conv_same_bits_for_1_2_3_threads) {
     conv_case k = {80, 8, 12, 2, 2, {.stride_h = 1, .stride_w = 1, .pad_h = 1, .pad_w = 1, .groups = 2}};
     conv_same_bits(&k);
+    conv_case one = {16, 8, 160, 2, 2, {.stride_h = 1, .stride_w = 1, .pad_h = 1, .pad_w = 1, .groups = 1}};
+    conv_same_bits(&one);
 }
 END_TEST
 
