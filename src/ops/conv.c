@@ -48,10 +48,10 @@
  * a weight copy per class, C/groups runs of 1-3 floats, cost as much as it saved.)
  *   The extra GEMMs (up to 17 per chunk for 3x3), their short rows and the per-class
  * copies cost more than they save unless the padding is a large share: CPU time of one
- * thread, batch 32, forward / backward, against one class on the same build: 256 channels
- * on 2x2 planes (5/9 padding) 1.4x / 1.35-1.4x faster; 128 to 256 on 4x4, stride 2 (31%)
- * 1.07-1.14x / 0.98-1.08x; 128 channels on 4x4 (31%) 0.95x / 0.9x; 64 on 8x8 (16%) 0.85x /
- * 0.77x. So classes are used where they cut 40% or more of the multiply-adds
+ * thread, batch 32, forward / backward, against one class on the same build, best of 8,
+ * at load 7-8: 256 channels on 2x2 planes (5/9 padding) 1.24-1.31x / 1.09-1.27x faster;
+ * 128 to 256 on 4x4, stride 2 (31%) 0.97x / 0.89-1.05x; 128 channels on 4x4 (31%)
+ * 0.82-0.88x / 0.81-0.85x; 64 on 8x8 (16%) 0.82-0.85x / 0.75-0.77x. So classes are used where they cut 40% or more of the multiply-adds
  * (CT_PAD_SKIP_AUTO; ct_conv2d_set_pad_skip forces them on or off for tests): the larger
  * planes, the CNN's 28x28 and 14x14 ones among them, keep one class. Winograd keeps its
  * cases (3x3/padding 1 on 10x10 planes and more).
