@@ -32,17 +32,58 @@
  * Dead taps: on a small image a kernel row or column can fall in the zero padding for
  * every output (a 3x3/padding-1 conv on a 1x1 image uses only its centre: ResNet's layer4
  * on 32x32 inputs). im2col then leaves those taps out, so K shrinks (9x there), and the
- * GEMMs use the weight cut to the live taps: a copy forward, and dW computed cut and then
- * added back into the full gradient, whose dead taps get 0, as the definition says.
+ * GEMMs use the weight at the live taps (a copy; dW is computed there and added back into
+ * the full gradient, whose dead taps get 0, as the definition says).
  *
- * Groups: im2col orders its rows (c, ki, kj), so group gi's rows are the contiguous block
- * [gi*K, (gi+1)*K) with K = C/groups*kh*kw, and w[O, C/groups, kh, kw] is already one
- * [O/groups, K] matrix per group. Every GEMM above becomes one GEMM per group on those
- * blocks; im2col and col2im run once over all channels, as without groups. */
+ * Pixel classes: a tap can also be padding for some outputs only (on 2x2 planes every
+ * output of a 3x3/padding-1 conv is a corner: 5/9 of its multiply-adds are padding). Along
+ * each axis the outputs fall into runs with the same live taps (for 3x3/padding-1: the
+ * first, the middle ones, the last); a class is a run of rows x a run of columns, and each
+ * class gets its own column matrix [C*its taps, nb*its pixels] and GEMMs with its taps of
+ * the weight, so no multiply reads padding; outputs go back to NCHW per class. Forward, dX
+ * (W^T @ gout per class, col2im of its taps) and dW (per class, added in class order) use
+ * the same classes. With several classes the rows are tap-major, (ki, kj, c), and so is a
+ * copy of the weight, [O, kh, kw, C/groups]: a class's taps are then one block of a weight
+ * row, or one per kernel row, used in place through the GEMMs' leading dimension. (Cutting
+ * a weight copy per class, C/groups runs of 1-3 floats, cost as much as it saved.)
+ *   The extra GEMMs (up to 17 per chunk for 3x3), their short rows and the per-class
+ * copies cost more than they save unless the padding is a large share: CPU time of one
+ * thread, batch 32, forward / backward, against one class on the same build, best of 8,
+ * at load 7-8: 256 channels on 2x2 planes (5/9 padding) 1.24-1.31x / 1.09-1.27x faster;
+ * 128 to 256 on 4x4, stride 2 (31%) 0.97x / 0.89-1.05x; 128 channels on 4x4 (31%)
+ * 0.82-0.88x / 0.81-0.85x; 64 on 8x8 (16%) 0.82-0.85x / 0.75-0.77x. So classes are used where they cut 40% or more of the multiply-adds
+ * (CT_PAD_SKIP_AUTO; ct_conv2d_set_pad_skip forces them on or off for tests): the larger
+ * planes, the CNN's 28x28 and 14x14 ones among them, keep one class. Winograd keeps its
+ * cases (3x3/padding 1 on 10x10 planes and more).
+ *
+ * Groups: im2col orders its rows (c, ki, kj) (or (ki, kj, c) within a group), so group gi's
+ * rows are the contiguous block [gi*K, (gi+1)*K) with K = C/groups*kh*kw, and
+ * w[O, C/groups, kh, kw] is already one [O/groups, K] matrix per group. Every GEMM above
+ * becomes one GEMM per group on those blocks; im2col and col2im run once over all channels,
+ * as without groups. */
 #include "internal.h"
 
 #include <immintrin.h>
 #include <string.h>
+
+/* Output ranges along one axis and the kernel taps they use: outputs [o0, o1) all read the
+ * input at taps [k0, k1) (o*s - p + i inside [0, n) for exactly those i). */
+typedef struct {
+    int64_t o0, o1, k0, k1;
+} conv_span;
+
+/* A class of output pixels: a rectangle of rows x columns whose pixels share the same live
+ * taps, with the sizes and offsets of its blocks in the chunk's packed buffers. */
+typedef struct {
+    conv_span r, c;   /* output rows and columns, and their taps */
+    int64_t k;        /* rows of one group's column matrix: C/groups x the class's taps */
+    int64_t pix, cw;  /* pixels and columns per plane */
+    int64_t poff;     /* sum of their pix (output buffer: o*nb*poff floats before) */
+    int64_t coff;     /* sum of their k*pix (column matrices: groups*nb*coff floats before) */
+} conv_cls;
+
+#define MAX_SPANS 8 /* per axis; more (huge kernels) fall back to one class */
+#define MAX_CLS (MAX_SPANS * MAX_SPANS)
 
 typedef struct {
     int64_t c, h, w;   /* input channels (all groups) and size */
@@ -51,37 +92,111 @@ typedef struct {
     int64_t ph, pw;    /* padding of rows and columns */
     int64_t groups;
     int64_t oh, ow;    /* output size */
-    int64_t ki0, ki1, kj0, kj1; /* live taps: kernel rows [ki0, ki1), columns [kj0, kj1) */
+    int64_t ki0, ki1, kj0, kj1; /* taps any class uses: rows [ki0, ki1), columns [kj0, kj1) */
+    int ncls;          /* pixel classes (1: the whole plane, with its live taps) */
+    conv_cls cls[MAX_CLS];
 } conv_geom;
 
-/* The kernel offsets [*lo, *hi) that land inside the input (o*s - p + i in [0, n)) for
- * some output o; the others only ever multiply zero padding. If none does (padding wider
- * than the input), one dead tap is kept, so the GEMMs stay well formed. */
-static void live_range(int64_t k, int64_t s, int64_t p, int64_t n, int64_t out, int64_t *lo,
-                       int64_t *hi) {
-    *lo = k, *hi = 0;
-    for (int64_t i = 0; i < k; i++)
-        for (int64_t o = 0; o < out; o++)
-            if (o * s - p + i >= 0 && o * s - p + i < n) {
-                *lo = i < *lo ? i : *lo;
-                *hi = i + 1;
-                break;
-            }
-    if (*lo >= *hi) *lo = 0, *hi = 1;
+/* The spans of one axis (kernel k, stride s, padding p, input n, output out) in sp,
+ * returning how many. With split, one span per distinct set of live taps, each its own
+ * class: the padding is then never multiplied. Without (or past MAX_SPANS), one span over
+ * every output with the taps that are live for some output: the dead ones (only ever
+ * padding: a 3x3/padding-1 conv on a 1x1 image uses only its centre) are left out, the
+ * rest kept. A span with no live tap keeps one dead one, which reads zero padding, so the
+ * GEMMs stay well formed. */
+static int axis_spans(int64_t k, int64_t s, int64_t p, int64_t n, int64_t out, bool split,
+                      conv_span *sp) {
+    int cnt = 0;
+    int64_t ulo = k, uhi = 0;
+    for (int64_t o = 0; o < out; o++) {
+        int64_t lo = p - o * s > 0 ? p - o * s : 0, hi = n + p - o * s < k ? n + p - o * s : k;
+        if (lo < hi)
+            ulo = lo < ulo ? lo : ulo, uhi = hi > uhi ? hi : uhi;
+        else
+            lo = 0, hi = 1;
+        if (cnt && sp[cnt - 1].k0 == lo && sp[cnt - 1].k1 == hi)
+            sp[cnt - 1].o1 = o + 1;
+        else if (cnt < MAX_SPANS)
+            sp[cnt++] = (conv_span){o, o + 1, lo, hi};
+        else
+            split = false;
+    }
+    if (split) return cnt;
+    if (ulo >= uhi) ulo = 0, uhi = 1;
+    sp[0] = (conv_span){0, out, ulo, uhi};
+    return 1;
 }
 
-/* Fills in the live taps once the output size is known. */
-static void geom_live(conv_geom *g) {
-    live_range(g->kh, g->sh, g->ph, g->h, g->oh, &g->ki0, &g->ki1);
-    live_range(g->kw, g->sw, g->pw, g->w, g->ow, &g->kj0, &g->kj1);
+/* When pixel classes are used (ct_conv2d_set_pad_skip): by default where they cut the
+ * multiply-adds to SKIP_KEEP or less of one class's (see the top comment). */
+#define SKIP_KEEP 0.6
+static ct_pad_skip skip_mode = CT_PAD_SKIP_AUTO;
+ct_pad_skip ct_conv2d_set_pad_skip(ct_pad_skip mode) {
+    ct_pad_skip old = skip_mode;
+    skip_mode = mode;
+    return old;
 }
 
-/* Rows of one group's column matrix (the K of its GEMMs): its channels' live taps. */
-static int64_t geom_k(const conv_geom *g) {
-    return g->c / g->groups * (g->ki1 - g->ki0) * (g->kj1 - g->kj0);
+/* Fills in the classes once the output size is known: row spans x column spans. */
+static void geom_split(conv_geom *g, bool split) {
+    conv_span rs[MAX_SPANS], cs[MAX_SPANS];
+    int nr = axis_spans(g->kh, g->sh, g->ph, g->h, g->oh, split, rs);
+    int nc = axis_spans(g->kw, g->sw, g->pw, g->w, g->ow, split, cs);
+    int64_t poff = 0, coff = 0;
+    g->ncls = nr * nc;
+    g->ki0 = g->kh, g->ki1 = 0, g->kj0 = g->kw, g->kj1 = 0;
+    for (int i = 0; i < nr; i++) {
+        g->ki0 = rs[i].k0 < g->ki0 ? rs[i].k0 : g->ki0;
+        g->ki1 = rs[i].k1 > g->ki1 ? rs[i].k1 : g->ki1;
+    }
+    for (int i = 0; i < nc; i++) {
+        g->kj0 = cs[i].k0 < g->kj0 ? cs[i].k0 : g->kj0;
+        g->kj1 = cs[i].k1 > g->kj1 ? cs[i].k1 : g->kj1;
+    }
+    for (int q = 0; q < g->ncls; q++) {
+        conv_cls *z = &g->cls[q];
+        *z = (conv_cls){.r = rs[q / nc], .c = cs[q % nc], .poff = poff, .coff = coff};
+        z->cw = z->c.o1 - z->c.o0;
+        z->pix = (z->r.o1 - z->r.o0) * z->cw;
+        z->k = g->c / g->groups * (z->r.k1 - z->r.k0) * (z->c.k1 - z->c.k0);
+        poff += z->pix, coff += z->k * z->pix;
+    }
 }
-static bool geom_cropped(const conv_geom *g) {
-    return g->ki1 - g->ki0 < g->kh || g->kj1 - g->kj0 < g->kw;
+
+/* Multiply-adds per output channel and sample (all groups' rows: x groups). */
+static int64_t geom_macs(const conv_geom *g) {
+    const conv_cls *z = &g->cls[g->ncls - 1];
+    return z->coff + z->k * z->pix;
+}
+
+static void geom_classes(conv_geom *g) {
+    geom_split(g, skip_mode != CT_PAD_SKIP_NEVER);
+    if (skip_mode != CT_PAD_SKIP_AUTO || g->ncls == 1) return;
+    int64_t split = geom_macs(g);
+    geom_split(g, false);
+    if ((double)split <= SKIP_KEEP * (double)geom_macs(g)) geom_split(g, true);
+}
+/* One output channel's weights at the used taps (see layout_weight). */
+static int64_t geom_wrow(const conv_geom *g) {
+    return (g->ki1 - g->ki0) * (g->kj1 - g->kj0) * (g->c / g->groups);
+}
+
+/* The GEMMs of class z take its taps in blocks that are contiguous in a tap-major weight
+ * row: all its taps when it spans whole kernel rows (the interior, the top and bottom
+ * edges of a 3x3/padding-1 conv), else one block per kernel row. Block b starts at *woff
+ * in a weight row and at row *roff of the class's (one group's) column matrix, *kb long. */
+static int64_t cls_blocks(const conv_geom *g, const conv_cls *z) {
+    return z->c.k1 - z->c.k0 == g->kj1 - g->kj0 ? 1 : z->r.k1 - z->r.k0;
+}
+static void cls_block(const conv_geom *g, const conv_cls *z, int64_t b, int64_t *woff,
+                      int64_t *roff, int64_t *kb) {
+    int64_t cg = g->c / g->groups, nkj = z->c.k1 - z->c.k0, hw = g->kj1 - g->kj0;
+    if (nkj == hw) {
+        *woff = (z->r.k0 - g->ki0) * hw * cg, *roff = 0, *kb = z->k;
+    } else {
+        *woff = ((z->r.k0 - g->ki0 + b) * hw + z->c.k0 - g->kj0) * cg, *roff = b * nkj * cg;
+        *kb = nkj * cg;
+    }
 }
 static int64_t geom_pix(const conv_geom *g) { return g->oh * g->ow; }
 
@@ -163,32 +278,45 @@ ALWAYS_INLINE void pad_planes_rows(const conv_geom *g, const float *restrict x, 
 }
 
 /* col[(c, ki, kj), (oy, ox)] = xp[c, oy*sh + ki, ox*sw + kj] from the padded planes, for
- * the live taps only, rows ld floats apart. The padded copy costs one pass over x and
- * halves the im2col time of a 3x3 conv compared with clipping every row against the
- * border. */
-ALWAYS_INLINE void im2col_rows(const conv_geom *g, const float *restrict xp, float *restrict col,
-                               int64_t ld, bool wide) {
-    int64_t hp = g->h + 2 * g->ph, wp = g->w + 2 * g->pw, ow = g->ow, s = g->sw;
-    for (int64_t c = 0, r = 0; c < g->c; c++)
-        for (int64_t ki = g->ki0; ki < g->ki1; ki++)
-            for (int64_t kj = g->kj0; kj < g->kj1; kj++, r++) {
-                float *restrict dst = col + r * ld;
-                for (int64_t oy = 0; oy < g->oh; oy++, dst += ow) {
-                    const float *restrict src = xp + (c * hp + oy * g->sh + ki) * wp + kj;
-                    if (s == 1)
-                        copy_row(dst, src, ow, wide);
-                    else
-                        for (int64_t ox = 0; ox < ow; ox++) dst[ox] = src[ox * s];
-                }
-            }
+ * class z's pixels and taps only, rows ld floats apart. The padded copy costs one pass
+ * over x and halves the im2col time of a 3x3 conv compared with clipping every row
+ * against the border. */
+ALWAYS_INLINE void im2col_row(const conv_geom *g, const conv_cls *z, const float *restrict xp,
+                              float *restrict dst, int64_t c, int64_t ki, int64_t kj, bool wide) {
+    int64_t hp = g->h + 2 * g->ph, wp = g->w + 2 * g->pw, cw = z->cw, s = g->sw;
+    for (int64_t oy = z->r.o0; oy < z->r.o1; oy++, dst += cw) {
+        const float *restrict src = xp + (c * hp + oy * g->sh + ki) * wp + z->c.o0 * s + kj;
+        if (s == 1)
+            copy_row(dst, src, cw, wide);
+        else
+            for (int64_t ox = 0; ox < cw; ox++) dst[ox] = src[ox * s];
+    }
+}
+/* The rows in order: (c, ki, kj) for one class, (ki, kj, c) within each group for several
+ * (tap-major, see layout_weight). */
+ALWAYS_INLINE void im2col_rows(const conv_geom *g, const conv_cls *z, const float *restrict xp,
+                               float *restrict col, int64_t ld, bool wide) {
+    int64_t cg = g->c / g->groups, r = 0;
+    if (g->ncls == 1)
+        for (int64_t c = 0; c < g->c; c++)
+            for (int64_t ki = z->r.k0; ki < z->r.k1; ki++)
+                for (int64_t kj = z->c.k0; kj < z->c.k1; kj++)
+                    im2col_row(g, z, xp, col + r++ * ld, c, ki, kj, wide);
+    else
+        for (int64_t gi = 0; gi < g->groups; gi++)
+            for (int64_t ki = z->r.k0; ki < z->r.k1; ki++)
+                for (int64_t kj = z->c.k0; kj < z->c.k1; kj++)
+                    for (int64_t c = gi * cg; c < (gi + 1) * cg; c++)
+                        im2col_row(g, z, xp, col + r++ * ld, c, ki, kj, wide);
 }
 
 /* The row loops, compiled once for AVX-512 and once for any x86-64-v3 CPU (col2im too). */
 static CT_AVX512 void pad_planes_512(const conv_geom *g, const float *x, float *xp) {
     pad_planes_rows(g, x, xp, true);
 }
-static CT_AVX512 void im2col_512(const conv_geom *g, const float *xp, float *col, int64_t ld) {
-    im2col_rows(g, xp, col, ld, true);
+static CT_AVX512 void im2col_512(const conv_geom *g, const conv_cls *z, const float *xp,
+                                 float *col, int64_t ld) {
+    im2col_rows(g, z, xp, col, ld, true);
 }
 static void pad_planes(const conv_geom *g, const float *x, float *xp) {
     if (ct_cpu_avx512())
@@ -196,36 +324,43 @@ static void pad_planes(const conv_geom *g, const float *x, float *xp) {
     else
         pad_planes_rows(g, x, xp, false);
 }
-static void im2col(const conv_geom *g, const float *xp, float *col, int64_t ld) {
+static void im2col(const conv_geom *g, const conv_cls *z, const float *xp, float *col, int64_t ld) {
     if (ct_cpu_avx512())
-        im2col_512(g, xp, col, ld);
+        im2col_512(g, z, xp, col, ld);
     else
-        im2col_rows(g, xp, col, ld, false);
+        im2col_rows(g, z, xp, col, ld, false);
 }
 
 /* Scratch for one chunk, from the caching allocator (no malloc in a steady-state step)
- * and released with the enclosing scope. */
+ * and released with the enclosing scope. The chunk's buffers hold one block per class, in
+ * class order: its column matrix [groups*k, nb*pix] (sample j in columns [j*pix,
+ * (j+1)*pix)) and its outputs or upstream gradient [O, nb*pix]. */
 typedef struct {
     int64_t nb;  /* samples per chunk */
     float *xp;   /* one sample's padded planes (NULL: no padding) */
-    float *col;  /* the chunk's column matrix (NULL: a one-sample pointwise chunk) */
-    float *buf;  /* [O, nb*OH*OW] output or upstream gradient (NULL when nb == 1) */
+    float *col;  /* the chunk's column matrices (NULL: a one-sample pointwise chunk) */
+    float *buf;  /* outputs or upstream gradient (NULL: one sample, one class: NCHW itself) */
 } col_scratch;
 
 static col_scratch scratch_new(const conv_geom *g, int64_t batch, int64_t o) {
     col_scratch sc = {.nb = chunk_samples(g, batch)};
-    int64_t cols = sc.nb * geom_pix(g);
-    if (sc.nb > 1) sc.buf = ct_tensor_new(CT_SHAPE(o, cols))->data;
+    if (sc.nb > 1 || g->ncls > 1) sc.buf = ct_tensor_new(CT_SHAPE(o, sc.nb * geom_pix(g)))->data;
     if (geom_pointwise(g) && sc.nb == 1) return sc; /* x[n] is its own column matrix */
     int64_t padded = g->c * (g->h + 2 * g->ph) * (g->w + 2 * g->pw);
     if (g->ph > 0 || g->pw > 0) sc.xp = ct_tensor_new(CT_SHAPE(padded))->data;
-    sc.col = ct_tensor_new(CT_SHAPE(geom_k(g) * g->groups, cols))->data;
+    sc.col = ct_tensor_new(CT_SHAPE(g->groups * geom_macs(g), sc.nb))->data;
     return sc;
 }
 
-/* The [C*kh*kw, nb*OH*OW] column matrix (all groups, row stride ld = nb*OH*OW) of the nb
- * samples x [nb, C, H, W]. */
-static const float *chunk_cols(const conv_geom *g, const float *x, int64_t nb, int64_t ld,
+/* Where class z's column matrix and its outputs start in a chunk of nb samples (both
+ * with rows ld = nb*pix). */
+static int64_t cls_col(const conv_geom *g, const conv_cls *z, int64_t nb) {
+    return g->groups * nb * z->coff;
+}
+static int64_t cls_buf(const conv_cls *z, int64_t o, int64_t nb) { return o * nb * z->poff; }
+
+/* The column matrices of every class (see col_scratch) of the nb samples x [nb, C, H, W]. */
+static const float *chunk_cols(const conv_geom *g, const float *x, int64_t nb,
                                const col_scratch *sc) {
     if (!sc->col) return x;
     for (int64_t j = 0; j < nb; j++) {
@@ -234,61 +369,86 @@ static const float *chunk_cols(const conv_geom *g, const float *x, int64_t nb, i
             pad_planes(g, xj, sc->xp);
             xj = sc->xp;
         }
-        im2col(g, xj, sc->col + j * geom_pix(g), ld);
+        for (int q = 0; q < g->ncls; q++) {
+            const conv_cls *z = &g->cls[q];
+            im2col(g, z, xj, sc->col + cls_col(g, z, nb) + j * z->pix, nb * z->pix);
+        }
     }
     return sc->col;
 }
 
-/* Between NCHW planes t[nb, O, pix] and a chunk buffer buf[O, nb*pix]. */
-static void chunk_to_nchw(const float *buf, float *t, int64_t nb, int64_t o, int64_t pix) {
-    for (int64_t j = 0; j < nb; j++)
-        for (int64_t c = 0; c < o; c++)
-            memcpy(t + (j * o + c) * pix, buf + (c * nb + j) * pix, (size_t)pix * sizeof(float));
+/* Between NCHW planes t[nb, O, OH, OW] and the chunk's class blocks buf: from t into buf
+ * (from_nchw) or back. A class spanning whole rows moves as one run per plane. */
+static void chunk_move(const conv_geom *g, int64_t nb, int64_t o, const float *src, float *dst,
+                       bool from_nchw) {
+    int64_t npix = geom_pix(g);
+    for (int q = 0; q < g->ncls; q++) {
+        const conv_cls *z = &g->cls[q];
+        int64_t ld = nb * z->pix, base = cls_buf(z, o, nb);
+        bool whole = z->cw == g->ow;
+        int64_t len = whole ? z->pix : z->cw, rows = whole ? 1 : z->r.o1 - z->r.o0;
+        for (int64_t j = 0; j < nb; j++)
+            for (int64_t c = 0; c < o; c++)
+                for (int64_t y = 0; y < rows; y++) {
+                    int64_t a = base + c * ld + j * z->pix + y * z->cw;
+                    int64_t b = (j * o + c) * npix + (z->r.o0 + y) * g->ow + z->c.o0;
+                    memcpy(dst + (from_nchw ? a : b), src + (from_nchw ? b : a),
+                           (size_t)len * sizeof(float));
+                }
+    }
 }
 
-static void nchw_to_chunk(const float *t, float *buf, int64_t nb, int64_t o, int64_t pix) {
-    for (int64_t j = 0; j < nb; j++)
-        for (int64_t c = 0; c < o; c++)
-            memcpy(buf + (c * nb + j) * pix, t + (j * o + c) * pix, (size_t)pix * sizeof(float));
-}
-
-/* The adjoint of im2col (col rows ld apart): dx[c, iy, ix] += every col entry that was
- * copied from it, skipping the entries that came from the zero border. Within one
- * (c, ki, kj) every dx pixel gets at most one entry, so the row order is free: even rows
- * first, then odd ones. Adjacent rows are closer than one vector apart, and the CPU makes
- * the masked load of a row wait for the masked store of the row before it; two rows
+/* The adjoint of im2col (class z, col rows ld apart): dx[c, iy, ix] += every col entry
+ * that was copied from it, skipping the entries that came from the zero border. Within
+ * one (c, ki, kj) every dx pixel gets at most one entry, so the row order is free: even
+ * rows first, then odd ones. Adjacent rows are closer than one vector apart, and the CPU
+ * makes the masked load of a row wait for the masked store of the row before it; two rows
  * apart that false dependency is gone and col2im runs twice as fast. */
-ALWAYS_INLINE void col2im_rows(const conv_geom *g, const float *restrict col, int64_t ld,
-                               float *restrict dx, bool wide) {
-    int64_t ow = g->ow, s = g->sw;
-    for (int64_t c = 0, r = 0; c < g->c; c++)
-        for (int64_t ki = g->ki0; ki < g->ki1; ki++)
-            for (int64_t kj = g->kj0; kj < g->kj1; kj++, r++) {
-                const float *restrict row = col + r * ld;
-                int64_t lo, hi;
-                valid_cols(g, kj, &lo, &hi);
-                for (int64_t first = 0; first < 2; first++)
-                    for (int64_t oy = first; oy < g->oh; oy += 2) {
-                        int64_t iy = oy * g->sh - g->ph + ki;
-                        if (iy < 0 || iy >= g->h) continue;
-                        const float *restrict src = row + oy * ow;
-                        float *restrict dst = dx + (c * g->h + iy) * g->w + lo * s - g->pw + kj;
-                        if (s == 1)
-                            add_row(dst, src + lo, hi - lo, wide);
-                        else
-                            for (int64_t ox = lo; ox < hi; ox++) dst[(ox - lo) * s] += src[ox];
-                    }
-            }
+ALWAYS_INLINE void col2im_row(const conv_geom *g, const conv_cls *z, const float *restrict row,
+                              float *restrict dx, int64_t c, int64_t ki, int64_t kj, bool wide) {
+    int64_t cw = z->cw, s = g->sw, lo, hi;
+    valid_cols(g, kj, &lo, &hi);
+    lo = lo > z->c.o0 ? lo : z->c.o0;
+    hi = hi < z->c.o1 ? hi : z->c.o1;
+    if (hi <= lo) return;
+    for (int64_t first = 0; first < 2; first++)
+        for (int64_t oy = z->r.o0 + first; oy < z->r.o1; oy += 2) {
+            int64_t iy = oy * g->sh - g->ph + ki;
+            if (iy < 0 || iy >= g->h) continue;
+            const float *restrict src = row + (oy - z->r.o0) * cw + lo - z->c.o0;
+            float *restrict dst = dx + (c * g->h + iy) * g->w + lo * s - g->pw + kj;
+            if (s == 1)
+                add_row(dst, src, hi - lo, wide);
+            else
+                for (int64_t j = 0; j < hi - lo; j++) dst[j * s] += src[j];
+        }
+}
+ALWAYS_INLINE void col2im_rows(const conv_geom *g, const conv_cls *z, const float *restrict col,
+                               int64_t ld, float *restrict dx, bool wide) {
+    int64_t cg = g->c / g->groups, r = 0;
+    if (g->ncls == 1)
+        for (int64_t c = 0; c < g->c; c++)
+            for (int64_t ki = z->r.k0; ki < z->r.k1; ki++)
+                for (int64_t kj = z->c.k0; kj < z->c.k1; kj++)
+                    col2im_row(g, z, col + r++ * ld, dx, c, ki, kj, wide);
+    else
+        for (int64_t gi = 0; gi < g->groups; gi++)
+            for (int64_t ki = z->r.k0; ki < z->r.k1; ki++)
+                for (int64_t kj = z->c.k0; kj < z->c.k1; kj++)
+                    for (int64_t c = gi * cg; c < (gi + 1) * cg; c++)
+                        col2im_row(g, z, col + r++ * ld, dx, c, ki, kj, wide);
 }
 
-static CT_AVX512 void col2im_512(const conv_geom *g, const float *col, int64_t ld, float *dx) {
-    col2im_rows(g, col, ld, dx, true);
+static CT_AVX512 void col2im_512(const conv_geom *g, const conv_cls *z, const float *col,
+                                 int64_t ld, float *dx) {
+    col2im_rows(g, z, col, ld, dx, true);
 }
-static void col2im_add(const conv_geom *g, const float *col, int64_t ld, float *dx) {
+static void col2im_add(const conv_geom *g, const conv_cls *z, const float *col, int64_t ld,
+                       float *dx) {
     if (ct_cpu_avx512())
-        col2im_512(g, col, ld, dx);
+        col2im_512(g, z, col, ld, dx);
     else
-        col2im_rows(g, col, ld, dx, false);
+        col2im_rows(g, z, col, ld, dx, false);
 }
 
 /* Sum of n floats with 16 independent partial sums, so the loop vectorises (a single
@@ -304,25 +464,45 @@ static float sum_floats(const float *restrict v, int64_t n) {
     return s;
 }
 
-/* w [O, C/groups, kh, kw] cut to the live taps, [O, C/groups, ki1-ki0, kj1-kj0]: the
- * weight matrix of the cut column matrix. A new tensor in the current scope. */
-static float *crop_weight(const conv_geom *g, int64_t o, const float *w) {
-    int64_t kh = g->ki1 - g->ki0, kw = g->kj1 - g->kj0, planes = o * (g->c / g->groups);
-    float *wc = ct_tensor_new(CT_SHAPE(planes * kh * kw))->data;
-    for (int64_t p = 0; p < planes; p++)
-        for (int64_t ki = 0; ki < kh; ki++)
-            memcpy(wc + (p * kh + ki) * kw, w + (p * g->kh + g->ki0 + ki) * g->kw + g->kj0,
-                   (size_t)kw * sizeof(float));
-    return wc;
+/* The weight as the GEMMs read it, at the used taps only (dead ones, e.g. all but the
+ * centre of a 3x3/padding-1 conv on a 1x1 image, are left out): one class, [O, C/groups,
+ * ki1-ki0, kj1-kj0], w itself when every tap is used; several, tap-major [O, ki1-ki0,
+ * kj1-kj0, C/groups] like their column matrices' rows, so every class's taps are one or a
+ * few contiguous blocks of a weight row (cls_block), used in place by the GEMMs through
+ * their leading dimension. (Cutting a weight per class instead, C/groups runs of 1-3 taps
+ * each, cost as much as the GEMMs it saved on 2x2 planes; the tap-major copy, used for one
+ * class too, made a plane's one GEMM 5-10% slower on 4x4 to 8x8 planes.) A new tensor in the
+ * current scope unless w. */
+static bool weight_copied(const conv_geom *g) {
+    bool all = g->ki1 - g->ki0 == g->kh && g->kj1 - g->kj0 == g->kw;
+    return !all || (g->ncls > 1 && g->kh * g->kw > 1 && g->c / g->groups > 1);
+}
+/* Copies between w [O, C/groups, kh, kw] and the laid-out wt at the used taps: to wt, or
+ * back (dw += dwt) with add. */
+static void layout_copy(const conv_geom *g, int64_t o, const float *src, float *dst, bool add) {
+    int64_t cg = g->c / g->groups, wr = geom_wrow(g), nt = wr / cg, t = g->kh * g->kw;
+    int64_t hw = g->kj1 - g->kj0, si = g->ncls > 1 ? cg : 1, sc = g->ncls > 1 ? 1 : nt;
+    CT_PAR_FOR(o * wr)
+    for (int64_t oc = 0; oc < o; oc++)
+        for (int64_t i = 0; i < nt; i++) {
+            int64_t a = oc * wr + i * si;
+            int64_t b = oc * cg * t + (g->ki0 + i / hw) * g->kw + g->kj0 + i % hw;
+            if (add)
+                for (int64_t c = 0; c < cg; c++) dst[b + c * t] += src[a + c * sc];
+            else
+                for (int64_t c = 0; c < cg; c++) dst[a + c * sc] = src[b + c * t];
+        }
+}
+static const float *layout_weight(const conv_geom *g, int64_t o, const float *w) {
+    if (!weight_copied(g)) return w;
+    float *wt = ct_tensor_new(CT_SHAPE(o * geom_wrow(g)))->data;
+    layout_copy(g, o, w, wt, false);
+    return wt;
 }
 
-/* The adjoint of crop_weight: dw += dwc at the live taps. */
-static void uncrop_add(const conv_geom *g, int64_t o, const float *dwc, float *dw) {
-    int64_t kh = g->ki1 - g->ki0, kw = g->kj1 - g->kj0, planes = o * (g->c / g->groups);
-    for (int64_t p = 0; p < planes; p++)
-        for (int64_t ki = 0; ki < kh; ki++)
-            for (int64_t kj = 0; kj < kw; kj++)
-                dw[(p * g->kh + g->ki0 + ki) * g->kw + g->kj0 + kj] += dwc[(p * kh + ki) * kw + kj];
+/* The adjoint of layout_weight: dw [O, C/groups, kh, kw] += dwt at the used taps. */
+static void unlayout_add(const conv_geom *g, int64_t o, const float *dwt, float *dw) {
+    layout_copy(g, o, dwt, dw, true);
 }
 
 /* The geometry travels in the node's i[] as int32s (it has more fields than i[] has
@@ -338,7 +518,7 @@ static conv_geom geom_load(const ct_node *n) {
     conv_geom g = {.c = p.c, .h = p.h, .w = p.w, .kh = p.kh, .kw = p.kw, .sh = p.sh,
                    .sw = p.sw, .ph = p.ph, .pw = p.pw, .groups = p.groups,
                    .oh = n->out_shape[2], .ow = n->out_shape[3]};
-    geom_live(&g);
+    geom_classes(&g);
     return g;
 }
 
@@ -385,40 +565,155 @@ static bool use_wino(const conv_geom *g, int64_t o) {
            g->pw == 1 && g->groups == 1 && ct__wino_applies(g->c, o, g->h, g->w);
 }
 
-/* The backward of chunk ci (samples [ci*sc->nb, ...)): dW (into dw, onto it when acc) and
- * dX for the gradients asked for (dw / gx non-NULL). */
+/* A chunk's class GEMMs on one chunk (gemm == ct_gemm: no parallel chunks) would each
+ * open a parallel region (ct_gemm) for a small product; they run instead in one region,
+ * split into tasks that write disjoint outputs: the forward and dW by blocks of ROW_BLOCK
+ * output channels (every class's GEMMs for those rows, in class order), dX by class
+ * block. Block sizes are shape-only, so the bits do not depend on the thread count. Under
+ * load, one region per GEMM made ResNet's 2x2 layers several times slower on 2 threads. */
+#define ROW_BLOCK 64
+static bool cls_parallel(const conv_geom *g, gemm_fn *gemm) {
+    return gemm == ct_gemm && g->ncls > 1;
+}
+
+/* The forward of chunk ci (samples [ci*sc->nb, ...)) into y: per class and group,
+ * out = W (the class's taps of wt) @ col, then to NCHW. */
+static void forward_chunk(const conv_geom *g, int64_t ci, int64_t batch, int64_t o,
+                          const float *x, const float *wt, const float *bias,
+                          const col_scratch *sc, gemm_fn *gemm, float *y) {
+    int64_t og = o / g->groups, npix = geom_pix(g), in_sz = g->c * g->h * g->w, wr = geom_wrow(g);
+    int64_t i0 = ci * sc->nb, nb = batch - i0 < sc->nb ? batch - i0 : sc->nb;
+    float *out = sc->buf ? sc->buf : y + i0 * o * npix;
+    const float *cols = chunk_cols(g, x + i0 * in_sz, nb, sc);
+    /* Start from the broadcast bias and let sgemm accumulate onto it (beta = 1). */
+    for (int q = 0; bias && q < g->ncls; q++) {
+        int64_t ld = nb * g->cls[q].pix;
+        float *oq = out + cls_buf(&g->cls[q], o, nb);
+        for (int64_t c = 0; c < o; c++)
+            for (int64_t j = 0; j < ld; j++) oq[c * ld + j] = bias[c];
+    }
+    bool par = cls_parallel(g, gemm);
+    int64_t bs = par ? ROW_BLOCK : og, nrb = (og + bs - 1) / bs;
+    gemm_fn *gm = par ? ct_gemm_serial : gemm;
+#pragma omp parallel for schedule(static) if (par && nrb > 1)
+    for (int64_t rb = 0; rb < nrb; rb++) {
+        int64_t r0 = rb * bs, m = og - r0 < bs ? og - r0 : bs;
+        for (int q = 0; q < g->ncls; q++) {
+            const conv_cls *z = &g->cls[q];
+            int64_t k = z->k, ld = nb * z->pix;
+            float *oq = out + cls_buf(z, o, nb);
+            for (int64_t gi = 0; gi < g->groups; gi++)
+                for (int64_t bl = 0; bl < cls_blocks(g, z); bl++) {
+                    int64_t woff, roff, kb;
+                    cls_block(g, z, bl, &woff, &roff, &kb);
+                    gm(false, false, m, ld, kb, 1, wt + (gi * og + r0) * wr + woff, wr,
+                       cols + cls_col(g, z, nb) + (gi * k + roff) * ld, ld, bias || bl ? 1 : 0,
+                       oq + (gi * og + r0) * ld, ld);
+                }
+        }
+    }
+    if (sc->buf) chunk_move(g, nb, o, sc->buf, y + i0 * o * npix, false);
+}
+
+/* The backward of chunk ci (samples [ci*sc->nb, ...)): dW (laid out as wt, added onto
+ * dwt) and dX (from wt) for the gradients asked for (dwt / gx non-NULL), class by class. */
 static void backward_chunk(const conv_geom *g, int64_t ci, int64_t batch, int64_t o,
-                           const float *gout, const float *x, const float *w,
-                           const col_scratch *sc, gemm_fn *gemm, float *dw, bool acc,
-                           float *gx) {
-    int64_t og = o / g->groups, k = geom_k(g), npix = geom_pix(g), in_sz = g->c * g->h * g->w;
-    int64_t i0 = ci * sc->nb, nb = batch - i0 < sc->nb ? batch - i0 : sc->nb, ld = nb * npix;
+                           const float *gout, const float *x, const float *wt,
+                           const col_scratch *sc, gemm_fn *gemm, float *dwt, float *gx) {
+    int64_t og = o / g->groups, npix = geom_pix(g), in_sz = g->c * g->h * g->w, wr = geom_wrow(g);
+    int64_t i0 = ci * sc->nb, nb = batch - i0 < sc->nb ? batch - i0 : sc->nb;
+    bool par = cls_parallel(g, gemm);
+    gemm_fn *gm = par ? ct_gemm_serial : gemm;
     const float *go = gout + i0 * o * npix;
-    if (sc->nb > 1) {
-        nchw_to_chunk(go, sc->buf, nb, o, npix);
+    if (sc->buf) {
+        chunk_move(g, nb, o, go, sc->buf, true);
         go = sc->buf;
     }
-    if (dw) {
-        const float *cols = chunk_cols(g, x + i0 * in_sz, nb, ld, sc);
-        for (int64_t gi = 0; gi < g->groups; gi++)
-            gemm(false, true, og, k, ld, 1, go + gi * og * ld, ld, cols + gi * k * ld, ld,
-                    acc ? 1 : 0, dw + gi * og * k, k);
+    if (dwt) {
+        const float *cols = chunk_cols(g, x + i0 * in_sz, nb, sc);
+        int64_t bs = par ? ROW_BLOCK : og, nrb = (og + bs - 1) / bs;
+#pragma omp parallel for schedule(static) if (par && nrb > 1)
+        for (int64_t rb = 0; rb < nrb; rb++) {
+            int64_t r0 = rb * bs, m = og - r0 < bs ? og - r0 : bs;
+            for (int q = 0; q < g->ncls; q++) {
+                const conv_cls *z = &g->cls[q];
+                int64_t k = z->k, ld = nb * z->pix;
+                const float *gq = go + cls_buf(z, o, nb), *cq = cols + cls_col(g, z, nb);
+                for (int64_t gi = 0; gi < g->groups; gi++)
+                    for (int64_t bl = 0; bl < cls_blocks(g, z); bl++) {
+                        int64_t woff, roff, kb;
+                        cls_block(g, z, bl, &woff, &roff, &kb);
+                        gm(false, true, m, kb, ld, 1, gq + (gi * og + r0) * ld, ld,
+                           cq + (gi * k + roff) * ld, ld, 1, dwt + (gi * og + r0) * wr + woff, wr);
+                    }
+            }
+        }
     }
     if (gx) {
         /* one-sample pointwise: dX[n] += W^T @ gout[n] directly; else via col, col2im */
         float *dx = gx + i0 * in_sz, *dst = sc->col ? sc->col : dx;
-        for (int64_t gi = 0; gi < g->groups; gi++)
-            gemm(true, false, k, ld, og, 1, w + gi * og * k, k, go + gi * og * ld, ld,
-                    sc->col ? 0 : 1, dst + gi * k * ld, ld);
-        for (int64_t j = 0; sc->col && j < nb; j++)
-            col2im_add(g, sc->col + j * npix, ld, dx + j * in_sz);
+        int64_t ntask = 0;
+        for (int q = 0; q < g->ncls; q++) ntask += g->groups * cls_blocks(g, &g->cls[q]);
+#pragma omp parallel for schedule(static) if (par && ntask > 1)
+        for (int64_t t = 0; t < ntask; t++) {
+            int q = 0;
+            int64_t u = t;
+            while (u >= g->groups * cls_blocks(g, &g->cls[q]))
+                u -= g->groups * cls_blocks(g, &g->cls[q++]);
+            const conv_cls *z = &g->cls[q];
+            int64_t k = z->k, ld = nb * z->pix, gi = u / cls_blocks(g, z), woff, roff, kb;
+            cls_block(g, z, u % cls_blocks(g, z), &woff, &roff, &kb);
+            gm(true, false, kb, ld, og, 1, wt + gi * og * wr + woff, wr,
+               go + cls_buf(z, o, nb) + gi * og * ld, ld, sc->col ? 0 : 1,
+               dst + cls_col(g, z, nb) + (gi * k + roff) * ld, ld);
+        }
+        for (int q = 0; sc->col && q < g->ncls; q++)
+            for (int64_t j = 0; j < nb; j++)
+                col2im_add(g, &g->cls[q], sc->col + cls_col(g, &g->cls[q], nb) + j * g->cls[q].pix,
+                           nb * g->cls[q].pix, dx + j * in_sz);
     }
+}
+
+/* dW and dX (for gw / gx non-NULL) by im2col + sgemm in geometry g, in chunks. */
+static void backward_im2col(const conv_geom *g, int64_t batch, int64_t o, const float *gout,
+                            const float *x, const float *w, ct_tensor *gw, ct_tensor *gx) {
+    int64_t k = geom_wrow(g);
+    int64_t nbs = chunk_samples(g, batch), nchunks = (batch + nbs - 1) / nbs;
+    /* dX from the weight laid out for the GEMMs; dW summed in that layout (from zero: the
+     * classes' blocks overlap), then added into the gradient (in place when it is w's) */
+    if (gx) w = layout_weight(g, o, w);
+    float *dw = gw ? gw->data : NULL;
+    bool copied = gw && weight_copied(g);
+    if (copied) dw = ct_zeros(CT_SHAPE(o * k))->data;
+    int64_t parts = gw ? dw_parts(nchunks, o * k) : nchunks;
+    float *part = gw && parts > 1 ? ct_zeros(CT_SHAPE(parts, o * k))->data : NULL;
+    int nt = team_size(parts, batch * o * geom_macs(g) * g->groups);
+    col_scratch sc[MAX_TEAM];
+    for (int t = 0; t < nt; t++) sc[t] = scratch_new(g, batch, o);
+    gemm_fn *gemm = parts > 1 ? ct_gemm_serial : ct_gemm;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t p = 0; p < parts; p++) {
+        const col_scratch *s = &sc[ct_thread_id()];
+        float *dwp = part ? part + p * o * k : dw;
+        for (int64_t ci = p * nchunks / parts; ci < (p + 1) * nchunks / parts; ci++)
+            backward_chunk(g, ci, batch, o, gout, x, w, s, gemm, gw ? dwp : NULL,
+                           gx ? gx->data : NULL);
+    }
+    if (part) {
+        CT_PAR_FOR(parts * o * k)
+        for (int64_t i = 0; i < o * k; i++) {
+            float acc = dw[i];
+            for (int64_t p = 0; p < parts; p++) acc += part[p * o * k + i];
+            dw[i] = acc;
+        }
+    }
+    if (copied) unlayout_add(g, o, dw, gw->data);
 }
 
 static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
     conv_geom g = geom_load(n);
     int64_t batch = n->out_shape[0], o = n->out_shape[1];
-    int64_t k = geom_k(&g), npix = geom_pix(&g);
+    int64_t npix = geom_pix(&g);
     ct_tensor *gx = ct_node_grad_in(n, 0), *gw = ct_node_grad_in(n, 1), *gb = ct_node_grad_in(n, 2);
     /* The forward saved x only if dW is needed and w only if dX is, in that order. */
     int slot = 0;
@@ -437,35 +732,7 @@ static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
         gx = NULL, w = NULL;
         if (!gw) return;
     }
-    int64_t nbs = chunk_samples(&g, batch), nchunks = (batch + nbs - 1) / nbs;
-    /* with dead taps: the cut weight for dX, and dW accumulated cut, added back below */
-    bool cut = geom_cropped(&g);
-    if (gx && cut) w = crop_weight(&g, o, w);
-    float *dw = gw ? gw->data : NULL;
-    if (gw && cut) dw = ct_zeros(CT_SHAPE(o * k))->data;
-    int64_t parts = gw ? dw_parts(nchunks, o * k) : nchunks;
-    float *part = gw && parts > 1 ? ct_tensor_new(CT_SHAPE(parts, o * k))->data : NULL;
-    int nt = team_size(parts, batch * o * npix * k);
-    col_scratch sc[MAX_TEAM];
-    for (int t = 0; t < nt; t++) sc[t] = scratch_new(&g, batch, o);
-    gemm_fn *gemm = parts > 1 ? ct_gemm_serial : ct_gemm;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t p = 0; p < parts; p++) {
-        const col_scratch *s = &sc[ct_thread_id()];
-        float *dwp = part ? part + p * o * k : dw;
-        for (int64_t ci = p * nchunks / parts; ci < (p + 1) * nchunks / parts; ci++)
-            backward_chunk(&g, ci, batch, o, gout->data, x, w, s, gemm, gw ? dwp : NULL,
-                           !part || ci > p * nchunks / parts, gx ? gx->data : NULL);
-    }
-    if (part) {
-        CT_PAR_FOR(parts * o * k)
-        for (int64_t i = 0; i < o * k; i++) {
-            float acc = dw[i];
-            for (int64_t p = 0; p < parts; p++) acc += part[p * o * k + i];
-            dw[i] = acc;
-        }
-    }
-    if (gw && cut) uncrop_add(&g, o, dw, gw->data);
+    if (gw || gx) backward_im2col(&g, batch, o, gout->data, x, w, gw, gx);
 }
 
 ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2d_opts *opts) {
@@ -498,35 +765,23 @@ ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2
               "conv2d: input %s or its geometry is too large", CT_SHAPE_STR(x));
     g.oh = (g.h + 2 * g.ph - g.kh) / g.sh + 1;
     g.ow = (g.w + 2 * g.pw - g.kw) / g.sw + 1;
-    geom_live(&g);
+    geom_classes(&g);
 
-    int64_t batch = x->shape[0], o = w->shape[0], og = o / g.groups;
-    int64_t k = geom_k(&g), npix = geom_pix(&g), in_sz = g.c * g.h * g.w;
+    int64_t batch = x->shape[0], o = w->shape[0];
     ct_tensor *y = ct_tensor_new(CT_SHAPE(batch, o, g.oh, g.ow));
     if (use_wino(&g, o))
         ct__wino_conv(x->data, batch, g.c, o, g.h, g.w, w->data, false, b ? b->data : NULL, y->data, false);
     else CT_SCOPE { /* the scratch goes back to the cache as soon as the loop is done */
         int64_t nbs = chunk_samples(&g, batch), nchunks = (batch + nbs - 1) / nbs;
-        int nt = team_size(nchunks, batch * o * npix * k);
+        int nt = team_size(nchunks, batch * o * geom_macs(&g) * g.groups);
         col_scratch sc[MAX_TEAM];
         for (int t = 0; t < nt; t++) sc[t] = scratch_new(&g, batch, o);
-        const float *wk = geom_cropped(&g) ? crop_weight(&g, o, w->data) : w->data;
+        const float *wt = layout_weight(&g, o, w->data);
         gemm_fn *gemm = nchunks > 1 ? ct_gemm_serial : ct_gemm;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-        for (int64_t ci = 0; ci < nchunks; ci++) {
-            const col_scratch *s = &sc[ct_thread_id()];
-            int64_t i0 = ci * nbs, nb = batch - i0 < nbs ? batch - i0 : nbs, ld = nb * npix;
-            float *yc = nbs > 1 ? s->buf : y->data + i0 * o * npix;
-            const float *cols = chunk_cols(&g, x->data + i0 * in_sz, nb, ld, s);
-            /* Start from the broadcast bias and let sgemm accumulate onto it (beta = 1). */
-            if (b)
-                for (int64_t c = 0; c < o; c++)
-                    for (int64_t j = 0; j < ld; j++) yc[c * ld + j] = b->data[c];
-            for (int64_t gi = 0; gi < g.groups; gi++)
-                gemm(false, false, og, ld, k, 1, wk + gi * og * k, k, cols + gi * k * ld, ld,
-                        b ? 1 : 0, yc + gi * og * ld, ld);
-            if (nbs > 1) chunk_to_nchw(yc, y->data + i0 * o * npix, nb, o, npix);
-        }
+        for (int64_t ci = 0; ci < nchunks; ci++)
+            forward_chunk(&g, ci, batch, o, x->data, wt, b ? b->data : NULL,
+                          &sc[ct_thread_id()], gemm, y->data);
     }
 
     ct_node *n = CT_RECORD("conv2d", conv2d_backward, y, x, w, b);

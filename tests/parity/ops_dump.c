@@ -73,6 +73,11 @@ static const op_case cases[] = {
     CONV_CASE("conv_1x1_image", 4, 16, 1, 1, 8, 3, 3, 1, 1, 1, 1, 1, true),
     CONV_CASE("conv_2x2_image_s2", 4, 8, 2, 2, 16, 3, 3, 2, 2, 1, 1, 1, false),
     CONV_CASE("conv_1x3_image_groups", 3, 4, 1, 3, 6, 3, 3, 1, 1, 1, 1, 2, true),
+    /* pixel classes by live taps, the padding skipped: 2x2 planes (ResNet's layer3 on 32x32
+     * inputs, and the stride-2 conv into it, with groups), and a 5x3 kernel padded 2x1 */
+    CONV_CASE("conv_2x2_image", 4, 16, 2, 2, 8, 3, 3, 1, 1, 1, 1, 1, true),
+    CONV_CASE("conv_4x4_s2_groups", 3, 8, 4, 4, 12, 3, 3, 2, 2, 1, 1, 2, false),
+    CONV_CASE("conv_2x1_image_5x3", 2, 4, 2, 1, 6, 5, 3, 1, 1, 2, 1, 1, true),
     /* pooling: ResNet's stem max pool on even and odd sizes, the CNN's 2x2, others */
     POOL_CASE("maxpool3s2p1", MAXPOOL, 2, 4, 16, 16, 3, 2, 1),
     POOL_CASE("maxpool3s2p1_odd", MAXPOOL, 2, 3, 15, 13, 3, 2, 1),

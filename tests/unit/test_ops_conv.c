@@ -14,6 +14,7 @@ typedef struct {
     int64_t n, c, h, w, o, kh, kw;
     int sh, sw, ph, pw, groups;
     bool bias;
+    bool split; /* pixel classes (ct_conv2d_set_pad_skip) make more than one GEMM a chunk */
 } conv_cfg;
 
 /* Direct convolution straight from the definition, in double. */
@@ -46,33 +47,48 @@ static void naive_conv(const ct_tensor *x, const ct_tensor *w, const ct_tensor *
 }
 
 static const conv_cfg cfgs[] = {
-    {2, 1, 5, 6, 3, 3, 3, 1, 1, 1, 1, 1, true},   /* one input channel, padded, non-square */
-    {2, 3, 7, 5, 4, 3, 3, 2, 2, 0, 0, 1, false},  /* stride 2, no padding, no bias */
-    {1, 2, 6, 7, 3, 3, 3, 2, 2, 1, 1, 1, true},   /* stride 2 with padding */
-    {2, 3, 4, 5, 2, 1, 1, 1, 1, 0, 0, 1, true},   /* 1x1 fast path */
-    {1, 2, 5, 4, 2, 2, 3, 1, 1, 1, 1, 1, false},  /* rectangular kernel */
-    {1, 2, 2, 3, 2, 3, 3, 3, 3, 2, 2, 1, true},   /* kernel larger than the input, stride 3 */
-    {3, 4, 6, 6, 5, 1, 1, 2, 2, 1, 1, 1, false},  /* 1x1 with stride and padding: the im2col path */
-    {2, 3, 8, 7, 4, 1, 1, 2, 2, 0, 0, 1, false},  /* ResNet downsample: 1x1, stride 2, odd width */
-    {1, 2, 11, 9, 3, 7, 7, 2, 2, 3, 3, 1, true},  /* ResNet stem: 7x7, stride 2, padding 3 */
-    {2, 3, 6, 7, 2, 3, 2, 2, 1, 0, 2, 1, true},   /* stride and padding differ by axis */
-    {2, 4, 6, 5, 6, 3, 3, 1, 1, 1, 1, 2, true},   /* two groups */
-    {2, 3, 7, 6, 3, 3, 3, 2, 2, 1, 1, 3, false},  /* depthwise, stride 2 */
-    {1, 2, 5, 5, 6, 3, 3, 1, 1, 1, 1, 2, true},   /* depthwise with channel multiplier 3 */
-    {2, 6, 4, 3, 4, 1, 1, 1, 1, 0, 0, 2, true},   /* grouped pointwise, chunk of 2 samples */
+    {2, 1, 5, 6, 3, 3, 3, 1, 1, 1, 1, 1, true, false},   /* one input channel, padded, non-square */
+    {2, 3, 7, 5, 4, 3, 3, 2, 2, 0, 0, 1, false, false},  /* stride 2, no padding, no bias */
+    {1, 2, 6, 7, 3, 3, 3, 2, 2, 1, 1, 1, true, false},   /* stride 2 with padding */
+    {2, 3, 4, 5, 2, 1, 1, 1, 1, 0, 0, 1, true, false},   /* 1x1 fast path */
+    {1, 2, 5, 4, 2, 2, 3, 1, 1, 1, 1, 1, false, false},  /* rectangular kernel */
+    {1, 2, 2, 3, 2, 3, 3, 3, 3, 2, 2, 1, true, false},   /* kernel larger than the input, stride 3 */
+    {3, 4, 6, 6, 5, 1, 1, 2, 2, 1, 1, 1, false, false},  /* 1x1 with stride and padding: the im2col path */
+    {2, 3, 8, 7, 4, 1, 1, 2, 2, 0, 0, 1, false, false},  /* ResNet downsample: 1x1, stride 2, odd width */
+    {1, 2, 11, 9, 3, 7, 7, 2, 2, 3, 3, 1, true, false},  /* ResNet stem: 7x7, stride 2, padding 3 */
+    {2, 3, 6, 7, 2, 3, 2, 2, 1, 0, 2, 1, true, false},   /* stride and padding differ by axis */
+    {2, 4, 6, 5, 6, 3, 3, 1, 1, 1, 1, 2, true, false},   /* two groups */
+    {2, 3, 7, 6, 3, 3, 3, 2, 2, 1, 1, 3, false, false},  /* depthwise, stride 2 */
+    {1, 2, 5, 5, 6, 3, 3, 1, 1, 1, 1, 2, true, false},   /* depthwise with channel multiplier 3 */
+    {2, 6, 4, 3, 4, 1, 1, 1, 1, 0, 0, 2, true, false},   /* grouped pointwise, chunk of 2 samples */
     /* chunking: 100 pixels make chunks of 2 samples (2 + 1 here); 272 pixels of 1 */
-    {3, 2, 10, 10, 3, 3, 3, 1, 1, 1, 1, 1, true},
-    {2, 2, 17, 16, 3, 3, 3, 1, 1, 1, 1, 1, true},
-    {2, 4, 16, 17, 2, 1, 1, 1, 1, 0, 0, 2, true},  /* one-sample pointwise: no im2col */
+    {3, 2, 10, 10, 3, 3, 3, 1, 1, 1, 1, 1, true, false},
+    {2, 2, 17, 16, 3, 3, 3, 1, 1, 1, 1, 1, true, false},
+    {2, 4, 16, 17, 2, 1, 1, 1, 1, 0, 0, 2, true, false},  /* one-sample pointwise: no im2col */
     /* dead taps (kernel rows/columns that only see padding) */
-    {3, 5, 1, 1, 4, 3, 3, 1, 1, 1, 1, 1, true},   /* 1x1 image: the centre tap only */
-    {2, 4, 2, 2, 6, 3, 3, 2, 2, 1, 1, 1, false},  /* 2x2 stride 2: taps 1..2 of each axis */
-    {2, 4, 1, 3, 4, 3, 3, 1, 1, 1, 1, 2, true},   /* rows cut, columns not, two groups */
-    {1, 2, 1, 2, 3, 7, 7, 3, 3, 3, 3, 1, true},   /* 7x7 on a 1x2 image */
-    {1, 2, 1, 1, 3, 3, 3, 2, 2, 2, 2, 1, false},  /* one tap of the middle row gap */
-    {1, 1, 1, 1, 2, 1, 1, 10, 10, 5, 5, 1, true}, /* no live tap: zeros plus the bias */
+    {3, 5, 1, 1, 4, 3, 3, 1, 1, 1, 1, 1, true, false},   /* 1x1 image: the centre tap only */
+    {2, 4, 2, 2, 6, 3, 3, 2, 2, 1, 1, 1, false, false},  /* 2x2 stride 2: taps 1..2 of each axis */
+    {2, 4, 1, 3, 4, 3, 3, 1, 1, 1, 1, 2, true, false},   /* rows cut, columns not, two groups */
+    {1, 2, 1, 2, 3, 7, 7, 3, 3, 3, 3, 1, true, false},   /* 7x7 on a 1x2 image */
+    {1, 2, 1, 1, 3, 3, 3, 2, 2, 2, 2, 1, false, false},  /* one tap of the middle row gap */
+    {1, 1, 1, 1, 2, 1, 1, 10, 10, 5, 5, 1, true, false}, /* no live tap: zeros plus the bias */
+    /* pixel classes by live taps (padding skipped); the ones on larger planes are forced on
+     * by the tests below, as on 2x2 planes they are by default */
+    {3, 3, 2, 2, 4, 3, 3, 1, 1, 1, 1, 1, true, true},   /* 2x2: four corners */
+    {2, 3, 3, 3, 4, 3, 3, 1, 1, 1, 1, 1, false, true},  /* 3x3: corners, edges, centre */
+    {5, 2, 4, 4, 3, 3, 3, 1, 1, 1, 1, 1, true, true},   /* 4x4: classes of several pixels */
+    {3, 2, 5, 7, 3, 3, 3, 1, 1, 1, 1, 1, true, true},   /* 5x7 */
+    {2, 2, 5, 6, 3, 3, 3, 2, 2, 1, 1, 1, true, true},   /* stride 2: last row and column */
+    {2, 2, 4, 5, 3, 5, 5, 1, 1, 2, 2, 1, true, true},   /* 5x5 padding 2: 4 spans an axis */
+    {2, 2, 3, 4, 3, 3, 3, 1, 1, 2, 2, 1, false, true},  /* 3x3 padding 2: one-tap rims */
+    {2, 4, 4, 4, 6, 3, 3, 1, 1, 1, 1, 2, true, true},   /* two groups */
+    {2, 4, 3, 3, 4, 3, 3, 1, 1, 1, 1, 4, false, true},  /* depthwise */
+    {2, 3, 8, 8, 4, 7, 7, 2, 2, 3, 3, 1, true, true},   /* 7x7/2 padding 3 on 8x8 */
+    {2, 3, 5, 6, 4, 7, 7, 2, 2, 3, 3, 1, false, true},  /* 7x7/2 padding 3 on 5x6 */
+    {2, 2, 2, 2, 3, 1, 1, 1, 1, 1, 1, 1, true, false},  /* 1x1 padding 1: rims with no tap */
+    {2, 3, 4, 3, 2, 3, 2, 2, 1, 0, 2, 1, true, true},   /* padding on columns only */
     /* Winograd: 3x3, stride 1, padding 1, 16+ channels, 10x10+ planes (odd: half tiles) */
-    {2, 16, 11, 10, 16, 3, 3, 1, 1, 1, 1, 1, true},
+    {2, 16, 11, 10, 16, 3, 3, 1, 1, 1, 1, 1, true, false},
 };
 #define NCFG (int)(sizeof cfgs / sizeof cfgs[0])
 
@@ -87,7 +103,7 @@ static ct_tensor *conv_fn(ct_tensor **in, void *ctx) {
     return conv_call(in[0], in[1], k->bias ? in[2] : NULL, k);
 }
 
-START_TEST(conv_forward_matches_direct) {
+static void check_forward(int _i) {
     const conv_cfg *k = &cfgs[_i];
     CT_SCOPE {
         ct_tensor *x = ct_test_rand(CT_SHAPE(k->n, k->c, k->h, k->w), -1, 1, 10 + _i);
@@ -113,9 +129,8 @@ START_TEST(conv_forward_matches_direct) {
         }
     }
 }
-END_TEST
 
-START_TEST(conv_backward_gradcheck) {
+static void check_gradients(int _i) {
     const conv_cfg *k = &cfgs[_i];
     CT_SCOPE {
         ct_tensor *x = ct_test_rand(CT_SHAPE(k->n, k->c, k->h, k->w), -1, 1, 40 + _i);
@@ -127,6 +142,95 @@ START_TEST(conv_backward_gradcheck) {
                                        1e-3, 1e-2);
         ck_assert_msg(err <= 1, "conv2d config %d: gradcheck error %g", _i, err);
     }
+}
+
+START_TEST(conv_forward_matches_direct) { check_forward(_i); }
+END_TEST
+
+START_TEST(conv_backward_gradcheck) { check_gradients(_i); }
+END_TEST
+
+/* The same with pixel classes on every plane, whatever its size. */
+START_TEST(conv_classes_forward_matches_direct) {
+    ct_pad_skip old = ct_conv2d_set_pad_skip(CT_PAD_SKIP_ALWAYS);
+    check_forward(_i);
+    ct_conv2d_set_pad_skip(old);
+}
+END_TEST
+
+START_TEST(conv_classes_backward_gradcheck) {
+    ct_pad_skip old = ct_conv2d_set_pad_skip(CT_PAD_SKIP_ALWAYS);
+    check_gradients(_i);
+    ct_conv2d_set_pad_skip(old);
+}
+END_TEST
+
+/* Malloc'd copies of n tensors' data (out) and their sizes, to compare after their scope. */
+static void keep_results(ct_tensor *const *r, int n, float **out, int64_t *numel) {
+    for (int i = 0; i < n; i++) {
+        numel[i] = r[i]->numel;
+        out[i] = malloc((size_t)numel[i] * sizeof(float));
+        memcpy(out[i], r[i]->data, (size_t)numel[i] * sizeof(float));
+    }
+}
+
+/* Pixel classes against one class per plane (CT_PAD_SKIP_NEVER): output, dX, dW
+ * and db agree to float rounding, and the classed configurations really made more GEMMs. */
+START_TEST(pad_skip_matches_one_class) {
+    const conv_cfg *k = &cfgs[_i];
+    float *res[2][4];
+    int64_t nres[4], calls[2];
+    for (int pass = 0; pass < 2; pass++) {
+        ct_pad_skip old = ct_conv2d_set_pad_skip(pass ? CT_PAD_SKIP_ALWAYS : CT_PAD_SKIP_NEVER);
+        CT_SCOPE {
+            ct_tensor *x = ct_test_rand(CT_SHAPE(k->n, k->c, k->h, k->w), -1, 1, 70 + _i);
+            ct_tensor *w = ct_test_rand(CT_SHAPE(k->o, k->c / k->groups, k->kh, k->kw), -1, 1, 80 + _i);
+            ct_tensor *b = ct_test_rand(CT_SHAPE(k->o), -1, 1, 90 + _i);
+            ct_set_requires_grad(x, true);
+            ct_set_requires_grad(w, true);
+            ct_set_requires_grad(b, true);
+            int64_t before = ct_stats_get().gemm_calls;
+            ct_tensor *y = conv_call(x, w, b, k);
+            calls[pass] = ct_stats_get().gemm_calls - before;
+            ct_backward_ex(y, ct_test_rand(y->ndim, y->shape, -1, 1, 99), false);
+            ct_tensor *r[4] = {y, ct_grad(x), ct_grad(w), k->bias ? ct_grad(b) : y};
+            keep_results(r, 4, res[pass], nres);
+        }
+        ct_conv2d_set_pad_skip(old);
+    }
+    for (int i = 0; i < 4; i++) {
+        for (int64_t j = 0; j < nres[i]; j++) ck_assert_close(res[1][i][j], res[0][i][j], 1e-5);
+        free(res[0][i]);
+        free(res[1][i]);
+    }
+    ck_assert_int_ge(calls[1], calls[0]);
+    if (k->split) ck_assert_int_gt(calls[1], calls[0]);
+}
+END_TEST
+
+/* GEMMs one forward makes in the given mode (3x3, padding 1, stride s, side x side). */
+static int64_t forward_gemms(ct_pad_skip mode, int64_t side, int s) {
+    ct_pad_skip old = ct_conv2d_set_pad_skip(mode);
+    int64_t calls = 0;
+    CT_SCOPE {
+        ct_tensor *x = ct_test_rand(CT_SHAPE(2, 8, side, side), -1, 1, 1);
+        ct_tensor *w = ct_test_rand(CT_SHAPE(4, 8, 3, 3), -1, 1, 2);
+        int64_t before = ct_stats_get().gemm_calls;
+        ct_conv2d(x, w, NULL, s, 1);
+        calls = ct_stats_get().gemm_calls - before;
+    }
+    ct_conv2d_set_pad_skip(old);
+    return calls;
+}
+
+/* The default uses classes where they cut 40% or more of the multiply-adds: a 3x3/padding-1
+ * conv on 2x2 planes (5/9 of them are padding), not on 4x4 (31%) or stride 2 into 2x2. */
+START_TEST(pad_skip_auto_picks_small_planes) {
+    ck_assert_int_eq(forward_gemms(CT_PAD_SKIP_AUTO, 2, 1), forward_gemms(CT_PAD_SKIP_ALWAYS, 2, 1));
+    ck_assert_int_gt(forward_gemms(CT_PAD_SKIP_AUTO, 2, 1), forward_gemms(CT_PAD_SKIP_NEVER, 2, 1));
+    ck_assert_int_eq(forward_gemms(CT_PAD_SKIP_AUTO, 4, 1), forward_gemms(CT_PAD_SKIP_NEVER, 4, 1));
+    ck_assert_int_eq(forward_gemms(CT_PAD_SKIP_AUTO, 4, 2), forward_gemms(CT_PAD_SKIP_NEVER, 4, 2));
+    ck_assert_int_gt(forward_gemms(CT_PAD_SKIP_ALWAYS, 4, 2), forward_gemms(CT_PAD_SKIP_NEVER, 4, 2));
 }
 END_TEST
 
@@ -150,11 +254,7 @@ START_TEST(winograd_matches_im2col) {
                 ct_tensor *y = ct_conv2d(x, w, b, 1, 1);
                 ct_backward_ex(y, ct_test_rand(y->ndim, y->shape, -1, 1, 8), false);
                 ct_tensor *r[3] = {y, ct_grad(x), ct_grad(w)};
-                for (int i = 0; i < 3; i++) {
-                    nres[i] = r[i]->numel;
-                    res[pass][i] = malloc((size_t)nres[i] * sizeof(float));
-                    memcpy(res[pass][i], r[i]->data, (size_t)nres[i] * sizeof(float));
-                }
+                keep_results(r, 3, res[pass], nres);
             }
         }
         ct_conv2d_set_winograd(true);
@@ -746,6 +846,10 @@ int main(void) {
     tcase_set_timeout(tc, 60);
     tcase_add_loop_test(tc, conv_forward_matches_direct, 0, NCFG);
     tcase_add_loop_test(tc, conv_backward_gradcheck, 0, NCFG);
+    tcase_add_loop_test(tc, conv_classes_forward_matches_direct, 0, NCFG);
+    tcase_add_loop_test(tc, conv_classes_backward_gradcheck, 0, NCFG);
+    tcase_add_loop_test(tc, pad_skip_matches_one_class, 0, NCFG);
+    tcase_add_test(tc, pad_skip_auto_picks_small_planes);
     tcase_add_test(tc, conv_skips_unneeded_gradients);
     tcase_add_test(tc, winograd_matches_im2col);
     tcase_add_test(tc, conv_saves_only_what_backward_uses);

@@ -135,6 +135,18 @@ START_TEST(chunked_conv_same_bits_for_1_2_3_threads) {
 }
 END_TEST
 
+/* Pixel classes (2x2 planes: four corner classes, the padding skipped): the classes' GEMMs
+ * add into the same dW blocks, in class order whatever the thread count. With groups and
+ * two chunks (parallel chunks), and in one chunk with 160 output channels (the GEMMs split
+ * into blocks of rows and of classes across the threads). */
+START_TEST(classed_conv_same_bits_for_1_2_3_threads) {
+    conv_case k = {80, 8, 12, 2, 2, {.stride_h = 1, .stride_w = 1, .pad_h = 1, .pad_w = 1, .groups = 2}};
+    conv_same_bits(&k);
+    conv_case one = {16, 8, 160, 2, 2, {.stride_h = 1, .stride_w = 1, .pad_h = 1, .pad_w = 1, .groups = 1}};
+    conv_same_bits(&one);
+}
+END_TEST
+
 /* Winograd (3x3, stride 1, padding 1, 16+ channels, 10x10+ planes): odd plane sizes (half
  * tiles) and 9 samples in chunks of 4, 4 and 1. */
 START_TEST(winograd_conv_same_bits_for_1_2_3_threads) {
@@ -204,6 +216,7 @@ int main(void) {
     tcase_add_test(tc, cnn_steps_sgd_same_bits_for_1_2_3_threads);
     tcase_add_test(tc, chunked_conv_same_bits_for_1_2_3_threads);
     tcase_add_test(tc, winograd_conv_same_bits_for_1_2_3_threads);
+    tcase_add_test(tc, classed_conv_same_bits_for_1_2_3_threads);
     suite_add_tcase(s, tc);
     TCase *tm = tcase_create("model");
     tcase_set_timeout(tm, 120);
