@@ -6,6 +6,8 @@
 
 #include <math.h>
 
+#include "vmath.h"
+
 /* ---- kernels (restrict parameters: vectorised without runtime alias checks) --------- */
 
 static float dotf(const float *restrict a, const float *restrict b, int64_t n) {
@@ -52,19 +54,37 @@ static void softmax_bwd_strided(float *restrict gx, const float *restrict y,
 
 /* ---- forward ----------------------------------------------------------------------- */
 
+/* Sum over k of exp(x[k] - m), with e[k] = exp(x[k] - m) stored when e is given: 8 lanes
+ * (vmath.h's exp), the tail through the same lanes, summed in a fixed order. */
+static float exp_sum_row(float *restrict e, const float *restrict x, float m, int64_t d) {
+    __m256 vm = _mm256_set1_ps(m), acc = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= d; k += 8) {
+        __m256 v = ct__v8_exp(_mm256_sub_ps(_mm256_loadu_ps(x + k), vm));
+        if (e) _mm256_storeu_ps(e + k, v);
+        acc = _mm256_add_ps(acc, v);
+    }
+    if (k < d) { /* -inf fills the missing lanes: exp gives 0 */
+        __m256 v = ct__v8_exp(_mm256_sub_ps(ct__v8_load_tail(x + k, d - k, -INFINITY), vm));
+        if (e) ct__v8_store_tail(e + k, v, d - k);
+        acc = _mm256_add_ps(acc, v);
+    }
+    float a[8];
+    _mm256_storeu_ps(a, acc);
+    return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+}
+
 static void forward_rows(float *y, const float *x, int64_t rows, int64_t d, bool log) {
     CT_PAR_FOR(rows * d) /* rows are independent */
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * d;
         float *yr = y + r * d;
-        float m = ct__maxf(xr, d), s = 0;
+        float m = ct__maxf(xr, d);
         if (log) {
-            for (int64_t k = 0; k < d; k++) s += expf(xr[k] - m);
-            float ls = logf(s);
+            float ls = logf(exp_sum_row(NULL, xr, m, d));
             for (int64_t k = 0; k < d; k++) yr[k] = (xr[k] - m) - ls;
         } else {
-            for (int64_t k = 0; k < d; k++) s += yr[k] = expf(xr[k] - m);
-            float inv = 1.0f / s;
+            float inv = 1.0f / exp_sum_row(yr, xr, m, d);
             for (int64_t k = 0; k < d; k++) yr[k] *= inv;
         }
     }
