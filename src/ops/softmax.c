@@ -41,10 +41,13 @@ static void vlogsm(float *restrict y, const float *restrict x, const float *rest
     for (int64_t i = 0; i < n; i++) y[i] = (x[i] - m[i]) - ls[i];
 }
 
-/* gx += y * (g - dot) */
+/* gx += y * (g - dot), or gx = that when set */
 static void softmax_bwd_row(float *restrict gx, const float *restrict y, const float *restrict g,
-                            float dot, int64_t n) {
-    for (int64_t i = 0; i < n; i++) gx[i] += y[i] * (g[i] - dot);
+                            float dot, int64_t n, bool set) {
+    if (set)
+        for (int64_t i = 0; i < n; i++) gx[i] = y[i] * (g[i] - dot);
+    else
+        for (int64_t i = 0; i < n; i++) gx[i] += y[i] * (g[i] - dot);
 }
 
 static void softmax_bwd_strided(float *restrict gx, const float *restrict y,
@@ -171,10 +174,18 @@ void ct__softmax_rows(float *y, const float *x, int64_t rows, int64_t d) {
     forward_rows(y, x, rows, d, false);
 }
 
-void ct__softmax_rows_backward(float *gx, const float *y, const float *g, int64_t rows, int64_t d) {
+static void rows_backward(float *gx, const float *y, const float *g, int64_t rows, int64_t d, bool set) {
     CT_PAR_FOR(rows * d) /* rows are independent */
     for (int64_t r = 0; r < rows; r++)
-        softmax_bwd_row(gx + r * d, y + r * d, g + r * d, dotf(g + r * d, y + r * d, d), d);
+        softmax_bwd_row(gx + r * d, y + r * d, g + r * d, dotf(g + r * d, y + r * d, d), d, set);
+}
+
+void ct__softmax_rows_backward(float *gx, const float *y, const float *g, int64_t rows, int64_t d) {
+    rows_backward(gx, y, g, rows, d, false);
+}
+
+void ct__softmax_rows_backward_set(float *gx, const float *y, const float *g, int64_t rows, int64_t d) {
+    rows_backward(gx, y, g, rows, d, true);
 }
 
 /* ---- ops --------------------------------------------------------------------------- */

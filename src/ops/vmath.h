@@ -68,18 +68,19 @@ static inline __m256 ct__v8_erf(__m256 x) {
     return _mm256_blendv_ps(a, b, far);
 }
 
-/* The n < 8 trailing floats of p as a full vector, the missing lanes `fill`. */
+/* Lanes [0, n) set, for the masked loads and stores of a ragged tail (0 <= n <= 8). */
+static inline __m256i ct__v8_mask(int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* The n < 8 trailing floats of p as a full vector, the missing lanes `fill` (a masked
+ * load: nothing past p + n is read). */
 static inline __m256 ct__v8_load_tail(const float *p, int64_t n, float fill) {
-    float buf[8];
-    for (int i = 0; i < 8; i++) buf[i] = i < n ? p[i] : fill;
-    return _mm256_loadu_ps(buf);
+    __m256i m = ct__v8_mask(n);
+    return _mm256_blendv_ps(_mm256_set1_ps(fill), _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
 }
 
 /* Stores the first n < 8 lanes of v to p. */
-static inline void ct__v8_store_tail(float *p, __m256 v, int64_t n) {
-    float buf[8];
-    _mm256_storeu_ps(buf, v);
-    for (int64_t i = 0; i < n; i++) p[i] = buf[i];
-}
+static inline void ct__v8_store_tail(float *p, __m256 v, int64_t n) { _mm256_maskstore_ps(p, ct__v8_mask(n), v); }
 
 #endif
