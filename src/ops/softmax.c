@@ -58,17 +58,17 @@ static void softmax_bwd_strided(float *restrict gx, const float *restrict y,
 /* ---- forward ----------------------------------------------------------------------- */
 
 /* Sum over k of exp(x[k] - m), with e[k] = exp(x[k] - m) stored when e is given: 8 lanes
- * (vmath.h's exp), the tail through the same lanes, summed in a fixed order. */
+ * (vmath.h's exp of x <= 0), the tail through the same lanes, summed in a fixed order. */
 static float exp_sum_row(float *restrict e, const float *restrict x, float m, int64_t d) {
     __m256 vm = _mm256_set1_ps(m), acc = _mm256_setzero_ps();
     int64_t k = 0;
     for (; k + 8 <= d; k += 8) {
-        __m256 v = ct__v8_exp(_mm256_sub_ps(_mm256_loadu_ps(x + k), vm));
+        __m256 v = ct__v8_exp_nonpos(_mm256_sub_ps(_mm256_loadu_ps(x + k), vm));
         if (e) _mm256_storeu_ps(e + k, v);
         acc = _mm256_add_ps(acc, v);
     }
     if (k < d) { /* -inf fills the missing lanes: exp gives 0 */
-        __m256 v = ct__v8_exp(_mm256_sub_ps(ct__v8_load_tail(x + k, d - k, -INFINITY), vm));
+        __m256 v = ct__v8_exp_nonpos(_mm256_sub_ps(ct__v8_load_tail(x + k, d - k, -INFINITY), vm));
         if (e) ct__v8_store_tail(e + k, v, d - k);
         acc = _mm256_add_ps(acc, v);
     }

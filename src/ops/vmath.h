@@ -9,15 +9,17 @@
 
 #include <immintrin.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 /* exp(x); 0 below -87.3 (no subnormals), +inf above 88.7, NaN stays NaN. Cody-Waite
- * reduction x = n ln2 + r, |r| <= ln2/2, then a degree-6 polynomial for exp(r). */
-static inline __m256 ct__v8_exp(__m256 x) {
+ * reduction x = n ln2 + r, |r| <= ln2/2, then a degree-6 polynomial for exp(r). nonpos: the
+ * caller knows x <= 0 (softmax's x - max), so the overflow side is skipped. */
+static inline __m256 ct__v8_exp_impl(__m256 x, bool nonpos) {
     const __m256 hi = _mm256_set1_ps(88.7228394f), lo = _mm256_set1_ps(-87.3365479f);
-    __m256 big = _mm256_cmp_ps(x, hi, _CMP_GT_OQ), small = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    __m256 small = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
     /* min/max return their second operand when either is NaN: a NaN x stays NaN */
-    __m256 c = _mm256_max_ps(lo, _mm256_min_ps(hi, x));
+    __m256 c = _mm256_max_ps(lo, nonpos ? x : _mm256_min_ps(hi, x));
     __m256 n = _mm256_round_ps(_mm256_mul_ps(c, _mm256_set1_ps(1.44269504f)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), c);
@@ -29,15 +31,20 @@ static inline __m256 ct__v8_exp(__m256 x) {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
     p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i ni = _mm256_cvtps_epi32(n), bias = _mm256_set1_epi32(127);
+    if (nonpos) /* -126 <= n <= 0: 2^n in one step */
+        return _mm256_andnot_ps(small, _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ni, bias), 23))));
     /* 2^n built in two halves, so n = 128 (x near the top) does not overflow the exponent */
-    __m256i ni = _mm256_cvtps_epi32(n), h = _mm256_srai_epi32(ni, 1);
-    __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h, _mm256_set1_epi32(127)), 23));
-    __m256 s2 = _mm256_castsi256_ps(
-        _mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, h), _mm256_set1_epi32(127)), 23));
+    __m256i h = _mm256_srai_epi32(ni, 1);
+    __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h, bias), 23));
+    __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, h), bias), 23));
     __m256 y = _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
-    y = _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), big);
+    y = _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
     return _mm256_andnot_ps(small, y);
 }
+
+static inline __m256 ct__v8_exp(__m256 x) { return ct__v8_exp_impl(x, false); }
+static inline __m256 ct__v8_exp_nonpos(__m256 x) { return ct__v8_exp_impl(x, true); }
 
 /* erf(x), after N. Juffa's single-precision minimax erff: an odd polynomial below
  * |x| = 0.9277, 1 - exp(poly(|x|)) with the sign of x above; |x| is capped at 4, where erf
