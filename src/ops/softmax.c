@@ -57,19 +57,29 @@ static void softmax_bwd_strided(float *restrict gx, const float *restrict y,
 
 /* ---- forward ----------------------------------------------------------------------- */
 
-/* Sum over k of exp(x[k] - m), with e[k] = exp(x[k] - m) stored when e is given: 8 lanes
- * (vmath.h's exp of x <= 0), the tail through the same lanes, summed in a fixed order. */
-static float exp_sum_row(float *restrict e, const float *restrict x, float m, int64_t d) {
+/* Sum over k of exp(x[k] - m), with e[k] = exp(x[k] - m) stored when e is given (e may be
+ * x: attention's softmax is in place): 8 lanes (vmath.h's exp of x <= 0), summed in a
+ * fixed order. A ragged tail is the row's last 8 floats again (loaded before e overwrites
+ * them), with the lanes already summed masked out of the sum: a masked or stack-bounced
+ * tail stalled rows of 50 for as long as their 6 full vectors took. */
+static float exp_sum_row(float *e, const float *x, float m, int64_t d) {
     __m256 vm = _mm256_set1_ps(m), acc = _mm256_setzero_ps();
-    int64_t k = 0;
+    int64_t t = d % 8, k = 0;
+    __m256 last = !t ? acc : d >= 8 ? _mm256_loadu_ps(x + d - 8) : ct__v8_load_tail(x, d, -INFINITY);
     for (; k + 8 <= d; k += 8) {
         __m256 v = ct__v8_exp_nonpos(_mm256_sub_ps(_mm256_loadu_ps(x + k), vm));
         if (e) _mm256_storeu_ps(e + k, v);
         acc = _mm256_add_ps(acc, v);
     }
-    if (k < d) { /* -inf fills the missing lanes: exp gives 0 */
-        __m256 v = ct__v8_exp_nonpos(_mm256_sub_ps(ct__v8_load_tail(x + k, d - k, -INFINITY), vm));
-        if (e) ct__v8_store_tail(e + k, v, d - k);
+    if (t) {
+        __m256 v = ct__v8_exp_nonpos(_mm256_sub_ps(last, vm));
+        if (d >= 8) {
+            if (e) _mm256_storeu_ps(e + d - 8, v); /* the same values again in lanes < 8 - t */
+            __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            v = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32((int)(7 - t)))));
+        } else if (e) {
+            ct__v8_store_tail(e, v, d); /* -inf filled lanes d.. : exp gave 0 */
+        }
         acc = _mm256_add_ps(acc, v);
     }
     float a[8];
