@@ -7,6 +7,8 @@
 
 #include <math.h>
 
+#include "vmath.h"
+
 /* ---- relu and leaky_relu ----------------------------------------------------------- */
 
 static void relu_fwd(float *restrict y, const float *restrict x, int64_t n) {
@@ -92,27 +94,60 @@ ct_tensor *ct_leaky_relu(ct_tensor *x, float negative_slope) {
 
 /* ---- gelu (exact): x * Phi(x) ------------------------------------------------------ */
 
-static void gelu_backward(ct_node *n, const ct_tensor *gout) {
-    float *gx = ct_node_grad_in(n, 0)->data;
-    const float *x = n->saved[0]->data, *g = gout->data;
-    const float inv_sqrt_2pi = 0.3989422804014327f;
-    /* d/dx x Phi(x) = Phi(x) + x phi(x) */
-    CT_PAR_FOR(gout->numel)
-    for (int64_t i = 0; i < gout->numel; i++) {
-        float v = x[i];
-        float cdf = 0.5f * (1.0f + erff(v * (float)M_SQRT1_2));
-        float pdf = inv_sqrt_2pi * expf(-0.5f * v * v);
-        gx[i] += g[i] * (cdf + v * pdf);
+/* 8 lanes: Phi(x) = (1 + erf(x / sqrt 2)) / 2, and the pdf phi(x) when pdf is given. */
+static inline __m256 gelu_cdf8(__m256 v, __m256 *pdf) {
+    __m256 half = _mm256_set1_ps(0.5f);
+    __m256 e = ct__v8_erf(_mm256_mul_ps(v, _mm256_set1_ps((float)M_SQRT1_2)));
+    if (pdf)
+        *pdf = _mm256_mul_ps(_mm256_set1_ps(0.3989422804014327f),
+                             ct__v8_exp(_mm256_mul_ps(_mm256_mul_ps(v, v), _mm256_set1_ps(-0.5f))));
+    return _mm256_fmadd_ps(half, e, half);
+}
+
+/* 8 lanes of y = x Phi(x) */
+static inline __m256 gelu8(__m256 v) { return _mm256_mul_ps(v, gelu_cdf8(v, NULL)); }
+
+/* 8 lanes of gx (+)= g * (Phi(x) + x phi(x)), the derivative of x Phi(x) */
+static inline __m256 gelu_grad8(__m256 v, __m256 g, __m256 acc) {
+    __m256 pdf, cdf = gelu_cdf8(v, &pdf);
+    return _mm256_fmadd_ps(g, _mm256_fmadd_ps(v, pdf, cdf), acc);
+}
+
+static void gelu_fwd(float *restrict y, const float *restrict x, int64_t n) {
+    int64_t nv = n / 8;
+    CT_PAR_FOR(n)
+    for (int64_t i = 0; i < nv; i++) _mm256_storeu_ps(y + 8 * i, gelu8(_mm256_loadu_ps(x + 8 * i)));
+    if (n % 8) ct__v8_store_tail(y + 8 * nv, gelu8(ct__v8_load_tail(x + 8 * nv, n % 8, 0)), n % 8);
+}
+
+/* fresh: gx is uninitialised and is set, else accumulated into. */
+static void gelu_bwd(float *restrict gx, const float *restrict x, const float *restrict g, int64_t n,
+                     bool fresh) {
+    int64_t nv = n / 8;
+    __m256 zero = _mm256_setzero_ps();
+    CT_PAR_FOR(n)
+    for (int64_t i = 0; i < nv; i++) {
+        float *o = gx + 8 * i;
+        __m256 r = gelu_grad8(_mm256_loadu_ps(x + 8 * i), _mm256_loadu_ps(g + 8 * i),
+                              fresh ? zero : _mm256_loadu_ps(o));
+        _mm256_storeu_ps(o, r);
     }
+    if (n % 8) {
+        int64_t t = n % 8, o = 8 * nv;
+        __m256 acc = fresh ? zero : ct__v8_load_tail(gx + o, t, 0);
+        ct__v8_store_tail(gx + o, gelu_grad8(ct__v8_load_tail(x + o, t, 0), ct__v8_load_tail(g + o, t, 0), acc), t);
+    }
+}
+
+static void gelu_backward(ct_node *n, const ct_tensor *gout) {
+    bool fresh;
+    float *gx = ct_node_grad_in_fresh(n, 0, &fresh)->data;
+    gelu_bwd(gx, n->saved[0]->data, gout->data, gout->numel, fresh);
 }
 
 ct_tensor *ct_gelu(ct_tensor *x) {
     ct_tensor *out = ct_empty_like(x);
-    CT_PAR_FOR(x->numel)
-    for (int64_t i = 0; i < x->numel; i++) {
-        float v = x->data[i];
-        out->data[i] = 0.5f * v * (1.0f + erff(v * (float)M_SQRT1_2));
-    }
+    gelu_fwd(out->data, x->data, x->numel);
     ct_node *n = CT_RECORD("gelu", gelu_backward, out, x);
     if (n) ct_save(n, x);
     return out;

@@ -25,7 +25,10 @@ static void attention_backward(ct_node *nd, const ct_tensor *gout) {
     float scale = nd->f[0], keep_scale = nd->f[1];
     const float *qkv = nd->saved[0]->data, *P = nd->saved[1]->data;
     const uint64_t *mask = nd->aux;
-    float *gqkv = ct_node_grad_in(nd, 0)->data;
+    /* Each of dQ, dK, dV is written by one GEMM per head, so a fresh dqkv is set (beta 0)
+     * instead of zero-filled and accumulated into. */
+    bool fresh;
+    float *gqkv = ct_node_grad_in_fresh(nd, 0, &fresh)->data, beta = fresh ? 0.0f : 1.0f;
     size_t bytes = (size_t)(mask ? 3 : 2) * (size_t)LL * sizeof(float);
     float *dA = ct_alloc(bytes), *dS = dA + LL, *abuf = mask ? dS + LL : NULL;
     for (int64_t n = 0; n < N; n++)
@@ -39,13 +42,12 @@ static void attention_backward(ct_node *nd, const ct_tensor *gout) {
                 apply_mask(abuf, p, mask, j0, LL, keep_scale);
                 a = abuf;
             }
-            ct_gemm(true, false, L, dh, L, 1, a, L, go, E, 1, gv, 3 * E);    /* dV += A^T dO */
+            ct_gemm(true, false, L, dh, L, 1, a, L, go, E, beta, gv, 3 * E); /* dV += A^T dO */
             ct_gemm(false, true, L, L, dh, 1, go, E, v, 3 * E, 0, dA, L);    /* dA = dO V^T */
             if (mask) apply_mask(dA, dA, mask, j0, LL, keep_scale);         /* dP */
-            memset(dS, 0, (size_t)LL * sizeof(float));
-            ct__softmax_rows_backward(dS, p, dA, L, L);                      /* dS */
-            ct_gemm(false, false, L, dh, L, scale, dS, L, k, 3 * E, 1, gq, 3 * E); /* dQ */
-            ct_gemm(true, false, L, dh, L, scale, dS, L, q, 3 * E, 1, gk, 3 * E);  /* dK */
+            ct__softmax_rows_backward_set(dS, p, dA, L, L);                  /* dS */
+            ct_gemm(false, false, L, dh, L, scale, dS, L, k, 3 * E, beta, gq, 3 * E); /* dQ */
+            ct_gemm(true, false, L, dh, L, scale, dS, L, q, 3 * E, beta, gk, 3 * E);  /* dK */
         }
     ct_free(dA, bytes);
 }

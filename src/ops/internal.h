@@ -103,9 +103,10 @@ void ct__axpy(float *restrict y, const float *restrict x, float a, int64_t n);
 /* Fills mask[(numel + 63) / 64] with keep bits (1 = kept, probability 1 - p), bit i of
  * word i / 64 for element i, from rng (dropout.c; attention's dropout uses it too). */
 void ct__dropout_mask(ct_rng *rng, float p, int64_t numel, uint64_t *mask);
-/* Row-wise softmax of rows x [rows, d] into y, and its backward gx += y * (g - <g, y>)
- * (softmax.c; attention uses both). */
+/* Row-wise softmax of rows x [rows, d] into y, and its backward gx += y * (g - <g, y>), or
+ * gx = that (_set: gx need not be initialised) (softmax.c; attention uses them). */
 void ct__softmax_rows(float *y, const float *x, int64_t rows, int64_t d);
 void ct__softmax_rows_backward(float *gx, const float *y, const float *g, int64_t rows, int64_t d);
+void ct__softmax_rows_backward_set(float *gx, const float *y, const float *g, int64_t rows, int64_t d);
 
 #endif

@@ -63,8 +63,10 @@ ct_tensor *ct_bmm(ct_tensor *a, ct_tensor *b) {
 static void linear_backward(ct_node *n, const ct_tensor *gout) {
     int64_t m = n->i[0], in = n->i[1], out = n->i[2];
     const float *g = gout->data;
-    ct_tensor *gx = ct_node_grad_in(n, 0), *gw = ct_node_grad_in(n, 1), *gb = ct_node_grad_in(n, 2);
-    if (gx) ct_gemm(false, false, m, in, out, 1, g, out, n->saved[1]->data, in, 1, gx->data, in);
+    /* A fresh dX is written by the GEMM (beta 0): no zero fill, no read of zeros. */
+    bool fresh;
+    ct_tensor *gx = ct_node_grad_in_fresh(n, 0, &fresh), *gw = ct_node_grad_in(n, 1), *gb = ct_node_grad_in(n, 2);
+    if (gx) ct_gemm(false, false, m, in, out, 1, g, out, n->saved[1]->data, in, fresh ? 0 : 1, gx->data, in);
     if (gw) ct_gemm(true, false, out, in, m, 1, g, out, n->saved[0]->data, in, 1, gw->data, in);
     if (gb) {
         for (int64_t r = 0; r < m; r++)

@@ -6,6 +6,8 @@
 
 #include <math.h>
 
+#include "vmath.h"
+
 /* ---- kernels (restrict parameters: vectorised without runtime alias checks) --------- */
 
 static float dotf(const float *restrict a, const float *restrict b, int64_t n) {
@@ -39,10 +41,13 @@ static void vlogsm(float *restrict y, const float *restrict x, const float *rest
     for (int64_t i = 0; i < n; i++) y[i] = (x[i] - m[i]) - ls[i];
 }
 
-/* gx += y * (g - dot) */
+/* gx += y * (g - dot), or gx = that when set */
 static void softmax_bwd_row(float *restrict gx, const float *restrict y, const float *restrict g,
-                            float dot, int64_t n) {
-    for (int64_t i = 0; i < n; i++) gx[i] += y[i] * (g[i] - dot);
+                            float dot, int64_t n, bool set) {
+    if (set)
+        for (int64_t i = 0; i < n; i++) gx[i] = y[i] * (g[i] - dot);
+    else
+        for (int64_t i = 0; i < n; i++) gx[i] += y[i] * (g[i] - dot);
 }
 
 static void softmax_bwd_strided(float *restrict gx, const float *restrict y,
@@ -52,19 +57,47 @@ static void softmax_bwd_strided(float *restrict gx, const float *restrict y,
 
 /* ---- forward ----------------------------------------------------------------------- */
 
+/* Sum over k of exp(x[k] - m), with e[k] = exp(x[k] - m) stored when e is given (e may be
+ * x: attention's softmax is in place): 8 lanes (vmath.h's exp of x <= 0), summed in a
+ * fixed order. A ragged tail is the row's last 8 floats again (loaded before e overwrites
+ * them), with the lanes already summed masked out of the sum: a masked or stack-bounced
+ * tail stalled rows of 50 for as long as their 6 full vectors took. */
+static float exp_sum_row(float *e, const float *x, float m, int64_t d) {
+    __m256 vm = _mm256_set1_ps(m), acc = _mm256_setzero_ps();
+    int64_t t = d % 8, k = 0;
+    __m256 last = !t ? acc : d >= 8 ? _mm256_loadu_ps(x + d - 8) : ct__v8_load_tail(x, d, -INFINITY);
+    for (; k + 8 <= d; k += 8) {
+        __m256 v = ct__v8_exp_nonpos(_mm256_sub_ps(_mm256_loadu_ps(x + k), vm));
+        if (e) _mm256_storeu_ps(e + k, v);
+        acc = _mm256_add_ps(acc, v);
+    }
+    if (t) {
+        __m256 v = ct__v8_exp_nonpos(_mm256_sub_ps(last, vm));
+        if (d >= 8) {
+            if (e) _mm256_storeu_ps(e + d - 8, v); /* the same values again in lanes < 8 - t */
+            __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            v = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32((int)(7 - t)))));
+        } else if (e) {
+            ct__v8_store_tail(e, v, d); /* -inf filled lanes d.. : exp gave 0 */
+        }
+        acc = _mm256_add_ps(acc, v);
+    }
+    float a[8];
+    _mm256_storeu_ps(a, acc);
+    return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+}
+
 static void forward_rows(float *y, const float *x, int64_t rows, int64_t d, bool log) {
     CT_PAR_FOR(rows * d) /* rows are independent */
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * d;
         float *yr = y + r * d;
-        float m = ct__maxf(xr, d), s = 0;
+        float m = ct__maxf(xr, d);
         if (log) {
-            for (int64_t k = 0; k < d; k++) s += expf(xr[k] - m);
-            float ls = logf(s);
+            float ls = logf(exp_sum_row(NULL, xr, m, d));
             for (int64_t k = 0; k < d; k++) yr[k] = (xr[k] - m) - ls;
         } else {
-            for (int64_t k = 0; k < d; k++) s += yr[k] = expf(xr[k] - m);
-            float inv = 1.0f / s;
+            float inv = 1.0f / exp_sum_row(yr, xr, m, d);
             for (int64_t k = 0; k < d; k++) yr[k] *= inv;
         }
     }
@@ -151,10 +184,18 @@ void ct__softmax_rows(float *y, const float *x, int64_t rows, int64_t d) {
     forward_rows(y, x, rows, d, false);
 }
 
-void ct__softmax_rows_backward(float *gx, const float *y, const float *g, int64_t rows, int64_t d) {
+static void rows_backward(float *gx, const float *y, const float *g, int64_t rows, int64_t d, bool set) {
     CT_PAR_FOR(rows * d) /* rows are independent */
     for (int64_t r = 0; r < rows; r++)
-        softmax_bwd_row(gx + r * d, y + r * d, g + r * d, dotf(g + r * d, y + r * d, d), d);
+        softmax_bwd_row(gx + r * d, y + r * d, g + r * d, dotf(g + r * d, y + r * d, d), d, set);
+}
+
+void ct__softmax_rows_backward(float *gx, const float *y, const float *g, int64_t rows, int64_t d) {
+    rows_backward(gx, y, g, rows, d, false);
+}
+
+void ct__softmax_rows_backward_set(float *gx, const float *y, const float *g, int64_t rows, int64_t d) {
+    rows_backward(gx, y, g, rows, d, true);
 }
 
 /* ---- ops --------------------------------------------------------------------------- */

@@ -9,13 +9,23 @@
 
 /* Every parameter, every buffer and every loss of `steps` training steps of the CNN
  * (conv, BatchNorm, ReLU, max-pool, dropout, linear, cross-entropy, AdamW or SGD with
- * momentum) on a fixed batch, run with `threads` threads; *n gets the count (free it). */
-static float *train_cnn(int threads, bool adamw, int64_t *n) {
+ * momentum) or of vit_tiny (attention, LayerNorm, GELU; AdamW; then the logits of an
+ * inference forward, which runs the blocks in chunks) on a fixed batch, run with `threads`
+ * threads; *n gets the count (free it). */
+static float *train_model(int threads, bool adamw, bool vit, int64_t *n) {
     ct_set_threads(threads);
     ck_assert_int_eq(ct_get_threads(), threads);
     ct_rng r;
     ct_rng_seed(&r, 7);
-    ct_module *m = ct_nn_cnn(1, 28, 10, 0.25f, &r);
+    ct_module *m = NULL;
+    if (vit) {
+        ct_vit_config c = {0};
+        ck_assert(ct_vit_preset("vit_tiny", &c) == CT_OK);
+        c.in_channels = 1, c.num_classes = 10;
+        ck_assert_msg(ct_nn_vit(&c, &r, &m) == CT_OK, "%s", ct_last_error());
+    } else {
+        m = ct_nn_cnn(1, 28, 10, 0.25f, &r);
+    }
     ct_module_pack(m);
     ct_named p = ct_module_params(m, true), b = ct_module_buffers(m);
     ct_optim *o = ct_optim_new(adamw ? ct_adamw_config(1e-3, 1e-2) : ct_sgd_config(0.05, 0.9, 1e-4, true));
@@ -27,7 +37,7 @@ static float *train_cnn(int threads, bool adamw, int64_t *n) {
     const int B = ct_test_small() ? 12 : BMAX, STEPS = ct_test_small() ? 2 : 3;
     int64_t y[BMAX];
     for (int i = 0; i < B; i++) y[i] = (int64_t)ct_rng_below(&r, 10);
-    *n = STEPS + ct_named_numel(&p) + ct_named_numel(&b);
+    *n = STEPS + ct_named_numel(&p) + ct_named_numel(&b) + (vit ? B * 10 : 0);
     float *out = malloc((size_t)*n * sizeof(float)), *dst = out;
     CT_SCOPE {
         ct_tensor *x = ct_test_rand(CT_SHAPE(B, 1, 28, 28), -1, 1, 11);
@@ -40,6 +50,12 @@ static float *train_cnn(int threads, bool adamw, int64_t *n) {
                 *dst++ = loss->data[0];
             }
         }
+        if (vit)
+            CT_EVALUATE(m) {
+                ct_tensor *logits = ct_module_forward(m, x);
+                memcpy(dst, logits->data, (size_t)logits->numel * sizeof(float));
+                dst += logits->numel;
+            }
     }
     for (int i = 0; i < p.n; i++, dst += p.tensors[i - 1]->numel)
         memcpy(dst, p.tensors[i]->data, (size_t)p.tensors[i]->numel * sizeof(float));
@@ -60,12 +76,12 @@ static void expect_same_bits(const float *a, const float *b, int64_t n, int thre
                       threads);
 }
 
-static void cnn_case(bool adamw) {
+static void model_case(bool adamw, bool vit) {
     int saved = ct_get_threads();
     int64_t n1, n;
-    float *one = train_cnn(1, adamw, &n1);
+    float *one = train_model(1, adamw, vit, &n1);
     for (int t = 2; t <= 3; t++) {
-        float *many = train_cnn(t, adamw, &n);
+        float *many = train_model(t, adamw, vit, &n);
         ck_assert_int_eq(n, n1);
         expect_same_bits(one, many, n, t);
         free(many);
@@ -74,10 +90,13 @@ static void cnn_case(bool adamw) {
     ct_set_threads(saved);
 }
 
-START_TEST(cnn_steps_adamw_same_bits_for_1_2_3_threads) { cnn_case(true); }
+START_TEST(cnn_steps_adamw_same_bits_for_1_2_3_threads) { model_case(true, false); }
 END_TEST
 
-START_TEST(cnn_steps_sgd_same_bits_for_1_2_3_threads) { cnn_case(false); }
+START_TEST(cnn_steps_sgd_same_bits_for_1_2_3_threads) { model_case(false, false); }
+END_TEST
+
+START_TEST(vit_steps_and_eval_same_bits_for_1_2_3_threads) { model_case(true, true); }
 END_TEST
 
 /* One conv's output and every gradient with `threads` threads: x [n, c, hw[0], hw[1]],
@@ -214,6 +233,7 @@ int main(void) {
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, cnn_steps_adamw_same_bits_for_1_2_3_threads);
     tcase_add_test(tc, cnn_steps_sgd_same_bits_for_1_2_3_threads);
+    tcase_add_test(tc, vit_steps_and_eval_same_bits_for_1_2_3_threads);
     tcase_add_test(tc, chunked_conv_same_bits_for_1_2_3_threads);
     tcase_add_test(tc, winograd_conv_same_bits_for_1_2_3_threads);
     tcase_add_test(tc, classed_conv_same_bits_for_1_2_3_threads);

@@ -237,6 +237,35 @@ START_TEST(training_step_frees_everything) {
 }
 END_TEST
 
+/* An inference forward (eval mode, no autograd) runs each encoder block over chunks of
+ * 512 tokens (30 samples of 17 here, so 65 samples make chunks of 30, 30 and 5): the
+ * logits match the whole-batch forward that grad mode runs, and a sample alone. */
+START_TEST(inference_forward_in_chunks_matches_whole_batch) {
+    ct_module *m = vit(16, 4, 2, 2, 16, 32, 1, 5, 0, 11);
+    ct_tensor *hw = ct_module_find(m, "heads.head.weight"); /* zero at init: logits would be too */
+    for (int64_t i = 0; i < hw->numel; i++) hw->data[i] = (float)((i % 7) - 3) * 0.1f;
+    ct_module_train(m, false);
+    CT_SCOPE {
+        ct_tensor *x = ct_test_rand(CT_SHAPE(65, 1, 16, 16), -1, 1, 12);
+        int64_t g0 = ct_stats_get().gemm_calls;
+        ct_tensor *whole = ct_module_forward(m, x), *chunked = NULL, *last = NULL;
+        int64_t g1 = ct_stats_get().gemm_calls;
+        ck_assert(whole->requires_grad); /* a graph: the blocks saw the whole batch */
+        CT_NO_GRAD {
+            chunked = ct_module_forward(m, x);
+            /* 3 chunks: each block's 4 linears run 3 times (attention's per-head GEMMs and
+             * the rest are the same in number) */
+            ck_assert_int_eq(ct_stats_get().gemm_calls - g1, g1 - g0 + 2 * 2 * 4);
+            last = ct_module_forward(m, ct_narrow(x, 0, 64, 1));
+        }
+        ck_assert_int_eq(chunked->numel, 65 * 5);
+        for (int64_t i = 0; i < chunked->numel; i++) ck_assert_close(chunked->data[i], whole->data[i], 1e-5);
+        for (int64_t j = 0; j < 5; j++) ck_assert_close(chunked->data[64 * 5 + j], last->data[j], 1e-5);
+    }
+    ct_module_free(m);
+}
+END_TEST
+
 START_TEST(wrong_input_shape_aborts) {
     ct_test_expect_abort("VisionTransformer: [2, 9, 16] patch tokens do not fit pos_embedding [1, 17, 16]");
     ct_module *m = vit(16, 4, 1, 2, 16, 32, 1, 5, 0, 10);
@@ -255,6 +284,7 @@ int main(void) {
     tcase_add_test(tc, frozen_prefix_is_the_class_token_feature);
     tcase_add_test(tc, dropout_ends_the_prefix_in_train_mode);
     tcase_add_test(tc, training_step_frees_everything);
+    tcase_add_test(tc, inference_forward_in_chunks_matches_whole_batch);
     tcase_add_test_raise_signal(tc, wrong_input_shape_aborts, SIGABRT);
     suite_add_tcase(s, tc);
     return ct_test_run(s);
