@@ -576,12 +576,40 @@ static bool cls_parallel(const conv_geom *g, gemm_fn *gemm) {
     return gemm == ct_gemm && g->ncls > 1;
 }
 
+/* Output channels [r0, r0 + m) of a chunk's class GEMMs, in class, group and tap-block order,
+ * the same for the forward and for dW so that both split their rows alike:
+ *   forward (!dw): c = out_q += a[rows, taps] @ col_q, with a = wt, from zero for a class's
+ *                  first block unless onto (the bias is already there);
+ *   dW (dw):       c = dwt[rows, taps] += a_q @ col_q^T, with a = the upstream gradient.
+ * a_q / out_q: the class's part of the chunk's per-class buffer (cls_buf). */
+static void row_block_gemms(const conv_geom *g, bool dw, int64_t nb, int64_t o, int64_t r0,
+                            int64_t m, gemm_fn *gm, const float *a, const float *cols, float *c,
+                            bool onto) {
+    int64_t og = o / g->groups, wr = geom_wrow(g);
+    for (int q = 0; q < g->ncls; q++) {
+        const conv_cls *z = &g->cls[q];
+        int64_t k = z->k, ld = nb * z->pix;
+        const float *cq = cols + cls_col(g, z, nb);
+        for (int64_t gi = 0; gi < g->groups; gi++)
+            for (int64_t bl = 0; bl < cls_blocks(g, z); bl++) {
+                int64_t woff, roff, kb;
+                cls_block(g, z, bl, &woff, &roff, &kb);
+                int64_t w_at = (gi * og + r0) * wr + woff, b_at = cls_buf(z, o, nb) + (gi * og + r0) * ld;
+                const float *col = cq + (gi * k + roff) * ld;
+                if (dw)
+                    gm(false, true, m, kb, ld, 1, a + b_at, ld, col, ld, 1, c + w_at, wr);
+                else
+                    gm(false, false, m, ld, kb, 1, a + w_at, wr, col, ld, onto || bl ? 1 : 0, c + b_at, ld);
+            }
+    }
+}
+
 /* The forward of chunk ci (samples [ci*sc->nb, ...)) into y: per class and group,
  * out = W (the class's taps of wt) @ col, then to NCHW. */
 static void forward_chunk(const conv_geom *g, int64_t ci, int64_t batch, int64_t o,
                           const float *x, const float *wt, const float *bias,
                           const col_scratch *sc, gemm_fn *gemm, float *y) {
-    int64_t og = o / g->groups, npix = geom_pix(g), in_sz = g->c * g->h * g->w, wr = geom_wrow(g);
+    int64_t og = o / g->groups, npix = geom_pix(g), in_sz = g->c * g->h * g->w;
     int64_t i0 = ci * sc->nb, nb = batch - i0 < sc->nb ? batch - i0 : sc->nb;
     float *out = sc->buf ? sc->buf : y + i0 * o * npix;
     const float *cols = chunk_cols(g, x + i0 * in_sz, nb, sc);
@@ -598,19 +626,7 @@ static void forward_chunk(const conv_geom *g, int64_t ci, int64_t batch, int64_t
 #pragma omp parallel for schedule(static) if (par && nrb > 1)
     for (int64_t rb = 0; rb < nrb; rb++) {
         int64_t r0 = rb * bs, m = og - r0 < bs ? og - r0 : bs;
-        for (int q = 0; q < g->ncls; q++) {
-            const conv_cls *z = &g->cls[q];
-            int64_t k = z->k, ld = nb * z->pix;
-            float *oq = out + cls_buf(z, o, nb);
-            for (int64_t gi = 0; gi < g->groups; gi++)
-                for (int64_t bl = 0; bl < cls_blocks(g, z); bl++) {
-                    int64_t woff, roff, kb;
-                    cls_block(g, z, bl, &woff, &roff, &kb);
-                    gm(false, false, m, ld, kb, 1, wt + (gi * og + r0) * wr + woff, wr,
-                       cols + cls_col(g, z, nb) + (gi * k + roff) * ld, ld, bias || bl ? 1 : 0,
-                       oq + (gi * og + r0) * ld, ld);
-                }
-        }
+        row_block_gemms(g, false, nb, o, r0, m, gm, wt, cols, out, bias != NULL);
     }
     if (sc->buf) chunk_move(g, nb, o, sc->buf, y + i0 * o * npix, false);
 }
@@ -635,18 +651,7 @@ static void backward_chunk(const conv_geom *g, int64_t ci, int64_t batch, int64_
 #pragma omp parallel for schedule(static) if (par && nrb > 1)
         for (int64_t rb = 0; rb < nrb; rb++) {
             int64_t r0 = rb * bs, m = og - r0 < bs ? og - r0 : bs;
-            for (int q = 0; q < g->ncls; q++) {
-                const conv_cls *z = &g->cls[q];
-                int64_t k = z->k, ld = nb * z->pix;
-                const float *gq = go + cls_buf(z, o, nb), *cq = cols + cls_col(g, z, nb);
-                for (int64_t gi = 0; gi < g->groups; gi++)
-                    for (int64_t bl = 0; bl < cls_blocks(g, z); bl++) {
-                        int64_t woff, roff, kb;
-                        cls_block(g, z, bl, &woff, &roff, &kb);
-                        gm(false, true, m, kb, ld, 1, gq + (gi * og + r0) * ld, ld,
-                           cq + (gi * k + roff) * ld, ld, 1, dwt + (gi * og + r0) * wr + woff, wr);
-                    }
-            }
+            row_block_gemms(g, true, nb, o, r0, m, gm, go, cols, dwt, true);
         }
     }
     if (gx) {
