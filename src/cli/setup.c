@@ -135,9 +135,6 @@ static ct_status load_split(ct_run *r, ct_split split, ct_dataset *ds) {
     const ct_config *c = &r->cfg;
     ct_status st;
     bool images = c->data.format == CT_CFG_FORMAT_FOLDER || c->data.format == CT_CFG_FORMAT_LIST;
-    if (!images && (*c->data.train_transforms || *c->data.test_transforms))
-        return ct_error(CT_ERR_CONFIG, "%s: data.train_transforms and data.test_transforms need "
-                        "data.format = folder or list", r->cfg_path);
     if (c->data.format == CT_CFG_FORMAT_IDX) {
         st = ct_dataset_from_idx(ds, c->data.dir, split);
     } else if (c->data.format == CT_CFG_FORMAT_FOLDER || c->data.format == CT_CFG_FORMAT_LIST) {
@@ -167,6 +164,17 @@ static ct_status load_split(ct_run *r, ct_split split, ct_dataset *ds) {
     if (k < nc) st = ct_dataset_keep_classes(ds, list, k, true);
     if (st == CT_OK && split == CT_SPLIT_TRAIN && c->data.per_class > 0)
         st = ct_dataset_few_shot(ds, c->data.per_class);
+    /* In-memory images (IDX, NPY) take the deterministic transforms once, after the
+     * selection above (folder and list data sets apply theirs as the loader decodes). */
+    const char *spec = split == CT_SPLIT_TRAIN ? c->data.train_transforms : c->data.test_transforms;
+    if (st == CT_OK && !images && *spec) {
+        ct_transforms tf;
+        st = ct_transforms_parse(spec, &tf);
+        if (st == CT_OK) st = ct_dataset_transform_pixels(ds, &tf);
+        if (st != CT_OK)
+            st = ct_error(CT_ERR_CONFIG, "%s: data.%s_transforms = %s: %s", r->cfg_path,
+                          split == CT_SPLIT_TRAIN ? "train" : "test", spec, ct_last_error());
+    }
     return st;
 }
 

@@ -175,6 +175,13 @@ ct_status ct_dataset_keep_classes(ct_dataset *ds, const int64_t *classes, int k,
 /* Keeps the first k samples of each class (all of them if a class has fewer), in order.
  * CT_ERR_ARG if k < 1. */
 ct_status ct_dataset_few_shot(ct_dataset *ds, int64_t k);
+/* Applies the deterministic transforms t (resize, center_crop) to every sample of a uint8
+ * data set in memory ([C, H, W] with C = 1 or 3, or [H, W]), once, in place: the samples
+ * take the output shape, with the pixels a folder data set would give. So IDX and NPY
+ * images take data.*_transforms too (Fashion-MNIST resized for a backbone's stem). CT_ERR_ARG
+ * for a random transform (the loader's augmentation does crops and flips of in-memory
+ * images), float32 features or image files. */
+ct_status ct_dataset_transform_pixels(ct_dataset *ds, const ct_transforms *t);
 /* Frees x, x8 or files and y and zeroes *ds. */
 void ct_dataset_free(ct_dataset *ds);
 

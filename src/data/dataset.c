@@ -316,6 +316,40 @@ ct_status ct_dataset_few_shot(ct_dataset *ds, int64_t k) {
     return CT_OK;
 }
 
+ct_status ct_dataset_transform_pixels(ct_dataset *ds, const ct_transforms *t) {
+    for (int k = 0; k < t->n; k++)
+        if (t->t[k].kind != CT_TF_RESIZE && t->t[k].kind != CT_TF_CENTER_CROP)
+            return ct_error(CT_ERR_ARG, "random transforms need image files (data.format = folder or "
+                            "list); in-memory images take data.augment");
+    int nd = ds->sample_ndim;
+    int64_t C = nd == 3 ? ds->sample_shape[0] : 1;
+    if (!ds->x8 || !(nd == 2 || (nd == 3 && (C == 1 || C == 3))))
+        return ct_error(CT_ERR_ARG, "transforms need uint8 images of [C, H, W] (C = 1 or 3) or [H, W], "
+                        "not %s samples of %d dims", ds->x8 ? "uint8" : ds->files ? "file" : "float32", nd);
+    if (!t->n || !ds->n) return CT_OK;
+    int64_t H = ds->sample_shape[nd - 2], W = ds->sample_shape[nd - 1], oh, ow;
+    ct_transforms_out_size(t, H, W, &oh, &ow);
+    int64_t in = ds->sample_numel, out = C * oh * ow;
+    uint8_t *dst = ct_malloc((size_t)(ds->n * out));
+    for (int64_t i = 0; i < ds->n; i++) {
+        const uint8_t *src = ds->x8 + i * in;
+        ct_image im = (ct_image){.h = H, .w = W, .c = (int)C, .px = ct_malloc((size_t)in)};
+        for (int64_t c = 0; c < C; c++) /* CHW -> HWC */
+            for (int64_t p = 0; p < H * W; p++) im.px[p * C + c] = src[c * H * W + p];
+        ct_transforms_apply(t, &im, NULL); /* deterministic: draws nothing */
+        uint8_t *d = dst + i * out;
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t p = 0; p < oh * ow; p++) d[c * oh * ow + p] = im.px[p * C + c];
+        ct_image_free(&im);
+    }
+    free(ds->x8);
+    ds->x8 = dst;
+    ds->sample_shape[nd - 2] = oh;
+    ds->sample_shape[nd - 1] = ow;
+    ds->sample_numel = out;
+    return CT_OK;
+}
+
 void ct_dataset_free(ct_dataset *ds) {
     ct__image_files_free(ds->files, ds->n);
     free(ds->x);

@@ -193,4 +193,29 @@ if command -v script >/dev/null; then
     check "TTY: the bar ends full" grep -q 'epoch 1 \[==============================\] 15/15' "$T/tty.log"
 fi
 
+
+# ---- transforms on in-memory images (IDX) ---------------------------------------------------
+# resize:32 on both splits: the CNN is built for the resized [1, 32, 32] samples; a random
+# transform, or resizing one split only, is a configuration error naming the key.
+TF=(data.per_class=20 train.epochs=1 train.log_every=0 model.name=cnn)
+run tfresize 0 train "$CFG" "${TF[@]}" data.train_transforms=resize:32 data.test_transforms=resize:32 \
+    output.dir="$T/tf"
+ran_ok "IDX images with data.*_transforms = resize:32" tfresize
+# the CNN's first linear layer is 64 x 8 x 8 -> 128 on 32 px (421,834 parameters on 28 px)
+check "resize:32: the CNN is built for 32 px (544714 parameters)" grep -q "544714 parameters" "$T/tfresize.err"
+expect_eq "resize:32: one eval line" 1 "$(eval_lines tfresize | wc -l)"
+run tfrandom 0 train "$CFG" "${TF[@]}" data.train_transforms=random_horizontal_flip output.dir="$T/tf2"
+if [ "$rc" -eq 78 ] && contains "$T/tfrandom.err" "data.train_transforms = random_horizontal_flip" &&
+   contains "$T/tfrandom.err" "data.augment"; then
+    pass "a random transform on IDX images exits 78 naming the key and data.augment"
+else
+    fail "random transform on IDX: status $rc"; show "$T/tfrandom.err"
+fi
+run tfone 0 train "$CFG" "${TF[@]}" data.train_transforms=resize:32 output.dir="$T/tf3"
+if [ "$rc" -ne 0 ] && contains "$T/tfone.err" "[1, 32, 32] but test samples [1, 28, 28]"; then
+    pass "resizing the training split only exits $rc naming both shapes"
+else
+    fail "one split resized: status $rc"; show "$T/tfone.err"
+fi
+
 finish

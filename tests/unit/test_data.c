@@ -751,6 +751,55 @@ START_TEST(dataset_pixels_filters) {
 }
 END_TEST
 
+/* In-memory images take resize and center_crop once, with the pixels ct_image_resize gives
+ * an image of the same bytes (what a folder data set's loader decodes); random transforms,
+ * float features and bad shapes are refused, leaving the data set as it was. */
+START_TEST(dataset_transform_pixels) {
+    int64_t n = 3, C = 3, H = 5, W = 7, y[3] = {0, 1, 2};
+    uint8_t *px = malloc((size_t)(n * C * H * W));
+    for (int64_t k = 0; k < n * C * H * W; k++) px[k] = (uint8_t)((k * 37 + 11) % 251);
+    ct_dataset d;
+    ck_assert_int_eq(ct_dataset_from_pixels(&d, n, 3, (int64_t[]){C, H, W}, px, y), CT_OK);
+    ct_transforms tf;
+    ck_assert_int_eq(ct_transforms_parse("random_horizontal_flip", &tf), CT_OK);
+    ck_assert_int_eq(ct_dataset_transform_pixels(&d, &tf), CT_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(ct_last_error(), "data.augment"));
+    ck_assert_int_eq(d.sample_shape[1], H);
+    ck_assert_int_eq(ct_transforms_parse("resize:10,center_crop:9", &tf), CT_OK);
+    ck_assert_int_eq(ct_dataset_transform_pixels(&d, &tf), CT_OK);
+    /* the shorter side (5) becomes 10, the longer int(10 * 7 / 5) = 14; then the centre 9x9 */
+    ck_assert_int_eq(d.sample_ndim, 3);
+    ck_assert_int_eq(d.sample_shape[0], C);
+    ck_assert_int_eq(d.sample_shape[1], 9);
+    ck_assert_int_eq(d.sample_shape[2], 9);
+    ck_assert_int_eq(d.sample_numel, C * 81);
+    for (int64_t i = 0; i < n; i++) {
+        ct_image im = {.h = H, .w = W, .c = (int)C, .px = malloc((size_t)(C * H * W))};
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t p = 0; p < H * W; p++) im.px[p * C + c] = px[(i * C + c) * H * W + p];
+        ct_transforms_apply(&tf, &im, NULL);
+        ck_assert_int_eq(im.h, 9);
+        ck_assert_int_eq(im.w, 9);
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t p = 0; p < 81; p++)
+                ck_assert_uint_eq(d.x8[(i * C + c) * 81 + p], im.px[p * C + c]);
+        ct_image_free(&im);
+    }
+    ct_dataset_free(&d);
+
+    float xf[2 * 4] = {0};
+    ck_assert_int_eq(ct_dataset_from_data(&d, 2, 2, (int64_t[]){2, 2}, xf, y), CT_OK);
+    ck_assert_int_eq(ct_dataset_transform_pixels(&d, &tf), CT_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(ct_last_error(), "float32"));
+    ct_dataset_free(&d);
+    ck_assert_int_eq(ct_dataset_from_pixels(&d, 1, 3, (int64_t[]){2, 4, 4}, px, y), CT_OK);
+    ck_assert_int_eq(ct_dataset_transform_pixels(&d, &tf), CT_ERR_ARG); /* 2 channels */
+    ck_assert_int_eq(d.sample_numel, 32);
+    ct_dataset_free(&d);
+    free(px);
+}
+END_TEST
+
 /* The loader's uint8 path gives bit for bit the batches of the float data set holding the
  * same pixels / 255, with and without normalisation and augmentation (crop padding is the
  * feature 0, the same as pixel 0). Real Fashion-MNIST images, so every pixel value and
@@ -1246,6 +1295,7 @@ int main(void) {
     tcase_add_test(mem, dataset_keep_classes);
     tcase_add_test(mem, dataset_few_shot);
     tcase_add_test(mem, dataset_pixels_filters);
+    tcase_add_test(mem, dataset_transform_pixels);
     tcase_add_test_raise_signal(mem, dataset_sample_out_of_range_aborts, SIGABRT);
     tcase_add_test(mem, loader_covers_indices);
     tcase_add_test(mem, loader_normalises);
