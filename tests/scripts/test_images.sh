@@ -123,8 +123,7 @@ fails channel-mean-count 0 "data.channel_mean" "3 comma-separated" -- train "$CF
     data.channel_mean=0.5 output.dir="$T/e_cm"
 fails bad-transform 0 "data.train_transforms" "blur:3" -- train "$CFG" "${RUN[@]}" "${TF[@]}" \
     data.train_transforms=blur:3 output.dir="$T/e_tf"
-fails transforms-on-idx 0 "data.format = folder or list" -- train "$CFG" "${RUN[@]}" data.dir="$D/idx" \
-    data.train_transforms=resize:32 output.dir="$T/e_tfidx"
+# Transforms on IDX/NPY images (applied once at load) are tested in test_cli.sh.
 
 # ---- bad data --------------------------------------------------------------------------------
 cp -r "$D" "$T/bad"
