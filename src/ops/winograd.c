@@ -27,10 +27,15 @@
 
 #include <string.h>
 
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
 /* Tiles a chunk aims for: the GEMMs' N. 14x14 planes (49 tiles) go 4 samples a chunk. */
 #define CHUNK_TILES 200
 /* Widest plane handled (one padded row buffer per tile row lives on the stack). */
 #define MAX_W 512
+/* Widest plane of the lane variant (below), and its padded side. */
+#define SMALL_W 8
+#define SMALL_P (SMALL_W + 2)
 
 typedef struct {
     int64_t cin, cout, h, w; /* channels in and out; planes h x w (input = output size) */
@@ -47,15 +52,20 @@ static wino_geom geom(int64_t batch, int64_t cin, int64_t cout, int64_t h, int64
 }
 
 bool ct__wino_applies(int64_t c, int64_t o, int64_t h, int64_t w) {
-    return c >= 16 && o >= 16 && h >= 10 && w >= 10 && w <= MAX_W;
+    bool small = h >= 2 && w >= 2 && h <= SMALL_W && w <= SMALL_W;
+    return c >= 16 && o >= 16 && (small || (h >= 10 && w >= 10 && w <= MAX_W));
 }
 
 /* U[xi][co][ci] = (G g G^T)[xi] for g = w[co, ci] (flip: g = w[ci, co] rotated 180 degrees,
  * w then [cin, cout, 3, 3]). */
-static void weight_transform(const float *w, int64_t cout, int64_t cin, bool flip, float *u) {
+static void weight_transform(const float *w, int64_t cout, int64_t cin, bool flip, bool lanes,
+                             float *u) {
+    /* the loop over the layout's inner index runs innermost, so u is written in order */
+    int64_t outer = lanes ? cin : cout, inner = lanes ? cout : cin;
     CT_PAR_FOR(cout * cin * 16)
-    for (int64_t co = 0; co < cout; co++)
-        for (int64_t ci = 0; ci < cin; ci++) {
+    for (int64_t a = 0; a < outer; a++)
+        for (int64_t b = 0; b < inner; b++) {
+            int64_t co = lanes ? b : a, ci = lanes ? a : b;
             const float *s = flip ? w + (ci * cout + co) * 9 : w + (co * cin + ci) * 9;
             float k[3][3], t[4][3];
             for (int i = 0; i < 3; i++)
@@ -69,7 +79,7 @@ static void weight_transform(const float *w, int64_t cout, int64_t cin, bool fli
             for (int i = 0; i < 4; i++) {
                 float r[4] = {t[i][0], 0.5f * (t[i][0] + t[i][1] + t[i][2]),
                               0.5f * (t[i][0] - t[i][1] + t[i][2]), t[i][2]};
-                for (int j = 0; j < 4; j++) u[((i * 4 + j) * cout + co) * cin + ci] = r[j];
+                for (int j = 0; j < 4; j++) u[((i * 4 + j) * outer + a) * inner + b] = r[j];
             }
         }
 }
@@ -152,16 +162,136 @@ static void output_transform(const wino_geom *g, const float *m, int64_t nb, con
         }
 }
 
+/* ---- small planes (8x8 and less): channels in vector lanes ------------------------------
+ * On a 4x4 plane a row is 4 floats, so the row-wise transforms above run mostly scalar
+ * and cost more than the GEMMs save. Here 16 channels of one sample go through the
+ * transforms together, one channel per vector lane, and the GEMMs take the transposed
+ * layout, tiles as rows and channels contiguous:
+ *   MT[xi] (T x cout) = VT[xi] (T x cin) @ UT[xi] (cin x cout),
+ * so a tile's 16 transformed values of 16 channels are 16 whole-vector stores. A plane
+ * (with its zero border) is first copied into lanes: p[row][col][lane]. */
+#define LANES 16
+#define SMALL_CHUNK_FLOATS 8192         /* a chunk's VT[xi] or MT[xi]: tiles x channels, */
+#define SMALL_MIN_T 64                  /* within these tiles (the GEMMs' M) */
+#define SMALL_MAX_T 128
+
+ALWAYS_INLINE void lane_input(const wino_geom *g, const float *x, int64_t nb, float *vt) {
+    int64_t T = nb * g->tiles, cin = g->cin, h = g->h, w = g->w, pw = 2 * g->tw + 2;
+    float p[SMALL_P * SMALL_P][LANES];
+    memset(p, 0, sizeof p); /* the border stays zero: only the interior is written below */
+    for (int64_t j = 0; j < nb; j++)
+        for (int64_t c0 = 0; c0 < cin; c0 += LANES) {
+            int64_t nl = cin - c0 < LANES ? cin - c0 : LANES;
+            const float *src = x + (j * cin + c0) * h * w;
+            for (int64_t l = 0; l < nl; l++)
+                for (int64_t iy = 0; iy < h; iy++)
+                    for (int64_t ix = 0; ix < w; ix++) p[(iy + 1) * pw + ix + 1][l] = src[(l * h + iy) * w + ix];
+            for (int64_t ty = 0; ty < g->th; ty++)
+                for (int64_t tx = 0; tx < g->tw; tx++) {
+                    float t[4][4][LANES]; /* B^T d: rows */
+                    for (int b = 0; b < 4; b++) {
+                        const float *d0 = p[(2 * ty) * pw + 2 * tx + b], *d1 = d0 + pw * LANES,
+                                    *d2 = d1 + pw * LANES, *d3 = d2 + pw * LANES;
+                        for (int l = 0; l < LANES; l++) {
+                            t[0][b][l] = d0[l] - d2[l];
+                            t[1][b][l] = d1[l] + d2[l];
+                            t[2][b][l] = d2[l] - d1[l];
+                            t[3][b][l] = d1[l] - d3[l];
+                        }
+                    }
+                    float *dst = vt + (j * g->tiles + ty * g->tw + tx) * cin + c0;
+                    for (int a = 0; a < 4; a++) { /* (B^T d) B: columns, then to VT[a*4 + b] */
+                        float v[4][LANES];
+                        for (int l = 0; l < LANES; l++) {
+                            v[0][l] = t[a][0][l] - t[a][2][l];
+                            v[1][l] = t[a][1][l] + t[a][2][l];
+                            v[2][l] = t[a][2][l] - t[a][1][l];
+                            v[3][l] = t[a][1][l] - t[a][3][l];
+                        }
+                        for (int b = 0; b < 4; b++)
+                            for (int64_t l = 0; l < nl; l++) dst[(a * 4 + b) * T * cin + l] = v[b][l];
+                    }
+                }
+        }
+}
+
+ALWAYS_INLINE void lane_output(const wino_geom *g, const float *mt, int64_t nb, const float *bias,
+                               float *y, bool acc) {
+    int64_t T = nb * g->tiles, cout = g->cout, h = g->h, w = g->w, pw = 2 * g->tw;
+    float q[SMALL_W * SMALL_W + 2 * SMALL_W + 1][LANES]; /* the tiles' pixels, rows pw apart */
+    for (int64_t j = 0; j < nb; j++)
+        for (int64_t o0 = 0; o0 < cout; o0 += LANES) {
+            int64_t nl = cout - o0 < LANES ? cout - o0 : LANES;
+            for (int64_t ty = 0; ty < g->th; ty++)
+                for (int64_t tx = 0; tx < g->tw; tx++) {
+                    const float *m = mt + (j * g->tiles + ty * g->tw + tx) * cout + o0;
+                    float r[2][4][LANES]; /* A^T M: rows */
+                    for (int b = 0; b < 4; b++) {
+                        const float *m0 = m + b * T * cout, *m1 = m0 + 4 * T * cout,
+                                    *m2 = m1 + 4 * T * cout, *m3 = m2 + 4 * T * cout;
+                        float a0[LANES], a1[LANES], a2[LANES], a3[LANES];
+                        for (int l = 0; l < LANES; l++) /* lanes past nl: not used */
+                            a0[l] = l < nl ? m0[l] : 0, a1[l] = l < nl ? m1[l] : 0,
+                            a2[l] = l < nl ? m2[l] : 0, a3[l] = l < nl ? m3[l] : 0;
+                        for (int l = 0; l < LANES; l++) {
+                            r[0][b][l] = a0[l] + a1[l] + a2[l];
+                            r[1][b][l] = a1[l] - a2[l] - a3[l];
+                        }
+                    }
+                    for (int i = 0; i < 2; i++) { /* (A^T M) A: columns */
+                        float *d = q[(2 * ty + i) * pw + 2 * tx];
+                        for (int l = 0; l < LANES; l++) {
+                            d[l] = r[i][0][l] + r[i][1][l] + r[i][2][l];
+                            d[LANES + l] = r[i][1][l] - r[i][2][l] - r[i][3][l];
+                        }
+                    }
+                }
+            float *dst = y + (j * cout + o0) * h * w;
+            for (int64_t l = 0; l < nl; l++) {
+                float b = bias ? bias[o0 + l] : 0;
+                for (int64_t iy = 0; iy < h; iy++)
+                    for (int64_t ix = 0; ix < w; ix++) {
+                        float v = q[iy * pw + ix][l] + b;
+                        float *o = dst + (l * h + iy) * w + ix;
+                        *o = acc ? *o + v : v;
+                    }
+            }
+        }
+}
+
+/* Compiled for AVX-512 (16 lanes, one register) and for any x86-64-v3 CPU (two). */
+static CT_AVX512 void lane_input_512(const wino_geom *g, const float *x, int64_t nb, float *vt) {
+    lane_input(g, x, nb, vt);
+}
+static CT_AVX512 void lane_output_512(const wino_geom *g, const float *mt, int64_t nb,
+                                      const float *bias, float *y, bool acc) {
+    lane_output(g, mt, nb, bias, y, acc);
+}
+static void lane_input_any(const wino_geom *g, const float *x, int64_t nb, float *vt) {
+    lane_input(g, x, nb, vt);
+}
+static void lane_output_any(const wino_geom *g, const float *mt, int64_t nb, const float *bias,
+                            float *y, bool acc) {
+    lane_output(g, mt, nb, bias, y, acc);
+}
+
 typedef void gemm_fn(bool, bool, int64_t, int64_t, int64_t, float, const float *, int64_t,
                      const float *, int64_t, float, float *, int64_t);
 
 void ct__wino_conv(const float *x, int64_t batch, int64_t cin, int64_t cout, int64_t h, int64_t w,
                    const float *wt, bool flip, const float *bias, float *y, bool acc) {
+    bool lanes = h <= SMALL_W && w <= SMALL_W, wide = ct_cpu_avx512();
     wino_geom g = geom(batch, cin, cout, h, w);
+    if (lanes) { /* SMALL_CHUNK_FLOATS per VT[xi] / MT[xi], SMALL_MIN_T to SMALL_MAX_T tiles */
+        int64_t c = cin > cout ? cin : cout, t = SMALL_CHUNK_FLOATS / c;
+        t = t < SMALL_MIN_T ? SMALL_MIN_T : t > SMALL_MAX_T ? SMALL_MAX_T : t;
+        g.nb = t / g.tiles;
+        g.nb = g.nb < 1 ? 1 : g.nb > batch ? batch : g.nb;
+    }
     int64_t nchunks = (batch + g.nb - 1) / g.nb, T = g.nb * g.tiles;
     CT_SCOPE {
         float *u = ct_tensor_new(CT_SHAPE(16 * cout * cin))->data;
-        weight_transform(wt, cout, cin, flip, u);
+        weight_transform(wt, cout, cin, flip, lanes, u);
         int nt = ct__conv_team(nchunks, batch * cout * h * w * cin);
         float *vs[CT__MAX_TEAM], *ms[CT__MAX_TEAM];
         for (int t = 0; t < nt; t++) {
@@ -173,11 +303,21 @@ void ct__wino_conv(const float *x, int64_t batch, int64_t cin, int64_t cout, int
         for (int64_t ci = 0; ci < nchunks; ci++) {
             float *v = vs[ct_thread_id()], *m = ms[ct_thread_id()];
             int64_t i0 = ci * g.nb, nb = batch - i0 < g.nb ? batch - i0 : g.nb, tn = nb * g.tiles;
-            input_transform(&g, x + i0 * cin * h * w, nb, v);
+            const float *xc = x + i0 * cin * h * w;
+            float *yc = y + i0 * cout * h * w;
+            if (lanes) {
+                (wide ? lane_input_512 : lane_input_any)(&g, xc, nb, v);
+                for (int xi = 0; xi < 16; xi++)
+                    gemm(false, false, tn, cout, cin, 1, v + xi * tn * cin, cin, u + xi * cin * cout, cout,
+                         0, m + xi * tn * cout, cout);
+                (wide ? lane_output_512 : lane_output_any)(&g, m, nb, bias, yc, acc);
+                continue;
+            }
+            input_transform(&g, xc, nb, v);
             for (int xi = 0; xi < 16; xi++)
                 gemm(false, false, cout, tn, cin, 1, u + xi * cout * cin, cin, v + xi * cin * tn, tn, 0,
                      m + xi * cout * tn, tn);
-            output_transform(&g, m, nb, bias, y + i0 * cout * h * w, acc);
+            output_transform(&g, m, nb, bias, yc, acc);
         }
     }
 }

@@ -238,8 +238,13 @@ END_TEST
  * small stem (16x16), odd sizes and a batch that leaves a short last chunk: output, dX and
  * dW (dW is im2col's in both) agree to float rounding. */
 START_TEST(winograd_matches_im2col) {
-    static const int64_t shapes[][5] = {{5, 32, 64, 14, 14}, {3, 16, 24, 16, 16}, {9, 17, 16, 11, 13}};
-    for (int s = 0; s < 3; s++) {
+    /* planes of 10x10 and more: the row-wise variant; 8x8 and less: channels in lanes
+     * (channel counts that are not multiples of 16, odd planes, one-tile 2x2 planes, and
+     * batches past one chunk: 70 samples of 4x4 with 16 channels are 3 chunks) */
+    static const int64_t shapes[][5] = {{5, 32, 64, 14, 14}, {3, 16, 24, 16, 16}, {9, 17, 16, 11, 13},
+                                        {3, 20, 33, 8, 8},   {70, 16, 16, 4, 4},  {4, 40, 18, 2, 2},
+                                        {2, 16, 17, 5, 7},   {2, 18, 16, 3, 3}};
+    for (int s = 0; s < 8; s++) {
         const int64_t *k = shapes[s];
         float *res[2][3];
         int64_t nres[3];
