@@ -200,6 +200,36 @@ static void max_pool_2x2_any(const float *x, float *y, int32_t *idx, const pool_
     }
 }
 
+/* The maximum of a and b, NaN if either is (PyTorch's max pool propagates NaN). */
+static inline float nan_max(float a, float b) { return a > b || a != a ? a : b; }
+
+/* Values only, no argmax (nothing will run backward: under no_grad, say the ResNet stem's
+ * 3x3 / stride 2 pool in eval): per output row, the window's rows are first reduced
+ * column by column (contiguous, so it vectorises), then each output takes the maximum of
+ * its k columns of that. */
+static void max_pool_values(const pool_geom *g, const float *x, float *y) {
+    CT_PAR_FOR(g->planes * g->h * g->w)
+    for (int64_t pl = 0; pl < g->planes; pl++) {
+        const float *src = x + pl * g->h * g->w;
+        float col[g->w];
+        for (int64_t oy = 0; oy < g->oh; oy++) {
+            int64_t y0 = oy * g->s - g->p, y1 = y0 + g->k;
+            y0 = y0 < 0 ? 0 : y0, y1 = y1 > g->h ? g->h : y1;
+            for (int64_t q = 0; q < g->w; q++) col[q] = src[y0 * g->w + q];
+            for (int64_t iy = y0 + 1; iy < y1; iy++)
+                for (int64_t q = 0; q < g->w; q++) col[q] = nan_max(src[iy * g->w + q], col[q]);
+            float *dst = y + (pl * g->oh + oy) * g->ow;
+            for (int64_t ox = 0; ox < g->ow; ox++) {
+                int64_t x0 = ox * g->s - g->p, x1 = x0 + g->k;
+                x0 = x0 < 0 ? 0 : x0, x1 = x1 > g->w ? g->w : x1;
+                float b = col[x0];
+                for (int64_t q = x0 + 1; q < x1; q++) b = nan_max(col[q], b);
+                dst[ox] = b;
+            }
+        }
+    }
+}
+
 static void max_pool2d_backward(ct_node *n, const ct_tensor *gout) {
     bool fresh;
     ct_tensor *gx = ct_node_grad_in_fresh(n, 0, &fresh);
@@ -232,6 +262,10 @@ ct_tensor *ct_max_pool2d(ct_tensor *x, int kernel, int stride, int padding) {
               CT_SHAPE_STR(x));
     ct_tensor *y = ct_tensor_new(CT_SHAPE(x->shape[0], x->shape[1], g.oh, g.ow));
     ct_node *n = CT_RECORD("max_pool2d", max_pool2d_backward, y, x);
+    if (!n && !(g.k == 2 && g.s == 2 && g.p == 0)) {
+        max_pool_values(&g, x->data, y->data);
+        return y;
+    }
     /* argmax within the input plane: kept in the node for backward, else one scratch row */
     int32_t *idx = NULL, *row_arg = NULL;
     if (n) {

@@ -490,8 +490,13 @@ START_TEST(pool_forward_matches_definition) {
     int s = c->s ? c->s : c->k;
     CT_SCOPE {
         ct_tensor *x = ct_test_rand(CT_SHAPE(2, 3, 7, 6), -1, 1, 5 + _i);
+        /* nothing needs a gradient: max pool takes its values-only path (no argmax) */
         naive_pool(x, c->k, s, c->p, true, ct_max_pool2d(x, c->k, c->s, c->p));
         naive_pool(x, c->k, s, c->p, false, ct_avg_pool2d(x, c->k, c->s, c->p));
+        ct_set_requires_grad(x, true); /* recorded: the argmax path */
+        ct_tensor *y = ct_max_pool2d(x, c->k, c->s, c->p);
+        ck_assert_ptr_nonnull(y->grad_fn);
+        naive_pool(x, c->k, s, c->p, true, y);
     }
 }
 END_TEST
@@ -580,6 +585,19 @@ START_TEST(max_pool_propagates_nan) {
     CT_SCOPE {
         ct_tensor *x = ct_from_data(CT_SHAPE(1, 1, 2, 2), (float[]){1, NAN, 5, 2});
         ck_assert(isnan(ct_max_pool2d(x, 2, 0, 0)->data[0])); /* torch gives nan too */
+        /* 3x3 / stride 2 / padding 1 (ResNet's stem) on 4x4, a NaN at (1, 2): the windows
+         * of outputs (0, 1) and (1, 1) hold it, the two on the left do not; the same
+         * without a graph (values only) and with one (argmax) */
+        for (int grad = 0; grad < 2; grad++) {
+            ct_tensor *z = ct_zeros(CT_SHAPE(1, 1, 4, 4));
+            for (int i = 0; i < 16; i++) z->data[i] = (float)i;
+            z->data[1 * 4 + 2] = NAN;
+            ct_set_requires_grad(z, grad);
+            ct_tensor *y = ct_max_pool2d(z, 3, 2, 1);
+            ck_assert(isnan(y->data[1]) && isnan(y->data[3]));
+            ck_assert_float_eq(y->data[0], 5);
+            ck_assert_float_eq(y->data[2], 13);
+        }
     }
 }
 END_TEST
