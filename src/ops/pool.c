@@ -205,8 +205,9 @@ static inline float nan_max(float a, float b) { return a > b || a != a ? a : b; 
 
 /* Values only, no argmax (nothing will run backward: under no_grad, say the ResNet stem's
  * 3x3 / stride 2 pool in eval): per output row, the window's rows are first reduced
- * column by column (contiguous, so it vectorises), then each output takes the maximum of
- * its k columns of that. */
+ * column by column, then the k column offsets one after the other across the row; both
+ * are loops along a row, which vectorise (one output at a time, the NaN test made every
+ * comparison a branch). */
 static void max_pool_values(const pool_geom *g, const float *x, float *y) {
     CT_PAR_FOR(g->planes * g->h * g->w)
     for (int64_t pl = 0; pl < g->planes; pl++) {
@@ -219,12 +220,12 @@ static void max_pool_values(const pool_geom *g, const float *x, float *y) {
             for (int64_t iy = y0 + 1; iy < y1; iy++)
                 for (int64_t q = 0; q < g->w; q++) col[q] = nan_max(src[iy * g->w + q], col[q]);
             float *dst = y + (pl * g->oh + oy) * g->ow;
-            for (int64_t ox = 0; ox < g->ow; ox++) {
-                int64_t x0 = ox * g->s - g->p, x1 = x0 + g->k;
-                x0 = x0 < 0 ? 0 : x0, x1 = x1 > g->w ? g->w : x1;
-                float b = col[x0];
-                for (int64_t q = x0 + 1; q < x1; q++) b = nan_max(col[q], b);
-                dst[ox] = b;
+            for (int64_t ox = 0; ox < g->ow; ox++) dst[ox] = -INFINITY;
+            for (int64_t kj = 0; kj < g->k; kj++) { /* whole rows: vector selects, no branches */
+                int64_t lo, hi;
+                valid_cols(g, kj, &lo, &hi);
+                const float *c = col + kj - g->p;
+                for (int64_t ox = lo; ox < hi; ox++) dst[ox] = nan_max(c[ox * g->s], dst[ox]);
             }
         }
     }

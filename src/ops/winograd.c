@@ -190,6 +190,21 @@ static void output_transform(const wino_geom *g, const float *m, int64_t nb, con
 #define SMALL_MIN_T 64                  /* within these tiles (the GEMMs' M) */
 #define SMALL_MAX_T 128
 
+/* dst[0..n) = v[0..n) and back, n <= LANES: a whole vector when n is LANES (the loop with
+ * a variable bound stayed scalar). */
+ALWAYS_INLINE void put_lanes(float *restrict dst, const float *restrict v, int64_t n) {
+    if (n == LANES)
+        for (int l = 0; l < LANES; l++) dst[l] = v[l];
+    else
+        for (int64_t l = 0; l < n; l++) dst[l] = v[l];
+}
+ALWAYS_INLINE void get_lanes(float *restrict v, const float *restrict src, int64_t n) {
+    if (n == LANES)
+        for (int l = 0; l < LANES; l++) v[l] = src[l];
+    else
+        for (int l = 0; l < LANES; l++) v[l] = l < n ? src[l] : 0; /* lanes past n: unused */
+}
+
 ALWAYS_INLINE void lane_input(const wino_geom *g, const float *x, int64_t nb, float *vt) {
     int64_t T = nb * g->tiles, cin = g->cin, h = g->h, w = g->w, pw = 2 * g->tw + 2;
     float p[SMALL_P * SMALL_P][LANES];
@@ -223,8 +238,7 @@ ALWAYS_INLINE void lane_input(const wino_geom *g, const float *x, int64_t nb, fl
                             v[2][l] = t[a][2][l] - t[a][1][l];
                             v[3][l] = t[a][1][l] - t[a][3][l];
                         }
-                        for (int b = 0; b < 4; b++)
-                            for (int64_t l = 0; l < nl; l++) dst[(a * 4 + b) * T * cin + l] = v[b][l];
+                        for (int b = 0; b < 4; b++) put_lanes(dst + (a * 4 + b) * T * cin, v[b], nl);
                     }
                 }
         }
@@ -245,9 +259,8 @@ ALWAYS_INLINE void lane_output(const wino_geom *g, const float *mt, int64_t nb, 
                         const float *m0 = m + b * T * cout, *m1 = m0 + 4 * T * cout,
                                     *m2 = m1 + 4 * T * cout, *m3 = m2 + 4 * T * cout;
                         float a0[LANES], a1[LANES], a2[LANES], a3[LANES];
-                        for (int l = 0; l < LANES; l++) /* lanes past nl: not used */
-                            a0[l] = l < nl ? m0[l] : 0, a1[l] = l < nl ? m1[l] : 0,
-                            a2[l] = l < nl ? m2[l] : 0, a3[l] = l < nl ? m3[l] : 0;
+                        get_lanes(a0, m0, nl), get_lanes(a1, m1, nl);
+                        get_lanes(a2, m2, nl), get_lanes(a3, m3, nl);
                         for (int l = 0; l < LANES; l++) {
                             r[0][b][l] = a0[l] + a1[l] + a2[l];
                             r[1][b][l] = a1[l] - a2[l] - a3[l];
