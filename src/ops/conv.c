@@ -54,7 +54,8 @@
  * 0.82-0.88x / 0.81-0.85x; 64 on 8x8 (16%) 0.82-0.85x / 0.75-0.77x. So classes are used where they cut 40% or more of the multiply-adds
  * (CT_PAD_SKIP_AUTO; ct_conv2d_set_pad_skip forces them on or off for tests): the larger
  * planes, the CNN's 28x28 and 14x14 ones among them, keep one class. Winograd keeps its
- * cases (3x3/padding 1 on 10x10 planes and more).
+ * cases (3x3/padding 1/stride 1 with 16 or more channels, on 2x2 planes and more, which
+ * measured faster than classes on 2x2: see winograd.c).
  *
  * Groups: im2col orders its rows (c, ki, kj) (or (ki, kj, c) within a group), so group gi's
  * rows are the contiguous block [gi*K, (gi+1)*K) with K = C/groups*kh*kw, and

@@ -89,7 +89,7 @@ typedef struct {
 /* ct_conv2d with separate row/column stride and padding and groups; opts NULL: defaults. */
 ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2d_opts *opts);
 /* 3x3 / stride 1 / padding 1 convolutions with 16 or more channels in and out on planes of
- * 10x10 or more run their forward and dX by Winograd F(2x2, 3x3) (2.25x fewer
+ * 2x2 or more run their forward and dX by Winograd F(2x2, 3x3) (2.25x fewer
  * multiplications; results differ from im2col by rounding). Off:
  * every convolution runs im2col + sgemm (for tests and comparisons; default on). */
 void ct_conv2d_set_winograd(bool on);

@@ -2,10 +2,18 @@
  * ResNets (conv.c picks it; see ct__wino_applies). Each output tile of 2x2 pixels comes
  * from a 4x4 input tile with 16 multiplications per (input, output) channel pair instead
  * of 36, and the multiplications of a whole chunk of tiles are 16 GEMMs
- *   M[xi] (cout x T) = U[xi] (cout x cin) @ V[xi] (cin x T),   xi = 0..15,
+ *   M[xi] (T x cout) = V[xi] (T x cin) @ U[xi] (cin x cout),   xi = 0..15,
  * U the transformed weight (G g G^T), V the transformed input tiles (B^T d B), T the tiles
  * of a chunk of samples; the output is Y = A^T M A per tile. The zero padding is never
  * multiplied: tiles read it as zeros while transforming.
+ *
+ * The transforms take 16 channels of a sample at a time, one channel per vector lane: a
+ * plane is copied into lanes with its zero border, p[row][col][lane], and every add of a
+ * transform is then one whole-vector op. V and M keep the channels contiguous (tiles as
+ * rows), so a tile's 16 transformed values of 16 channels are 16 vector stores. An
+ * earlier version transformed one plane at a time along its rows; on the 4x4 and 8x8
+ * planes of ResNet-18 at 32 px a row is 4 or 8 floats, so it ran mostly scalar and lost to
+ * im2col, and on the CNN's 14x14 planes its transforms cost more than its GEMMs.
  *
  * dX uses the same kernel: it is the forward of gout through the flipped weight (w[o, c]
  * rotated 180 degrees, as [c, o]); for stride 1 and padding 1 that is exactly the adjoint
@@ -14,13 +22,6 @@
  * 8x8 and 16x16 planes (the transforms of gout and x cost what the 16 GEMMs save).
  * Results differ from im2col's by float rounding only (the transforms add and halve).
  *
- * Measured (CPU time of one thread, best of 10, batch 64 / 32, this machine), im2col
- * against Winograd: the CNN's conv2 (32 to 64 channels, 14x14) forward 3.73-3.93 ms
- * against 3.16-3.26, backward (dX + dW) 8.44-8.93 against 8.06-8.56; 64 channels on
- * 16x16 forward 5.0 against 3.7, backward 10.9 against 9.9; on 8x8 both are even, and on
- * 4x4 Winograd is 1.5-2x slower (4 tiles a plane: the transforms dominate), so it runs on
- * planes of 10x10 and more (ct__wino_applies).
- *
  * Threads: as conv.c, chunks are independent and each writes its own samples, so bits do
  * not depend on the thread count. */
 #include "internal.h"
@@ -28,54 +29,53 @@
 #include <string.h>
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
-
-/* Tiles a chunk aims for: the GEMMs' N. 14x14 planes (49 tiles) go 4 samples a chunk. */
-#define CHUNK_TILES 200
-/* Widest plane handled (one padded row buffer per tile row lives on the stack). */
-#define MAX_W 512
-/* Widest plane of the lane variant (below), and its padded side. */
-#define SMALL_W 8
-#define SMALL_P (SMALL_W + 2)
+#define LANES 16
+/* A chunk's V[xi] or M[xi] aims at CHUNK_FLOATS (tiles x channels), within MIN_T to MAX_T
+ * tiles (the GEMMs' M); whole samples, at least one. */
+#define CHUNK_FLOATS 8192
+#define MIN_T 64
+#define MAX_T 128
 
 typedef struct {
     int64_t cin, cout, h, w; /* channels in and out; planes h x w (input = output size) */
     int64_t th, tw, tiles;   /* tiles per plane, ceil(h/2) x ceil(w/2) */
+    int64_t pw;              /* the lane buffer's padded width, 2 tw + 2 */
     int64_t nb;              /* samples per chunk */
 } wino_geom;
 
 static wino_geom geom(int64_t batch, int64_t cin, int64_t cout, int64_t h, int64_t w) {
     wino_geom g = {.cin = cin, .cout = cout, .h = h, .w = w, .th = (h + 1) / 2, .tw = (w + 1) / 2};
     g.tiles = g.th * g.tw;
-    g.nb = CHUNK_TILES / g.tiles;
+    g.pw = 2 * g.tw + 2;
+    int64_t c = cin > cout ? cin : cout, t = CHUNK_FLOATS / c;
+    t = t < MIN_T ? MIN_T : t > MAX_T ? MAX_T : t;
+    g.nb = t / g.tiles;
     g.nb = g.nb < 1 ? 1 : g.nb > batch ? batch : g.nb;
     return g;
 }
 
 bool ct__wino_applies(int64_t c, int64_t o, int64_t h, int64_t w) {
-    bool small = h >= 2 && w >= 2 && h <= SMALL_W && w <= SMALL_W;
-    return c >= 16 && o >= 16 && (small || (h >= 10 && w >= 10 && w <= MAX_W));
+    return c >= 16 && o >= 16 && h >= 2 && w >= 2;
 }
 
-/* U[xi][co][ci] = (G g G^T)[xi] for g = w[co, ci] (flip: g = w[ci, co] rotated 180 degrees,
- * w then [cin, cout, 3, 3]); lanes: U[xi][ci][co] instead. 16 kernels of consecutive
- * inner indices go through the transform together, one per vector lane (their 9 taps
- * gathered first), so it vectorises and u is written in order: one kernel at a time it
- * ran scalar and cost half of what the input transform does on ResNet's small layers,
- * on every forward. */
-static void weight_transform(const float *w, int64_t cout, int64_t cin, bool flip, bool lanes,
-                             float *u) {
-    int64_t outer = lanes ? cin : cout, inner = lanes ? cout : cin, blocks = (inner + 15) / 16;
+/* U[xi][ci][co] = (G g G^T)[xi] for g = w[co, ci] (flip: g = w[ci, co] rotated 180 degrees,
+ * w then [cin, cout, 3, 3]). 16 kernels of consecutive co go through the transform
+ * together, one per vector lane (their 9 taps gathered first), so it vectorises and u is
+ * written in order: one kernel at a time it ran scalar and cost half of what the input
+ * transform does on ResNet's small layers, on every forward. */
+static void weight_transform(const float *w, int64_t cout, int64_t cin, bool flip, float *u) {
+    int64_t blocks = (cout + LANES - 1) / LANES;
     CT_PAR_FOR(cout * cin * 16)
-    for (int64_t ab = 0; ab < outer * blocks; ab++) {
-        int64_t a = ab / blocks, b0 = ab % blocks * 16, nl = inner - b0 < 16 ? inner - b0 : 16;
-        float k[9][16] = {{0}}, t[4][3][16];
+    for (int64_t cb = 0; cb < cin * blocks; cb++) {
+        int64_t ci = cb / blocks, o0 = cb % blocks * LANES, nl = cout - o0 < LANES ? cout - o0 : LANES;
+        float k[9][LANES] = {{0}}, t[4][3][LANES];
         for (int64_t l = 0; l < nl; l++) {
-            int64_t co = lanes ? b0 + l : a, ci = lanes ? a : b0 + l;
+            int64_t co = o0 + l;
             const float *src = flip ? w + (ci * cout + co) * 9 : w + (co * cin + ci) * 9;
             for (int e = 0; e < 9; e++) k[e][l] = src[flip ? 8 - e : e];
         }
         for (int j = 0; j < 3; j++) /* G g: rows */
-            for (int l = 0; l < 16; l++) {
+            for (int l = 0; l < LANES; l++) {
                 float k0 = k[j][l], k1 = k[3 + j][l], k2 = k[6 + j][l];
                 t[0][j][l] = k0;
                 t[1][j][l] = 0.5f * (k0 + k1 + k2);
@@ -83,8 +83,8 @@ static void weight_transform(const float *w, int64_t cout, int64_t cin, bool fli
                 t[3][j][l] = k2;
             }
         for (int i = 0; i < 4; i++) { /* (G g) G^T: columns */
-            float r[4][16];
-            for (int l = 0; l < 16; l++) {
+            float r[4][LANES];
+            for (int l = 0; l < LANES; l++) {
                 float t0 = t[i][0][l], t1 = t[i][1][l], t2 = t[i][2][l];
                 r[0][l] = t0;
                 r[1][l] = 0.5f * (t0 + t1 + t2);
@@ -92,103 +92,12 @@ static void weight_transform(const float *w, int64_t cout, int64_t cin, bool fli
                 r[3][l] = t2;
             }
             for (int j = 0; j < 4; j++) {
-                float *dst = u + ((i * 4 + j) * outer + a) * inner + b0;
+                float *dst = u + ((i * 4 + j) * cin + ci) * cout + o0;
                 for (int64_t l = 0; l < nl; l++) dst[l] = r[j][l];
             }
         }
     }
 }
-
-/* V[xi][c][t] = (B^T d B)[xi] of every 4x4 input tile d of the nb samples x [nb, cin, h, w]
- * (rows 2ty-1..2ty+2, columns 2tx-1..2tx+2, zero outside the plane); t = j*tiles + tile.
- * Every loop runs along a row (contiguous, so it vectorises); the 4x4 tiles are never
- * gathered, and the input is read in place (rows outside the plane read `zero`, columns
- * outside it are the zero ends of t). */
-static void input_transform(const wino_geom *g, const float *x, int64_t nb, float *v) {
-    int64_t T = nb * g->tiles, h = g->h, w = g->w, tw = g->tw, cs = g->cin * T;
-    static const float zero[MAX_W];
-    float t[4][MAX_W + 4], ev[MAX_W / 2 + 4], od[MAX_W / 2 + 4];
-    for (int k = 0; k < 4; k++) /* columns -1 and w .. 2tw: zero (only [1, w] is written) */
-        for (int64_t q = 0; q < 2 * tw + 2; q++) t[k][q] = 0;
-    for (int64_t j = 0; j < nb; j++)
-        for (int64_t c = 0; c < g->cin; c++) {
-            const float *p = x + (j * g->cin + c) * h * w;
-            for (int64_t ty = 0; ty < g->th; ty++) {
-                const float *r[4];
-                for (int k = 0; k < 4; k++) {
-                    int64_t iy = 2 * ty - 1 + k;
-                    r[k] = iy >= 0 && iy < h ? p + iy * w : zero;
-                }
-                const float *r0 = r[0], *r1 = r[1], *r2 = r[2], *r3 = r[3];
-                float *t0 = t[0] + 1, *t1 = t[1] + 1, *t2 = t[2] + 1, *t3 = t[3] + 1;
-                for (int64_t q = 0; q < w; q++) { /* B^T d, on whole rows */
-                    t0[q] = r0[q] - r2[q];
-                    t1[q] = r1[q] + r2[q];
-                    t2[q] = r2[q] - r1[q];
-                    t3[q] = r1[q] - r3[q];
-                }
-                float *dst = v + c * T + j * g->tiles + ty * tw;
-                for (int k = 0; k < 4; k++) { /* (B^T d) B: even and odd columns apart */
-                    for (int64_t q = 0; q <= tw; q++) ev[q] = t[k][2 * q], od[q] = t[k][2 * q + 1];
-                    float *d0 = dst + (k * 4) * cs, *d1 = d0 + cs, *d2 = d1 + cs, *d3 = d2 + cs;
-                    for (int64_t tx = 0; tx < tw; tx++) d0[tx] = ev[tx] - ev[tx + 1];
-                    for (int64_t tx = 0; tx < tw; tx++) d1[tx] = od[tx] + ev[tx + 1];
-                    for (int64_t tx = 0; tx < tw; tx++) d2[tx] = ev[tx + 1] - od[tx];
-                    for (int64_t tx = 0; tx < tw; tx++) d3[tx] = od[tx] - od[tx + 1];
-                }
-            }
-        }
-}
-
-/* y [nb, cout, h, w] (= or +=) A^T M A per tile, plus the bias when given. Row-wise as
- * input_transform: s = A^T M over the 16 streams, then the columns, written in place. */
-static void output_transform(const wino_geom *g, const float *m, int64_t nb, const float *bias,
-                             float *y, bool acc) {
-    int64_t T = nb * g->tiles, h = g->h, w = g->w, tw = g->tw, xs = g->cout * T, pairs = w / 2;
-    float s0[4][MAX_W / 2 + 4], s1[4][MAX_W / 2 + 4];
-    for (int64_t j = 0; j < nb; j++)
-        for (int64_t o = 0; o < g->cout; o++) {
-            float b = bias ? bias[o] : 0;
-            float *yp = y + (j * g->cout + o) * h * w;
-            for (int64_t ty = 0; ty < g->th; ty++) {
-                const float *s = m + o * T + j * g->tiles + ty * tw;
-                for (int l = 0; l < 4; l++) {
-                    const float *m0 = s + l * xs, *m1 = m0 + 4 * xs, *m2 = m1 + 4 * xs, *m3 = m2 + 4 * xs;
-                    for (int64_t tx = 0; tx < tw; tx++) {
-                        s0[l][tx] = m0[tx] + m1[tx] + m2[tx];
-                        s1[l][tx] = m1[tx] - m2[tx] - m3[tx];
-                    }
-                }
-                for (int i = 0; i < 2 && 2 * ty + i < h; i++) {
-                    float(*sr)[MAX_W / 2 + 4] = i ? s1 : s0;
-                    float *dst = yp + (2 * ty + i) * w;
-                    for (int64_t tx = 0; tx < pairs; tx++) {
-                        float e = sr[0][tx] + sr[1][tx] + sr[2][tx] + b;
-                        float od = sr[1][tx] - sr[2][tx] - sr[3][tx] + b;
-                        dst[2 * tx] = acc ? dst[2 * tx] + e : e;
-                        dst[2 * tx + 1] = acc ? dst[2 * tx + 1] + od : od;
-                    }
-                    if (w & 1) { /* the last tile's left column only */
-                        float e = sr[0][pairs] + sr[1][pairs] + sr[2][pairs] + b;
-                        dst[w - 1] = acc ? dst[w - 1] + e : e;
-                    }
-                }
-            }
-        }
-}
-
-/* ---- small planes (8x8 and less): channels in vector lanes ------------------------------
- * On a 4x4 plane a row is 4 floats, so the row-wise transforms above run mostly scalar
- * and cost more than the GEMMs save. Here 16 channels of one sample go through the
- * transforms together, one channel per vector lane, and the GEMMs take the transposed
- * layout, tiles as rows and channels contiguous:
- *   MT[xi] (T x cout) = VT[xi] (T x cin) @ UT[xi] (cin x cout),
- * so a tile's 16 transformed values of 16 channels are 16 whole-vector stores. A plane
- * (with its zero border) is first copied into lanes: p[row][col][lane]. */
-#define LANES 16
-#define SMALL_CHUNK_FLOATS 8192         /* a chunk's VT[xi] or MT[xi]: tiles x channels, */
-#define SMALL_MIN_T 64                  /* within these tiles (the GEMMs' M) */
-#define SMALL_MAX_T 128
 
 /* dst[0..n) = v[0..n) and back, n <= LANES: a whole vector when n is LANES (the loop with
  * a variable bound stayed scalar). */
@@ -205,10 +114,12 @@ ALWAYS_INLINE void get_lanes(float *restrict v, const float *restrict src, int64
         for (int l = 0; l < LANES; l++) v[l] = l < n ? src[l] : 0; /* lanes past n: unused */
 }
 
-ALWAYS_INLINE void lane_input(const wino_geom *g, const float *x, int64_t nb, float *vt) {
-    int64_t T = nb * g->tiles, cin = g->cin, h = g->h, w = g->w, pw = 2 * g->tw + 2;
-    float p[SMALL_P * SMALL_P][LANES];
-    memset(p, 0, sizeof p); /* the border stays zero: only the interior is written below */
+/* V[xi][t][c] = (B^T d B)[xi] of every 4x4 input tile d of the nb samples x [nb, cin, h, w]
+ * (rows 2ty-1..2ty+2, columns 2tx-1..2tx+2, zero outside the plane), t = j*tiles + tile;
+ * p: the lane buffer, (2 th + 2) x pw, zero where no plane pixel is copied in. */
+ALWAYS_INLINE void lane_input(const wino_geom *g, const float *x, int64_t nb, float (*p)[LANES],
+                              float *vt) {
+    int64_t T = nb * g->tiles, cin = g->cin, h = g->h, w = g->w, pw = g->pw;
     for (int64_t j = 0; j < nb; j++)
         for (int64_t c0 = 0; c0 < cin; c0 += LANES) {
             int64_t nl = cin - c0 < LANES ? cin - c0 : LANES;
@@ -244,10 +155,11 @@ ALWAYS_INLINE void lane_input(const wino_geom *g, const float *x, int64_t nb, fl
         }
 }
 
-ALWAYS_INLINE void lane_output(const wino_geom *g, const float *mt, int64_t nb, const float *bias,
-                               float *y, bool acc) {
+/* y [nb, cout, h, w] (= or += when acc) A^T M A per tile, plus the bias when given; q: the
+ * tiles' pixels in lanes, (2 th) x (2 tw). */
+ALWAYS_INLINE void lane_output(const wino_geom *g, const float *mt, int64_t nb, float (*q)[LANES],
+                               const float *bias, float *y, bool acc) {
     int64_t T = nb * g->tiles, cout = g->cout, h = g->h, w = g->w, pw = 2 * g->tw;
-    float q[SMALL_W * SMALL_W + 2 * SMALL_W + 1][LANES]; /* the tiles' pixels, rows pw apart */
     for (int64_t j = 0; j < nb; j++)
         for (int64_t o0 = 0; o0 < cout; o0 += LANES) {
             int64_t nl = cout - o0 < LANES ? cout - o0 : LANES;
@@ -288,19 +200,21 @@ ALWAYS_INLINE void lane_output(const wino_geom *g, const float *mt, int64_t nb, 
 }
 
 /* Compiled for AVX-512 (16 lanes, one register) and for any x86-64-v3 CPU (two). */
-static CT_AVX512 void lane_input_512(const wino_geom *g, const float *x, int64_t nb, float *vt) {
-    lane_input(g, x, nb, vt);
+static CT_AVX512 void lane_input_512(const wino_geom *g, const float *x, int64_t nb,
+                                     float (*p)[LANES], float *vt) {
+    lane_input(g, x, nb, p, vt);
 }
 static CT_AVX512 void lane_output_512(const wino_geom *g, const float *mt, int64_t nb,
-                                      const float *bias, float *y, bool acc) {
-    lane_output(g, mt, nb, bias, y, acc);
+                                      float (*q)[LANES], const float *bias, float *y, bool acc) {
+    lane_output(g, mt, nb, q, bias, y, acc);
 }
-static void lane_input_any(const wino_geom *g, const float *x, int64_t nb, float *vt) {
-    lane_input(g, x, nb, vt);
+static void lane_input_any(const wino_geom *g, const float *x, int64_t nb, float (*p)[LANES],
+                           float *vt) {
+    lane_input(g, x, nb, p, vt);
 }
-static void lane_output_any(const wino_geom *g, const float *mt, int64_t nb, const float *bias,
-                            float *y, bool acc) {
-    lane_output(g, mt, nb, bias, y, acc);
+static void lane_output_any(const wino_geom *g, const float *mt, int64_t nb, float (*q)[LANES],
+                            const float *bias, float *y, bool acc) {
+    lane_output(g, mt, nb, q, bias, y, acc);
 }
 
 typedef void gemm_fn(bool, bool, int64_t, int64_t, int64_t, float, const float *, int64_t,
@@ -308,44 +222,33 @@ typedef void gemm_fn(bool, bool, int64_t, int64_t, int64_t, float, const float *
 
 void ct__wino_conv(const float *x, int64_t batch, int64_t cin, int64_t cout, int64_t h, int64_t w,
                    const float *wt, bool flip, const float *bias, float *y, bool acc) {
-    bool lanes = h <= SMALL_W && w <= SMALL_W, wide = ct_cpu_avx512();
     wino_geom g = geom(batch, cin, cout, h, w);
-    if (lanes) { /* SMALL_CHUNK_FLOATS per VT[xi] / MT[xi], SMALL_MIN_T to SMALL_MAX_T tiles */
-        int64_t c = cin > cout ? cin : cout, t = SMALL_CHUNK_FLOATS / c;
-        t = t < SMALL_MIN_T ? SMALL_MIN_T : t > SMALL_MAX_T ? SMALL_MAX_T : t;
-        g.nb = t / g.tiles;
-        g.nb = g.nb < 1 ? 1 : g.nb > batch ? batch : g.nb;
-    }
     int64_t nchunks = (batch + g.nb - 1) / g.nb, T = g.nb * g.tiles;
+    bool wide = ct_cpu_avx512();
     CT_SCOPE {
         float *u = ct_tensor_new(CT_SHAPE(16 * cout * cin))->data;
-        weight_transform(wt, cout, cin, flip, lanes, u);
+        weight_transform(wt, cout, cin, flip, u);
         int nt = ct__conv_team(nchunks, batch * cout * h * w * cin);
-        float *vs[CT__MAX_TEAM], *ms[CT__MAX_TEAM];
+        float *vs[CT__MAX_TEAM], *ms[CT__MAX_TEAM], *ps[CT__MAX_TEAM], *qs[CT__MAX_TEAM];
         for (int t = 0; t < nt; t++) {
             vs[t] = ct_tensor_new(CT_SHAPE(16 * cin * T))->data;
             ms[t] = ct_tensor_new(CT_SHAPE(16 * cout * T))->data;
+            /* the lane buffer: the input planes' border stays zero from here on */
+            ps[t] = ct_zeros(CT_SHAPE((2 * g.th + 2) * g.pw * LANES))->data;
+            qs[t] = ct_tensor_new(CT_SHAPE(4 * g.tiles * LANES))->data;
         }
         gemm_fn *gemm = nchunks > 1 ? ct_gemm_serial : ct_gemm;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
         for (int64_t ci = 0; ci < nchunks; ci++) {
-            float *v = vs[ct_thread_id()], *m = ms[ct_thread_id()];
+            int id = ct_thread_id();
+            float *v = vs[id], *m = ms[id], (*p)[LANES] = (float(*)[LANES])ps[id],
+                  (*q)[LANES] = (float(*)[LANES])qs[id];
             int64_t i0 = ci * g.nb, nb = batch - i0 < g.nb ? batch - i0 : g.nb, tn = nb * g.tiles;
-            const float *xc = x + i0 * cin * h * w;
-            float *yc = y + i0 * cout * h * w;
-            if (lanes) {
-                (wide ? lane_input_512 : lane_input_any)(&g, xc, nb, v);
-                for (int xi = 0; xi < 16; xi++)
-                    gemm(false, false, tn, cout, cin, 1, v + xi * tn * cin, cin, u + xi * cin * cout, cout,
-                         0, m + xi * tn * cout, cout);
-                (wide ? lane_output_512 : lane_output_any)(&g, m, nb, bias, yc, acc);
-                continue;
-            }
-            input_transform(&g, xc, nb, v);
+            (wide ? lane_input_512 : lane_input_any)(&g, x + i0 * cin * h * w, nb, p, v);
             for (int xi = 0; xi < 16; xi++)
-                gemm(false, false, cout, tn, cin, 1, u + xi * cout * cin, cin, v + xi * cin * tn, tn, 0,
-                     m + xi * cout * tn, tn);
-            output_transform(&g, m, nb, bias, yc, acc);
+                gemm(false, false, tn, cout, cin, 1, v + xi * tn * cin, cin, u + xi * cin * cout, cout, 0,
+                     m + xi * tn * cout, cout);
+            (wide ? lane_output_512 : lane_output_any)(&g, m, nb, q, bias, y + i0 * cout * h * w, acc);
         }
     }
 }

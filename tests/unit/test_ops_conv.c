@@ -87,7 +87,7 @@ static const conv_cfg cfgs[] = {
     {2, 3, 5, 6, 4, 7, 7, 2, 2, 3, 3, 1, false, true},  /* 7x7/2 padding 3 on 5x6 */
     {2, 2, 2, 2, 3, 1, 1, 1, 1, 1, 1, 1, true, false},  /* 1x1 padding 1: rims with no tap */
     {2, 3, 4, 3, 2, 3, 2, 2, 1, 0, 2, 1, true, true},   /* padding on columns only */
-    /* Winograd: 3x3, stride 1, padding 1, 16+ channels, 10x10+ planes (odd: half tiles) */
+    /* Winograd: 3x3, stride 1, padding 1, 16+ channels, 2x2+ planes (odd: half tiles) */
     {2, 16, 11, 10, 16, 3, 3, 1, 1, 1, 1, 1, true, false},
 };
 #define NCFG (int)(sizeof cfgs / sizeof cfgs[0])
@@ -234,13 +234,12 @@ START_TEST(pad_skip_auto_picks_small_planes) {
 }
 END_TEST
 
-/* Winograd against the im2col path it replaces, on shapes of the CNN (14x14) and ResNet's
- * small stem (16x16), odd sizes and a batch that leaves a short last chunk: output, dX and
- * dW (dW is im2col's in both) agree to float rounding. */
+/* Winograd against the im2col path it replaces, on shapes of the CNN (14x14), ResNet's
+ * small stem (16x16) and ResNet-18's layers at 32 px (8x8 to 2x2), odd planes, channel
+ * counts that are not multiples of the 16 lanes, one-tile 2x2 planes and batches past one
+ * chunk (70 samples of 4x4 with 16 channels: 3 chunks, the last short): output, dX and dW
+ * (dW is im2col's in both) agree to float rounding. */
 START_TEST(winograd_matches_im2col) {
-    /* planes of 10x10 and more: the row-wise variant; 8x8 and less: channels in lanes
-     * (channel counts that are not multiples of 16, odd planes, one-tile 2x2 planes, and
-     * batches past one chunk: 70 samples of 4x4 with 16 channels are 3 chunks) */
     static const int64_t shapes[][5] = {{5, 32, 64, 14, 14}, {3, 16, 24, 16, 16}, {9, 17, 16, 11, 13},
                                         {3, 20, 33, 8, 8},   {70, 16, 16, 4, 4},  {4, 40, 18, 2, 2},
                                         {2, 16, 17, 5, 7},   {2, 18, 16, 3, 3}};

@@ -166,11 +166,14 @@ START_TEST(classed_conv_same_bits_for_1_2_3_threads) {
 }
 END_TEST
 
-/* Winograd (3x3, stride 1, padding 1, 16+ channels, 10x10+ planes): odd plane sizes (half
- * tiles) and 9 samples in chunks of 4, 4 and 1. */
+/* Winograd (3x3, stride 1, padding 1, 16+ channels, 2x2+ planes): odd plane sizes (half
+ * tiles) and 10 samples in chunks of 3, 3, 3 and 1; 4x4 planes, 70 samples in chunks of
+ * 32, 32 and 6. */
 START_TEST(winograd_conv_same_bits_for_1_2_3_threads) {
-    conv_case k = {9, 16, 20, 11, 13, {.stride_h = 1, .stride_w = 1, .pad_h = 1, .pad_w = 1, .groups = 1}};
+    conv_case k = {10, 16, 20, 11, 13, {.stride_h = 1, .stride_w = 1, .pad_h = 1, .pad_w = 1, .groups = 1}};
     conv_same_bits(&k);
+    conv_case s = {70, 16, 16, 4, 4, {.stride_h = 1, .stride_w = 1, .pad_h = 1, .pad_w = 1, .groups = 1}};
+    conv_same_bits(&s);
 }
 END_TEST
 
