@@ -253,6 +253,19 @@ static inline CT_AVX512 void add_row16(float *restrict dst, const float *restric
         _mm512_mask_storeu_ps(dst + j, m, v);
     }
 }
+/* dst[0..n) = src[0, 2, .., 2(n-1)]: the rows of a stride-2 convolution (ResNet's stem and
+ * downsampling convolutions). Two loads and one permute per 16 floats; the loads are
+ * masked so that nothing past src[2(n-1)] is read. */
+static inline CT_AVX512 void copy_row16_s2(float *restrict dst, const float *restrict src, int64_t n) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    for (int64_t j = 0; j < n; j += 16) {
+        int64_t m = n - j < 16 ? n - j : 16, need = 2 * m - 1; /* floats read: src[2j, 2j + need) */
+        __mmask16 lo = (__mmask16)(need >= 16 ? 0xFFFF : (1u << need) - 1);
+        __mmask16 hi = (__mmask16)(need > 16 ? (1u << (need - 16)) - 1 : 0);
+        __m512 a = _mm512_maskz_loadu_ps(lo, src + 2 * j), b = _mm512_maskz_loadu_ps(hi, src + 2 * j + 16);
+        _mm512_mask_storeu_ps(dst + j, (__mmask16)((1u << m) - 1), _mm512_permutex2var_ps(a, even, b));
+    }
+}
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 ALWAYS_INLINE void copy_row(float *restrict dst, const float *restrict src, int64_t n, bool wide) {
     if (wide)
@@ -289,6 +302,8 @@ ALWAYS_INLINE void im2col_row(const conv_geom *g, const conv_cls *z, const float
         const float *restrict src = xp + (c * hp + oy * g->sh + ki) * wp + z->c.o0 * s + kj;
         if (s == 1)
             copy_row(dst, src, cw, wide);
+        else if (s == 2 && wide)
+            copy_row16_s2(dst, src, cw);
         else
             for (int64_t ox = 0; ox < cw; ox++) dst[ox] = src[ox * s];
     }

@@ -59,6 +59,7 @@ static const conv_cfg cfgs[] = {
     {2, 3, 6, 7, 2, 3, 2, 2, 1, 0, 2, 1, true, false},   /* stride and padding differ by axis */
     {2, 4, 6, 5, 6, 3, 3, 1, 1, 1, 1, 2, true, false},   /* two groups */
     {2, 3, 7, 6, 3, 3, 3, 2, 2, 1, 1, 3, false, false},  /* depthwise, stride 2 */
+    {2, 2, 3, 41, 3, 3, 3, 2, 2, 1, 1, 1, true, false},  /* stride 2, 21 outputs a row: 16 + 5 */
     {1, 2, 5, 5, 6, 3, 3, 1, 1, 1, 1, 2, true, false},   /* depthwise with channel multiplier 3 */
     {2, 6, 4, 3, 4, 1, 1, 1, 1, 0, 0, 2, true, false},   /* grouped pointwise, chunk of 2 samples */
     /* chunking: 100 pixels make chunks of 2 samples (2 + 1 here); 272 pixels of 1 */
