@@ -26,6 +26,7 @@
  * not depend on the thread count. */
 #include "internal.h"
 
+#include <immintrin.h>
 #include <string.h>
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
@@ -114,19 +115,78 @@ ALWAYS_INLINE void get_lanes(float *restrict v, const float *restrict src, int64
         for (int l = 0; l < LANES; l++) v[l] = l < n ? src[l] : 0; /* lanes past n: unused */
 }
 
+/* In-register transpose of 16 rows of 16 floats (r[i][j] -> r[j][i]): pairs of rows
+ * interleaved, then 4x4 blocks within each 128-bit lane, then the lanes across rows. */
+static inline CT_AVX512 void transpose16(__m512 r[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) { /* u[4i + k], lane L: rows 4i..4i+3 of column 4L + k */
+        u[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int k = 0; k < 4; k++) {
+        __m512 v0 = _mm512_shuffle_f32x4(u[k], u[4 + k], _MM_SHUFFLE(2, 0, 2, 0));
+        __m512 v1 = _mm512_shuffle_f32x4(u[k], u[4 + k], _MM_SHUFFLE(3, 1, 3, 1));
+        __m512 v2 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], _MM_SHUFFLE(2, 0, 2, 0));
+        __m512 v3 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], _MM_SHUFFLE(3, 1, 3, 1));
+        r[k] = _mm512_shuffle_f32x4(v0, v2, _MM_SHUFFLE(2, 0, 2, 0));
+        r[8 + k] = _mm512_shuffle_f32x4(v0, v2, _MM_SHUFFLE(3, 1, 3, 1));
+        r[4 + k] = _mm512_shuffle_f32x4(v1, v3, _MM_SHUFFLE(2, 0, 2, 0));
+        r[12 + k] = _mm512_shuffle_f32x4(v1, v3, _MM_SHUFFLE(3, 1, 3, 1));
+    }
+}
+
+/* 16 planes src[l * hw + pos] into lanes p[(iy + 1) * pw + ix + 1][l], 16 pixels at a time;
+ * returns the pixels done (a multiple of 16; the caller copies the rest). */
+static inline CT_AVX512 int64_t planes_in_512(const float *src, int64_t hw, int64_t w, int64_t pw,
+                                              float (*p)[LANES]) {
+    int64_t pos = 0;
+    for (; pos + 16 <= hw; pos += 16) {
+        __m512 r[16];
+        for (int l = 0; l < 16; l++) r[l] = _mm512_loadu_ps(src + l * hw + pos);
+        transpose16(r);
+        for (int k = 0; k < 16; k++)
+            _mm512_storeu_ps(p[((pos + k) / w + 1) * pw + (pos + k) % w + 1], r[k]);
+    }
+    return pos;
+}
+
+/* The way back: lanes q[iy * pw + ix][l] to 16 planes dst[l * hw + pos] (= or += when acc),
+ * plus bias[l]; returns the pixels done as planes_in_512. */
+static inline CT_AVX512 int64_t planes_out_512(float (*q)[LANES], int64_t hw, int64_t w, int64_t pw,
+                                               const float *bias, float *dst, bool acc) {
+    int64_t pos = 0;
+    for (; pos + 16 <= hw; pos += 16) {
+        __m512 r[16];
+        for (int k = 0; k < 16; k++) r[k] = _mm512_loadu_ps(q[((pos + k) / w) * pw + (pos + k) % w]);
+        transpose16(r);
+        for (int l = 0; l < 16; l++) {
+            __m512 v = bias ? _mm512_add_ps(r[l], _mm512_set1_ps(bias[l])) : r[l];
+            float *o = dst + l * hw + pos;
+            _mm512_storeu_ps(o, acc ? _mm512_add_ps(_mm512_loadu_ps(o), v) : v);
+        }
+    }
+    return pos;
+}
+
 /* V[xi][t][c] = (B^T d B)[xi] of every 4x4 input tile d of the nb samples x [nb, cin, h, w]
  * (rows 2ty-1..2ty+2, columns 2tx-1..2tx+2, zero outside the plane), t = j*tiles + tile;
  * p: the lane buffer, (2 th + 2) x pw, zero where no plane pixel is copied in. */
 ALWAYS_INLINE void lane_input(const wino_geom *g, const float *x, int64_t nb, float (*p)[LANES],
-                              float *vt) {
-    int64_t T = nb * g->tiles, cin = g->cin, h = g->h, w = g->w, pw = g->pw;
+                              float *vt, bool wide) {
+    int64_t T = nb * g->tiles, cin = g->cin, h = g->h, w = g->w, pw = g->pw, hw = h * w;
     for (int64_t j = 0; j < nb; j++)
         for (int64_t c0 = 0; c0 < cin; c0 += LANES) {
             int64_t nl = cin - c0 < LANES ? cin - c0 : LANES;
-            const float *src = x + (j * cin + c0) * h * w;
+            const float *src = x + (j * cin + c0) * hw;
+            int64_t done = wide && nl == LANES ? planes_in_512(src, hw, w, pw, p) : 0;
             for (int64_t l = 0; l < nl; l++)
-                for (int64_t iy = 0; iy < h; iy++)
-                    for (int64_t ix = 0; ix < w; ix++) p[(iy + 1) * pw + ix + 1][l] = src[(l * h + iy) * w + ix];
+                for (int64_t pos = done; pos < hw; pos++) p[(pos / w + 1) * pw + pos % w + 1][l] = src[l * hw + pos];
             for (int64_t ty = 0; ty < g->th; ty++)
                 for (int64_t tx = 0; tx < g->tw; tx++) {
                     float t[4][4][LANES]; /* B^T d: rows */
@@ -158,7 +218,7 @@ ALWAYS_INLINE void lane_input(const wino_geom *g, const float *x, int64_t nb, fl
 /* y [nb, cout, h, w] (= or += when acc) A^T M A per tile, plus the bias when given; q: the
  * tiles' pixels in lanes, (2 th) x (2 tw). */
 ALWAYS_INLINE void lane_output(const wino_geom *g, const float *mt, int64_t nb, float (*q)[LANES],
-                               const float *bias, float *y, bool acc) {
+                               const float *bias, float *y, bool acc, bool wide) {
     int64_t T = nb * g->tiles, cout = g->cout, h = g->h, w = g->w, pw = 2 * g->tw;
     for (int64_t j = 0; j < nb; j++)
         for (int64_t o0 = 0; o0 < cout; o0 += LANES) {
@@ -187,14 +247,14 @@ ALWAYS_INLINE void lane_output(const wino_geom *g, const float *mt, int64_t nb, 
                     }
                 }
             float *dst = y + (j * cout + o0) * h * w;
+            const float *bl = bias ? bias + o0 : NULL;
+            int64_t hw = h * w, done = wide && nl == LANES ? planes_out_512(q, hw, w, pw, bl, dst, acc) : 0;
             for (int64_t l = 0; l < nl; l++) {
-                float b = bias ? bias[o0 + l] : 0;
-                for (int64_t iy = 0; iy < h; iy++)
-                    for (int64_t ix = 0; ix < w; ix++) {
-                        float v = q[iy * pw + ix][l] + b;
-                        float *o = dst + (l * h + iy) * w + ix;
-                        *o = acc ? *o + v : v;
-                    }
+                float b = bl ? bl[l] : 0;
+                for (int64_t pos = done; pos < hw; pos++) {
+                    float v = q[pos / w * pw + pos % w][l] + b, *o = dst + l * hw + pos;
+                    *o = acc ? *o + v : v;
+                }
             }
         }
 }
@@ -202,19 +262,19 @@ ALWAYS_INLINE void lane_output(const wino_geom *g, const float *mt, int64_t nb, 
 /* Compiled for AVX-512 (16 lanes, one register) and for any x86-64-v3 CPU (two). */
 static CT_AVX512 void lane_input_512(const wino_geom *g, const float *x, int64_t nb,
                                      float (*p)[LANES], float *vt) {
-    lane_input(g, x, nb, p, vt);
+    lane_input(g, x, nb, p, vt, true);
 }
 static CT_AVX512 void lane_output_512(const wino_geom *g, const float *mt, int64_t nb,
                                       float (*q)[LANES], const float *bias, float *y, bool acc) {
-    lane_output(g, mt, nb, q, bias, y, acc);
+    lane_output(g, mt, nb, q, bias, y, acc, true);
 }
 static void lane_input_any(const wino_geom *g, const float *x, int64_t nb, float (*p)[LANES],
                            float *vt) {
-    lane_input(g, x, nb, p, vt);
+    lane_input(g, x, nb, p, vt, false);
 }
 static void lane_output_any(const wino_geom *g, const float *mt, int64_t nb, float (*q)[LANES],
                             const float *bias, float *y, bool acc) {
-    lane_output(g, mt, nb, q, bias, y, acc);
+    lane_output(g, mt, nb, q, bias, y, acc, false);
 }
 
 typedef void gemm_fn(bool, bool, int64_t, int64_t, int64_t, float, const float *, int64_t,
