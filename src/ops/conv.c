@@ -302,7 +302,7 @@ ALWAYS_INLINE void im2col_row(const conv_geom *g, const conv_cls *z, const float
         const float *restrict src = xp + (c * hp + oy * g->sh + ki) * wp + z->c.o0 * s + kj;
         if (s == 1)
             copy_row(dst, src, cw, wide);
-        else if (s == 2 && wide)
+        else if (s == 2 && wide && cw >= 8) /* shorter rows: the scalar copy is faster */
             copy_row16_s2(dst, src, cw);
         else
             for (int64_t ox = 0; ox < cw; ox++) dst[ox] = src[ox * s];
