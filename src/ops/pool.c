@@ -263,17 +263,12 @@ ct_tensor *ct_max_pool2d(ct_tensor *x, int kernel, int stride, int padding) {
               CT_SHAPE_STR(x));
     ct_tensor *y = ct_tensor_new(CT_SHAPE(x->shape[0], x->shape[1], g.oh, g.ow));
     ct_node *n = CT_RECORD("max_pool2d", max_pool2d_backward, y, x);
-    if (!n && !(g.k == 2 && g.s == 2 && g.p == 0)) {
-        max_pool_values(&g, x->data, y->data);
-        return y;
-    }
-    /* argmax within the input plane: kept in the node for backward, else one scratch row */
-    int32_t *idx = NULL, *row_arg = NULL;
+    /* argmax within the input plane, kept in the node for backward; without a node, the
+     * 2x2 kernels skip it (idx NULL) and the other shapes take the values-only path */
+    int32_t *idx = NULL;
     if (n) {
         pool_store(n, &g);
         idx = ct_node_aux(n, (size_t)y->numel * sizeof(int32_t));
-    } else {
-        row_arg = ct_alloc((size_t)y->numel * sizeof(int32_t)); /* a row per thread */
     }
     int64_t in_plane = g.h * g.w, out_plane = g.oh * g.ow;
     if (g.k == 2 && g.s == 2 && g.p == 0) {
@@ -282,7 +277,10 @@ ct_tensor *ct_max_pool2d(ct_tensor *x, int kernel, int stride, int padding) {
             for (int64_t pl = 0; pl < g.planes; pl++) max_pool_2x2_512(x->data, y->data, idx, &g, pl);
         } else
             max_pool_2x2_any(x->data, y->data, idx, &g);
-        if (row_arg) ct_free(row_arg, (size_t)y->numel * sizeof(int32_t));
+        return y;
+    }
+    if (!n) {
+        max_pool_values(&g, x->data, y->data);
         return y;
     }
     CT_PAR_FOR(g.planes * g.h * g.w) /* planes are independent */
@@ -293,7 +291,7 @@ ct_tensor *ct_max_pool2d(ct_tensor *x, int kernel, int stride, int padding) {
              * Offsets go in row-major order, so ties keep the first maximum as in
              * PyTorch, and a NaN wins (and stays) as it does there. */
             float *best = y->data + pl * out_plane + oy * g.ow;
-            int32_t *arg = (idx ? idx : row_arg) + pl * out_plane + oy * g.ow;
+            int32_t *arg = idx + pl * out_plane + oy * g.ow;
             int64_t y0 = oy * g.s - g.p > 0 ? oy * g.s - g.p : 0;
             for (int64_t ox = 0; ox < g.ow; ox++) {
                 int64_t x0 = ox * g.s - g.p > 0 ? ox * g.s - g.p : 0;
@@ -324,7 +322,6 @@ ct_tensor *ct_max_pool2d(ct_tensor *x, int kernel, int stride, int padding) {
             }
         }
     }
-    if (row_arg) ct_free(row_arg, (size_t)y->numel * sizeof(int32_t));
     return y;
 }
 
