@@ -219,7 +219,7 @@ ALWAYS_INLINE void lane_input(const wino_geom *g, const float *x, int64_t nb, fl
  * tiles' pixels in lanes, (2 th) x (2 tw). */
 ALWAYS_INLINE void lane_output(const wino_geom *g, const float *mt, int64_t nb, float (*q)[LANES],
                                const float *bias, float *y, bool acc, bool wide) {
-    int64_t T = nb * g->tiles, cout = g->cout, h = g->h, w = g->w, pw = 2 * g->tw;
+    int64_t T = nb * g->tiles, cout = g->cout, h = g->h, w = g->w, qw = 2 * g->tw;
     for (int64_t j = 0; j < nb; j++)
         for (int64_t o0 = 0; o0 < cout; o0 += LANES) {
             int64_t nl = cout - o0 < LANES ? cout - o0 : LANES;
@@ -239,7 +239,7 @@ ALWAYS_INLINE void lane_output(const wino_geom *g, const float *mt, int64_t nb, 
                         }
                     }
                     for (int i = 0; i < 2; i++) { /* (A^T M) A: columns */
-                        float *d = q[(2 * ty + i) * pw + 2 * tx];
+                        float *d = q[(2 * ty + i) * qw + 2 * tx];
                         for (int l = 0; l < LANES; l++) {
                             d[l] = r[i][0][l] + r[i][1][l] + r[i][2][l];
                             d[LANES + l] = r[i][1][l] - r[i][2][l] - r[i][3][l];
@@ -248,11 +248,11 @@ ALWAYS_INLINE void lane_output(const wino_geom *g, const float *mt, int64_t nb, 
                 }
             float *dst = y + (j * cout + o0) * h * w;
             const float *bl = bias ? bias + o0 : NULL;
-            int64_t hw = h * w, done = wide && nl == LANES ? planes_out_512(q, hw, w, pw, bl, dst, acc) : 0;
+            int64_t hw = h * w, done = wide && nl == LANES ? planes_out_512(q, hw, w, qw, bl, dst, acc) : 0;
             for (int64_t l = 0; l < nl; l++) {
                 float b = bl ? bl[l] : 0;
                 for (int64_t pos = done; pos < hw; pos++) {
-                    float v = q[pos / w * pw + pos % w][l] + b, *o = dst + l * hw + pos;
+                    float v = q[pos / w * qw + pos % w][l] + b, *o = dst + l * hw + pos;
                     *o = acc ? *o + v : v;
                 }
             }
