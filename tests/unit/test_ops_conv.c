@@ -244,7 +244,7 @@ START_TEST(winograd_matches_im2col) {
     static const int64_t shapes[][5] = {{5, 32, 64, 14, 14}, {3, 16, 24, 16, 16}, {9, 17, 16, 11, 13},
                                         {3, 20, 33, 8, 8},   {70, 16, 16, 4, 4},  {4, 40, 18, 2, 2},
                                         {2, 16, 17, 5, 7},   {2, 18, 16, 3, 3}};
-    for (int s = 0; s < 8; s++) {
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int64_t *k = shapes[s];
         float *res[2][3];
         int64_t nres[3];
@@ -270,7 +270,7 @@ START_TEST(winograd_matches_im2col) {
                 differs |= res[1][i][j] != res[0][i][j];
             }
             /* the forward and dX really took the other path (dW is im2col's in both) */
-            if (i < 2) ck_assert_msg(differs, "shape %d: result %d is bitwise im2col's", s, i);
+            if (i < 2) ck_assert_msg(differs, "shape %zu: result %d is bitwise im2col's", s, i);
             free(res[0][i]);
             free(res[1][i]);
         }
