@@ -139,6 +139,7 @@ static const key_def keys[] = {
     INT("train", "feature_cache_max_mb", train.feature_cache_max_mb, "4096", 1, NULL),
     ENUM("train", "on_nonfinite", train.on_nonfinite, "error", {"error", CT_CFG_NONFINITE_ERROR},
          {"skip", CT_CFG_NONFINITE_SKIP}),
+    REAL("train", "label_smoothing", train.label_smoothing, "0", 0, 1, 0),
     CHECKED("train", "preempt_signals", train.preempt_signals, "TERM,INT,USR1", check_signals),
     INT("train", "preempt_grace_s", train.preempt_grace_s, "30", 0, "never"),
 

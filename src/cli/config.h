@@ -99,6 +99,7 @@ typedef struct {
         ct_cfg_cache feature_cache;
         int feature_cache_max_mb; /* auto caches only features that fit this, per rank */
         ct_cfg_nonfinite on_nonfinite; /* a NaN/Inf training loss ends the run, or skips the step */
+        double label_smoothing; /* training loss only; validation reports plain cross-entropy */
         char preempt_signals[CT_CFG_STR]; /* signals that checkpoint and stop (preempt.c); "none" */
         int preempt_grace_s;               /* a preempted run ends within this; 0 = never forced */
     } train;

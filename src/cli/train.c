@@ -268,7 +268,8 @@ static ct_status train_step(trainer *t, int epoch, int64_t s, epoch_stats *es, c
     ct_optim_apply_schedule(t->opt, &t->sched, t->step, epoch);
     ct_tensor *logits = t->in.prefix ? ct_seq_forward_range(r->model, t->in.prefix, t->in.nlayers, b.x)
                                   : ct_module_forward(r->model, b.x);
-    ct_tensor *loss = ct_cross_entropy(logits, b.y, CT_REDUCE_MEAN);
+    ct_tensor *loss = ct_cross_entropy_smooth(logits, b.y, (float)c->train.label_smoothing,
+                                              CT_REDUCE_MEAN);
     bool finite = isfinite(loss->data[0]);
     if (!finite && c->train.on_nonfinite == CT_CFG_NONFINITE_ERROR)
         ct_fatal("epoch %d step %lld: the training loss is %f (train.on_nonfinite = error; 'skip' "

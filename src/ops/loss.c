@@ -1,16 +1,19 @@
 /* Losses. cross_entropy fuses log_softmax and NLL: the forward writes the softmax it
  * already computes (only when a gradient will be needed), so the backward is one
- * vectorised pass, (p - onehot) * scale, with no exp and without the logits. */
+ * vectorised pass, (p - target distribution) * scale, with no exp and without the logits.
+ * Label smoothing is PyTorch's CrossEntropyLoss(label_smoothing = e): the target is
+ * (1 - e) * onehot + e / C, so a row's loss is (1 - e) * -log p_t + e / C * sum_c -log p_c. */
 #include "internal.h"
 
 #include <math.h>
 
 /* ---- cross_entropy ----------------------------------------------------------------- */
 
-/* gx += p * scale over all N*C, then the one-hot term row by row. */
-static void ce_bwd(float *restrict gx, const float *restrict p, float scale, int64_t n) {
+/* gx += (p - u) * scale over all N*C (u: the smoothing's uniform share), then the one-hot
+ * term row by row. */
+static void ce_bwd(float *restrict gx, const float *restrict p, float u, float scale, int64_t n) {
     CT_PAR_FOR(n)
-    for (int64_t i = 0; i < n; i++) gx[i] += p[i] * scale;
+    for (int64_t i = 0; i < n; i++) gx[i] += (p[i] - u) * scale;
 }
 
 static void ce_backward(ct_node *n, const ct_tensor *gout) {
@@ -19,13 +22,21 @@ static void ce_backward(ct_node *n, const ct_tensor *gout) {
     const int64_t *target = n->aux;
     float scale = gout->data[0];
     if (n->i[2] == CT_REDUCE_MEAN) scale /= (float)rows;
+    float eps = n->f[0], hit = (1.0f - eps) * scale;
     float *gx = ct_node_grad_in(n, 0)->data;
-    ce_bwd(gx, n->saved[0]->data, scale, rows * c);
-    for (int64_t r = 0; r < rows; r++) gx[r * c + target[r]] -= scale;
+    ce_bwd(gx, n->saved[0]->data, eps / (float)c, scale, rows * c);
+    for (int64_t r = 0; r < rows; r++) gx[r * c + target[r]] -= hit;
 }
 
 ct_tensor *ct_cross_entropy(ct_tensor *logits, const int64_t *target, ct_reduction red) {
+    return ct_cross_entropy_smooth(logits, target, 0.0f, red);
+}
+
+ct_tensor *ct_cross_entropy_smooth(ct_tensor *logits, const int64_t *target, float smoothing,
+                                   ct_reduction red) {
     ct__check_ndim("cross_entropy", logits, 2, "[N, C] of logits");
+    CT_ASSERT(smoothing >= 0.0f && smoothing <= 1.0f,
+              "cross_entropy: label smoothing %g is outside [0, 1]", (double)smoothing);
     int64_t rows = logits->shape[0], c = logits->shape[1];
     for (int64_t r = 0; r < rows; r++)
         CT_ASSERT(target[r] >= 0 && target[r] < c,
@@ -37,6 +48,7 @@ ct_tensor *ct_cross_entropy(ct_tensor *logits, const int64_t *target, ct_reducti
     float *p = NULL;
     if (n) {
         n->i[0] = rows, n->i[1] = c, n->i[2] = red;
+        n->f[0] = smoothing;
         /* Copied: the caller's array need not outlive the graph. */
         int64_t *t = ct_node_aux(n, (size_t)rows * sizeof(int64_t));
         for (int64_t r = 0; r < rows; r++) t[r] = target[r];
@@ -51,6 +63,9 @@ ct_tensor *ct_cross_entropy(ct_tensor *logits, const int64_t *target, ct_reducti
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = logits->data + r * c;
         float m = ct__maxf(xr, c), s = 0;
+        double shifted = 0; /* sum_c (x_c - m), only for smoothing */
+        if (smoothing > 0.0f)
+            for (int64_t k = 0; k < c; k++) shifted += (double)(xr[k] - m);
         if (p) {
             float *pr = p + r * c;
             for (int64_t k = 0; k < c; k++) s += pr[k] = expf(xr[k] - m);
@@ -59,8 +74,11 @@ ct_tensor *ct_cross_entropy(ct_tensor *logits, const int64_t *target, ct_reducti
         } else {
             for (int64_t k = 0; k < c; k++) s += expf(xr[k] - m);
         }
-        /* -log_softmax[t] = log(s) - (x_t - m) */
-        lr[r] = (double)logf(s) - (double)(xr[target[r]] - m);
+        /* -log_softmax[k] = log(s) - (x_k - m) */
+        double ls = (double)logf(s), nll = ls - (double)(xr[target[r]] - m);
+        lr[r] = smoothing > 0.0f
+                    ? (1.0 - smoothing) * nll + smoothing * (ls - shifted / (double)c)
+                    : nll;
     }
     double total = 0;
     for (int64_t r = 0; r < rows; r++) total += lr[r];

@@ -72,6 +72,10 @@ ct_tensor *ct_log_softmax(ct_tensor *x, int dim);
 typedef enum { CT_REDUCE_MEAN, CT_REDUCE_SUM } ct_reduction;
 /* logits [N, C], target[N] class indices in [0, C): fused log_softmax + NLL -> 0-d. */
 ct_tensor *ct_cross_entropy(ct_tensor *logits, const int64_t *target, ct_reduction red);
+/* The same against (1 - smoothing) * onehot + smoothing / C: PyTorch's
+ * CrossEntropyLoss(label_smoothing = smoothing), smoothing in [0, 1]. */
+ct_tensor *ct_cross_entropy_smooth(ct_tensor *logits, const int64_t *target, float smoothing,
+                                   ct_reduction red);
 /* Mean (or sum) of (a - b)^2 over all elements; shapes must match. -> 0-d. */
 ct_tensor *ct_mse_loss(ct_tensor *a, ct_tensor *b, ct_reduction red);
 

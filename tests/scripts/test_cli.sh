@@ -49,6 +49,21 @@ check "non-TTY progress: plain lines every log_every steps, epochs counted from 
     grep -q '^epoch 1 step 5/15 loss [0-9.]* samples/s' "$T/full1.err"
 check "non-TTY progress: last step of the last epoch" grep -q '^epoch 3 step 15/15 ' "$T/full1.err"
 
+# ---- label smoothing -------------------------------------------------------------------------
+# With train.label_smoothing = 1 the target is uniform over the 10 classes, and the
+# cross-entropy against it is at least its entropy, log 10 = 2.3026, whatever the model does;
+# an unsmoothed run's training loss is far below that after an epoch. Validation reports
+# plain cross-entropy either way.
+run smooth 0 train "$CFG" data.per_class=100 train.epochs=1 train.label_smoothing=1 output.dir="$T/smooth"
+ran_ok "training with train.label_smoothing=1" smooth
+check "label_smoothing=1: training loss >= log 10, the uniform target's entropy" python3 - \
+    "$T/smooth/metrics.jsonl" "$T/r1/metrics.jsonl" <<'EOF'
+import json, math, sys
+smooth, plain = (json.loads(open(f).readline()) for f in sys.argv[1:])
+assert smooth["train_loss"] >= math.log(10) - 1e-4, smooth
+assert plain["train_loss"] < 2.0, plain
+EOF
+
 # ---- exact resume, 1 rank -------------------------------------------------------------------
 cp "$T/full1.out" "$T/full1.keep"
 cut_back_to_epoch1 "$T/r1"

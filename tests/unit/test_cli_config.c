@@ -31,6 +31,7 @@ START_TEST(config_defaults) {
     ck_assert(!c.model.init_strict);
     ck_assert(c.model.bn_eval_when_frozen);
     ck_assert_double_eq(c.model.dropout, 0.25);
+    ck_assert_double_eq(c.train.label_smoothing, 0);
     /* the ResNets' keys */
     ck_assert_int_eq(c.model.in_channels, 3);
     ck_assert_int_eq(c.model.num_classes, 0);
@@ -198,6 +199,7 @@ static const struct {
     {"[train]\nbatch_size = 12.5\n", {":2:", "train.batch_size", "not an integer"}},
     {"[train]\nbatch_size = 99999999999\n", {":2:", "train.batch_size", "<= 2147483647"}},
     {"[model]\ndropout = 1\n", {":2:", "model.dropout", "[0, 1)"}},
+    {"[train]\nlabel_smoothing = 1.5\n", {":2:", "train.label_smoothing", "[0, 1]"}},
     {"[optim]\nname = rmsprop\n", {":2:", "optim.name", "sgd|adam|adamw"}},
     {"[optim]\nnesterov = maybe\n", {":2:", "optim.nesterov", "true/false"}},
     {"[train]\nseed = -1\n", {":2:", "train.seed", "not an integer"}},

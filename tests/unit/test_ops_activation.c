@@ -316,14 +316,39 @@ START_TEST(cross_entropy_no_grad_needed) {
 }
 END_TEST
 
+START_TEST(cross_entropy_label_smoothing_values) {
+    CT_SCOPE {
+        ct_tensor *l = ct_from_data(CT_SHAPE(3, 4), ce_logits);
+        ct_set_requires_grad(l, true);
+        /* F.cross_entropy(L, t, label_smoothing=e), mean and sum, in float64 */
+        ck_assert_close(ct_cross_entropy_smooth(l, ce_target, 0.1f, CT_REDUCE_SUM)->data[0],
+                        5.65876428, 1e-6);
+        ck_assert_close(ct_cross_entropy_smooth(l, ce_target, 1.0f, CT_REDUCE_MEAN)->data[0],
+                        2.14875476, 1e-6);
+        /* smoothing 0 is plain cross-entropy */
+        ck_assert_close(ct_cross_entropy_smooth(l, ce_target, 0.0f, CT_REDUCE_MEAN)->data[0],
+                        1.85708809, 1e-6);
+        ct_tensor *loss = ct_cross_entropy_smooth(l, ce_target, 0.1f, CT_REDUCE_MEAN);
+        ck_assert_close(loss->data[0], 1.88625476, 1e-6);
+        ct_backward(loss);
+        /* Lr.grad after F.cross_entropy(Lr, t, label_smoothing=0.1).backward() */
+        float want[] = {-0.0956445496f, 0.0699104976f,  0.0234782344f, 0.00225581768f,
+                        0.0269590232f,  0.252443869f,   0.00752454468f, -0.286927437f,
+                        -0.00414346929f, 0.0104443346f, -0.277374193f, 0.271073328f};
+        for (int i = 0; i < 12; i++) ck_assert_close(l->grad->data[i], want[i], 1e-6);
+    }
+}
+END_TEST
+
 typedef struct {
     const int64_t *target;
     ct_reduction red;
+    float smoothing;
 } ce_case;
 
 static ct_tensor *ce_fn(ct_tensor **in, void *ctx) {
     const ce_case *c = ctx;
-    return ct_cross_entropy(in[0], c->target, c->red);
+    return ct_cross_entropy_smooth(in[0], c->target, c->smoothing, c->red);
 }
 
 START_TEST(cross_entropy_grad) {
@@ -332,10 +357,13 @@ START_TEST(cross_entropy_grad) {
         int64_t target[5] = {0, 12, 3, 7, 12};
         ct_tensor *l = ct_test_rand(CT_SHAPE(5, 13), -3, 3, 70);
         ct_set_requires_grad(l, true);
-        ce_case mean = {target, CT_REDUCE_MEAN}, sum = {target, CT_REDUCE_SUM};
+        ce_case mean = {target, CT_REDUCE_MEAN, 0}, sum = {target, CT_REDUCE_SUM, 0};
+        ce_case smooth = {target, CT_REDUCE_SUM, 0.2f};
         ck_assert(ct_test_gradcheck("ce_mean", ce_fn, 1, &l, &mean, GC_STEP, ce_mean_tol.atol,
                                     ce_mean_tol.rtol) <= 1);
         ck_assert(ct_test_gradcheck("ce_sum", ce_fn, 1, &l, &sum, GC_STEP, ce_sum_tol.atol,
+                                    ce_sum_tol.rtol) <= 1);
+        ck_assert(ct_test_gradcheck("ce_smooth", ce_fn, 1, &l, &smooth, GC_STEP, ce_sum_tol.atol,
                                     ce_sum_tol.rtol) <= 1);
     }
 }
@@ -447,6 +475,15 @@ START_TEST(ce_not_2d) {
 }
 END_TEST
 
+START_TEST(ce_smoothing_out_of_range) {
+    ct_test_expect_abort("cross_entropy: label smoothing 1.5 is outside [0, 1]");
+    CT_SCOPE {
+        ct_cross_entropy_smooth(ct_zeros(CT_SHAPE(2, 3)), (const int64_t[]){0, 1}, 1.5f,
+                                CT_REDUCE_SUM);
+    }
+}
+END_TEST
+
 START_TEST(mse_shape_mismatch) {
     ct_test_expect_abort("mse_loss: shapes [2, 3] and [3, 2] must match");
     CT_SCOPE { ct_mse_loss(ct_zeros(CT_SHAPE(2, 3)), ct_zeros(CT_SHAPE(3, 2)), CT_REDUCE_MEAN); }
@@ -529,6 +566,7 @@ int main(void) {
     tcase_add_test(tl, cross_entropy_values);
     tcase_add_test(tl, cross_entropy_grad_mean_values);
     tcase_add_test(tl, cross_entropy_no_grad_needed);
+    tcase_add_test(tl, cross_entropy_label_smoothing_values);
     tcase_add_test(tl, cross_entropy_grad);
     tcase_add_test(tl, training_step_frees_everything);
     tcase_add_test(tl, mse_values);
@@ -539,6 +577,7 @@ int main(void) {
     tcase_add_test_raise_signal(te, ce_target_too_large, SIGABRT);
     tcase_add_test_raise_signal(te, ce_target_negative, SIGABRT);
     tcase_add_test_raise_signal(te, ce_not_2d, SIGABRT);
+    tcase_add_test_raise_signal(te, ce_smoothing_out_of_range, SIGABRT);
     tcase_add_test_raise_signal(te, mse_shape_mismatch, SIGABRT);
     tcase_add_test_raise_signal(te, softmax_bad_dim, SIGABRT);
     tcase_add_test_raise_signal(te, log_softmax_bad_dim, SIGABRT);
