@@ -82,6 +82,7 @@ ct_stats ct_stats_get(void) {
     LOAD_(saved_tensors);
     LOAD_(mallocs);
     LOAD_(gemm_calls);
+    LOAD_(conv_epilogues);
     LOAD_(gemm_flops);
 #undef LOAD_
     return s;

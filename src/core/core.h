@@ -103,6 +103,7 @@ typedef struct {
     int64_t mallocs;       /* system allocations made by the caching allocator, ever */
     int64_t gemm_calls;    /* ct_gemm calls, ever (tests prove skipped dW/dX GEMMs) */
     int64_t gemm_flops;    /* 2*m*n*k summed over those calls */
+    int64_t conv_epilogues; /* conv2d calls with an epilogue (BatchNorm etc. folded), ever */
 } ct_stats;
 /* The counters are updated atomically, so they are exact whichever threads allocate. */
 ct_stats ct_stats_get(void);

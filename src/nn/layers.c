@@ -128,6 +128,30 @@ static ct_module *batchnorm(const ct_module_ops *ops, int64_t c, int ndim) {
     return m;
 }
 
+/* ---- Conv2d -> BatchNorm2d folded, for inference ------------------------------------------- */
+
+ct_tensor *ct_nn_conv_bn_fold(ct_module *conv, ct_module *bn, ct_tensor *x, ct_tensor *residual,
+                              bool relu) {
+    const ct_conv2d_module *c = ct_nn_as_conv2d(conv);
+    const ct_batchnorm_module *b = ct_nn_as_batchnorm(bn);
+    if (!c || !b || b->ndim != 4 || b->num_features != c->out_channels || batchnorm_uses_batch(bn))
+        return NULL;
+    if (ct_is_grad_enabled()) { /* a graph would be recorded: the unfolded ops keep it */
+        bool grad = ct_requires_grad(x) || (residual && ct_requires_grad(residual));
+        for (int i = 0; i < conv->nparams; i++) grad = grad || ct_requires_grad(conv->params[i]);
+        for (int i = 0; i < bn->nparams; i++) grad = grad || ct_requires_grad(bn->params[i]);
+        if (grad) return NULL;
+    }
+    ct_tensor *ab = ct_tensor_new(CT_SHAPE(2, b->num_features));
+    float *a = ab->data, *sh = ab->data + b->num_features;
+    ct_batch_norm_eval_coeffs(bn->params[0], bn->params[1], bn->buffers[0], bn->buffers[1], b->eps,
+                              a, sh);
+    ct_conv2d_post post = {.scale = a, .shift = sh, .residual = residual, .relu = relu};
+    ct_conv2d_opts o = {.stride_h = c->stride, .stride_w = c->stride, .pad_h = c->padding,
+                        .pad_w = c->padding, .groups = c->groups, .post = &post};
+    return ct_conv2d_ex(x, conv->params[0], conv->nparams > 1 ? conv->params[1] : NULL, &o);
+}
+
 ct_module *ct_nn_batchnorm1d(int64_t features) { return batchnorm(&bn1d_ops, features, 2); }
 ct_module *ct_nn_batchnorm2d(int64_t channels) { return batchnorm(&bn2d_ops, channels, 4); }
 

@@ -22,6 +22,27 @@ int ct_seq_num_layers(ct_module *m) {
     return n;
 }
 
+/* Runs child i of m (not a Sequential) and, as one op, the siblings after it that fuse
+ * with it, `room` layers at most (the rest of the range); *span: how many ran, each
+ * counted as the layer it is. Fused: a Conv2d, BatchNorm2d [and ReLU] folded for inference
+ * (ct_nn_conv_bn_fold), or a layer with a fused ReLU form (BatchNorm) and a ReLU. */
+static ct_tensor *run_fused(ct_module *m, int i, int room, ct_tensor *x, int *span) {
+    ct_module *c = m->children[i];
+    ct_module *n1 = room >= 2 && i + 1 < m->nchildren ? m->children[i + 1] : NULL;
+    bool relu2 = room >= 3 && i + 2 < m->nchildren && ct_module_is_relu(m->children[i + 2]);
+    ct_tensor *y = n1 ? ct_nn_conv_bn_fold(c, n1, x, NULL, relu2) : NULL;
+    if (y) {
+        *span = relu2 ? 3 : 2;
+        return y;
+    }
+    if (n1 && c->ops->forward_relu && ct_module_is_relu(n1)) {
+        *span = 2;
+        return ct_module_forward_relu(c, n1, x);
+    }
+    *span = 1;
+    return ct_module_forward(c, x);
+}
+
 /* Runs the layers of m numbered [from, to), *pos being the number of the first one.
  * Each layer runs in its own scope; *h is the one reference we hold to the current
  * activation, so the previous one is dropped as soon as the next layer is done with it
@@ -36,20 +57,17 @@ static void run_layers(ct_module *m, int from, int to, int *pos, ct_tensor **h) 
             else run_layers(c, from, to, pos, h);
             continue;
         }
-        /* a layer with a fused ReLU form (BatchNorm) directly followed by a ReLU inside the
-         * range: both in one op, counted as the two layers they are */
-        bool fuse = *pos >= from && *pos + 1 < to && i + 1 < m->nchildren && c->ops->forward_relu &&
-                    ct_module_is_relu(m->children[i + 1]);
+        int span = 1;
         if (*pos >= from) {
             size_t mark = ct_scope_begin();
-            ct_tensor *y = fuse ? ct_module_forward_relu(c, m->children[i + 1], *h) : ct_module_forward(c, *h);
+            ct_tensor *y = run_fused(m, i, to - *pos, *h, &span);
             ct_retain(y);
             ct_scope_end(mark);
             ct_release(*h);
             *h = y;
         }
-        (*pos)++;
-        if (fuse) (*pos)++, i++;
+        *pos += span;
+        i += span - 1;
     }
 }
 

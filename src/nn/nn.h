@@ -151,6 +151,14 @@ ct_tensor *ct_module_forward(ct_module *m, ct_tensor *x);
 ct_tensor *ct_module_forward_relu(ct_module *m, ct_module *relu, ct_tensor *x);
 /* Whether m is a ReLU layer (ct_nn_relu). */
 bool ct_module_is_relu(const ct_module *m);
+/* conv (a Conv2d), then bn (a BatchNorm2d), then + residual (when not NULL), then a ReLU
+ * (when relu), as one convolution with an epilogue (ct_conv2d_post), bit for bit what the
+ * separate ops give. Only when bn uses its running statistics (eval mode, or frozen with
+ * bn_eval_when_frozen) and no gradient is needed (no_grad, or nothing involved requires
+ * grad: inference, evaluation, frozen stages); otherwise NULL, and the caller runs the ops
+ * one by one. Saves BatchNorm's, add's and ReLU's passes over memory. */
+ct_tensor *ct_nn_conv_bn_fold(ct_module *conv, ct_module *bn, ct_tensor *x, ct_tensor *residual,
+                              bool relu);
 
 /* A Sequential's layers are its children with every nested Sequential replaced by its own
  * layers, depth first: running them in order is running the Sequential. (The CNN's 13:

@@ -17,19 +17,28 @@ typedef struct {
     ct_module *conv1, *bn1, *conv2, *bn2, *conv3, *bn3, *relu, *downsample;
 } resnet_block;
 
+/* conv, bn, then relu (when identity is NULL) or the residual add and relu: folded into the
+ * convolution for inference (ct_nn_conv_bn_fold), else a bn directly followed by the relu
+ * as one fused op (ct_module_forward_relu) and the add and relu as ops. */
+static ct_tensor *conv_bn_relu(resnet_block *b, ct_module *conv, ct_module *bn, ct_tensor *x,
+                               ct_tensor *identity) {
+    ct_tensor *y = ct_nn_conv_bn_fold(conv, bn, x, identity, true);
+    if (y) return y;
+    y = ct_module_forward(conv, x);
+    if (!identity) return ct_module_forward_relu(bn, b->relu, y);
+    return ct_module_forward(b->relu, ct_add(ct_module_forward(bn, y), identity));
+}
+
 /* BasicBlock: relu(bn2(conv2(relu(bn1(conv1 x)))) + identity); Bottleneck adds the 1x1
- * conv3/bn3 after a relu. identity is x, or downsample(x) where the shape changes. A bn
- * directly followed by the relu runs as one fused op (ct_module_forward_relu). */
+ * conv3/bn3 after a relu. identity is x, or downsample(x) where the shape changes; it is
+ * computed just before the last conv, which can then take it into its epilogue. */
 static ct_tensor *block_forward(ct_module *m, ct_tensor *x) {
     resnet_block *b = (resnet_block *)m;
-    ct_tensor *out = ct_module_forward_relu(b->bn1, b->relu, ct_module_forward(b->conv1, x));
-    if (b->conv3) /* Bottleneck */
-        out = ct_module_forward_relu(b->bn2, b->relu, ct_module_forward(b->conv2, out));
-    else
-        out = ct_module_forward(b->bn2, ct_module_forward(b->conv2, out));
-    if (b->conv3) out = ct_module_forward(b->bn3, ct_module_forward(b->conv3, out));
+    ct_tensor *out = conv_bn_relu(b, b->conv1, b->bn1, x, NULL);
+    if (b->conv3) out = conv_bn_relu(b, b->conv2, b->bn2, out, NULL); /* Bottleneck */
     ct_tensor *identity = b->downsample ? ct_module_forward(b->downsample, x) : x;
-    return ct_module_forward(b->relu, ct_add(out, identity));
+    return b->conv3 ? conv_bn_relu(b, b->conv3, b->bn3, out, identity)
+                    : conv_bn_relu(b, b->conv2, b->bn2, out, identity);
 }
 
 static const ct_module_ops basic_ops = {.type = "BasicBlock", .forward = block_forward};

@@ -63,6 +63,7 @@
  * becomes one GEMM per group on those blocks; im2col and col2im run once over all channels,
  * as without groups. */
 #include "internal.h"
+#include "../core/internal.h" /* the conv_epilogues counter */
 
 #include <immintrin.h>
 #include <string.h>
@@ -620,11 +621,40 @@ static void row_block_gemms(const conv_geom *g, bool dw, int64_t nb, int64_t o, 
     }
 }
 
+/* One plane of the epilogue, inlined once per (residual, relu) pair so that each loop is
+ * branch-free and vectorises. The operations run in batch_norm's, add's and relu's order,
+ * so the bits are theirs. */
+static inline __attribute__((always_inline)) void post_loop(float *restrict y,
+                                                            const float *restrict res, float a,
+                                                            float b, bool with_res, bool relu,
+                                                            int64_t hw) {
+    for (int64_t k = 0; k < hw; k++) {
+        float t = a * y[k] + b;
+        if (with_res) t = t + res[k];
+        if (relu) t = t < 0 ? 0.0f : t; /* as relu_fwd: NaN stays NaN */
+        y[k] = t;
+    }
+}
+static void post_plane(float *y, const float *res, float a, float b, bool relu, int64_t hw) {
+    if (res && relu) post_loop(y, res, a, b, true, true, hw);
+    else if (res) post_loop(y, res, a, b, true, false, hw);
+    else if (relu) post_loop(y, NULL, a, b, false, true, hw);
+    else post_loop(y, NULL, a, b, false, false, hw);
+}
+
+void ct__conv_post(float *y, const float *res, int64_t c0, int64_t nc, int64_t hw,
+                   const ct_conv2d_post *p) {
+    for (int64_t l = 0; l < nc; l++)
+        post_plane(y + l * hw, res ? res + l * hw : NULL, p->scale ? p->scale[c0 + l] : 1.0f,
+                   p->shift ? p->shift[c0 + l] : 0.0f, p->relu, hw);
+}
+
 /* The forward of chunk ci (samples [ci*sc->nb, ...)) into y: per class and group,
- * out = W (the class's taps of wt) @ col, then to NCHW. */
+ * out = W (the class's taps of wt) @ col, then to NCHW, then the epilogue if any. */
 static void forward_chunk(const conv_geom *g, int64_t ci, int64_t batch, int64_t o,
                           const float *x, const float *wt, const float *bias,
-                          const col_scratch *sc, gemm_fn *gemm, float *y) {
+                          const ct_conv2d_post *post, const col_scratch *sc, gemm_fn *gemm,
+                          float *y) {
     int64_t og = o / g->groups, npix = geom_pix(g), in_sz = g->c * g->h * g->w;
     int64_t i0 = ci * sc->nb, nb = batch - i0 < sc->nb ? batch - i0 : sc->nb;
     float *out = sc->buf ? sc->buf : y + i0 * o * npix;
@@ -645,6 +675,9 @@ static void forward_chunk(const conv_geom *g, int64_t ci, int64_t batch, int64_t
         row_block_gemms(g, false, nb, o, r0, m, gm, wt, cols, out, bias != NULL);
     }
     if (sc->buf) chunk_move(g, nb, o, sc->buf, y + i0 * o * npix, false);
+    const float *res = post && post->residual ? post->residual->data : NULL;
+    for (int64_t j = i0; post && j < i0 + nb; j++)
+        ct__conv_post(y + j * o * npix, res ? res + j * o * npix : NULL, 0, o, npix, post);
 }
 
 /* The backward of chunk ci (samples [ci*sc->nb, ...)): dW (laid out as wt, added onto
@@ -749,7 +782,7 @@ static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
     }
     if (!gw && !gx) return;
     if (gx && use_wino(&g, o)) { /* dX by Winograd; dW stays below (see winograd.c) */
-        ct__wino_conv(gout->data, batch, o, g.c, g.h, g.w, w, true, NULL, gx->data, true);
+        ct__wino_conv(gout->data, batch, o, g.c, g.h, g.w, w, true, NULL, NULL, gx->data, true);
         gx = NULL, w = NULL;
         if (!gw) return;
     }
@@ -789,9 +822,24 @@ ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2
     geom_classes(&g);
 
     int64_t batch = x->shape[0], o = w->shape[0];
+    const ct_conv2d_post *post = a->post;
+    if (post) {
+        const ct_tensor *r = post->residual;
+        CT_ASSERT(!ct_is_grad_enabled() ||
+                      !(ct_requires_grad(x) || ct_requires_grad(w) || (b && ct_requires_grad(b)) ||
+                        (r && ct_requires_grad(r))),
+                  "conv2d: an epilogue (post) records no graph, but a gradient is needed");
+        CT_ASSERT(!r || (r->ndim == 4 && r->shape[0] == batch && r->shape[1] == o &&
+                         r->shape[2] == g.oh && r->shape[3] == g.ow),
+                  "conv2d: residual %s does not match the output [%lld, %lld, %lld, %lld]",
+                  r ? CT_SHAPE_STR(r) : "", (long long)batch, (long long)o, (long long)g.oh,
+                  (long long)g.ow);
+        CT_STAT_ADD(conv_epilogues, 1);
+    }
     ct_tensor *y = ct_tensor_new(CT_SHAPE(batch, o, g.oh, g.ow));
     if (use_wino(&g, o))
-        ct__wino_conv(x->data, batch, g.c, o, g.h, g.w, w->data, false, b ? b->data : NULL, y->data, false);
+        ct__wino_conv(x->data, batch, g.c, o, g.h, g.w, w->data, false, b ? b->data : NULL, post,
+                      y->data, false);
     else CT_SCOPE { /* the scratch goes back to the cache as soon as the loop is done */
         int64_t nbs = chunk_samples(&g, batch), nchunks = (batch + nbs - 1) / nbs;
         int nt = team_size(nchunks, batch * o * geom_macs(&g) * g.groups);
@@ -801,7 +849,7 @@ ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2
         gemm_fn *gemm = nchunks > 1 ? ct_gemm_serial : ct_gemm;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
         for (int64_t ci = 0; ci < nchunks; ci++)
-            forward_chunk(&g, ci, batch, o, x->data, wt, b ? b->data : NULL,
+            forward_chunk(&g, ci, batch, o, x->data, wt, b ? b->data : NULL, post,
                           &sc[ct_thread_id()], gemm, y->data);
     }
 

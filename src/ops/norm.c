@@ -294,6 +294,22 @@ static void check_channel_vec(const char *what, const ct_tensor *t, const ct_ten
 }
 
 /* ct_batch_norm, followed by a fused ReLU when relu. */
+static float eval_istd(float var, float eps) { return 1.0f / sqrtf(var + eps); }
+/* y = x * a + b with a = w * invstd, b = bias - mean * a. */
+static void affine_coeffs(const ct_tensor *weight, const ct_tensor *bias, float mean, float istd,
+                          int64_t c, float *a, float *b) {
+    a[c] = (weight ? weight->data[c] : 1.0f) * istd;
+    b[c] = (bias ? bias->data[c] : 0.0f) - mean * a[c];
+}
+
+void ct_batch_norm_eval_coeffs(const ct_tensor *weight, const ct_tensor *bias,
+                               const ct_tensor *running_mean, const ct_tensor *running_var,
+                               float eps, float *a, float *b) {
+    for (int64_t c = 0; c < running_mean->numel; c++)
+        affine_coeffs(weight, bias, running_mean->data[c], eval_istd(running_var->data[c], eps), c,
+                      a, b);
+}
+
 static ct_tensor *bn_forward(ct_tensor *x, ct_tensor *weight, ct_tensor *bias,
                              ct_tensor *running_mean, ct_tensor *running_var, bool training,
                              float momentum, float eps, bool relu) {
@@ -338,14 +354,10 @@ static ct_tensor *bn_forward(ct_tensor *x, ct_tensor *weight, ct_tensor *bias,
     } else {
         for (int64_t c = 0; c < C; c++) {
             mean[c] = running_mean->data[c];
-            istd[c] = 1.0f / sqrtf(running_var->data[c] + eps);
+            istd[c] = eval_istd(running_var->data[c], eps);
         }
     }
-    /* y = x * a + b with a = w * invstd, b = bias - mean * a. */
-    for (int64_t c = 0; c < C; c++) {
-        s.a[c] = (weight ? weight->data[c] : 1.0f) * istd[c];
-        s.b[c] = (bias ? bias->data[c] : 0.0f) - mean[c] * s.a[c];
-    }
+    for (int64_t c = 0; c < C; c++) affine_coeffs(weight, bias, mean[c], istd[c], c, s.a, s.b);
     if (relu)
         bn_affine_relu(out->data, false, x->data, NULL, s.a, s.b, NULL, NULL, true, d);
     else

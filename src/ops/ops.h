@@ -85,11 +85,25 @@ ct_tensor *ct_mse_loss(ct_tensor *a, ct_tensor *b, ct_reduction red);
 ct_tensor *ct_conv2d(ct_tensor *x, ct_tensor *w, ct_tensor *b, int stride, int padding);
 /* PyTorch's Conv2d arguments beyond the square ones (no dilation). A field left 0 means
  * stride 1, padding 0, groups 1, so (ct_conv2d_opts){.groups = C} is a depthwise conv. */
+typedef struct ct_conv2d_post ct_conv2d_post;
 typedef struct {
     int stride_h, stride_w;
     int pad_h, pad_w; /* zeros on each side */
     int groups;       /* divides C and O; w is then [O, C/groups, kh, kw] */
+    const ct_conv2d_post *post; /* NULL, or an epilogue (below) */
 } ct_conv2d_opts;
+/* An epilogue for inference: each output value v (bias included) becomes
+ *   relu?( v * scale[o] + shift[o] + residual )
+ * computed in that order, so it is bit for bit what batch_norm in eval mode, then add, then
+ * relu would give; it runs on each chunk of outputs while they are in cache, instead of
+ * three passes over memory. NULL pointers: scale 1, shift 0, no residual (the output's
+ * shape). No graph is recorded through it, so conv2d refuses it when a gradient would be
+ * needed (grad mode on and x, w, b or the residual requiring grad). */
+struct ct_conv2d_post {
+    const float *scale, *shift; /* [O] each */
+    const ct_tensor *residual;  /* [N, O, OH, OW] */
+    bool relu;
+};
 /* ct_conv2d with separate row/column stride and padding and groups; opts NULL: defaults. */
 ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2d_opts *opts);
 /* 3x3 / stride 1 / padding 1 convolutions with 16 or more channels in and out on planes of
@@ -129,6 +143,12 @@ ct_tensor *ct_batch_norm(ct_tensor *x, ct_tensor *weight, ct_tensor *bias,
 ct_tensor *ct_batch_norm_relu(ct_tensor *x, ct_tensor *weight, ct_tensor *bias,
                               ct_tensor *running_mean, ct_tensor *running_var, bool training,
                               float momentum, float eps);
+/* Inference batch norm as y = a[c] * x + b[c]: a = weight / sqrt(running_var + eps),
+ * b = bias - running_mean * a (C floats each; weight/bias NULL: 1/0). The coefficients
+ * ct_batch_norm uses in eval mode, for folding it into a convolution's epilogue. */
+void ct_batch_norm_eval_coeffs(const ct_tensor *weight, const ct_tensor *bias,
+                               const ct_tensor *running_mean, const ct_tensor *running_var,
+                               float eps, float *a, float *b);
 /* Normalises over the last `nlast` dims; weight/bias have that trailing shape or NULL. */
 ct_tensor *ct_layer_norm(ct_tensor *x, int nlast, ct_tensor *weight, ct_tensor *bias, float eps);
 

@@ -215,10 +215,12 @@ ALWAYS_INLINE void lane_input(const wino_geom *g, const float *x, int64_t nb, fl
         }
 }
 
-/* y [nb, cout, h, w] (= or += when acc) A^T M A per tile, plus the bias when given; q: the
- * tiles' pixels in lanes, (2 th) x (2 tw). */
+/* y [nb, cout, h, w] (= or += when acc) A^T M A per tile, plus the bias when given, then
+ * the epilogue post (on 16 planes just written, still in L1); q: the tiles' pixels in
+ * lanes, (2 th) x (2 tw). */
 ALWAYS_INLINE void lane_output(const wino_geom *g, const float *mt, int64_t nb, float (*q)[LANES],
-                               const float *bias, float *y, bool acc, bool wide) {
+                               const float *bias, const ct_conv2d_post *post, const float *res,
+                               float *y, bool acc, bool wide) {
     int64_t T = nb * g->tiles, cout = g->cout, h = g->h, w = g->w, qw = 2 * g->tw;
     for (int64_t j = 0; j < nb; j++)
         for (int64_t o0 = 0; o0 < cout; o0 += LANES) {
@@ -256,6 +258,7 @@ ALWAYS_INLINE void lane_output(const wino_geom *g, const float *mt, int64_t nb, 
                     *o = acc ? *o + v : v;
                 }
             }
+            if (post) ct__conv_post(dst, res ? res + (j * cout + o0) * hw : NULL, o0, nl, hw, post);
         }
 }
 
@@ -265,26 +268,31 @@ static CT_AVX512 void lane_input_512(const wino_geom *g, const float *x, int64_t
     lane_input(g, x, nb, p, vt, true);
 }
 static CT_AVX512 void lane_output_512(const wino_geom *g, const float *mt, int64_t nb,
-                                      float (*q)[LANES], const float *bias, float *y, bool acc) {
-    lane_output(g, mt, nb, q, bias, y, acc, true);
+                                      float (*q)[LANES], const float *bias,
+                                      const ct_conv2d_post *post, const float *res, float *y,
+                                      bool acc) {
+    lane_output(g, mt, nb, q, bias, post, res, y, acc, true);
 }
 static void lane_input_any(const wino_geom *g, const float *x, int64_t nb, float (*p)[LANES],
                            float *vt) {
     lane_input(g, x, nb, p, vt, false);
 }
 static void lane_output_any(const wino_geom *g, const float *mt, int64_t nb, float (*q)[LANES],
-                            const float *bias, float *y, bool acc) {
-    lane_output(g, mt, nb, q, bias, y, acc, false);
+                            const float *bias, const ct_conv2d_post *post, const float *res,
+                            float *y, bool acc) {
+    lane_output(g, mt, nb, q, bias, post, res, y, acc, false);
 }
 
 typedef void gemm_fn(bool, bool, int64_t, int64_t, int64_t, float, const float *, int64_t,
                      const float *, int64_t, float, float *, int64_t);
 
 void ct__wino_conv(const float *x, int64_t batch, int64_t cin, int64_t cout, int64_t h, int64_t w,
-                   const float *wt, bool flip, const float *bias, float *y, bool acc) {
+                   const float *wt, bool flip, const float *bias, const ct_conv2d_post *post,
+                   float *y, bool acc) {
     wino_geom g = geom(batch, cin, cout, h, w);
     int64_t nchunks = (batch + g.nb - 1) / g.nb, T = g.nb * g.tiles;
     bool wide = ct_cpu_avx512();
+    const float *res = post && post->residual ? post->residual->data : NULL; /* [batch, cout, h, w] */
     CT_SCOPE {
         float *u = ct_tensor_new(CT_SHAPE(16 * cout * cin))->data;
         weight_transform(wt, cout, cin, flip, u);
@@ -308,7 +316,9 @@ void ct__wino_conv(const float *x, int64_t batch, int64_t cin, int64_t cout, int
             for (int xi = 0; xi < 16; xi++)
                 gemm(false, false, tn, cout, cin, 1, v + xi * tn * cin, cin, u + xi * cin * cout, cout, 0,
                      m + xi * tn * cout, cout);
-            (wide ? lane_output_512 : lane_output_any)(&g, m, nb, q, bias, y + i0 * cout * h * w, acc);
+            (wide ? lane_output_512 : lane_output_any)(&g, m, nb, q, bias, post,
+                                                       res ? res + i0 * cout * h * w : NULL,
+                                                       y + i0 * cout * h * w, acc);
         }
     }
 }

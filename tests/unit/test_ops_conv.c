@@ -278,6 +278,54 @@ START_TEST(winograd_matches_im2col) {
 }
 END_TEST
 
+/* The epilogue (ct_conv2d_post) is, bit for bit, conv2d then batch_norm in eval mode, then
+ * add the residual, then relu: on Winograd shapes (channels a multiple of 16 or not, so the
+ * lane groups' tails), on im2col ones (stride 2 with several pixel classes, 1x1, a 7x7
+ * stem, groups), with and without bias, residual and relu. */
+START_TEST(conv_epilogue_is_bn_add_relu_bitwise) {
+    static const struct {
+        int64_t n, c, o, h, k, stride, pad, groups;
+    } cfg[] = {{3, 32, 48, 8, 3, 1, 1, 1}, {2, 16, 20, 5, 3, 1, 1, 1}, {4, 24, 32, 2, 3, 1, 1, 1},
+               {3, 16, 32, 8, 3, 2, 1, 1}, {2, 8, 12, 7, 1, 2, 0, 1},  {2, 3, 16, 16, 7, 2, 3, 1},
+               {2, 8, 8, 6, 3, 1, 1, 4},  {2, 5, 6, 1, 3, 1, 1, 1},
+               /* several chunks of samples: the residual is read at each chunk's samples */
+               {70, 16, 16, 4, 3, 1, 1, 1}, {40, 16, 16, 8, 3, 2, 1, 1}, {24, 8, 8, 14, 3, 1, 1, 1}};
+    for (size_t i = 0; i < sizeof cfg / sizeof cfg[0]; i++)
+        for (int variant = 0; variant < 4; variant++) CT_SCOPE {
+                bool bias = variant & 1, res = variant & 2, relu = variant != 2;
+                ct_tensor *x = ct_test_rand(CT_SHAPE(cfg[i].n, cfg[i].c, cfg[i].h, cfg[i].h), -1, 1, 11);
+                ct_tensor *w = ct_test_rand(CT_SHAPE(cfg[i].o, cfg[i].c / cfg[i].groups, cfg[i].k, cfg[i].k),
+                                            -0.3f, 0.3f, 12);
+                ct_tensor *b = bias ? ct_test_rand(CT_SHAPE(cfg[i].o), -1, 1, 13) : NULL;
+                ct_tensor *gamma = ct_test_rand(CT_SHAPE(cfg[i].o), 0.5f, 1.5f, 14);
+                ct_tensor *beta = ct_test_rand(CT_SHAPE(cfg[i].o), -0.5f, 0.5f, 15);
+                ct_tensor *mean = ct_test_rand(CT_SHAPE(cfg[i].o), -0.2f, 0.2f, 16);
+                ct_tensor *var = ct_test_rand(CT_SHAPE(cfg[i].o), 0.5f, 2, 17);
+                ct_conv2d_opts o = {.stride_h = (int)cfg[i].stride, .stride_w = (int)cfg[i].stride,
+                                    .pad_h = (int)cfg[i].pad, .pad_w = (int)cfg[i].pad,
+                                    .groups = (int)cfg[i].groups};
+                ct_tensor *want = ct_batch_norm(ct_conv2d_ex(x, w, b, &o), gamma, beta, mean, var, false,
+                                                0.1f, 1e-5f);
+                ct_tensor *r = res ? ct_test_rand(want->ndim, want->shape, -1, 1, 18) : NULL;
+                if (r) want = ct_add(want, r);
+                if (relu) want = ct_relu(want);
+                float *a = ct_empty_like(gamma)->data, *sh = ct_empty_like(gamma)->data;
+                ct_batch_norm_eval_coeffs(gamma, beta, mean, var, 1e-5f, a, sh);
+                ct_conv2d_post post = {.scale = a, .shift = sh, .residual = r, .relu = relu};
+                o.post = &post;
+                int64_t before = ct_stats_get().conv_epilogues;
+                ct_tensor *got = ct_conv2d_ex(x, w, b, &o);
+                ck_assert_int_eq(ct_stats_get().conv_epilogues, before + 1);
+                ck_assert(!got->requires_grad);
+                ck_assert_int_eq(got->numel, want->numel);
+                for (int64_t j = 0; j < got->numel; j++)
+                    ck_assert_msg(memcmp(&got->data[j], &want->data[j], sizeof(float)) == 0,
+                                  "cfg %zu variant %d: y[%lld] = %.9g, the ops give %.9g", i, variant,
+                                  (long long)j, got->data[j], want->data[j]);
+            }
+}
+END_TEST
+
 /* Runs y = conv(x, w, b) and backward with a fixed upstream gradient, returning how many
  * GEMMs the backward made. */
 static int64_t conv_backward_gemms(ct_tensor *x, ct_tensor *w, ct_tensor *b) {
@@ -823,6 +871,28 @@ START_TEST(conv_bias_mismatch_aborts) {
 }
 END_TEST
 
+START_TEST(conv_epilogue_with_grad_aborts) {
+    ct_test_expect_abort("conv2d: an epilogue (post) records no graph, but a gradient is needed");
+    CT_SCOPE {
+        ct_tensor *w = ct_zeros(CT_SHAPE(2, 1, 3, 3));
+        ct_set_requires_grad(w, true);
+        ct_conv2d_post post = {.relu = true};
+        ct_conv2d_opts o = {.post = &post};
+        ct_conv2d_ex(ct_zeros(CT_SHAPE(1, 1, 5, 5)), w, NULL, &o);
+    }
+}
+END_TEST
+
+START_TEST(conv_epilogue_residual_mismatch_aborts) {
+    ct_test_expect_abort("conv2d: residual [1, 2, 5, 5] does not match the output [1, 2, 3, 3]");
+    CT_SCOPE {
+        ct_conv2d_post post = {.residual = ct_zeros(CT_SHAPE(1, 2, 5, 5))};
+        ct_conv2d_opts o = {.post = &post};
+        ct_conv2d_ex(ct_zeros(CT_SHAPE(1, 1, 5, 5)), ct_zeros(CT_SHAPE(2, 1, 3, 3)), NULL, &o);
+    }
+}
+END_TEST
+
 START_TEST(conv_input_not_4d_aborts) {
     CT_SCOPE { ct_conv2d(ct_zeros(CT_SHAPE(1, 5, 5)), ct_zeros(CT_SHAPE(2, 1, 3, 3)), NULL, 1, 0); }
 }
@@ -875,6 +945,7 @@ int main(void) {
     tcase_add_test(tc, pad_skip_auto_picks_small_planes);
     tcase_add_test(tc, conv_skips_unneeded_gradients);
     tcase_add_test(tc, winograd_matches_im2col);
+    tcase_add_test(tc, conv_epilogue_is_bn_add_relu_bitwise);
     tcase_add_test(tc, conv_saves_only_what_backward_uses);
     tcase_add_test(tc, conv_steady_state_makes_no_mallocs);
     tcase_add_loop_test(tc, residual_block_gradcheck, 0, 2);
@@ -900,6 +971,8 @@ int main(void) {
     tcase_add_test_raise_signal(te, conv_kernel_too_large_aborts, SIGABRT);
     tcase_add_test_raise_signal(te, conv_bias_mismatch_aborts, SIGABRT);
     tcase_add_test_raise_signal(te, conv_input_not_4d_aborts, SIGABRT);
+    tcase_add_test_raise_signal(te, conv_epilogue_with_grad_aborts, SIGABRT);
+    tcase_add_test_raise_signal(te, conv_epilogue_residual_mismatch_aborts, SIGABRT);
     tcase_add_test_raise_signal(te, conv_groups_not_dividing_aborts, SIGABRT);
     tcase_add_test_raise_signal(te, conv_negative_stride_aborts, SIGABRT);
     tcase_add_test_raise_signal(te, adaptive_avg_pool_zero_output_aborts, SIGABRT);

@@ -280,6 +280,87 @@ START_TEST(frozen_stages_stop_backward_and_cache) {
 }
 END_TEST
 
+/* Every Conv2d -> BatchNorm2d [-> add] -> ReLU of a ResNet folds into one convolution with
+ * an epilogue when no gradient is needed and BatchNorm uses its running statistics: all
+ * the convolutions in eval mode under no_grad, only the frozen stages' in train mode, none
+ * when the input requires grad. The output is the same bits as the unfolded ops'. */
+static int count_convs(ct_module *m, const char *prefix) {
+    ct_named mods = ct_module_modules(m);
+    int n = 0;
+    for (int i = 0; i < mods.n; i++)
+        n += ct_nn_as_conv2d(mods.owners[i]) && !strncmp(mods.names[i], prefix, strlen(prefix));
+    ct_named_free(&mods);
+    return n;
+}
+
+static ct_tensor *forward_counting(ct_module *m, ct_tensor *x, int64_t *epilogues) {
+    int64_t e0 = ct_stats_get().conv_epilogues;
+    ct_tensor *y = ct_module_forward(m, x);
+    *epilogues = ct_stats_get().conv_epilogues - e0;
+    return y;
+}
+
+static void assert_same_bits(const ct_tensor *a, const ct_tensor *b) {
+    ck_assert_int_eq(a->numel, b->numel);
+    for (int64_t k = 0; k < a->numel; k++)
+        ck_assert_msg(!memcmp(&a->data[k], &b->data[k], sizeof(float)), "logit %lld: %.9g vs %.9g",
+                      (long long)k, a->data[k], b->data[k]);
+}
+
+START_TEST(inference_folds_conv_bn_bitwise) {
+    static const struct {
+        int depth;
+        ct_resnet_stem stem;
+        int64_t hw;
+    } cases[] = {{18, CT_RESNET_STEM_IMAGENET, 32}, {50, CT_RESNET_STEM_SMALL, 8}};
+    for (int i = 0; i < 2; i++) {
+        if (ct_test_small() && cases[i].depth != 18) continue;
+        ct_module *m = resnet(cases[i].depth, 3, 10, cases[i].stem, 21);
+        ct_rng r;
+        ct_rng_seed(&r, 22);
+        /* BatchNorms far from identity, so a missed or doubled one would show */
+        ct_named lists[2] = {ct_module_params(m, false), ct_module_buffers(m)};
+        for (int l = 0; l < 2; l++) {
+            for (int k = 0; k < lists[l].n; k++) {
+                ct_tensor *t = lists[l].tensors[k];
+                const char *nm = lists[l].names[k];
+                if (t->ndim != 1 || !strncmp(nm, "fc.", 3)) continue; /* BatchNorms' vectors */
+                float base = strstr(nm, "running_var") || strstr(nm, "weight") ? 1.0f : 0.0f;
+                for (int64_t j = 0; j < t->numel; j++) t->data[j] = base + 0.8f * (ct_rng_uniform(&r) - 0.5f);
+            }
+            ct_named_free(&lists[l]);
+        }
+        int convs = count_convs(m, "");
+        ck_assert_int_eq(convs, cases[i].depth == 18 ? 20 : 53);
+        CT_SCOPE {
+            ct_tensor *x = ct_rand_normal(CT_SHAPE(2, 3, cases[i].hw, cases[i].hw), 0, 1, &r);
+            int64_t folded;
+            ct_module_train(m, false);
+            ct_tensor *y;
+            CT_NO_GRAD { y = forward_counting(m, x, &folded); }
+            ck_assert_int_eq(folded, convs);
+            ct_tensor *xg = ct_clone_data(x);
+            ct_set_requires_grad(xg, true);
+            ct_tensor *yg = forward_counting(m, xg, &folded);
+            ck_assert_int_eq(folded, 0);
+            ck_assert(yg->requires_grad);
+            assert_same_bits(y, yg);
+            /* training with the stem and layer1 frozen: their BatchNorms use running statistics */
+            ct_module_train(m, true);
+            ct_module_set_requires_grad(m, "conv1.*,bn1.*,layer1.*", false);
+            ct_tensor *yf = forward_counting(m, x, &folded);
+            ck_assert_int_eq(folded, count_convs(m, "conv1") + count_convs(m, "layer1."));
+            ck_assert(yf->requires_grad);
+            yg = forward_counting(m, xg, &folded);
+            ck_assert_int_eq(folded, 0);
+            assert_same_bits(yf, yg);
+            ct_module_set_requires_grad(m, "*", true);
+        }
+        ct_module_free(m);
+    }
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("resnet");
     TCase *tc = tcase_create("resnet");
@@ -290,6 +371,7 @@ int main(void) {
     tcase_add_test(tc, forward_shapes_and_modes);
     tcase_add_test(tc, checkpoints_through_blocks);
     tcase_add_test(tc, frozen_stages_stop_backward_and_cache);
+    tcase_add_test(tc, inference_folds_conv_bn_bitwise);
     suite_add_tcase(s, tc);
     return ct_test_run(s);
 }
