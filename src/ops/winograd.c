@@ -156,10 +156,26 @@ static inline CT_AVX512 int64_t planes_in_512(const float *src, int64_t hw, int6
     return pos;
 }
 
+/* The epilogue's coefficients for the 16 (or fewer) output channels of a lane group:
+ * v -> relu?(v * a[l] + b[l] + res[l * hw + pos]) (ct_conv2d_post; res NULL: none). */
+typedef struct {
+    float a[LANES], b[LANES];
+    const float *res;
+    bool relu;
+} lane_post;
+
+/* One value, in batch_norm's, add's and relu's order (the bits of the separate ops). */
+ALWAYS_INLINE float post_one(float v, const lane_post *e, int64_t l, int64_t at) {
+    float t = e->a[l] * v + e->b[l];
+    if (e->res) t = t + e->res[at];
+    return e->relu && t < 0 ? 0.0f : t;
+}
+
 /* The way back: lanes q[iy * pw + ix][l] to 16 planes dst[l * hw + pos] (= or += when acc),
- * plus bias[l]; returns the pixels done as planes_in_512. */
+ * plus bias[l], then the epilogue e if any; returns the pixels done as planes_in_512. */
 static inline CT_AVX512 int64_t planes_out_512(float (*q)[LANES], int64_t hw, int64_t w, int64_t pw,
-                                               const float *bias, float *dst, bool acc) {
+                                               const float *bias, const lane_post *e, float *dst,
+                                               bool acc) {
     int64_t pos = 0;
     for (; pos + 16 <= hw; pos += 16) {
         __m512 r[16];
@@ -167,6 +183,12 @@ static inline CT_AVX512 int64_t planes_out_512(float (*q)[LANES], int64_t hw, in
         transpose16(r);
         for (int l = 0; l < 16; l++) {
             __m512 v = bias ? _mm512_add_ps(r[l], _mm512_set1_ps(bias[l])) : r[l];
+            if (e) { /* separate multiply and add: no fma, so the bits are the ops' */
+                v = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(e->a[l]), v), _mm512_set1_ps(e->b[l]));
+                if (e->res) v = _mm512_add_ps(v, _mm512_loadu_ps(e->res + l * hw + pos));
+                /* max(0, v) returns v when v is NaN, and -0 for -0: exactly t < 0 ? 0 : t */
+                if (e->relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
+            }
             float *o = dst + l * hw + pos;
             _mm512_storeu_ps(o, acc ? _mm512_add_ps(_mm512_loadu_ps(o), v) : v);
         }
@@ -248,17 +270,28 @@ ALWAYS_INLINE void lane_output(const wino_geom *g, const float *mt, int64_t nb, 
                         }
                     }
                 }
-            float *dst = y + (j * cout + o0) * h * w;
+            int64_t hw = h * w;
+            float *dst = y + (j * cout + o0) * hw;
             const float *bl = bias ? bias + o0 : NULL;
-            int64_t hw = h * w, done = wide && nl == LANES ? planes_out_512(q, hw, w, qw, bl, dst, acc) : 0;
+            lane_post e;
+            if (post) {
+                for (int64_t l = 0; l < nl; l++) {
+                    e.a[l] = post->scale ? post->scale[o0 + l] : 1.0f;
+                    e.b[l] = post->shift ? post->shift[o0 + l] : 0.0f;
+                }
+                e.res = res ? res + (j * cout + o0) * hw : NULL;
+                e.relu = post->relu;
+            }
+            const lane_post *ep = post ? &e : NULL;
+            int64_t done = wide && nl == LANES ? planes_out_512(q, hw, w, qw, bl, ep, dst, acc) : 0;
             for (int64_t l = 0; l < nl; l++) {
                 float b = bl ? bl[l] : 0;
                 for (int64_t pos = done; pos < hw; pos++) {
                     float v = q[pos / w * qw + pos % w][l] + b, *o = dst + l * hw + pos;
+                    if (ep) v = post_one(v, ep, l, l * hw + pos);
                     *o = acc ? *o + v : v;
                 }
             }
-            if (post) ct__conv_post(dst, res ? res + (j * cout + o0) * hw : NULL, o0, nl, hw, post);
         }
 }
 
