@@ -642,11 +642,12 @@ static void post_plane(float *y, const float *res, float a, float b, bool relu, 
     else post_loop(y, NULL, a, b, false, false, hw);
 }
 
-void ct__conv_post(float *y, const float *res, int64_t c0, int64_t nc, int64_t hw,
-                   const ct_conv2d_post *p) {
-    for (int64_t l = 0; l < nc; l++)
-        post_plane(y + l * hw, res ? res + l * hw : NULL, p->scale ? p->scale[c0 + l] : 1.0f,
-                   p->shift ? p->shift[c0 + l] : 0.0f, p->relu, hw);
+/* The epilogue (ct_conv2d_post) on one sample's o output planes of hw floats (res: the
+ * residual at the same place). winograd.c applies it in its lanes instead. */
+static void sample_post(float *y, const float *res, int64_t o, int64_t hw, const ct_conv2d_post *p) {
+    for (int64_t l = 0; l < o; l++)
+        post_plane(y + l * hw, res ? res + l * hw : NULL, p->scale ? p->scale[l] : 1.0f,
+                   p->shift ? p->shift[l] : 0.0f, p->relu, hw);
 }
 
 /* The forward of chunk ci (samples [ci*sc->nb, ...)) into y: per class and group,
@@ -677,7 +678,7 @@ static void forward_chunk(const conv_geom *g, int64_t ci, int64_t batch, int64_t
     if (sc->buf) chunk_move(g, nb, o, sc->buf, y + i0 * o * npix, false);
     const float *res = post && post->residual ? post->residual->data : NULL;
     for (int64_t j = i0; post && j < i0 + nb; j++)
-        ct__conv_post(y + j * o * npix, res ? res + j * o * npix : NULL, 0, o, npix, post);
+        sample_post(y + j * o * npix, res ? res + j * o * npix : NULL, o, npix, post);
 }
 
 /* The backward of chunk ci (samples [ci*sc->nb, ...)): dW (laid out as wt, added onto

@@ -34,10 +34,6 @@ bool ct__wino_applies(int64_t c, int64_t o, int64_t h, int64_t w);
 void ct__wino_conv(const float *x, int64_t batch, int64_t cin, int64_t cout, int64_t h, int64_t w,
                    const float *wt, bool flip, const float *bias, const ct_conv2d_post *post,
                    float *y, bool acc);
-/* The epilogue (ct_conv2d_post) on channels [c0, c0 + nc) of one sample's output planes
- * y (hw floats each, y pointing at channel c0), res the residual at the same place. */
-void ct__conv_post(float *y, const float *res, int64_t c0, int64_t nc, int64_t hw,
-                   const ct_conv2d_post *p);
 
 /* Views x as [outer, d, inner] around dim (already normalised) (reduce.c). */
 void ct__split_dim(const ct_tensor *x, int dim, int64_t *outer, int64_t *d, int64_t *inner);
