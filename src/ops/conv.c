@@ -573,13 +573,27 @@ int ct__conv_team(int64_t tasks, int64_t work) {
 }
 #define team_size ct__conv_team
 
-/* Winograd for the 3x3 / stride 1 / padding 1 convolutions with enough channels (see
- * winograd.c); ct_conv2d_set_winograd(false) forces im2col, for tests and comparisons. */
-static bool wino_on = true;
-void ct_conv2d_set_winograd(bool on) { wino_on = on; }
-static bool use_wino(const conv_geom *g, int64_t o) {
-    return wino_on && g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 && g->ph == 1 &&
-           g->pw == 1 && g->groups == 1 && ct__wino_applies(g->c, o, g->h, g->w);
+/* The algorithm (ct_conv2d_set_algo): the dense GEMM where it applies (conv_dense.c),
+ * else Winograd for the 3x3 / stride 1 / padding 1 convolutions with enough channels (see
+ * winograd.c), else im2col. */
+static ct_conv_algo algo = CT_CONV_AUTO;
+ct_conv_algo ct_conv2d_set_algo(ct_conv_algo a) {
+    ct_conv_algo old = algo;
+    algo = a;
+    return old;
+}
+static ct__conv_shape geom_shape(const conv_geom *g, int64_t o) {
+    return (ct__conv_shape){g->c, g->h, g->w, o, g->oh, g->ow, g->kh, g->kw,
+                            g->sh, g->sw, g->ph, g->pw, g->groups};
+}
+static bool use_dense(const conv_geom *g, int64_t o, int64_t batch) {
+    ct__conv_shape s = geom_shape(g, o);
+    return (algo == CT_CONV_AUTO || algo == CT_CONV_DENSE) && ct__dense_applies(&s, batch);
+}
+static bool use_wino(const conv_geom *g, int64_t o, int64_t batch) {
+    return (algo == CT_CONV_WINOGRAD || (algo == CT_CONV_AUTO && !use_dense(g, o, batch))) &&
+           g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 && g->ph == 1 && g->pw == 1 &&
+           g->groups == 1 && ct__wino_applies(g->c, o, g->h, g->w);
 }
 
 /* A chunk's class GEMMs on one chunk (gemm == ct_gemm: no parallel chunks) would each
@@ -642,9 +656,9 @@ static void post_plane(float *y, const float *res, float a, float b, bool relu, 
     else post_loop(y, NULL, a, b, false, false, hw);
 }
 
-/* The epilogue (ct_conv2d_post) on one sample's o output planes of hw floats (res: the
- * residual at the same place). winograd.c applies it in its lanes instead. */
-static void sample_post(float *y, const float *res, int64_t o, int64_t hw, const ct_conv2d_post *p) {
+/* The epilogue on one sample's planes (internal.h). winograd.c applies it in its lanes. */
+void ct__conv_sample_post(float *y, const float *res, int64_t o, int64_t hw,
+                          const ct_conv2d_post *p) {
     for (int64_t l = 0; l < o; l++)
         post_plane(y + l * hw, res ? res + l * hw : NULL, p->scale ? p->scale[l] : 1.0f,
                    p->shift ? p->shift[l] : 0.0f, p->relu, hw);
@@ -678,7 +692,7 @@ static void forward_chunk(const conv_geom *g, int64_t ci, int64_t batch, int64_t
     if (sc->buf) chunk_move(g, nb, o, sc->buf, y + i0 * o * npix, false);
     const float *res = post && post->residual ? post->residual->data : NULL;
     for (int64_t j = i0; post && j < i0 + nb; j++)
-        sample_post(y + j * o * npix, res ? res + j * o * npix : NULL, o, npix, post);
+        ct__conv_sample_post(y + j * o * npix, res ? res + j * o * npix : NULL, o, npix, post);
 }
 
 /* The backward of chunk ci (samples [ci*sc->nb, ...)): dW (laid out as wt, added onto
@@ -782,7 +796,12 @@ static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
         for (int64_t j = 0; j < batch * o; j++) gb->data[j % o] += ps[j];
     }
     if (!gw && !gx) return;
-    if (gx && use_wino(&g, o)) { /* dX by Winograd; dW stays below (see winograd.c) */
+    if (use_dense(&g, o, batch)) {
+        ct__conv_shape s = geom_shape(&g, o);
+        ct__dense_backward(&s, batch, gout->data, x, w, gw ? gw->data : NULL, gx ? gx->data : NULL);
+        return;
+    }
+    if (gx && use_wino(&g, o, batch)) { /* dX by Winograd; dW stays below (see winograd.c) */
         ct__wino_conv(gout->data, batch, o, g.c, g.h, g.w, w, true, NULL, NULL, gx->data, true);
         gx = NULL, w = NULL;
         if (!gw) return;
@@ -838,7 +857,10 @@ ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2
         CT_STAT_ADD(conv_epilogues, 1);
     }
     ct_tensor *y = ct_tensor_new(CT_SHAPE(batch, o, g.oh, g.ow));
-    if (use_wino(&g, o))
+    ct__conv_shape shape = geom_shape(&g, o);
+    if (use_dense(&g, o, batch))
+        ct__dense_forward(&shape, batch, x->data, w->data, b ? b->data : NULL, post, y->data);
+    else if (use_wino(&g, o, batch))
         ct__wino_conv(x->data, batch, g.c, o, g.h, g.w, w->data, false, b ? b->data : NULL, post,
                       y->data, false);
     else CT_SCOPE { /* the scratch goes back to the cache as soon as the loop is done */

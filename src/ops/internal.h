@@ -35,6 +35,23 @@ void ct__wino_conv(const float *x, int64_t batch, int64_t cin, int64_t cout, int
                    const float *wt, bool flip, const float *bias, const ct_conv2d_post *post,
                    float *y, bool acc);
 
+/* A convolution's shape, for the paths outside conv.c. */
+typedef struct {
+    int64_t c, h, w, o, oh, ow, kh, kw, sh, sw, ph, pw, groups;
+} ct__conv_shape;
+/* The epilogue (ct_conv2d_post) on one sample's o output planes of hw floats, res the
+ * residual at the same place or NULL (conv.c). */
+void ct__conv_sample_post(float *y, const float *res, int64_t o, int64_t hw,
+                          const ct_conv2d_post *p);
+/* Small planes as one GEMM over the batch (conv_dense.c): whether the shape and batch take
+ * it; y [batch, O, OH, OW] = the convolution of x with w [O, C, kh, kw] plus bias if not
+ * NULL, then post; and the backward, gw += dW and gx += dX for those not NULL. */
+bool ct__dense_applies(const ct__conv_shape *s, int64_t batch);
+void ct__dense_forward(const ct__conv_shape *s, int64_t batch, const float *x, const float *w,
+                       const float *bias, const ct_conv2d_post *post, float *y);
+void ct__dense_backward(const ct__conv_shape *s, int64_t batch, const float *gout,
+                        const float *x, const float *w, float *gw, float *gx);
+
 /* Views x as [outer, d, inner] around dim (already normalised) (reduce.c). */
 void ct__split_dim(const ct_tensor *x, int dim, int64_t *outer, int64_t *d, int64_t *inner);
 /* Sum of x[0..n) accumulated in double in 8 lanes (reduce.c). */

@@ -106,11 +106,15 @@ struct ct_conv2d_post {
 };
 /* ct_conv2d with separate row/column stride and padding and groups; opts NULL: defaults. */
 ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2d_opts *opts);
-/* 3x3 / stride 1 / padding 1 convolutions with 16 or more channels in and out on planes of
- * 2x2 or more run their forward and dX by Winograd F(2x2, 3x3) (2.25x fewer
- * multiplications; results differ from im2col by rounding). Off:
- * every convolution runs im2col + sgemm (for tests and comparisons; default on). */
-void ct_conv2d_set_winograd(bool on);
+/* The algorithm a convolution runs. AUTO (the default): on small planes where every input
+ * pixel reaches every output pixel (2x2 and 1x1 planes of 3x3 / padding 1), one GEMM over
+ * the batch with the padding left out (DENSE); else for 3x3 / stride 1 / padding 1 with 16
+ * or more channels in and out, Winograd F(2x2, 3x3) for the forward and dX (2.25x fewer
+ * multiplications); else im2col + sgemm. IM2COL, WINOGRAD, DENSE: that one where it
+ * applies, im2col elsewhere (for tests and comparisons). Results differ between them by
+ * float rounding. Returns the old setting. */
+typedef enum { CT_CONV_AUTO, CT_CONV_IM2COL, CT_CONV_WINOGRAD, CT_CONV_DENSE } ct_conv_algo;
+ct_conv_algo ct_conv2d_set_algo(ct_conv_algo algo);
 /* im2col convolutions can group their output pixels by the kernel taps that land inside
  * the input and never multiply the zero padding (pixel classes). AUTO (the default): where
  * that cuts 40% or more of the multiply-adds (3x3/padding-1 on 2x2 planes), where it

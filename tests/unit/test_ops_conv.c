@@ -90,6 +90,12 @@ static const conv_cfg cfgs[] = {
     {2, 3, 4, 3, 2, 3, 2, 2, 1, 0, 2, 1, true, true},   /* padding on columns only */
     /* Winograd: 3x3, stride 1, padding 1, 16+ channels, 2x2+ planes (odd: half tiles) */
     {2, 16, 11, 10, 16, 3, 3, 1, 1, 1, 1, 1, true, false},
+    /* one GEMM over the batch (conv_dense.c): every input pixel reaches every output one */
+    {8, 3, 2, 2, 4, 3, 3, 1, 1, 1, 1, 1, true, false},   /* 2x2 planes */
+    {9, 5, 1, 1, 4, 3, 3, 1, 1, 1, 1, 1, false, false},  /* 1x1 planes */
+    {8, 3, 2, 2, 5, 3, 3, 2, 2, 1, 1, 1, true, false},   /* 3x3 stride 2 from 2x2 to 1x1 */
+    {8, 4, 2, 1, 3, 3, 3, 1, 1, 1, 1, 1, true, false},   /* 2x1 planes */
+    {8, 6, 1, 1, 4, 1, 1, 1, 1, 0, 0, 1, true, false},   /* pointwise on 1x1 planes */
 };
 #define NCFG (int)(sizeof cfgs / sizeof cfgs[0])
 
@@ -249,7 +255,7 @@ START_TEST(winograd_matches_im2col) {
         float *res[2][3];
         int64_t nres[3];
         for (int pass = 0; pass < 2; pass++) {
-            ct_conv2d_set_winograd(pass == 1);
+            ct_conv2d_set_algo(pass == 1 ? CT_CONV_WINOGRAD : CT_CONV_IM2COL);
             CT_SCOPE {
                 ct_tensor *x = ct_test_rand(CT_SHAPE(k[0], k[1], k[3], k[4]), -1, 1, 5);
                 ct_tensor *w = ct_test_rand(CT_SHAPE(k[2], k[1], 3, 3), -0.2f, 0.2f, 6);
@@ -262,7 +268,7 @@ START_TEST(winograd_matches_im2col) {
                 keep_results(r, 3, res[pass], nres);
             }
         }
-        ct_conv2d_set_winograd(true);
+        ct_conv2d_set_algo(CT_CONV_AUTO);
         for (int i = 0; i < 3; i++) {
             bool differs = false;
             for (int64_t j = 0; j < nres[i]; j++) {
@@ -278,10 +284,60 @@ START_TEST(winograd_matches_im2col) {
 }
 END_TEST
 
+/* The dense path (one GEMM over the batch) against im2col on ResNet-18's small planes at
+ * 32 px (2x2 and 1x1, 3x3 stride 2 into 1x1) and a rectangular one: output, dX, dW and db
+ * agree to float rounding and the forward is a single GEMM. Where it does not apply (4x4
+ * planes, a batch below 8, groups) forcing it changes no bit. */
+START_TEST(dense_matches_im2col) {
+    static const struct {
+        int64_t n, c, o, h, w, stride, groups;
+        bool applies;
+    } cfg[] = {{24, 16, 40, 2, 2, 1, 1, true},  {12, 32, 24, 1, 1, 1, 1, true},
+               {10, 8, 16, 2, 2, 2, 1, true},   {8, 7, 5, 1, 2, 1, 1, true},
+               {16, 16, 16, 4, 4, 1, 1, false}, {4, 16, 8, 2, 2, 1, 1, false},
+               {16, 8, 8, 2, 2, 1, 2, false}};
+    for (size_t s = 0; s < sizeof cfg / sizeof cfg[0]; s++) {
+        float *res[2][4];
+        int64_t nres[4], calls = 0;
+        for (int pass = 0; pass < 2; pass++) {
+            ct_conv_algo old = ct_conv2d_set_algo(pass ? CT_CONV_DENSE : CT_CONV_IM2COL);
+            CT_SCOPE {
+                ct_tensor *x = ct_test_rand(CT_SHAPE(cfg[s].n, cfg[s].c, cfg[s].h, cfg[s].w), -1, 1, 5);
+                ct_tensor *w = ct_test_rand(CT_SHAPE(cfg[s].o, cfg[s].c / cfg[s].groups, 3, 3), -0.3f, 0.3f, 6);
+                ct_tensor *b = ct_test_rand(CT_SHAPE(cfg[s].o), -1, 1, 7);
+                ct_tensor *in[3] = {x, w, b};
+                for (int i = 0; i < 3; i++) ct_set_requires_grad(in[i], true);
+                ct_conv2d_opts o = {.stride_h = (int)cfg[s].stride, .stride_w = (int)cfg[s].stride,
+                                    .pad_h = 1, .pad_w = 1, .groups = (int)cfg[s].groups};
+                int64_t before = ct_stats_get().gemm_calls;
+                ct_tensor *y = ct_conv2d_ex(x, w, b, &o);
+                calls = ct_stats_get().gemm_calls - before;
+                ct_backward_ex(y, ct_test_rand(y->ndim, y->shape, -1, 1, 8), false);
+                ct_tensor *r[4] = {y, ct_grad(x), ct_grad(w), ct_grad(b)};
+                keep_results(r, 4, res[pass], nres);
+            }
+            ct_conv2d_set_algo(old);
+        }
+        if (cfg[s].applies) ck_assert_msg(calls == 1, "shape %zu: %lld GEMMs", s, (long long)calls);
+        for (int i = 0; i < 4; i++) {
+            for (int64_t j = 0; j < nres[i]; j++) {
+                if (cfg[s].applies)
+                    ck_assert_close(res[1][i][j], res[0][i][j], 1e-5);
+                else
+                    ck_assert_msg(memcmp(&res[1][i][j], &res[0][i][j], sizeof(float)) == 0,
+                                  "shape %zu: result %d differs from im2col's at %lld", s, i, (long long)j);
+            }
+            free(res[0][i]);
+            free(res[1][i]);
+        }
+    }
+}
+END_TEST
+
 /* The epilogue (ct_conv2d_post) is, bit for bit, conv2d then batch_norm in eval mode, then
  * add the residual, then relu: on Winograd shapes (channels a multiple of 16 or not, so the
  * lane groups' tails), on im2col ones (stride 2 with several pixel classes, 1x1, a 7x7
- * stem, groups), with and without bias, residual and relu. */
+ * stem, groups), on dense ones, with and without bias, residual and relu. */
 START_TEST(conv_epilogue_is_bn_add_relu_bitwise) {
     static const struct {
         int64_t n, c, o, h, k, stride, pad, groups;
@@ -289,7 +345,9 @@ START_TEST(conv_epilogue_is_bn_add_relu_bitwise) {
                {3, 16, 32, 8, 3, 2, 1, 1}, {2, 8, 12, 7, 1, 2, 0, 1},  {2, 3, 16, 16, 7, 2, 3, 1},
                {2, 8, 8, 6, 3, 1, 1, 4},  {2, 5, 6, 1, 3, 1, 1, 1},
                /* several chunks of samples: the residual is read at each chunk's samples */
-               {70, 16, 16, 4, 3, 1, 1, 1}, {40, 16, 16, 8, 3, 2, 1, 1}, {24, 8, 8, 14, 3, 1, 1, 1}};
+               {70, 16, 16, 4, 3, 1, 1, 1}, {40, 16, 16, 8, 3, 2, 1, 1}, {24, 8, 8, 14, 3, 1, 1, 1},
+               /* one GEMM over the batch (conv_dense.c): 2x2, 1x1, stride 2 into 1x1 */
+               {9, 16, 24, 2, 3, 1, 1, 1}, {8, 8, 12, 1, 3, 1, 1, 1}, {8, 16, 16, 2, 3, 2, 1, 1}};
     for (size_t i = 0; i < sizeof cfg / sizeof cfg[0]; i++)
         for (int variant = 0; variant < 4; variant++) CT_SCOPE {
                 bool bias = variant & 1, res = variant & 2, relu = variant != 2;
@@ -945,6 +1003,7 @@ int main(void) {
     tcase_add_test(tc, pad_skip_auto_picks_small_planes);
     tcase_add_test(tc, conv_skips_unneeded_gradients);
     tcase_add_test(tc, winograd_matches_im2col);
+    tcase_add_test(tc, dense_matches_im2col);
     tcase_add_test(tc, conv_epilogue_is_bn_add_relu_bitwise);
     tcase_add_test(tc, conv_saves_only_what_backward_uses);
     tcase_add_test(tc, conv_steady_state_makes_no_mallocs);

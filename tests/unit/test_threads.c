@@ -156,13 +156,24 @@ END_TEST
 
 /* Pixel classes (2x2 planes: four corner classes, the padding skipped): the classes' GEMMs
  * add into the same dW blocks, in class order whatever the thread count. With groups and
- * two chunks (parallel chunks), and in one chunk with 160 output channels (the GEMMs split
- * into blocks of rows and of classes across the threads). */
+ * two chunks (parallel chunks), and in one chunk of 4 samples (below the dense path's
+ * batch) with 160 output channels (the GEMMs split into blocks of rows and of classes
+ * across the threads). */
 START_TEST(classed_conv_same_bits_for_1_2_3_threads) {
     conv_case k = {80, 8, 12, 2, 2, {.stride_h = 1, .stride_w = 1, .pad_h = 1, .pad_w = 1, .groups = 2}};
     conv_same_bits(&k);
-    conv_case one = {16, 8, 160, 2, 2, {.stride_h = 1, .stride_w = 1, .pad_h = 1, .pad_w = 1, .groups = 1}};
+    conv_case one = {4, 8, 160, 2, 2, {.stride_h = 1, .stride_w = 1, .pad_h = 1, .pad_w = 1, .groups = 1}};
     conv_same_bits(&one);
+}
+END_TEST
+
+/* One GEMM over the batch (conv_dense.c; 2x2 and 1x1 planes, 8 samples or more): ct_gemm's
+ * blocks, D's rows and dW's fold by output channel. */
+START_TEST(dense_conv_same_bits_for_1_2_3_threads) {
+    conv_case k = {16, 64, 160, 2, 2, {.stride_h = 1, .stride_w = 1, .pad_h = 1, .pad_w = 1, .groups = 1}};
+    conv_same_bits(&k);
+    conv_case s = {40, 96, 80, 1, 1, {.stride_h = 1, .stride_w = 1, .pad_h = 1, .pad_w = 1, .groups = 1}};
+    conv_same_bits(&s);
 }
 END_TEST
 
@@ -239,6 +250,7 @@ int main(void) {
     tcase_add_test(tc, vit_steps_and_eval_same_bits_for_1_2_3_threads);
     tcase_add_test(tc, chunked_conv_same_bits_for_1_2_3_threads);
     tcase_add_test(tc, winograd_conv_same_bits_for_1_2_3_threads);
+    tcase_add_test(tc, dense_conv_same_bits_for_1_2_3_threads);
     tcase_add_test(tc, classed_conv_same_bits_for_1_2_3_threads);
     suite_add_tcase(s, tc);
     TCase *tm = tcase_create("model");
