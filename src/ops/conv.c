@@ -802,7 +802,7 @@ static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
         return;
     }
     if (gx && use_wino(&g, o, batch)) { /* dX by Winograd; dW stays below (see winograd.c) */
-        ct__wino_conv(gout->data, batch, o, g.c, g.h, g.w, w, true, NULL, NULL, gx->data, true);
+        ct__wino_conv(gout->data, batch, o, g.c, g.h, g.w, w, true, NULL, NULL, gx->data, true, false);
         gx = NULL, w = NULL;
         if (!gw) return;
     }
@@ -843,11 +843,12 @@ ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2
 
     int64_t batch = x->shape[0], o = w->shape[0];
     const ct_conv2d_post *post = a->post;
+    /* whether a gradient will flow through y (Winograd's F(4x4) only runs where none does) */
+    bool graph = ct_is_grad_enabled() &&
+                 (ct_requires_grad(x) || ct_requires_grad(w) || (b && ct_requires_grad(b)));
     if (post) {
         const ct_tensor *r = post->residual;
-        CT_ASSERT(!ct_is_grad_enabled() ||
-                      !(ct_requires_grad(x) || ct_requires_grad(w) || (b && ct_requires_grad(b)) ||
-                        (r && ct_requires_grad(r))),
+        CT_ASSERT(!graph && !(ct_is_grad_enabled() && r && ct_requires_grad(r)),
                   "conv2d: an epilogue (post) records no graph, but a gradient is needed");
         CT_ASSERT(!r || (r->ndim == 4 && r->shape[0] == batch && r->shape[1] == o &&
                          r->shape[2] == g.oh && r->shape[3] == g.ow),
@@ -862,7 +863,7 @@ ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2
         ct__dense_forward(&shape, batch, x->data, w->data, b ? b->data : NULL, post, y->data);
     else if (use_wino(&g, o, batch))
         ct__wino_conv(x->data, batch, g.c, o, g.h, g.w, w->data, false, b ? b->data : NULL, post,
-                      y->data, false);
+                      y->data, false, !graph);
     else CT_SCOPE { /* the scratch goes back to the cache as soon as the loop is done */
         int64_t nbs = chunk_samples(&g, batch), nchunks = (batch + nbs - 1) / nbs;
         int nt = team_size(nchunks, batch * o * geom_macs(&g) * g.groups);

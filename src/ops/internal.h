@@ -26,14 +26,15 @@ ct_tensor *ct__map(const char *op, ct_tensor *x, float (*f)(float), ct_backward_
 #define CT__MAX_TEAM 256
 int ct__conv_team(int64_t tasks, int64_t work);
 int64_t ct__conv_parts(int64_t nchunks, int64_t dw_numel);
-/* Winograd F(2x2, 3x3) for 3x3 / stride 1 / padding 1 / one group (winograd.c): whether it
- * is used for these channels and plane size; y [batch, cout, h, w] = (or += when acc) the
- * convolution of x [batch, cin, h, w] with wt [cout, cin, 3, 3] (flip: wt is [cin, cout, 3,
- * 3] used rotated 180 degrees, the dX of the forward), plus bias if not NULL. */
+/* Winograd for 3x3 / stride 1 / padding 1 / one group (winograd.c): whether it is used for
+ * these channels and plane size; y [batch, cout, h, w] = (or += when acc) the convolution
+ * of x [batch, cin, h, w] with wt [cout, cin, 3, 3] (flip: wt is [cin, cout, 3, 3] used
+ * rotated 180 degrees, the dX of the forward), plus bias if not NULL, then post. f4: no
+ * gradient flows through y, so F(4x4, 3x3) may run (else F(2x2, 3x3)). */
 bool ct__wino_applies(int64_t c, int64_t o, int64_t h, int64_t w);
 void ct__wino_conv(const float *x, int64_t batch, int64_t cin, int64_t cout, int64_t h, int64_t w,
                    const float *wt, bool flip, const float *bias, const ct_conv2d_post *post,
-                   float *y, bool acc);
+                   float *y, bool acc, bool f4);
 
 /* A convolution's shape, for the paths outside conv.c. */
 typedef struct {

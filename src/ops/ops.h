@@ -109,8 +109,9 @@ ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2
 /* The algorithm a convolution runs. AUTO (the default): on small planes where every input
  * pixel reaches every output pixel (2x2 and 1x1 planes of 3x3 / padding 1), one GEMM over
  * the batch with the padding left out (DENSE); else for 3x3 / stride 1 / padding 1 with 16
- * or more channels in and out, Winograd F(2x2, 3x3) for the forward and dX (2.25x fewer
- * multiplications); else im2col + sgemm. IM2COL, WINOGRAD, DENSE: that one where it
+ * or more channels in and out, Winograd for the forward and dX (F(4x4, 3x3) on planes that
+ * divide into 4x4 tiles, 4x fewer multiplications, else F(2x2, 3x3), 2.25x); else im2col
+ * + sgemm. IM2COL, WINOGRAD, DENSE: that one where it
  * applies, im2col elsewhere (for tests and comparisons). Results differ between them by
  * float rounding. Returns the old setting. */
 typedef enum { CT_CONV_AUTO, CT_CONV_IM2COL, CT_CONV_WINOGRAD, CT_CONV_DENSE } ct_conv_algo;

@@ -1,11 +1,20 @@
-/* Winograd F(2x2, 3x3) for the 3x3 / stride 1 / padding 1 convolutions of the CNN and the
- * ResNets (conv.c picks it; see ct__wino_applies). Each output tile of 2x2 pixels comes
- * from a 4x4 input tile with 16 multiplications per (input, output) channel pair instead
- * of 36, and the multiplications of a whole chunk of tiles are 16 GEMMs
- *   M[xi] (T x cout) = V[xi] (T x cin) @ U[xi] (cin x cout),   xi = 0..15,
+/* Winograd F(m x m, 3x3), m = 2 or 4, for the 3x3 / stride 1 / padding 1 convolutions of
+ * the CNN and the ResNets (conv.c picks it; see ct__wino_applies). Each output tile of m x m
+ * pixels comes from an a x a input tile (a = m + 2) with a^2 multiplications per (input,
+ * output) channel pair instead of 9 m^2 (16 for 4 pixels with F(2x2), 36 for 16 with
+ * F(4x4)), and the multiplications of a whole chunk of tiles are a^2 GEMMs
+ *   M[xi] (T x cout) = V[xi] (T x cin) @ U[xi] (cin x cout),   xi = 0..a^2-1,
  * U the transformed weight (G g G^T), V the transformed input tiles (B^T d B), T the tiles
  * of a chunk of samples; the output is Y = A^T M A per tile. The zero padding is never
  * multiplied: tiles read it as zeros while transforming.
+ *
+ * F(4x4) runs only where no gradient flows through the result (inference, evaluation,
+ * frozen stages; the caller says so) and the plane divides into 4x4 tiles (see geom). On
+ * ResNet-18's 8x8 and 4x4 planes it took the eval forward of those layers from 9.5 and 9.0
+ * ms to 6.5 and 5.4-7.1 ms (batch 256, one thread). Its rounding error is several times
+ * F(2x2)'s (its transforms scale by up to 8 and by 1/6 and 1/24), and train-mode BatchNorm
+ * on small batches amplifies it: ResNet-50's gradients at 32 px moved 2.6e-4 from float64
+ * torchvision's, past the parity tests' 1e-4, so training keeps F(2x2).
  *
  * The transforms take 16 channels of a sample at a time, one channel per vector lane: a
  * plane is copied into lanes with its zero border, p[row][col][lane], and every add of a
@@ -20,7 +29,8 @@
  * of the forward. dW stays im2col + sgemm: a Winograd dW (dU = (A dY A^T) @ V^T, then
  * G^T dU G) was written and measured no faster on the CNN's conv2 and 1.4-1.5x slower on
  * 8x8 and 16x16 planes (the transforms of gout and x cost what the 16 GEMMs save).
- * Results differ from im2col's by float rounding only (the transforms add and halve).
+ * Results differ from im2col's by float rounding only (F(4x4)'s transforms also scale by
+ * 4, 1/6 and 1/24, so its rounding error is a few times F(2x2)'s: ~1e-6 relative here).
  *
  * Threads: as conv.c, chunks are independent and each writes its own samples, so bits do
  * not depend on the thread count. */
@@ -32,24 +42,31 @@
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 #define LANES 16
 /* A chunk's V[xi] or M[xi] aims at CHUNK_FLOATS (tiles x channels), within MIN_T to MAX_T
- * tiles (the GEMMs' M); whole samples, at least one. */
+ * tiles of F(2x2) (the GEMMs' M), and F(4x4)'s chunks cover the same output pixels with a
+ * quarter of the tiles; whole samples, at least one. */
 #define CHUNK_FLOATS 8192
 #define MIN_T 64
 #define MAX_T 128
 
 typedef struct {
     int64_t cin, cout, h, w; /* channels in and out; planes h x w (input = output size) */
-    int64_t th, tw, tiles;   /* tiles per plane, ceil(h/2) x ceil(w/2) */
-    int64_t pw;              /* the lane buffer's padded width, 2 tw + 2 */
+    int m, a;                /* output tile m x m (2 or 4) from input tile a x a, a = m + 2 */
+    int64_t th, tw, tiles;   /* tiles per plane, ceil(h/m) x ceil(w/m) */
+    int64_t pw;              /* the lane buffer's padded width, m tw + 2 */
     int64_t nb;              /* samples per chunk */
 } wino_geom;
 
-static wino_geom geom(int64_t batch, int64_t cin, int64_t cout, int64_t h, int64_t w) {
-    wino_geom g = {.cin = cin, .cout = cout, .h = h, .w = w, .th = (h + 1) / 2, .tw = (w + 1) / 2};
+/* F(4x4, 3x3) where allowed (f4) and the plane divides into 4x4 tiles (8x8, 4x4, 16x16:
+ * ResNet's planes), F(2x2, 3x3) elsewhere (the CNN's 14x14, where 4x4 tiles would waste
+ * 31% of their GEMMs). */
+static wino_geom geom(int64_t batch, int64_t cin, int64_t cout, int64_t h, int64_t w, bool f4) {
+    int m = f4 && h % 4 == 0 && w % 4 == 0 ? 4 : 2;
+    wino_geom g = {.cin = cin, .cout = cout, .h = h, .w = w, .m = m, .a = m + 2,
+                   .th = (h + m - 1) / m, .tw = (w + m - 1) / m};
     g.tiles = g.th * g.tw;
-    g.pw = 2 * g.tw + 2;
+    g.pw = m * g.tw + 2;
     int64_t c = cin > cout ? cin : cout, t = CHUNK_FLOATS / c;
-    t = t < MIN_T ? MIN_T : t > MAX_T ? MAX_T : t;
+    t = (t < MIN_T ? MIN_T : t > MAX_T ? MAX_T : t) * 4 / (m * m); /* the same pixels per chunk */
     g.nb = t / g.tiles;
     g.nb = g.nb < 1 ? 1 : g.nb > batch ? batch : g.nb;
     return g;
@@ -59,45 +76,97 @@ bool ct__wino_applies(int64_t c, int64_t o, int64_t h, int64_t w) {
     return c >= 16 && o >= 16 && h >= 2 && w >= 2;
 }
 
+/* The 1-D transforms of F(m x m, 3x3), m = 2 or 4 (a literal at every call, so each is
+ * its own straight-line code), on vectors of LANES: the kernel's G g (3 -> a = m + 2
+ * values), the input's B^T d (a -> a) and the output's A^T M (a -> m). F(4x4, 3x3) is
+ * Lavin's, with points 0, 1, -1, 2, -2 and infinity. */
+ALWAYS_INLINE void g_1d(int m, const float *k0, const float *k1, const float *k2, float (*o)[LANES]) {
+    for (int l = 0; l < LANES; l++) {
+        float g0 = k0[l], g1 = k1[l], g2 = k2[l];
+        if (m == 2) {
+            o[0][l] = g0;
+            o[1][l] = 0.5f * (g0 + g1 + g2);
+            o[2][l] = 0.5f * (g0 - g1 + g2);
+            o[3][l] = g2;
+        } else {
+            o[0][l] = 0.25f * g0;
+            o[1][l] = (-1.0f / 6) * (g0 + g1 + g2);
+            o[2][l] = (-1.0f / 6) * (g0 - g1 + g2);
+            o[3][l] = (1.0f / 24) * g0 + (1.0f / 12) * g1 + (1.0f / 6) * g2;
+            o[4][l] = (1.0f / 24) * g0 - (1.0f / 12) * g1 + (1.0f / 6) * g2;
+            o[5][l] = g2;
+        }
+    }
+}
+ALWAYS_INLINE void bt_1d(int m, const float *const *d, float (*o)[LANES]) {
+    for (int l = 0; l < LANES; l++) {
+        if (m == 2) {
+            float d0 = d[0][l], d1 = d[1][l], d2 = d[2][l], d3 = d[3][l];
+            o[0][l] = d0 - d2;
+            o[1][l] = d1 + d2;
+            o[2][l] = d2 - d1;
+            o[3][l] = d1 - d3;
+        } else {
+            float d0 = d[0][l], d1 = d[1][l], d2 = d[2][l], d3 = d[3][l], d4 = d[4][l], d5 = d[5][l];
+            float s12 = d1 + d2, s34 = d3 + d4, u12 = d1 - d2, u43 = d4 - d3, u42 = d4 - d2, u31 = d3 - d1;
+            o[0][l] = 4 * d0 - 5 * d2 + d4;
+            o[1][l] = s34 - 4 * s12;
+            o[2][l] = u43 + 4 * u12;
+            o[3][l] = u42 + 2 * u31;
+            o[4][l] = u42 - 2 * u31;
+            o[5][l] = 4 * d1 - 5 * d3 + d5;
+        }
+    }
+}
+ALWAYS_INLINE void at_1d(int m, const float *const *v, float (*o)[LANES]) {
+    for (int l = 0; l < LANES; l++) {
+        if (m == 2) {
+            float a0 = v[0][l], a1 = v[1][l], a2 = v[2][l], a3 = v[3][l];
+            o[0][l] = a0 + a1 + a2;
+            o[1][l] = a1 - a2 - a3;
+        } else {
+            float a0 = v[0][l], a5 = v[5][l];
+            float s12 = v[1][l] + v[2][l], u12 = v[1][l] - v[2][l];
+            float s34 = v[3][l] + v[4][l], u34 = v[3][l] - v[4][l];
+            o[0][l] = a0 + s12 + s34;
+            o[1][l] = u12 + 2 * u34;
+            o[2][l] = s12 + 4 * s34;
+            o[3][l] = u12 + 8 * u34 + a5;
+        }
+    }
+}
+
 /* U[xi][ci][co] = (G g G^T)[xi] for g = w[co, ci] (flip: g = w[ci, co] rotated 180 degrees,
  * w then [cin, cout, 3, 3]). 16 kernels of consecutive co go through the transform
  * together, one per vector lane (their 9 taps gathered first), so it vectorises and u is
  * written in order: one kernel at a time it ran scalar and cost half of what the input
  * transform does on ResNet's small layers, on every forward. */
-static void weight_transform(const float *w, int64_t cout, int64_t cin, bool flip, float *u) {
-    int64_t blocks = (cout + LANES - 1) / LANES;
-    CT_PAR_FOR(cout * cin * 16)
+ALWAYS_INLINE void weight_transform_m(int m, const float *w, int64_t cout, int64_t cin, bool flip,
+                                      float *u) {
+    int64_t blocks = (cout + LANES - 1) / LANES, a = m + 2;
+    CT_PAR_FOR(cout * cin * a * a)
     for (int64_t cb = 0; cb < cin * blocks; cb++) {
         int64_t ci = cb / blocks, o0 = cb % blocks * LANES, nl = cout - o0 < LANES ? cout - o0 : LANES;
-        float k[9][LANES] = {{0}}, t[4][3][LANES];
+        float k[9][LANES] = {{0}}, t[3][6][LANES];
         for (int64_t l = 0; l < nl; l++) {
             int64_t co = o0 + l;
             const float *src = flip ? w + (ci * cout + co) * 9 : w + (co * cin + ci) * 9;
             for (int e = 0; e < 9; e++) k[e][l] = src[flip ? 8 - e : e];
         }
-        for (int j = 0; j < 3; j++) /* G g: rows */
-            for (int l = 0; l < LANES; l++) {
-                float k0 = k[j][l], k1 = k[3 + j][l], k2 = k[6 + j][l];
-                t[0][j][l] = k0;
-                t[1][j][l] = 0.5f * (k0 + k1 + k2);
-                t[2][j][l] = 0.5f * (k0 - k1 + k2);
-                t[3][j][l] = k2;
-            }
-        for (int i = 0; i < 4; i++) { /* (G g) G^T: columns */
-            float r[4][LANES];
-            for (int l = 0; l < LANES; l++) {
-                float t0 = t[i][0][l], t1 = t[i][1][l], t2 = t[i][2][l];
-                r[0][l] = t0;
-                r[1][l] = 0.5f * (t0 + t1 + t2);
-                r[2][l] = 0.5f * (t0 - t1 + t2);
-                r[3][l] = t2;
-            }
-            for (int j = 0; j < 4; j++) {
-                float *dst = u + ((i * 4 + j) * cin + ci) * cout + o0;
+        for (int j = 0; j < 3; j++) g_1d(m, k[j], k[3 + j], k[6 + j], t[j]); /* G g: column j */
+        for (int i = 0; i < a; i++) { /* (G g) G^T: row i */
+            float r[6][LANES];
+            g_1d(m, t[0][i], t[1][i], t[2][i], r);
+            for (int j = 0; j < a; j++) {
+                float *dst = u + ((i * a + j) * cin + ci) * cout + o0;
                 for (int64_t l = 0; l < nl; l++) dst[l] = r[j][l];
             }
         }
     }
+}
+static void weight_transform(int m, const float *w, int64_t cout, int64_t cin, bool flip, float *u) {
+    if (m == 2) weight_transform_m(2, w, cout, cin, flip, u);
+    else weight_transform_m(4, w, cout, cin, flip, u);
 }
 
 /* dst[0..n) = v[0..n) and back, n <= LANES: a whole vector when n is LANES (the loop with
@@ -196,11 +265,12 @@ static inline CT_AVX512 int64_t planes_out_512(float (*q)[LANES], int64_t hw, in
     return pos;
 }
 
-/* V[xi][t][c] = (B^T d B)[xi] of every 4x4 input tile d of the nb samples x [nb, cin, h, w]
- * (rows 2ty-1..2ty+2, columns 2tx-1..2tx+2, zero outside the plane), t = j*tiles + tile;
- * p: the lane buffer, (2 th + 2) x pw, zero where no plane pixel is copied in. */
-ALWAYS_INLINE void lane_input(const wino_geom *g, const float *x, int64_t nb, float (*p)[LANES],
-                              float *vt, bool wide) {
+/* V[xi][t][c] = (B^T d B)[xi] of every a x a input tile d of the nb samples x [nb, cin, h, w]
+ * (rows m ty - 1 .. m ty + m, columns likewise, zero outside the plane), t = j*tiles + tile;
+ * p: the lane buffer, (m th + 2) x pw, zero where no plane pixel is copied in. */
+ALWAYS_INLINE void lane_input(int m, const wino_geom *g, const float *x, int64_t nb,
+                              float (*p)[LANES], float *vt, bool wide) {
+    int a = m + 2;
     int64_t T = nb * g->tiles, cin = g->cin, h = g->h, w = g->w, pw = g->pw, hw = h * w;
     for (int64_t j = 0; j < nb; j++)
         for (int64_t c0 = 0; c0 < cin; c0 += LANES) {
@@ -211,27 +281,19 @@ ALWAYS_INLINE void lane_input(const wino_geom *g, const float *x, int64_t nb, fl
                 for (int64_t pos = done; pos < hw; pos++) p[(pos / w + 1) * pw + pos % w + 1][l] = src[l * hw + pos];
             for (int64_t ty = 0; ty < g->th; ty++)
                 for (int64_t tx = 0; tx < g->tw; tx++) {
-                    float t[4][4][LANES]; /* B^T d: rows */
-                    for (int b = 0; b < 4; b++) {
-                        const float *d0 = p[(2 * ty) * pw + 2 * tx + b], *d1 = d0 + pw * LANES,
-                                    *d2 = d1 + pw * LANES, *d3 = d2 + pw * LANES;
-                        for (int l = 0; l < LANES; l++) {
-                            t[0][b][l] = d0[l] - d2[l];
-                            t[1][b][l] = d1[l] + d2[l];
-                            t[2][b][l] = d2[l] - d1[l];
-                            t[3][b][l] = d1[l] - d3[l];
-                        }
+                    float t[6][6][LANES]; /* B^T d, column b in t[b] */
+                    for (int b = 0; b < a; b++) {
+                        const float *d[6];
+                        for (int r = 0; r < a; r++) d[r] = p[(m * ty + r) * pw + m * tx + b];
+                        bt_1d(m, d, t[b]);
                     }
                     float *dst = vt + (j * g->tiles + ty * g->tw + tx) * cin + c0;
-                    for (int a = 0; a < 4; a++) { /* (B^T d) B: columns, then to VT[a*4 + b] */
-                        float v[4][LANES];
-                        for (int l = 0; l < LANES; l++) {
-                            v[0][l] = t[a][0][l] - t[a][2][l];
-                            v[1][l] = t[a][1][l] + t[a][2][l];
-                            v[2][l] = t[a][2][l] - t[a][1][l];
-                            v[3][l] = t[a][1][l] - t[a][3][l];
-                        }
-                        for (int b = 0; b < 4; b++) put_lanes(dst + (a * 4 + b) * T * cin, v[b], nl);
+                    for (int r = 0; r < a; r++) { /* (B^T d) B: row r, then to VT[r*a + b] */
+                        const float *d[6];
+                        float v[6][LANES];
+                        for (int b = 0; b < a; b++) d[b] = t[b][r];
+                        bt_1d(m, d, v);
+                        for (int b = 0; b < a; b++) put_lanes(dst + (r * a + b) * T * cin, v[b], nl);
                     }
                 }
         }
@@ -239,35 +301,36 @@ ALWAYS_INLINE void lane_input(const wino_geom *g, const float *x, int64_t nb, fl
 
 /* y [nb, cout, h, w] (= or += when acc) A^T M A per tile, plus the bias when given, then
  * the epilogue post (on 16 planes just written, still in L1); q: the tiles' pixels in
- * lanes, (2 th) x (2 tw). */
-ALWAYS_INLINE void lane_output(const wino_geom *g, const float *mt, int64_t nb, float (*q)[LANES],
-                               const float *bias, const ct_conv2d_post *post, const float *res,
-                               float *y, bool acc, bool wide) {
-    int64_t T = nb * g->tiles, cout = g->cout, h = g->h, w = g->w, qw = 2 * g->tw;
+ * lanes, (m th) x (m tw). */
+ALWAYS_INLINE void lane_output(int m, const wino_geom *g, const float *mt, int64_t nb,
+                               float (*q)[LANES], const float *bias, const ct_conv2d_post *post,
+                               const float *res, float *y, bool acc, bool wide) {
+    int a = m + 2;
+    int64_t T = nb * g->tiles, cout = g->cout, h = g->h, w = g->w, qw = m * g->tw;
     for (int64_t j = 0; j < nb; j++)
         for (int64_t o0 = 0; o0 < cout; o0 += LANES) {
             int64_t nl = cout - o0 < LANES ? cout - o0 : LANES;
             for (int64_t ty = 0; ty < g->th; ty++)
                 for (int64_t tx = 0; tx < g->tw; tx++) {
-                    const float *m = mt + (j * g->tiles + ty * g->tw + tx) * cout + o0;
-                    float r[2][4][LANES]; /* A^T M: rows */
-                    for (int b = 0; b < 4; b++) {
-                        const float *m0 = m + b * T * cout, *m1 = m0 + 4 * T * cout,
-                                    *m2 = m1 + 4 * T * cout, *m3 = m2 + 4 * T * cout;
-                        float a0[LANES], a1[LANES], a2[LANES], a3[LANES];
-                        get_lanes(a0, m0, nl), get_lanes(a1, m1, nl);
-                        get_lanes(a2, m2, nl), get_lanes(a3, m3, nl);
-                        for (int l = 0; l < LANES; l++) {
-                            r[0][b][l] = a0[l] + a1[l] + a2[l];
-                            r[1][b][l] = a1[l] - a2[l] - a3[l];
+                    const float *mp = mt + (j * g->tiles + ty * g->tw + tx) * cout + o0;
+                    float r[6][4][LANES]; /* A^T M, column b in r[b] */
+                    for (int b = 0; b < a; b++) {
+                        float in[6][LANES];
+                        const float *v[6];
+                        for (int i = 0; i < a; i++) {
+                            get_lanes(in[i], mp + (i * a + b) * T * cout, nl);
+                            v[i] = in[i];
                         }
+                        at_1d(m, v, r[b]);
                     }
-                    for (int i = 0; i < 2; i++) { /* (A^T M) A: columns */
-                        float *d = q[(2 * ty + i) * qw + 2 * tx];
-                        for (int l = 0; l < LANES; l++) {
-                            d[l] = r[i][0][l] + r[i][1][l] + r[i][2][l];
-                            d[LANES + l] = r[i][1][l] - r[i][2][l] - r[i][3][l];
-                        }
+                    for (int i = 0; i < m; i++) { /* (A^T M) A: row i */
+                        const float *v[6];
+                        float o[4][LANES];
+                        for (int b = 0; b < a; b++) v[b] = r[b][i];
+                        at_1d(m, v, o);
+                        float *d = q[(m * ty + i) * qw + m * tx];
+                        for (int jj = 0; jj < m; jj++)
+                            for (int l = 0; l < LANES; l++) d[jj * LANES + l] = o[jj][l];
                     }
                 }
             int64_t hw = h * w;
@@ -295,48 +358,61 @@ ALWAYS_INLINE void lane_output(const wino_geom *g, const float *mt, int64_t nb, 
         }
 }
 
-/* Compiled for AVX-512 (16 lanes, one register) and for any x86-64-v3 CPU (two). */
-static CT_AVX512 void lane_input_512(const wino_geom *g, const float *x, int64_t nb,
-                                     float (*p)[LANES], float *vt) {
-    lane_input(g, x, nb, p, vt, true);
-}
-static CT_AVX512 void lane_output_512(const wino_geom *g, const float *mt, int64_t nb,
-                                      float (*q)[LANES], const float *bias,
-                                      const ct_conv2d_post *post, const float *res, float *y,
-                                      bool acc) {
-    lane_output(g, mt, nb, q, bias, post, res, y, acc, true);
-}
-static void lane_input_any(const wino_geom *g, const float *x, int64_t nb, float (*p)[LANES],
-                           float *vt) {
-    lane_input(g, x, nb, p, vt, false);
-}
-static void lane_output_any(const wino_geom *g, const float *mt, int64_t nb, float (*q)[LANES],
-                            const float *bias, const ct_conv2d_post *post, const float *res,
-                            float *y, bool acc) {
-    lane_output(g, mt, nb, q, bias, post, res, y, acc, false);
-}
+/* Compiled for AVX-512 (16 lanes, one register) and for any x86-64-v3 CPU (two), for
+ * each tile size. */
+#define LANE_KERNELS(M)                                                                         \
+    static CT_AVX512 void lane_input_512_##M(const wino_geom *g, const float *x, int64_t nb,    \
+                                             float (*p)[LANES], float *vt) {                   \
+        lane_input(M, g, x, nb, p, vt, true);                                                  \
+    }                                                                                           \
+    static CT_AVX512 void lane_output_512_##M(const wino_geom *g, const float *mt, int64_t nb, \
+                                              float (*q)[LANES], const float *bias,             \
+                                              const ct_conv2d_post *post, const float *res,     \
+                                              float *y, bool acc) {                             \
+        lane_output(M, g, mt, nb, q, bias, post, res, y, acc, true);                            \
+    }                                                                                           \
+    static void lane_input_any_##M(const wino_geom *g, const float *x, int64_t nb,             \
+                                   float (*p)[LANES], float *vt) {                             \
+        lane_input(M, g, x, nb, p, vt, false);                                                 \
+    }                                                                                           \
+    static void lane_output_any_##M(const wino_geom *g, const float *mt, int64_t nb,           \
+                                    float (*q)[LANES], const float *bias,                       \
+                                    const ct_conv2d_post *post, const float *res, float *y,     \
+                                    bool acc) {                                                 \
+        lane_output(M, g, mt, nb, q, bias, post, res, y, acc, false);                           \
+    }
+LANE_KERNELS(2)
+LANE_KERNELS(4)
+
+typedef void lane_in_fn(const wino_geom *, const float *, int64_t, float (*)[LANES], float *);
+typedef void lane_out_fn(const wino_geom *, const float *, int64_t, float (*)[LANES], const float *,
+                         const ct_conv2d_post *, const float *, float *, bool);
 
 typedef void gemm_fn(bool, bool, int64_t, int64_t, int64_t, float, const float *, int64_t,
                      const float *, int64_t, float, float *, int64_t);
 
 void ct__wino_conv(const float *x, int64_t batch, int64_t cin, int64_t cout, int64_t h, int64_t w,
                    const float *wt, bool flip, const float *bias, const ct_conv2d_post *post,
-                   float *y, bool acc) {
-    wino_geom g = geom(batch, cin, cout, h, w);
-    int64_t nchunks = (batch + g.nb - 1) / g.nb, T = g.nb * g.tiles;
+                   float *y, bool acc, bool f4) {
+    wino_geom g = geom(batch, cin, cout, h, w, f4);
+    int64_t nchunks = (batch + g.nb - 1) / g.nb, T = g.nb * g.tiles, nxi = g.a * g.a;
     bool wide = ct_cpu_avx512();
+    lane_in_fn *lane_in = g.m == 4 ? (wide ? lane_input_512_4 : lane_input_any_4)
+                                   : (wide ? lane_input_512_2 : lane_input_any_2);
+    lane_out_fn *lane_out = g.m == 4 ? (wide ? lane_output_512_4 : lane_output_any_4)
+                                     : (wide ? lane_output_512_2 : lane_output_any_2);
     const float *res = post && post->residual ? post->residual->data : NULL; /* [batch, cout, h, w] */
     CT_SCOPE {
-        float *u = ct_tensor_new(CT_SHAPE(16 * cout * cin))->data;
-        weight_transform(wt, cout, cin, flip, u);
+        float *u = ct_tensor_new(CT_SHAPE(nxi * cout * cin))->data;
+        weight_transform(g.m, wt, cout, cin, flip, u);
         int nt = ct__conv_team(nchunks, batch * cout * h * w * cin);
         float *vs[CT__MAX_TEAM], *ms[CT__MAX_TEAM], *ps[CT__MAX_TEAM], *qs[CT__MAX_TEAM];
         for (int t = 0; t < nt; t++) {
-            vs[t] = ct_tensor_new(CT_SHAPE(16 * cin * T))->data;
-            ms[t] = ct_tensor_new(CT_SHAPE(16 * cout * T))->data;
+            vs[t] = ct_tensor_new(CT_SHAPE(nxi * cin * T))->data;
+            ms[t] = ct_tensor_new(CT_SHAPE(nxi * cout * T))->data;
             /* the lane buffer: the input planes' border stays zero from here on */
-            ps[t] = ct_zeros(CT_SHAPE((2 * g.th + 2) * g.pw * LANES))->data;
-            qs[t] = ct_tensor_new(CT_SHAPE(4 * g.tiles * LANES))->data;
+            ps[t] = ct_zeros(CT_SHAPE((g.m * g.th + 2) * g.pw * LANES))->data;
+            qs[t] = ct_tensor_new(CT_SHAPE(g.m * g.m * g.tiles * LANES))->data;
         }
         gemm_fn *gemm = nchunks > 1 ? ct_gemm_serial : ct_gemm;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
@@ -345,13 +421,12 @@ void ct__wino_conv(const float *x, int64_t batch, int64_t cin, int64_t cout, int
             float *v = vs[id], *m = ms[id], (*p)[LANES] = (float(*)[LANES])ps[id],
                   (*q)[LANES] = (float(*)[LANES])qs[id];
             int64_t i0 = ci * g.nb, nb = batch - i0 < g.nb ? batch - i0 : g.nb, tn = nb * g.tiles;
-            (wide ? lane_input_512 : lane_input_any)(&g, x + i0 * cin * h * w, nb, p, v);
-            for (int xi = 0; xi < 16; xi++)
+            lane_in(&g, x + i0 * cin * h * w, nb, p, v);
+            for (int64_t xi = 0; xi < nxi; xi++)
                 gemm(false, false, tn, cout, cin, 1, v + xi * tn * cin, cin, u + xi * cin * cout, cout, 0,
                      m + xi * tn * cout, cout);
-            (wide ? lane_output_512 : lane_output_any)(&g, m, nb, q, bias, post,
-                                                       res ? res + i0 * cout * h * w : NULL,
-                                                       y + i0 * cout * h * w, acc);
+            lane_out(&g, m, nb, q, bias, post, res ? res + i0 * cout * h * w : NULL,
+                     y + i0 * cout * h * w, acc);
         }
     }
 }

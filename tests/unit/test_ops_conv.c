@@ -241,10 +241,10 @@ START_TEST(pad_skip_auto_picks_small_planes) {
 }
 END_TEST
 
-/* Winograd against the im2col path it replaces, on shapes of the CNN (14x14), ResNet's
- * small stem (16x16) and ResNet-18's layers at 32 px (8x8 to 2x2), odd planes, channel
- * counts that are not multiples of the 16 lanes, one-tile 2x2 planes and batches past one
- * chunk (70 samples of 4x4 with 16 channels: 3 chunks, the last short): output, dX and dW
+/* Winograd (F(2x2): a graph is recorded) against the im2col path it replaces, on shapes
+ * of the CNN (14x14), ResNet's small stem (16x16) and ResNet-18's layers at 32 px (8x8 to
+ * 2x2), odd planes, channel counts that are not multiples of the 16 lanes, one-tile 2x2
+ * planes and batches past one chunk (70 samples of 4x4 with 16 channels: 3 chunks, the last short): output, dX and dW
  * (dW is im2col's in both) agree to float rounding. */
 START_TEST(winograd_matches_im2col) {
     static const int64_t shapes[][5] = {{5, 32, 64, 14, 14}, {3, 16, 24, 16, 16}, {9, 17, 16, 11, 13},
@@ -281,6 +281,36 @@ START_TEST(winograd_matches_im2col) {
             free(res[1][i]);
         }
     }
+}
+END_TEST
+
+/* F(4x4, 3x3) runs only where no gradient flows: under no_grad, on planes that divide into
+ * 4x4 tiles (one-tile 4x4 planes in 3 chunks, 8x8 with 33 output channels, 16x16, 12x8),
+ * its output agrees with im2col's to float rounding and differs from the F(2x2) output
+ * the same convolution gives when it records a graph. */
+START_TEST(winograd_f4_inference_matches_im2col) {
+    static const int64_t shapes[][5] = {{70, 16, 16, 4, 4}, {3, 20, 33, 8, 8}, {3, 16, 24, 16, 16},
+                                        {2, 24, 16, 12, 8}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) CT_SCOPE {
+            const int64_t *k = shapes[s];
+            ct_tensor *x = ct_test_rand(CT_SHAPE(k[0], k[1], k[3], k[4]), -1, 1, 5);
+            ct_tensor *w = ct_test_rand(CT_SHAPE(k[2], k[1], 3, 3), -0.2f, 0.2f, 6);
+            ct_tensor *b = ct_test_rand(CT_SHAPE(k[2]), -1, 1, 7);
+            ct_tensor *y[3];
+            ct_conv_algo old = ct_conv2d_set_algo(CT_CONV_IM2COL);
+            y[0] = ct_conv2d(x, w, b, 1, 1);
+            ct_conv2d_set_algo(CT_CONV_WINOGRAD);
+            CT_NO_GRAD { y[1] = ct_conv2d(x, w, b, 1, 1); }
+            ct_set_requires_grad(w, true);
+            y[2] = ct_conv2d(x, w, b, 1, 1); /* a graph: F(2x2) */
+            ct_conv2d_set_algo(old);
+            bool differs = false;
+            for (int64_t j = 0; j < y[0]->numel; j++) {
+                ck_assert_close(y[1]->data[j], y[0]->data[j], 1e-4);
+                differs |= y[1]->data[j] != y[2]->data[j];
+            }
+            ck_assert_msg(differs, "shape %zu: the no_grad output is F(2x2)'s bit for bit", s);
+        }
 }
 END_TEST
 
@@ -1004,6 +1034,7 @@ int main(void) {
     tcase_add_test(tc, conv_skips_unneeded_gradients);
     tcase_add_test(tc, winograd_matches_im2col);
     tcase_add_test(tc, dense_matches_im2col);
+    tcase_add_test(tc, winograd_f4_inference_matches_im2col);
     tcase_add_test(tc, conv_epilogue_is_bn_add_relu_bitwise);
     tcase_add_test(tc, conv_saves_only_what_backward_uses);
     tcase_add_test(tc, conv_steady_state_makes_no_mallocs);
