@@ -801,10 +801,10 @@ static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
         ct__dense_backward(&s, batch, gout->data, x, w, gw ? gw->data : NULL, gx ? gx->data : NULL);
         return;
     }
-    if (gx && use_wino(&g, o, batch)) { /* dX by Winograd; dW stays below (see winograd.c) */
-        ct__wino_conv(gout->data, batch, o, g.c, g.h, g.w, w, true, NULL, NULL, gx->data, true, false);
-        gx = NULL, w = NULL;
-        if (!gw) return;
+    if (use_wino(&g, o, batch)) { /* dX and dW by Winograd (see winograd.c) */
+        if (gx) ct__wino_conv(gout->data, batch, o, g.c, g.h, g.w, w, true, NULL, NULL, gx->data, true, false);
+        if (gw) ct__wino_dw(x, gout->data, batch, g.c, o, g.h, g.w, gw->data);
+        return;
     }
     if (gw || gx) backward_im2col(&g, batch, o, gout->data, x, w, gw, gx);
 }

@@ -35,6 +35,10 @@ bool ct__wino_applies(int64_t c, int64_t o, int64_t h, int64_t w);
 void ct__wino_conv(const float *x, int64_t batch, int64_t cin, int64_t cout, int64_t h, int64_t w,
                    const float *wt, bool flip, const float *bias, const ct_conv2d_post *post,
                    float *y, bool acc, bool f4);
+/* dw [cout, cin, 3, 3] += the weight gradient of that convolution (F(2x2, 3x3)), from x and
+ * the upstream gradient gy [batch, cout, h, w]. */
+void ct__wino_dw(const float *x, const float *gy, int64_t batch, int64_t cin, int64_t cout,
+                 int64_t h, int64_t w, float *dw);
 
 /* A convolution's shape, for the paths outside conv.c. */
 typedef struct {
