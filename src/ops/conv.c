@@ -768,13 +768,10 @@ static void backward_im2col(const conv_geom *g, int64_t batch, int64_t o, const 
             backward_chunk(g, ci, batch, o, gout, x, w, s, gemm, gw ? dwp : NULL,
                            gx ? gx->data : NULL);
     }
-    if (part) {
-        CT_PAR_FOR(parts * o * k)
-        for (int64_t i = 0; i < o * k; i++) {
-            float acc = dw[i];
-            for (int64_t p = 0; p < parts; p++) acc += part[p * o * k + i];
-            dw[i] = acc;
-        }
+    for (int64_t p = 0; part && p < parts; p++) { /* in part order, one contiguous pass each */
+        const float *src = part + p * o * k;
+        CT_PAR_FOR(o * k)
+        for (int64_t i = 0; i < o * k; i++) dw[i] += src[i];
     }
     if (copied) unlayout_add(g, o, dw, gw->data);
 }

@@ -513,16 +513,19 @@ void ct__wino_dw(const float *x, const float *gy, int64_t batch, int64_t cin, in
                                    m + xi * tn * cout, cout, 1, u + xi * usz / 16, cout);
             }
         }
-        /* dw[co, ci] += G^T dU[., ci, co] G, the parts' dU added first, in part order */
+        /* the parts' dU added in part order, into the first (contiguous passes: reading the
+         * parts side by side strode 4 * usz bytes and thrashed the caches) */
+        for (int64_t pt = 1; pt < parts; pt++) {
+            const float *src = du + pt * usz;
+            CT_PAR_FOR(usz)
+            for (int64_t i = 0; i < usz; i++) du[i] += src[i];
+        }
+        /* dw[co, ci] += G^T dU[., ci, co] G */
         CT_PAR_FOR(usz)
         for (int64_t k = 0; k < cin * cout; k++) {
             int64_t ci = k / cout, co = k % cout;
             float d[16], t[4][3];
-            for (int xi = 0; xi < 16; xi++) {
-                float acc = du[xi * cin * cout + k];
-                for (int64_t pt = 1; pt < parts; pt++) acc += du[pt * usz + xi * cin * cout + k];
-                d[xi] = acc;
-            }
+            for (int xi = 0; xi < 16; xi++) d[xi] = du[xi * cin * cout + k];
             for (int r = 0; r < 4; r++) { /* dU G: (v0 + v1/2 + v2/2, v1/2 - v2/2, v1/2 + v2/2 + v3) */
                 const float *v = d + 4 * r;
                 t[r][0] = v[0] + 0.5f * v[1] + 0.5f * v[2];
