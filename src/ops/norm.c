@@ -21,13 +21,14 @@ typedef struct {
     double *s1, *s2;    /* per-channel double accumulators */
     float *mean, *istd; /* per-channel statistics (when no node keeps them in aux) */
     float *a, *b;       /* per-channel affine coefficients */
+    float *ma, *mb;     /* a fused ReLU's input from x (the forward's a and b; see relu_g) */
     size_t bytes;
     void *base;
 } bn_scratch;
 
 static bn_scratch bn_scratch_new(int64_t C) {
     bn_scratch s;
-    s.bytes = (size_t)C * (2 * sizeof(double) + 4 * sizeof(float));
+    s.bytes = (size_t)C * (2 * sizeof(double) + 6 * sizeof(float));
     s.base = ct_alloc(s.bytes ? s.bytes : 1);
     s.s1 = s.base;
     s.s2 = s.s1 + C;
@@ -35,6 +36,8 @@ static bn_scratch bn_scratch_new(int64_t C) {
     s.istd = s.mean + C;
     s.a = s.istd + C;
     s.b = s.a + C;
+    s.ma = s.b + C;
+    s.mb = s.ma + C;
     memset(s.s1, 0, 2 * (size_t)C * sizeof(double));
     return s;
 }
@@ -44,55 +47,62 @@ static void bn_scratch_free(bn_scratch *s) { ct_free(s->base, s->bytes ? s->byte
 /* Channels per thread's block in the sums: enough for sequential streams within a sample. */
 #define BN_CBLOCK 4
 
-/* The upstream gradient as batch norm sees it: g, or with a fused ReLU after it (y its
- * output) ReLU's backward of g, zero where y <= 0 (exactly relu_bwd's values). */
+/* The upstream gradient as batch norm sees it: g, or with a fused ReLU after it ReLU's
+ * backward of g, zero where its output is <= 0 (exactly relu_bwd's values). The backward
+ * does not read that output: it recomputes the ReLU's input t = ma[c] * x + mb[c] from x,
+ * which it reads anyway, with the forward's own coefficients and expression (no
+ * contraction into fma under -std=c11), so t is the forward's value bit for bit, and
+ * t <= 0 exactly where the output max(t, 0) is <= 0 (-0 and NaN included). That saves a
+ * read of the output in each of the backward's two passes. */
 /* A function, so both values are loaded unconditionally and the select vectorises (a
  * conditional load stays a branch, data-random here). */
-static inline float relu_g(float g, float y) { return y <= 0 ? 0.0f : g; }
+static inline float relu_g(float g, float t) { return t <= 0 ? 0.0f : g; }
+static inline float relu_in(float x, float ma, float mb) { return ma * x + mb; }
 
-/* s1[c] += sum of g over channel c; if x is given, s2[c] += sum of g * (x - mean[c]); g
- * masked by a fused ReLU's output y when y is given. */
-static void bn_sums(const float *restrict g, const float *restrict y, const float *restrict x,
-                    const float *restrict mean, bn_dims d, double *restrict s1,
-                    double *restrict s2) {
+/* s1[c] += sum of g over channel c; if need_s2, s2[c] += sum of g * (x - mean[c]); g masked
+ * by a fused ReLU when ma is given (mask coefficients ma, mb: see relu_g; x is then given
+ * even without need_s2). */
+static void bn_sums(const float *restrict g, const float *restrict ma, const float *restrict mb,
+                    const float *restrict x, bool need_s2, const float *restrict mean, bn_dims d,
+                    double *restrict s1, double *restrict s2) {
     int64_t C = d.C, HW = d.HW;
     if (HW == 1) {
         for (int64_t r = 0; r < d.N; r++) {
             const float *gr = g + r * C, *xr = x ? x + r * C : NULL;
-            if (y) { /* the fused ReLU's mask */
-                const float *yr = y + r * C;
-                for (int64_t c = 0; c < C; c++) s1[c] += relu_g(gr[c], yr[c]);
-                if (xr)
-                    for (int64_t c = 0; c < C; c++) s2[c] += relu_g(gr[c], yr[c]) * (xr[c] - mean[c]);
+            if (ma) { /* the fused ReLU's mask */
+                for (int64_t c = 0; c < C; c++) s1[c] += relu_g(gr[c], relu_in(xr[c], ma[c], mb[c]));
+                if (need_s2)
+                    for (int64_t c = 0; c < C; c++)
+                        s2[c] += relu_g(gr[c], relu_in(xr[c], ma[c], mb[c])) * (xr[c] - mean[c]);
                 continue;
             }
             for (int64_t c = 0; c < C; c++) s1[c] += gr[c];
-            if (!xr) continue;
+            if (!need_s2) continue;
             for (int64_t c = 0; c < C; c++) s2[c] += gr[c] * (xr[c] - mean[c]);
         }
         return;
     }
-    if (y) { /* the fused ReLU's mask: a loop of its own, so the plain one stays as it was */
+    if (ma) { /* the fused ReLU's mask: a loop of its own, so the plain one stays as it was */
         int64_t nblk = (C + BN_CBLOCK - 1) / BN_CBLOCK;
         CT_PAR_FOR(d.N * C * HW)
         for (int64_t cb = 0; cb < nblk; cb++) {
             int64_t c0 = cb * BN_CBLOCK, c1 = c0 + BN_CBLOCK < C ? c0 + BN_CBLOCK : C;
             for (int64_t r = 0; r < d.N; r++)
                 for (int64_t c = c0; c < c1; c++) {
-                    const float *gp = g + (r * C + c) * HW, *yp = y + (r * C + c) * HW;
-                    if (!x) {
-                        CT_LANE_SUM(0, HW, k, relu_g(gp[k], yp[k]), s1[c]);
+                    const float *gp = g + (r * C + c) * HW, *xp = x + (r * C + c) * HW;
+                    float a = ma[c], b = mb[c];
+                    if (!need_s2) {
+                        CT_LANE_SUM(0, HW, k, relu_g(gp[k], relu_in(xp[k], a, b)), s1[c]);
                         continue;
                     }
-                    const float *xp = x + (r * C + c) * HW;
                     float m = mean[c];
-                    CT_LANE_SUM2(0, HW, k, relu_g(gp[k], yp[k]), s1[c],
-                                 relu_g(gp[k], yp[k]) * (xp[k] - m), s2[c]);
+                    CT_LANE_SUM2(0, HW, k, relu_g(gp[k], relu_in(xp[k], a, b)), s1[c],
+                                 relu_g(gp[k], relu_in(xp[k], a, b)) * (xp[k] - m), s2[c]);
                 }
         }
         return;
     }
-    /* Sample-major, so g and x are read as two sequential streams (channel-major jumps
+/* Sample-major, so g and x are read as two sequential streams (channel-major jumps
      * C*HW floats between planes). Each channel still adds its planes in sample order,
      * so the sums are bit-identical to the channel-major order. */
     /* Threads take blocks of BN_CBLOCK channels (disjoint sums). */
@@ -103,7 +113,7 @@ static void bn_sums(const float *restrict g, const float *restrict y, const floa
         for (int64_t r = 0; r < d.N; r++) {
             for (int64_t c = c0; c < c1; c++) {
                 const float *gp = g + (r * C + c) * HW;
-                if (!x) {
+                if (!need_s2) {
                     CT_LANE_SUM(0, HW, k, gp[k], s1[c]);
                     continue;
                 }
@@ -144,16 +154,17 @@ static void bn_batch_stats(const float *x, bn_dims d, bn_scratch *s, float *mean
 }
 
 /* One plane of bn_affine with the fused ReLU's two sides: relu applies it to the result
- * (forward), masked uses u only where the ReLU's output m is > 0 (backward), with v the
- * v * e term. Always inlined where the flags are literal constants (a pointer tested
- * inside the loop would keep it scalar and branchy), so each combination is its own
- * vectorised loop. */
+ * (forward), masked uses u only where the ReLU's input ma * mp + mb is > 0 (backward, mp
+ * = x: see relu_g), with v the v * e term. Always inlined where the flags are literal
+ * constants (a pointer tested inside the loop would keep it scalar and branchy), so each
+ * combination is its own vectorised loop. */
 static inline __attribute__((always_inline)) void affine_relu_plane(
     float *restrict yp, bool acc, const float *restrict up, bool masked, const float *restrict mp,
-    float ac, float bc, bool with_v, const float *restrict vp, float ec, bool relu, int64_t HW) {
+    float ma, float mb, float ac, float bc, bool with_v, const float *restrict vp, float ec,
+    bool relu, int64_t HW) {
     for (int64_t k = 0; k < HW; k++) {
         float uk = up[k];
-        if (masked) uk = relu_g(uk, mp[k]);
+        if (masked) uk = relu_g(uk, relu_in(mp[k], ma, mb));
         float t = ac * uk + bc;
         if (with_v) t = ac * uk + bc + ec * vp[k];
         if (relu) t = t < 0 ? 0.0f : t; /* as relu_fwd: NaN stays NaN */
@@ -163,9 +174,10 @@ static inline __attribute__((always_inline)) void affine_relu_plane(
 }
 
 /* bn_affine over planes with a fused ReLU: relu on the output (forward: no m, v or acc),
- * or u masked by the ReLU's output m (backward). */
+ * or u masked by the ReLU whose input is ma * m + mb (backward, m = x). */
 static void bn_affine_relu(float *restrict y, bool acc, const float *restrict u,
-                           const float *restrict m, const float *restrict a,
+                           const float *restrict m, const float *restrict ma,
+                           const float *restrict mb, const float *restrict a,
                            const float *restrict b, const float *restrict v,
                            const float *restrict e, bool relu, bn_dims d) {
     int64_t C = d.C, HW = d.HW;
@@ -173,15 +185,15 @@ static void bn_affine_relu(float *restrict y, bool acc, const float *restrict u,
     for (int64_t rc = 0; rc < d.N * C; rc++) {
         int64_t c = rc % C, o = rc * HW;
         if (relu)
-            affine_relu_plane(y + o, false, u + o, false, NULL, a[c], b[c], false, NULL, 0, true, HW);
+            affine_relu_plane(y + o, false, u + o, false, NULL, 0, 0, a[c], b[c], false, NULL, 0, true, HW);
         else if (v && acc)
-            affine_relu_plane(y + o, true, u + o, true, m + o, a[c], b[c], true, v + o, e[c], false, HW);
+            affine_relu_plane(y + o, true, u + o, true, m + o, ma[c], mb[c], a[c], b[c], true, v + o, e[c], false, HW);
         else if (v)
-            affine_relu_plane(y + o, false, u + o, true, m + o, a[c], b[c], true, v + o, e[c], false, HW);
+            affine_relu_plane(y + o, false, u + o, true, m + o, ma[c], mb[c], a[c], b[c], true, v + o, e[c], false, HW);
         else if (acc)
-            affine_relu_plane(y + o, true, u + o, true, m + o, a[c], b[c], false, NULL, 0, false, HW);
+            affine_relu_plane(y + o, true, u + o, true, m + o, ma[c], mb[c], a[c], b[c], false, NULL, 0, false, HW);
         else
-            affine_relu_plane(y + o, false, u + o, true, m + o, a[c], b[c], false, NULL, 0, false, HW);
+            affine_relu_plane(y + o, false, u + o, true, m + o, ma[c], mb[c], a[c], b[c], false, NULL, 0, false, HW);
     }
 }
 
@@ -229,11 +241,15 @@ static void bn_affine(float *restrict y, bool acc, const float *restrict u,
     }
 }
 
+static void affine_coeffs(const ct_tensor *weight, const ct_tensor *bias, float mean, float istd,
+                          int64_t c, float *a, float *b);
+
 /* Node layout: i[0] training, i[1..3] N, C, HW, i[4] saved slot of x, i[5] saved slot of
- * weight (-1 when not saved), i[6] saved slot of the output (batch_norm_relu only); aux
- * holds mean[C] then invstd[C] (batch statistics in training, running statistics in eval)
- * when x or weight needs a gradient. y: the fused ReLU's output, which masks gout. */
-static void bn_backward(ct_node *n, const ct_tensor *gout, const float *y) {
+ * weight (-1 when not saved), i[6] saved slot of bias (batch_norm_relu only, -1 when there
+ * is none); aux holds mean[C] then invstd[C] (batch statistics in training, running
+ * statistics in eval) when x or weight needs a gradient, and always with a fused ReLU
+ * (relu), whose mask the backward recomputes from x (see relu_g). */
+static void bn_backward(ct_node *n, const ct_tensor *gout, bool relu) {
     /* dx is one affine pass over the whole tensor, so it can overwrite a fresh buffer
      * (no zero fill, no read of zeros); the per-channel dw and db accumulate as usual. */
     bool fresh;
@@ -243,13 +259,20 @@ static void bn_backward(ct_node *n, const ct_tensor *gout, const float *y) {
     bn_dims d = {n->i[1], n->i[2], n->i[3], n->i[1] * n->i[3]};
     int64_t C = d.C;
     const float *x = n->i[4] >= 0 ? n->saved[n->i[4]]->data : NULL;
-    const float *w = n->i[5] >= 0 ? n->saved[n->i[5]]->data : NULL;
+    const ct_tensor *wt = n->i[5] >= 0 ? n->saved[n->i[5]] : NULL;
+    const float *w = wt ? wt->data : NULL;
     const float *mean = n->aux, *istd = mean ? mean + C : NULL;
     const float *g = gout->data;
     bn_scratch s = bn_scratch_new(C);
+    const float *ma = NULL, *mb = NULL; /* the ReLU's input from x: the forward's a and b */
+    if (relu) {
+        const ct_tensor *bias = n->i[6] >= 0 ? n->saved[n->i[6]] : NULL;
+        for (int64_t c = 0; c < C; c++) affine_coeffs(wt, bias, mean[c], istd[c], c, s.ma, s.mb);
+        ma = s.ma, mb = s.mb;
+    }
     /* s1 = sum(dy), s2 = sum(dy * (x - mean)) per channel; eval-mode dx needs neither. */
     bool need_s1 = gb || (gx && training), need_s2 = gw || (gx && training);
-    if (need_s1 || need_s2) bn_sums(g, y, need_s2 ? x : NULL, mean, d, s.s1, s.s2);
+    if (need_s1 || need_s2) bn_sums(g, ma, mb, x, need_s2, mean, d, s.s1, s.s2);
     if (gb)
         for (int64_t c = 0; c < C; c++) gb->data[c] += (float)s.s1[c];
     if (gw)
@@ -266,14 +289,14 @@ static void bn_backward(ct_node *n, const ct_tensor *gout, const float *y) {
                 e[c] = (float)ec;
                 s.b[c] = (float)(-(double)s.a[c] * s.s1[c] * inv_n - ec * mean[c]);
             }
-            if (y)
-                bn_affine_relu(gx->data, !fresh, g, y, s.a, s.b, x, e, false, d);
+            if (relu)
+                bn_affine_relu(gx->data, !fresh, g, x, ma, mb, s.a, s.b, x, e, false, d);
             else
                 bn_affine(gx->data, !fresh, g, s.a, s.b, x, e, d);
         } else {
             memset(s.b, 0, (size_t)C * sizeof(float));
-            if (y)
-                bn_affine_relu(gx->data, !fresh, g, y, s.a, s.b, NULL, NULL, false, d);
+            if (relu)
+                bn_affine_relu(gx->data, !fresh, g, x, ma, mb, s.a, s.b, NULL, NULL, false, d);
             else
                 bn_affine(gx->data, !fresh, g, s.a, s.b, NULL, NULL, d);
         }
@@ -281,10 +304,10 @@ static void bn_backward(ct_node *n, const ct_tensor *gout, const float *y) {
     bn_scratch_free(&s);
 }
 
-static void batch_norm_backward(ct_node *n, const ct_tensor *gout) { bn_backward(n, gout, NULL); }
+static void batch_norm_backward(ct_node *n, const ct_tensor *gout) { bn_backward(n, gout, false); }
 
 static void batch_norm_relu_backward(ct_node *n, const ct_tensor *gout) {
-    bn_backward(n, gout, n->saved[n->i[6]]->data);
+    bn_backward(n, gout, true);
 }
 
 static void check_channel_vec(const char *what, const ct_tensor *t, const ct_tensor *x, int64_t C) {
@@ -295,7 +318,8 @@ static void check_channel_vec(const char *what, const ct_tensor *t, const ct_ten
 
 /* ct_batch_norm, followed by a fused ReLU when relu. */
 static float eval_istd(float var, float eps) { return 1.0f / sqrtf(var + eps); }
-/* y = x * a + b with a = w * invstd, b = bias - mean * a. */
+/* y = x * a + b with a = w * invstd, b = bias - mean * a (the backward recomputes them for
+ * the fused ReLU's mask: one definition, so the bits agree). */
 static void affine_coeffs(const ct_tensor *weight, const ct_tensor *bias, float mean, float istd,
                           int64_t c, float *a, float *b) {
     a[c] = (weight ? weight->data[c] : 1.0f) * istd;
@@ -359,7 +383,7 @@ static ct_tensor *bn_forward(ct_tensor *x, ct_tensor *weight, ct_tensor *bias,
     }
     for (int64_t c = 0; c < C; c++) affine_coeffs(weight, bias, mean[c], istd[c], c, s.a, s.b);
     if (relu)
-        bn_affine_relu(out->data, false, x->data, NULL, s.a, s.b, NULL, NULL, true, d);
+        bn_affine_relu(out->data, false, x->data, NULL, NULL, NULL, s.a, s.b, NULL, NULL, true, d);
     else
         bn_affine(out->data, false, x->data, s.a, s.b, NULL, NULL, d);
 
@@ -369,26 +393,27 @@ static ct_tensor *bn_forward(ct_tensor *x, ct_tensor *weight, ct_tensor *bias,
         bool nx = ct_node_needs(n, 0), nw = ct_node_needs(n, 1);
         n->i[0] = training;
         n->i[1] = d.N, n->i[2] = C, n->i[3] = d.HW;
-        n->i[4] = n->i[5] = -1;
-        if (relu) { /* the mask for every gradient (an alias: the next layer keeps it anyway) */
-            n->i[6] = n->nsaved;
-            ct_save(n, out);
-        }
+        n->i[4] = n->i[5] = n->i[6] = -1;
         /* dbias needs only dy. The statistics serve dx and dweight; x serves dweight and
          * the training-mode dx (eval-mode dx is just dy * w * invstd); the weight values
-         * serve dx. */
-        if (nx || nw) {
+         * serve dx. A fused ReLU's mask for every gradient needs x, the statistics, the
+         * weight and the bias (aliases, no copies). */
+        if (nx || nw || relu) {
             float *st = ct_node_aux(n, 2 * (size_t)C * sizeof(float));
             memcpy(st, mean, (size_t)C * sizeof(float));
             memcpy(st + C, istd, (size_t)C * sizeof(float));
         }
-        if (nw || (nx && training)) {
+        if (nw || (nx && training) || relu) {
             n->i[4] = n->nsaved;
             ct_save(n, x);
         }
-        if (nx && weight) {
+        if ((nx || relu) && weight) {
             n->i[5] = n->nsaved;
             ct_save(n, weight);
+        }
+        if (relu && bias) {
+            n->i[6] = n->nsaved;
+            ct_save(n, bias);
         }
     }
     bn_scratch_free(&s);

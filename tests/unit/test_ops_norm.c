@@ -95,12 +95,15 @@ END_TEST
 
 /* ct_batch_norm_relu gives relu(ct_batch_norm(...))'s output, gradients and running
  * statistics bit for bit: training and eval, planes and [N, C], fresh gradients and ones
- * that accumulate (x also feeds a second op). */
+ * that accumulate (x also feeds a second op), without weight and bias, with x frozen (the
+ * fused backward recomputes the ReLU's mask from x in every case). */
 START_TEST(bn_relu_same_bits_as_two_ops) {
     static const int64_t shapes[][4] = {{4, 5, 7, 9}, {16, 6, 1, 1}, {3, 2, 16, 16}};
     for (int sh = 0; sh < 3; sh++)
-        for (int mode = 0; mode < 4; mode++) { /* bit 0: training, bit 1: x used twice */
-            bool training = mode & 1, twice = mode & 2;
+        for (int mode = 0; mode < 16; mode++) {
+            /* bit 0: training, bit 1: x used twice, bit 2: no weight and bias, bit 3: x frozen */
+            bool training = mode & 1, twice = mode & 2, affine = !(mode & 4), frozen = mode & 8;
+            if (frozen && (twice || !affine)) continue; /* no gradient, or x's own */
             float *res[2][6];
             int64_t nres[6];
             for (int fused = 0; fused < 2; fused++) CT_SCOPE {
@@ -112,13 +115,16 @@ START_TEST(bn_relu_same_bits_as_two_ops) {
                     ct_tensor *rm = ct_test_rand(CT_SHAPE(k[1]), -0.5f, 0.5f, 24);
                     ct_tensor *rv = ct_test_rand(CT_SHAPE(k[1]), 0.5f, 2, 25);
                     ct_tensor *in[3] = {x, w, b};
-                    for (int i = 0; i < 3; i++) ct_set_requires_grad(in[i], true);
+                    for (int i = 0; i < 3; i++) ct_set_requires_grad(in[i], i ? affine : !frozen);
+                    if (!affine) w = b = NULL;
                     ct_tensor *y = fused ? ct_batch_norm_relu(x, w, b, rm, rv, training, 0.1f, 1e-5f)
                                          : ct_relu(ct_batch_norm(x, w, b, rm, rv, training, 0.1f, 1e-5f));
                     ct_tensor *loss = ct_sum(ct_mul(y, ct_test_rand(y->ndim, y->shape, -1, 1, 26)));
                     if (twice) loss = ct_add(loss, ct_sum(ct_mul(x, x)));
                     ct_backward(loss);
-                    ct_tensor *r[6] = {y, ct_grad(x), ct_grad(w), ct_grad(b), rm, rv};
+                    /* the output stands in for a gradient that does not exist */
+                    ct_tensor *r[6] = {y, frozen ? y : ct_grad(x), affine ? ct_grad(w) : y,
+                                       affine ? ct_grad(b) : y, rm, rv};
                     for (int i = 0; i < 6; i++) {
                         nres[i] = r[i]->numel;
                         res[fused][i] = malloc((size_t)nres[i] * sizeof(float));
