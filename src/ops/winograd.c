@@ -227,6 +227,16 @@ static inline CT_AVX512 int64_t planes_in_512(const float *src, int64_t hw, int6
     return pos;
 }
 
+/* nl <= LANES planes src[l * hw + pos] into lanes p[(iy + border) * pw + ix + border][l]:
+ * by planes_in_512 where it applies, the rest one value at a time. */
+ALWAYS_INLINE void planes_to_lanes(const float *src, int64_t nl, int64_t hw, int64_t w, int64_t pw,
+                                   int64_t border, float (*p)[LANES], bool wide) {
+    int64_t done = wide && nl == LANES ? planes_in_512(src, hw, w, pw, border, p) : 0;
+    for (int64_t l = 0; l < nl; l++)
+        for (int64_t pos = done; pos < hw; pos++)
+            p[(pos / w + border) * pw + pos % w + border][l] = src[l * hw + pos];
+}
+
 /* The epilogue's coefficients for the 16 (or fewer) output channels of a lane group:
  * v -> relu?(v * a[l] + b[l] + res[l * hw + pos]) (ct_conv2d_post; res NULL: none). */
 typedef struct {
@@ -277,10 +287,7 @@ ALWAYS_INLINE void lane_input(int m, const wino_geom *g, const float *x, int64_t
     for (int64_t j = 0; j < nb; j++)
         for (int64_t c0 = 0; c0 < cin; c0 += LANES) {
             int64_t nl = cin - c0 < LANES ? cin - c0 : LANES;
-            const float *src = x + (j * cin + c0) * hw;
-            int64_t done = wide && nl == LANES ? planes_in_512(src, hw, w, pw, 1, p) : 0;
-            for (int64_t l = 0; l < nl; l++)
-                for (int64_t pos = done; pos < hw; pos++) p[(pos / w + 1) * pw + pos % w + 1][l] = src[l * hw + pos];
+            planes_to_lanes(x + (j * cin + c0) * hw, nl, hw, w, pw, 1, p, wide);
             for (int64_t ty = 0; ty < g->th; ty++)
                 for (int64_t tx = 0; tx < g->tw; tx++) {
                     float t[6][6][LANES]; /* B^T d, column b in t[b] */
@@ -370,10 +377,7 @@ ALWAYS_INLINE void lane_grad(const wino_geom *g, const float *gy, int64_t nb, fl
     for (int64_t j = 0; j < nb; j++)
         for (int64_t o0 = 0; o0 < cout; o0 += LANES) {
             int64_t nl = cout - o0 < LANES ? cout - o0 : LANES;
-            const float *src = gy + (j * cout + o0) * hw;
-            int64_t done = wide && nl == LANES ? planes_in_512(src, hw, w, qw, 0, q) : 0;
-            for (int64_t l = 0; l < nl; l++)
-                for (int64_t pos = done; pos < hw; pos++) q[pos / w * qw + pos % w][l] = src[l * hw + pos];
+            planes_to_lanes(gy + (j * cout + o0) * hw, nl, hw, w, qw, 0, q, wide);
             for (int64_t ty = 0; ty < g->th; ty++)
                 for (int64_t tx = 0; tx < g->tw; tx++) {
                     const float *y0 = q[2 * ty * qw + 2 * tx], *y1 = y0 + qw * LANES;

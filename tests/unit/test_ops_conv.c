@@ -822,6 +822,46 @@ START_TEST(max_pool_2x2_gradient_adds_to_other_consumers) {
 }
 END_TEST
 
+/* Winograd's lane kernels, AVX-512 and the AVX2 build's: the same bits for the forward
+ * with a graph (F(2x2)), dX, dW and the forward without one (F(4x4) on 8x8), with 16 and
+ * 20 channels (a whole lane group and a tail) and a residual epilogue. */
+START_TEST(winograd_avx512_and_avx2_agree_bitwise) {
+    static const int64_t shapes[][5] = {{3, 16, 20, 8, 8}, {2, 20, 16, 14, 14}, {3, 16, 16, 7, 9}};
+    for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++) {
+        const int64_t *k = shapes[sh];
+        float *out[2][4];
+        int64_t nout[4];
+        for (int pass = 0; pass < 2; pass++) {
+            ct_cpu_force_avx512(pass == 0);
+            CT_SCOPE {
+                ct_tensor *x = ct_test_rand(CT_SHAPE(k[0], k[1], k[3], k[4]), -1, 1, 31);
+                ct_tensor *w = ct_test_rand(CT_SHAPE(k[2], k[1], 3, 3), -0.3f, 0.3f, 32);
+                ct_tensor *r = ct_test_rand(CT_SHAPE(k[0], k[2], k[3], k[4]), -1, 1, 33);
+                float a[32], b[32];
+                for (int c = 0; c < 32; c++) a[c] = 0.5f + 0.03f * (float)c, b[c] = 0.1f - 0.01f * (float)c;
+                ct_conv2d_post post = {.scale = a, .shift = b, .residual = r, .relu = true};
+                ct_conv2d_opts o = {.stride_h = 1, .stride_w = 1, .pad_h = 1, .pad_w = 1, .groups = 1, .post = &post};
+                ct_tensor *inf = ct_conv2d_ex(x, w, NULL, &o); /* no graph: F(4x4) where it fits */
+                ct_set_requires_grad(x, true);
+                ct_set_requires_grad(w, true);
+                ct_tensor *y = ct_conv2d(x, w, NULL, 1, 1);
+                ct_backward_ex(y, r, false);
+                ct_tensor *res[4] = {inf, y, ct_grad(x), ct_grad(w)};
+                keep_results(res, 4, out[pass], nout);
+            }
+        }
+        ct_cpu_force_avx512(true);
+        static const char *what[4] = {"inference output", "output", "dx", "dweight"};
+        for (int i = 0; i < 4; i++) {
+            ck_assert_msg(memcmp(out[0][i], out[1][i], (size_t)nout[i] * sizeof(float)) == 0,
+                          "shape %zu: %s differs between the AVX-512 and AVX2 kernels", sh, what[i]);
+            free(out[0][i]);
+            free(out[1][i]);
+        }
+    }
+}
+END_TEST
+
 /* The AVX-512 row kernels (im2col, col2im, padding, 2x2 max pool) and the AVX2 build's
  * own loops must give the same bits, so a job mixing node generations trains one model.
  * Widths cover a full 16-float vector, a masked tail and rows shorter than one vector.
@@ -1051,6 +1091,7 @@ int main(void) {
     tcase_add_test(tp, max_pool_padding_is_minus_infinity);
     tcase_add_loop_test(tp, max_pool_2x2_matches_scan_with_ties_and_nan, 0, 2);
     tcase_add_test(tp, avx512_and_avx2_kernels_agree_bitwise);
+    tcase_add_test(tp, winograd_avx512_and_avx2_agree_bitwise);
     tcase_add_test(tp, max_pool_2x2_gradient_adds_to_other_consumers);
     tcase_add_loop_test(tp, adaptive_avg_pool_matches_definition, 0, NACFG);
     tcase_add_loop_test(tp, adaptive_avg_pool_backward_gradcheck, 0, NACFG);
