@@ -1,6 +1,9 @@
 /* 2-d convolution (cross-correlation, as PyTorch) by im2col + sgemm, one sample (or one
  * chunk of small images) at a time, with separate row/column stride and padding and
- * PyTorch's `groups`.
+ * PyTorch's `groups`. Two other algorithms take the shapes they suit (ct_conv2d_set_algo):
+ * a dense GEMM over the whole batch where every input pixel reaches every output pixel
+ * (conv_dense.c: 2x2 and 1x1 planes), and Winograd for 3x3 / stride 1 / padding 1 with 16
+ * or more channels (winograd.c). This file picks, and runs im2col for the rest.
  *
  * Layout choice: for each sample, col[C*kh*kw, OH*OW] = im2col(x[n]) and
  * y[n][O, OH*OW] = W[O, C*kh*kw] @ col. The GEMM writes straight into the NCHW output, the
