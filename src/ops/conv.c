@@ -589,14 +589,16 @@ static ct__conv_shape geom_shape(const conv_geom *g, int64_t o) {
     return (ct__conv_shape){g->c, g->h, g->w, o, g->oh, g->ow, g->kh, g->kw,
                             g->sh, g->sw, g->ph, g->pw, g->groups};
 }
-static bool use_dense(const conv_geom *g, int64_t o, int64_t batch) {
+/* The algorithm this shape and batch run, forward and backward alike: DENSE, WINOGRAD or
+ * IM2COL (the setting's choice where it applies, else im2col). */
+static ct_conv_algo pick_algo(const conv_geom *g, int64_t o, int64_t batch) {
     ct__conv_shape s = geom_shape(g, o);
-    return (algo == CT_CONV_AUTO || algo == CT_CONV_DENSE) && ct__dense_applies(&s, batch);
-}
-static bool use_wino(const conv_geom *g, int64_t o, int64_t batch) {
-    return (algo == CT_CONV_WINOGRAD || (algo == CT_CONV_AUTO && !use_dense(g, o, batch))) &&
-           g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 && g->ph == 1 && g->pw == 1 &&
-           g->groups == 1 && ct__wino_applies(g->c, o, g->h, g->w);
+    bool dense = ct__dense_applies(&s, batch);
+    bool wino = g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 && g->ph == 1 &&
+                g->pw == 1 && g->groups == 1 && ct__wino_applies(g->c, o, g->h, g->w);
+    if (dense && (algo == CT_CONV_AUTO || algo == CT_CONV_DENSE)) return CT_CONV_DENSE;
+    if (wino && (algo == CT_CONV_AUTO || algo == CT_CONV_WINOGRAD)) return CT_CONV_WINOGRAD;
+    return CT_CONV_IM2COL;
 }
 
 /* A chunk's class GEMMs on one chunk (gemm == ct_gemm: no parallel chunks) would each
@@ -796,12 +798,13 @@ static void conv2d_backward(ct_node *n, const ct_tensor *gout) {
         for (int64_t j = 0; j < batch * o; j++) gb->data[j % o] += ps[j];
     }
     if (!gw && !gx) return;
-    if (use_dense(&g, o, batch)) {
+    ct_conv_algo run = pick_algo(&g, o, batch);
+    if (run == CT_CONV_DENSE) {
         ct__conv_shape s = geom_shape(&g, o);
         ct__dense_backward(&s, batch, gout->data, x, w, gw ? gw->data : NULL, gx ? gx->data : NULL);
         return;
     }
-    if (use_wino(&g, o, batch)) { /* dX and dW by Winograd (see winograd.c) */
+    if (run == CT_CONV_WINOGRAD) { /* dX and dW by Winograd (see winograd.c) */
         if (gx) ct__wino_conv(gout->data, batch, o, g.c, g.h, g.w, w, true, NULL, NULL, gx->data, true, false);
         if (gw) ct__wino_dw(x, gout->data, batch, g.c, o, g.h, g.w, gw->data);
         return;
@@ -859,9 +862,10 @@ ct_tensor *ct_conv2d_ex(ct_tensor *x, ct_tensor *w, ct_tensor *b, const ct_conv2
     }
     ct_tensor *y = ct_tensor_new(CT_SHAPE(batch, o, g.oh, g.ow));
     ct__conv_shape shape = geom_shape(&g, o);
-    if (use_dense(&g, o, batch))
+    ct_conv_algo run = pick_algo(&g, o, batch);
+    if (run == CT_CONV_DENSE)
         ct__dense_forward(&shape, batch, x->data, w->data, b ? b->data : NULL, post, y->data);
-    else if (use_wino(&g, o, batch))
+    else if (run == CT_CONV_WINOGRAD)
         ct__wino_conv(x->data, batch, g.c, o, g.h, g.w, w->data, false, b ? b->data : NULL, post,
                       y->data, false, !graph);
     else CT_SCOPE { /* the scratch goes back to the cache as soon as the loop is done */
